@@ -1,0 +1,167 @@
+"""The composition root: builds the agent's parts from its configuration and runs them.
+
+This is the only module that sets OpenTelemetry's global providers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from aiohttp.abc import AbstractResolver
+from anyio.abc import TaskStatus
+from opentelemetry import metrics, trace
+
+from . import __version__
+from .checks import CheckEntry
+from .config import Config
+from .http import HttpClientFactory
+from .plugin import Clock, ProbeContext, SystemClock
+from .recorder import Recorder, Run
+from .scheduler import Scheduler, select
+from .server import Server
+from .telemetry import Telemetry, build_resource, build_telemetry
+
+__all__ = ["Agent", "build_agent", "run_agent", "serve"]
+
+log = logging.getLogger("vantage")
+
+
+@dataclass
+class Agent:
+    config: Config
+    entries: list[CheckEntry]
+    telemetry: Telemetry
+    recorder: Recorder
+    scheduler: Scheduler
+    server: Server
+    http: HttpClientFactory
+
+
+def build_agent(
+    config: Config,
+    environ: Mapping[str, str],
+    *,
+    clock: Clock | None = None,
+    resolver: Callable[[], AbstractResolver] | None = None,
+    set_global_providers: bool = False,
+) -> Agent:
+    """Wire the parts together; nothing runs yet."""
+    settings = config.settings
+    clock = clock or SystemClock()
+    telemetry = build_telemetry(environ, build_resource(environ, region=settings.region, version=__version__))
+    if set_global_providers:
+        trace.set_tracer_provider(telemetry.tracer_provider)
+        metrics.set_meter_provider(telemetry.meter_provider)
+    recorder = Recorder(
+        meter=telemetry.meter_provider.get_meter("vantage", __version__),
+        tracer=telemetry.tracer_provider.get_tracer("vantage", __version__),
+        redactor=config.redactor,
+        region=settings.region,
+        clock=clock,
+        log_runs=settings.log_runs,
+        export_stats=telemetry.stats,
+    )
+    entries = select(config.entries, settings.region, config.shard)
+    recorder.register(entries)
+    http = HttpClientFactory(user_agent=f"Vantage/{__version__}", resolver=resolver)
+    check_log = logging.getLogger("vantage.probe")
+
+    def context(entry: CheckEntry, run: Run) -> ProbeContext:
+        return ProbeContext(
+            check=entry.check,
+            region=settings.region,
+            clock=clock,
+            log=logging.LoggerAdapter(check_log, {"check": entry.check.name}),
+            secrets=config.resolver,
+            redact=config.redactor,
+            tracer=run.tracer,
+            http=http,
+        )
+
+    scheduler = Scheduler(
+        entries,
+        recorder=recorder,
+        context=context,
+        clock=clock,
+        region=settings.region,
+        concurrency=settings.concurrency,
+    )
+    server = Server(
+        host=settings.host,
+        port=settings.port,
+        recorder=recorder,
+        telemetry=telemetry,
+        redactor=config.redactor,
+        api_token=settings.api_token.get_secret_value() if settings.api_token else None,
+        scheduler_alive=lambda: (scheduler.running, clock.monotonic() - scheduler.heartbeat),
+        version=__version__,
+    )
+    return Agent(config, entries, telemetry, recorder, scheduler, server, http)
+
+
+async def flush_telemetry(telemetry: Telemetry, budget: float, *, shutdown: bool) -> None:
+    """Flush (and optionally shut down) the exporters in a thread, abandoning them at ``budget``."""
+    work = telemetry.shutdown if shutdown else telemetry.flush
+    with anyio.move_on_after(budget) as scope:
+        await anyio.to_thread.run_sync(work, budget, abandon_on_cancel=True)
+    if scope.cancelled_caught:
+        log.warning("telemetry was not flushed within %.1fs; unsent data is dropped", budget)
+
+
+async def serve(
+    agent: Agent,
+    *,
+    handle_signals: bool = True,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the server and the scheduler until SIGTERM/SIGINT (or cancellation), then shut down:
+    stop ticking, drain runs in flight, flush telemetry, all within ``VANTAGE_SHUTDOWN_TIMEOUT``."""
+    budget = agent.config.settings.shutdown_timeout
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(agent.server.serve)
+        log.info(
+            "vantage %s listening on port %d; %d checks in region %s (shard %d/%d)",
+            __version__,
+            port,
+            len(agent.entries),
+            agent.config.settings.region,
+            agent.config.shard.index,
+            agent.config.shard.count,
+        )
+        if handle_signals:
+            tg.start_soon(_watch_signals, agent.scheduler)
+        task_status.started(port)
+        await agent.scheduler.run(drain_timeout=budget * 0.6)
+        remaining = max(0.5, budget * 0.4)
+        await flush_telemetry(agent.telemetry, remaining, shutdown=True)
+        with anyio.CancelScope(shield=True):
+            await agent.http.aclose()
+        log.info("vantage stopped")
+        tg.cancel_scope.cancel()
+
+
+async def _watch_signals(scheduler: Scheduler) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s; stopping", signal.Signals(signum).name)
+            scheduler.stop()
+            return
+
+
+def run_agent(config: Config, environ: Mapping[str, str]) -> None:
+    """``vantage run``: build the agent with global providers and run it on uvloop when available."""
+    agent = build_agent(config, environ, set_global_providers=True)
+    anyio.run(serve, agent, **_backend())
+
+
+def _backend() -> dict[str, Any]:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {"backend": "asyncio"}
+    return {"backend": "asyncio", "backend_options": {"use_uvloop": True}}

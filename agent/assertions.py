@@ -1,0 +1,253 @@
+"""The assertion language shared by every probe that looks at a response.
+
+An assertion names a ``source`` (``status``, ``header``, ``body``, ``response_time``), an ``op`` and,
+for most ops, a ``value``::
+
+    - {source: status, op: in, value: [200, 201]}
+    - {source: header, name: Access-Control-Allow-Origin, op: eq, value: https://shop.example}
+    - {source: body, path: "$.data[0].id", op: matches, value: "^ch_"}
+    - {source: body, op: schema, value: {type: object, required: [data]}}
+    - {source: response_time, op: lt, value: 800ms}
+
+``path`` is an RFC 9535 JSONPath into the JSON body. Every assertion is compiled when the
+configuration loads, so a bad regex, path or schema is a configuration error, not a failed run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import jsonpath
+import jsonschema
+from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
+
+from .durations import format_duration, parse_duration
+
+__all__ = ["Assertion", "AssertionOutcome", "Subject"]
+
+Source = Literal["status", "header", "body", "response_time"]
+Op = Literal[
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "in",
+    "not_in",
+    "contains",
+    "not_contains",
+    "matches",
+    "not_matches",
+    "exists",
+    "not_exists",
+    "schema",
+]
+_ORDER_OPS = {"lt", "le", "gt", "ge"}
+_NO_VALUE_OPS = {"exists", "not_exists"}
+_MAX_ACTUAL = 200
+_MISSING = object()
+
+
+@dataclass(slots=True)
+class Subject:
+    """What assertions look at: one response (or delivery), with its body possibly cut at a cap."""
+
+    status: int | None
+    headers: Mapping[str, str]
+    body: bytes
+    duration: float
+    truncated: bool = False
+    _json: Any = field(default=_MISSING, repr=False)
+
+    def json(self) -> Any:
+        """The body parsed as JSON; raises ``ValueError`` with a reason when it is not."""
+        if self._json is _MISSING:
+            if self.truncated:
+                raise ValueError(f"the body was cut at {len(self.body)} bytes and cannot be parsed")
+            try:
+                self._json = json.loads(self.body)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"the body is not JSON ({exc})") from None
+        return self._json
+
+
+@dataclass(frozen=True, slots=True)
+class AssertionOutcome:
+    """One assertion's verdict on one response."""
+
+    assertion: str
+    passed: bool
+    actual: str = ""
+    message: str = ""
+    source: str = ""
+    op: str = ""
+
+
+class Assertion(BaseModel):
+    """One assertion; see the module docstring for the language."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Source
+    op: Op
+    value: Any = None
+    path: str | None = None
+    name: str | None = None
+
+    _regex: re.Pattern[str] | None = PrivateAttr(default=None)
+    _path: Any = PrivateAttr(default=None)
+    _validator: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _compile(self) -> Assertion:
+        if self.source == "header" and not self.name:
+            raise ValueError("a header assertion needs the header's 'name'")
+        if self.name and self.source != "header":
+            raise ValueError("'name' is only for header assertions")
+        if self.path is not None:
+            if self.source != "body":
+                raise ValueError("'path' is only for body assertions")
+            try:
+                self._path = jsonpath.compile(self.path)
+            except jsonpath.JSONPathError as exc:
+                raise ValueError(f"'path' {self.path!r} is not a valid JSONPath: {exc}") from None
+        if self.op in _NO_VALUE_OPS:
+            if self.value is not None:
+                raise ValueError(f"op '{self.op}' takes no value")
+            if self.source in ("status", "response_time"):
+                raise ValueError(f"op '{self.op}' does not apply to {self.source}")
+        elif self.value is None:
+            raise ValueError(f"op '{self.op}' needs a 'value'")
+        if self.op in ("in", "not_in") and not isinstance(self.value, list):
+            raise ValueError(f"op '{self.op}' needs a list as its value")
+        if self.op in ("matches", "not_matches"):
+            try:
+                self._regex = re.compile(str(self.value))
+            except re.error as exc:
+                raise ValueError(f"value {self.value!r} is not a valid regular expression: {exc}") from None
+        if self.op == "schema":
+            if self.source != "body":
+                raise ValueError("op 'schema' applies to the body only")
+            if not isinstance(self.value, dict | bool):
+                raise ValueError("op 'schema' needs a JSON Schema object as its value")
+            try:
+                cls = jsonschema.validators.validator_for(self.value)
+                cls.check_schema(self.value)  # type: ignore[arg-type]
+            except jsonschema.SchemaError as exc:
+                raise ValueError(f"the JSON Schema is invalid: {exc.message}") from None
+            self._validator = cls(self.value, format_checker=cls.FORMAT_CHECKER)
+        if self.source == "response_time":
+            if self.op not in _ORDER_OPS | {"eq", "ne"}:
+                raise ValueError(f"op '{self.op}' does not apply to response_time")
+            object.__setattr__(self, "value", parse_duration(self.value))
+        if self.source == "status" and self.op in _ORDER_OPS and not isinstance(self.value, int):
+            raise ValueError(f"op '{self.op}' on status needs a number")
+        return self
+
+    def describe(self) -> str:
+        subject = {
+            "status": "status",
+            "header": f"header {self.name}",
+            "body": f"body {self.path}" if self.path else "body",
+            "response_time": "response_time",
+        }[self.source]
+        if self.op in _NO_VALUE_OPS:
+            return f"{subject} {self.op}"
+        if self.op == "schema":
+            return f"{subject} matches schema"
+        shown = format_duration(self.value) if self.source == "response_time" else json.dumps(self.value)
+        return f"{subject} {self.op} {shown}"
+
+    def evaluate(self, subject: Subject) -> AssertionOutcome:
+        """Judge ``subject``; never raises for anything the target sent."""
+        try:
+            present, actual = self._extract(subject)
+        except ValueError as exc:
+            return self._outcome(False, "", str(exc))
+        if self.source == "response_time":
+            passed, message = self._compare(actual)
+            return self._outcome(passed, format_duration(round(actual, 4)), message)
+        if self.op == "exists":
+            return self._outcome(present, _show(actual), "" if present else "not present")
+        if self.op == "not_exists":
+            return self._outcome(not present, _show(actual), "present" if present else "")
+        if not present:
+            return self._outcome(False, "", "not present")
+        try:
+            passed, message = self._compare(actual)
+        except (TypeError, ValueError) as exc:
+            passed, message = False, f"cannot compare: {exc}"
+        return self._outcome(passed, _show(actual), message)
+
+    def _outcome(self, passed: bool, actual: str, message: str) -> AssertionOutcome:
+        if not passed and not message:
+            message = f"expected {self.describe()}, got {actual}"
+        return AssertionOutcome(self.describe(), passed, actual, message, self.source, self.op)
+
+    def _extract(self, subject: Subject) -> tuple[bool, Any]:
+        if self.source == "status":
+            return subject.status is not None, subject.status
+        if self.source == "response_time":
+            return True, subject.duration
+        if self.source == "header":
+            value = subject.headers.get(self.name or "")
+            return value is not None, value
+        if self._path is None:
+            if self.op == "schema":
+                return True, subject.json()
+            return True, subject.body.decode("utf-8", "replace")
+        matches = self._path.findall(subject.json())
+        if not matches:
+            return False, None
+        return True, matches[0] if len(matches) == 1 else matches
+
+    def _compare(self, actual: Any) -> tuple[bool, str]:
+        op, expected = self.op, self.value
+        if op == "schema":
+            error = jsonschema.exceptions.best_match(self._validator.iter_errors(actual))
+            if error is None:
+                return True, ""
+            where = "$" + "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]" for p in error.absolute_path)
+            return False, f"schema violation at {where}: {error.message[:_MAX_ACTUAL]}"
+        if op == "eq":
+            return _equal(actual, expected), ""
+        if op == "ne":
+            return not _equal(actual, expected), ""
+        if op == "in":
+            return any(_equal(actual, v) for v in expected), ""
+        if op == "not_in":
+            return not any(_equal(actual, v) for v in expected), ""
+        if op in ("contains", "not_contains"):
+            found = str(expected) in actual if isinstance(actual, str) else expected in actual
+            return found == (op == "contains"), ""
+        if op in ("matches", "not_matches"):
+            assert self._regex is not None
+            found = self._regex.search(actual if isinstance(actual, str) else json.dumps(actual)) is not None
+            return found == (op == "matches"), ""
+        a, b = _number(actual), _number(expected)
+        return {"lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b}[op], ""
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not a number")
+    return float(value)
+
+
+def _equal(actual: Any, expected: Any) -> bool:
+    if actual == expected:
+        return True
+    # Headers and regex-free bodies are text: let 200 equal "200".
+    return isinstance(actual, str) != isinstance(expected, str) and str(actual) == str(expected)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= _MAX_ACTUAL else text[:_MAX_ACTUAL] + "…"

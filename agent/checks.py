@@ -1,0 +1,221 @@
+"""Checks: the configuration of what to probe, loaded from YAML or JSON.
+
+A check file has optional ``defaults`` and a list of ``checks``::
+
+    defaults: {interval: 60s, timeout: 10s, labels: {team: payments}}
+    checks:
+      - name: stripe-charges
+        type: http
+        target: https://api.stripe.com/v1/charges?limit=1
+        settings: {headers: {Authorization: "Bearer ${STRIPE_API_KEY}"}}
+
+Each check's ``settings`` block is validated by the ``Settings`` model of its probe type.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from .durations import Duration, format_duration, parse_duration
+from .errors import ConfigError, PluginError
+from .secrets import SecretResolver
+
+if TYPE_CHECKING:
+    from .plugin import Probe
+
+__all__ = ["RESERVED_LABELS", "Check", "CheckEntry", "format_validation_error", "parse_checks"]
+
+RESERVED_LABELS = frozenset(
+    {
+        "check",
+        "type",
+        "target",
+        "region",
+        "result",
+        "reason",
+        "phase",
+        "version",
+        "step",
+        "le",
+        "job",
+        "instance",
+        "cause",
+        "signal",
+    }
+)
+_NAME = r"^[a-z0-9][a-z0-9._-]{0,127}$"
+_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+DEFAULT_INTERVAL = 60.0
+DEFAULT_TIMEOUT = 10.0
+
+
+def _check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
+    for key in labels:
+        if not _LABEL.match(key) or key.startswith("__"):
+            raise ValueError(f"label name {key!r} is not a valid metric label name")
+        if key in RESERVED_LABELS:
+            raise ValueError(f"label name {key!r} is reserved for the agent's own labels")
+    return labels
+
+
+class Defaults(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    regions: tuple[str, ...] | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    _labels = field_validator("labels")(_check_labels)
+
+
+class Check(BaseModel):
+    """One check: what to probe (``type``, ``target``), how often, and the probe's ``settings``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=_NAME)
+    type: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    target: str = Field(min_length=1)
+    interval: Duration = DEFAULT_INTERVAL
+    timeout: Duration = DEFAULT_TIMEOUT
+    regions: tuple[str, ...] | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    _labels = field_validator("labels")(_check_labels)
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_floor(cls, value: float) -> float:
+        if value < 0.1:
+            raise ValueError("the interval must be at least 100ms")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_below_interval(cls, value: float, info: ValidationInfo) -> float:
+        interval = info.data.get("interval")
+        if value <= 0:
+            raise ValueError("the timeout must be above zero")
+        if interval is not None and value >= interval:
+            raise ValueError(
+                f"the timeout ({format_duration(value)}) must be below the interval "
+                f"({format_duration(interval)})"
+            )
+        return value
+
+    def runs_in(self, region: str) -> bool:
+        return self.regions is None or region in self.regions
+
+
+@dataclass(frozen=True, slots=True)
+class CheckEntry:
+    """A check with its probe and its parsed settings: what the scheduler runs."""
+
+    check: Check
+    probe: Probe[Any]
+    settings: BaseModel
+
+
+class _CheckFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    defaults: Defaults = Field(default_factory=Defaults)
+    checks: list[dict[str, Any]] = Field(default_factory=list)
+
+
+def parse_checks(
+    text: str,
+    *,
+    source: str,
+    resolver: SecretResolver,
+    load_probe: Callable[[str], Probe[Any]],
+) -> list[CheckEntry]:
+    """Parse a check document into entries, or raise one ConfigError listing every problem."""
+    try:
+        document = yaml.safe_load(text) if not text.lstrip().startswith("{") else json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{source}: not valid YAML or JSON: {exc}") from None
+    if document is None:
+        document = {}
+    if isinstance(document, list):
+        document = {"checks": document}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{source}: expected a mapping with 'checks' (and optional 'defaults')")
+    try:
+        parsed = _CheckFile.model_validate(document)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+    errors: list[str] = []
+    entries: list[CheckEntry] = []
+    seen: dict[str, int] = {}
+    defaults = parsed.defaults
+    for index, raw in enumerate(parsed.checks):
+        where = f"check {raw.get('name')!r} (checks[{index}])" if "name" in raw else f"checks[{index}]"
+        merged = dict(raw)
+        merged.setdefault("labels", {})
+        if isinstance(merged["labels"], dict):
+            merged["labels"] = {**defaults.labels, **merged["labels"]}
+        for key in ("interval", "timeout", "regions"):
+            if key not in merged and getattr(defaults, key) is not None:
+                merged[key] = getattr(defaults, key)
+        if "timeout" not in merged and "interval" in merged:
+            # An unset timeout stays below a short interval rather than tripping the rule.
+            try:
+                merged["timeout"] = min(DEFAULT_TIMEOUT, parse_duration(merged["interval"]) * 0.8)
+            except ValueError:
+                pass
+        try:
+            merged = resolver.resolve_tree(merged)
+        except LookupError as exc:
+            errors.append(f"{source}: {where}, field {exc}")
+            continue
+        try:
+            check = Check.model_validate(merged)
+        except ValidationError as exc:
+            errors.append(format_validation_error(exc, source, where))
+            continue
+        if check.name in seen:
+            errors.append(
+                f"{source}: {where}: the name {check.name!r} is already used by checks[{seen[check.name]}]"
+            )
+            continue
+        seen[check.name] = index
+        try:
+            probe = load_probe(check.type)
+        except (ConfigError, PluginError) as exc:
+            errors.append(f"{source}: {where}, field 'type': {exc}")
+            continue
+        try:
+            settings = probe.Settings.model_validate(check.settings)
+        except ValidationError as exc:
+            errors.append(format_validation_error(exc, source, where, prefix="settings"))
+            continue
+        except (ValueError, TypeError) as exc:
+            errors.append(f"{source}: {where}, field 'settings': {exc}")
+            continue
+        entries.append(CheckEntry(check, probe, settings))
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return entries
+
+
+def format_validation_error(exc: ValidationError, source: str, where: str = "", *, prefix: str = "") -> str:
+    """One line per pydantic error, naming the source, the check and the field; never the input."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = ".".join(str(part) for part in (prefix, *error["loc"]) if part != "")
+        message = error["msg"].removeprefix("Value error, ")
+        field = f"field '{loc}'" if loc else "check"
+        head = f"{source}: {where}, " if where else f"{source}: "
+        lines.append(f"{head}{field}: {message}")
+    return "\n".join(lines)

@@ -1,0 +1,124 @@
+"""The ``vantage`` command: ``run``, ``once``, ``validate`` and ``plugins``.
+
+Exit status: 0 on success, 1 when ``once`` saw a failing check, 2 for a configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import anyio
+
+from . import __version__
+from .config import load_config
+from .errors import ConfigError, PluginError
+from .logs import configure_logging
+from .registry import Registry
+
+__all__ = ["main"]
+
+EXIT_FAILED, EXIT_CONFIG = 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="vantage", description="Synthetic monitoring of third-party integrations."
+    )
+    parser.add_argument("--version", action="version", version=f"vantage {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("run", help="run the agent (the default)")
+    commands.add_parser("once", help="run every check once now, print a table, exit 1 if any failed")
+    commands.add_parser("validate", help="check the configuration and exit")
+    commands.add_parser("plugins", help="list the installed probe types and their settings")
+    args = parser.parse_args(argv)
+    command = args.command or "run"
+
+    if command == "plugins":
+        return _plugins()
+    try:
+        config = load_config(os.environ)
+        if command == "validate":
+            from .telemetry import build_resource, build_telemetry
+
+            build_telemetry(
+                os.environ,
+                build_resource(os.environ, region=config.settings.region, version=__version__),
+            )
+            from .scheduler import select
+
+            mine = select(config.entries, config.settings.region, config.shard)
+            print(
+                f"configuration OK: {len(config.entries)} checks from {config.source}; "
+                f"{len(mine)} run in region {config.settings.region} "
+                f"(shard {config.shard.index}/{config.shard.count})"
+            )
+            return 0
+        configure_logging(config.settings.log_level, config.settings.log_format, config.redactor)
+        if command == "once":
+            return _once(config)
+        from .app import run_agent
+
+        run_agent(config, os.environ)
+        return 0
+    except (ConfigError, PluginError) as exc:
+        print("vantage: configuration error:\n  " + str(exc).replace("\n", "\n  "), file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _once(config: object) -> int:
+    from .app import _backend, build_agent, flush_telemetry
+    from .config import Config
+
+    assert isinstance(config, Config)
+    agent = build_agent(config, os.environ, set_global_providers=True)
+
+    async def go() -> None:
+        await agent.scheduler.run_once()
+        await agent.http.aclose()
+        await flush_telemetry(agent.telemetry, config.settings.shutdown_timeout, shutdown=True)
+
+    anyio.run(go, **_backend())
+    rows = [("CHECK", "TYPE", "RESULT", "REASON", "DURATION", "MESSAGE")]
+    failed = 0
+    for state in agent.recorder.states.values():
+        result = state.last
+        if result is None:
+            continue
+        failed += not result.success
+        rows.append(
+            (
+                state.entry.check.name,
+                state.entry.check.type,
+                "ok" if result.success else "FAIL",
+                result.reason.value if result.reason else "",
+                f"{(result.duration or 0) * 1000:.0f}ms",
+                config.redactor(result.message)[:100],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    print(f"\n{len(rows) - 1 - failed} passed, {failed} failed")
+    return EXIT_FAILED if failed else 0
+
+
+def _plugins() -> int:
+    registry = Registry()
+    for name in registry.names():
+        try:
+            probe = registry.load(name)
+        except (ConfigError, PluginError) as exc:
+            print(f"{name}: unavailable: {exc}")
+            continue
+        print(f"{name}  ({type(probe).__module__}.{type(probe).__name__})")
+        for field_name, field in probe.Settings.model_fields.items():
+            shown = field.alias or field_name
+            annotation = getattr(field.annotation, "__name__", None) or str(field.annotation).replace(
+                "typing.", ""
+            )
+            default = "" if field.is_required() else f" = {field.get_default(call_default_factory=True)!r}"
+            print(f"    {shown}: {annotation}{default}")
+    return 0

@@ -1,0 +1,141 @@
+"""Agent settings from ``VANTAGE_*`` environment variables, and the loading of the check set."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .checks import CheckEntry, parse_checks
+from .durations import Duration
+from .errors import ConfigError
+from .registry import Registry
+from .secrets import Redactor, SecretResolver
+
+__all__ = ["AgentSettings", "Config", "Shard", "load_config", "load_settings"]
+
+
+class AgentSettings(BaseSettings):
+    """The agent's own settings; every field is ``VANTAGE_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="VANTAGE_", extra="ignore", frozen=True)
+
+    region: str = Field("local", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    concurrency: int = Field(256, ge=1, le=100_000)
+    shard: str = ""
+    replicas: int | None = Field(None, ge=1, le=10_000)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+    log_runs: bool = False
+    api_token: SecretStr | None = None
+    checks: str | None = None
+    checks_file: Path | None = None
+    shutdown_timeout: Duration = 10.0
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, value: str) -> str:
+        value = value.strip()
+        if value in ("", "auto"):
+            return value
+        match = re.fullmatch(r"(\d+)/(\d+)", value)
+        if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+            raise ValueError("use 'INDEX/COUNT' with 0 <= INDEX < COUNT (e.g. '0/3'), or 'auto'")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """This replica's share of the checks: ``index`` of ``count``."""
+
+    index: int = 0
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    settings: AgentSettings
+    entries: list[CheckEntry]
+    shard: Shard
+    redactor: Redactor
+    resolver: SecretResolver
+    registry: Registry
+    source: str
+
+
+def load_settings(environ: Mapping[str, str]) -> AgentSettings:
+    """Read the ``VANTAGE_*`` variables; ConfigError names each bad variable."""
+    env = {k: v for k, v in environ.items() if k.upper().startswith("VANTAGE_")}
+    try:
+        return AgentSettings.model_validate(
+            {k.upper().removeprefix("VANTAGE_").lower(): v for k, v in env.items()}
+        )
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_input=False, include_url=False):
+            name = "VANTAGE_" + str(error["loc"][0]).upper() if error["loc"] else "VANTAGE_*"
+            lines.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def resolve_shard(settings: AgentSettings, environ: Mapping[str, str]) -> Shard:
+    if settings.shard == "":
+        return Shard()
+    if settings.shard != "auto":
+        index, count = settings.shard.split("/")
+        return Shard(int(index), int(count))
+    hostname = environ.get("HOSTNAME") or socket.gethostname()
+    match = re.search(r"-(\d+)$", hostname)
+    if not match:
+        raise ConfigError(
+            f"VANTAGE_SHARD: 'auto' needs a StatefulSet pod name ending in '-<ordinal>'; "
+            f"the hostname is {hostname!r}"
+        )
+    if settings.replicas is None:
+        raise ConfigError("VANTAGE_SHARD: 'auto' needs VANTAGE_REPLICAS, the number of replicas")
+    ordinal = int(match.group(1))
+    if ordinal >= settings.replicas:
+        raise ConfigError(
+            f"VANTAGE_SHARD: the pod ordinal {ordinal} is not below VANTAGE_REPLICAS={settings.replicas}"
+        )
+    return Shard(ordinal, settings.replicas)
+
+
+def load_config(environ: Mapping[str, str] | None = None, registry: Registry | None = None) -> Config:
+    """Everything the agent needs before it probes: settings, shard and the parsed check set."""
+    environ = dict(os.environ if environ is None else environ)
+    settings = load_settings(environ)
+    redactor = Redactor()
+    if settings.api_token is not None:
+        redactor.add(settings.api_token.get_secret_value())
+    resolver = SecretResolver(environ, redactor)
+    registry = registry or Registry()
+    if settings.checks is not None and settings.checks_file is not None:
+        raise ConfigError("VANTAGE_CHECKS and VANTAGE_CHECKS_FILE are both set; use one")
+    if settings.checks is not None:
+        text, source = settings.checks, "VANTAGE_CHECKS"
+    elif settings.checks_file is not None:
+        source = f"VANTAGE_CHECKS_FILE ({settings.checks_file})"
+        try:
+            text = settings.checks_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot be read: {exc.strerror}") from None
+    else:
+        raise ConfigError("no checks: set VANTAGE_CHECKS (inline YAML or JSON) or VANTAGE_CHECKS_FILE")
+    entries = parse_checks(text, source=source, resolver=resolver, load_probe=registry.load)
+    shard = resolve_shard(settings, environ)
+    return Config(settings, entries, shard, redactor, resolver, registry, source)

@@ -1,0 +1,61 @@
+"""Durations as people write them in configuration: ``250ms``, ``30s``, ``5m``, ``1h30m``, or seconds."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, PlainSerializer
+
+__all__ = ["Duration", "format_duration", "parse_duration"]
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_duration(value: Any) -> float:
+    """Return seconds for a duration given as a number of seconds or a string like ``1m30s``."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '30s'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            seconds = float(text)
+        except ValueError:
+            pos, seconds = 0, 0.0
+            for match in _PART.finditer(text):
+                if match.start() != pos:
+                    break
+                seconds += float(match.group(1)) * _UNITS[match.group(2)]
+                pos = match.end()
+            if pos != len(text) or not text:
+                raise ValueError(
+                    f"{value!r} is not a duration; use e.g. '250ms', '30s', '5m', '1h' or a number of seconds"
+                ) from None
+    else:
+        raise ValueError("a duration is a number of seconds or a string like '30s'")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{value!r} is not a positive duration")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds compactly: ``0.25`` → ``250ms``, ``90`` → ``1m30s``."""
+    if seconds < 1:
+        return f"{round(seconds * 1000, 1):g}ms"
+    whole = int(seconds)
+    if whole != seconds or whole < 60:
+        return f"{seconds:g}s"
+    minutes, secs = divmod(whole, 60)
+    hours, minutes = divmod(minutes, 60)
+    out = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
+    return out + (f"{secs}s" if secs else "")
+
+
+Duration = Annotated[
+    float, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)
+]
+"""A pydantic field type: seconds as a float, written as a duration string."""

@@ -1,0 +1,612 @@
+"""The HTTP client the agent hands to probes: fresh connections, timed phases, capped bodies.
+
+Each request is one or more hops (redirects are followed here, not inside aiohttp, so that every
+hop gets its own client span, its own phases and a loop check). Per hop the phases are cut at
+consecutive marks, so that they add up to the hop's total exactly::
+
+    start ─resolve─► resolved ─connect─► tcp up ─tls─► handshake ─processing─► headers ─transfer─► end
+
+A phase that did not happen on a hop (no DNS for an IP literal, no TLS for http://) is zero.
+Library exceptions are translated to a ``Reason`` in one place, :func:`map_exception`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from types import SimpleNamespace, TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+import aiohappyeyeballs
+import aiohttp
+from aiohttp.abc import AbstractResolver
+from cryptography import x509
+from multidict import CIMultiDict, CIMultiDictProxy
+from pydantic import BaseModel, ConfigDict, model_validator
+from yarl import URL
+
+from .reasons import Reason
+from .secrets import redact_url
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .plugin import Clock, ProbeContext
+
+__all__ = [
+    "HttpClient",
+    "HttpClientFactory",
+    "HttpExchange",
+    "HttpFailure",
+    "RequestRecord",
+    "TLSInfo",
+    "TLSOptions",
+    "map_exception",
+]
+
+PHASES = ("resolve", "connect", "tls", "processing", "transfer")
+_REDIRECTS = {301, 302, 303, 307, 308}
+_TLS_VERSIONS = {
+    "TLSv1": "TLS 1.0",
+    "TLSv1.1": "TLS 1.1",
+    "TLSv1.2": "TLS 1.2",
+    "TLSv1.3": "TLS 1.3",
+}
+
+
+class TLSOptions(BaseModel):
+    """TLS settings of a check. Verification is on unless ``insecure`` says otherwise."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+    insecure: bool = False
+    min_version: Literal["1.0", "1.1", "1.2", "1.3"] | None = None
+
+    @model_validator(mode="after")
+    def _files(self) -> TLSOptions:
+        if self.key_file and not self.cert_file:
+            raise ValueError("'key_file' needs 'cert_file'")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {str(path)!r} does not exist or is not a file")
+        try:
+            _ssl_context(self)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"the TLS files cannot be loaded: {exc}") from None
+        return self
+
+
+@lru_cache(maxsize=256)
+def _ssl_context(options: TLSOptions) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(options.ca_file) if options.ca_file else None)
+    if options.cert_file:
+        context.load_cert_chain(str(options.cert_file), str(options.key_file) if options.key_file else None)
+    if options.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if options.min_version:
+        context.minimum_version = {
+            "1.0": ssl.TLSVersion.TLSv1,
+            "1.1": ssl.TLSVersion.TLSv1_1,
+            "1.2": ssl.TLSVersion.TLSv1_2,
+            "1.3": ssl.TLSVersion.TLSv1_3,
+        }[options.min_version]
+    return context
+
+
+@dataclass(frozen=True, slots=True)
+class TLSInfo:
+    """What the TLS handshake of the last hop showed."""
+
+    version: str
+    cipher: str
+    earliest_expiry: float | None
+    """Earliest ``notAfter`` among the certificates the server sent (epoch seconds)."""
+    last_chain_expiry: float | None
+    """Earliest ``notAfter`` in the chain the client verified (epoch seconds)."""
+
+
+@dataclass(slots=True)
+class HttpExchange:
+    """A finished request: the final response and the sum of every hop's phases."""
+
+    method: str
+    url: URL
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    truncated: bool
+    http_version: str
+    redirects: int
+    phases: dict[str, float]
+    duration: float
+    tls: TLSInfo | None = None
+
+    @property
+    def content_length(self) -> int:
+        declared = self.headers.get("Content-Length", "")
+        return int(declared) if declared.isdigit() else len(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One physical request, for the ``http.client.request.duration`` metric."""
+
+    method: str
+    scheme: str
+    host: str
+    port: int
+    duration: float
+    status: int | None
+    error_type: str | None
+    protocol_version: str | None
+
+
+class HttpFailure(Exception):
+    """A request that produced no usable response; carries its reason and the phases so far."""
+
+    def __init__(self, reason: Reason, message: str, phases: Mapping[str, float] | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.phases = dict(phases or {})
+
+
+def map_exception(exc: BaseException) -> tuple[Reason, str]:
+    """Translate an aiohttp, ssl or socket exception into a reason and a message."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return Reason.DNS, f"DNS lookup of {exc.host} failed: {_os_message(exc.os_error)}"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cert_error = exc.certificate_error
+        detail = getattr(cert_error, "verify_message", None) or str(cert_error)
+        return Reason.TLS, f"TLS certificate of {exc.host} rejected: {detail}"
+    if isinstance(exc, aiohttp.ClientConnectorSSLError | ssl.SSLError):
+        return Reason.TLS, f"TLS handshake failed: {_ssl_message(exc)}"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return Reason.TIMEOUT, "timed out while connecting"
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return Reason.TIMEOUT, "timed out waiting for the response"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return (
+            Reason.CONNECT,
+            f"cannot connect to {exc.host}:{exc.port}: {_os_message(exc.os_error)}",
+        )
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return Reason.PROTOCOL, "the server closed the connection without a complete response"
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+        return Reason.PROTOCOL, f"malformed HTTP response: {exc}"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return Reason.PROTOCOL, f"invalid URL {exc}"
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return Reason.CONNECT, f"{type(exc).__name__}: {exc}"
+    return Reason.INTERNAL, f"{type(exc).__name__}: {exc}"
+
+
+def _os_message(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _ssl_message(exc: BaseException) -> str:
+    inner = getattr(exc, "os_error", exc)
+    return getattr(inner, "reason", None) or str(inner)
+
+
+class _TimedConnector(aiohttp.TCPConnector):
+    """A connector that notes when TCP is up, so that TCP connect and TLS handshake are told apart.
+
+    aiohttp has no trace signal between the two; this repeats the few lines of
+    ``TCPConnector._wrap_create_connection`` with a time mark after the socket connects.
+    """
+
+    def __init__(self, *, clock: Clock, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._clock = clock
+        self.tcp_connected: float | None = None
+
+    async def _wrap_create_connection(
+        self,
+        *args: Any,
+        addr_infos: list[Any],
+        req: aiohttp.ClientRequest,
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+        client_error: type[Exception] = aiohttp.ClientConnectorError,
+        **kwargs: Any,
+    ) -> tuple[asyncio.Transport, aiohttp.client_proto.ResponseHandler]:
+        try:
+            sock = await aiohappyeyeballs.start_connection(
+                addr_infos=addr_infos,
+                local_addr_infos=self._local_addr_infos,
+                happy_eyeballs_delay=self._happy_eyeballs_delay,
+                interleave=self._interleave,
+                loop=self._loop,
+            )
+            self.tcp_connected = self._clock.monotonic()
+            return await self._loop.create_connection(*args, **kwargs, sock=sock)
+        except ssl.CertificateError as exc:
+            raise aiohttp.ClientConnectorCertificateError(req.connection_key, exc) from exc
+        except ssl.SSLError as exc:
+            raise aiohttp.ClientConnectorSSLError(req.connection_key, exc) from exc
+        except OSError as exc:
+            if exc.errno is None and isinstance(exc, asyncio.TimeoutError):
+                raise
+            raise client_error(req.connection_key, exc) from exc
+
+
+@dataclass(slots=True)
+class _HopMarks:
+    start: float
+    resolved: float | None = None
+    connect_started: float | None = None
+    connected: float | None = None
+    events: list[tuple[str, float]] = field(default_factory=list)
+
+
+def _trace_config(clock: Clock) -> aiohttp.TraceConfig:
+    config = aiohttp.TraceConfig()
+
+    async def on_dns_end(_: Any, ctx: SimpleNamespace, __: Any) -> None:
+        ctx.trace_request_ctx.resolved = clock.monotonic()
+
+    async def on_create_start(_: Any, ctx: SimpleNamespace, __: Any) -> None:
+        ctx.trace_request_ctx.connect_started = clock.monotonic()
+
+    async def on_create_end(_: Any, ctx: SimpleNamespace, __: Any) -> None:
+        ctx.trace_request_ctx.connected = clock.monotonic()
+
+    config.on_dns_resolvehost_end.append(on_dns_end)
+    config.on_connection_create_start.append(on_create_start)
+    config.on_connection_create_end.append(on_create_end)
+    return config
+
+
+class HttpClientFactory:
+    """Makes the HTTP clients of probe runs; owns the pooled clients of ``fresh=False`` checks."""
+
+    def __init__(
+        self,
+        *,
+        user_agent: str,
+        resolver: Callable[[], AbstractResolver] | None = None,
+    ) -> None:
+        self.user_agent = user_agent
+        self._resolver = resolver
+        self._pooled: dict[tuple[str, TLSOptions | None, str], aiohttp.ClientSession] = {}
+
+    def client(self, ctx: ProbeContext, *, tls: TLSOptions | None, fresh: bool, ip_family: str) -> HttpClient:
+        return HttpClient(self, ctx, tls or TLSOptions(), fresh=fresh, ip_family=ip_family)
+
+    def _session(
+        self, ctx: ProbeContext, tls: TLSOptions, fresh: bool, ip_family: str
+    ) -> aiohttp.ClientSession:
+        key = (ctx.check.name, tls, ip_family)
+        if not fresh and (session := self._pooled.get(key)) is not None and not session.closed:
+            return session
+        connector = _TimedConnector(
+            clock=ctx.clock,
+            ssl=_ssl_context(tls),
+            family={"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(ip_family, 0),
+            use_dns_cache=not fresh,
+            force_close=fresh,
+            limit=0 if fresh else 10,
+            resolver=self._resolver() if self._resolver else None,
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            trace_configs=[_trace_config(ctx.clock)],
+            headers={"User-Agent": self.user_agent},
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=True,
+        )
+        if not fresh:
+            self._pooled[key] = session
+        return session
+
+    async def aclose(self) -> None:
+        """Close the pooled clients."""
+        sessions, self._pooled = list(self._pooled.values()), {}
+        for session in sessions:
+            await session.close()
+
+
+class HttpClient:
+    """An HTTP client for one run; use as ``async with ctx.http() as client``."""
+
+    def __init__(
+        self,
+        factory: HttpClientFactory,
+        ctx: ProbeContext,
+        tls: TLSOptions,
+        *,
+        fresh: bool,
+        ip_family: str,
+    ) -> None:
+        self._factory = factory
+        self._ctx = ctx
+        self._tls = tls
+        self._fresh = fresh
+        self._session = factory._session(ctx, tls, fresh, ip_family)
+
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._fresh:
+            # Closing only drops sockets; shielded so a cancelled run still releases them.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._session.close())
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str | list[str]] | None = None,
+        data: bytes | str | None = None,
+        follow_redirects: bool = True,
+        max_redirects: int = 10,
+        max_body: int = 1 << 20,
+    ) -> HttpExchange:
+        """Send a request, following redirects, and read at most ``max_body`` bytes of the body.
+
+        Raises :class:`HttpFailure` when no response could be had; a response of any status,
+        even with a cut body, is an :class:`HttpExchange`.
+        """
+        ctx, clock = self._ctx, self._ctx.clock
+        method = method.upper()
+        current = URL(url)
+        if params:
+            current = current.update_query(
+                [(k, v) for k, vs in params.items() for v in (vs if isinstance(vs, list) else [vs])]
+            )
+        sent_headers = CIMultiDict(headers or {})
+        body: bytes | None = data.encode() if isinstance(data, str) else data
+        phases = dict.fromkeys(PHASES, 0.0)
+        started = clock.monotonic()
+        visited: list[URL] = []
+        while True:
+            visited.append(current)
+            response, hop_body, truncated, tls_info = await self._hop(
+                method, current, sent_headers, body, phases, max_body
+            )
+            location = response.headers.get("Location")
+            if not (follow_redirects and response.status in _REDIRECTS and location):
+                return HttpExchange(
+                    method=method,
+                    url=current,
+                    status=response.status,
+                    headers=response.headers,
+                    body=hop_body,
+                    truncated=truncated,
+                    http_version=_version(response),
+                    redirects=len(visited) - 1,
+                    phases=phases,
+                    duration=clock.monotonic() - started,
+                    tls=tls_info,
+                )
+            if len(visited) > max_redirects:
+                loop = " → ".join(redact_url(str(u), ctx.redact) for u in visited[-3:])
+                raise HttpFailure(
+                    Reason.REDIRECTS, f"gave up after {max_redirects} redirects (… {loop})", phases
+                )
+            try:
+                target = current.join(URL(location))
+            except ValueError:
+                raise HttpFailure(Reason.PROTOCOL, "redirect to an invalid Location", phases) from None
+            if target.scheme not in ("http", "https"):
+                raise HttpFailure(
+                    Reason.PROTOCOL, f"redirect to unsupported scheme {target.scheme!r}", phases
+                )
+            if response.status == 303 or (response.status in (301, 302) and method == "POST"):
+                method, body = ("HEAD" if method == "HEAD" else "GET"), None
+                for name in ("Content-Type", "Content-Length"):
+                    sent_headers.popall(name, None)
+            if target.origin() != current.origin():
+                # Credentials stay with the origin they were meant for, as browsers do.
+                for name in ("Authorization", "Cookie", "Proxy-Authorization"):
+                    sent_headers.popall(name, None)
+            current = target
+
+    async def _hop(
+        self,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        body: bytes | None,
+        phases: dict[str, float],
+        max_body: int,
+    ) -> tuple[aiohttp.ClientResponse, bytes, bool, TLSInfo | None]:
+        ctx, clock = self._ctx, self._ctx.clock
+        port = url.port or (443 if url.scheme == "https" else 80)
+        span = ctx.tracer.start_span(
+            method,
+            client=True,
+            attributes={
+                "http.request.method": method,
+                "url.full": redact_url(str(url), ctx.redact),
+                "url.scheme": url.scheme,
+                "server.address": url.host or "",
+                "server.port": port,
+            },
+        )
+        hop_headers = CIMultiDict(headers)
+        span.inject(hop_headers)
+        marks = _HopMarks(start=clock.monotonic())
+        connector = self._session.connector
+        assert isinstance(connector, _TimedConnector)
+        connector.tcp_connected = None
+        status: int | None = None
+        version: str | None = None
+        error_type: str | None = None
+        ctx.stage = f"waiting for the response of {method} {url.host}"
+        try:
+            try:
+                response = await self._session.request(
+                    method,
+                    url,
+                    headers=hop_headers,
+                    data=body,
+                    allow_redirects=False,
+                    trace_request_ctx=marks,
+                    ssl=_ssl_context(self._tls),
+                    server_hostname=self._tls.server_name,
+                )
+            except BaseException as exc:
+                self._close_phases(
+                    marks,
+                    url.scheme == "https",
+                    connector.tcp_connected,
+                    None,
+                    clock.monotonic(),
+                    phases,
+                )
+                if isinstance(exc, Exception):
+                    reason, message = map_exception(exc)
+                    error_type = reason.value
+                    span.fail(reason.value, ctx.redact(message))
+                    raise HttpFailure(reason, ctx.redact(message), phases) from exc
+                error_type = "cancelled"
+                raise
+            headers_at = clock.monotonic()
+            status = response.status
+            version = _version(response)
+            tls_info = _tls_info(response)
+            ctx.stage = f"reading the body of {method} {url.host}"
+            try:
+                chunks, size, truncated = [], 0, False
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    room = max_body - size
+                    if len(chunk) > room:
+                        chunks.append(chunk[:room])
+                        truncated = True
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+            except Exception as exc:
+                self._close_phases(
+                    marks,
+                    url.scheme == "https",
+                    connector.tcp_connected,
+                    headers_at,
+                    clock.monotonic(),
+                    phases,
+                )
+                reason, message = map_exception(exc)
+                error_type = reason.value
+                span.fail(reason.value, ctx.redact(message))
+                raise HttpFailure(reason, ctx.redact(message), phases) from exc
+            finally:
+                response.release() if not truncated else response.close()
+            end = clock.monotonic()
+            hop_phases = self._close_phases(
+                marks, url.scheme == "https", connector.tcp_connected, headers_at, end, phases
+            )
+            span.set_attribute("http.response.status_code", status)
+            span.set_attribute("network.protocol.version", version)
+            for name, seconds in hop_phases.items():
+                span.set_attribute(f"vantage.http.phase.{name}", round(seconds, 6))
+            if truncated:
+                span.add_event("body_truncated", {"vantage.http.body.read": max_body})
+            if status >= 400:
+                error_type = str(status)
+                span.fail(str(status), f"HTTP {status}")
+            return response, b"".join(chunks), truncated, tls_info
+        finally:
+            end_time = clock.monotonic()
+            ctx.requests.append(
+                RequestRecord(
+                    method,
+                    url.scheme,
+                    url.host or "",
+                    port,
+                    end_time - marks.start,
+                    status,
+                    error_type,
+                    version,
+                )
+            )
+            span.end()
+
+    @staticmethod
+    def _close_phases(
+        marks: _HopMarks,
+        tls: bool,
+        tcp_connected: float | None,
+        headers_at: float | None,
+        end: float,
+        total: dict[str, float],
+    ) -> dict[str, float]:
+        """Cut one hop into consecutive phases and add them to ``total``."""
+        resolved = marks.resolved or marks.connect_started or marks.start
+        if tls:
+            connected = min(tcp_connected or marks.connected or resolved, end)
+        else:
+            connected = min(marks.connected or tcp_connected or resolved, end)
+        handshake = min(marks.connected or connected, end) if tls else connected
+        headers = headers_at if headers_at is not None else end
+        cuts = [marks.start, min(resolved, end), connected, handshake, max(headers, handshake), end]
+        hop = {name: max(0.0, cuts[i + 1] - cuts[i]) for i, name in enumerate(PHASES)}
+        for name, seconds in hop.items():
+            total[name] += seconds
+        return hop
+
+
+def _version(response: aiohttp.ClientResponse) -> str:
+    version = response.version
+    return f"{version.major}.{version.minor}" if version is not None else "1.1"
+
+
+def _tls_info(response: aiohttp.ClientResponse) -> TLSInfo | None:
+    connection = response.connection
+    if connection is None or connection.transport is None:
+        return None
+    ssl_object = connection.transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    version = _TLS_VERSIONS.get(ssl_object.version() or "", ssl_object.version() or "unknown")
+    cipher = (ssl_object.cipher() or ("",))[0]
+    return TLSInfo(
+        version=version,
+        cipher=cipher,
+        earliest_expiry=_earliest_expiry(_chain(ssl_object, "get_unverified_chain")),
+        last_chain_expiry=_earliest_expiry(_chain(ssl_object, "get_verified_chain")),
+    )
+
+
+def _chain(ssl_object: Any, method: str) -> list[bytes]:
+    # Public on Python 3.13+; on 3.10-3.12 the same method lives on the private _sslobj.
+    getter = getattr(ssl_object, method, None) or getattr(getattr(ssl_object, "_sslobj", None), method, None)
+    if getter is None:
+        der = ssl_object.getpeercert(binary_form=True)
+        return [der] if der else []
+    try:
+        certs = getter() or []
+    except (ssl.SSLError, ValueError):
+        return []
+    return [c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER) for c in certs]  # type: ignore[attr-defined]
+
+
+def _earliest_expiry(chain: list[bytes]) -> float | None:
+    expiries = []
+    for der in chain:
+        try:
+            expiries.append(x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp())
+        except ValueError:
+            continue
+    return min(expiries) if expiries else None

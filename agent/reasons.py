@@ -1,0 +1,27 @@
+"""The fixed set of failure reasons."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["Reason"]
+
+
+class Reason(enum.StrEnum):
+    """Why a run failed. The set is fixed so that dashboards and alerts can rely on it."""
+
+    DNS = "dns"
+    CONNECT = "connect"
+    TLS = "tls"
+    TIMEOUT = "timeout"
+    HTTP_STATUS = "http_status"
+    ASSERTION = "assertion"
+    AUTH = "auth"
+    RATE_LIMITED = "rate_limited"
+    SCHEMA = "schema"
+    NOT_DELIVERED = "not_delivered"
+    SIGNATURE = "signature"
+    STALE = "stale"
+    REDIRECTS = "redirects"
+    PROTOCOL = "protocol"
+    INTERNAL = "internal"

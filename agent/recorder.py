@@ -1,0 +1,471 @@
+"""The Recorder: the only place where probe results become spans, metric points and log lines."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from .checks import CheckEntry
+from .durations import format_duration
+from .http import RequestRecord
+from .plugin import AttributeValue, Clock, MetricKind, MetricSpec, ProbeResult, SpanHandle
+from .secrets import Redactor, redact_url
+from .telemetry import ExportStats
+
+__all__ = ["CORE_METRICS", "CheckState", "Recorder", "Run"]
+
+log = logging.getLogger("vantage.checks")
+
+_SECONDS_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    30.0,
+    60.0,
+)
+_HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+_LATENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+CORE_METRICS = (
+    MetricSpec("probe.success", MetricKind.GAUGE, "", "1 if the last run succeeded, else 0"),
+    MetricSpec("probe.duration", MetricKind.GAUGE, "s", "Duration of the last run"),
+    MetricSpec(
+        "probe.all.duration",
+        MetricKind.HISTOGRAM,
+        "s",
+        "Durations of all runs",
+        buckets=_SECONDS_BUCKETS,
+    ),
+    MetricSpec(
+        "probe.runs",
+        MetricKind.COUNTER,
+        "{run}",
+        "Runs by outcome and failure reason",
+        ("result", "reason"),
+    ),
+    MetricSpec(
+        "http.client.request.duration",
+        MetricKind.HISTOGRAM,
+        "s",
+        "Duration of HTTP client requests",
+        (
+            "http.request.method",
+            "http.response.status_code",
+            "server.address",
+            "server.port",
+            "url.scheme",
+            "error.type",
+            "network.protocol.version",
+        ),
+        _HTTP_BUCKETS,
+    ),
+)
+AGENT_METRICS = (
+    MetricSpec(
+        "vantage.scheduler.lateness",
+        MetricKind.HISTOGRAM,
+        "s",
+        "How long after its tick a run started",
+        buckets=_LATENESS_BUCKETS,
+    ),
+    MetricSpec(
+        "vantage.runs.skipped",
+        MetricKind.COUNTER,
+        "{run}",
+        "Ticks skipped because the previous run of the check was still going",
+        ("cause",),
+    ),
+    MetricSpec("vantage.probes.in_flight", MetricKind.GAUGE, "{probe}", "Probes running now"),
+    MetricSpec("vantage.checks", MetricKind.GAUGE, "{check}", "Checks this agent runs"),
+    MetricSpec(
+        "vantage.export.failures",
+        MetricKind.COUNTER,
+        "{export}",
+        "Telemetry exports that failed, by signal",
+        ("signal",),
+    ),
+)
+
+_current_span: contextvars.ContextVar[trace.Span | None] = contextvars.ContextVar(
+    "vantage_span", default=None
+)
+
+
+class _Span:
+    """A SpanHandle backed by an OpenTelemetry span."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: trace.Span) -> None:
+        self._span = span
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        self._span.set_attribute(key, value)
+
+    def add_event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:
+        self._span.add_event(name, dict(attributes or {}))
+
+    def fail(self, error_type: str, message: str) -> None:
+        self._span.set_attribute("error.type", error_type)
+        self._span.set_status(Status(StatusCode.ERROR, message))
+
+    def inject(self, headers: MutableMapping[str, str]) -> None:
+        propagate.inject(headers, context=trace.set_span_in_context(self._span))
+
+    def end(self, end_time: float | None = None) -> None:
+        self._span.end(None if end_time is None else int(end_time * 1e9))
+
+
+class _RunTracer:
+    """The Tracer of one run: child spans hang under the innermost span in use."""
+
+    def __init__(self, tracer: trace.Tracer, root: trace.Span, redact: Redactor) -> None:
+        self._tracer, self._root, self._redact = tracer, root, redact
+
+    def start_span(
+        self,
+        name: str,
+        *,
+        client: bool = False,
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> SpanHandle:
+        parent = _current_span.get() or self._root
+        attrs = {k: self._redact(v) if isinstance(v, str) else v for k, v in (attributes or {}).items()}
+        span = self._tracer.start_span(
+            name,
+            context=trace.set_span_in_context(parent),
+            kind=SpanKind.CLIENT if client else SpanKind.INTERNAL,
+            attributes=attrs,
+        )
+        return _Span(span)
+
+    @contextlib.contextmanager
+    def use_span(self, span: SpanHandle) -> Iterator[None]:
+        token = _current_span.set(span._span if isinstance(span, _Span) else None)
+        try:
+            yield
+        finally:
+            _current_span.reset(token)
+
+
+@dataclass
+class CheckState:
+    """What the status API shows of one check."""
+
+    entry: CheckEntry
+    target: str
+    runs: int = 0
+    failures: int = 0
+    skipped: int = 0
+    consecutive_failures: int = 0
+    last: ProbeResult | None = None
+    last_time: float | None = None
+    last_change: float | None = None
+
+    def as_json(self, redact: Redactor) -> dict[str, Any]:
+        check = self.entry.check
+        last = None
+        if self.last is not None:
+            result = self.last
+            last = {
+                "success": result.success,
+                "reason": result.reason.value if result.reason else None,
+                "message": redact(result.message),
+                "duration": result.duration,
+                "time": self.last_time,
+                "phases": dict(result.phases),
+                "values": dict(result.values),
+                "assertions": [
+                    {
+                        "assertion": redact(a.assertion),
+                        "passed": a.passed,
+                        "actual": redact(a.actual),
+                        "message": redact(a.message),
+                    }
+                    for a in result.assertions
+                ],
+                "steps": [
+                    {
+                        "name": s.name,
+                        "success": s.success,
+                        "duration": s.duration,
+                        "reason": s.reason.value if s.reason else None,
+                        "message": redact(s.message),
+                    }
+                    for s in result.steps
+                ],
+            }
+        return {
+            "name": check.name,
+            "type": check.type,
+            "target": self.target,
+            "interval": check.interval,
+            "timeout": check.timeout,
+            "labels": redact.deep(check.labels),
+            "runs": self.runs,
+            "failures": self.failures,
+            "skipped": self.skipped,
+            "consecutive_failures": self.consecutive_failures,
+            "last_change": self.last_change,
+            "last": last,
+        }
+
+
+@dataclass
+class Run:
+    """One run in progress: its root span and the tracer its probe uses."""
+
+    state: CheckState
+    span: trace.Span
+    tracer: _RunTracer
+    attributes: dict[str, AttributeValue] = field(default_factory=dict)
+
+
+class Recorder:
+    """Turns runs into telemetry, keeps each check's last state and logs state changes."""
+
+    def __init__(
+        self,
+        *,
+        meter: Meter,
+        tracer: trace.Tracer,
+        redactor: Redactor,
+        region: str,
+        clock: Clock,
+        log_runs: bool = False,
+        export_stats: ExportStats | None = None,
+    ) -> None:
+        self._meter, self._tracer, self._redact = meter, tracer, redactor
+        self.region, self._clock, self._log_runs = region, clock, log_runs
+        self._instruments: dict[str, tuple[MetricSpec, Any]] = {}
+        self._attrs: dict[str, dict[str, AttributeValue]] = {}
+        self.states: dict[str, CheckState] = {}
+        self.in_flight = 0
+        self._export_stats = export_stats or ExportStats()
+        for spec in (*CORE_METRICS, *AGENT_METRICS):
+            if spec.name not in (
+                "vantage.probes.in_flight",
+                "vantage.checks",
+                "vantage.export.failures",
+            ):
+                self._instrument(spec)
+        meter.create_observable_gauge(
+            "vantage.probes.in_flight", [self._observe_in_flight], "{probe}", "Probes running now"
+        )
+        meter.create_observable_gauge(
+            "vantage.checks", [self._observe_checks], "{check}", "Checks this agent runs"
+        )
+        meter.create_observable_counter(
+            "vantage.export.failures",
+            [self._observe_export_failures],
+            "{export}",
+            "Telemetry exports that failed, by signal",
+        )
+
+    def _instrument(self, spec: MetricSpec) -> Any:
+        known = self._instruments.get(spec.name)
+        if known is not None:
+            return known[1]
+        meter = self._meter
+        if spec.kind is MetricKind.GAUGE:
+            instrument: Any = meter.create_gauge(spec.name, spec.unit, spec.description)
+        elif spec.kind is MetricKind.COUNTER:
+            instrument = meter.create_counter(spec.name, spec.unit, spec.description)
+        else:
+            instrument = meter.create_histogram(
+                spec.name,
+                spec.unit,
+                spec.description,
+                explicit_bucket_boundaries_advisory=list(spec.buckets) if spec.buckets else None,
+            )
+        self._instruments[spec.name] = (spec, instrument)
+        return instrument
+
+    def register(self, entries: Sequence[CheckEntry]) -> None:
+        """Prepare the instruments and label sets of the checks this agent runs."""
+        for entry in entries:
+            for spec in entry.probe.metrics:
+                self._instrument(spec)
+            check = entry.check
+            target = redact_url(check.target, self._redact)
+            self._attrs[check.name] = {
+                **{k: self._redact(v) for k, v in check.labels.items()},
+                "check": check.name,
+                "type": check.type,
+                "target": target,
+                "region": self.region,
+            }
+            self.states[check.name] = CheckState(entry, target)
+
+    def _observe_in_flight(self, _: CallbackOptions) -> list[Observation]:
+        return [Observation(self.in_flight)]
+
+    def _observe_checks(self, _: CallbackOptions) -> list[Observation]:
+        return [Observation(len(self.states))]
+
+    def _observe_export_failures(self, _: CallbackOptions) -> list[Observation]:
+        failed = self._export_stats.failed
+        return [Observation(failed.get(signal, 0), {"signal": signal}) for signal in ("traces", "metrics")]
+
+    def lateness(self, seconds: float) -> None:
+        self._instruments["vantage.scheduler.lateness"][1].record(max(0.0, seconds))
+
+    def skipped(self, entry: CheckEntry, cause: str) -> None:
+        """A tick that did not run; see the scheduler's timeline for why."""
+        state = self.states[entry.check.name]
+        state.skipped += 1
+        attrs = {**self._attrs[entry.check.name], "cause": cause}
+        self._instruments["vantage.runs.skipped"][1].add(1, attrs)
+
+    def start_run(self, entry: CheckEntry) -> Run:
+        """Open the root span of a run."""
+        check = entry.check
+        attrs = self._attrs[check.name]
+        span = self._tracer.start_span(
+            f"check {check.name}",
+            context=trace.set_span_in_context(trace.INVALID_SPAN),
+            kind=SpanKind.INTERNAL,
+            attributes={
+                "vantage.check.name": check.name,
+                "vantage.check.type": check.type,
+                "vantage.check.target": attrs["target"],
+                "cloud.region": self.region,
+                **{f"vantage.check.label.{k}": v for k, v in check.labels.items()},
+            },
+        )
+        self.in_flight += 1
+        return Run(self.states[check.name], span, _RunTracer(self._tracer, span, self._redact))
+
+    def abandon_run(self, run: Run, why: str) -> None:
+        """End a run that was cancelled before it had a result; it records no metric points."""
+        self.in_flight -= 1
+        run.span.set_status(Status(StatusCode.ERROR, why))
+        run.span.end()
+
+    def finish_run(self, run: Run, result: ProbeResult, requests: Sequence[RequestRecord] = ()) -> None:
+        """Record a run's result: metric points, root span attributes and status, log lines."""
+        self.in_flight -= 1
+        state = run.state
+        check = state.entry.check
+        attrs = self._attrs[check.name]
+        duration = result.duration or 0.0
+        self._set("probe.success", 1.0 if result.success else 0.0, attrs)
+        self._set("probe.duration", duration, attrs)
+        self._instruments["probe.all.duration"][1].record(duration, attrs)
+        outcome = {"result": "success" if result.success else "failure"}
+        if result.reason is not None:
+            outcome["reason"] = result.reason.value
+        self._instruments["probe.runs"][1].add(1, {**attrs, **outcome})
+        phase_metric = state.entry.probe.phase_metric
+        if phase_metric and result.phases:
+            for phase, seconds in result.phases.items():
+                self._set(phase_metric, seconds, {**attrs, "phase": phase})
+        for name, value in result.values.items():
+            self._set(name, value, attrs)
+        for sample in result.samples:
+            self._set(sample.metric, sample.value, {**attrs, **sample.labels})
+        request_duration = self._instruments["http.client.request.duration"][1]
+        for request in requests:
+            labels: dict[str, AttributeValue] = {
+                "check": check.name,
+                "http.request.method": request.method,
+                "server.address": request.host,
+                "server.port": request.port,
+                "url.scheme": request.scheme,
+            }
+            if request.status is not None:
+                labels["http.response.status_code"] = request.status
+            if request.protocol_version:
+                labels["network.protocol.version"] = request.protocol_version
+            if request.error_type:
+                labels["error.type"] = request.error_type
+            request_duration.record(request.duration, labels)
+
+        span = run.span
+        message = self._redact(result.message)
+        span.set_attribute("vantage.result", outcome["result"])
+        span.set_attribute("vantage.duration", duration)
+        for key, attribute in result.attributes.items():
+            span.set_attribute(key, self._redact(attribute) if isinstance(attribute, str) else attribute)
+        for outcome_ in result.assertions:
+            if not outcome_.passed:
+                span.add_event(
+                    "assertion_failed",
+                    {
+                        "vantage.assertion": self._redact(outcome_.assertion),
+                        "vantage.assertion.message": self._redact(outcome_.message),
+                    },
+                )
+        if result.success:
+            span.set_status(Status(StatusCode.OK))
+        else:
+            assert result.reason is not None
+            span.set_attribute("error.type", result.reason.value)
+            span.set_status(Status(StatusCode.ERROR, message))
+        span.end()
+
+        now = self._clock.time()
+        previous = state.last
+        state.runs += 1
+        state.last, state.last_time = result, now
+        if result.success:
+            state.consecutive_failures = 0
+        else:
+            state.failures += 1
+            state.consecutive_failures += 1
+        changed = previous is None or previous.success != result.success
+        if changed:
+            state.last_change = now
+        fields = {
+            "check": check.name,
+            "type": check.type,
+            "result": outcome["result"],
+            "reason": outcome.get("reason", ""),
+            "duration": round(duration, 6),
+            "detail": message,
+        }
+        if changed and not result.success:
+            log.warning("check %s is failing: %s: %s", check.name, outcome["reason"], message, extra=fields)
+        elif changed and previous is not None:
+            log.info("check %s has recovered", check.name, extra=fields)
+        elif self._log_runs:
+            log.info(
+                "check %s %s%s in %s",
+                check.name,
+                outcome["result"],
+                f" ({outcome['reason']}: {message})" if not result.success else "",
+                format_duration(duration),
+                extra=fields,
+            )
+
+    def _set(self, name: str, value: float, attrs: Mapping[str, AttributeValue]) -> None:
+        known = self._instruments.get(name)
+        if known is None:
+            log.error("probe emitted %s, which is not among its metric specs; dropped", name)
+            return
+        spec, instrument = known
+        if spec.kind is MetricKind.GAUGE:
+            instrument.set(value, attrs)
+        elif spec.kind is MetricKind.COUNTER:
+            instrument.add(value, attrs)
+        else:
+            instrument.record(value, attrs)

@@ -1,0 +1,225 @@
+"""The Scheduler: every check at a fixed rate from a deterministic offset, on one timer heap.
+
+Each check ticks at ``phase + k * interval`` on the wall clock, where ``phase`` is a hash of the
+check's name and region. A thousand checks with the same interval spread over it instead of firing
+together, and a restarted agent keeps the same phase. After the first tick, ticks advance on the
+monotonic clock, so they never drift and ignore wall-clock jumps.
+
+A run never overlaps the next run of the same check. With a 10s interval and a run that hangs
+until its 9s timeout while the probe pool is full::
+
+    tick 0s ── waits for a slot ── starts 3s ─────────── times out 12s
+    tick 10s   previous run still going → skipped (counted as cause="overlap")
+    tick 20s ── starts 20s ── ...
+
+and when the agent itself stalls (a paused container), the ticks it missed are skipped, not
+replayed in a burst (cause="behind").
+
+``VANTAGE_CONCURRENCY`` bounds the probes in flight; lateness (start minus tick) is measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from .checks import CheckEntry
+from .config import Shard
+from .durations import format_duration
+from .plugin import Clock, ProbeContext, ProbeResult, Reason
+from .recorder import Recorder, Run
+
+__all__ = ["Scheduler", "offset", "owner", "select"]
+
+log = logging.getLogger("vantage.scheduler")
+_MIN_SLEEP = 0.001  # uvloop turns sleeps under ~0.5ms into busy spins
+
+
+def _hash(*parts: str) -> int:
+    digest = hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def offset(name: str, region: str) -> float:
+    """The check's phase as a fraction of its interval, in [0, 1)."""
+    return _hash(name, region) / 2**64
+
+
+def owner(name: str, count: int) -> int:
+    """The shard that runs a check, by rendezvous hashing: when the number of shards changes by
+    one, only the checks of the shard that came or went move."""
+    return max(range(count), key=lambda index: _hash(str(index), name))
+
+
+def select(entries: Iterable[CheckEntry], region: str, shard: Shard) -> list[CheckEntry]:
+    """The checks this replica runs: those for its region, and of those its shard's share."""
+    return [
+        entry
+        for entry in entries
+        if entry.check.runs_in(region)
+        and (shard.count == 1 or owner(entry.check.name, shard.count) == shard.index)
+    ]
+
+
+@dataclass(eq=False, slots=True)
+class _Item:
+    entry: CheckEntry
+    running: bool = False
+
+
+class Scheduler:
+    """Runs the checks it is given until stopped; see the module docstring."""
+
+    def __init__(
+        self,
+        entries: Iterable[CheckEntry],
+        *,
+        recorder: Recorder,
+        context: Callable[[CheckEntry, Run], ProbeContext],
+        clock: Clock,
+        region: str,
+        concurrency: int,
+    ) -> None:
+        self._items = [_Item(entry) for entry in entries]
+        self._recorder, self._context, self._clock, self._region = recorder, context, clock, region
+        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._stopping = False
+        self._sleep_scope: anyio.CancelScope | None = None
+        self._crashed: set[str] = set()
+        self._idle = anyio.Event()
+        self._running_count = 0
+        self.running = False
+        self.heartbeat = clock.monotonic()
+        """Monotonic time of the loop's last turn, for ``/healthz``."""
+
+    def stop(self) -> None:
+        """Stop ticking; runs in flight go on until drained or cancelled by ``run``'s caller."""
+        self._stopping = True
+        if self._sleep_scope is not None:
+            self._sleep_scope.cancel()
+
+    async def run(
+        self,
+        *,
+        drain_timeout: float = 10.0,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Tick until ``stop()``, then wait up to ``drain_timeout`` for runs in flight, then cancel them."""
+        async with anyio.create_task_group() as tg:
+            self.running = True
+            task_status.started()
+            try:
+                await self._loop(tg)
+            finally:
+                self.running = False
+            if self._running_count:
+                log.info(
+                    "waiting up to %s for %d runs in flight",
+                    format_duration(drain_timeout),
+                    self._running_count,
+                )
+                with anyio.move_on_after(drain_timeout):
+                    await self._idle.wait()
+            tg.cancel_scope.cancel()
+
+    def _first_due(self, item: _Item) -> float:
+        interval = item.entry.check.interval
+        phase = offset(item.entry.check.name, self._region) * interval
+        wall, mono = self._clock.time(), self._clock.monotonic()
+        next_wall = math.ceil((wall - phase) / interval) * interval + phase
+        return mono + (next_wall - wall)
+
+    async def _loop(self, tg: TaskGroup) -> None:
+        heap: list[tuple[float, int, _Item]] = [
+            (self._first_due(item), index, item) for index, item in enumerate(self._items)
+        ]
+        heapq.heapify(heap)
+        while not self._stopping:
+            now = self._clock.monotonic()
+            self.heartbeat = now
+            while heap and heap[0][0] <= now:
+                due, index, item = heap[0]
+                interval = item.entry.check.interval
+                if item.running:
+                    self._recorder.skipped(item.entry, "overlap")
+                else:
+                    item.running = True
+                    self._running_count += 1
+                    tg.start_soon(self._run_one, item, due)
+                following = due + interval
+                if following <= now:
+                    missed = math.floor((now - following) / interval) + 1
+                    following += missed * interval
+                    for _ in range(missed):
+                        self._recorder.skipped(item.entry, "behind")
+                heapq.heapreplace(heap, (following, index, item))
+            delay = heap[0][0] - now if heap else 3600.0
+            with anyio.CancelScope() as scope:
+                self._sleep_scope = scope
+                if not self._stopping:
+                    await self._clock.sleep(max(delay, _MIN_SLEEP))
+            self._sleep_scope = None
+
+    async def _run_one(self, item: _Item, due: float) -> None:
+        entry = item.entry
+        check = entry.check
+        try:
+            async with self._limiter:
+                started = self._clock.monotonic()
+                self._recorder.lateness(started - due)
+                run = self._recorder.start_run(entry)
+                ctx = self._context(entry, run)
+                try:
+                    result = await self._probe(entry, ctx)
+                except BaseException:
+                    self._recorder.abandon_run(run, "cancelled: the agent is shutting down")
+                    raise
+                if result.duration is None:
+                    result = replace(result, duration=self._clock.monotonic() - started)
+                try:
+                    self._recorder.finish_run(run, result, ctx.requests)
+                except Exception:
+                    # A recording bug must not take the other checks down with it.
+                    log.exception("recording the result of check %s failed", check.name)
+        finally:
+            item.running = False
+            self._running_count -= 1
+            if self._stopping and self._running_count == 0:
+                self._idle.set()
+
+    async def _probe(self, entry: CheckEntry, ctx: ProbeContext) -> ProbeResult:
+        check = entry.check
+        result: Any = None
+        try:
+            with anyio.move_on_after(check.timeout):
+                result = await entry.probe.run(check, entry.settings, ctx)
+                if not isinstance(result, ProbeResult):
+                    raise TypeError(f"run() returned {type(result).__name__}, not a ProbeResult")
+                return result
+        except Exception as exc:
+            if check.name not in self._crashed:
+                self._crashed.add(check.name)
+                log.exception("probe %s crashed on check %s; logged once per check", check.type, check.name)
+            return ProbeResult.failure(
+                Reason.INTERNAL, ctx.redact(f"the probe crashed: {type(exc).__name__}: {exc}")
+            )
+        return ProbeResult.failure(
+            Reason.TIMEOUT,
+            f"no result within the timeout of {format_duration(check.timeout)} ({ctx.stage})",
+        )
+
+    async def run_once(self) -> None:
+        """Run every check once now, concurrently within the bound (``vantage once``)."""
+        async with anyio.create_task_group() as tg:
+            for item in self._items:
+                item.running = True
+                self._running_count += 1
+                tg.start_soon(self._run_one, item, self._clock.monotonic())

@@ -1,0 +1,134 @@
+"""The agent's HTTP server: health, readiness, ``/metrics`` and the status API."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from aiohttp import web
+from anyio.abc import TaskStatus
+
+from .recorder import Recorder
+from .secrets import Redactor
+from .telemetry import Telemetry
+
+__all__ = ["Server"]
+
+_HEALTH_STALE = 30.0  # seconds without a scheduler turn before /healthz fails
+_PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Server:
+    """Serves ``/healthz``, ``/readyz``, ``/metrics`` and ``/api/checks`` on the agent's port."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        recorder: Recorder,
+        telemetry: Telemetry,
+        redactor: Redactor,
+        api_token: str | None,
+        scheduler_alive: Callable[[], tuple[bool, float]],
+        version: str,
+    ) -> None:
+        self.host, self.port = host, port
+        self._recorder, self._telemetry, self._redact = recorder, telemetry, redactor
+        self._token = api_token.encode() if api_token else None
+        self._alive = scheduler_alive
+        self._version = version
+        self.bound_port: int | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/api/checks", self._checks)
+        app.router.add_get("/api/checks/{name}", self._check)
+        return app
+
+    async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Bind (a failure surfaces in the caller of ``tg.start``), serve until cancelled."""
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+            await site.start()
+            server = site._server
+            sockets = getattr(server, "sockets", None) or []
+            self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
+            task_status.started(self.bound_port)
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await runner.cleanup()
+
+    def _authorized(self, request: web.Request) -> bool:
+        if self._token is None:
+            return True
+        header = request.headers.get("Authorization", "")
+        given = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
+        return hmac.compare_digest(given.encode(), self._token)
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        running, age = self._alive()
+        ok = running and age < _HEALTH_STALE
+        return web.json_response(
+            {"status": "ok" if ok else "unhealthy", "scheduler_age": round(age, 3)},
+            status=200 if ok else 503,
+        )
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        running, _age = self._alive()
+        stats = self._telemetry.stats
+        with stats.lock:
+            export = {
+                "exporters": {
+                    "traces": self._telemetry.trace_exporters,
+                    "metrics": self._telemetry.metric_exporters,
+                },
+                "exported": dict(stats.exported),
+                "failed": dict(stats.failed),
+                "last_error": dict(stats.last_error),
+            }
+        body = {
+            "status": "ready" if running else "not ready",
+            "version": self._version,
+            "checks": len(self._recorder.states),
+            "telemetry": export,
+        }
+        return web.json_response(body, status=200 if running else 503)
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        if self._telemetry.prometheus is None:
+            raise web.HTTPNotFound(
+                text="the prometheus metrics exporter is not enabled (OTEL_METRICS_EXPORTER)\n"
+            )
+        # Collecting every instrument is synchronous work; keep it off the event loop.
+        body = await anyio.to_thread.run_sync(self._telemetry.render_prometheus)
+        return web.Response(
+            body=self._redact(body.decode()).encode(), headers={"Content-Type": _PROMETHEUS_TYPE}
+        )
+
+    async def _checks(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            raise web.HTTPUnauthorized(text="a valid bearer token is required\n")
+        states = [state.as_json(self._redact) for state in self._recorder.states.values()]
+        return _json({"checks": states})
+
+    async def _check(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            raise web.HTTPUnauthorized(text="a valid bearer token is required\n")
+        state = self._recorder.states.get(request.match_info["name"])
+        if state is None:
+            raise web.HTTPNotFound(text="no such check\n")
+        return _json(state.as_json(self._redact))
+
+
+def _json(body: Any) -> web.Response:
+    return web.Response(text=json.dumps(body, default=str), content_type="application/json")

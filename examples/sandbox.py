@@ -1,0 +1,94 @@
+"""A small "sandbox vendor": an example third-party API on loopback for ``make run`` and the docs.
+
+It behaves like the APIs Vantage watches: a token-guarded list endpoint, a health endpoint, an
+endpoint that is sometimes slow, one that fails now and then, a moved endpoint that redirects,
+a CORS-aware endpoint, and one that hangs past any sensible timeout.
+
+    python examples/sandbox.py            # listens on 127.0.0.1:8099 (SANDBOX_PORT to change)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+
+from aiohttp import web
+
+API_KEY = os.environ.get("SANDBOX_API_KEY", "sk_test_sandbox")
+ALLOWED_ORIGIN = "https://shop.example"
+_counter = itertools.count()
+
+
+async def charges(request: web.Request) -> web.Response:
+    if request.headers.get("Authorization") != f"Bearer {API_KEY}":
+        return web.json_response(
+            {"error": {"type": "invalid_request_error", "message": "Invalid API key provided"}},
+            status=401,
+        )
+    limit = min(int(request.query.get("limit", "3")), 10)
+    data = [
+        {
+            "id": f"ch_{n:06d}",
+            "object": "charge",
+            "amount": 1000 + n,
+            "currency": "eur",
+            "paid": True,
+        }
+        for n in range(limit)
+    ]
+    return web.json_response({"object": "list", "data": data, "has_more": False})
+
+
+async def health(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def orders(_: web.Request) -> web.Response:
+    await asyncio.sleep(random.uniform(0.02, 0.3))
+    return web.json_response({"orders": [{"id": "ord_1", "status": "shipped"}]})
+
+
+async def flaky(_: web.Request) -> web.Response:
+    if next(_counter) % 4 == 3:
+        return web.json_response({"error": "upstream unavailable"}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+async def legacy(_: web.Request) -> web.Response:
+    raise web.HTTPMovedPermanently("/v1/health")
+
+
+async def cors(request: web.Request) -> web.Response:
+    headers = {}
+    if request.headers.get("Origin") == ALLOWED_ORIGIN:
+        headers["Access-Control-Allow-Origin"] = ALLOWED_ORIGIN
+    return web.json_response({"status": "ok"}, headers=headers)
+
+
+async def hang(_: web.Request) -> web.Response:
+    await asyncio.sleep(3600)
+    return web.json_response({})
+
+
+def app() -> web.Application:
+    application = web.Application()
+    application.router.add_get("/v1/charges", charges)
+    application.router.add_get("/v1/health", health)
+    application.router.add_get("/v1/orders", orders)
+    application.router.add_get("/v1/flaky", flaky)
+    application.router.add_get("/legacy/health", legacy)
+    application.router.add_get("/v1/cors", cors)
+    application.router.add_get("/v1/hang", hang)
+    return application
+
+
+if __name__ == "__main__":
+    port = int(os.environ.get("SANDBOX_PORT", "8099"))
+    web.run_app(
+        app(),
+        host="127.0.0.1",
+        port=port,
+        print=lambda _: print(f"sandbox vendor on http://127.0.0.1:{port}"),
+    )

@@ -1,0 +1,175 @@
+"""The ``http`` probe: one request (following redirects), timed by phase, judged by assertions.
+
+Metric names follow blackbox_exporter's http prober so that its dashboards keep working.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import ByteSize, Field, model_validator
+
+from agent.plugin import (
+    Assertion,
+    AssertionOutcome,
+    Check,
+    HttpFailure,
+    MetricKind,
+    MetricSpec,
+    Probe,
+    ProbeContext,
+    ProbeResult,
+    ProbeSettings,
+    Reason,
+    Sample,
+    Subject,
+    TLSOptions,
+)
+
+__all__ = ["HttpProbe", "HttpSettings"]
+
+
+class HttpSettings(ProbeSettings):
+    """Settings of an ``http`` check."""
+
+    method: str = Field("GET", pattern=r"^[A-Za-z]+$")
+    headers: dict[str, str] = Field(default_factory=dict)
+    query: dict[str, str | list[str]] = Field(default_factory=dict)
+    body: str | None = None
+    json_body: Any = Field(None, alias="json")
+    origin: str | None = None
+    """Sent as the ``Origin`` header, so that CORS answers can be asserted on."""
+    follow_redirects: bool = True
+    max_redirects: int = Field(10, ge=0, le=50)
+    fresh_connection: bool = True
+    ip_family: Literal["auto", "ipv4", "ipv6"] = "auto"
+    tls: TLSOptions = Field(default_factory=TLSOptions)
+    max_body: ByteSize = Field(ByteSize(1 << 20), ge=0, le=1 << 30)
+    """Read at most this much of the body; the rest is cut, never buffered."""
+    assertions: tuple[Assertion, ...] = Field((), alias="assert")
+
+    @model_validator(mode="after")
+    def _one_body(self) -> HttpSettings:
+        if self.body is not None and self.json_body is not None:
+            raise ValueError("give 'body' or 'json', not both")
+        return self
+
+
+def _gauge(name: str, unit: str, description: str, *labels: str) -> MetricSpec:
+    return MetricSpec(name, MetricKind.GAUGE, unit, description, labels)
+
+
+class HttpProbe(Probe[HttpSettings]):
+    """Sends one HTTP request per run and checks the response."""
+
+    name = "http"
+    Settings = HttpSettings
+    phase_metric = "probe.http.duration"
+    metrics = (
+        _gauge("probe.http.status_code", "", "Response HTTP status code"),
+        _gauge(
+            "probe.http.duration",
+            "s",
+            "Duration of the HTTP request by phase, summed over all redirects",
+            "phase",
+        ),
+        _gauge(
+            "probe.http.content_length",
+            "{byte}",
+            "Length of the HTTP response body as declared or read",
+        ),
+        _gauge("probe.http.version", "", "HTTP version of the response"),
+        _gauge("probe.http.redirects", "", "The number of redirects followed"),
+        _gauge("probe.http.ssl", "", "1 if TLS was used for the final hop, else 0"),
+        _gauge(
+            "probe.ssl.earliest_cert_expiry",
+            "{timestamp}",
+            "Earliest expiry of the certificates the server sent, in seconds since the epoch",
+        ),
+        _gauge(
+            "probe.ssl.last_chain_expiry_timestamp",
+            "s",
+            "Earliest expiry in the verified certificate chain, in seconds since the epoch",
+        ),
+        _gauge("probe.tls.version_info", "", "The TLS version of the final hop", "version"),
+    )
+
+    async def run(self, check: Check, settings: HttpSettings, ctx: ProbeContext) -> ProbeResult:
+        headers = dict(settings.headers)
+        if settings.origin:
+            headers["Origin"] = settings.origin
+        data = settings.body
+        if settings.json_body is not None:
+            data = json.dumps(settings.json_body)
+            headers.setdefault("Content-Type", "application/json")
+        async with ctx.http(
+            settings.tls, fresh=settings.fresh_connection, ip_family=settings.ip_family
+        ) as client:
+            try:
+                exchange = await client.request(
+                    settings.method,
+                    check.target,
+                    headers=headers,
+                    params=settings.query,
+                    data=data,
+                    follow_redirects=settings.follow_redirects,
+                    max_redirects=settings.max_redirects,
+                    max_body=int(settings.max_body),
+                )
+            except HttpFailure as failure:
+                return ProbeResult.failure(failure.reason, failure.message, phases=failure.phases)
+
+        values: dict[str, float] = {
+            "probe.http.status_code": exchange.status,
+            "probe.http.content_length": exchange.content_length,
+            "probe.http.version": float(exchange.http_version),
+            "probe.http.redirects": exchange.redirects,
+            "probe.http.ssl": 1.0 if exchange.tls else 0.0,
+        }
+        samples: tuple[Sample, ...] = ()
+        if exchange.tls:
+            if exchange.tls.earliest_expiry is not None:
+                values["probe.ssl.earliest_cert_expiry"] = exchange.tls.earliest_expiry
+            if exchange.tls.last_chain_expiry is not None:
+                values["probe.ssl.last_chain_expiry_timestamp"] = exchange.tls.last_chain_expiry
+            samples = (Sample("probe.tls.version_info", 1.0, {"version": exchange.tls.version}),)
+        attributes = {
+            "http.response.status_code": exchange.status,
+            "vantage.http.redirects": exchange.redirects,
+        }
+        if exchange.truncated:
+            attributes["vantage.http.body_truncated"] = True
+
+        subject = Subject(
+            exchange.status, exchange.headers, exchange.body, exchange.duration, exchange.truncated
+        )
+        outcomes = tuple(assertion.evaluate(subject) for assertion in settings.assertions)
+        reason, message = _verdict(settings.assertions, outcomes, exchange.status)
+        return ProbeResult(
+            success=reason is None,
+            reason=reason,
+            message=ctx.redact(message),
+            phases=exchange.phases,
+            values=values,
+            samples=samples,
+            attributes=attributes,
+            assertions=outcomes,
+        )
+
+
+def _verdict(
+    assertions: tuple[Assertion, ...], outcomes: tuple[AssertionOutcome, ...], status: int
+) -> tuple[Reason | None, str]:
+    """The first failure decides the reason: a status rule → ``http_status``, a schema → ``schema``."""
+    if not any(a.source == "status" for a in assertions) and not 200 <= status < 300:
+        return Reason.HTTP_STATUS, f"HTTP {status} (expected 2xx)"
+    for outcome in outcomes:
+        if outcome.passed:
+            continue
+        if outcome.source == "status":
+            return Reason.HTTP_STATUS, f"HTTP {status}: {outcome.message}"
+        if outcome.op == "schema":
+            return Reason.SCHEMA, f"{outcome.assertion}: {outcome.message}"
+        return Reason.ASSERTION, f"{outcome.assertion}: {outcome.message}"
+    return None, ""
