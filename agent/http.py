@@ -213,6 +213,7 @@ class _TimedConnector(aiohttp.TCPConnector):
         super().__init__(**kwargs)
         self._clock = clock
         self.tcp_connected: float | None = None
+        self.tls: TLSInfo | None = None
 
     async def _wrap_create_connection(
         self,
@@ -232,7 +233,11 @@ class _TimedConnector(aiohttp.TCPConnector):
                 loop=self._loop,
             )
             self.tcp_connected = self._clock.monotonic()
-            return await self._loop.create_connection(*args, **kwargs, sock=sock)
+            transport, protocol = await self._loop.create_connection(*args, **kwargs, sock=sock)
+            # Read the handshake now: a small response releases its connection before the caller looks.
+            ssl_object = transport.get_extra_info("ssl_object")
+            self.tls = _tls_info(ssl_object) if ssl_object is not None else None
+            return transport, protocol
         except ssl.CertificateError as exc:
             raise aiohttp.ClientConnectorCertificateError(req.connection_key, exc) from exc
         except ssl.SSLError as exc:
@@ -486,7 +491,7 @@ class HttpClient:
             headers_at = clock.monotonic()
             status = response.status
             version = _version(response)
-            tls_info = _tls_info(response)
+            tls_info = connector.tls if url.scheme == "https" else None
             ctx.stage = f"reading the body of {method} {url.host}"
             try:
                 chunks, size, truncated = [], 0, False
@@ -572,13 +577,7 @@ def _version(response: aiohttp.ClientResponse) -> str:
     return f"{version.major}.{version.minor}" if version is not None else "1.1"
 
 
-def _tls_info(response: aiohttp.ClientResponse) -> TLSInfo | None:
-    connection = response.connection
-    if connection is None or connection.transport is None:
-        return None
-    ssl_object = connection.transport.get_extra_info("ssl_object")
-    if ssl_object is None:
-        return None
+def _tls_info(ssl_object: Any) -> TLSInfo:
     version = _TLS_VERSIONS.get(ssl_object.version() or "", ssl_object.version() or "unknown")
     cipher = (ssl_object.cipher() or ("",))[0]
     return TLSInfo(

@@ -118,7 +118,13 @@ class HttpProbe(Probe[HttpSettings]):
                     max_body=int(settings.max_body),
                 )
             except HttpFailure as failure:
-                return ProbeResult.failure(failure.reason, failure.message, phases=failure.phases)
+                # As blackbox_exporter does: no response means status code 0, not the last one seen.
+                return ProbeResult.failure(
+                    failure.reason,
+                    failure.message,
+                    phases=failure.phases,
+                    values={"probe.http.status_code": 0, "probe.http.ssl": 0},
+                )
 
         values: dict[str, float] = {
             "probe.http.status_code": exchange.status,

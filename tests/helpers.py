@@ -1,0 +1,326 @@
+"""Test helpers: local servers on port 0, a fake clock, a name resolver, an OTLP receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import grpc
+import yaml
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from agent.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def config_from(checks: list[dict[str, Any]] | dict[str, Any], **env: str) -> Config:
+    """A Config from a check document and VANTAGE_* / other variables."""
+    document = checks if isinstance(checks, dict) else {"checks": checks}
+    environ = {"VANTAGE_CHECKS": yaml.safe_dump(document), "OTEL_TRACES_EXPORTER": "none", **env}
+    return load_config(environ)
+
+
+# ---------------------------------------------------------------- servers
+
+
+@contextlib.asynccontextmanager
+async def serve(app: web.Application, *, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[int]:
+    """Serve ``app`` on 127.0.0.1 with an ephemeral port; yields the port."""
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield port
+    finally:
+        with anyio.CancelScope(shield=True):
+            await runner.cleanup()
+
+
+class MapResolver(AbstractResolver):
+    """Resolves the names it is given to loopback and fails the rest as NXDOMAIN would.
+
+    Tests use names (for TLS SNI and hostname checks) without sending a query off the machine.
+    """
+
+    names: dict[str, str] = {}
+
+    def __init__(self, names: dict[str, str] | None = None) -> None:
+        self._names = names if names is not None else self.names
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
+        await asyncio.sleep(0)
+        if host not in self._names:
+            raise OSError(socket.EAI_NONAME, "Name or service not known")
+        return [
+            {
+                "hostname": host,
+                "host": self._names[host],
+                "port": port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+# ---------------------------------------------------------------- fake clock
+
+
+class FakeClock:
+    """A clock the test moves by hand; ``sleep`` waits until the test has moved it far enough."""
+
+    def __init__(self, start: float = 1000.0, wall: float = 1_800_000_000.0) -> None:
+        self.now = start
+        self._wall = wall - start
+        self._sleepers: list[tuple[float, int, anyio.Event]] = []
+        self._seq = itertools.count()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self._wall + self.now
+
+    async def sleep(self, seconds: float) -> None:
+        event = anyio.Event()
+        heapq.heappush(self._sleepers, (self.now + seconds, next(self._seq), event))
+        await event.wait()
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward, waking sleepers in order and letting every task settle in between."""
+        target = self.now + seconds
+        while True:
+            await anyio.wait_all_tasks_blocked()
+            if not self._sleepers or self._sleepers[0][0] > target:
+                break
+            wake, _, event = heapq.heappop(self._sleepers)
+            self.now = max(self.now, wake)
+            event.set()
+        self.now = target
+        await anyio.wait_all_tasks_blocked()
+
+
+# ---------------------------------------------------------------- OTLP receiver
+
+
+@dataclass
+class Received:
+    """What the receiver decoded: export requests as official protobuf messages."""
+
+    traces: list[trace_service_pb2.ExportTraceServiceRequest] = field(default_factory=list)
+    metrics: list[metrics_service_pb2.ExportMetricsServiceRequest] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def spans(self) -> list[tuple[dict[str, Any], Any]]:
+        """Every span with its resource attributes."""
+        with self.lock:
+            out = []
+            for request in self.traces:
+                for rs in request.resource_spans:
+                    resource = attributes(rs.resource.attributes)
+                    for ss in rs.scope_spans:
+                        out.extend((resource, span) for span in ss.spans)
+            return out
+
+    def points(self, name: str) -> list[tuple[dict[str, Any], float]]:
+        """Every data point of metric ``name``: (attributes, value or histogram count)."""
+        with self.lock:
+            out = []
+            for request in self.metrics:
+                for rm in request.resource_metrics:
+                    for sm in rm.scope_metrics:
+                        for metric in sm.metrics:
+                            if metric.name != name:
+                                continue
+                            kind = metric.WhichOneof("data")
+                            for point in getattr(metric, kind).data_points:
+                                if kind == "histogram":
+                                    value = float(point.count)
+                                else:
+                                    value = (
+                                        point.as_double
+                                        if point.HasField("as_double")
+                                        else float(point.as_int)
+                                    )
+                                out.append((attributes(point.attributes), value))
+            return out
+
+    def metric_units(self) -> dict[str, str]:
+        with self.lock:
+            return {
+                m.name: m.unit
+                for request in self.metrics
+                for rm in request.resource_metrics
+                for sm in rm.scope_metrics
+                for m in sm.metrics
+            }
+
+
+def attributes(kvs: Any) -> dict[str, Any]:
+    out = {}
+    for kv in kvs:
+        which = kv.value.WhichOneof("value")
+        out[kv.key] = getattr(kv.value, which) if which else None
+    return out
+
+
+@contextlib.contextmanager
+def otlp_http_receiver() -> Iterator[tuple[str, Received]]:
+    """An OTLP/HTTP (protobuf) receiver in a thread; yields its endpoint and what it received."""
+    received = Received()
+
+    async def traces(request: web.Request) -> web.Response:
+        message = trace_service_pb2.ExportTraceServiceRequest.FromString(await request.read())
+        with received.lock:
+            received.traces.append(message)
+        return web.Response(
+            body=trace_service_pb2.ExportTraceServiceResponse().SerializeToString(),
+            content_type="application/x-protobuf",
+        )
+
+    async def metrics(request: web.Request) -> web.Response:
+        message = metrics_service_pb2.ExportMetricsServiceRequest.FromString(await request.read())
+        with received.lock:
+            received.metrics.append(message)
+        return web.Response(
+            body=metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString(),
+            content_type="application/x-protobuf",
+        )
+
+    app = web.Application(client_max_size=64 << 20)
+    app.router.add_post("/v1/traces", traces)
+    app.router.add_post("/v1/metrics", metrics)
+    ready: futures.Future[int] = futures.Future()
+    stop = threading.Event()
+
+    async def main() -> None:
+        async with serve(app) as port:
+            ready.set_result(port)
+            while not stop.is_set():
+                await anyio.sleep(0.05)
+
+    thread = threading.Thread(target=anyio.run, args=(main,), daemon=True)
+    thread.start()
+    port = ready.result(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}", received
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def otlp_grpc_receiver() -> Iterator[tuple[str, Received]]:
+    """An OTLP/gRPC receiver; yields its endpoint and what it received."""
+    received = Received()
+
+    class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:
+            with received.lock:
+                received.traces.append(request)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:
+            with received.lock:
+                received.metrics.append(request)
+            return metrics_service_pb2.ExportMetricsServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}", received
+    finally:
+        server.stop(grace=None)
+
+
+# ---------------------------------------------------------------- the agent as a process
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class AgentProcess:
+    """``vantage run`` in a subprocess, with its stderr collected."""
+
+    def __init__(self, checks: dict[str, Any] | list[dict[str, Any]], env: dict[str, str]) -> None:
+        document = checks if isinstance(checks, dict) else {"checks": checks}
+        self.port = free_port()
+        self.env = {
+            "PATH": os.environ.get("PATH", ""),
+            "VANTAGE_CHECKS": yaml.safe_dump(document),
+            "VANTAGE_PORT": str(self.port),
+            "VANTAGE_HOST": "127.0.0.1",
+            "VANTAGE_LOG_RUNS": "true",
+            **env,
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run"],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.output = ""
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        out, err = self.proc.communicate(timeout=timeout)
+        self.output = out + err
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+            self.output = out + err
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail the test at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
