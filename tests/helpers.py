@@ -224,8 +224,7 @@ def otlp_http_receiver() -> Iterator[tuple[str, Received]]:
     async def main() -> None:
         async with serve(app) as port:
             ready.set_result(port)
-            while not stop.is_set():
-                await anyio.sleep(0.05)
+            await anyio.to_thread.run_sync(stop.wait)
 
     thread = threading.Thread(target=anyio.run, args=(main,), daemon=True)
     thread.start()

@@ -291,7 +291,7 @@ async def test_credentials_dropped_on_cross_origin_redirect() -> None:
 
 async def test_huge_body_is_cut_not_buffered() -> None:
     async with serve(vendor_app()) as port:
-        results, spans = await run_checks(
+        results, _ = await run_checks(
             [
                 http_check(
                     "huge",
@@ -353,7 +353,7 @@ async def test_tls_verified_with_custom_ca_and_cert_metrics(ca: trustme.CA, ca_f
     not_after = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(days=30)
     cert = ca.issue_cert("vendor.test", not_after=not_after)
     async with serve(vendor_app(), ssl_context=server_context(cert)) as port:
-        results, spans = await run_checks(
+        results, _ = await run_checks(
             [
                 http_check("good", f"https://vendor.test:{port}/ok", tls={"ca_file": str(ca_file)}),
                 http_check("untrusted", f"https://vendor.test:{port}/ok"),
