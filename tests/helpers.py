@@ -118,14 +118,28 @@ class FakeClock:
         """Move time forward, waking sleepers in order and letting every task settle in between."""
         target = self.now + seconds
         while True:
-            await anyio.wait_all_tasks_blocked()
+            await settle()
             if not self._sleepers or self._sleepers[0][0] > target:
                 break
             wake, _, event = heapq.heappop(self._sleepers)
             self.now = max(self.now, wake)
             event.set()
         self.now = target
-        await anyio.wait_all_tasks_blocked()
+        await settle()
+
+
+async def settle() -> None:
+    """Let every other task run until it waits on something (anyio's own helper polls every 100ms)."""
+    this = asyncio.current_task()
+    for _ in range(100_000):
+        waiting = (
+            task is this or (task._fut_waiter is not None and not task._fut_waiter.done())  # type: ignore[attr-defined]
+            for task in asyncio.all_tasks()
+        )
+        if all(waiting):
+            return
+        await asyncio.sleep(0)
+    raise RuntimeError("the tasks never settled")
 
 
 # ---------------------------------------------------------------- OTLP receiver

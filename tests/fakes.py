@@ -1,0 +1,54 @@
+"""A probe type for scheduler tests: it sleeps on the injected clock and notes what it saw."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.plugin import Check, Probe, ProbeContext, ProbeResult, ProbeSettings, Reason
+
+
+class SleepSettings(ProbeSettings):
+    seconds: float = 0.0
+    fail: bool = False
+    crash: bool = False
+
+
+class SleepProbe(Probe[SleepSettings]):
+    name = "sleep"
+    Settings = SleepSettings
+
+    def __init__(self) -> None:
+        self.starts: dict[str, list[float]] = {}
+        self.wall_starts: dict[str, list[float]] = {}
+        self.active = 0
+        self.max_active = 0
+        self.active_per_check: dict[str, int] = {}
+        self.max_per_check = 0
+
+    async def run(self, check: Check, settings: SleepSettings, ctx: ProbeContext) -> ProbeResult:
+        self.starts.setdefault(check.name, []).append(ctx.clock.monotonic())
+        self.wall_starts.setdefault(check.name, []).append(ctx.clock.time())
+        if settings.crash:
+            raise RuntimeError("probe bug")
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        mine = self.active_per_check.get(check.name, 0) + 1
+        self.active_per_check[check.name] = mine
+        self.max_per_check = max(self.max_per_check, mine)
+        try:
+            await ctx.clock.sleep(settings.seconds)
+        finally:
+            self.active -= 1
+            self.active_per_check[check.name] -= 1
+        if settings.fail:
+            return ProbeResult.failure(Reason.ASSERTION, "told to fail")
+        return ProbeResult(success=True)
+
+
+def entry_points() -> list[Any]:
+    from importlib.metadata import EntryPoint
+
+    return [
+        EntryPoint(name="sleep", value="tests.fakes:SleepProbe", group="vantage.probes"),
+        EntryPoint(name="http", value="plugins.http:HttpProbe", group="vantage.probes"),
+    ]

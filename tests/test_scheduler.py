@@ -1,0 +1,196 @@
+"""The scheduler on a fake clock: spread, phase, fixed rate, no overlap, the concurrency bound."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import anyio
+import pytest
+import yaml
+
+from agent.app import Agent, build_agent
+from agent.config import Shard, load_config
+from agent.errors import ConfigError
+from agent.plugin import Reason
+from agent.registry import Registry
+from agent.scheduler import offset, owner, select
+
+from .fakes import SleepProbe, entry_points
+from .helpers import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+ENV = {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
+
+
+def make_agent(checks: list[dict[str, Any]], clock: FakeClock, **env: str) -> tuple[Agent, SleepProbe]:
+    registry = Registry(entry_points())
+    environ = {"VANTAGE_CHECKS": yaml.safe_dump({"checks": checks}), **ENV, **env}
+    config = load_config(environ, registry=registry)
+    agent = build_agent(config, environ, clock=clock)
+    probe = registry.load("sleep")
+    assert isinstance(probe, SleepProbe)
+    return agent, probe
+
+
+def sleep_check(name: str, interval: float, seconds: float = 0.0, **settings: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "sleep",
+        "target": "none",
+        "interval": interval,
+        "timeout": interval * 0.9,
+        "settings": {"seconds": seconds, **settings},
+    }
+
+
+async def run_for(agent: Agent, clock: FakeClock, seconds: float) -> None:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(agent.scheduler.run)
+        await clock.advance(seconds)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_thousand_checks_spread_over_their_interval() -> None:
+    clock = FakeClock()
+    agent, probe = make_agent([sleep_check(f"check-{i}", 60) for i in range(1000)], clock)
+    start = clock.monotonic()
+    await run_for(agent, clock, 59.999)
+    assert len(probe.starts) == 1000 and all(len(s) == 1 for s in probe.starts.values())
+    buckets = Counter(int((s[0] - start) // 6) for s in probe.starts.values())
+    # 100 expected per 6s bucket; a burst at one instant would put them all in one.
+    assert sorted(buckets) == list(range(10))
+    assert all(60 <= count <= 140 for count in buckets.values()), buckets
+
+
+async def test_phase_is_deterministic_and_survives_restarts() -> None:
+    assert offset("stripe", "eu-west-1") == offset("stripe", "eu-west-1")
+    assert offset("stripe", "eu-west-1") != offset("stripe", "us-east-1")
+    phases = []
+    for start in (1000.0, 98765.4321):  # two "processes": different monotonic origins, same wall clock
+        clock = FakeClock(start=start, wall=1_800_000_000.0 + start)
+        agent, probe = make_agent([sleep_check("stripe", 30)], clock)
+        await run_for(agent, clock, 95)
+        phases.append([round(t % 30, 6) for t in probe.wall_starts["stripe"]])
+    assert len(phases[0]) == 3 and len(set(phases[0] + phases[1])) == 1
+
+
+async def test_fixed_rate_does_not_drift() -> None:
+    clock = FakeClock()
+    agent, probe = make_agent([sleep_check("steady", 0.7, seconds=0.3)], clock)
+    await run_for(agent, clock, 700)
+    starts = probe.starts["steady"]
+    assert len(starts) >= 999
+    worst = max(abs(t - (starts[0] + k * 0.7)) for k, t in enumerate(starts))
+    assert worst < 1e-6
+
+
+async def test_a_slow_run_is_never_overlapped_and_skips_are_counted() -> None:
+    # interval 10s, each run takes 25s:  run ─────────────── | run ───
+    #                                    0    10(skip) 20(skip) 30
+    clock = FakeClock()
+    agent, probe = make_agent([sleep_check("slow", 10, seconds=25)], clock)
+    await run_for(agent, clock, 99.999)
+    state = agent.recorder.states["slow"]
+    assert probe.max_per_check == 1
+    # Ten ticks in 100s: runs on the 1st, 4th, 7th and 10th, the six between skipped.
+    assert len(probe.starts["slow"]) == 4
+    assert state.skipped == 6
+    gaps = {round(b - a, 6) for a, b in zip(probe.starts["slow"], probe.starts["slow"][1:], strict=False)}
+    assert gaps == {30.0}
+
+
+async def test_concurrency_bound_holds_across_checks() -> None:
+    clock = FakeClock()
+    checks = [sleep_check(f"c{i}", 10, seconds=4) for i in range(10)]
+    agent, probe = make_agent(checks, clock, VANTAGE_CONCURRENCY="3")
+    await run_for(agent, clock, 30)
+    assert probe.max_active == 3
+    assert sum(len(s) for s in probe.starts.values()) >= 15  # the slots stay busy
+
+
+async def test_a_crashing_probe_never_stops_another(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    agent, probe = make_agent([sleep_check("buggy", 5, crash=True), sleep_check("fine", 5)], clock)
+    with caplog.at_level(logging.ERROR, logger="vantage.scheduler"):
+        await run_for(agent, clock, 20)
+    buggy, fine = agent.recorder.states["buggy"], agent.recorder.states["fine"]
+    assert buggy.runs == 4 and buggy.last is not None
+    assert buggy.last.reason is Reason.INTERNAL
+    assert "RuntimeError: probe bug" in buggy.last.message
+    assert fine.runs == 4 and fine.last is not None and fine.last.success
+    crash_logs = [r for r in caplog.records if "crashed" in r.getMessage()]
+    assert len(crash_logs) == 1 and crash_logs[0].exc_info is not None
+
+
+async def test_the_scheduler_enforces_the_timeout() -> None:
+    registry = Registry(entry_points())
+    environ = {
+        "VANTAGE_CHECKS": yaml.safe_dump(
+            {
+                "checks": [
+                    {
+                        "name": "stuck",
+                        "type": "sleep",
+                        "target": "x",
+                        "interval": 5,
+                        "timeout": 0.2,
+                        "settings": {"seconds": 3600},
+                    }
+                ]
+            }
+        ),
+        **ENV,
+    }
+    agent = build_agent(load_config(environ, registry=registry), environ)  # the real clock
+    await agent.scheduler.run_once()
+    last = agent.recorder.states["stuck"].last
+    assert last is not None and last.reason is Reason.TIMEOUT
+    assert "no result within the timeout of 200ms" in last.message
+
+
+def test_regions_filter_checks() -> None:
+    registry = Registry(entry_points())
+    checks = [
+        {"name": "everywhere", "type": "sleep", "target": "x"},
+        {"name": "eu-only", "type": "sleep", "target": "x", "regions": ["eu-west-1"]},
+    ]
+    config = load_config({"VANTAGE_CHECKS": yaml.safe_dump({"checks": checks})}, registry=registry)
+    assert [e.check.name for e in select(config.entries, "eu-west-1", Shard())] == ["everywhere", "eu-only"]
+    assert [e.check.name for e in select(config.entries, "us-east-1", Shard())] == ["everywhere"]
+
+
+def test_each_check_runs_in_exactly_one_shard() -> None:
+    names = [f"check-{i}" for i in range(3000)]
+    for count in (1, 2, 3, 5):
+        owners = [owner(name, count) for name in names]
+        spread = Counter(owners)
+        assert sorted(spread) == list(range(count))
+        assert all(abs(n - 3000 / count) < 3000 / count * 0.15 for n in spread.values()), spread
+
+
+def test_adding_a_shard_moves_only_its_share() -> None:
+    names = [f"check-{i}" for i in range(3000)]
+    before = {name: owner(name, 3) for name in names}
+    after = {name: owner(name, 4) for name in names}
+    moved = [name for name in names if before[name] != after[name]]
+    # Rendezvous hashing: a check either stays or moves to the new shard, about 1/4 of them.
+    assert all(after[name] == 3 for name in moved)
+    assert 0.18 < len(moved) / len(names) < 0.32
+
+
+def test_shard_auto_reads_the_statefulset_ordinal() -> None:
+    registry = Registry(entry_points())
+    base = {"VANTAGE_CHECKS": "checks: []", "VANTAGE_SHARD": "auto"}
+    config = load_config(
+        {**base, "HOSTNAME": "vantage-eu-west-1-2", "VANTAGE_REPLICAS": "3"}, registry=registry
+    )
+    assert config.shard == Shard(2, 3)
+    with pytest.raises(ConfigError, match="needs VANTAGE_REPLICAS"):
+        load_config({**base, "HOSTNAME": "vantage-eu-west-1-2"}, registry=registry)
+    with pytest.raises(ConfigError, match="ending in '-<ordinal>'"):
+        load_config({**base, "HOSTNAME": "laptop", "VANTAGE_REPLICAS": "3"}, registry=registry)
+    with pytest.raises(ConfigError, match="not below VANTAGE_REPLICAS=2"):
+        load_config({**base, "HOSTNAME": "vantage-2", "VANTAGE_REPLICAS": "2"}, registry=registry)
