@@ -113,7 +113,7 @@ async def test_concurrency_bound_holds_across_checks() -> None:
 
 async def test_a_crashing_probe_never_stops_another(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
-    agent, probe = make_agent([sleep_check("buggy", 5, crash=True), sleep_check("fine", 5)], clock)
+    agent, _ = make_agent([sleep_check("buggy", 5, crash=True), sleep_check("fine", 5)], clock)
     with caplog.at_level(logging.ERROR, logger="vantage.scheduler"):
         await run_for(agent, clock, 20)
     buggy, fine = agent.recorder.states["buggy"], agent.recorder.states["fine"]
