@@ -232,19 +232,25 @@ def otlp_http_receiver() -> Iterator[tuple[str, Received]]:
     app = web.Application(client_max_size=64 << 20)
     app.router.add_post("/v1/traces", traces)
     app.router.add_post("/v1/metrics", metrics)
+    with thread_server(app) as port:
+        yield f"http://127.0.0.1:{port}", received
+
+
+@contextlib.contextmanager
+def thread_server(app: web.Application, ssl_context: ssl.SSLContext | None = None) -> Iterator[int]:
+    """Serve ``app`` from its own event loop in a thread, for tests that run the agent as a process."""
     ready: futures.Future[int] = futures.Future()
     stop = threading.Event()
 
     async def main() -> None:
-        async with serve(app) as port:
+        async with serve(app, ssl_context=ssl_context) as port:
             ready.set_result(port)
             await anyio.to_thread.run_sync(stop.wait)
 
     thread = threading.Thread(target=anyio.run, args=(main,), daemon=True)
     thread.start()
-    port = ready.result(timeout=10)
     try:
-        yield f"http://127.0.0.1:{port}", received
+        yield ready.result(timeout=10)
     finally:
         stop.set()
         thread.join(timeout=10)

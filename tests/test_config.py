@@ -1,0 +1,237 @@
+"""Configuration errors: each bad input gets a message naming the variable, check and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.config import load_config
+from agent.durations import format_duration, parse_duration
+from agent.errors import ConfigError
+from agent.secrets import Redactor, SecretResolver, redact_url
+from agent.telemetry import build_resource, build_telemetry
+
+
+def checks(*items: dict[str, object], **extra: object) -> str:
+    return yaml.safe_dump({"checks": list(items), **extra})
+
+
+HTTP = {"name": "a", "type": "http", "target": "https://api.example/v1"}
+
+BAD = [
+    ({"VANTAGE_PORT": "abc"}, "VANTAGE_PORT: Input should be a valid integer"),
+    ({"VANTAGE_CONCURRENCY": "0"}, "VANTAGE_CONCURRENCY: Input should be greater than or equal to 1"),
+    ({"VANTAGE_LOG_FORMAT": "xml"}, "VANTAGE_LOG_FORMAT: Input should be 'json' or 'text'"),
+    ({"VANTAGE_SHARD": "3/2"}, "VANTAGE_SHARD: use 'INDEX/COUNT' with 0 <= INDEX < COUNT"),
+    ({"VANTAGE_SHUTDOWN_TIMEOUT": "soon"}, "VANTAGE_SHUTDOWN_TIMEOUT: 'soon' is not a duration"),
+    ({"VANTAGE_REGION": "eu west"}, "VANTAGE_REGION: String should match pattern"),
+    ({"VANTAGE_CHECKS": None}, "no checks: set VANTAGE_CHECKS"),
+    (
+        {"VANTAGE_CHECKS_FILE": "/nonexistent/checks.yaml"},
+        "VANTAGE_CHECKS and VANTAGE_CHECKS_FILE are both set",
+    ),
+    (
+        {"VANTAGE_CHECKS": None, "VANTAGE_CHECKS_FILE": "/nonexistent/checks.yaml"},
+        "VANTAGE_CHECKS_FILE (/nonexistent/checks.yaml): cannot be read",
+    ),
+    ({"VANTAGE_CHECKS": "checks: [unclosed"}, "VANTAGE_CHECKS: not valid YAML or JSON"),
+    ({"VANTAGE_CHECKS": "check: []"}, "VANTAGE_CHECKS: field 'check': Extra inputs are not permitted"),
+    (
+        {"VANTAGE_CHECKS": checks({**HTTP, "type": "smtp"})},
+        "VANTAGE_CHECKS: check 'a' (checks[0]), field 'type': unknown probe type 'smtp'; available: http",
+    ),
+    (
+        {"VANTAGE_CHECKS": checks({**HTTP, "settings": {"bogus": 1}})},
+        "check 'a' (checks[0]), field 'settings.bogus': Extra inputs are not permitted",
+    ),
+    (
+        {"VANTAGE_CHECKS": checks({**HTTP, "interval": "5s", "timeout": "5s"})},
+        "check 'a' (checks[0]), field 'timeout': the timeout (5s) must be below the interval (5s)",
+    ),
+    (
+        {"VANTAGE_CHECKS": checks({**HTTP, "interval": "5 minutes"})},
+        "check 'a' (checks[0]), field 'interval': '5 minutes' is not a duration",
+    ),
+    (
+        {"VANTAGE_CHECKS": checks(HTTP, {**HTTP, "target": "https://b.example"})},
+        "check 'a' (checks[1]): the name 'a' is already used by checks[0]",
+    ),
+    (
+        {"VANTAGE_CHECKS": checks({**HTTP, "name": "Stripe Charges"})},
+        "check 'Stripe Charges' (checks[0]), field 'name': String should match pattern",
+    ),
+    (
+        {
+            "VANTAGE_CHECKS": checks(
+                {**HTTP, "settings": {"headers": {"Authorization": "Bearer ${STRIPE_KEY}"}}}
+            )
+        },
+        "check 'a' (checks[0]), field settings.headers.Authorization: environment variable STRIPE_KEY is not set",
+    ),
+    (
+        {"VANTAGE_CHECKS": checks({**HTTP, "settings": {"headers": {"X": "${file:/nonexistent/secret}"}}})},
+        "field settings.headers.X: secret file /nonexistent/secret cannot be read",
+    ),
+    (
+        {
+            "VANTAGE_CHECKS": checks(
+                {**HTTP, "settings": {"assert": [{"source": "body", "op": "matches", "value": "("}]}}
+            )
+        },
+        "field 'settings.assert.0': value '(' is not a valid regular expression",
+    ),
+    (
+        {
+            "VANTAGE_CHECKS": checks(
+                {**HTTP, "settings": {"assert": [{"source": "body", "path": "$[", "op": "exists"}]}}
+            )
+        },
+        "field 'settings.assert.0': 'path' '$[' is not a valid JSONPath",
+    ),
+    (
+        {
+            "VANTAGE_CHECKS": checks(
+                {**HTTP, "settings": {"assert": [{"source": "status", "op": "in", "value": 200}]}}
+            )
+        },
+        "field 'settings.assert.0': op 'in' needs a list as its value",
+    ),
+    (
+        {
+            "VANTAGE_CHECKS": checks(
+                {
+                    **HTTP,
+                    "settings": {"assert": [{"source": "body", "op": "schema", "value": {"type": "thing"}}]},
+                }
+            )
+        },
+        "field 'settings.assert.0': the JSON Schema is invalid",
+    ),
+    (
+        {"VANTAGE_CHECKS": checks({**HTTP, "labels": {"team-name": "x"}})},
+        "field 'labels': label name 'team-name' is not a valid metric label name",
+    ),
+    (
+        {"VANTAGE_CHECKS": checks({**HTTP, "labels": {"check": "x"}})},
+        "field 'labels': label name 'check' is reserved",
+    ),
+    (
+        {"VANTAGE_CHECKS": checks({**HTTP, "settings": {"tls": {"ca_file": "/nonexistent/ca.pem"}}})},
+        "field 'settings.tls': ca_file '/nonexistent/ca.pem' does not exist",
+    ),
+    (
+        {"VANTAGE_CHECKS": checks({**HTTP, "settings": {"body": "x", "json": {"a": 1}}})},
+        "field 'settings': give 'body' or 'json', not both",
+    ),
+]
+
+
+@pytest.mark.parametrize(("env", "message"), BAD, ids=[m[:40] for _, m in BAD])
+def test_bad_configuration_is_named(env: dict[str, str | None], message: str) -> None:
+    environ = {"VANTAGE_CHECKS": checks(HTTP), **env}
+    environ = {k: v for k, v in environ.items() if v is not None}
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ)
+    assert message in str(caught.value)
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    bad = checks({**HTTP, "type": "nope"}, {**HTTP, "name": "b", "interval": "x"})
+    with pytest.raises(ConfigError) as caught:
+        load_config({"VANTAGE_CHECKS": bad})
+    assert "checks[0]" in str(caught.value) and "checks[1]" in str(caught.value)
+
+
+def test_secret_values_never_appear_in_errors() -> None:
+    environ = {
+        "VANTAGE_CHECKS": checks({**HTTP, "settings": {"max_redirects": "${SECRET}"}}),
+        "SECRET": "hunter2-very-secret",
+        "VANTAGE_API_TOKEN": "tok-abcdef",
+        "VANTAGE_PORT": "tok-abcdef",
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ)
+    assert "hunter2" not in str(caught.value) and "tok-abcdef" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_TIMEOUT": "10000"},
+            "reads it in seconds (not milliseconds",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
+            "http/json is not supported by the OpenTelemetry Python SDK",
+        ),
+        ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER: unknown exporter 'zipkin'; installed:"),
+        ({"OTEL_METRICS_EXPORTER": "statsd"}, "OTEL_METRICS_EXPORTER: unknown exporter 'statsd'"),
+    ],
+)
+def test_bad_opentelemetry_settings(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=None) as caught:
+        build_telemetry(env, build_resource(env, region="local", version="0"))
+    assert message in str(caught.value)
+
+
+def test_defaults_merge_and_short_intervals_get_a_fitting_timeout() -> None:
+    document = {
+        "defaults": {"interval": "30s", "labels": {"team": "payments"}, "regions": ["eu"]},
+        "checks": [
+            {**HTTP, "labels": {"vendor": "stripe"}},
+            {**HTTP, "name": "b", "interval": "2s"},
+            {**HTTP, "name": "c", "regions": ["us"], "labels": {"team": "growth"}},
+        ],
+    }
+    config = load_config({"VANTAGE_CHECKS": yaml.safe_dump(document)})
+    a, b, c = (entry.check for entry in config.entries)
+    assert (a.interval, a.timeout, a.regions) == (30.0, 10.0, ("eu",))
+    assert a.labels == {"team": "payments", "vendor": "stripe"}
+    assert (b.interval, b.timeout) == (2.0, 1.6)
+    assert c.regions == ("us",) and c.labels == {"team": "growth"}
+
+
+def test_checks_from_file_and_json(tmp_path: Path) -> None:
+    path = tmp_path / "checks.json"
+    path.write_text('{"checks": [{"name": "a", "type": "http", "target": "http://x"}]}')
+    config = load_config({"VANTAGE_CHECKS_FILE": str(path)})
+    assert [e.check.name for e in config.entries] == ["a"]
+    assert config.source == f"VANTAGE_CHECKS_FILE ({path})"
+
+
+def test_secret_references_resolve_and_are_redacted(tmp_path: Path) -> None:
+    secret_file = tmp_path / "token"
+    secret_file.write_text("file-secret-value\n")
+    redactor = Redactor()
+    resolver = SecretResolver({"KEY": "env-secret-value"}, redactor)
+    assert resolver.resolve("Bearer ${KEY}") == "Bearer env-secret-value"
+    assert resolver.resolve(f"${{file:{secret_file}}}") == "file-secret-value"
+    assert resolver.resolve("$${KEY} and ${uuid}") == "${KEY} and ${uuid}"
+    assert redactor("a env-secret-value b file-secret-value") == "a <redacted> b <redacted>"
+
+
+def test_urls_lose_credentials_and_query_values() -> None:
+    redactor = Redactor(["s3cr3t-key"])
+    url = "https://user:pw@api.example:8443/v1/s3cr3t-key/charges?limit=1&api_key=abc#x"
+    assert redact_url(url, redactor) == "https://api.example:8443/v1/<redacted>/charges?limit=&api_key="
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("30s", 30), ("5m", 300), ("1h30m", 5400), ("1.5s", 1.5), (2, 2.0), ("10", 10.0)],
+)
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5 minutes", "-1s", "1x", "s", True, "nan"])
+def test_bad_durations(text: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_durations_format_back() -> None:
+    assert [format_duration(s) for s in (0.25, 30, 90, 3600, 1.5)] == ["250ms", "30s", "1m30s", "1h", "1.5s"]
