@@ -68,7 +68,8 @@ BAD = [
                 {**HTTP, "settings": {"headers": {"Authorization": "Bearer ${STRIPE_KEY}"}}}
             )
         },
-        "check 'a' (checks[0]), field settings.headers.Authorization: environment variable STRIPE_KEY is not set",
+        "check 'a' (checks[0]), field settings.headers.Authorization: "
+        "environment variable STRIPE_KEY is not set",
     ),
     (
         {"VANTAGE_CHECKS": checks({**HTTP, "settings": {"headers": {"X": "${file:/nonexistent/secret}"}}})},
