@@ -349,7 +349,7 @@ class Recorder:
                 "vantage.check.type": check.type,
                 "vantage.check.target": attrs["target"],
                 "cloud.region": self.region,
-                **{f"vantage.check.label.{k}": v for k, v in check.labels.items()},
+                **{f"vantage.check.label.{k}": attrs[k] for k in check.labels},
             },
         )
         self.in_flight += 1
