@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
+from agent.cli import main
 from agent.config import load_config
 from agent.durations import format_duration, parse_duration
 from agent.errors import ConfigError
@@ -130,12 +132,20 @@ BAD = [
 
 
 @pytest.mark.parametrize(("env", "message"), BAD, ids=[m[:40] for _, m in BAD])
-def test_bad_configuration_is_named(env: dict[str, str | None], message: str) -> None:
+def test_bad_configuration_is_named_and_exits_2(
+    env: dict[str, str | None], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in list(os.environ):
+        if name.startswith(("VANTAGE_", "OTEL_")):
+            monkeypatch.delenv(name)
     environ = {"VANTAGE_CHECKS": checks(HTTP), **env}
-    environ = {k: v for k, v in environ.items() if v is not None}
-    with pytest.raises(ConfigError) as caught:
-        load_config(environ)
-    assert message in str(caught.value)
+    for name, value in environ.items():
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    assert main(["validate"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("vantage: configuration error:")
+    assert message in error
 
 
 def test_all_problems_are_reported_at_once() -> None:

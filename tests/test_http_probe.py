@@ -411,3 +411,32 @@ async def test_client_certificate_mtls(ca: trustme.CA, ca_file: Path, tmp_path: 
     assert results["with-cert"].success, results["with-cert"].message
     assert not results["without-cert"].success
     assert results["without-cert"].reason in (Reason.TLS, Reason.PROTOCOL, Reason.CONNECT)
+
+
+async def test_fresh_connection_per_run_unless_pooled() -> None:
+    peers: list[tuple[str, Any]] = []
+
+    async def who(request: web.Request) -> web.Response:
+        peers.append((request.query["c"], request.transport.get_extra_info("peername") if request.transport else None))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/who", who)
+    async with serve(app) as port:
+        config = config_from([
+            http_check("fresh", f"http://127.0.0.1:{port}/who?c=fresh"),
+            http_check("pooled", f"http://127.0.0.1:{port}/who?c=pooled", fresh_connection=False),
+        ])
+        agent = build_agent(config, TELEMETRY_ENV)
+        try:
+            for _ in range(3):
+                await agent.scheduler.run_once()
+        finally:
+            await agent.http.aclose()
+            agent.telemetry.meter_provider.shutdown()
+    by_check: dict[str, set[Any]] = {}
+    for check, peer in peers:
+        by_check.setdefault(check, set()).add(peer)
+    assert len(by_check["fresh"]) == 3  # a new connection (new source port) every run
+    assert len(by_check["pooled"]) == 1  # one kept-alive connection
+    assert all(state.last and state.last.success for state in agent.recorder.states.values())
