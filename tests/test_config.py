@@ -133,7 +133,10 @@ BAD = [
 
 @pytest.mark.parametrize(("env", "message"), BAD, ids=[m[:40] for _, m in BAD])
 def test_bad_configuration_is_named_and_exits_2(
-    env: dict[str, str | None], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    env: dict[str, str | None],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     for name in list(os.environ):
         if name.startswith(("VANTAGE_", "OTEL_")):

@@ -417,16 +417,20 @@ async def test_fresh_connection_per_run_unless_pooled() -> None:
     peers: list[tuple[str, Any]] = []
 
     async def who(request: web.Request) -> web.Response:
-        peers.append((request.query["c"], request.transport.get_extra_info("peername") if request.transport else None))
+        peers.append(
+            (request.query["c"], request.transport.get_extra_info("peername") if request.transport else None)
+        )
         return web.Response(text="ok")
 
     app = web.Application()
     app.router.add_get("/who", who)
     async with serve(app) as port:
-        config = config_from([
-            http_check("fresh", f"http://127.0.0.1:{port}/who?c=fresh"),
-            http_check("pooled", f"http://127.0.0.1:{port}/who?c=pooled", fresh_connection=False),
-        ])
+        config = config_from(
+            [
+                http_check("fresh", f"http://127.0.0.1:{port}/who?c=fresh"),
+                http_check("pooled", f"http://127.0.0.1:{port}/who?c=pooled", fresh_connection=False),
+            ]
+        )
         agent = build_agent(config, TELEMETRY_ENV)
         try:
             for _ in range(3):
