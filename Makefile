@@ -27,6 +27,7 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 bench: $(STAMP)
+	bench/setup.sh
 	$(VENV)/bin/python bench/run.py
 
 clean:

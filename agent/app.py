@@ -122,27 +122,28 @@ async def serve(
     """Run the server and the scheduler until SIGTERM/SIGINT (or cancellation), then shut down:
     stop ticking, drain runs in flight, flush telemetry, all within ``VANTAGE_SHUTDOWN_TIMEOUT``."""
     budget = agent.config.settings.shutdown_timeout
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(agent.server.serve)
-        log.info(
-            "vantage %s listening on port %d; %d checks in region %s (shard %d/%d)",
-            __version__,
-            port,
-            len(agent.entries),
-            agent.config.settings.region,
-            agent.config.shard.index,
-            agent.config.shard.count,
-        )
-        if handle_signals:
-            tg.start_soon(_watch_signals, agent.scheduler)
-        task_status.started(port)
-        await agent.scheduler.run(drain_timeout=budget * 0.6)
-        remaining = max(0.5, budget * 0.4)
-        await flush_telemetry(agent.telemetry, remaining, shutdown=True)
+    try:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(agent.server.serve)
+            log.info(
+                "vantage %s listening on port %d; %d checks in region %s (shard %d/%d)",
+                __version__,
+                port,
+                len(agent.entries),
+                agent.config.settings.region,
+                agent.config.shard.index,
+                agent.config.shard.count,
+            )
+            if handle_signals:
+                tg.start_soon(_watch_signals, agent.scheduler)
+            task_status.started(port)
+            await agent.scheduler.run(drain_timeout=budget * 0.6)
+            await flush_telemetry(agent.telemetry, max(0.5, budget * 0.4), shutdown=True)
+            log.info("vantage stopped")
+            tg.cancel_scope.cancel()
+    finally:
         with anyio.CancelScope(shield=True):
             await agent.http.aclose()
-        log.info("vantage stopped")
-        tg.cancel_scope.cancel()
 
 
 async def _watch_signals(scheduler: Scheduler) -> None:

@@ -13,11 +13,11 @@ Library exceptions are translated to a ``Reason`` in one place, :func:`map_excep
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import contextvars
 import socket
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace, TracebackType
@@ -212,8 +212,6 @@ class _TimedConnector(aiohttp.TCPConnector):
     def __init__(self, *, clock: Clock, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._clock = clock
-        self.tcp_connected: float | None = None
-        self.tls: TLSInfo | None = None
 
     async def _wrap_create_connection(
         self,
@@ -232,11 +230,16 @@ class _TimedConnector(aiohttp.TCPConnector):
                 interleave=self._interleave,
                 loop=self._loop,
             )
-            self.tcp_connected = self._clock.monotonic()
+            # The connection is made in the task of the request it is for, so the hop's marks
+            # are in reach through the context even though the session is shared.
+            marks = _current_marks.get()
+            if marks is not None:
+                marks.tcp_connected = self._clock.monotonic()
             transport, protocol = await self._loop.create_connection(*args, **kwargs, sock=sock)
             # Read the handshake now: a small response releases its connection before the caller looks.
             ssl_object = transport.get_extra_info("ssl_object")
-            self.tls = _tls_info(ssl_object) if ssl_object is not None else None
+            if marks is not None and ssl_object is not None:
+                marks.tls = _tls_info(ssl_object)
             return transport, protocol
         except ssl.CertificateError as exc:
             raise aiohttp.ClientConnectorCertificateError(req.connection_key, exc) from exc
@@ -250,11 +253,17 @@ class _TimedConnector(aiohttp.TCPConnector):
 
 @dataclass(slots=True)
 class _HopMarks:
+    """Times (and the handshake) of one hop, written by the trace hooks and the connector."""
+
     start: float
     resolved: float | None = None
     connect_started: float | None = None
+    tcp_connected: float | None = None
     connected: float | None = None
-    events: list[tuple[str, float]] = field(default_factory=list)
+    tls: TLSInfo | None = None
+
+
+_current_marks: contextvars.ContextVar[_HopMarks | None] = contextvars.ContextVar("vantage_hop", default=None)
 
 
 def _trace_config(clock: Clock) -> aiohttp.TraceConfig:
@@ -276,7 +285,12 @@ def _trace_config(clock: Clock) -> aiohttp.TraceConfig:
 
 
 class HttpClientFactory:
-    """Makes the HTTP clients of probe runs; owns the pooled clients of ``fresh=False`` checks."""
+    """Makes the HTTP clients of probe runs and owns their sessions.
+
+    Fresh-connection clients share one session per TLS setting and address family, which closes
+    every connection after its request and caches no DNS: creating a session and connector per
+    run cost more CPU than the request itself. ``fresh=False`` checks get a pooled session each.
+    """
 
     def __init__(
         self,
@@ -286,7 +300,7 @@ class HttpClientFactory:
     ) -> None:
         self.user_agent = user_agent
         self._resolver = resolver
-        self._pooled: dict[tuple[str, TLSOptions | None, str], aiohttp.ClientSession] = {}
+        self._sessions: dict[tuple[str | None, TLSOptions, str], aiohttp.ClientSession] = {}
 
     def client(self, ctx: ProbeContext, *, tls: TLSOptions | None, fresh: bool, ip_family: str) -> HttpClient:
         return HttpClient(self, ctx, tls or TLSOptions(), fresh=fresh, ip_family=ip_family)
@@ -294,8 +308,8 @@ class HttpClientFactory:
     def _session(
         self, ctx: ProbeContext, tls: TLSOptions, fresh: bool, ip_family: str
     ) -> aiohttp.ClientSession:
-        key = (ctx.check.name, tls, ip_family)
-        if not fresh and (session := self._pooled.get(key)) is not None and not session.closed:
+        key = (None if fresh else ctx.check.name, tls, ip_family)
+        if (session := self._sessions.get(key)) is not None and not session.closed:
             return session
         connector = _TimedConnector(
             clock=ctx.clock,
@@ -313,13 +327,12 @@ class HttpClientFactory:
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=True,
         )
-        if not fresh:
-            self._pooled[key] = session
+        self._sessions[key] = session
         return session
 
     async def aclose(self) -> None:
-        """Close the pooled clients."""
-        sessions, self._pooled = list(self._pooled.values()), {}
+        """Close every session."""
+        sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
             await session.close()
 
@@ -351,10 +364,8 @@ class HttpClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._fresh:
-            # Closing only drops sockets; shielded so a cancelled run still releases them.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._session.close())
+        # Sessions belong to the factory; a fresh connection was closed after its request.
+        return None
 
     async def request(
         self,
@@ -453,9 +464,7 @@ class HttpClient:
         hop_headers = CIMultiDict(headers)
         span.inject(hop_headers)
         marks = _HopMarks(start=clock.monotonic())
-        connector = self._session.connector
-        assert isinstance(connector, _TimedConnector)
-        connector.tcp_connected = None
+        token = _current_marks.set(marks)
         status: int | None = None
         version: str | None = None
         error_type: str | None = None
@@ -476,7 +485,6 @@ class HttpClient:
                 self._close_phases(
                     marks,
                     url.scheme == "https",
-                    connector.tcp_connected,
                     None,
                     clock.monotonic(),
                     phases,
@@ -491,7 +499,7 @@ class HttpClient:
             headers_at = clock.monotonic()
             status = response.status
             version = _version(response)
-            tls_info = connector.tls if url.scheme == "https" else None
+            tls_info = marks.tls if url.scheme == "https" else None
             ctx.stage = f"reading the body of {method} {url.host}"
             try:
                 chunks, size, truncated = [], 0, False
@@ -507,7 +515,6 @@ class HttpClient:
                 self._close_phases(
                     marks,
                     url.scheme == "https",
-                    connector.tcp_connected,
                     headers_at,
                     clock.monotonic(),
                     phases,
@@ -519,9 +526,7 @@ class HttpClient:
             finally:
                 response.release() if not truncated else response.close()
             end = clock.monotonic()
-            hop_phases = self._close_phases(
-                marks, url.scheme == "https", connector.tcp_connected, headers_at, end, phases
-            )
+            hop_phases = self._close_phases(marks, url.scheme == "https", headers_at, end, phases)
             span.set_attribute("http.response.status_code", status)
             span.set_attribute("network.protocol.version", version)
             for name, seconds in hop_phases.items():
@@ -533,6 +538,7 @@ class HttpClient:
                 span.fail(str(status), f"HTTP {status}")
             return response, b"".join(chunks), truncated, tls_info
         finally:
+            _current_marks.reset(token)
             end_time = clock.monotonic()
             ctx.requests.append(
                 RequestRecord(
@@ -552,7 +558,6 @@ class HttpClient:
     def _close_phases(
         marks: _HopMarks,
         tls: bool,
-        tcp_connected: float | None,
         headers_at: float | None,
         end: float,
         total: dict[str, float],
@@ -560,9 +565,9 @@ class HttpClient:
         """Cut one hop into consecutive phases and add them to ``total``."""
         resolved = marks.resolved or marks.connect_started or marks.start
         if tls:
-            connected = min(tcp_connected or marks.connected or resolved, end)
+            connected = min(marks.tcp_connected or marks.connected or resolved, end)
         else:
-            connected = min(marks.connected or tcp_connected or resolved, end)
+            connected = min(marks.connected or marks.tcp_connected or resolved, end)
         handshake = min(marks.connected or connected, end) if tls else connected
         headers = headers_at if headers_at is not None else end
         cuts = [marks.start, min(resolved, end), connected, handshake, max(headers, handshake), end]
