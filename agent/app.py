@@ -5,9 +5,10 @@ This is the only module that sets OpenTelemetry's global providers.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ import anyio
 from aiohttp.abc import AbstractResolver
 from anyio.abc import TaskStatus
 from opentelemetry import metrics, trace
+from opentelemetry.sdk.trace import SpanProcessor
 
 from . import __version__
 from .checks import CheckEntry
@@ -49,11 +51,13 @@ def build_agent(
     clock: Clock | None = None,
     resolver: Callable[[], AbstractResolver] | None = None,
     set_global_providers: bool = False,
+    span_processors: Sequence[SpanProcessor] = (),
 ) -> Agent:
     """Wire the parts together; nothing runs yet."""
     settings = config.settings
     clock = clock or SystemClock()
-    telemetry = build_telemetry(environ, build_resource(environ, region=settings.region, version=__version__))
+    resource = build_resource(environ, region=settings.region, version=__version__)
+    telemetry = build_telemetry(environ, resource, span_processors)
     if set_global_providers:
         trace.set_tracer_provider(telemetry.tracer_provider)
         metrics.set_meter_provider(telemetry.meter_provider)
@@ -157,6 +161,10 @@ async def _watch_signals(scheduler: Scheduler) -> None:
 def run_agent(config: Config, environ: Mapping[str, str]) -> None:
     """``vantage run``: build the agent with global providers and run it on uvloop when available."""
     agent = build_agent(config, environ, set_global_providers=True)
+    # Everything built so far lives as long as the process: keep the cyclic collector from
+    # walking it again and again (full collections were the agent's longest pauses).
+    gc.collect()
+    gc.freeze()
     anyio.run(serve, agent, **_backend())
 
 

@@ -32,8 +32,9 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from .errors import ConfigError
 
@@ -41,6 +42,9 @@ __all__ = ["ExportStats", "Telemetry", "build_resource", "build_telemetry"]
 
 log = logging.getLogger("vantage.telemetry")
 
+# The exporter encodes a batch in its thread while holding the GIL; the SDK's 512 spans stall
+# the event loop for tens of milliseconds, so the agent sends smaller batches unless told.
+_SPAN_BATCH = 64
 _PROTOCOLS = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
 # Above this many seconds an OTLP timeout was almost surely meant as milliseconds (the spec's unit).
 _MAX_TIMEOUT_SECONDS = 300.0
@@ -166,6 +170,19 @@ def build_resource(environ: Mapping[str, str], *, region: str, version: str) -> 
     return Resource(ours).merge(detected)
 
 
+def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: {raw!r} is not a whole number") from None
+    if value < 1:
+        raise ConfigError(f"{name}: must be at least 1")
+    return value
+
+
 def _exporter_names(environ: Mapping[str, str], signal: str) -> list[str]:
     var = f"OTEL_{signal.upper()}_EXPORTER"
     raw = environ.get(var, "").strip()
@@ -226,16 +243,30 @@ def _load_exporter(environ: Mapping[str, str], signal: str, name: str) -> Any:
         ) from exc
 
 
-def build_telemetry(environ: Mapping[str, str], resource: Resource) -> Telemetry:
-    """Providers with the exporters the environment asks for (see the module docstring)."""
+def build_telemetry(
+    environ: Mapping[str, str], resource: Resource, span_processors: Sequence[SpanProcessor] = ()
+) -> Telemetry:
+    """Providers with the exporters the environment asks for (see the module docstring).
+
+    ``span_processors`` are added as they are (tests use it to read spans in memory).
+    """
     stats = ExportStats()
     trace_names = _exporter_names(environ, "traces")
     metric_names = _exporter_names(environ, "metrics")
 
-    tracer_provider = TracerProvider(resource=resource)
+    # With no trace exporter, spans are not recorded at all (the sampler drops them at the start),
+    # but their context still travels in each probe request's traceparent.
+    recording = bool(trace_names or span_processors)
+    tracer_provider = TracerProvider(resource=resource, sampler=None if recording else ALWAYS_OFF)
+    for extra in span_processors:
+        tracer_provider.add_span_processor(extra)
+    batch = _env_int(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", _SPAN_BATCH)
     for name in trace_names:
         exporter = _load_exporter(environ, "traces", name)
-        tracer_provider.add_span_processor(BatchSpanProcessor(_CountingSpanExporter(exporter, name, stats)))
+        processor = BatchSpanProcessor(
+            _CountingSpanExporter(exporter, name, stats), max_export_batch_size=batch
+        )
+        tracer_provider.add_span_processor(processor)
 
     readers: list[MetricReader] = []
     prometheus = None

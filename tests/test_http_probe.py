@@ -31,11 +31,13 @@ async def run_checks(
 ) -> tuple[dict[str, ProbeResult], list[ReadableSpan]]:
     """Run each check once through the real scheduler, recorder and tracer provider."""
     config = config_from(checks, **env)
-    agent = build_agent(
-        config, TELEMETRY_ENV, resolver=(lambda: MapResolver(names)) if names is not None else None
-    )
     exporter = InMemorySpanExporter()
-    agent.telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    agent = build_agent(
+        config,
+        TELEMETRY_ENV,
+        resolver=(lambda: MapResolver(names)) if names is not None else None,
+        span_processors=[SimpleSpanProcessor(exporter)],
+    )
     try:
         await agent.scheduler.run_once()
     finally:
