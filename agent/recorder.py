@@ -394,8 +394,8 @@ class Recorder:
             self._set(sample.metric, sample.value, {**attrs, **sample.labels})
         request_duration = self._instruments["http.client.request.duration"][1]
         for request in requests:
+            # The semantic convention's attributes only: one series per server, not per check.
             labels: dict[str, AttributeValue] = {
-                "check": check.name,
                 "http.request.method": request.method,
                 "server.address": request.host,
                 "server.port": request.port,

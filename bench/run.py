@@ -92,7 +92,9 @@ def wait_port(port: int, timeout: float = 20) -> None:
 
 @contextmanager
 def process(args: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Output goes to a file: an unread pipe fills up and then blocks the process that writes to it.
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
     try:
         yield proc
     finally:
@@ -103,12 +105,13 @@ def process(args: list[str], env: dict[str, str] | None = None) -> Iterator[subp
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        log.close()
 
 
 def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as response:
         text = response.read().decode()
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(text):
