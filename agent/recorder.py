@@ -286,18 +286,22 @@ class Recorder:
         if known is not None:
             return known[1]
         meter = self._meter
-        if spec.kind is MetricKind.GAUGE:
-            # Last-value gauges are observed at collection time from a table the runs update:
-            # a dict write per run instead of an SDK measurement (tens of microseconds each).
+        if spec.kind in (MetricKind.GAUGE, MetricKind.COUNTER):
+            # Gauges (last values) and counters (running totals) are observed at collection time
+            # from a table the runs update: a dict write per run instead of an SDK measurement,
+            # which costs tens of microseconds each.
             table: dict[Hashable, tuple[Mapping[str, AttributeValue], float]] = {}
 
             def observe(_: CallbackOptions, table: dict[Hashable, Any] = table) -> list[Observation]:
                 return [Observation(value, attrs) for attrs, value in list(table.values())]
 
-            meter.create_observable_gauge(spec.name, [observe], spec.unit, spec.description)
+            create = (
+                meter.create_observable_gauge
+                if spec.kind is MetricKind.GAUGE
+                else meter.create_observable_counter
+            )
+            create(spec.name, [observe], spec.unit, spec.description)
             instrument: Any = table
-        elif spec.kind is MetricKind.COUNTER:
-            instrument = meter.create_counter(spec.name, spec.unit, spec.description)
         else:
             instrument = meter.create_histogram(
                 spec.name,
@@ -342,7 +346,7 @@ class Recorder:
         state = self.states[entry.check.name]
         state.skipped += 1
         attrs = {**self._attrs[entry.check.name], "cause": cause}
-        self._instruments["vantage.runs.skipped"][1].add(1, attrs)
+        self._set("vantage.runs.skipped", 1, attrs, cause)
 
     def start_run(self, entry: CheckEntry) -> Run:
         """Open the root span of a run."""
@@ -382,7 +386,7 @@ class Recorder:
         outcome = {"result": "success" if result.success else "failure"}
         if result.reason is not None:
             outcome["reason"] = result.reason.value
-        self._instruments["probe.runs"][1].add(1, {**attrs, **outcome})
+        self._set("probe.runs", 1, {**attrs, **outcome}, (outcome["result"], result.reason))
         phase_metric = state.entry.probe.phase_metric
         if phase_metric and result.phases:
             for phase, seconds in result.phases.items():
@@ -469,7 +473,7 @@ class Recorder:
     def _set(
         self, name: str, value: float, attrs: Mapping[str, AttributeValue], key: Hashable = None
     ) -> None:
-        """Record a value of a probe metric; ``key`` tells apart the series of one check."""
+        """Record a value of a metric (a counter adds it); ``key`` tells apart the series of a check."""
         known = self._instruments.get(name)
         if known is None:
             log.error("probe emitted %s, which is not among its metric specs; dropped", name)
@@ -478,6 +482,8 @@ class Recorder:
         if spec.kind is MetricKind.GAUGE:
             instrument[(attrs["check"], key)] = (attrs, value)
         elif spec.kind is MetricKind.COUNTER:
-            instrument.add(value, attrs)
+            slot = (attrs["check"], key)
+            previous = instrument.get(slot)
+            instrument[slot] = (attrs, value + (previous[1] if previous else 0.0))
         else:
             instrument.record(value, attrs)

@@ -117,7 +117,10 @@ class Scheduler:
             self.running = True
             task_status.started()
             try:
-                await self._loop(tg)
+                # One scope for the whole loop: stop() cancels it wherever the loop waits.
+                with anyio.CancelScope() as self._sleep_scope:
+                    if not self._stopping:
+                        await self._loop(tg)
             finally:
                 self.running = False
             if self._running_count:
@@ -162,11 +165,7 @@ class Scheduler:
                         self._recorder.skipped(item.entry, "behind")
                 heapq.heapreplace(heap, (following, index, item))
             delay = heap[0][0] - now if heap else 3600.0
-            with anyio.CancelScope() as scope:
-                self._sleep_scope = scope
-                if not self._stopping:
-                    await self._clock.sleep(max(delay, _MIN_SLEEP))
-            self._sleep_scope = None
+            await self._clock.sleep(max(delay, _MIN_SLEEP))
 
     async def _run_one(self, item: _Item, due: float) -> None:
         entry = item.entry
