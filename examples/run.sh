@@ -14,4 +14,5 @@ done
 export VANTAGE_CHECKS_FILE=examples/checks.yaml VANTAGE_LOG_RUNS=true VANTAGE_LOG_FORMAT=text
 export VANTAGE_PORT="${VANTAGE_PORT:-8080}"
 echo "agent on http://127.0.0.1:$VANTAGE_PORT  (/metrics, /api/checks, /readyz); Ctrl-C stops both"
-.venv/bin/vantage run
+.venv/bin/vantage run || status=$?
+exit "${status:-0}"
