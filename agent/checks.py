@@ -196,6 +196,11 @@ def parse_checks(
             errors.append(f"{source}: {where}, field 'type': {exc}")
             continue
         try:
+            probe.validate_target(check.target)
+        except ValueError as exc:
+            errors.append(f"{source}: {where}, field 'target': {exc}")
+            continue
+        try:
             settings = probe.Settings.model_validate(check.settings)
         except ValidationError as exc:
             errors.append(format_validation_error(exc, source, where, prefix="settings"))

@@ -349,10 +349,8 @@ class HttpClient:
         fresh: bool,
         ip_family: str,
     ) -> None:
-        self._factory = factory
         self._ctx = ctx
         self._tls = tls
-        self._fresh = fresh
         self._session = factory._session(ctx, tls, fresh, ip_family)
 
     async def __aenter__(self) -> HttpClient:

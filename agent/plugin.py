@@ -277,6 +277,9 @@ class Probe(abc.ABC, Generic[SettingsT]):
     phase_metric: ClassVar[str | None] = None
     """The metric (from ``metrics``, with a ``phase`` label) that ``ProbeResult.phases`` feed."""
 
+    def validate_target(self, target: str) -> None:
+        """Raise ``ValueError`` when ``target`` cannot be probed by this type (checked at load)."""
+
     @abc.abstractmethod
     async def run(self, check: Check, settings: SettingsT, ctx: ProbeContext) -> ProbeResult:
         """Probe the target once and describe what happened."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import ByteSize, Field, model_validator
 
@@ -94,6 +95,15 @@ class HttpProbe(Probe[HttpSettings]):
         ),
         _gauge("probe.tls.version_info", "", "The TLS version of the final hop", "version"),
     )
+
+    def validate_target(self, target: str) -> None:
+        parts = urlsplit(target)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{target!r} is not an http:// or https:// URL")
+        try:
+            parts.port  # noqa: B018 - raises for a port out of range
+        except ValueError as exc:
+            raise ValueError(f"{target!r} has a bad port: {exc}") from None
 
     async def run(self, check: Check, settings: HttpSettings, ctx: ProbeContext) -> ProbeResult:
         headers = dict(settings.headers)

@@ -45,6 +45,14 @@ BAD = [
         "VANTAGE_CHECKS: check 'a' (checks[0]), field 'type': unknown probe type 'smtp'; available: http",
     ),
     (
+        {"VANTAGE_CHECKS": checks({**HTTP, "target": "api.example/v1"})},
+        "check 'a' (checks[0]), field 'target': 'api.example/v1' is not an http:// or https:// URL",
+    ),
+    (
+        {"VANTAGE_CHECKS": checks({**HTTP, "target": "https://api.example:99999/"})},
+        "field 'target': 'https://api.example:99999/' has a bad port",
+    ),
+    (
         {"VANTAGE_CHECKS": checks({**HTTP, "settings": {"bogus": 1}})},
         "check 'a' (checks[0]), field 'settings.bogus': Extra inputs are not permitted",
     ),
