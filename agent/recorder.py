@@ -95,6 +95,12 @@ AGENT_METRICS = (
         ("cause",),
     ),
     MetricSpec("vantage.probes.in_flight", MetricKind.GAUGE, "{probe}", "Probes running now"),
+    MetricSpec(
+        "vantage.event_loop.lag",
+        MetricKind.GAUGE,
+        "s",
+        "The longest delay of the agent's event loop in the last 10 seconds",
+    ),
     MetricSpec("vantage.checks", MetricKind.GAUGE, "{check}", "Checks this agent runs"),
     MetricSpec(
         "vantage.export.failures",
@@ -337,6 +343,10 @@ class Recorder:
     def _observe_export_failures(self, _: CallbackOptions) -> list[Observation]:
         failed = self._export_stats.failed
         return [Observation(failed.get(signal, 0), {"signal": signal}) for signal in ("traces", "metrics")]
+
+    def loop_lag(self, seconds: float) -> None:
+        """The scheduler's measure of how starved the event loop is."""
+        self._instruments["vantage.event_loop.lag"][1][None] = ({}, seconds)
 
     def lateness(self, seconds: float) -> None:
         self._instruments["vantage.scheduler.lateness"][1].record(max(0.0, seconds))

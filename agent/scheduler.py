@@ -15,6 +15,11 @@ until its 9s timeout while the probe pool is full::
 and when the agent itself stalls (a paused container), the ticks it missed are skipped, not
 replayed in a burst (cause="behind").
 
+A run that times out while the event loop itself was starved (more CPU asked of the agent than it
+has, or something blocking the loop) says nothing about its target: it is discarded and counted
+(cause="overload") rather than reported as a failure, so an overloaded agent raises its own alarm
+(``vantage_event_loop_lag_seconds``, ``vantage_runs_skipped_total``), not a false one per check.
+
 ``VANTAGE_CONCURRENCY`` bounds the probes in flight; lateness (start minus tick) is measured.
 """
 
@@ -24,6 +29,8 @@ import hashlib
 import heapq
 import logging
 import math
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -41,6 +48,27 @@ __all__ = ["Scheduler", "offset", "owner", "select"]
 
 log = logging.getLogger("vantage.scheduler")
 _MIN_SLEEP = 0.001  # uvloop turns sleeps under ~0.5ms into busy spins
+_LAG_PERIOD = 0.1
+_STARVED = 0.25  # a run is starved when the loop lagged by this share of its timeout
+
+
+class _LagMonitor:
+    """Measures how late the event loop wakes a sleeper: its lag, in real time."""
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, float]] = deque(maxlen=600)
+
+    async def watch(self, report: Callable[[float], None]) -> None:
+        while True:
+            before = time.monotonic()
+            await anyio.sleep(_LAG_PERIOD)
+            now = time.monotonic()
+            self.samples.append((now, max(0.0, now - before - _LAG_PERIOD)))
+            report(self.worst(10.0))
+
+    def worst(self, window: float) -> float:
+        cutoff = time.monotonic() - window
+        return max((lag for at, lag in self.samples if at >= cutoff), default=0.0)
 
 
 def _hash(*parts: str) -> int:
@@ -94,6 +122,8 @@ class Scheduler:
         self._stopping = False
         self._sleep_scope: anyio.CancelScope | None = None
         self._crashed: set[str] = set()
+        self._lag = _LagMonitor()
+        self._overload_warned = -math.inf
         self._idle = anyio.Event()
         self._running_count = 0
         self.running = False
@@ -114,6 +144,7 @@ class Scheduler:
     ) -> None:
         """Tick until ``stop()``, then wait up to ``drain_timeout`` for runs in flight, then cancel them."""
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self._lag.watch, self._recorder.loop_lag)
             self.running = True
             task_status.started()
             try:
@@ -177,10 +208,14 @@ class Scheduler:
                 run = self._recorder.start_run(entry)
                 ctx = self._context(entry, run)
                 try:
-                    result = await self._probe(entry, ctx)
+                    result = await self._probe(entry, ctx, started)
                 except BaseException:
                     self._recorder.abandon_run(run, "cancelled: the agent is shutting down")
                     raise
+                if result is None:
+                    self._recorder.abandon_run(run, "discarded: the agent's event loop was starved")
+                    self._recorder.skipped(entry, "overload")
+                    return
                 if result.duration is None:
                     result = replace(result, duration=self._clock.monotonic() - started)
                 try:
@@ -194,7 +229,8 @@ class Scheduler:
             if self._stopping and self._running_count == 0:
                 self._idle.set()
 
-    async def _probe(self, entry: CheckEntry, ctx: ProbeContext) -> ProbeResult:
+    async def _probe(self, entry: CheckEntry, ctx: ProbeContext, started: float) -> ProbeResult | None:
+        """The probe's result, a timeout or crash as a result, or None for a starved run."""
         check = entry.check
         result: Any = None
         try:
@@ -210,6 +246,18 @@ class Scheduler:
             return ProbeResult.failure(
                 Reason.INTERNAL, ctx.redact(f"the probe crashed: {type(exc).__name__}: {exc}")
             )
+        overshoot = self._clock.monotonic() - started - check.timeout
+        lag = max(overshoot, self._lag.worst(check.timeout))
+        if lag > check.timeout * _STARVED:
+            now = time.monotonic()
+            if now - self._overload_warned > 60:
+                self._overload_warned = now
+                log.warning(
+                    "the agent is overloaded: its event loop lagged %s; runs that time out meanwhile "
+                    "are discarded, not failed (logged once a minute)",
+                    format_duration(round(lag, 3)),
+                )
+            return None
         return ProbeResult.failure(
             Reason.TIMEOUT,
             f"no result within the timeout of {format_duration(check.timeout)} ({ctx.stage})",

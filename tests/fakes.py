@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from agent.plugin import Check, Probe, ProbeContext, ProbeResult, ProbeSettings, Reason
@@ -11,6 +12,8 @@ class SleepSettings(ProbeSettings):
     seconds: float = 0.0
     fail: bool = False
     crash: bool = False
+    block: float = 0.0
+    """Seconds to block the whole event loop for (a stand-in for an overloaded agent)."""
 
 
 class SleepProbe(Probe[SleepSettings]):
@@ -36,6 +39,8 @@ class SleepProbe(Probe[SleepSettings]):
         self.active_per_check[check.name] = mine
         self.max_per_check = max(self.max_per_check, mine)
         try:
+            if settings.block:
+                time.sleep(settings.block)  # noqa: ASYNC251 - blocking is the point
             await ctx.clock.sleep(settings.seconds)
         finally:
             self.active -= 1

@@ -151,6 +151,25 @@ async def test_the_scheduler_enforces_the_timeout() -> None:
     assert "no result within the timeout of 200ms" in last.message
 
 
+async def test_a_run_starved_by_the_agent_is_discarded_not_failed() -> None:
+    registry = Registry(entry_points())
+    check = {
+        "name": "starved",
+        "type": "sleep",
+        "target": "x",
+        "interval": 5,
+        "timeout": 0.2,
+        "settings": {"block": 0.5, "seconds": 1},
+    }
+    environ = {"VANTAGE_CHECKS": yaml.safe_dump({"checks": [check]}), **ENV}
+    agent = build_agent(load_config(environ, registry=registry), environ)
+    await agent.scheduler.run_once()
+    state = agent.recorder.states["starved"]
+    # The loop was blocked past the timeout: that says nothing of the target.
+    assert state.last is None and state.runs == 0
+    assert state.skipped == 1
+
+
 def test_regions_filter_checks() -> None:
     registry = Registry(entry_points())
     checks = [
