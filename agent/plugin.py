@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
+import anyio
 from pydantic import BaseModel, ConfigDict
 
 from .assertions import Assertion, AssertionOutcome, Subject
@@ -167,8 +168,6 @@ class SystemClock:
         return time.time()
 
     async def sleep(self, seconds: float) -> None:
-        import anyio
-
         await anyio.sleep(seconds)
 
 
