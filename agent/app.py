@@ -56,7 +56,7 @@ def build_agent(
     """Wire the parts together; nothing runs yet."""
     settings = config.settings
     clock = clock or SystemClock()
-    resource = build_resource(environ, region=settings.region, version=__version__)
+    resource = build_resource(environ, region=settings.region, version=__version__, worker=config.worker)
     telemetry = build_telemetry(environ, resource, span_processors)
     if set_global_providers:
         trace.set_tracer_provider(telemetry.tracer_provider)
@@ -70,7 +70,7 @@ def build_agent(
         log_runs=settings.log_runs,
         export_stats=telemetry.stats,
     )
-    entries = select(config.entries, settings.region, config.shard)
+    entries = select(config.entries, settings.region, config.shard, config.worker)
     recorder.register(entries)
     http = HttpClientFactory(user_agent=f"Vantage/{__version__}", resolver=resolver)
     check_log = logging.getLogger("vantage.probe")
@@ -141,6 +141,9 @@ async def serve(
             if handle_signals:
                 tg.start_soon(_watch_signals, agent.scheduler)
             task_status.started(port)
+            if agent.config.worker.count > 1:
+                # The supervisor reads this line to find the worker's server.
+                print(f"VANTAGE_WORKER_PORT={port}", flush=True)
             await agent.scheduler.run(drain_timeout=budget * 0.6)
             await flush_telemetry(agent.telemetry, max(0.5, budget * 0.4), shutdown=True)
             log.info("vantage stopped")
@@ -151,11 +154,15 @@ async def serve(
 
 
 async def _watch_signals(scheduler: Scheduler) -> None:
+    # The receiver stays open until shutdown is done: a second signal (Ctrl-C reaches a worker
+    # and its supervisor both) must not kill the process before it has flushed.
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
+            if scheduler.stopping:
+                log.info("received %s; already stopping", signal.Signals(signum).name)
+                continue
             log.info("received %s; stopping", signal.Signals(signum).name)
             scheduler.stop()
-            return
 
 
 def run_agent(config: Config, environ: Mapping[str, str]) -> None:

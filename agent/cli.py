@@ -59,6 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(config.settings.log_level, config.settings.log_format, config.redactor)
         if command == "once":
             return _once(config)
+        if config.settings.worker_count() > 1 and not config.settings.worker:
+            from .app import _backend
+            from .workers import supervise
+
+            status: int = anyio.run(supervise, config, os.environ, **_backend())
+            return status
         from .app import run_agent
 
         run_agent(config, os.environ)

@@ -40,13 +40,36 @@ class AgentSettings(BaseSettings):
     checks: str | None = None
     checks_file: Path | None = None
     shutdown_timeout: Duration = 10.0
+    workers: int | Literal["auto"] = 1
+    worker: str = ""
+    """Set by the supervisor for its worker processes: ``INDEX/COUNT``."""
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("shard")
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) and not value.strip().isdigit() else value
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 64:
+            raise ValueError("use a number of processes from 1 to 64, or 'auto' (one per CPU)")
+        return value
+
+    def worker_count(self) -> int:
+        """How many worker processes ``workers`` asks for."""
+        if self.workers == "auto":
+            return max(
+                1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            )
+        return int(self.workers)
+
+    @field_validator("shard", "worker")
     @classmethod
     def _shard(cls, value: str) -> str:
         value = value.strip()
@@ -71,6 +94,7 @@ class Config:
     settings: AgentSettings
     entries: list[CheckEntry]
     shard: Shard
+    worker: Shard
     redactor: Redactor
     resolver: SecretResolver
     registry: Registry
@@ -138,4 +162,5 @@ def load_config(environ: Mapping[str, str] | None = None, registry: Registry | N
         raise ConfigError("no checks: set VANTAGE_CHECKS (inline YAML or JSON) or VANTAGE_CHECKS_FILE")
     entries = parse_checks(text, source=source, resolver=resolver, load_probe=registry.load)
     shard = resolve_shard(settings, environ)
-    return Config(settings, entries, shard, redactor, resolver, registry, source)
+    worker = Shard(*map(int, settings.worker.split("/"))) if settings.worker not in ("", "auto") else Shard()
+    return Config(settings, entries, shard, worker, redactor, resolver, registry, source)

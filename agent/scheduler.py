@@ -81,19 +81,24 @@ def offset(name: str, region: str) -> float:
     return _hash(name, region) / 2**64
 
 
-def owner(name: str, count: int) -> int:
+def owner(name: str, count: int, salt: str = "") -> int:
     """The shard that runs a check, by rendezvous hashing: when the number of shards changes by
     one, only the checks of the shard that came or went move."""
-    return max(range(count), key=lambda index: _hash(str(index), name))
+    return max(range(count), key=lambda index: _hash(salt + str(index), name))
 
 
-def select(entries: Iterable[CheckEntry], region: str, shard: Shard) -> list[CheckEntry]:
-    """The checks this replica runs: those for its region, and of those its shard's share."""
+def select(
+    entries: Iterable[CheckEntry], region: str, shard: Shard, worker: Shard | None = None
+) -> list[CheckEntry]:
+    """The checks this process runs: those for its region, of those its shard's share, and of
+    those its worker's share (the worker split uses its own hash, independent of the shards')."""
+    worker = worker or Shard()
     return [
         entry
         for entry in entries
         if entry.check.runs_in(region)
         and (shard.count == 1 or owner(entry.check.name, shard.count) == shard.index)
+        and (worker.count == 1 or owner(entry.check.name, worker.count, "worker") == worker.index)
     ]
 
 
@@ -129,6 +134,10 @@ class Scheduler:
         self.running = False
         self.heartbeat = clock.monotonic()
         """Monotonic time of the loop's last turn, for ``/healthz``."""
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def stop(self) -> None:
         """Stop ticking; runs in flight go on until drained or cancelled by ``run``'s caller."""

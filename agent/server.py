@@ -15,10 +15,19 @@ from .recorder import Recorder
 from .secrets import Redactor
 from .telemetry import Telemetry
 
-__all__ = ["Server"]
+__all__ = ["PROMETHEUS_TYPE", "Server", "authorized"]
 
 _HEALTH_STALE = 30.0  # seconds without a scheduler turn before /healthz fails
-_PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def authorized(request: web.Request, token: str | None) -> bool:
+    """Whether the request carries the API token (always, when none is set)."""
+    if token is None:
+        return True
+    header = request.headers.get("Authorization", "")
+    given = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
+    return hmac.compare_digest(given.encode(), token.encode())
 
 
 class Server:
@@ -38,7 +47,7 @@ class Server:
     ) -> None:
         self.host, self.port = host, port
         self._recorder, self._telemetry, self._redact = recorder, telemetry, redactor
-        self._token = api_token.encode() if api_token else None
+        self._token = api_token
         self._alive = scheduler_alive
         self._version = version
         self.bound_port: int | None = None
@@ -67,13 +76,6 @@ class Server:
         finally:
             with anyio.CancelScope(shield=True):
                 await runner.cleanup()
-
-    def _authorized(self, request: web.Request) -> bool:
-        if self._token is None:
-            return True
-        header = request.headers.get("Authorization", "")
-        given = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
-        return hmac.compare_digest(given.encode(), self._token)
 
     async def _healthz(self, _: web.Request) -> web.Response:
         running, age = self._alive()
@@ -112,17 +114,17 @@ class Server:
         # Collecting every instrument is synchronous work; keep it off the event loop.
         body = await anyio.to_thread.run_sync(self._telemetry.render_prometheus)
         return web.Response(
-            body=self._redact(body.decode()).encode(), headers={"Content-Type": _PROMETHEUS_TYPE}
+            body=self._redact(body.decode()).encode(), headers={"Content-Type": PROMETHEUS_TYPE}
         )
 
     async def _checks(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
+        if not authorized(request, self._token):
             raise web.HTTPUnauthorized(text="a valid bearer token is required\n")
         states = [state.as_json(self._redact) for state in self._recorder.states.values()]
         return _json({"checks": states})
 
     async def _check(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
+        if not authorized(request, self._token):
             raise web.HTTPUnauthorized(text="a valid bearer token is required\n")
         state = self._recorder.states.get(request.match_info["name"])
         if state is None:

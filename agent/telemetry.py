@@ -146,7 +146,7 @@ class Telemetry:
         self.meter_provider.shutdown(timeout_millis=max(1, int(timeout * 1000)))
 
 
-def build_resource(environ: Mapping[str, str], *, region: str, version: str) -> Resource:
+def build_resource(environ: Mapping[str, str], *, region: str, version: str, worker: Any = None) -> Resource:
     """The resource of every signal: service, instance, ``cloud.region`` and pod attributes.
 
     ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME`` win over the agent's own values.
@@ -157,6 +157,9 @@ def build_resource(environ: Mapping[str, str], *, region: str, version: str) -> 
         "service.instance.id": environ.get("HOSTNAME") or str(uuid.uuid4()),
         "cloud.region": region,
     }
+    if worker is not None and worker.count > 1:
+        # Each worker process is its own instance, or OTLP backends would mix their series.
+        ours["service.instance.id"] += f"-worker-{worker.index}"
     for var, key in (
         ("POD_NAME", "k8s.pod.name"),
         ("POD_NAMESPACE", "k8s.namespace.name"),
