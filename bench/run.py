@@ -72,6 +72,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def tree(pid: int) -> list[int]:
+    """A process and its children (the agent's worker processes)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(p) for p in children.read_text().split()] if children.exists() else []
+    return [pid, *kids]
+
+
+def tree_cpu(pid: int) -> float:
+    return sum(cpu_seconds(p) for p in tree(pid))
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -135,10 +146,11 @@ def quantile(
     """histogram_quantile over the lateness histogram's increase between two scrapes."""
 
     def buckets(s: Samples) -> dict[float, float]:
-        return {
-            float(labels["le"]): value
-            for labels, value in s.get("vantage_scheduler_lateness_seconds_bucket", [])
-        }
+        out: dict[float, float] = {}
+        for labels, value in s.get("vantage_scheduler_lateness_seconds_bucket", []):
+            le = float(labels["le"])
+            out[le] = out.get(le, 0.0) + value  # summed over worker processes
+        return out
 
     now, then = buckets(samples), buckets(before)
     bounds = sorted(now)
@@ -156,7 +168,9 @@ def quantile(
     return lower
 
 
-def agent_env(port: int, checks: list[dict[str, object]], sink: int, otlp: bool = True) -> dict[str, str]:
+def agent_env(
+    port: int, checks: list[dict[str, object]], sink: int, otlp: bool = True, workers: int = 1
+) -> dict[str, str]:
     # A big check set goes through a file: one environment variable holds at most 128 KiB.
     checks_file = Path(tempfile.mkdtemp(prefix="vantage-bench-")) / "checks.yaml"
     checks_file.write_text(yaml.safe_dump({"checks": checks}))
@@ -167,6 +181,7 @@ def agent_env(port: int, checks: list[dict[str, object]], sink: int, otlp: bool 
         "VANTAGE_HOST": "127.0.0.1",
         "VANTAGE_CONCURRENCY": "1000",
         "VANTAGE_LOG_LEVEL": "warning",
+        "VANTAGE_WORKERS": str(workers),
     }
     if otlp:
         env |= {
@@ -201,23 +216,32 @@ def runs(port: int) -> tuple[int, int]:
 
 
 def measure_agent(
-    checks: list[dict[str, object]], sink: int, seconds: float, warmup: float
+    checks: list[dict[str, object]],
+    sink: int,
+    seconds: float,
+    warmup: float,
+    workers: int = 1,
+    otlp: bool = True,
 ) -> dict[str, float]:
-    """Run the agent with OTLP export on, scraped every 15s as a Prometheus server would."""
+    """Run the agent with OTLP export on, scraped every 15s as a Prometheus server would.
+
+    With workers, CPU and memory are summed over the supervisor and its worker processes.
+    """
     port = free_port()
-    with process([sys.executable, "-m", "agent", "run"], agent_env(port, checks, sink)) as proc:
+    env = agent_env(port, checks, sink, otlp=otlp, workers=workers)
+    with process([sys.executable, "-m", "agent", "run"], env) as proc:
         wait_port(port)
         time.sleep(warmup)
         before = scrape(port)
-        (runs0, failed0), cpu0, t0 = runs(port), cpu_seconds(proc.pid), time.monotonic()
+        (runs0, failed0), cpu0, t0 = runs(port), tree_cpu(proc.pid), time.monotonic()
         deadline = t0 + seconds
         while (left := deadline - time.monotonic()) > 0:
             time.sleep(min(15.0, left))
             if deadline - time.monotonic() > 1:
                 scrape(port)  # the scrape's cost is part of the agent's telemetry cost
-        (runs1, failed1), cpu1, t1 = runs(port), cpu_seconds(proc.pid), time.monotonic()
+        (runs1, failed1), cpu1, t1 = runs(port), tree_cpu(proc.pid), time.monotonic()
         after = scrape(port)
-        rss = rss_mib(proc.pid)
+        rss = sum(rss_mib(pid) for pid in tree(proc.pid))
     probes = runs1 - runs0
     skipped = total(after, "vantage_runs_skipped_total") - total(before, "vantage_runs_skipped_total")
     return {
@@ -348,6 +372,12 @@ def main() -> int:
         )
         big = measure_agent(http_checks(args.big, 1.0, target), port, args.seconds, args.warmup)
         show(f"vantage, {args.big} checks @ 1s", big)
+        big = measure_agent(http_checks(args.big, 1.0, target), port, args.seconds, args.warmup, workers=2)
+        show(f"vantage, {args.big} checks @ 1s, 2 workers", big)
+        big = measure_agent(
+            http_checks(args.big, 1.0, target), port, args.seconds, args.warmup, workers=2, otlp=False
+        )
+        show("  the same, /metrics only (no OTLP)", big)
     show(f"vantage, {args.idle} idle checks", measure_idle(args.idle))
     return 0
 
