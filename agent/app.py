@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -172,6 +173,10 @@ def run_agent(config: Config, environ: Mapping[str, str]) -> None:
     # walking it again and again (full collections were the agent's longest pauses).
     gc.collect()
     gc.freeze()
+    # Telemetry threads (rendering /metrics, encoding OTLP) share the interpreter lock with the
+    # event loop; handing it back every millisecond rather than every five keeps probe starts
+    # on time while they work.
+    sys.setswitchinterval(0.001)
     anyio.run(serve, agent, **_backend())
 
 
