@@ -48,6 +48,7 @@ __all__ = ["Scheduler", "offset", "owner", "select"]
 
 log = logging.getLogger("vantage.scheduler")
 _MIN_SLEEP = 0.001  # uvloop turns sleeps under ~0.5ms into busy spins
+_MAX_SLEEP = 5.0  # wake at least this often, so the heartbeat /healthz reads stays fresh
 _LAG_PERIOD = 0.1
 _STARVED = 0.25  # a run is starved when the loop lagged by this share of its timeout
 
@@ -205,7 +206,7 @@ class Scheduler:
                         self._recorder.skipped(item.entry, "behind")
                 heapq.heapreplace(heap, (following, index, item))
             delay = heap[0][0] - now if heap else 3600.0
-            await self._clock.sleep(max(delay, _MIN_SLEEP))
+            await self._clock.sleep(min(max(delay, _MIN_SLEEP), _MAX_SLEEP))
 
     async def _run_one(self, item: _Item, due: float) -> None:
         entry = item.entry

@@ -102,6 +102,17 @@ async def test_a_slow_run_is_never_overlapped_and_skips_are_counted() -> None:
     assert gaps == {30.0}
 
 
+async def test_the_heartbeat_stays_fresh_between_rare_ticks() -> None:
+    clock = FakeClock()
+    agent, _ = make_agent([sleep_check("hourly", 3600)], clock)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(agent.scheduler.run)
+        await clock.advance(1800)
+        # /healthz fails after 30s without a turn of the loop; an hour between ticks must not.
+        assert clock.monotonic() - agent.scheduler.heartbeat <= 5.0
+        tg.cancel_scope.cancel()
+
+
 async def test_concurrency_bound_holds_across_checks() -> None:
     clock = FakeClock()
     checks = [sleep_check(f"c{i}", 10, seconds=4) for i in range(10)]
