@@ -117,22 +117,25 @@ _current_span: contextvars.ContextVar[trace.Span | None] = contextvars.ContextVa
 
 
 class _Span:
-    """A SpanHandle backed by an OpenTelemetry span."""
+    """A SpanHandle backed by an OpenTelemetry span; every text it is given is redacted."""
 
-    __slots__ = ("_span",)
+    __slots__ = ("_redact", "_span")
 
-    def __init__(self, span: trace.Span) -> None:
-        self._span = span
+    def __init__(self, span: trace.Span, redact: Redactor) -> None:
+        self._span, self._redact = span, redact
+
+    def _clean(self, attributes: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
+        return {k: self._redact(v) if isinstance(v, str) else v for k, v in attributes.items()}
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
-        self._span.set_attribute(key, value)
+        self._span.set_attribute(key, self._redact(value) if isinstance(value, str) else value)
 
     def add_event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:
-        self._span.add_event(name, dict(attributes or {}))
+        self._span.add_event(name, self._clean(attributes or {}))
 
     def fail(self, error_type: str, message: str) -> None:
         self._span.set_attribute("error.type", error_type)
-        self._span.set_status(Status(StatusCode.ERROR, message))
+        self._span.set_status(Status(StatusCode.ERROR, self._redact(message)))
 
     def inject(self, headers: MutableMapping[str, str]) -> None:
         propagate.inject(headers, context=trace.set_span_in_context(self._span))
@@ -155,14 +158,14 @@ class _RunTracer:
         attributes: Mapping[str, AttributeValue] | None = None,
     ) -> SpanHandle:
         parent = _current_span.get() or self._root
-        attrs = {k: self._redact(v) if isinstance(v, str) else v for k, v in (attributes or {}).items()}
+        redact = self._redact
         span = self._tracer.start_span(
             name,
             context=trace.set_span_in_context(parent),
             kind=SpanKind.CLIENT if client else SpanKind.INTERNAL,
-            attributes=attrs,
+            attributes={k: redact(v) if isinstance(v, str) else v for k, v in (attributes or {}).items()},
         )
-        return _Span(span)
+        return _Span(span, redact)
 
     @contextlib.contextmanager
     def use_span(self, span: SpanHandle) -> Iterator[None]:

@@ -12,6 +12,8 @@ class SleepSettings(ProbeSettings):
     seconds: float = 0.0
     fail: bool = False
     crash: bool = False
+    note: str = ""
+    """Written to a step span's attribute, event and status, to test redaction."""
     block: float = 0.0
     """Seconds to block the whole event loop for (a stand-in for an overloaded agent)."""
 
@@ -33,6 +35,11 @@ class SleepProbe(Probe[SleepSettings]):
         self.wall_starts.setdefault(check.name, []).append(ctx.clock.time())
         if settings.crash:
             raise RuntimeError("probe bug")
+        if settings.note:
+            with ctx.step("note") as span:
+                span.set_attribute("vantage.note", settings.note)
+                span.add_event("noted", {"vantage.note": settings.note})
+                span.fail("noted", f"failed with {settings.note}")
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         mine = self.active_per_check.get(check.name, 0) + 1

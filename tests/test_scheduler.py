@@ -181,6 +181,27 @@ async def test_a_run_starved_by_the_agent_is_discarded_not_failed() -> None:
     assert state.skipped == 1
 
 
+async def test_spans_a_probe_writes_are_redacted() -> None:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    registry = Registry(entry_points())
+    check = {"name": "noted", "type": "sleep", "target": "x", "settings": {"note": "key ${NOTE_KEY}"}}
+    environ = {"VANTAGE_CHECKS": yaml.safe_dump({"checks": [check]}), "NOTE_KEY": "s3cr3t-n0te", **ENV}
+    exporter = InMemorySpanExporter()
+    agent = build_agent(
+        load_config(environ, registry=registry), environ, span_processors=[SimpleSpanProcessor(exporter)]
+    )
+    await agent.scheduler.run_once()
+    step = next(s for s in exporter.get_finished_spans() if s.name == "note")
+    assert step.attributes is not None and step.attributes["vantage.note"] == "key <redacted>"
+    assert (
+        step.events[0].attributes is not None
+        and step.events[0].attributes["vantage.note"] == "key <redacted>"
+    )
+    assert step.status.description == "failed with key <redacted>"
+
+
 def test_regions_filter_checks() -> None:
     registry = Registry(entry_points())
     checks = [
