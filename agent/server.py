@@ -15,7 +15,7 @@ from .recorder import Recorder
 from .secrets import Redactor
 from .telemetry import Telemetry
 
-__all__ = ["PROMETHEUS_TYPE", "Server", "authorized"]
+__all__ = ["PROMETHEUS_TYPE", "Server", "authorized", "serve_app"]
 
 _HEALTH_STALE = 30.0  # seconds without a scheduler turn before /healthz fails
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -28,6 +28,23 @@ def authorized(request: web.Request, token: str | None) -> bool:
     header = request.headers.get("Authorization", "")
     given = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
     return hmac.compare_digest(given.encode(), token.encode())
+
+
+async def serve_app(
+    app: web.Application, host: str, port: int, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve ``app`` until cancelled; ``task_status`` gets the bound port (``port`` may be 0)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        task_status.started(sockets[0].getsockname()[1] if sockets else port)
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await runner.cleanup()
 
 
 class Server:
@@ -50,7 +67,6 @@ class Server:
         self._token = api_token
         self._alive = scheduler_alive
         self._version = version
-        self.bound_port: int | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024)
@@ -63,19 +79,7 @@ class Server:
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Bind (a failure surfaces in the caller of ``tg.start``), serve until cancelled."""
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
-            await site.start()
-            server = site._server
-            sockets = getattr(server, "sockets", None) or []
-            self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
-            task_status.started(self.bound_port)
-            await anyio.sleep_forever()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await runner.cleanup()
+        await serve_app(self.app(), self.host, self.port, task_status=task_status)
 
     async def _healthz(self, _: web.Request) -> web.Response:
         running, age = self._alive()

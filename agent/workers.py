@@ -29,7 +29,7 @@ from aiohttp import web
 from anyio.abc import Process, TaskStatus
 
 from .config import Config
-from .server import PROMETHEUS_TYPE, authorized
+from .server import PROMETHEUS_TYPE, authorized, serve_app
 
 __all__ = ["merge_expositions", "supervise"]
 
@@ -155,17 +155,7 @@ class _Supervisor:
         settings = self._config.settings
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(timeout=timeout) as self._session:
-            runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-            await runner.setup()
-            try:
-                site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
-                await site.start()
-                sockets = getattr(site._server, "sockets", None) or []
-                task_status.started(sockets[0].getsockname()[1] if sockets else settings.port)
-                await anyio.sleep_forever()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await runner.cleanup()
+            await serve_app(self.app(), settings.host, settings.port, task_status=task_status)
 
 
 async def _start(index: int, count: int, environ: Mapping[str, str]) -> _Worker:
