@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Callable
@@ -106,6 +107,7 @@ class Server:
             "status": "ready" if running else "not ready",
             "version": self._version,
             "checks": len(self._recorder.states),
+            "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             "telemetry": export,
         }
         return web.json_response(body, status=200 if running else 503)

@@ -176,6 +176,7 @@ def test_a_hung_backend_never_stops_probing(target: tuple[int, list[str]]) -> No
 
             body = wait_until(ready, timeout=40)
             assert body["status"] == "ready"
+            assert body["event_loop"] == "uvloop"
             runs_then = check_state(agent)["runs"]
             # The check keeps its schedule and its result: export trouble is not a failed check.
             state = wait_until(lambda: (s := check_state(agent))["runs"] >= runs_then + 3 and s, timeout=20)
