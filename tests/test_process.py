@@ -181,6 +181,14 @@ def test_a_secret_never_leaves_the_agent(vendor: tuple[int, dict[str, Any]]) -> 
         assert api_token not in text, where
     assert SECRET.encode() not in exported(received)
     assert b"<redacted>" in exported(received)
+    # One JSON object per line; the state change and the per-run lines name check, result, reason.
+    lines = [json.loads(line) for line in agent.output.splitlines() if line.startswith("{")]
+    runs = [line for line in lines if line.get("check") == "leaky"]
+    assert runs[0]["level"] == "warning" and runs[0]["message"].startswith(
+        "check leaky is failing: assertion"
+    )
+    assert {(r["result"], r["reason"]) for r in runs} == {("failure", "assertion")}
+    assert all(isinstance(r["duration"], float) for r in runs)
 
 
 def test_sigterm_drains_flushes_and_exits_zero(vendor: tuple[int, dict[str, Any]]) -> None:
