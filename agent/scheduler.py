@@ -21,6 +21,11 @@ has, or something blocking the loop) says nothing about its target: it is discar
 (``vantage_event_loop_lag_seconds``, ``vantage_runs_skipped_total``), not a false one per check.
 
 ``VANTAGE_CONCURRENCY`` bounds the probes in flight; lateness (start minus tick) is measured.
+
+When the scheduler wakes for a tick it also starts the runs due within the next 20 ms. Runs that
+start together share the event loop's wake-ups for their connects, writes and reads; a run alone
+pays for its own, and measured at 200 probes a second that was a third of the CPU. No tick moves
+by more than 20 ms, and ticks are still computed from the grid, so the phase and the rate hold.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ __all__ = ["Scheduler", "offset", "owner", "select"]
 log = logging.getLogger("vantage.scheduler")
 _MIN_SLEEP = 0.001  # uvloop turns sleeps under ~0.5ms into busy spins
 _MAX_SLEEP = 5.0  # wake at least this often, so the heartbeat /healthz reads stays fresh
+_BATCH = 0.02  # runs due within 20ms of a wake-up start together: see the module docstring
 _LAG_PERIOD = 0.1
 _STARVED = 0.25  # a run is starved when the loop lagged by this share of its timeout
 
@@ -189,7 +195,7 @@ class Scheduler:
         while not self._stopping:
             now = self._clock.monotonic()
             self.heartbeat = now
-            while heap and heap[0][0] <= now:
+            while heap and heap[0][0] <= now + _BATCH:
                 due, index, item = heap[0]
                 interval = item.entry.check.interval
                 if item.running:

@@ -87,6 +87,22 @@ async def test_fixed_rate_does_not_drift() -> None:
     assert worst < 1e-6
 
 
+async def test_runs_due_close_together_start_together_never_far_from_their_tick() -> None:
+    clock = FakeClock()
+    agent, probe = make_agent([sleep_check(f"c{i}", 1.0) for i in range(200)], clock)
+    await run_for(agent, clock, 10)
+    early = 0
+    for name, starts in probe.wall_starts.items():
+        phase = offset(name, "local")
+        for start in starts:
+            ahead = (phase - start) % 1.0  # how long before its tick the run started
+            ahead = 0.0 if ahead > 0.5 else ahead
+            assert ahead <= 0.02 + 1e-9
+            early += ahead > 0
+    assert early > 0  # some runs were started with an earlier one, sharing its wake-up
+    assert all(len(starts) == 10 for starts in probe.wall_starts.values())
+
+
 async def test_a_slow_run_is_never_overlapped_and_skips_are_counted() -> None:
     # interval 10s, each run takes 25s:  run ─────────────── | run ───
     #                                    0    10(skip) 20(skip) 30
