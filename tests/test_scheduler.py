@@ -163,7 +163,7 @@ async def test_the_scheduler_enforces_the_timeout() -> None:
                         "type": "sleep",
                         "target": "x",
                         "interval": 5,
-                        "timeout": 0.2,
+                        "timeout": 1.0,
                         "settings": {"seconds": 3600},
                     }
                 ]
@@ -175,7 +175,7 @@ async def test_the_scheduler_enforces_the_timeout() -> None:
     await agent.scheduler.run_once()
     last = agent.recorder.states["stuck"].last
     assert last is not None and last.reason is Reason.TIMEOUT
-    assert "no result within the timeout of 200ms" in last.message
+    assert "no result within the timeout of 1s" in last.message
 
 
 async def test_a_run_starved_by_the_agent_is_discarded_not_failed() -> None:
