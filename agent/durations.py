@@ -51,7 +51,8 @@ def format_duration(seconds: float) -> str:
         return f"{seconds:g}s"
     minutes, secs = divmod(whole, 60)
     hours, minutes = divmod(minutes, 60)
-    out = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
+    days, hours = divmod(hours, 24)
+    out = (f"{days}d" if days else "") + (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
     return out + (f"{secs}s" if secs else "")
 
 

@@ -17,7 +17,7 @@ import contextvars
 import socket
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace, TracebackType
@@ -132,6 +132,8 @@ class HttpExchange:
     phases: dict[str, float]
     duration: float
     tls: TLSInfo | None = None
+    links: dict[str, str] = field(default_factory=dict)
+    """``Link`` header targets by relation (``rel="deprecation"`` → URL)."""
 
     @property
     def content_length(self) -> int:
@@ -413,6 +415,7 @@ class HttpClient:
                     phases=phases,
                     duration=clock.monotonic() - started,
                     tls=tls_info,
+                    links=_links(response),
                 )
             if len(visited) > max_redirects:
                 loop = " → ".join(redact_url(str(u), ctx.redact) for u in visited[-3:])
@@ -573,6 +576,14 @@ class HttpClient:
         for name, seconds in hop.items():
             total[name] += seconds
         return hop
+
+
+def _links(response: aiohttp.ClientResponse) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for rels, link in response.links.items():
+        for rel in str(rels).lower().split():  # rel="deprecation alternate" names two relations
+            out.setdefault(rel, str(link.get("url", "")))
+    return out
 
 
 def _version(response: aiohttp.ClientResponse) -> str:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .assertions import Assertion, AssertionOutcome, Subject
 from .checks import Check
-from .durations import Duration
+from .durations import Duration, format_duration
 from .reasons import Reason
 from .secrets import Redactor, SecretResolver
 
@@ -40,6 +40,7 @@ __all__ = [
     "Check",
     "Clock",
     "Duration",
+    "Event",
     "HttpClient",
     "HttpExchange",
     "HttpFailure",
@@ -57,6 +58,7 @@ __all__ = [
     "SystemClock",
     "TLSOptions",
     "Tracer",
+    "format_duration",
 ]
 
 AttributeValue = str | bool | int | float
@@ -106,6 +108,14 @@ class Sample:
 
 
 @dataclass(frozen=True, slots=True)
+class Event:
+    """Something a run noticed, recorded as an event on its root span."""
+
+    name: str
+    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class StepResult:
     """The outcome of one step of a multi-step run."""
 
@@ -135,6 +145,7 @@ class ProbeResult:
     attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
     assertions: tuple[AssertionOutcome, ...] = ()
     steps: tuple[StepResult, ...] = ()
+    events: tuple[Event, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.success and self.reason is None:

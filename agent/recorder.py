@@ -407,8 +407,13 @@ class Recorder:
         for name, value in result.values.items():
             self._set(name, value, attrs)
         for sample in result.samples:
-            # One series per check: a label that changes (a new TLS version) replaces the old one.
-            self._set(sample.metric, sample.value, {**attrs, **sample.labels})
+            # A gauge keeps one series per check (a new TLS version replaces the old one); a
+            # counter keeps one per label set.
+            spec = self._instruments.get(sample.metric, (None,))[0]
+            series = (
+                tuple(sorted(sample.labels.items())) if spec and spec.kind is MetricKind.COUNTER else None
+            )
+            self._set(sample.metric, sample.value, {**attrs, **sample.labels}, series)
         request_duration = self._instruments["http.client.request.duration"][1]
         for request in requests:
             # The semantic convention's attributes only: one series per server, not per check.
@@ -432,6 +437,8 @@ class Recorder:
         span.set_attribute("vantage.duration", duration)
         for key, attribute in result.attributes.items():
             span.set_attribute(key, self._redact(attribute) if isinstance(attribute, str) else attribute)
+        for event in result.events:
+            span.add_event(event.name, self._clean(event.attributes))
         for outcome_ in result.assertions:
             if not outcome_.passed:
                 span.add_event(
@@ -482,6 +489,9 @@ class Recorder:
                 format_duration(duration),
                 extra=fields,
             )
+
+    def _clean(self, attributes: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
+        return {k: self._redact(v) if isinstance(v, str) else v for k, v in attributes.items()}
 
     def _set(
         self, name: str, value: float, attrs: Mapping[str, AttributeValue], key: Hashable = None

@@ -2,7 +2,8 @@
 
 It behaves like the APIs Vantage watches: a token-guarded list endpoint, a health endpoint, an
 endpoint that is sometimes slow, one that fails now and then, a moved endpoint that redirects,
-a CORS-aware endpoint, and one that hangs past any sensible timeout.
+a CORS-aware endpoint, an old API version that announces its deprecation and sunset, and one that
+hangs past any sensible timeout.
 
     python examples/sandbox.py            # listens on 127.0.0.1:8099 (SANDBOX_PORT to change)
 """
@@ -13,6 +14,8 @@ import asyncio
 import itertools
 import os
 import random
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 from aiohttp import web
 
@@ -67,6 +70,17 @@ async def cors(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"}, headers=headers)
 
 
+async def legacy_orders(_: web.Request) -> web.Response:
+    # An old API version that still works but announces its end, as vendors do (RFC 9745, RFC 8594).
+    sunset = datetime.now(UTC).replace(microsecond=0) + timedelta(days=90)
+    headers = {
+        "Deprecation": f"@{int((sunset - timedelta(days=180)).timestamp())}",
+        "Sunset": format_datetime(sunset, usegmt=True),
+        "Link": '<https://sandbox.example/docs/migrate-to-v2>; rel="deprecation"',
+    }
+    return web.json_response({"orders": []}, headers=headers)
+
+
 async def hang(_: web.Request) -> web.Response:
     await asyncio.sleep(3600)
     return web.json_response({})
@@ -81,6 +95,7 @@ def app() -> web.Application:
     application.router.add_get("/legacy/health", legacy)
     application.router.add_get("/v1/cors", cors)
     application.router.add_get("/v1/hang", hang)
+    application.router.add_get("/v0/orders", legacy_orders)
     return application
 
 

@@ -6,6 +6,7 @@ Metric names follow blackbox_exporter's http prober so that its dashboards keep 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -14,7 +15,10 @@ from pydantic import ByteSize, Field, model_validator
 from agent.plugin import (
     Assertion,
     AssertionOutcome,
+    AttributeValue,
     Check,
+    Duration,
+    Event,
     HttpFailure,
     MetricKind,
     MetricSpec,
@@ -26,7 +30,10 @@ from agent.plugin import (
     Sample,
     Subject,
     TLSOptions,
+    format_duration,
 )
+
+from ._headers import Lifecycle, parse_lifecycle
 
 __all__ = ["HttpProbe", "HttpSettings"]
 
@@ -49,6 +56,8 @@ class HttpSettings(ProbeSettings):
     max_body: ByteSize = Field(ByteSize(1 << 20), ge=0, le=1 << 30)
     """Read at most this much of the body; the rest is cut, never buffered."""
     assertions: tuple[Assertion, ...] = Field((), alias="assert")
+    fail_if_sunset_within: Duration | None = None
+    """Fail (reason ``assertion``) when the API's announced ``Sunset`` is closer than this."""
 
     @model_validator(mode="after")
     def _one_body(self) -> HttpSettings:
@@ -94,6 +103,21 @@ class HttpProbe(Probe[HttpSettings]):
             "Earliest expiry in the verified certificate chain, in seconds since the epoch",
         ),
         _gauge("probe.tls.version_info", "", "The TLS version of the final hop", "version"),
+        _gauge(
+            "probe.api.deprecated", "", "1 if the response announces that the API is or will be deprecated"
+        ),
+        _gauge(
+            "probe.api.sunset_timestamp",
+            "s",
+            "When the API stops working, from the Sunset header, epoch seconds",
+        ),
+        MetricSpec(
+            "probe.http.malformed_headers",
+            MetricKind.COUNTER,
+            "{header}",
+            "Rate-limit, deprecation and sunset headers that could not be read, by header",
+            ("header",),
+        ),
     )
 
     def validate_target(self, target: str) -> None:
@@ -157,11 +181,32 @@ class HttpProbe(Probe[HttpSettings]):
         if exchange.truncated:
             attributes["vantage.http.body_truncated"] = True
 
+        lifecycle = parse_lifecycle(exchange.headers, exchange.links)
+        values["probe.api.deprecated"] = 1.0 if lifecycle.deprecated else 0.0
+        if lifecycle.sunset_at is not None:
+            values["probe.api.sunset_timestamp"] = lifecycle.sunset_at
+        events = _lifecycle_events(lifecycle)
+        samples += tuple(
+            Sample("probe.http.malformed_headers", 1.0, {"header": header})
+            for header, _ in lifecycle.malformed
+        )
+
         subject = Subject(
             exchange.status, exchange.headers, exchange.body, exchange.duration, exchange.truncated
         )
         outcomes = tuple(assertion.evaluate(subject) for assertion in settings.assertions)
         reason, message = _verdict(settings.assertions, outcomes, exchange.status)
+        window = settings.fail_if_sunset_within
+        if reason is None and window is not None and lifecycle.sunset_at is not None:
+            left = lifecycle.sunset_at - ctx.clock.time()
+            if left < window:
+                when = datetime.fromtimestamp(lifecycle.sunset_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+                due = f"in {format_duration(round(left))}" if left > 0 else "already passed"
+                reason = Reason.ASSERTION
+                message = (
+                    f"the API sunsets on {when} ({due}), "
+                    f"within fail_if_sunset_within ({format_duration(window)})"
+                )
         return ProbeResult(
             success=reason is None,
             reason=reason,
@@ -171,7 +216,29 @@ class HttpProbe(Probe[HttpSettings]):
             samples=samples,
             attributes=attributes,
             assertions=outcomes,
+            events=events,
         )
+
+
+def _lifecycle_events(lifecycle: Lifecycle) -> tuple[Event, ...]:
+    events = [
+        Event("malformed_header", {"vantage.header": header, "vantage.problem": problem})
+        for header, problem in lifecycle.malformed
+    ]
+    if lifecycle.deprecated or lifecycle.sunset_at is not None:
+        attributes: dict[str, AttributeValue] = {"vantage.api.deprecated": lifecycle.deprecated}
+        if lifecycle.deprecated_at is not None:
+            attributes["vantage.api.deprecated_at"] = _iso(lifecycle.deprecated_at)
+        if lifecycle.sunset_at is not None:
+            attributes["vantage.api.sunset_at"] = _iso(lifecycle.sunset_at)
+        for rel, url in lifecycle.links.items():
+            attributes[f"vantage.api.{rel}_link"] = url
+        events.append(Event("api_deprecation", attributes))
+    return tuple(events)
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
 def _verdict(
