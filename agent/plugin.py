@@ -146,6 +146,8 @@ class ProbeResult:
     assertions: tuple[AssertionOutcome, ...] = ()
     steps: tuple[StepResult, ...] = ()
     events: tuple[Event, ...] = ()
+    retry_after: float | None = None
+    """Seconds the target asked to be left alone; the scheduler skips the check's ticks until then."""
 
     def __post_init__(self) -> None:
         if not self.success and self.reason is None:

@@ -13,7 +13,9 @@ until its 9s timeout while the probe pool is full::
     tick 20s ── starts 20s ── ...
 
 and when the agent itself stalls (a paused container), the ticks it missed are skipped, not
-replayed in a burst (cause="behind").
+replayed in a burst (cause="behind"). A run whose target asked for time (``retry_after``: a 429's
+``Retry-After``, a quota spent until its reset) makes the ticks before then skip too
+(cause="backoff"), so the monitor never burns the quota it watches.
 
 A run that times out while the event loop itself was starved (more CPU asked of the agent than it
 has, or something blocking the loop) says nothing about its target: it is discarded and counted
@@ -113,6 +115,8 @@ def select(
 class _Item:
     entry: CheckEntry
     running: bool = False
+    not_before: float = -math.inf
+    """Monotonic time before which the target asked not to be probed (a 429's Retry-After)."""
 
 
 class Scheduler:
@@ -200,6 +204,10 @@ class Scheduler:
                 interval = item.entry.check.interval
                 if item.running:
                     self._recorder.skipped(item.entry, "overlap")
+                elif now < item.not_before:
+                    # The target asked for time (429 with Retry-After, or its quota spent until a
+                    # reset): probing now would only burn the quota this check watches.
+                    self._recorder.skipped(item.entry, "backoff")
                 else:
                     item.running = True
                     self._running_count += 1
@@ -234,6 +242,8 @@ class Scheduler:
                     return
                 if result.duration is None:
                     result = replace(result, duration=self._clock.monotonic() - started)
+                if result.retry_after:
+                    item.not_before = self._clock.monotonic() + result.retry_after
                 try:
                     self._recorder.finish_run(run, result, ctx.requests)
                 except Exception:

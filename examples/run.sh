@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 export SANDBOX_API_KEY=sk_test_sandbox SANDBOX_PORT=8099
-"$PY" examples/sandbox.py &
+# The sandbox's own log (aiohttp prints cancelled handlers when it is stopped) stays out of the way.
+"$PY" examples/sandbox.py 2>>"${TMPDIR:-/tmp}/vantage-sandbox.log" &
 sandbox=$!
 trap 'kill "$sandbox" 2>/dev/null; wait "$sandbox" 2>/dev/null || true' EXIT
 for _ in $(seq 50); do

@@ -2,7 +2,8 @@
 
 It behaves like the APIs Vantage watches: a token-guarded list endpoint, a health endpoint, an
 endpoint that is sometimes slow, one that fails now and then, a moved endpoint that redirects,
-a CORS-aware endpoint, an old API version that announces its deprecation and sunset, and one that
+a CORS-aware endpoint, a rate-limited endpoint that answers 429 once its quota is spent, an old API
+version that announces its deprecation and sunset, and one that
 hangs past any sensible timeout.
 
     python examples/sandbox.py            # listens on 127.0.0.1:8099 (SANDBOX_PORT to change)
@@ -14,6 +15,7 @@ import asyncio
 import itertools
 import os
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -70,6 +72,31 @@ async def cors(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"}, headers=headers)
 
 
+_window = {"start": 0.0, "used": 0}
+QUOTA, WINDOW = 10, 60
+
+
+async def quota(_: web.Request) -> web.Response:
+    # Ten requests a minute, announced in X-RateLimit-* headers; then 429 until the window resets.
+    now = time.time()
+    if now - _window["start"] >= WINDOW:
+        _window.update(start=now, used=0)
+    reset = int(_window["start"] + WINDOW)
+    if _window["used"] >= QUOTA:
+        return web.json_response(
+            {"error": "rate limit exceeded"},
+            status=429,
+            headers={"Retry-After": str(max(1, int(reset - now)))},
+        )
+    _window["used"] += 1
+    headers = {
+        "X-RateLimit-Limit": str(QUOTA),
+        "X-RateLimit-Remaining": str(QUOTA - int(_window["used"])),
+        "X-RateLimit-Reset": str(reset),
+    }
+    return web.json_response({"status": "ok"}, headers=headers)
+
+
 async def legacy_orders(_: web.Request) -> web.Response:
     # An old API version that still works but announces its end, as vendors do (RFC 9745, RFC 8594).
     sunset = datetime.now(UTC).replace(microsecond=0) + timedelta(days=90)
@@ -96,6 +123,7 @@ def app() -> web.Application:
     application.router.add_get("/v1/cors", cors)
     application.router.add_get("/v1/hang", hang)
     application.router.add_get("/v0/orders", legacy_orders)
+    application.router.add_get("/v1/quota", quota)
     return application
 
 

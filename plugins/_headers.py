@@ -9,11 +9,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.utils import parsedate_to_datetime
+from typing import Any
 
-__all__ = ["Lifecycle", "http_date", "parse_lifecycle"]
+import http_sf
 
-_SF_DATE = re.compile(r"@(-?\d{1,15})")  # RFC 9651 Date: "@" and an integer of seconds
+__all__ = ["Lifecycle", "RateLimit", "RateLimitNames", "http_date", "parse_lifecycle", "parse_ratelimit"]
+
+_EPOCH_FLOOR = 1e9  # a reset above this is a timestamp (2001 onwards), below it a number of seconds
+_MAX_WAIT = 86400.0  # never believe a vendor that asks for a back-off longer than a day
 
 
 def http_date(value: str) -> float:
@@ -50,8 +55,16 @@ def parse_lifecycle(headers: Mapping[str, str], links: dict[str, str]) -> Lifecy
     raw = get("Deprecation")
     if raw is not None:
         value = raw.strip()
-        if match := _SF_DATE.fullmatch(value):
-            deprecated, deprecated_at = True, float(match.group(1))
+        if value.startswith("@"):
+            try:
+                parsed = _sf(value, "item")[0]
+            except ValueError as exc:
+                malformed.append(("Deprecation", str(exc)))
+            else:
+                if isinstance(parsed, datetime):
+                    deprecated, deprecated_at = True, parsed.timestamp()
+                else:
+                    malformed.append(("Deprecation", f"{value[:100]!r} is not a structured date"))
         elif value.lower() == "true":
             deprecated = True
         else:
@@ -67,3 +80,145 @@ def parse_lifecycle(headers: Mapping[str, str], links: dict[str, str]) -> Lifecy
             malformed.append(("Sunset", str(exc)[:150]))
     wanted = {rel: url for rel, url in links.items() if rel in ("deprecation", "sunset")}
     return Lifecycle(deprecated, deprecated_at, sunset_at, wanted, tuple(malformed))
+
+
+def _sf(value: str, kind: str) -> Any:
+    """A structured field value (RFC 9651), or ``ValueError`` saying what is wrong."""
+    try:
+        return http_sf.parse(value.encode("ascii"), tltype=kind)
+    except (UnicodeEncodeError, http_sf.errors.StructuredFieldError, ValueError) as exc:
+        raise ValueError(f"{value[:100]!r} is not a valid structured field: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitNames:
+    """A vendor's own header names, for those that use none of the common ones."""
+
+    remaining: str | None = None
+    limit: str | None = None
+    reset: str | None = None
+    used_of_limit: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """The rate-limit state a response reports; times are seconds from now."""
+
+    remaining: float | None = None
+    limit: float | None = None
+    reset: float | None = None
+    retry_after: float | None = None
+    malformed: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def wait(self) -> float | None:
+        """How long the vendor asks to be left alone: ``Retry-After``, or the reset once spent."""
+        if self.retry_after is not None:
+            return min(self.retry_after, _MAX_WAIT)
+        if self.remaining == 0 and self.reset is not None:
+            return min(self.reset, _MAX_WAIT)
+        return None
+
+
+def parse_ratelimit(headers: Mapping[str, str], now: float, names: RateLimitNames | None = None) -> RateLimit:
+    """Read the rate-limit headers vendors send, first match wins:
+
+    the check's own names; the IETF ``RateLimit`` and ``RateLimit-Policy`` structured fields (and
+    the older dictionary form); ``RateLimit-Remaining/Limit/Reset``; ``X-RateLimit-Remaining/
+    Limit/Reset`` (a reset above 10^9 is an epoch timestamp, in ms above 10^12, else seconds);
+    ``used/limit`` call-limit headers (``X-Shopify-Shop-Api-Call-Limit``); and ``Retry-After``
+    (seconds or an HTTP date).
+    """
+    names = names or RateLimitNames()
+    malformed: list[tuple[str, str]] = []
+    remaining = limit = reset = retry_after = None
+
+    def number(header: str) -> float | None:
+        raw = headers.get(header)
+        if raw is None:
+            return None
+        # Draft 03 allowed "100, 100;w=60": the first number is the one that applies now.
+        head = raw.split(",", 1)[0].split(";", 1)[0].strip()
+        try:
+            value = float(head)
+        except ValueError:
+            malformed.append((header, f"{raw[:100]!r} is not a number"))
+            return None
+        if value < 0 or value != value or value == float("inf"):
+            malformed.append((header, f"{raw[:100]!r} is not a count or a time"))
+            return None
+        return value
+
+    def until(header: str, value: float | None) -> float | None:
+        if value is None:
+            return None
+        if value >= _EPOCH_FLOOR * 1000:
+            value /= 1000
+        return max(0.0, value - now) if value >= _EPOCH_FLOOR else value
+
+    if names.remaining or names.limit or names.reset:
+        remaining = number(names.remaining) if names.remaining else None
+        limit = number(names.limit) if names.limit else None
+        reset = until(names.reset, number(names.reset)) if names.reset else None
+    elif "RateLimit" in headers:
+        remaining, limit, reset = _ietf(headers, malformed)
+    elif "RateLimit-Remaining" in headers or "RateLimit-Limit" in headers:
+        remaining, limit = number("RateLimit-Remaining"), number("RateLimit-Limit")
+        reset = number("RateLimit-Reset")  # always seconds in the drafts
+    elif "X-RateLimit-Remaining" in headers or "X-RateLimit-Limit" in headers:
+        remaining, limit = number("X-RateLimit-Remaining"), number("X-RateLimit-Limit")
+        reset = until("X-RateLimit-Reset", number("X-RateLimit-Reset"))
+    used_header = names.used_of_limit or "X-Shopify-Shop-Api-Call-Limit"
+    if remaining is None and (raw := headers.get(used_header)) is not None:
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", raw)
+        if match and int(match.group(1)) <= int(match.group(2)):
+            limit = float(match.group(2))
+            remaining = limit - float(match.group(1))
+        else:
+            malformed.append((used_header, f"{raw[:100]!r} is not 'used/limit'"))
+    if (raw := headers.get("Retry-After")) is not None:
+        value = raw.strip()
+        if value.isdigit():
+            retry_after = float(value)
+        else:
+            try:
+                retry_after = max(0.0, http_date(value) - now)
+            except ValueError:
+                malformed.append(("Retry-After", f"{value[:100]!r} is neither seconds nor an HTTP date"))
+    return RateLimit(remaining, limit, reset, retry_after, tuple(malformed))
+
+
+def _ietf(headers: Mapping[str, str], malformed: list[tuple[str, str]]) -> tuple[float | None, ...]:
+    """``RateLimit: "default";r=50;t=30`` with ``RateLimit-Policy: "default";q=100;w=60`` (draft 08
+    on), or the older ``RateLimit: limit=100, remaining=50, reset=30``."""
+    raw = headers["RateLimit"]
+    remaining = limit = reset = None
+    if "remaining=" in raw:
+        try:
+            fields = _sf(raw, "dictionary")
+        except ValueError as exc:
+            malformed.append(("RateLimit", str(exc)))
+            return None, None, None
+        remaining, limit, reset = (_num(fields.get(k, (None,))[0]) for k in ("remaining", "limit", "reset"))
+        return remaining, limit, reset
+    try:
+        items = _sf(raw, "list")
+    except ValueError as exc:
+        malformed.append(("RateLimit", str(exc)))
+        return None, None, None
+    if not items:
+        return None, None, None
+    name, params = items[0]
+    remaining, reset = _num(params.get("r")), _num(params.get("t"))
+    if (policy := headers.get("RateLimit-Policy")) is not None:
+        try:
+            for policy_name, policy_params in _sf(policy, "list"):
+                if policy_name == name:
+                    limit = _num(policy_params.get("q"))
+        except ValueError as exc:
+            malformed.append(("RateLimit-Policy", str(exc)))
+    return remaining, limit, reset
+
+
+def _num(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

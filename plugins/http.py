@@ -33,9 +33,19 @@ from agent.plugin import (
     format_duration,
 )
 
-from ._headers import Lifecycle, parse_lifecycle
+from ._headers import Lifecycle, RateLimitNames, parse_lifecycle, parse_ratelimit
 
 __all__ = ["HttpProbe", "HttpSettings"]
+
+
+class RateLimitHeaderNames(ProbeSettings):
+    """A vendor's own rate-limit header names."""
+
+    remaining: str | None = None
+    limit: str | None = None
+    reset: str | None = None
+    used_of_limit: str | None = None
+    """A header of the form ``used/limit``."""
 
 
 class HttpSettings(ProbeSettings):
@@ -56,6 +66,10 @@ class HttpSettings(ProbeSettings):
     max_body: ByteSize = Field(ByteSize(1 << 20), ge=0, le=1 << 30)
     """Read at most this much of the body; the rest is cut, never buffered."""
     assertions: tuple[Assertion, ...] = Field((), alias="assert")
+    ratelimit_headers: RateLimitHeaderNames = Field(default_factory=lambda: RateLimitHeaderNames())
+    """Header names for a vendor that uses none of the common rate-limit headers."""
+    fail_if_ratelimit_below: float | None = Field(None, gt=0, lt=1)
+    """Fail (reason ``rate_limited``) when remaining/limit drops under this fraction (``0.1``)."""
     fail_if_sunset_within: Duration | None = None
     """Fail (reason ``assertion``) when the API's announced ``Sunset`` is closer than this."""
 
@@ -103,6 +117,9 @@ class HttpProbe(Probe[HttpSettings]):
             "Earliest expiry in the verified certificate chain, in seconds since the epoch",
         ),
         _gauge("probe.tls.version_info", "", "The TLS version of the final hop", "version"),
+        _gauge("probe.ratelimit.remaining", "", "Requests left in the current rate-limit window"),
+        _gauge("probe.ratelimit.limit", "", "Requests allowed in the rate-limit window"),
+        _gauge("probe.ratelimit.reset", "s", "Seconds until the rate-limit window resets"),
         _gauge(
             "probe.api.deprecated", "", "1 if the response announces that the API is or will be deprecated"
         ),
@@ -181,14 +198,23 @@ class HttpProbe(Probe[HttpSettings]):
         if exchange.truncated:
             attributes["vantage.http.body_truncated"] = True
 
+        names = settings.ratelimit_headers
+        quota = parse_ratelimit(
+            exchange.headers,
+            ctx.clock.time(),
+            RateLimitNames(names.remaining, names.limit, names.reset, names.used_of_limit),
+        )
+        for name, value in (("remaining", quota.remaining), ("limit", quota.limit), ("reset", quota.reset)):
+            if value is not None:
+                values[f"probe.ratelimit.{name}"] = value
         lifecycle = parse_lifecycle(exchange.headers, exchange.links)
         values["probe.api.deprecated"] = 1.0 if lifecycle.deprecated else 0.0
         if lifecycle.sunset_at is not None:
             values["probe.api.sunset_timestamp"] = lifecycle.sunset_at
-        events = _lifecycle_events(lifecycle)
+        malformed = quota.malformed + lifecycle.malformed
+        events = _lifecycle_events(lifecycle, malformed)
         samples += tuple(
-            Sample("probe.http.malformed_headers", 1.0, {"header": header})
-            for header, _ in lifecycle.malformed
+            Sample("probe.http.malformed_headers", 1.0, {"header": header}) for header, _ in malformed
         )
 
         subject = Subject(
@@ -196,6 +222,21 @@ class HttpProbe(Probe[HttpSettings]):
         )
         outcomes = tuple(assertion.evaluate(subject) for assertion in settings.assertions)
         reason, message = _verdict(settings.assertions, outcomes, exchange.status)
+        if exchange.status == 429 and reason is not None:
+            wait = quota.wait
+            reason = Reason.RATE_LIMITED
+            message = "HTTP 429: rate limited" + (
+                f"; backing off for {format_duration(round(wait))}" if wait else ""
+            )
+        threshold = settings.fail_if_ratelimit_below
+        if reason is None and threshold and quota.remaining is not None and quota.limit:
+            share = quota.remaining / quota.limit
+            if share < threshold:
+                reason = Reason.RATE_LIMITED
+                message = (
+                    f"rate-limit quota at {share:.0%} ({quota.remaining:g} of {quota.limit:g} left), "
+                    f"below fail_if_ratelimit_below ({threshold:.0%})"
+                )
         window = settings.fail_if_sunset_within
         if reason is None and window is not None and lifecycle.sunset_at is not None:
             left = lifecycle.sunset_at - ctx.clock.time()
@@ -217,13 +258,14 @@ class HttpProbe(Probe[HttpSettings]):
             attributes=attributes,
             assertions=outcomes,
             events=events,
+            retry_after=quota.wait if exchange.status == 429 or quota.remaining == 0 else None,
         )
 
 
-def _lifecycle_events(lifecycle: Lifecycle) -> tuple[Event, ...]:
+def _lifecycle_events(lifecycle: Lifecycle, malformed: tuple[tuple[str, str], ...]) -> tuple[Event, ...]:
     events = [
         Event("malformed_header", {"vantage.header": header, "vantage.problem": problem})
-        for header, problem in lifecycle.malformed
+        for header, problem in malformed
     ]
     if lifecycle.deprecated or lifecycle.sunset_at is not None:
         attributes: dict[str, AttributeValue] = {"vantage.api.deprecated": lifecycle.deprecated}

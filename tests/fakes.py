@@ -14,6 +14,8 @@ class SleepSettings(ProbeSettings):
     crash: bool = False
     note: str = ""
     """Written to a step span's attribute, event and status, to test redaction."""
+    retry_after: float | None = None
+    """Answer as a rate-limited target would: fail and ask for this many seconds of quiet."""
     block: float = 0.0
     """Seconds to block the whole event loop for (a stand-in for an overloaded agent)."""
 
@@ -52,6 +54,8 @@ class SleepProbe(Probe[SleepSettings]):
         finally:
             self.active -= 1
             self.active_per_check[check.name] -= 1
+        if settings.retry_after:
+            return ProbeResult.failure(Reason.RATE_LIMITED, "HTTP 429", retry_after=settings.retry_after)
         if settings.fail:
             return ProbeResult.failure(Reason.ASSERTION, "told to fail")
         return ProbeResult(success=True)

@@ -129,6 +129,20 @@ async def test_the_heartbeat_stays_fresh_between_rare_ticks() -> None:
         tg.cancel_scope.cancel()
 
 
+async def test_a_rate_limited_check_backs_off_until_retry_after() -> None:
+    # interval 10s, every run answers 429 with Retry-After: 25s
+    #   run ─ 429 | skip | skip | run ─ 429 | skip | skip | run ...
+    clock = FakeClock()
+    agent, probe = make_agent([sleep_check("limited", 10, retry_after=25)], clock)
+    await run_for(agent, clock, 89.999)
+    state = agent.recorder.states["limited"]
+    gaps = {
+        round(b - a, 6) for a, b in zip(probe.starts["limited"], probe.starts["limited"][1:], strict=False)
+    }
+    assert gaps == {30.0}
+    assert state.runs == 3 and state.skipped == 6
+
+
 async def test_concurrency_bound_holds_across_checks() -> None:
     clock = FakeClock()
     checks = [sleep_check(f"c{i}", 10, seconds=4) for i in range(10)]
