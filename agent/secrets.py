@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ __all__ = ["REDACTED", "Redactor", "SecretResolver", "redact_url"]
 REDACTED = "<redacted>"
 # Values shorter than this are not treated as secrets (redacting "1" would garble every number).
 _MIN_SECRET_LEN = 4
+_MAX_EPHEMERAL = 1024
 _REFERENCE = re.compile(r"\$(\$?)\{(file:[^}]+|[A-Z_][A-Z0-9_]*)\}")
 
 
@@ -31,21 +33,33 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
+        self._ephemeral: OrderedDict[str, None] = OrderedDict()
         self._pattern: re.Pattern[str] | None = None
         self._lock = threading.Lock()
         for secret in secrets:
             self.add(secret)
 
-    def add(self, secret: str) -> None:
-        """Treat ``secret`` (and each of its lines) as a secret from now on."""
+    def add(self, secret: str, *, ephemeral: bool = False) -> None:
+        """Treat ``secret`` (and each of its lines) as a secret from now on.
+
+        ``ephemeral`` secrets (access tokens that a refresh replaces) are remembered in a bounded
+        set, the newest kept, so that a long-running agent's list does not grow without end.
+        """
         candidates = {secret, *secret.splitlines()}
         fresh = {s for s in candidates if len(s.strip()) >= _MIN_SECRET_LEN} - self._secrets
+        fresh -= self._ephemeral.keys()
         if not fresh:
             return
         with self._lock:
-            self._secrets |= fresh
+            if ephemeral:
+                for item in fresh:
+                    self._ephemeral[item] = None
+                while len(self._ephemeral) > _MAX_EPHEMERAL:
+                    self._ephemeral.popitem(last=False)
+            else:
+                self._secrets |= fresh
             # Longest first, so that a secret containing another is removed whole.
-            ordered = sorted(self._secrets, key=len, reverse=True)
+            ordered = sorted(self._secrets | self._ephemeral.keys(), key=len, reverse=True)
             self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
 
     def __contains__(self, text: str) -> bool:

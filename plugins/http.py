@@ -6,6 +6,7 @@ Metric names follow blackbox_exporter's http prober so that its dashboards keep 
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -33,6 +34,7 @@ from agent.plugin import (
     format_duration,
 )
 
+from ._auth import Auth, AuthFailure, TokenCache, authorize
 from ._headers import Lifecycle, RateLimitNames, parse_lifecycle, parse_ratelimit
 
 __all__ = ["HttpProbe", "HttpSettings"]
@@ -66,6 +68,8 @@ class HttpSettings(ProbeSettings):
     max_body: ByteSize = Field(ByteSize(1 << 20), ge=0, le=1 << 30)
     """Read at most this much of the body; the rest is cut, never buffered."""
     assertions: tuple[Assertion, ...] = Field((), alias="assert")
+    auth: Auth | None = None
+    """Credentials: ``basic``, ``bearer``, ``api_key`` or ``oauth2_client_credentials``."""
     ratelimit_headers: RateLimitHeaderNames = Field(default_factory=lambda: RateLimitHeaderNames())
     """Header names for a vendor that uses none of the common rate-limit headers."""
     fail_if_ratelimit_below: float | None = Field(None, gt=0, lt=1)
@@ -117,6 +121,11 @@ class HttpProbe(Probe[HttpSettings]):
             "Earliest expiry in the verified certificate chain, in seconds since the epoch",
         ),
         _gauge("probe.tls.version_info", "", "The TLS version of the final hop", "version"),
+        _gauge(
+            "probe.auth.token_expiry_timestamp",
+            "s",
+            "When the credential in use expires (expires_in, or a JWT's exp), epoch seconds",
+        ),
         _gauge("probe.ratelimit.remaining", "", "Requests left in the current rate-limit window"),
         _gauge("probe.ratelimit.limit", "", "Requests allowed in the rate-limit window"),
         _gauge("probe.ratelimit.reset", "s", "Seconds until the rate-limit window resets"),
@@ -146,8 +155,12 @@ class HttpProbe(Probe[HttpSettings]):
         except ValueError as exc:
             raise ValueError(f"{target!r} has a bad port: {exc}") from None
 
+    def __init__(self) -> None:
+        self._tokens = TokenCache()
+
     async def run(self, check: Check, settings: HttpSettings, ctx: ProbeContext) -> ProbeResult:
         headers = dict(settings.headers)
+        params: dict[str, str | list[str]] = dict(settings.query)
         if settings.origin:
             headers["Origin"] = settings.origin
         data = settings.body
@@ -158,11 +171,17 @@ class HttpProbe(Probe[HttpSettings]):
             settings.tls, fresh=settings.fresh_connection, ip_family=settings.ip_family
         ) as client:
             try:
+                credential = await authorize(settings.auth, client, ctx, self._tokens)
+            except AuthFailure as failure:
+                return ProbeResult.failure(Reason.AUTH, failure.message, phases=failure.phases)
+            headers |= credential.headers
+            params |= credential.params
+            try:
                 exchange = await client.request(
                     settings.method,
                     check.target,
                     headers=headers,
-                    params=settings.query,
+                    params=params,
                     data=data,
                     follow_redirects=settings.follow_redirects,
                     max_redirects=settings.max_redirects,
@@ -198,6 +217,8 @@ class HttpProbe(Probe[HttpSettings]):
         if exchange.truncated:
             attributes["vantage.http.body_truncated"] = True
 
+        if credential.expires_at is not None:
+            values["probe.auth.token_expiry_timestamp"] = credential.expires_at
         names = settings.ratelimit_headers
         quota = parse_ratelimit(
             exchange.headers,
@@ -222,6 +243,13 @@ class HttpProbe(Probe[HttpSettings]):
         )
         outcomes = tuple(assertion.evaluate(subject) for assertion in settings.assertions)
         reason, message = _verdict(settings.assertions, outcomes, exchange.status)
+        if exchange.status in (401, 403) and reason is not None:
+            reason, message = (
+                Reason.AUTH,
+                _auth_message(exchange.status, exchange.headers.get("WWW-Authenticate")),
+            )
+            if exchange.status == 401:
+                self._tokens.forget(check.name)  # the next run asks for a fresh token
         if exchange.status == 429 and reason is not None:
             wait = quota.wait
             reason = Reason.RATE_LIMITED
@@ -260,6 +288,16 @@ class HttpProbe(Probe[HttpSettings]):
             events=events,
             retry_after=quota.wait if exchange.status == 429 or quota.remaining == 0 else None,
         )
+
+
+def _auth_message(status: int, challenge: str | None) -> str:
+    if status == 401:
+        message = "HTTP 401: the credential was rejected (missing, invalid, expired or revoked)"
+    else:
+        message = "HTTP 403: the credential was accepted but lacks the permission or scope"
+    if challenge and (match := re.search(r'error="?([a-z_]+)"?', challenge)):
+        message += f"; the API says {match.group(1)}"
+    return message
 
 
 def _lifecycle_events(lifecycle: Lifecycle, malformed: tuple[tuple[str, str], ...]) -> tuple[Event, ...]:

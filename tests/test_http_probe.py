@@ -182,11 +182,13 @@ async def test_success_with_assertions_phases_and_spans() -> None:
     [
         ("/status/503", {}, Reason.HTTP_STATUS, "HTTP 503 (expected 2xx)"),
         (
-            "/status/401",
+            "/status/404",
             {"assert": [{"source": "status", "op": "eq", "value": 200}]},
             Reason.HTTP_STATUS,
-            "HTTP 401",
+            "HTTP 404",
         ),
+        ("/status/401", {}, Reason.AUTH, "HTTP 401: the credential was rejected"),
+        ("/status/403", {}, Reason.AUTH, "HTTP 403: the credential was accepted but lacks the permission"),
         (
             "/ok",
             {"assert": [{"source": "body", "path": "$.data[0].id", "op": "eq", "value": "ch_2"}]},
