@@ -86,6 +86,7 @@ def build_agent(
             redact=config.redactor,
             tracer=run.tracer,
             http=http,
+            state_dir=settings.state_dir,
         )
 
     scheduler = Scheduler(

@@ -40,6 +40,8 @@ class AgentSettings(BaseSettings):
     checks: str | None = None
     checks_file: Path | None = None
     shutdown_timeout: Duration = 10.0
+    state_dir: Path | None = None
+    """Where state that should survive a restart is kept (schema baselines)."""
     workers: int | Literal["auto"] = 1
     worker: str = ""
     """Set by the supervisor for its worker processes: ``INDEX/COUNT``."""

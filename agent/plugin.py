@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import anyio
@@ -241,6 +242,7 @@ class ProbeContext:
         tracer: Tracer,
         http: HttpClientFactory,
         inbox: Any = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.check = check
         self.region = region
@@ -250,6 +252,8 @@ class ProbeContext:
         self.redact = redact
         self.tracer = tracer
         self.inbox = inbox
+        self.state_dir = state_dir
+        """``VANTAGE_STATE_DIR``: where a probe keeps what must survive a restart, or None."""
         self._http = http
         self.requests: list[Any] = []
         """The physical HTTP requests of this run (``RequestRecord``), for the request-duration metric."""

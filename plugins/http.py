@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import ByteSize, Field, model_validator
+from pydantic import ByteSize, Field, field_validator, model_validator
 
 from agent.plugin import (
     Assertion,
@@ -36,6 +37,7 @@ from agent.plugin import (
 
 from ._auth import Auth, AuthFailure, TokenCache, authorize
 from ._headers import Lifecycle, RateLimitNames, parse_lifecycle, parse_ratelimit
+from ._schema import DriftTracker
 
 __all__ = ["HttpProbe", "HttpSettings"]
 
@@ -48,6 +50,27 @@ class RateLimitHeaderNames(ProbeSettings):
     reset: str | None = None
     used_of_limit: str | None = None
     """A header of the form ``used/limit``."""
+
+
+class SchemaDrift(ProbeSettings):
+    """Watch the response's shape for changes against a baseline."""
+
+    baseline_file: Path | None = None
+    """A sample response (JSON) whose shape is the baseline; else the first successful response."""
+    fail: bool = False
+    """Fail the run (reason ``schema``) on drift; otherwise it is counted and noted only."""
+
+    @field_validator("baseline_file")
+    @classmethod
+    def _sample(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                json.loads(value.read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise ValueError(f"{str(value)!r} cannot be read: {exc.strerror}") from None
+            except ValueError as exc:
+                raise ValueError(f"{str(value)!r} is not JSON: {exc}") from None
+        return value
 
 
 class HttpSettings(ProbeSettings):
@@ -68,6 +91,8 @@ class HttpSettings(ProbeSettings):
     max_body: ByteSize = Field(ByteSize(1 << 20), ge=0, le=1 << 30)
     """Read at most this much of the body; the rest is cut, never buffered."""
     assertions: tuple[Assertion, ...] = Field((), alias="assert")
+    schema_drift: SchemaDrift | None = None
+    """Compare each response's shape with a baseline (``probe_schema_drift_total``)."""
     auth: Auth | None = None
     """Credentials: ``basic``, ``bearer``, ``api_key`` or ``oauth2_client_credentials``."""
     ratelimit_headers: RateLimitHeaderNames = Field(default_factory=lambda: RateLimitHeaderNames())
@@ -126,6 +151,12 @@ class HttpProbe(Probe[HttpSettings]):
             "s",
             "When the credential in use expires (expires_in, or a JWT's exp), epoch seconds",
         ),
+        MetricSpec(
+            "probe.schema.drift",
+            MetricKind.COUNTER,
+            "{response}",
+            "Responses whose shape (field paths and JSON types) differs from the baseline",
+        ),
         _gauge("probe.ratelimit.remaining", "", "Requests left in the current rate-limit window"),
         _gauge("probe.ratelimit.limit", "", "Requests allowed in the rate-limit window"),
         _gauge("probe.ratelimit.reset", "s", "Seconds until the rate-limit window resets"),
@@ -157,6 +188,7 @@ class HttpProbe(Probe[HttpSettings]):
 
     def __init__(self) -> None:
         self._tokens = TokenCache()
+        self._drift = DriftTracker()
 
     async def run(self, check: Check, settings: HttpSettings, ctx: ProbeContext) -> ProbeResult:
         headers = dict(settings.headers)
@@ -265,6 +297,28 @@ class HttpProbe(Probe[HttpSettings]):
                     f"rate-limit quota at {share:.0%} ({quota.remaining:g} of {quota.limit:g} left), "
                     f"below fail_if_ratelimit_below ({threshold:.0%})"
                 )
+        if settings.schema_drift and 200 <= exchange.status < 300 and not exchange.truncated:
+            try:
+                document = subject.json()
+            except ValueError:
+                document = None
+            drift = document is not None and self._drift.check(
+                check.name, document, ctx.state_dir, settings.schema_drift.baseline_file
+            )
+            if drift:
+                values["probe.schema.drift"] = 1.0
+                events += (
+                    Event(
+                        "schema_drift",
+                        {
+                            "vantage.schema.removed": ", ".join(drift.removed)[:1000],
+                            "vantage.schema.retyped": ", ".join(drift.retyped)[:1000],
+                            "vantage.schema.added": ", ".join(drift.added)[:1000],
+                        },
+                    ),
+                )
+                if settings.schema_drift.fail and reason is None:
+                    reason, message = Reason.SCHEMA, f"the response's shape changed: {drift.describe()}"
         window = settings.fail_if_sunset_within
         if reason is None and window is not None and lifecycle.sunset_at is not None:
             left = lifecycle.sunset_at - ctx.clock.time()

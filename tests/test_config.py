@@ -53,6 +53,14 @@ BAD = [
         "field 'target': 'https://api.example:99999/' has a bad port",
     ),
     (
+        {
+            "VANTAGE_CHECKS": checks(
+                {**HTTP, "settings": {"schema_drift": {"baseline_file": "/nonexistent/s.json"}}}
+            )
+        },
+        "field 'settings.schema_drift.baseline_file': '/nonexistent/s.json' cannot be read",
+    ),
+    (
         {"VANTAGE_CHECKS": checks({**HTTP, "settings": {"bogus": 1}})},
         "check 'a' (checks[0]), field 'settings.bogus': Extra inputs are not permitted",
     ),

@@ -1,0 +1,123 @@
+"""Schema drift: the shape of a JSON response (field paths and JSON types, not values or array
+lengths), compared with a baseline.
+
+The baseline is the shape of the first successful response, or of a sample response given as a
+file; with ``VANTAGE_STATE_DIR`` it is kept in ``<dir>/schema/<check>.json`` and survives restarts.
+A drifted response does not replace the baseline: the team decides what the new normal is (delete
+the state file, or give a new sample).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Drift", "DriftTracker", "shape"]
+
+Shape = dict[str, set[str]]
+_MAX_PATHS = 5000  # a hostile or huge document is cut off here, not walked whole
+
+
+def _type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def shape(document: Any) -> Shape:
+    """Every field path of ``document`` with the JSON types seen there; array items share ``[*]``."""
+    out: Shape = {}
+    stack: list[tuple[str, Any]] = [("$", document)]
+    while stack and len(out) < _MAX_PATHS:
+        path, value = stack.pop()
+        out.setdefault(path, set()).add(_type(value))
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{key}", item) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}[*]", item) for item in value)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    added: list[str]
+    removed: list[str]
+    retyped: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.retyped)
+
+    def describe(self, limit: int = 5) -> str:
+        parts = []
+        for label, items in (("removed", self.removed), ("retyped", self.retyped), ("added", self.added)):
+            if items:
+                more = f" and {len(items) - limit} more" if len(items) > limit else ""
+                parts.append(f"{label} {', '.join(items[:limit])}{more}")
+        return "; ".join(parts)
+
+
+def compare(baseline: Shape, current: Shape) -> Drift:
+    added = sorted(set(current) - set(baseline))
+    removed = sorted(set(baseline) - set(current))
+    retyped = [
+        f"{path} ({'|'.join(sorted(baseline[path]))} → {'|'.join(sorted(current[path]))})"
+        for path in sorted(set(baseline) & set(current))
+        if baseline[path] != current[path]
+    ]
+    return Drift(added, removed, retyped)
+
+
+class DriftTracker:
+    """Baselines per check, in memory and, with a state directory, on disk."""
+
+    def __init__(self) -> None:
+        self._baselines: dict[str, Shape] = {}
+
+    def check(self, name: str, document: Any, state_dir: Path | None, sample: Path | None) -> Drift | None:
+        """Compare ``document`` with the check's baseline; None when this response becomes it."""
+        current = shape(document)
+        baseline = self._baselines.get(name) or self._load(name, state_dir, sample)
+        if baseline is None:
+            self._baselines[name] = current
+            self._save(name, current, state_dir)
+            return None
+        self._baselines[name] = baseline
+        return compare(baseline, current)
+
+    def _load(self, name: str, state_dir: Path | None, sample: Path | None) -> Shape | None:
+        if sample is not None:
+            return shape(json.loads(sample.read_text(encoding="utf-8")))
+        if state_dir is None:
+            return None
+        try:
+            stored = json.loads((state_dir / "schema" / f"{name}.json").read_text(encoding="utf-8"))
+            return {path: set(types) for path, types in stored["shape"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    @staticmethod
+    def _save(name: str, current: Shape, state_dir: Path | None) -> None:
+        if state_dir is None:
+            return
+        folder = state_dir / "schema"
+        folder.mkdir(parents=True, exist_ok=True)
+        document = json.dumps(
+            {"shape": {path: sorted(types) for path, types in sorted(current.items())}}, indent=1
+        )
+        # Written aside and renamed, so that a crash never leaves half a baseline.
+        fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(document)
+        os.replace(temporary, folder / f"{name}.json")
