@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import ByteSize, Field, field_validator, model_validator
+from pydantic import ByteSize, Field, PrivateAttr, field_validator, model_validator
 
 from agent.plugin import (
     Assertion,
@@ -21,6 +21,7 @@ from agent.plugin import (
     Check,
     Duration,
     Event,
+    HttpClient,
     HttpFailure,
     MetricKind,
     MetricSpec,
@@ -37,6 +38,7 @@ from agent.plugin import (
 
 from ._auth import Auth, AuthFailure, TokenCache, authorize
 from ._headers import Lifecycle, RateLimitNames, parse_lifecycle, parse_ratelimit
+from ._openapi import OpenAPIDocument, load_document, parse_document
 from ._schema import DriftTracker
 
 __all__ = ["HttpProbe", "HttpSettings"]
@@ -50,6 +52,23 @@ class RateLimitHeaderNames(ProbeSettings):
     reset: str | None = None
     used_of_limit: str | None = None
     """A header of the form ``used/limit``."""
+
+
+class OpenAPI(ProbeSettings):
+    """Validate responses against their operation's schema in an OpenAPI 3.x document."""
+
+    document: str
+    """A file path, or an http(s) URL fetched once and cached."""
+    operation: str | None = None
+    """The path template (``/v1/charges/{id}``) when the target's path does not match one."""
+
+    _parsed: OpenAPIDocument | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _load(self) -> OpenAPI:
+        if not self.document.startswith(("http://", "https://")):
+            self._parsed = load_document(Path(self.document))
+        return self
 
 
 class SchemaDrift(ProbeSettings):
@@ -91,6 +110,8 @@ class HttpSettings(ProbeSettings):
     max_body: ByteSize = Field(ByteSize(1 << 20), ge=0, le=1 << 30)
     """Read at most this much of the body; the rest is cut, never buffered."""
     assertions: tuple[Assertion, ...] = Field((), alias="assert")
+    openapi: OpenAPI | None = None
+    """Validate each response against the OpenAPI document's schema for it (reason ``schema``)."""
     schema_drift: SchemaDrift | None = None
     """Compare each response's shape with a baseline (``probe_schema_drift_total``)."""
     auth: Auth | None = None
@@ -177,6 +198,42 @@ class HttpProbe(Probe[HttpSettings]):
         ),
     )
 
+    async def _openapi_problem(
+        self,
+        settings: HttpSettings,
+        method: str,
+        path: str,
+        subject: Subject,
+        client: HttpClient,
+        ctx: ProbeContext,
+    ) -> str | None:
+        """Why the response does not match its OpenAPI schema, or None."""
+        spec = settings.openapi
+        assert spec is not None
+        document = spec._parsed or self._documents.get(spec.document)
+        if document is None:
+            try:
+                with ctx.step("openapi document"):
+                    document = await _fetch_document(spec.document, client)
+            except (HttpFailure, ValueError) as exc:
+                detail = exc.message if isinstance(exc, HttpFailure) else str(exc)
+                return f"the OpenAPI document could not be had: {detail}"
+            self._documents[spec.document] = document
+        template = spec.operation or document.template_for(path, method)
+        if template is None or method.lower() not in document.document["paths"].get(template, {}):
+            return f"no operation in the OpenAPI document matches {method} {spec.operation or path}"
+        status = subject.status or 0
+        try:
+            body = subject.json()
+        except ValueError as exc:
+            return f"the response to {method} {template} cannot be checked against OpenAPI: {exc}"
+        problem = document.validate(template, method, status, body)
+        return (
+            f"the response does not match the OpenAPI schema of {method} {template} ({status}): {problem}"
+            if problem
+            else None
+        )
+
     def validate_target(self, target: str) -> None:
         parts = urlsplit(target)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -189,6 +246,7 @@ class HttpProbe(Probe[HttpSettings]):
     def __init__(self) -> None:
         self._tokens = TokenCache()
         self._drift = DriftTracker()
+        self._documents: dict[str, OpenAPIDocument] = {}
 
     async def run(self, check: Check, settings: HttpSettings, ctx: ProbeContext) -> ProbeResult:
         headers = dict(settings.headers)
@@ -297,6 +355,13 @@ class HttpProbe(Probe[HttpSettings]):
                     f"rate-limit quota at {share:.0%} ({quota.remaining:g} of {quota.limit:g} left), "
                     f"below fail_if_ratelimit_below ({threshold:.0%})"
                 )
+        if settings.openapi is not None and reason is None:
+            async with ctx.http(settings.tls, fresh=settings.fresh_connection) as client:
+                problem = await self._openapi_problem(
+                    settings, exchange.method, exchange.url.path, subject, client, ctx
+                )
+            if problem:
+                reason, message = Reason.SCHEMA, problem
         if settings.schema_drift and 200 <= exchange.status < 300 and not exchange.truncated:
             try:
                 document = subject.json()
@@ -342,6 +407,15 @@ class HttpProbe(Probe[HttpSettings]):
             events=events,
             retry_after=quota.wait if exchange.status == 429 or quota.remaining == 0 else None,
         )
+
+
+async def _fetch_document(url: str, client: HttpClient) -> OpenAPIDocument:
+    exchange = await client.request("GET", url, max_body=16 << 20)
+    if exchange.status != 200:
+        raise ValueError(f"the OpenAPI document {url} answered HTTP {exchange.status}")
+    if exchange.truncated:
+        raise ValueError(f"the OpenAPI document {url} is larger than 16 MiB")
+    return parse_document(exchange.body.decode("utf-8", "replace"), url)
 
 
 def _auth_message(status: int, challenge: str | None) -> str:
