@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-export SANDBOX_API_KEY=sk_test_sandbox SANDBOX_PORT=8099
+export SANDBOX_API_KEY=sk_test_sandbox SANDBOX_CLIENT_SECRET=sandbox-client-secret SANDBOX_PORT=8099
 # The sandbox's own log (aiohttp prints cancelled handlers when it is stopped) stays out of the way.
 "$PY" examples/sandbox.py 2>>"${TMPDIR:-/tmp}/vantage-sandbox.log" &
 sandbox=$!

@@ -2,7 +2,8 @@
 
 It behaves like the APIs Vantage watches: a token-guarded list endpoint, a health endpoint, an
 endpoint that is sometimes slow, one that fails now and then, a moved endpoint that redirects,
-a CORS-aware endpoint, a rate-limited endpoint that answers 429 once its quota is spent, an old API
+a CORS-aware endpoint, an OAuth token endpoint and a shipments API whose response shape changes now
+and then, a rate-limited endpoint that answers 429 once its quota is spent, an old API
 version that announces its deprecation and sunset, and one that
 hangs past any sensible timeout.
 
@@ -12,9 +13,11 @@ hangs past any sensible timeout.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import os
 import random
+import secrets
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -72,6 +75,35 @@ async def cors(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"}, headers=headers)
 
 
+CLIENT_ID = "vantage"
+CLIENT_SECRET = os.environ.get("SANDBOX_CLIENT_SECRET", "sandbox-client-secret")
+_tokens: dict[str, float] = {}
+
+
+async def oauth_token(request: web.Request) -> web.Response:
+    # OAuth 2.0 client credentials (RFC 6749 4.4), secret in HTTP Basic or in the form.
+    form = await request.post()
+    basic = request.headers.get("Authorization", "")
+    pair = base64.b64decode(basic[6:]).decode() if basic.startswith("Basic ") else ""
+    ok = pair == f"{CLIENT_ID}:{CLIENT_SECRET}" or (
+        form.get("client_id") == CLIENT_ID and form.get("client_secret") == CLIENT_SECRET
+    )
+    if not ok or form.get("grant_type") != "client_credentials":
+        return web.json_response({"error": "invalid_client"}, status=401)
+    token = secrets.token_urlsafe(24)
+    _tokens[token] = time.time() + 300
+    return web.json_response({"access_token": token, "token_type": "Bearer", "expires_in": 300})
+
+
+async def shipments(request: web.Request) -> web.Response:
+    token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+    if _tokens.get(token, 0) < time.time():
+        return web.json_response({}, status=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    # Now and then a field changes type, as a vendor's silent breaking change would.
+    weight: float | str = 1.5 if next(_counter) % 5 else "1.5 kg"
+    return web.json_response({"shipments": [{"id": "shp_1", "weight": weight, "status": "in_transit"}]})
+
+
 _window = {"start": 0.0, "used": 0}
 QUOTA, WINDOW = 10, 60
 
@@ -124,6 +156,8 @@ def app() -> web.Application:
     application.router.add_get("/v1/hang", hang)
     application.router.add_get("/v0/orders", legacy_orders)
     application.router.add_get("/v1/quota", quota)
+    application.router.add_post("/oauth/token", oauth_token)
+    application.router.add_get("/v1/shipments", shipments)
     return application
 
 
