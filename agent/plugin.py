@@ -106,6 +106,9 @@ class Sample:
     metric: str
     value: float
     labels: Mapping[str, str] = field(default_factory=dict)
+    series: str | None = None
+    """Which series of the check this is; by default the label set. Gauge samples that name the
+    same series replace each other (a new TLS version replaces the old one)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -407,12 +407,8 @@ class Recorder:
         for name, value in result.values.items():
             self._set(name, value, attrs)
         for sample in result.samples:
-            # A gauge keeps one series per check (a new TLS version replaces the old one); a
-            # counter keeps one per label set.
-            spec = self._instruments.get(sample.metric, (None,))[0]
-            series = (
-                tuple(sorted(sample.labels.items())) if spec and spec.kind is MetricKind.COUNTER else None
-            )
+            # One series per label set, unless the sample names its series (see Sample.series).
+            series = sample.series if sample.series is not None else tuple(sorted(sample.labels.items()))
             self._set(sample.metric, sample.value, {**attrs, **sample.labels}, series)
         request_duration = self._instruments["http.client.request.duration"][1]
         for request in requests:

@@ -299,7 +299,9 @@ class HttpProbe(Probe[HttpSettings]):
                 values["probe.ssl.earliest_cert_expiry"] = exchange.tls.earliest_expiry
             if exchange.tls.last_chain_expiry is not None:
                 values["probe.ssl.last_chain_expiry_timestamp"] = exchange.tls.last_chain_expiry
-            samples = (Sample("probe.tls.version_info", 1.0, {"version": exchange.tls.version}),)
+            samples = (
+                Sample("probe.tls.version_info", 1.0, {"version": exchange.tls.version}, series="tls"),
+            )
         attributes = {
             "http.response.status_code": exchange.status,
             "vantage.http.redirects": exchange.redirects,
