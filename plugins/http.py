@@ -41,7 +41,7 @@ from ._headers import Lifecycle, RateLimitNames, parse_lifecycle, parse_ratelimi
 from ._openapi import OpenAPIDocument, load_document, parse_document
 from ._schema import DriftTracker
 
-__all__ = ["HttpProbe", "HttpSettings"]
+__all__ = ["HttpProbe", "HttpSettings", "verdict"]
 
 
 class RateLimitHeaderNames(ProbeSettings):
@@ -334,7 +334,7 @@ class HttpProbe(Probe[HttpSettings]):
             exchange.status, exchange.headers, exchange.body, exchange.duration, exchange.truncated
         )
         outcomes = tuple(assertion.evaluate(subject) for assertion in settings.assertions)
-        reason, message = _verdict(settings.assertions, outcomes, exchange.status)
+        reason, message = verdict(settings.assertions, outcomes, exchange.status)
         if exchange.status in (401, 403) and reason is not None:
             reason, message = (
                 Reason.AUTH,
@@ -451,7 +451,7 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
-def _verdict(
+def verdict(
     assertions: tuple[Assertion, ...], outcomes: tuple[AssertionOutcome, ...], status: int
 ) -> tuple[Reason | None, str]:
     """The first failure decides the reason: a status rule → ``http_status``, a schema → ``schema``."""

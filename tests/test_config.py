@@ -42,7 +42,8 @@ BAD = [
     ({"VANTAGE_CHECKS": "check: []"}, "VANTAGE_CHECKS: field 'check': Extra inputs are not permitted"),
     (
         {"VANTAGE_CHECKS": checks({**HTTP, "type": "smtp"})},
-        "VANTAGE_CHECKS: check 'a' (checks[0]), field 'type': unknown probe type 'smtp'; available: http",
+        "VANTAGE_CHECKS: check 'a' (checks[0]), field 'type': "
+        "unknown probe type 'smtp'; available: flow, http",
     ),
     (
         {"VANTAGE_CHECKS": checks({**HTTP, "target": "api.example/v1"})},
