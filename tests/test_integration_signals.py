@@ -120,3 +120,83 @@ def test_credentials_quota_and_deprecation_reach_the_receiver(vendor: int) -> No
     with received.lock:
         raw = b"".join(m.SerializeToString() for m in [*received.traces, *received.metrics])
     assert b"cl13nt-s3cret" not in raw and b"tok-0-abcdef" not in raw
+
+
+def test_flow_steps_and_schema_drift_reach_the_receiver() -> None:
+    state = {"n": 0}
+
+    async def login(_: web.Request) -> web.Response:
+        return web.json_response({"token": "flow-session-abcdef"})
+
+    async def items(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != "Bearer flow-session-abcdef":
+            return web.json_response({}, status=401)
+        state["n"] += 1
+        # The shape changes from the third response on: "count" turns into a string.
+        return web.json_response({"count": 3 if state["n"] < 3 else "3"})
+
+    app = web.Application()
+    app.router.add_post("/login", login)
+    app.router.add_get("/items", items)
+    with thread_server(app) as port, otlp_http_receiver() as (endpoint, received):
+        checks = [
+            {
+                "name": "journey",
+                "type": "flow",
+                "target": f"http://127.0.0.1:{port}",
+                "interval": "1s",
+                "timeout": "900ms",
+                "settings": {
+                    "steps": [
+                        {
+                            "name": "login",
+                            "method": "POST",
+                            "url": "/login",
+                            "extract": {"token": {"path": "$.token", "secret": True}},
+                        },
+                        {
+                            "name": "items",
+                            "url": "/items",
+                            "headers": {"Authorization": "Bearer ${steps.login.token}"},
+                        },
+                    ]
+                },
+            },
+            {
+                "name": "shape",
+                "type": "http",
+                "target": f"http://127.0.0.1:{port}/items",
+                "interval": "1s",
+                "timeout": "900ms",
+                "settings": {"headers": {"Authorization": "Bearer flow-session-abcdef"}, "schema_drift": {}},
+            },
+        ]
+        agent = AgentProcess(
+            checks,
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                "OTEL_METRIC_EXPORT_INTERVAL": "300",
+                "OTEL_BSP_SCHEDULE_DELAY": "100",
+            },
+        )
+        try:
+            wait_until(lambda: received.points("probe.schema.drift"), timeout=30)
+            assert agent.stop() == 0, agent.output
+        finally:
+            agent.kill()
+    steps = {a["step"] for a, _ in received.points("probe.http.duration") if a["check"] == "journey"}
+    assert steps == {"login", "items"}
+    spans = [span for _, span in received.spans()]
+    root = next(s for s in spans if s.name == "check journey")
+    children = {s.name for s in spans if s.parent_span_id == root.span_id}
+    assert children == {"login", "items"}
+    drift = next(
+        s for s in spans if s.name == "check shape" and any(e.name == "schema_drift" for e in s.events)
+    )
+    event = next(e for e in drift.events if e.name == "schema_drift")
+    assert {kv.key: kv.value.string_value for kv in event.attributes}["vantage.schema.retyped"] == (
+        "$.count (number → string)"
+    )
+    with received.lock:
+        raw = b"".join(m.SerializeToString() for m in received.traces)
+    assert b"flow-session-abcdef" not in raw
