@@ -16,9 +16,16 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import Field, field_validator
 
-from agent.plugin import HttpClient, HttpFailure, ProbeContext, ProbeSettings
+from agent.plugin import HttpClient, HttpFailure, MetricKind, MetricSpec, ProbeContext, ProbeSettings
 
-__all__ = ["Auth", "AuthFailure", "Credential", "TokenCache", "authorize", "jwt_expiry"]
+__all__ = ["TOKEN_EXPIRY", "Auth", "AuthFailure", "Credential", "TokenCache", "authorize", "jwt_expiry"]
+
+TOKEN_EXPIRY = MetricSpec(
+    "probe.auth.token_expiry_timestamp",
+    MetricKind.GAUGE,
+    "s",
+    "When the credential in use expires (expires_in, or a JWT's exp), epoch seconds",
+)
 
 _REFRESH_SHARE = 0.2  # refresh once 80% of a token's life is gone...
 _REFRESH_MAX = 300.0  # ...or five minutes before it ends, whichever comes first

@@ -16,7 +16,6 @@ import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import jsonpath
 from pydantic import ByteSize, Field, PrivateAttr, field_validator, model_validator
@@ -39,8 +38,8 @@ from agent.plugin import (
     TLSOptions,
 )
 
-from ._auth import Auth, AuthFailure, TokenCache, authorize
-from .http import verdict
+from ._auth import TOKEN_EXPIRY, Auth, AuthFailure, TokenCache, authorize
+from .http import validate_http_url, verdict
 
 __all__ = ["FlowProbe", "FlowSettings"]
 
@@ -194,21 +193,14 @@ class FlowProbe(Probe[FlowSettings]):
             ("phase", "step"),
         ),
         MetricSpec("probe.http.status_code", MetricKind.GAUGE, "", "Response HTTP status code", ("step",)),
-        MetricSpec(
-            "probe.auth.token_expiry_timestamp",
-            MetricKind.GAUGE,
-            "s",
-            "When the credential in use expires (expires_in, or a JWT's exp), epoch seconds",
-        ),
+        TOKEN_EXPIRY,
     )
 
     def __init__(self) -> None:
         self._tokens = TokenCache()
 
     def validate_target(self, target: str) -> None:
-        parts = urlsplit(target)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{target!r} is not an http:// or https:// URL (the base of the steps' URLs)")
+        validate_http_url(target)  # the base of the steps' relative URLs
 
     async def run(self, check: Check, settings: FlowSettings, ctx: ProbeContext) -> ProbeResult:
         context: dict[str, Any] = {

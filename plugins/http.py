@@ -36,12 +36,12 @@ from agent.plugin import (
     format_duration,
 )
 
-from ._auth import Auth, AuthFailure, TokenCache, authorize
+from ._auth import TOKEN_EXPIRY, Auth, AuthFailure, TokenCache, authorize
 from ._headers import Lifecycle, RateLimitNames, parse_lifecycle, parse_ratelimit
 from ._openapi import OpenAPIDocument, load_document, parse_document
 from ._schema import DriftTracker
 
-__all__ = ["HttpProbe", "HttpSettings", "verdict"]
+__all__ = ["HttpProbe", "HttpSettings", "validate_http_url", "verdict"]
 
 
 class RateLimitHeaderNames(ProbeSettings):
@@ -167,11 +167,7 @@ class HttpProbe(Probe[HttpSettings]):
             "Earliest expiry in the verified certificate chain, in seconds since the epoch",
         ),
         _gauge("probe.tls.version_info", "", "The TLS version of the final hop", "version"),
-        _gauge(
-            "probe.auth.token_expiry_timestamp",
-            "s",
-            "When the credential in use expires (expires_in, or a JWT's exp), epoch seconds",
-        ),
+        TOKEN_EXPIRY,
         MetricSpec(
             "probe.schema.drift",
             MetricKind.COUNTER,
@@ -235,13 +231,7 @@ class HttpProbe(Probe[HttpSettings]):
         )
 
     def validate_target(self, target: str) -> None:
-        parts = urlsplit(target)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{target!r} is not an http:// or https:// URL")
-        try:
-            parts.port  # noqa: B018 - raises for a port out of range
-        except ValueError as exc:
-            raise ValueError(f"{target!r} has a bad port: {exc}") from None
+        validate_http_url(target)
 
     def __init__(self) -> None:
         self._tokens = TokenCache()
@@ -449,6 +439,17 @@ def _lifecycle_events(lifecycle: Lifecycle, malformed: tuple[tuple[str, str], ..
 
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat()
+
+
+def validate_http_url(target: str) -> None:
+    """Raise ``ValueError`` unless ``target`` is an http(s) URL with a host and a valid port."""
+    parts = urlsplit(target)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{target!r} is not an http:// or https:// URL")
+    try:
+        parts.port  # noqa: B018 - raises for a port out of range
+    except ValueError as exc:
+        raise ValueError(f"{target!r} has a bad port: {exc}") from None
 
 
 def verdict(
