@@ -48,6 +48,7 @@ __all__ = [
     "TLSInfo",
     "TLSOptions",
     "map_exception",
+    "tls_context",
 ]
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
@@ -85,6 +86,11 @@ class TLSOptions(BaseModel):
         except (ssl.SSLError, OSError) as exc:
             raise ValueError(f"the TLS files cannot be loaded: {exc}") from None
         return self
+
+
+def tls_context(options: TLSOptions) -> ssl.SSLContext:
+    """The client TLS context for ``options`` (cached: the same options share one context)."""
+    return _ssl_context(options)
 
 
 @lru_cache(maxsize=256)

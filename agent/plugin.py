@@ -60,6 +60,7 @@ __all__ = [
     "TLSOptions",
     "Tracer",
     "format_duration",
+    "tls_context",
 ]
 
 AttributeValue = str | bool | int | float
@@ -305,4 +306,4 @@ class Probe(abc.ABC, Generic[SettingsT]):
 
 
 # At the end: the HTTP client module needs the names above.
-from .http import HttpClient, HttpExchange, HttpFailure, TLSOptions  # noqa: E402
+from .http import HttpClient, HttpExchange, HttpFailure, TLSOptions, tls_context  # noqa: E402

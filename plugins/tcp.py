@@ -1,0 +1,162 @@
+"""The ``tcp`` probe: connect, optionally start TLS, and hold a send/expect dialogue.
+
+For services that speak a line protocol (SMTP banners, Redis ``PING``, a vendor's socket API):
+
+    settings:
+      tls: false
+      dialogue:
+        - expect: "^220 "            # a regex the next line must match
+        - send: "EHLO vantage\\r\\n"
+        - expect: "^250"
+        - send: "QUIT\\r\\n"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import ssl
+from typing import Literal
+
+from pydantic import Field, PrivateAttr, model_validator
+
+from agent.plugin import (
+    Check,
+    MetricKind,
+    MetricSpec,
+    Probe,
+    ProbeContext,
+    ProbeResult,
+    ProbeSettings,
+    Reason,
+    TLSOptions,
+    tls_context,
+)
+
+__all__ = ["TcpProbe", "TcpSettings"]
+
+_MAX_LINE = 64 * 1024
+
+
+class Exchange(ProbeSettings):
+    """One turn of the dialogue: text to send, or a regex the next line received must match."""
+
+    send: str | None = None
+    expect: str | None = None
+
+    _pattern: re.Pattern[str] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _one(self) -> Exchange:
+        if (self.send is None) == (self.expect is None):
+            raise ValueError("each dialogue turn has either 'send' or 'expect'")
+        if self.expect is not None:
+            try:
+                self._pattern = re.compile(self.expect)
+            except re.error as exc:
+                raise ValueError(
+                    f"'expect' {self.expect!r} is not a valid regular expression: {exc}"
+                ) from None
+        return self
+
+
+class TcpSettings(ProbeSettings):
+    """Settings of a ``tcp`` check; the target is ``host:port``."""
+
+    ip_family: Literal["auto", "ipv4", "ipv6"] = "auto"
+    tls: bool = False
+    """Start TLS right after connecting (``tls_options`` for the CA, client certificate, ...)."""
+    tls_options: TLSOptions = Field(default_factory=TLSOptions)
+    dialogue: tuple[Exchange, ...] = ()
+
+
+def _split(target: str) -> tuple[str, int]:
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise ValueError(f"{target!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+class TcpProbe(Probe[TcpSettings]):
+    """Connects to ``host:port`` and talks the dialogue."""
+
+    name = "tcp"
+    Settings = TcpSettings
+    phase_metric = "probe.tcp.duration"
+    metrics = (
+        MetricSpec(
+            "probe.tcp.duration", MetricKind.GAUGE, "s", "Duration of the TCP probe by phase", ("phase",)
+        ),
+    )
+
+    def validate_target(self, target: str) -> None:
+        _split(target)
+
+    async def run(self, check: Check, settings: TcpSettings, ctx: ProbeContext) -> ProbeResult:
+        host, port = _split(check.target)
+        family = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(settings.ip_family, 0)
+        clock = ctx.clock
+        started = clock.monotonic()
+        phases: dict[str, float] = {}
+        context = tls_context(settings.tls_options) if settings.tls else None
+        ctx.stage = f"connecting to {host}:{port}"
+        try:
+            reader, writer = await asyncio.open_connection(
+                host,
+                port,
+                family=family,
+                ssl=context,
+                limit=_MAX_LINE,
+                server_hostname=(settings.tls_options.server_name or host) if context else None,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            return ProbeResult.failure(
+                Reason.TLS, f"TLS certificate of {host} rejected: {exc.verify_message}"
+            )
+        except ssl.SSLError as exc:
+            return ProbeResult.failure(Reason.TLS, f"TLS handshake failed: {exc.reason or exc}")
+        except socket.gaierror as exc:
+            return ProbeResult.failure(Reason.DNS, f"DNS lookup of {host} failed: {exc.strerror}")
+        except OSError as exc:
+            return ProbeResult.failure(
+                Reason.CONNECT, f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+            )
+        phases["connect"] = clock.monotonic() - started
+        try:
+            for index, turn in enumerate(settings.dialogue):
+                if turn.send is not None:
+                    writer.write(turn.send.encode())
+                    await writer.drain()
+                    continue
+                ctx.stage = f"waiting for a line matching {turn.expect!r}"
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.LimitOverrunError:
+                    return ProbeResult.failure(
+                        Reason.PROTOCOL, f"a line longer than {_MAX_LINE} bytes", phases=phases
+                    )
+                except asyncio.IncompleteReadError as exc:
+                    got = exc.partial.decode("utf-8", "replace")[:200]
+                    return ProbeResult.failure(
+                        Reason.ASSERTION,
+                        ctx.redact(
+                            f"turn {index + 1}: the connection closed before a line matching "
+                            f"{turn.expect!r} (got {got!r})"
+                        ),
+                        phases=phases,
+                    )
+                text = line.decode("utf-8", "replace").rstrip("\r\n")
+                assert turn._pattern is not None
+                if not turn._pattern.search(text):
+                    return ProbeResult.failure(
+                        Reason.ASSERTION,
+                        ctx.redact(
+                            f"turn {index + 1}: expected a line matching {turn.expect!r}, got {text[:200]!r}"
+                        ),
+                        phases=phases,
+                    )
+        finally:
+            writer.close()
+        phases["dialogue"] = clock.monotonic() - started - phases["connect"]
+        return ProbeResult(success=True, phases=phases)

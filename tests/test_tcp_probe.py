@@ -1,0 +1,127 @@
+"""The tcp probe against a local line-protocol server (an SMTP-like banner dialogue), plain and TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import trustme
+
+from agent.plugin import Reason
+
+from .test_http_probe import run_checks
+
+pytestmark = pytest.mark.anyio
+
+SMTP = [{"expect": "^220 "}, {"send": "EHLO vantage\r\n"}, {"expect": "^250"}, {"send": "QUIT\r\n"}]
+
+
+@asynccontextmanager
+async def smtp_server(
+    banner: bytes = b"220 smtp.test ESMTP\r\n", tls: ssl.SSLContext | None = None, close_early: bool = False
+) -> AsyncIterator[int]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(banner)
+            await writer.drain()
+            if close_early:
+                return
+            while line := await reader.readline():
+                if line.startswith(b"EHLO"):
+                    writer.write(b"250 smtp.test greets you\r\n")
+                elif line.startswith(b"QUIT"):
+                    writer.write(b"221 bye\r\n")
+                    await writer.drain()
+                    return
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        with anyio.CancelScope(shield=True):
+            await server.wait_closed()
+
+
+def tcp(name: str, port: int, **settings: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "tcp",
+        "target": f"127.0.0.1:{port}",
+        "interval": "10s",
+        "timeout": "2s",
+        "settings": settings,
+    }
+
+
+async def test_a_banner_dialogue() -> None:
+    async with (
+        smtp_server() as good,
+        smtp_server(banner=b"554 go away\r\n") as rude,
+        smtp_server(close_early=True) as short,
+    ):
+        results, _ = await run_checks(
+            [
+                tcp("good", good, dialogue=SMTP),
+                tcp("rude", rude, dialogue=SMTP),
+                tcp("short", short, dialogue=SMTP),
+            ]
+        )
+    assert results["good"].success, results["good"].message
+    assert set(results["good"].phases) == {"connect", "dialogue"}
+    assert results["rude"].reason is Reason.ASSERTION
+    assert results["rude"].message == "turn 1: expected a line matching '^220 ', got '554 go away'"
+    assert results["short"].reason is Reason.ASSERTION
+    assert "turn 3: the connection closed before a line matching '^250'" in results["short"].message
+
+
+async def test_refused() -> None:
+    async with smtp_server() as port:
+        pass
+    results, _ = await run_checks([tcp("closed", port)])
+    assert results["closed"].reason is Reason.CONNECT
+
+
+async def test_tls_then_dialogue(ca: trustme.CA, ca_file: Path) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    async with smtp_server(tls=context) as port:
+        results, _ = await run_checks(
+            [
+                tcp("tls", port, tls=True, tls_options={"ca_file": str(ca_file)}, dialogue=SMTP),
+                tcp("untrusted", port, tls=True, dialogue=SMTP),
+            ]
+        )
+    assert results["tls"].success, results["tls"].message
+    assert results["untrusted"].reason is Reason.TLS
+
+
+def test_targets_and_dialogues_are_checked_at_load() -> None:
+    from agent.errors import ConfigError
+
+    from .helpers import config_from
+
+    with pytest.raises(ConfigError, match=r"field 'target': 'smtp\.example' is not host:port"):
+        config_from([{"name": "a", "type": "tcp", "target": "smtp.example"}])
+    with pytest.raises(ConfigError, match="each dialogue turn has either 'send' or 'expect'"):
+        config_from(
+            [
+                {
+                    "name": "a",
+                    "type": "tcp",
+                    "target": "smtp.example:25",
+                    "settings": {"dialogue": [{"send": "x", "expect": "y"}]},
+                }
+            ]
+        )
