@@ -1,0 +1,160 @@
+"""The ``dns`` probe: one query of a chosen type to the system resolver or a given server, over UDP
+with TCP fallback when the answer is truncated (dnspython does the protocol).
+
+Metric names follow blackbox_exporter's dns prober. The target is the name to look up.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.resolver
+from pydantic import field_validator
+
+from agent.plugin import (
+    AttributeValue,
+    Check,
+    MetricKind,
+    MetricSpec,
+    Probe,
+    ProbeContext,
+    ProbeResult,
+    ProbeSettings,
+    Reason,
+)
+
+__all__ = ["DnsProbe", "DnsSettings"]
+
+RecordType = Literal["A", "AAAA", "CNAME", "MX", "TXT", "NS", "SOA", "SRV", "CAA", "PTR"]
+
+
+class AnswerRule(ProbeSettings):
+    """A rule on the answer section, each record as text (``10 mx1.example.``)."""
+
+    op: Literal["contains", "equals", "matches", "not_matches"]
+    value: str | list[str]
+
+    @field_validator("value")
+    @classmethod
+    def _regex(cls, value: str | list[str]) -> str | list[str]:
+        for item in [value] if isinstance(value, str) else value:
+            try:
+                re.compile(item)
+            except re.error as exc:
+                raise ValueError(f"{item!r} is not a valid regular expression: {exc}") from None
+        return value
+
+
+class DnsSettings(ProbeSettings):
+    type: RecordType = "A"
+    server: str | None = None
+    """``host`` or ``host:port`` of the server to ask; the system resolver's first server if unset."""
+    valid_rcodes: tuple[str, ...] = ("NOERROR",)
+    answers: tuple[AnswerRule, ...] = ()
+    recursion: bool = True
+
+    @field_validator("valid_rcodes")
+    @classmethod
+    def _rcodes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for code in value:
+            try:
+                dns.rcode.from_text(code)
+            except dns.rcode.UnknownRcode:
+                raise ValueError(f"{code!r} is not a DNS rcode (NOERROR, NXDOMAIN, SERVFAIL, ...)") from None
+        return tuple(code.upper() for code in value)
+
+
+def _gauge(name: str, unit: str, description: str, *labels: str) -> MetricSpec:
+    return MetricSpec(name, MetricKind.GAUGE, unit, description, labels)
+
+
+class DnsProbe(Probe[DnsSettings]):
+    """Asks one DNS question and judges the answer."""
+
+    name = "dns"
+    Settings = DnsSettings
+    metrics = (
+        _gauge("probe.dns.lookup_time", "s", "Time taken for the DNS query"),
+        _gauge("probe.dns.answer_rrs", "", "Records in the answer section"),
+        _gauge("probe.dns.authority_rrs", "", "Records in the authority section"),
+        _gauge("probe.dns.additional_rrs", "", "Records in the additional section"),
+        _gauge("probe.dns.serial", "", "The SOA serial, when the answer has one"),
+        _gauge("probe.dns.query_succeeded", "", "1 if a response was received"),
+    )
+
+    def validate_target(self, target: str) -> None:
+        try:
+            dns.name.from_text(target)
+        except dns.exception.DNSException as exc:
+            raise ValueError(f"{target!r} is not a DNS name: {exc}") from None
+
+    async def run(self, check: Check, settings: DnsSettings, ctx: ProbeContext) -> ProbeResult:
+        host, port = _server(settings.server)
+        query = dns.message.make_query(check.target, dns.rdatatype.from_text(settings.type))
+        if not settings.recursion:
+            query.flags &= ~dns.flags.RD
+        ctx.stage = f"waiting for {host}:{port} to answer"
+        started = ctx.clock.monotonic()
+        try:
+            response, used_tcp = await dns.asyncquery.udp_with_fallback(query, host, port=port)
+        except (OSError, dns.exception.DNSException) as exc:
+            return ProbeResult.failure(
+                Reason.DNS, f"no answer from {host}:{port}: {exc}", values={"probe.dns.query_succeeded": 0}
+            )
+        elapsed = ctx.clock.monotonic() - started
+        answers = [rd.to_text() for rrset in response.answer for rd in rrset]
+        values = {
+            "probe.dns.query_succeeded": 1.0,
+            "probe.dns.lookup_time": elapsed,
+            "probe.dns.answer_rrs": float(len(answers)),
+            "probe.dns.authority_rrs": float(sum(len(r) for r in response.authority)),
+            "probe.dns.additional_rrs": float(sum(len(r) for r in response.additional)),
+        }
+        for rrset in (*response.answer, *response.authority):
+            if rrset.rdtype == dns.rdatatype.SOA:
+                values["probe.dns.serial"] = float(rrset[0].serial)
+        rcode = dns.rcode.to_text(response.rcode())
+        attributes: dict[str, AttributeValue] = {"vantage.dns.rcode": rcode, "vantage.dns.tcp": used_tcp}
+        if rcode not in settings.valid_rcodes:
+            return ProbeResult.failure(
+                Reason.DNS,
+                f"rcode {rcode} (expected {', '.join(settings.valid_rcodes)})",
+                values=values,
+                attributes=attributes,
+            )
+        for rule in settings.answers:
+            problem = _judge(rule, answers)
+            if problem:
+                return ProbeResult.failure(Reason.ASSERTION, problem, values=values, attributes=attributes)
+        return ProbeResult(success=True, values=values, attributes=attributes)
+
+
+def _server(server: str | None) -> tuple[str, int]:
+    if server is None:
+        return str(dns.resolver.get_default_resolver().nameservers[0]), 53
+    host, sep, port = server.rpartition(":")
+    if sep and port.isdigit() and "]" not in port:
+        return host.strip("[]"), int(port)
+    return server.strip("[]"), 53
+
+
+def _judge(rule: AnswerRule, answers: list[str]) -> str | None:
+    values = [rule.value] if isinstance(rule.value, str) else rule.value
+    shown = ", ".join(answers) or "no answers"
+    if rule.op == "contains" and not all(any(re.search(v, a) for a in answers) for v in values):
+        return f"the answers ({shown}) do not contain {values}"
+    if rule.op == "equals" and sorted(answers) != sorted(values):
+        return f"the answers ({shown}) are not {values}"
+    if rule.op == "matches" and not all(any(re.search(v, a) for v in values) for a in answers):
+        return f"not every answer ({shown}) matches {values}"
+    if rule.op == "not_matches" and any(re.search(v, a) for v in values for a in answers):
+        return f"an answer ({shown}) matches {values}"
+    return None

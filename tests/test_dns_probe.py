@@ -1,0 +1,127 @@
+"""The dns probe against a local DNS server (UDP, with TCP for truncated answers) with set answers."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rrset
+import pytest
+
+from agent.plugin import Reason
+
+from .test_http_probe import run_checks
+
+pytestmark = pytest.mark.anyio
+
+ZONE: dict[tuple[str, str], list[str]] = {
+    ("vendor.test.", "A"): ["127.0.0.1", "127.0.0.2"],
+    ("example.test.", "SOA"): ["ns.example.test. admin.example.test. 2026112201 3600 600 86400 60"],
+    ("big.test.", "TXT"): [f'"{"x" * 200} {n}"' for n in range(10)],
+}
+
+
+def answer(wire: bytes, over_tcp: bool) -> bytes:
+    query = dns.message.from_wire(wire)
+    response = dns.message.make_response(query)
+    question = query.question[0]
+    key = (question.name.to_text(), dns.rdatatype.to_text(question.rdtype))
+    if key not in ZONE:
+        response.set_rcode(dns.rcode.NXDOMAIN)
+        return response.to_wire()
+    response.answer.append(dns.rrset.from_text_list(question.name, 60, "IN", key[1], ZONE[key]))
+    data = response.to_wire()
+    if len(data) > 512 and not over_tcp:
+        response.answer.clear()
+        response.flags |= dns.flags.TC
+        data = response.to_wire()
+    return data
+
+
+@asynccontextmanager
+async def dns_server() -> AsyncIterator[int]:
+    loop = asyncio.get_running_loop()
+
+    class Udp(asyncio.DatagramProtocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            self.transport.sendto(answer(data, over_tcp=False), addr)
+
+    udp, _ = await loop.create_datagram_endpoint(Udp, local_addr=("127.0.0.1", 0))
+    port = udp.get_extra_info("sockname")[1]
+
+    async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            (size,) = struct.unpack("!H", await reader.readexactly(2))
+            data = answer(await reader.readexactly(size), over_tcp=True)
+            writer.write(struct.pack("!H", len(data)) + data)
+            await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(tcp, "127.0.0.1", port)
+    try:
+        yield port
+    finally:
+        udp.close()
+        server.close()
+        with anyio.CancelScope(shield=True):
+            await server.wait_closed()
+
+
+def query(name: str, target: str, port: int, **settings: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "dns",
+        "target": target,
+        "interval": "10s",
+        "timeout": "2s",
+        "settings": {"server": f"127.0.0.1:{port}", **settings},
+    }
+
+
+async def test_answers_rcodes_serial_and_tcp_fallback() -> None:
+    async with dns_server() as port:
+        results, _ = await run_checks(
+            [
+                query("a", "vendor.test", port, answers=[{"op": "contains", "value": "^127\\.0\\.0\\.1$"}]),
+                query("a-equals", "vendor.test", port, answers=[{"op": "equals", "value": ["127.0.0.1"]}]),
+                query("nx", "missing.test", port),
+                query("nx-ok", "missing.test", port, valid_rcodes=["NXDOMAIN"]),
+                query("soa", "example.test", port, type="SOA"),
+                query("big", "big.test", port, type="TXT"),
+            ]
+        )
+    a = results["a"]
+    assert a.success, a.message
+    assert a.values["probe.dns.answer_rrs"] == 2 and a.values["probe.dns.query_succeeded"] == 1
+    assert results["a-equals"].reason is Reason.ASSERTION
+    assert "are not ['127.0.0.1']" in results["a-equals"].message
+    assert results["nx"].reason is Reason.DNS and results["nx"].message == "rcode NXDOMAIN (expected NOERROR)"
+    assert results["nx-ok"].success
+    assert results["soa"].values["probe.dns.serial"] == 2026112201
+    big = results["big"]
+    assert big.success and big.values["probe.dns.answer_rrs"] == 10
+    assert big.attributes["vantage.dns.tcp"] is True
+
+
+def test_names_and_rcodes_are_checked_at_load() -> None:
+    from agent.errors import ConfigError
+
+    from .helpers import config_from
+
+    with pytest.raises(ConfigError, match="'NOPE' is not a DNS rcode"):
+        config_from(
+            [{"name": "a", "type": "dns", "target": "vendor.test", "settings": {"valid_rcodes": ["NOPE"]}}]
+        )
+    with pytest.raises(ConfigError, match=r"field 'settings\.type'"):
+        config_from([{"name": "a", "type": "dns", "target": "vendor.test", "settings": {"type": "BOGUS"}}])
