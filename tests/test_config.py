@@ -43,7 +43,7 @@ BAD = [
     (
         {"VANTAGE_CHECKS": checks({**HTTP, "type": "smtp"})},
         "VANTAGE_CHECKS: check 'a' (checks[0]), field 'type': "
-        "unknown probe type 'smtp'; available: flow, http",
+        "unknown probe type 'smtp'; available: dns, flow, http, tcp",
     ),
     (
         {"VANTAGE_CHECKS": checks({**HTTP, "target": "api.example/v1"})},
