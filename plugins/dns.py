@@ -97,7 +97,10 @@ class DnsProbe(Probe[DnsSettings]):
             raise ValueError(f"{target!r} is not a DNS name: {exc}") from None
 
     async def run(self, check: Check, settings: DnsSettings, ctx: ProbeContext) -> ProbeResult:
-        host, port = _server(settings.server)
+        try:
+            host, port = _server(settings.server)
+        except dns.exception.DNSException as exc:
+            return ProbeResult.failure(Reason.DNS, f"no DNS server to ask: {exc}")
         query = dns.message.make_query(check.target, dns.rdatatype.from_text(settings.type))
         if not settings.recursion:
             query.flags &= ~dns.flags.RD
