@@ -82,19 +82,15 @@ class TLSOptions(BaseModel):
             if path is not None and not path.is_file():
                 raise ValueError(f"{name} {str(path)!r} does not exist or is not a file")
         try:
-            _ssl_context(self)
+            tls_context(self)
         except (ssl.SSLError, OSError) as exc:
             raise ValueError(f"the TLS files cannot be loaded: {exc}") from None
         return self
 
 
-def tls_context(options: TLSOptions) -> ssl.SSLContext:
-    """The client TLS context for ``options`` (cached: the same options share one context)."""
-    return _ssl_context(options)
-
-
 @lru_cache(maxsize=256)
-def _ssl_context(options: TLSOptions) -> ssl.SSLContext:
+def tls_context(options: TLSOptions) -> ssl.SSLContext:
+    """The client TLS context for ``options``; the same options share one context."""
     context = ssl.create_default_context(cafile=str(options.ca_file) if options.ca_file else None)
     if options.cert_file:
         context.load_cert_chain(str(options.cert_file), str(options.key_file) if options.key_file else None)
@@ -321,7 +317,7 @@ class HttpClientFactory:
             return session
         connector = _TimedConnector(
             clock=ctx.clock,
-            ssl=_ssl_context(tls),
+            ssl=tls_context(tls),
             family={"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(ip_family, 0),
             use_dns_cache=not fresh,
             force_close=fresh,
@@ -485,7 +481,7 @@ class HttpClient:
                     data=body,
                     allow_redirects=False,
                     trace_request_ctx=marks,
-                    ssl=_ssl_context(self._tls),
+                    ssl=tls_context(self._tls),
                     server_hostname=self._tls.server_name,
                 )
             except BaseException as exc:
