@@ -89,6 +89,11 @@ class MetricSpec:
     labels: tuple[str, ...] = ()
     buckets: tuple[float, ...] | None = None
 
+    @classmethod
+    def gauge(cls, name: str, unit: str, description: str, *labels: str) -> MetricSpec:
+        """A last-value gauge, the most common kind a probe emits."""
+        return cls(name, MetricKind.GAUGE, unit, description, labels)
+
     @property
     def prometheus_name(self) -> str:
         base = self.name.replace(".", "_")

@@ -22,7 +22,6 @@ from pydantic import field_validator
 from agent.plugin import (
     AttributeValue,
     Check,
-    MetricKind,
     MetricSpec,
     Probe,
     ProbeContext,
@@ -72,22 +71,18 @@ class DnsSettings(ProbeSettings):
         return tuple(code.upper() for code in value)
 
 
-def _gauge(name: str, unit: str, description: str, *labels: str) -> MetricSpec:
-    return MetricSpec(name, MetricKind.GAUGE, unit, description, labels)
-
-
 class DnsProbe(Probe[DnsSettings]):
     """Asks one DNS question and judges the answer."""
 
     name = "dns"
     Settings = DnsSettings
     metrics = (
-        _gauge("probe.dns.lookup_time", "s", "Time taken for the DNS query"),
-        _gauge("probe.dns.answer_rrs", "", "Records in the answer section"),
-        _gauge("probe.dns.authority_rrs", "", "Records in the authority section"),
-        _gauge("probe.dns.additional_rrs", "", "Records in the additional section"),
-        _gauge("probe.dns.serial", "", "The SOA serial, when the answer has one"),
-        _gauge("probe.dns.query_succeeded", "", "1 if a response was received"),
+        MetricSpec.gauge("probe.dns.lookup_time", "s", "Time taken for the DNS query"),
+        MetricSpec.gauge("probe.dns.answer_rrs", "", "Records in the answer section"),
+        MetricSpec.gauge("probe.dns.authority_rrs", "", "Records in the authority section"),
+        MetricSpec.gauge("probe.dns.additional_rrs", "", "Records in the additional section"),
+        MetricSpec.gauge("probe.dns.serial", "", "The SOA serial, when the answer has one"),
+        MetricSpec.gauge("probe.dns.query_succeeded", "", "1 if a response was received"),
     )
 
     def validate_target(self, target: str) -> None:

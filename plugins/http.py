@@ -130,10 +130,6 @@ class HttpSettings(ProbeSettings):
         return self
 
 
-def _gauge(name: str, unit: str, description: str, *labels: str) -> MetricSpec:
-    return MetricSpec(name, MetricKind.GAUGE, unit, description, labels)
-
-
 class HttpProbe(Probe[HttpSettings]):
     """Sends one HTTP request per run and checks the response."""
 
@@ -141,32 +137,32 @@ class HttpProbe(Probe[HttpSettings]):
     Settings = HttpSettings
     phase_metric = "probe.http.duration"
     metrics = (
-        _gauge("probe.http.status_code", "", "Response HTTP status code"),
-        _gauge(
+        MetricSpec.gauge("probe.http.status_code", "", "Response HTTP status code"),
+        MetricSpec.gauge(
             "probe.http.duration",
             "s",
             "Duration of the HTTP request by phase, summed over all redirects",
             "phase",
         ),
-        _gauge(
+        MetricSpec.gauge(
             "probe.http.content_length",
             "{byte}",
             "Length of the HTTP response body as declared or read",
         ),
-        _gauge("probe.http.version", "", "HTTP version of the response"),
-        _gauge("probe.http.redirects", "", "The number of redirects followed"),
-        _gauge("probe.http.ssl", "", "1 if TLS was used for the final hop, else 0"),
-        _gauge(
+        MetricSpec.gauge("probe.http.version", "", "HTTP version of the response"),
+        MetricSpec.gauge("probe.http.redirects", "", "The number of redirects followed"),
+        MetricSpec.gauge("probe.http.ssl", "", "1 if TLS was used for the final hop, else 0"),
+        MetricSpec.gauge(
             "probe.ssl.earliest_cert_expiry",
             "{timestamp}",
             "Earliest expiry of the certificates the server sent, in seconds since the epoch",
         ),
-        _gauge(
+        MetricSpec.gauge(
             "probe.ssl.last_chain_expiry_timestamp",
             "s",
             "Earliest expiry in the verified certificate chain, in seconds since the epoch",
         ),
-        _gauge("probe.tls.version_info", "", "The TLS version of the final hop", "version"),
+        MetricSpec.gauge("probe.tls.version_info", "", "The TLS version of the final hop", "version"),
         TOKEN_EXPIRY,
         MetricSpec(
             "probe.schema.drift",
@@ -174,13 +170,13 @@ class HttpProbe(Probe[HttpSettings]):
             "{response}",
             "Responses whose shape (field paths and JSON types) differs from the baseline",
         ),
-        _gauge("probe.ratelimit.remaining", "", "Requests left in the current rate-limit window"),
-        _gauge("probe.ratelimit.limit", "", "Requests allowed in the rate-limit window"),
-        _gauge("probe.ratelimit.reset", "s", "Seconds until the rate-limit window resets"),
-        _gauge(
+        MetricSpec.gauge("probe.ratelimit.remaining", "", "Requests left in the current rate-limit window"),
+        MetricSpec.gauge("probe.ratelimit.limit", "", "Requests allowed in the rate-limit window"),
+        MetricSpec.gauge("probe.ratelimit.reset", "s", "Seconds until the rate-limit window resets"),
+        MetricSpec.gauge(
             "probe.api.deprecated", "", "1 if the response announces that the API is or will be deprecated"
         ),
-        _gauge(
+        MetricSpec.gauge(
             "probe.api.sunset_timestamp",
             "s",
             "When the API stops working, from the Sunset header, epoch seconds",
