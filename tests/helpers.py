@@ -343,3 +343,18 @@ def wait_until(condition: Callable[[], Any], timeout: float = 20.0, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+def counter_values(agent: Any, family: str, label: str) -> dict[str, float]:
+    """A counter's totals by one label, from the agent's /metrics rendering; shuts its meters down."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = agent.telemetry.render_prometheus().decode()
+    agent.telemetry.meter_provider.shutdown()
+    return {
+        sample.labels[label]: sample.value
+        for metric in text_string_to_metric_families(text)
+        if metric.name == family
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }

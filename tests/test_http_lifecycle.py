@@ -11,7 +11,7 @@ from aiohttp import web
 
 from agent.plugin import Reason
 
-from .helpers import serve
+from .helpers import config_from, counter_values, serve
 from .test_http_probe import http_check, run_checks
 
 pytestmark = pytest.mark.anyio
@@ -103,11 +103,9 @@ async def test_fail_when_the_sunset_is_near() -> None:
 
 
 async def test_malformed_header_counts_add_up_per_header() -> None:
-    from prometheus_client.parser import text_string_to_metric_families
 
     from agent.app import build_agent
 
-    from .helpers import config_from
     from .test_http_probe import TELEMETRY_ENV
 
     async with serve(vendor()) as port:
@@ -119,13 +117,5 @@ async def test_malformed_header_counts_add_up_per_header() -> None:
                 await agent.scheduler.run_once()
         finally:
             await agent.http.aclose()
-    text = agent.telemetry.render_prometheus().decode()
-    agent.telemetry.meter_provider.shutdown()
-    counts = {
-        sample.labels["header"]: sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "probe_http_malformed_headers"
-        for sample in family.samples
-        if sample.name.endswith("_total")
-    }
+    counts = counter_values(agent, "probe_http_malformed_headers", "header")
     assert counts == {"Deprecation": 3.0, "Sunset": 3.0}

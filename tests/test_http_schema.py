@@ -8,13 +8,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 from agent.app import build_agent
 from agent.plugin import Reason
 from plugins._schema import shape
 
-from .helpers import config_from, serve
+from .helpers import config_from, counter_values, serve
 from .test_http_probe import TELEMETRY_ENV, http_check
 
 pytestmark = pytest.mark.anyio
@@ -62,16 +61,7 @@ async def run(checks: list[dict[str, Any]], vendor: Vendor, bodies: list[dict[st
             results.append({name: state.last for name, state in agent.recorder.states.items()})
     finally:
         await agent.http.aclose()
-    text = agent.telemetry.render_prometheus().decode()
-    agent.telemetry.meter_provider.shutdown()
-    drift = {
-        s.labels["check"]: s.value
-        for f in text_string_to_metric_families(text)
-        if f.name == "probe_schema_drift"
-        for s in f.samples
-        if s.name.endswith("_total")
-    }
-    return results, drift
+    return results, counter_values(agent, "probe_schema_drift", "check")
 
 
 async def test_drift_from_the_first_response_is_counted_noted_and_optionally_fails() -> None:
