@@ -49,6 +49,7 @@ __all__ = [
     "TLSOptions",
     "map_exception",
     "tls_context",
+    "tls_info",
 ]
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
@@ -109,14 +110,25 @@ def tls_context(options: TLSOptions) -> ssl.SSLContext:
 
 @dataclass(frozen=True, slots=True)
 class TLSInfo:
-    """What the TLS handshake of the last hop showed."""
+    """What a TLS handshake showed."""
 
     version: str
+    """``TLS 1.3``, ``TLS 1.2``, ..."""
     cipher: str
-    earliest_expiry: float | None
-    """Earliest ``notAfter`` among the certificates the server sent (epoch seconds)."""
-    last_chain_expiry: float | None
-    """Earliest ``notAfter`` in the chain the client verified (epoch seconds)."""
+    sent_chain: tuple[bytes, ...]
+    """The certificates the server sent (DER), leaf first, whether or not they were verified."""
+    verified_chain: tuple[bytes, ...]
+    """The chain the client verified (DER), leaf to root; empty when nothing was verified."""
+
+    @property
+    def earliest_expiry(self) -> float | None:
+        """Earliest ``notAfter`` among the certificates the server sent (epoch seconds)."""
+        return _earliest_expiry(self.sent_chain)
+
+    @property
+    def last_chain_expiry(self) -> float | None:
+        """Earliest ``notAfter`` in the chain the client verified (epoch seconds)."""
+        return _earliest_expiry(self.verified_chain)
 
 
 @dataclass(slots=True)
@@ -243,7 +255,7 @@ class _TimedConnector(aiohttp.TCPConnector):
             # Read the handshake now: a small response releases its connection before the caller looks.
             ssl_object = transport.get_extra_info("ssl_object")
             if marks is not None and ssl_object is not None:
-                marks.tls = _tls_info(ssl_object)
+                marks.tls = tls_info(ssl_object)
             return transport, protocol
         except ssl.CertificateError as exc:
             raise aiohttp.ClientConnectorCertificateError(req.connection_key, exc) from exc
@@ -593,31 +605,36 @@ def _version(response: aiohttp.ClientResponse) -> str:
     return f"{version.major}.{version.minor}" if version is not None else "1.1"
 
 
-def _tls_info(ssl_object: Any) -> TLSInfo:
+def tls_info(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TLSInfo:
+    """Version, cipher and certificate chains of a finished handshake."""
     version = _TLS_VERSIONS.get(ssl_object.version() or "", ssl_object.version() or "unknown")
     cipher = (ssl_object.cipher() or ("",))[0]
     return TLSInfo(
         version=version,
         cipher=cipher,
-        earliest_expiry=_earliest_expiry(_chain(ssl_object, "get_unverified_chain")),
-        last_chain_expiry=_earliest_expiry(_chain(ssl_object, "get_verified_chain")),
+        sent_chain=_chain(ssl_object, "get_unverified_chain"),
+        verified_chain=_chain(ssl_object, "get_verified_chain"),
     )
 
 
-def _chain(ssl_object: Any, method: str) -> list[bytes]:
+def _chain(ssl_object: Any, method: str) -> tuple[bytes, ...]:
     # Public on Python 3.13+; on 3.10-3.12 the same method lives on the private _sslobj.
     getter = getattr(ssl_object, method, None) or getattr(getattr(ssl_object, "_sslobj", None), method, None)
     if getter is None:
         der = ssl_object.getpeercert(binary_form=True)
-        return [der] if der else []
+        return (der,) if der else ()
     try:
         certs = getter() or []
     except (ssl.SSLError, ValueError):
-        return []
-    return [c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER) for c in certs]  # type: ignore[attr-defined]
+        return ()
+    return tuple(
+        c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
+        for c in certs
+    )
 
 
-def _earliest_expiry(chain: list[bytes]) -> float | None:
+@lru_cache(maxsize=1024)
+def _earliest_expiry(chain: tuple[bytes, ...]) -> float | None:
     expiries = []
     for der in chain:
         try:

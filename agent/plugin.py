@@ -57,10 +57,12 @@ __all__ = [
     "StepResult",
     "Subject",
     "SystemClock",
+    "TLSInfo",
     "TLSOptions",
     "Tracer",
     "format_duration",
     "tls_context",
+    "tls_info",
 ]
 
 AttributeValue = str | bool | int | float
@@ -311,4 +313,12 @@ class Probe(abc.ABC, Generic[SettingsT]):
 
 
 # At the end: the HTTP client module needs the names above.
-from .http import HttpClient, HttpExchange, HttpFailure, TLSOptions, tls_context  # noqa: E402
+from .http import (  # noqa: E402
+    HttpClient,
+    HttpExchange,
+    HttpFailure,
+    TLSInfo,
+    TLSOptions,
+    tls_context,
+    tls_info,
+)

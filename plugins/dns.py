@@ -6,12 +6,15 @@ Metric names follow blackbox_exporter's dns prober. The target is the name to lo
 
 from __future__ import annotations
 
+import asyncio
 import re
+import socket
 from typing import Literal
 
 import dns.asyncquery
 import dns.exception
 import dns.flags
+import dns.inet
 import dns.message
 import dns.name
 import dns.rcode
@@ -76,7 +79,9 @@ class DnsProbe(Probe[DnsSettings]):
 
     name = "dns"
     Settings = DnsSettings
+    phase_metric = "probe.dns.duration"
     metrics = (
+        MetricSpec.gauge("probe.dns.duration", "s", "Duration of the DNS probe by phase", "phase"),
         MetricSpec.gauge("probe.dns.lookup_time", "s", "Time taken for the DNS query"),
         MetricSpec.gauge("probe.dns.answer_rrs", "", "Records in the answer section"),
         MetricSpec.gauge("probe.dns.authority_rrs", "", "Records in the authority section"),
@@ -99,15 +104,34 @@ class DnsProbe(Probe[DnsSettings]):
         query = dns.message.make_query(check.target, dns.rdatatype.from_text(settings.type))
         if not settings.recursion:
             query.flags &= ~dns.flags.RD
+        clock = ctx.clock
+        started = clock.monotonic()
+        phases: dict[str, float] = {}
+        address = host
+        if not dns.inet.is_address(host):
+            ctx.stage = f"resolving the DNS server {host}"
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            except socket.gaierror as exc:
+                return ProbeResult.failure(
+                    Reason.DNS,
+                    f"cannot resolve the DNS server {host}: {exc.strerror}",
+                    values={"probe.dns.query_succeeded": 0},
+                )
+            address = str(infos[0][4][0])
+        phases["resolve"] = clock.monotonic() - started
         ctx.stage = f"waiting for {host}:{port} to answer"
-        started = ctx.clock.monotonic()
         try:
-            response, used_tcp = await dns.asyncquery.udp_with_fallback(query, host, port=port)
+            response, used_tcp = await dns.asyncquery.udp_with_fallback(query, address, port=port)
         except (OSError, dns.exception.DNSException) as exc:
             return ProbeResult.failure(
-                Reason.DNS, f"no answer from {host}:{port}: {exc}", values={"probe.dns.query_succeeded": 0}
+                Reason.DNS,
+                f"no answer from {host}:{port}: {exc}",
+                values={"probe.dns.query_succeeded": 0},
+                phases=phases,
             )
-        elapsed = ctx.clock.monotonic() - started
+        elapsed = clock.monotonic() - started
+        phases["request"] = elapsed - phases["resolve"]
         answers = [rd.to_text() for rrset in response.answer for rd in rrset]
         values = {
             "probe.dns.query_succeeded": 1.0,
@@ -127,12 +151,15 @@ class DnsProbe(Probe[DnsSettings]):
                 f"rcode {rcode} (expected {', '.join(settings.valid_rcodes)})",
                 values=values,
                 attributes=attributes,
+                phases=phases,
             )
         for rule in settings.answers:
             problem = _judge(rule, answers)
             if problem:
-                return ProbeResult.failure(Reason.ASSERTION, problem, values=values, attributes=attributes)
-        return ProbeResult(success=True, values=values, attributes=attributes)
+                return ProbeResult.failure(
+                    Reason.ASSERTION, problem, values=values, attributes=attributes, phases=phases
+                )
+        return ProbeResult(success=True, values=values, attributes=attributes, phases=phases)
 
 
 def _server(server: str | None) -> tuple[str, int]:

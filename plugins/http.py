@@ -40,6 +40,7 @@ from ._auth import TOKEN_EXPIRY, Auth, AuthFailure, TokenCache, authorize
 from ._headers import Lifecycle, RateLimitNames, parse_lifecycle, parse_ratelimit
 from ._openapi import OpenAPIDocument, load_document, parse_document
 from ._schema import DriftTracker
+from ._tls import TLS_METRICS, tls_values
 
 __all__ = ["HttpProbe", "HttpSettings", "validate_http_url", "verdict"]
 
@@ -152,17 +153,7 @@ class HttpProbe(Probe[HttpSettings]):
         MetricSpec.gauge("probe.http.version", "", "HTTP version of the response"),
         MetricSpec.gauge("probe.http.redirects", "", "The number of redirects followed"),
         MetricSpec.gauge("probe.http.ssl", "", "1 if TLS was used for the final hop, else 0"),
-        MetricSpec.gauge(
-            "probe.ssl.earliest_cert_expiry",
-            "{timestamp}",
-            "Earliest expiry of the certificates the server sent, in seconds since the epoch",
-        ),
-        MetricSpec.gauge(
-            "probe.ssl.last_chain_expiry_timestamp",
-            "s",
-            "Earliest expiry in the verified certificate chain, in seconds since the epoch",
-        ),
-        MetricSpec.gauge("probe.tls.version_info", "", "The TLS version of the final hop", "version"),
+        *TLS_METRICS,
         TOKEN_EXPIRY,
         MetricSpec(
             "probe.schema.drift",
@@ -281,13 +272,8 @@ class HttpProbe(Probe[HttpSettings]):
         }
         samples: tuple[Sample, ...] = ()
         if exchange.tls:
-            if exchange.tls.earliest_expiry is not None:
-                values["probe.ssl.earliest_cert_expiry"] = exchange.tls.earliest_expiry
-            if exchange.tls.last_chain_expiry is not None:
-                values["probe.ssl.last_chain_expiry_timestamp"] = exchange.tls.last_chain_expiry
-            samples = (
-                Sample("probe.tls.version_info", 1.0, {"version": exchange.tls.version}, series="tls"),
-            )
+            tls_metrics, samples = tls_values(exchange.tls)
+            values.update(tls_metrics)
         attributes = {
             "http.response.status_code": exchange.status,
             "vantage.http.redirects": exchange.redirects,

@@ -99,6 +99,8 @@ async def test_answers_rcodes_serial_and_tcp_fallback() -> None:
                 query("nx-ok", "missing.test", port, valid_rcodes=["NXDOMAIN"]),
                 query("soa", "example.test", port, type="SOA"),
                 query("big", "big.test", port, type="TXT"),
+                query("by-name", "vendor.test", port, server=f"localhost:{port}"),
+                query("no-server", "vendor.test", port, server="nowhere.invalid"),
             ]
         )
     a = results["a"]
@@ -112,6 +114,11 @@ async def test_answers_rcodes_serial_and_tcp_fallback() -> None:
     big = results["big"]
     assert big.success and big.values["probe.dns.answer_rrs"] == 10
     assert big.attributes["vantage.dns.tcp"] is True
+    # The server's own name is resolved first, and timed as its own phase.
+    assert set(results["by-name"].phases) == {"resolve", "request"}, results["by-name"].message
+    assert results["by-name"].success
+    assert results["no-server"].reason is Reason.DNS
+    assert results["no-server"].message.startswith("cannot resolve the DNS server nowhere.invalid")
 
 
 def test_names_and_rcodes_are_checked_at_load() -> None:

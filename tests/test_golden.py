@@ -26,6 +26,7 @@ from agent.recorder import AGENT_METRICS, CORE_METRICS
 from agent.registry import Registry
 
 from .helpers import ROOT, MapResolver, config_from, serve
+from .test_dns_probe import dns_server
 
 pytestmark = pytest.mark.anyio
 
@@ -49,7 +50,7 @@ async def scrape_running_agent(ca: trustme.CA, ca_file: Path) -> str:
     app.router.add_get("/ok", ok)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("vendor.test").configure_cert(context)
-    async with serve(app) as plain, serve(app, ssl_context=context) as tls:
+    async with serve(app) as plain, serve(app, ssl_context=context) as tls, dns_server() as dns_port:
         config = config_from(
             [
                 {
@@ -74,6 +75,29 @@ async def scrape_running_agent(ca: trustme.CA, ca_file: Path) -> str:
                     "target": "https://nowhere.test/",
                     "interval": "1s",
                     "timeout": "900ms",
+                },
+                {
+                    "name": "cert",
+                    "type": "tls",
+                    "target": f"127.0.0.1:{tls}",
+                    "interval": "1s",
+                    "timeout": "900ms",
+                    "settings": {"tls": {"ca_file": str(ca_file), "server_name": "vendor.test"}},
+                },
+                {
+                    "name": "socket",
+                    "type": "tcp",
+                    "target": f"127.0.0.1:{plain}",
+                    "interval": "1s",
+                    "timeout": "900ms",
+                },
+                {
+                    "name": "record",
+                    "type": "dns",
+                    "target": "example.test",
+                    "interval": "1s",
+                    "timeout": "900ms",
+                    "settings": {"server": f"127.0.0.1:{dns_port}", "type": "SOA"},
                 },
             ],
             VANTAGE_PORT="0",
@@ -122,7 +146,8 @@ async def test_golden_telemetry_contract(ca: trustme.CA, ca_file: Path) -> None:
     document = (
         "# Instruments: Prometheus name, kind, OpenTelemetry name and unit\n"
         + "\n".join(spec_lines())
-        + "\n\n# Exposed on /metrics by an agent running plain, TLS and failing http checks\n"
+        + "\n\n# Exposed on /metrics by an agent running http (plain, TLS, failing),"
+        + " tls, tcp and dns checks\n"
         + "\n".join(exposed)
         + "\n"
     )

@@ -1,0 +1,495 @@
+"""The ``tls`` probe: complete a TLS handshake (directly, or after STARTTLS for SMTP, IMAP and POP3)
+and report the certificate chain, even when it fails verification.
+
+    - name: smtp-relay-cert
+      type: tls
+      target: smtp.example.com:587
+      settings:
+        starttls: smtp
+        min_days_left: 14
+        min_version: "1.2"
+        issuer: "O=Let's Encrypt"
+        fingerprints: ["5e:0b:...", ...]   # pins: one certificate of the chain must match
+
+A certificate that fails verification is still read (by a second, unverified handshake), so an
+expired or self-signed one is reported with its dates, subject and fingerprint, and the reason says
+which way it failed: expired, not yet valid, hostname mismatch, untrusted chain, protocol version too
+old, or another handshake failure (``vantage.tls.error`` on the span, ``probe_tls_error_info``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import ssl
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+
+from agent.plugin import (
+    AssertionOutcome,
+    AttributeValue,
+    Check,
+    MetricSpec,
+    Probe,
+    ProbeContext,
+    ProbeResult,
+    ProbeSettings,
+    Reason,
+    Sample,
+    TLSInfo,
+    TLSOptions,
+    tls_context,
+    tls_info,
+)
+
+from ._tls import TLS_METRICS, Certificate, describe, tls_values
+
+__all__ = ["TlsProbe", "TlsSettings"]
+
+_MAX_LINE = 8 * 1024
+_VERSIONS = {"1.0": "TLS 1.0", "1.1": "TLS 1.1", "1.2": "TLS 1.2", "1.3": "TLS 1.3"}
+_ORDER = ["TLS 1.0", "TLS 1.1", "TLS 1.2", "TLS 1.3"]
+# OpenSSL's X509_V_ERR_* codes, grouped into the failures an operator acts on differently.
+_VERIFY_KINDS = {
+    9: "not_yet_valid",
+    10: "expired",
+    62: "hostname_mismatch",
+    64: "hostname_mismatch",
+    2: "untrusted",
+    18: "untrusted",
+    19: "untrusted",
+    20: "untrusted",
+    21: "untrusted",
+    27: "untrusted",
+}
+# OpenSSL reasons for a handshake that found no protocol version both sides accept.
+_VERSION_REASONS = {
+    "UNSUPPORTED_PROTOCOL",
+    "TLSV1_ALERT_PROTOCOL_VERSION",
+    "NO_PROTOCOLS_AVAILABLE",
+    "VERSION_TOO_LOW",
+}
+
+
+class TlsSettings(ProbeSettings):
+    """Settings of a ``tls`` check; the target is ``host:port`` (``host`` alone means port 443)."""
+
+    starttls: Literal["smtp", "imap", "pop3"] | None = None
+    """Speak the protocol's plaintext opening and upgrade with STARTTLS (STLS for POP3)."""
+    tls: TLSOptions = Field(default_factory=TLSOptions)
+    ip_family: Literal["auto", "ipv4", "ipv6"] = "auto"
+    min_days_left: float | None = Field(default=None, ge=0)
+    """Fail (reason ``assertion``) when a certificate the server sent expires within this many days."""
+    min_version: Literal["1.0", "1.1", "1.2", "1.3"] | None = None
+    """Fail (reason ``tls``) when the negotiated version is older."""
+    issuer: str | None = None
+    """A regex the leaf certificate's issuer (RFC 4514, ``CN=R11,O=Let's Encrypt,C=US``) must match."""
+    fingerprints: tuple[str, ...] = ()
+    """SHA-256 fingerprints (hex, colons optional); one certificate the server sent must match."""
+
+    _issuer: re.Pattern[str] | None = PrivateAttr(default=None)
+
+    @field_validator("fingerprints")
+    @classmethod
+    def _fingerprints(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        normal = tuple(item.replace(":", "").strip().lower() for item in value)
+        for shown, item in zip(value, normal, strict=True):
+            if not re.fullmatch(r"[0-9a-f]{64}", item):
+                raise ValueError(f"{shown!r} is not a SHA-256 fingerprint (64 hex digits, colons optional)")
+        return normal
+
+    @model_validator(mode="after")
+    def _compile(self) -> TlsSettings:
+        if self.issuer is not None:
+            try:
+                self._issuer = re.compile(self.issuer)
+            except re.error as exc:
+                raise ValueError(
+                    f"'issuer' {self.issuer!r} is not a valid regular expression: {exc}"
+                ) from None
+        return self
+
+
+class _Failed(Exception):
+    def __init__(self, reason: Reason, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.kind, self.message = reason, kind, message
+
+
+def split_target(target: str) -> tuple[str, int]:
+    if target.startswith("[") and "]" in target:
+        host, _, rest = target[1:].partition("]")
+        port = rest.removeprefix(":") or "443"
+    elif target.count(":") == 1:
+        host, _, port = target.partition(":")
+    else:
+        host, port = target, "443"
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{target!r} is not host:port")
+    return host, int(port)
+
+
+class TlsProbe(Probe[TlsSettings]):
+    """Completes a TLS handshake and judges the certificate chain and the protocol."""
+
+    name = "tls"
+    Settings = TlsSettings
+    phase_metric = "probe.tls.duration"
+    metrics = (
+        *TLS_METRICS,
+        MetricSpec.gauge("probe.tls.duration", "s", "Duration of the TLS probe by phase", "phase"),
+        MetricSpec.gauge("probe.tls.cipher_info", "", "The negotiated cipher suite", "cipher"),
+        MetricSpec.gauge(
+            "probe.ssl.last_chain_info",
+            "",
+            "The leaf certificate the server sent",
+            "fingerprint_sha256",
+            "subject",
+            "issuer",
+            "subjectalternative",
+            "serialnumber",
+        ),
+        MetricSpec.gauge(
+            "probe.tls.error_info",
+            "",
+            "Why the handshake or verification failed (error=none when it did not)",
+            "error",
+        ),
+    )
+
+    def validate_target(self, target: str) -> None:
+        split_target(target)
+
+    async def run(self, check: Check, settings: TlsSettings, ctx: ProbeContext) -> ProbeResult:
+        host, port = split_target(check.target)
+        server_name = settings.tls.server_name or host
+        phases: dict[str, float] = {}
+        kind = "none"
+        reason: Reason | None = None
+        message = ""
+        options = settings.tls
+        try:
+            info = await _handshake(host, port, server_name, tls_context(options), settings, ctx, phases)
+        except _Failed as failed:
+            kind, reason, message = failed.kind, failed.reason, failed.message
+            info = None
+            if kind == "hostname_mismatch":
+                # OpenSSL checks the name before trust: a self-signed or untrusted certificate for
+                # another name is reported as the deeper problem, not as a name mismatch.
+                try:
+                    await _handshake(host, port, server_name, _relaxed(options, True), settings, ctx, {})
+                except _Failed as deeper:
+                    if deeper.kind in _VERIFY_KINDS.values():
+                        kind, message = deeper.kind, f"{deeper.message}; also {message.split(': ', 1)[-1]}"
+            if kind in (*_VERIFY_KINDS.values(), "invalid"):
+                # Read the chain that failed verification, for its dates and names.
+                ctx.stage = "reading the rejected certificate chain"
+                try:
+                    unverified = await _handshake(
+                        host, port, server_name, _relaxed(options, False), settings, ctx, {}
+                    )
+                    info = replace(unverified, verified_chain=())
+                except _Failed:
+                    pass
+        samples: list[Sample] = [Sample("probe.tls.error_info", 1.0, {"error": kind}, series="error")]
+        values: dict[str, float] = {}
+        outcomes: list[AssertionOutcome] = []
+        attributes: dict[str, AttributeValue] = {"vantage.tls.error": kind}
+        if info is not None:
+            tls_metrics, tls_samples = tls_values(info)
+            values.update(tls_metrics)
+            samples += tls_samples
+            samples.append(Sample("probe.tls.cipher_info", 1.0, {"cipher": info.cipher}, series="cipher"))
+            chain = [describe(der) for der in info.sent_chain]
+            if chain:
+                samples.append(_chain_info(chain[0]))
+                attributes.update(_attributes(chain[0], info))
+            if reason is None:
+                outcomes = _judge(settings, info, chain, ctx.clock.time())
+                broken = next((o for o in outcomes if not o.passed), None)
+                if broken is not None:
+                    reason = Reason.TLS if broken.source in ("version", "pin") else Reason.ASSERTION
+                    if broken.source in ("version", "pin"):
+                        kind = broken.source
+                        samples[0] = Sample("probe.tls.error_info", 1.0, {"error": kind}, series="error")
+                        attributes["vantage.tls.error"] = kind
+                    message = broken.message
+            elif kind in ("expired", "not_yet_valid") and chain:
+                message += _dates(chain, ctx.clock.time())
+            elif kind == "hostname_mismatch" and chain:
+                message += f" (it names {', '.join(chain[0].sans) or chain[0].subject})"
+        return ProbeResult(
+            success=reason is None,
+            reason=reason,
+            message=message,
+            phases=phases,
+            values=values,
+            samples=tuple(samples),
+            attributes=attributes,
+            assertions=tuple(outcomes),
+        )
+
+
+async def _handshake(
+    host: str,
+    port: int,
+    server_name: str,
+    context: ssl.SSLContext,
+    settings: TlsSettings,
+    ctx: ProbeContext,
+    phases: dict[str, float],
+) -> TLSInfo:
+    clock = ctx.clock
+    loop = asyncio.get_running_loop()
+    family = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(settings.ip_family, 0)
+    mark = clock.monotonic()
+    ctx.stage = f"resolving {host}"
+    try:
+        addresses = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise _Failed(Reason.DNS, "dns", f"DNS lookup of {host} failed: {exc.strerror}") from None
+    phases["resolve"], mark = clock.monotonic() - mark, clock.monotonic()
+    ctx.stage = f"connecting to {host}:{port}"
+    reader, writer = await _connect(addresses, host, port)
+    try:
+        phases["connect"], mark = clock.monotonic() - mark, clock.monotonic()
+        if settings.starttls:
+            ctx.stage = f"negotiating STARTTLS ({settings.starttls})"
+            await _STARTTLS[settings.starttls](reader, writer)
+            phases["starttls"], mark = clock.monotonic() - mark, clock.monotonic()
+        ctx.stage = "in the TLS handshake"
+        try:
+            await writer.start_tls(context, server_hostname=server_name)
+        except ssl.SSLCertVerificationError as exc:
+            kind = _VERIFY_KINDS.get(exc.verify_code, "invalid")
+            raise _Failed(
+                Reason.TLS, kind, f"certificate of {server_name} rejected: {exc.verify_message}"
+            ) from None
+        except ssl.SSLError as exc:
+            if exc.reason in _VERSION_REASONS:
+                raise _Failed(
+                    Reason.TLS,
+                    "version",
+                    f"no TLS version both sides accept ({exc.reason}; this client accepts "
+                    f"{_name(context.minimum_version)} and newer)",
+                ) from None
+            raise _Failed(Reason.TLS, "handshake", f"TLS handshake failed: {exc.reason or exc}") from None
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            raise _Failed(
+                Reason.TLS,
+                "handshake",
+                f"the connection was closed during the TLS handshake ({str(exc) or type(exc).__name__})",
+            ) from None
+        phases["handshake"] = clock.monotonic() - mark
+        ssl_object = writer.get_extra_info("ssl_object")
+        return tls_info(ssl_object)
+    finally:
+        writer.close()
+
+
+async def _connect(
+    addresses: Sequence[tuple[Any, Any, int, str, Any]],
+    host: str,
+    port: int,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    problem: OSError | None = None
+    for family, type_, proto, _, address in addresses:
+        sock = socket.socket(family, type_, proto)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            problem = exc
+            continue
+        return await asyncio.open_connection(sock=sock, limit=_MAX_LINE)
+    detail = problem.strerror or str(problem) if problem else "no address"
+    raise _Failed(Reason.CONNECT, "connect", f"cannot connect to {host}:{port}: {detail}")
+
+
+async def _line(reader: asyncio.StreamReader) -> str:
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.LimitOverrunError:
+        raise _Failed(
+            Reason.PROTOCOL, "starttls", f"STARTTLS: a line longer than {_MAX_LINE} bytes"
+        ) from None
+    except asyncio.IncompleteReadError as exc:
+        got = exc.partial.decode("utf-8", "replace")[:200]
+        raise _Failed(
+            Reason.PROTOCOL, "starttls", f"STARTTLS: the server closed the connection ({got!r})"
+        ) from None
+    return line.decode("utf-8", "replace").rstrip("\r\n")
+
+
+async def _smtp_reply(reader: asyncio.StreamReader, code: str, after: str) -> list[str]:
+    lines = []
+    while True:
+        line = await _line(reader)
+        lines.append(line)
+        if not line.startswith(code):
+            raise _Failed(
+                Reason.PROTOCOL, "starttls", f"STARTTLS: expected {code} {after}, got {line[:200]!r}"
+            )
+        if line[3:4] != "-":
+            return lines
+
+
+async def _smtp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _smtp_reply(reader, "220", "as the greeting")
+    writer.write(b"EHLO vantage\r\n")
+    extensions = await _smtp_reply(reader, "250", "after EHLO")
+    if not any(line[4:].strip().upper() == "STARTTLS" for line in extensions[1:]):
+        raise _Failed(Reason.PROTOCOL, "starttls", "STARTTLS: the server does not offer STARTTLS after EHLO")
+    writer.write(b"STARTTLS\r\n")
+    await _smtp_reply(reader, "220", "after STARTTLS")
+
+
+async def _imap(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    greeting = await _line(reader)
+    if not greeting.upper().startswith("* OK"):
+        raise _Failed(
+            Reason.PROTOCOL, "starttls", f"STARTTLS: expected '* OK' greeting, got {greeting[:200]!r}"
+        )
+    writer.write(b"v1 STARTTLS\r\n")
+    while not (line := await _line(reader)).startswith("v1 "):
+        continue
+    if not line.upper().startswith("V1 OK"):
+        raise _Failed(Reason.PROTOCOL, "starttls", f"STARTTLS refused: {line[:200]!r}")
+
+
+async def _pop3(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    greeting = await _line(reader)
+    if not greeting.startswith("+OK"):
+        raise _Failed(
+            Reason.PROTOCOL, "starttls", f"STARTTLS: expected '+OK' greeting, got {greeting[:200]!r}"
+        )
+    writer.write(b"STLS\r\n")
+    line = await _line(reader)
+    if not line.startswith("+OK"):
+        raise _Failed(Reason.PROTOCOL, "starttls", f"STLS refused: {line[:200]!r}")
+
+
+_STARTTLS = {"smtp": _smtp, "imap": _imap, "pop3": _pop3}
+
+
+@lru_cache(maxsize=64)
+def _relaxed(options: TLSOptions, verify: bool) -> ssl.SSLContext:
+    """A context like ``tls_context(options)`` without the hostname check, and with no verification
+    at all unless ``verify``: for telling failures apart and reading a rejected chain."""
+    context = tls_context.__wrapped__(options)  # a new context, not the shared cached one
+    context.check_hostname = False
+    if not verify:
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _name(version: ssl.TLSVersion) -> str:
+    return {
+        ssl.TLSVersion.TLSv1: "TLS 1.0",
+        ssl.TLSVersion.TLSv1_1: "TLS 1.1",
+        ssl.TLSVersion.TLSv1_2: "TLS 1.2",
+        ssl.TLSVersion.TLSv1_3: "TLS 1.3",
+    }.get(version, "any version")
+
+
+def _judge(
+    settings: TlsSettings, info: TLSInfo, chain: list[Certificate], now: float
+) -> list[AssertionOutcome]:
+    outcomes = []
+    if settings.min_days_left is not None and chain:
+        first = min(chain, key=lambda cert: cert.not_after)
+        days = (first.not_after - now) / 86400
+        outcomes.append(
+            AssertionOutcome(
+                f"days left >= {settings.min_days_left:g}",
+                days >= settings.min_days_left,
+                actual=f"{days:.1f}",
+                message=f"the certificate {first.subject} expires in {days:.1f} days, on "
+                f"{_date(first.not_after)} (at least {settings.min_days_left:g} required)",
+                source="expiry",
+                op="ge",
+            )
+        )
+    if settings.min_version is not None:
+        wanted = _VERSIONS[settings.min_version]
+        ok = info.version in _ORDER and _ORDER.index(info.version) >= _ORDER.index(wanted)
+        outcomes.append(
+            AssertionOutcome(
+                f"version >= {wanted}",
+                ok,
+                actual=info.version,
+                message=f"the server negotiated {info.version}, older than the required {wanted}",
+                source="version",
+                op="ge",
+            )
+        )
+    if settings._issuer is not None and chain:
+        issuer = chain[0].issuer
+        outcomes.append(
+            AssertionOutcome(
+                f"issuer matches {settings.issuer!r}",
+                bool(settings._issuer.search(issuer)),
+                actual=issuer,
+                message=f"the certificate was issued by {issuer!r}, which does not match {settings.issuer!r}",
+                source="issuer",
+                op="matches",
+            )
+        )
+    if settings.fingerprints:
+        sent = [cert.fingerprint_sha256 for cert in chain]
+        outcomes.append(
+            AssertionOutcome(
+                "a certificate matches a pinned fingerprint",
+                any(fingerprint in settings.fingerprints for fingerprint in sent),
+                actual=", ".join(sent),
+                message="no certificate the server sent matches a pinned fingerprint "
+                f"(leaf {sent[0] if sent else '-'})",
+                source="pin",
+                op="in",
+            )
+        )
+    return outcomes
+
+
+def _chain_info(leaf: Certificate) -> Sample:
+    labels = {
+        "fingerprint_sha256": leaf.fingerprint_sha256,
+        "subject": leaf.subject,
+        "issuer": leaf.issuer,
+        "subjectalternative": ",".join(leaf.sans),
+        "serialnumber": leaf.serial,
+    }
+    return Sample("probe.ssl.last_chain_info", 1.0, labels, series="leaf")
+
+
+def _attributes(leaf: Certificate, info: TLSInfo) -> dict[str, AttributeValue]:
+    # OpenTelemetry's tls.* semantic conventions.
+    return {
+        "tls.protocol.version": info.version.removeprefix("TLS "),
+        "tls.cipher": info.cipher,
+        "tls.server.subject": leaf.subject,
+        "tls.server.issuer": leaf.issuer,
+        "tls.server.hash.sha256": leaf.fingerprint_sha256.upper(),
+        "tls.server.not_after": datetime.fromtimestamp(leaf.not_after, UTC).isoformat(),
+        "tls.server.not_before": datetime.fromtimestamp(leaf.not_before, UTC).isoformat(),
+    }
+
+
+def _dates(chain: list[Certificate], now: float) -> str:
+    for cert in chain:
+        if cert.not_after < now:
+            return f" ({cert.subject} expired on {_date(cert.not_after)})"
+        if cert.not_before > now:
+            return f" ({cert.subject} is valid from {_date(cert.not_before)})"
+    return ""
+
+
+def _date(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
