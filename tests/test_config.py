@@ -43,7 +43,7 @@ BAD = [
     (
         {"VANTAGE_CHECKS": checks({**HTTP, "type": "smtp"})},
         "VANTAGE_CHECKS: check 'a' (checks[0]), field 'type': "
-        "unknown probe type 'smtp'; available: dns, flow, http, tcp",
+        "unknown probe type 'smtp'; available: dns, flow, grpc, http, icmp, tcp, tls",
     ),
     (
         {"VANTAGE_CHECKS": checks({**HTTP, "target": "api.example/v1"})},

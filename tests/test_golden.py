@@ -27,6 +27,7 @@ from agent.registry import Registry
 
 from .helpers import ROOT, MapResolver, config_from, serve
 from .test_dns_probe import dns_server
+from .test_grpc_probe import health_server
 
 pytestmark = pytest.mark.anyio
 
@@ -50,6 +51,11 @@ async def scrape_running_agent(ca: trustme.CA, ca_file: Path) -> str:
     app.router.add_get("/ok", ok)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("vendor.test").configure_cert(context)
+    with health_server() as grpc_port:
+        return await _scrape(ca_file, app, context, grpc_port)
+
+
+async def _scrape(ca_file: Path, app: web.Application, context: ssl.SSLContext, grpc_port: int) -> str:
     async with serve(app) as plain, serve(app, ssl_context=context) as tls, dns_server() as dns_port:
         config = config_from(
             [
@@ -88,6 +94,13 @@ async def scrape_running_agent(ca: trustme.CA, ca_file: Path) -> str:
                     "name": "socket",
                     "type": "tcp",
                     "target": f"127.0.0.1:{plain}",
+                    "interval": "1s",
+                    "timeout": "900ms",
+                },
+                {
+                    "name": "health",
+                    "type": "grpc",
+                    "target": f"127.0.0.1:{grpc_port}",
                     "interval": "1s",
                     "timeout": "900ms",
                 },
@@ -147,7 +160,7 @@ async def test_golden_telemetry_contract(ca: trustme.CA, ca_file: Path) -> None:
         "# Instruments: Prometheus name, kind, OpenTelemetry name and unit\n"
         + "\n".join(spec_lines())
         + "\n\n# Exposed on /metrics by an agent running http (plain, TLS, failing),"
-        + " tls, tcp and dns checks\n"
+        + " tls, tcp, dns and grpc checks\n"
         + "\n".join(exposed)
         + "\n"
     )

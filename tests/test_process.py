@@ -80,7 +80,10 @@ def test_validate_accepts_and_rejects() -> None:
     bad = yaml.safe_dump({"checks": [{"name": "a", "type": "smtp", "target": "x"}]})
     result = vantage("validate", env={"VANTAGE_CHECKS": bad})
     assert result.returncode == 2
-    assert "field 'type': unknown probe type 'smtp'; available: dns, flow, http, tcp" in result.stderr
+    assert (
+        "field 'type': unknown probe type 'smtp'; available: dns, flow, grpc, http, icmp, tcp, tls"
+        in result.stderr
+    )
 
     result = vantage("run", env={"VANTAGE_CHECKS": good, "VANTAGE_PORT": "http"})
     assert result.returncode == 2  # `run` refuses too, before it probes anything

@@ -1,0 +1,175 @@
+"""The grpc probe against a local gRPC health server (plaintext and TLS), and without its extra."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import trustme
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from agent.errors import ConfigError
+from agent.plugin import Reason
+
+from .helpers import ROOT, config_from
+from .test_http_probe import run_checks
+
+pytestmark = pytest.mark.anyio
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Guarded(grpc.ServerInterceptor):
+    """Turns away calls without the expected ``authorization`` metadata."""
+
+    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        if ("authorization", "Bearer s3cret-token") in (details.invocation_metadata or ()):
+            return continuation(details)
+
+        def deny(request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
+
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
+@contextmanager
+def health_server(
+    credentials: grpc.ServerCredentials | None = None, interceptors: tuple[Any, ...] = ()
+) -> Iterator[int]:
+    servicer = health.HealthServicer()
+    servicer.set("payments.v1.Charges", SERVING)
+    servicer.set("payments.v1.Refunds", NOT_SERVING)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=interceptors)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    if credentials is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(grace=None).wait(10)
+
+
+def grpc_check(name: str, port: int, **settings: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "grpc",
+        "target": f"127.0.0.1:{port}",
+        "interval": "10s",
+        "timeout": "3s",
+        "settings": settings,
+    }
+
+
+def statuses(result: Any) -> dict[str, float]:
+    return {s.labels["serving_status"]: s.value for s in result.samples}
+
+
+async def test_health_plaintext() -> None:
+    with health_server() as port, health_server(interceptors=(Guarded(),)) as guarded:
+        results, spans = await run_checks(
+            [
+                grpc_check("server", port),
+                grpc_check("charges", port, service="payments.v1.Charges"),
+                grpc_check("refunds", port, service="payments.v1.Refunds"),
+                grpc_check("unknown", port, service="payments.v1.Nope"),
+                grpc_check("no-token", guarded),
+                grpc_check("token", guarded, metadata={"Authorization": "Bearer s3cret-token"}),
+            ]
+        )
+    for name in ("server", "charges", "token"):
+        assert results[name].success, (name, results[name].message)
+    charges = results["charges"]
+    assert charges.values == {"probe.grpc.ssl": 0, "probe.grpc.status_code": 0}
+    assert statuses(charges) == {"UNKNOWN": 0, "SERVING": 1, "NOT_SERVING": 0, "SERVICE_UNKNOWN": 0}
+    assert set(charges.phases) == {"resolve", "check"}
+    refunds = results["refunds"]
+    assert refunds.reason is Reason.ASSERTION and refunds.message == "payments.v1.Refunds is NOT_SERVING"
+    assert statuses(refunds)["NOT_SERVING"] == 1
+    unknown = results["unknown"]
+    assert unknown.reason is Reason.ASSERTION
+    assert unknown.values["probe.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    assert statuses(unknown)["SERVICE_UNKNOWN"] == 1
+    assert results["no-token"].reason is Reason.AUTH
+    assert results["no-token"].message == "UNAUTHENTICATED: missing or wrong token"
+    call = next(s for s in spans if s.name == "grpc.health.v1.Health/Check" and s.attributes)
+    assert call.attributes is not None and call.attributes["rpc.system"] == "grpc"
+
+
+async def test_health_over_tls(ca: trustme.CA, ca_file: Path) -> None:
+    cert = ca.issue_cert("health.test")
+    credentials = grpc.ssl_server_credentials(
+        [(cert.private_key_pem.bytes(), cert.cert_chain_pems[0].bytes())]
+    )
+    with health_server(credentials) as port:
+        results, _ = await run_checks(
+            [
+                grpc_check(
+                    "tls",
+                    port,
+                    tls=True,
+                    tls_options={"ca_file": str(ca_file), "server_name": "health.test"},
+                ),
+                grpc_check("untrusted", port, tls=True, tls_options={"server_name": "health.test"}),
+                grpc_check("plaintext-to-tls", port),
+            ]
+        )
+    assert results["tls"].success, results["tls"].message
+    assert results["tls"].values["probe.grpc.ssl"] == 1
+    assert results["untrusted"].reason is Reason.TLS, results["untrusted"].message
+    assert results["plaintext-to-tls"].reason in (Reason.CONNECT, Reason.PROTOCOL)
+
+
+async def test_refused() -> None:
+    with health_server() as port:
+        pass
+    results, _ = await run_checks([grpc_check("closed", port)])
+    assert results["closed"].reason is Reason.CONNECT, results["closed"].message
+    assert results["closed"].values["probe.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+
+
+def test_without_the_extra_the_type_is_unavailable() -> None:
+    # A process in which grpc_health cannot be imported, as after a plain `pip install vantage`.
+    blocker = "import sys; sys.modules['grpc_health'] = None; from agent.cli import main; sys.exit(main())"
+    env = {**os.environ, "VANTAGE_CHECKS": json.dumps([grpc_check("health", 50051)])}
+    listed = subprocess.run(
+        [sys.executable, "-c", blocker, "plugins"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    line = next(line for line in listed.stdout.splitlines() if line.startswith("grpc:"))
+    assert "unavailable" in line and "pip install 'vantage[grpc]'" in line
+    validated = subprocess.run(
+        [sys.executable, "-c", blocker, "validate"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert validated.returncode == 2
+    assert "check 'health' (checks[0]), field 'type'" in validated.stderr
+    assert "pip install 'vantage[grpc]'" in validated.stderr
+
+
+def test_settings_are_checked_at_load() -> None:
+    with pytest.raises(ConfigError, match="gRPC cannot skip certificate verification"):
+        config_from([grpc_check("a", 1, tls=True, tls_options={"insecure": True})])
+    with pytest.raises(ConfigError, match="is not host:port"):
+        config_from([{"name": "a", "type": "grpc", "target": "health.example"}])

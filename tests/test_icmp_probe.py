@@ -1,0 +1,144 @@
+"""The icmp probe: echo to 127.0.0.1, and in network namespaces of the test's own making, a target
+that never answers and the three permission cases (datagram sockets, raw sockets, neither)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from agent.errors import ConfigError
+from agent.plugin import Reason
+
+from .helpers import ROOT, config_from
+from .test_http_probe import run_checks
+
+pytestmark = pytest.mark.anyio
+
+NOBODY = 65534
+OPEN_GROUPS = "echo '0 2147483647' > /proc/sys/net/ipv4/ping_group_range"
+
+
+def icmp_allowed() -> str | None:
+    """Which ICMP socket this process may open, or None."""
+    for kind, name in ((socket.SOCK_DGRAM, "datagram"), (socket.SOCK_RAW, "raw")):
+        try:
+            socket.socket(socket.AF_INET, kind, socket.IPPROTO_ICMP).close()
+        except PermissionError:
+            continue
+        return name
+    return None
+
+
+def ping(name: str, target: str = "127.0.0.1", **settings: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "icmp",
+        "target": target,
+        "interval": "10s",
+        "timeout": "3s",
+        "settings": {"count": 3, "interval": "20ms", "reply_timeout": "500ms", **settings},
+    }
+
+
+async def test_echo_to_loopback() -> None:
+    kind = icmp_allowed()
+    if kind is None:
+        pytest.skip("this process may open neither ICMP datagram nor raw sockets")
+    results, _ = await run_checks(
+        [ping("loopback", payload_size=100), ping("strict", max_rtt=0.000001), ping("by-name", "localhost")]
+    )
+    result = results["loopback"]
+    assert result.success, result.message
+    assert result.values == {
+        "probe.icmp.packets_sent": 3,
+        "probe.icmp.packets_received": 3,
+        "probe.icmp.packet_loss_ratio": 0,
+    }
+    stats = {s.labels["stat"]: s.value for s in result.samples if s.metric == "probe.icmp.rtt"}
+    assert set(stats) == {"min", "avg", "max", "stddev"}
+    assert 0 < stats["min"] <= stats["avg"] <= stats["max"]
+    assert set(result.phases) == {"resolve", "rtt"}
+    assert result.attributes["vantage.icmp.socket"] == kind
+    assert results["strict"].reason is Reason.ASSERTION
+    assert results["strict"].message.endswith("ms, over 0.001 ms")
+    assert results["by-name"].success, results["by-name"].message
+
+
+def in_namespace(
+    setup: str, *, uid: int | None, checks: list[dict[str, Any]]
+) -> subprocess.CompletedProcess[str]:
+    """Run ``vantage once`` in a new network namespace after ``setup`` (as root), as ``uid``."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("setpriv"):
+        pytest.skip("needs root, unshare and setpriv to make a network namespace")
+    agent = [sys.executable, "-m", "agent", "once"]
+    if uid is not None:
+        agent = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *agent]
+    script = f'ip link set lo up && {setup} && exec "$@"'
+    env = {
+        **os.environ,
+        "VANTAGE_CHECKS": json.dumps(checks),
+        "VANTAGE_LOG_FORMAT": "json",
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+    }
+    completed = subprocess.run(
+        ["unshare", "--net", "sh", "-c", script, "sh", *agent],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if "unshare failed" in completed.stderr or "Operation not permitted" in completed.stderr[:200]:
+        pytest.skip(f"cannot make a network namespace here: {completed.stderr.strip()[:200]}")
+    return completed
+
+
+def failure_detail(completed: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    lines = [json.loads(line) for line in completed.stderr.splitlines() if line.startswith("{")]
+    return next(line for line in lines if line.get("result") == "failure")
+
+
+def test_datagram_sockets_without_privilege() -> None:
+    completed = in_namespace(OPEN_GROUPS, uid=NOBODY, checks=[ping("unprivileged")])
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "1 passed, 0 failed" in completed.stdout
+
+
+def test_neither_socket_is_permitted() -> None:
+    completed = in_namespace("true", uid=NOBODY, checks=[ping("forbidden")])
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    detail = failure_detail(completed)
+    assert detail["reason"] == "connect"
+    assert detail["detail"].startswith(
+        f"ICMP is not permitted to this process: unprivileged ICMP sockets need its group ({NOBODY}) "
+        "in net.ipv4.ping_group_range (now 1 0), and raw sockets need CAP_NET_RAW"
+    )
+
+
+def test_a_host_that_never_answers() -> None:
+    # A veth pair with nobody at 10.99.0.2 on the far end: its address never resolves, nothing replies.
+    setup = (
+        "ip link add vantage0 type veth peer name vantage1 && ip addr add 10.99.0.1/24 dev vantage0"
+        " && ip link set vantage0 up && ip link set vantage1 up"
+    )
+    completed = in_namespace(setup, uid=None, checks=[ping("silent", "10.99.0.2", reply_timeout="100ms")])
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    detail = failure_detail(completed)
+    assert detail["reason"] == "timeout"
+    assert detail["detail"] == "no reply to 3 echo requests to 10.99.0.2"
+
+
+def test_targets_are_checked_at_load() -> None:
+    with pytest.raises(ConfigError, match=r"'10\.0\.0\.1:80' is not a host name or an IP address"):
+        config_from([ping("a", "10.0.0.1:80")])
+    with pytest.raises(ConfigError, match="count"):
+        config_from([ping("a", count=0)])
+    config_from([ping("a", "::1"), ping("b", "vendor.example.")])
