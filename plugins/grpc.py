@@ -7,10 +7,8 @@ listed as unavailable by ``vantage plugins`` and a check that uses it fails vali
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import socket
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, model_validator
 
@@ -26,6 +24,8 @@ from agent.plugin import (
     Sample,
     TLSOptions,
 )
+
+from ._net import IpFamily, ResolveFailed, resolve, split_host_port
 
 try:
     import grpc
@@ -58,20 +58,13 @@ class GrpcSettings(ProbeSettings):
     """CA, client certificate (mTLS) and ``server_name``; ``insecure`` is not available to gRPC."""
     metadata: dict[str, str] = Field(default_factory=dict)
     """Request metadata (``authorization: Bearer ${TOKEN}``); keys in lower case."""
-    ip_family: Literal["auto", "ipv4", "ipv6"] = "auto"
+    ip_family: IpFamily = "auto"
 
     @model_validator(mode="after")
     def _no_insecure(self) -> GrpcSettings:
         if self.tls_options.insecure:
             raise ValueError("gRPC cannot skip certificate verification; give the server's CA as 'ca_file'")
         return self
-
-
-def _split(target: str) -> tuple[str, int]:
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
-        raise ValueError(f"{target!r} is not host:port")
-    return host.strip("[]"), int(port)
 
 
 class GrpcProbe(Probe[GrpcSettings]):
@@ -93,20 +86,17 @@ class GrpcProbe(Probe[GrpcSettings]):
     )
 
     def validate_target(self, target: str) -> None:
-        _split(target)
+        split_host_port(target)
 
     async def run(self, check: Check, settings: GrpcSettings, ctx: ProbeContext) -> ProbeResult:
-        host, port = _split(check.target)
+        host, port = split_host_port(check.target)
         clock = ctx.clock
         started = clock.monotonic()
-        family = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(settings.ip_family, 0)
         ctx.stage = f"resolving {host}"
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, family=family, type=socket.SOCK_STREAM
-            )
-        except socket.gaierror as exc:
-            return ProbeResult.failure(Reason.DNS, f"DNS lookup of {host} failed: {exc.strerror}")
+            infos = await resolve(host, port, settings.ip_family)
+        except ResolveFailed as exc:
+            return ProbeResult.failure(Reason.DNS, str(exc))
         address = str(infos[0][4][0])
         phases = {"resolve": clock.monotonic() - started}
         values: dict[str, float] = {"probe.grpc.ssl": 1.0 if settings.tls else 0.0}

@@ -8,14 +8,12 @@ is permitted every run fails with reason ``connect`` and a message that says how
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import re
 import socket
 import statistics
 from pathlib import Path
-from typing import Literal
 
 import icmplib
 from pydantic import Field
@@ -33,6 +31,8 @@ from agent.plugin import (
     Sample,
 )
 
+from ._net import IpFamily, ResolveFailed, resolve
+
 __all__ = ["IcmpProbe", "IcmpSettings"]
 
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
@@ -49,7 +49,7 @@ class IcmpSettings(ProbeSettings):
     reply_timeout: Duration = 1.0
     """How long to wait for each reply."""
     payload_size: int = Field(default=56, ge=0, le=65000)
-    ip_family: Literal["auto", "ipv4", "ipv6"] = "auto"
+    ip_family: IpFamily = "auto"
     max_loss: float | None = Field(default=None, ge=0, le=1)
     """Fail when more than this share of requests go unanswered; by default only when all do."""
     max_rtt: Duration | None = None
@@ -86,14 +86,11 @@ class IcmpProbe(Probe[IcmpSettings]):
     async def run(self, check: Check, settings: IcmpSettings, ctx: ProbeContext) -> ProbeResult:
         clock = ctx.clock
         started = clock.monotonic()
-        family = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(settings.ip_family, 0)
         ctx.stage = f"resolving {check.target}"
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                check.target, None, family=family, type=socket.SOCK_RAW
-            )
-        except socket.gaierror as exc:
-            return ProbeResult.failure(Reason.DNS, f"DNS lookup of {check.target} failed: {exc.strerror}")
+            infos = await resolve(check.target, None, settings.ip_family, socket.SOCK_RAW)
+        except ResolveFailed as exc:
+            return ProbeResult.failure(Reason.DNS, str(exc))
         address = str(infos[0][4][0])
         phases = {"resolve": clock.monotonic() - started}
         ctx.stage = f"waiting for echo replies from {address}"

@@ -17,7 +17,6 @@ import asyncio
 import re
 import socket
 import ssl
-from typing import Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
@@ -33,6 +32,8 @@ from agent.plugin import (
     TLSOptions,
     tls_context,
 )
+
+from ._net import IpFamily, socket_family, split_host_port
 
 __all__ = ["TcpProbe", "TcpSettings"]
 
@@ -64,18 +65,11 @@ class Exchange(ProbeSettings):
 class TcpSettings(ProbeSettings):
     """Settings of a ``tcp`` check; the target is ``host:port``."""
 
-    ip_family: Literal["auto", "ipv4", "ipv6"] = "auto"
+    ip_family: IpFamily = "auto"
     tls: bool = False
     """Start TLS right after connecting (``tls_options`` for the CA, client certificate, ...)."""
     tls_options: TLSOptions = Field(default_factory=TLSOptions)
     dialogue: tuple[Exchange, ...] = ()
-
-
-def _split(target: str) -> tuple[str, int]:
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
-        raise ValueError(f"{target!r} is not host:port")
-    return host.strip("[]"), int(port)
 
 
 class TcpProbe(Probe[TcpSettings]):
@@ -91,11 +85,10 @@ class TcpProbe(Probe[TcpSettings]):
     )
 
     def validate_target(self, target: str) -> None:
-        _split(target)
+        split_host_port(target)
 
     async def run(self, check: Check, settings: TcpSettings, ctx: ProbeContext) -> ProbeResult:
-        host, port = _split(check.target)
-        family = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(settings.ip_family, 0)
+        host, port = split_host_port(check.target)
         clock = ctx.clock
         started = clock.monotonic()
         phases: dict[str, float] = {}
@@ -105,7 +98,7 @@ class TcpProbe(Probe[TcpSettings]):
             reader, writer = await asyncio.open_connection(
                 host,
                 port,
-                family=family,
+                family=socket_family(settings.ip_family),
                 ssl=context,
                 limit=_MAX_LINE,
                 server_hostname=(settings.tls_options.server_name or host) if context else None,

@@ -48,6 +48,7 @@ from agent.plugin import (
     tls_info,
 )
 
+from ._net import IpFamily, ResolveFailed, resolve, split_host_port
 from ._tls import TLS_METRICS, Certificate, describe, tls_values
 
 __all__ = ["TlsProbe", "TlsSettings"]
@@ -83,7 +84,7 @@ class TlsSettings(ProbeSettings):
     starttls: Literal["smtp", "imap", "pop3"] | None = None
     """Speak the protocol's plaintext opening and upgrade with STARTTLS (STLS for POP3)."""
     tls: TLSOptions = Field(default_factory=TLSOptions)
-    ip_family: Literal["auto", "ipv4", "ipv6"] = "auto"
+    ip_family: IpFamily = "auto"
     min_days_left: float | None = Field(default=None, ge=0)
     """Fail (reason ``assertion``) when a certificate the server sent expires within this many days."""
     min_version: Literal["1.0", "1.1", "1.2", "1.3"] | None = None
@@ -122,19 +123,6 @@ class _Failed(Exception):
         self.reason, self.kind, self.message = reason, kind, message
 
 
-def split_target(target: str) -> tuple[str, int]:
-    if target.startswith("[") and "]" in target:
-        host, _, rest = target[1:].partition("]")
-        port = rest.removeprefix(":") or "443"
-    elif target.count(":") == 1:
-        host, _, port = target.partition(":")
-    else:
-        host, port = target, "443"
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{target!r} is not host:port")
-    return host, int(port)
-
-
 class TlsProbe(Probe[TlsSettings]):
     """Completes a TLS handshake and judges the certificate chain and the protocol."""
 
@@ -164,10 +152,10 @@ class TlsProbe(Probe[TlsSettings]):
     )
 
     def validate_target(self, target: str) -> None:
-        split_target(target)
+        split_host_port(target, 443)
 
     async def run(self, check: Check, settings: TlsSettings, ctx: ProbeContext) -> ProbeResult:
-        host, port = split_target(check.target)
+        host, port = split_host_port(check.target, 443)
         server_name = settings.tls.server_name or host
         phases: dict[str, float] = {}
         kind = "none"
@@ -246,14 +234,12 @@ async def _handshake(
     phases: dict[str, float],
 ) -> TLSInfo:
     clock = ctx.clock
-    loop = asyncio.get_running_loop()
-    family = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(settings.ip_family, 0)
     mark = clock.monotonic()
     ctx.stage = f"resolving {host}"
     try:
-        addresses = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise _Failed(Reason.DNS, "dns", f"DNS lookup of {host} failed: {exc.strerror}") from None
+        addresses = await resolve(host, port, settings.ip_family)
+    except ResolveFailed as exc:
+        raise _Failed(Reason.DNS, "dns", str(exc)) from None
     phases["resolve"], mark = clock.monotonic() - mark, clock.monotonic()
     ctx.stage = f"connecting to {host}:{port}"
     reader, writer = await _connect(addresses, host, port)
