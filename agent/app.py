@@ -23,9 +23,11 @@ from . import __version__
 from .checks import CheckEntry
 from .config import Config
 from .http import HttpClientFactory
+from .inbound import Inbound
+from .inbox import Inbox
 from .plugin import Clock, ProbeContext, SystemClock
 from .recorder import Recorder, Run
-from .scheduler import Scheduler, select
+from .scheduler import Scheduler, owner, select
 from .server import Server
 from .telemetry import Telemetry, build_resource, build_telemetry
 
@@ -43,6 +45,7 @@ class Agent:
     scheduler: Scheduler
     server: Server
     http: HttpClientFactory
+    inbox: Inbox
 
 
 def build_agent(
@@ -75,6 +78,8 @@ def build_agent(
     recorder.register(entries)
     http = HttpClientFactory(user_agent=f"Vantage/{__version__}", resolver=resolver)
     check_log = logging.getLogger("vantage.probe")
+    inbox = Inbox()
+    started = clock.time()
 
     def context(entry: CheckEntry, run: Run) -> ProbeContext:
         return ProbeContext(
@@ -87,6 +92,9 @@ def build_agent(
             tracer=run.tracer,
             http=http,
             state_dir=settings.state_dir,
+            inbox=inbox,
+            public_url=settings.public_url,
+            started=started,
         )
 
     scheduler = Scheduler(
@@ -106,8 +114,41 @@ def build_agent(
         api_token=settings.api_token.get_secret_value() if settings.api_token else None,
         scheduler_alive=lambda: (scheduler.running, clock.monotonic() - scheduler.heartbeat),
         version=__version__,
+        inbound=_inbound(config, entries, inbox, recorder, clock),
+        inbound_port=settings.inbound_port,
+        max_body=int(settings.inbound_max_body),
     )
-    return Agent(config, entries, telemetry, recorder, scheduler, server, http)
+    return Agent(config, entries, telemetry, recorder, scheduler, server, http, inbox)
+
+
+def _inbound(
+    config: Config, entries: Sequence[CheckEntry], inbox: Inbox, recorder: Recorder, clock: Clock
+) -> Inbound | None:
+    """The inbound endpoints, when a check of this region takes inbound requests."""
+    settings = config.settings
+    region = {e.check.name: e for e in config.entries if e.check.runs_in(settings.region)}
+    if not any(entry.probe.inbound for entry in region.values()):
+        return None
+    mine = {entry.check.name for entry in entries}
+    shard = config.shard
+
+    def locate(entry: CheckEntry) -> str | None:
+        name = entry.check.name
+        if name in mine:
+            return None
+        if config.worker.count == 1 and shard.count > 1 and settings.peer_url:
+            return settings.peer_url.replace("{shard}", str(owner(name, shard.count)))
+        return ""
+
+    return Inbound(
+        entries=region,
+        locate=locate,
+        inbox=inbox,
+        clock=clock,
+        rate=settings.inbound_rate,
+        trusted=settings.trusted_networks(),
+        count=recorder.inbound,
+    )
 
 
 async def flush_telemetry(telemetry: Telemetry, budget: float, *, shutdown: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -10,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+import limits
+from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .checks import CheckEntry, parse_checks
@@ -45,6 +47,63 @@ class AgentSettings(BaseSettings):
     workers: int | Literal["auto"] = 1
     worker: str = ""
     """Set by the supervisor for its worker processes: ``INDEX/COUNT``."""
+    inbound_port: int | None = Field(None, ge=0, le=65535)
+    """Serve ``/hooks`` and ``/heartbeat`` on this port only, apart from the status endpoints."""
+    inbound_max_body: ByteSize = Field(ByteSize(256 * 1024), ge=1024, le=32 << 20)
+    inbound_rate: str = "20/second;600/minute"
+    """Inbound requests allowed per source address (``limits`` notation), or ``off``."""
+    trusted_proxies: str = ""
+    """Comma-separated networks whose ``X-Forwarded-For`` names the real source (an ingress)."""
+    public_url: str | None = None
+    """Where senders reach the inbound endpoints (``https://hooks.example.com``), for ``${hook_url}``."""
+    peer_url: str | None = None
+    """How replicas reach each other to pass on an inbound request for a check another replica runs:
+    a URL template with ``{shard}`` (``http://vantage-eu-{shard}.vantage-eu:8080``)."""
+
+    @field_validator("inbound_rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        value = value.strip()
+        if value.lower() in ("off", "0", ""):
+            return "off"
+        try:
+            limits.parse_many(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a rate limit; use e.g. '20/second' or '20/second;600/minute', or 'off'"
+            ) from None
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP network (10.0.0.0/8, fd00::/8)") from None
+        return value
+
+    @field_validator("public_url", "peer_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value.rstrip("/") if value else value
+
+    @field_validator("peer_url")
+    @classmethod
+    def _peer(cls, value: str | None) -> str | None:
+        if value is not None and "{shard}" not in value:
+            raise ValueError("the template needs '{shard}', replaced by the owning replica's ordinal")
+        return value
+
+    def trusted_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [
+            ipaddress.ip_network(item.strip(), strict=False)
+            for item in self.trusted_proxies.split(",")
+            if item.strip()
+        ]
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from .assertions import Assertion, AssertionOutcome, Subject
 from .checks import Check
 from .durations import Duration, format_duration
+from .inbox import Delivery, InboundRequest, Inbox
 from .reasons import Reason
 from .secrets import Redactor, SecretResolver
 
@@ -40,11 +41,14 @@ __all__ = [
     "AttributeValue",
     "Check",
     "Clock",
+    "Delivery",
     "Duration",
     "Event",
     "HttpClient",
     "HttpExchange",
     "HttpFailure",
+    "InboundRequest",
+    "Inbox",
     "MetricKind",
     "MetricSpec",
     "Probe",
@@ -221,7 +225,9 @@ class Tracer(Protocol):
         *,
         client: bool = False,
         attributes: Mapping[str, AttributeValue] | None = None,
-    ) -> SpanHandle: ...
+        start_time: float | None = None,
+    ) -> SpanHandle:
+        """A child span of the span in use; ``start_time`` (epoch seconds) backdates it."""
 
     @contextlib.contextmanager
     def use_span(self, span: SpanHandle) -> Iterator[None]:
@@ -252,8 +258,10 @@ class ProbeContext:
         redact: Redactor,
         tracer: Tracer,
         http: HttpClientFactory,
-        inbox: Any = None,
+        inbox: Inbox | None = None,
         state_dir: Path | None = None,
+        public_url: str | None = None,
+        started: float = 0.0,
     ) -> None:
         self.check = check
         self.region = region
@@ -263,6 +271,11 @@ class ProbeContext:
         self.redact = redact
         self.tracer = tracer
         self.inbox = inbox
+        """Inbound requests to this agent's ``/hooks`` and ``/heartbeat`` endpoints, per check."""
+        self.public_url = public_url
+        """``VANTAGE_PUBLIC_URL``: where senders reach this agent's inbound endpoints, or None."""
+        self.started = started
+        """Wall-clock time the agent started: a round-trip probe's grace before a first delivery."""
         self.state_dir = state_dir
         """``VANTAGE_STATE_DIR``: where a probe keeps what must survive a restart, or None."""
         self._http = http
@@ -303,9 +316,24 @@ class Probe(abc.ABC, Generic[SettingsT]):
     metrics: ClassVar[tuple[MetricSpec, ...]] = ()
     phase_metric: ClassVar[str | None] = None
     """The metric (from ``metrics``, with a ``phase`` label) that ``ProbeResult.phases`` feed."""
+    inbound: ClassVar[str | None] = None
+    """``hooks`` or ``heartbeat`` for a probe whose checks receive requests at
+    ``/{inbound}/{check}``; the agent then asks ``authenticate`` and ``admit`` about each."""
 
     def validate_target(self, target: str) -> None:
         """Raise ``ValueError`` when ``target`` cannot be probed by this type (checked at load)."""
+
+    def authenticate(self, check: Check, settings: SettingsT, request: InboundRequest) -> str | None:
+        """Why an inbound request for ``check`` is not genuine (bad signature, token), or None.
+
+        The caller learns nothing from a refusal: it gets the same answer as for a check that does
+        not exist. The problem is kept with the request in the Inbox, for the probe to report.
+        """
+        return "this check type takes no inbound requests"
+
+    def admit(self, check: Check, settings: SettingsT, request: InboundRequest) -> str | None:
+        """Why a genuine request cannot be used (its content type, say), or None; told to the caller."""
+        return None
 
     @abc.abstractmethod
     async def run(self, check: Check, settings: SettingsT, ctx: ProbeContext) -> ProbeResult:

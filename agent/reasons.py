@@ -22,6 +22,7 @@ class Reason(enum.StrEnum):
     NOT_DELIVERED = "not_delivered"
     SIGNATURE = "signature"
     STALE = "stale"
+    JOB_FAILED = "job_failed"
     REDIRECTS = "redirects"
     PROTOCOL = "protocol"
     INTERNAL = "internal"

@@ -103,6 +103,13 @@ AGENT_METRICS = (
     ),
     MetricSpec("vantage.checks", MetricKind.GAUGE, "{check}", "Checks this agent runs"),
     MetricSpec(
+        "vantage.inbound.requests",
+        MetricKind.COUNTER,
+        "{request}",
+        "Requests to the inbound endpoints by outcome (no check label: the names come from callers)",
+        ("endpoint", "outcome"),
+    ),
+    MetricSpec(
         "vantage.export.failures",
         MetricKind.COUNTER,
         "{export}",
@@ -156,6 +163,7 @@ class _RunTracer:
         *,
         client: bool = False,
         attributes: Mapping[str, AttributeValue] | None = None,
+        start_time: float | None = None,
     ) -> SpanHandle:
         parent = _current_span.get() or self._root
         redact = self._redact
@@ -164,6 +172,7 @@ class _RunTracer:
             context=trace.set_span_in_context(parent),
             kind=SpanKind.CLIENT if client else SpanKind.INTERNAL,
             attributes={k: redact(v) if isinstance(v, str) else v for k, v in (attributes or {}).items()},
+            start_time=None if start_time is None else int(start_time * 1e9),
         )
         return _Span(span, redact)
 
@@ -360,6 +369,15 @@ class Recorder:
         state.skipped += 1
         attrs = {**self._attrs[entry.check.name], "cause": cause}
         self._set("vantage.runs.skipped", 1, attrs, cause)
+
+    def inbound(self, endpoint: str, outcome: str) -> None:
+        """Count a request to ``/hooks`` or ``/heartbeat`` by what became of it."""
+        table = self._instruments["vantage.inbound.requests"][1]
+        previous = table.get((endpoint, outcome))
+        table[(endpoint, outcome)] = (
+            {"endpoint": endpoint, "outcome": outcome},
+            (previous[1] if previous else 0.0) + 1,
+        )
 
     def start_run(self, entry: CheckEntry) -> Run:
         """Open the root span of a run."""

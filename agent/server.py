@@ -12,6 +12,7 @@ import anyio
 from aiohttp import web
 from anyio.abc import TaskStatus
 
+from .inbound import Inbound
 from .recorder import Recorder
 from .secrets import Redactor
 from .telemetry import Telemetry
@@ -62,15 +63,21 @@ class Server:
         api_token: str | None,
         scheduler_alive: Callable[[], tuple[bool, float]],
         version: str,
+        inbound: Inbound | None = None,
+        inbound_port: int | None = None,
+        max_body: int = 64 * 1024,
     ) -> None:
         self.host, self.port = host, port
+        self._inbound, self.inbound_port, self._max_body = inbound, inbound_port, max_body
         self._recorder, self._telemetry, self._redact = recorder, telemetry, redactor
         self._token = api_token
         self._alive = scheduler_alive
         self._version = version
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024)
+        app = web.Application(client_max_size=self._max_body)
+        if self._inbound is not None and self.inbound_port is None:
+            self._inbound.add_routes(app)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
@@ -79,8 +86,17 @@ class Server:
         return app
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Bind (a failure surfaces in the caller of ``tg.start``), serve until cancelled."""
-        await serve_app(self.app(), self.host, self.port, task_status=task_status)
+        """Bind (a failure surfaces in the caller of ``tg.start``), serve until cancelled.
+
+        With a separate inbound port, ``/hooks`` and ``/heartbeat`` are served there only, so that
+        an ingress can expose them without the status endpoints; ``inbound_port`` becomes the port
+        bound."""
+        async with anyio.create_task_group() as tg:
+            if self._inbound is not None and self.inbound_port is not None:
+                inbound = web.Application(client_max_size=self._max_body)
+                self._inbound.add_routes(inbound)
+                self.inbound_port = await tg.start(serve_app, inbound, self.host, self.inbound_port)
+            await serve_app(self.app(), self.host, self.port, task_status=task_status)
 
     async def _healthz(self, _: web.Request) -> web.Response:
         running, age = self._alive()

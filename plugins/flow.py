@@ -3,10 +3,11 @@
 Steps share the check's credentials and TLS settings. Each has its own request, assertions and
 extractions; later steps use extracted values through templates: ``${steps.login.token}``,
 ``${vars.order_id}`` (the check's ``vars`` and every value extracted so far), ``${uuid}`` (a fresh
-one per run) and ``${now}`` (ISO 8601, UTC). Templates are checked when the configuration loads: a
-reference to an unknown step, a later step or an unknown variable is an error. Steps marked
-``always`` run even after a failure (cleanup). Each step is a child span; the result names the
-failing step; phases and status codes carry a ``step`` label.
+one per run), ``${run_id}`` (the run's correlation id, 32 hex digits), ``${hook_url}`` (this check's
+``/hooks`` URL under ``VANTAGE_PUBLIC_URL``) and ``${now}`` (ISO 8601, UTC). Templates are checked
+when the configuration loads: a reference to an unknown step, a later step or an unknown variable
+is an error. Steps marked ``always`` run even after a failure (cleanup). Each step is a child span;
+the result names the failing step; phases and status codes carry a ``step`` label.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ __all__ = ["FlowProbe", "FlowSettings"]
 
 _TEMPLATE = re.compile(r"\$\{([^}]+)\}")
 _NAME = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
+_GLOBALS = ("uuid", "now", "run_id", "hook_url")
 
 
 class Extraction(ProbeSettings):
@@ -150,7 +152,7 @@ class FlowSettings(ProbeSettings):
 
 
 def _check_reference(ref: str, steps: dict[str, set[str]], known_vars: set[str]) -> str | None:
-    if ref in ("uuid", "now"):
+    if ref in _GLOBALS:
         return None
     parts = ref.split(".")
     if parts[0] == "steps" and len(parts) == 3:
@@ -161,7 +163,7 @@ def _check_reference(ref: str, steps: dict[str, set[str]], known_vars: set[str])
         return None
     if parts[0] == "vars" and len(parts) == 2:
         return None if parts[1] in known_vars else "names no variable of the check or an earlier step"
-    return "is not a template (use steps.<step>.<name>, vars.<name>, uuid or now)"
+    return "is not a template (use steps.<step>.<name>, vars.<name>, uuid, run_id, hook_url or now)"
 
 
 def _strings(step: FlowStep) -> list[tuple[str, str]]:
@@ -203,10 +205,18 @@ class FlowProbe(Probe[FlowSettings]):
         validate_http_url(target)  # the base of the steps' relative URLs
 
     async def run(self, check: Check, settings: FlowSettings, ctx: ProbeContext) -> ProbeResult:
+        return await self.execute(check, settings, ctx, uuid.uuid4().hex)
+
+    async def execute(
+        self, check: Check, settings: FlowSettings, ctx: ProbeContext, run_id: str
+    ) -> ProbeResult:
+        """Run the steps with ``run_id`` as ``${run_id}`` (the webhook probe's trigger uses this)."""
         context: dict[str, Any] = {
             "steps": {},
             "vars": dict(settings.vars),
             "uuid": str(uuid.uuid4()),
+            "run_id": run_id,
+            "hook_url": f"{ctx.public_url}/hooks/{check.name}" if ctx.public_url else None,
             "now": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         steps: list[StepResult] = []
@@ -314,7 +324,9 @@ class FlowProbe(Probe[FlowSettings]):
 def _render(text: str, context: dict[str, Any]) -> str:
     def value(match: re.Match[str]) -> str:
         ref = match.group(1)
-        if ref in ("uuid", "now"):
+        if ref == "hook_url" and context[ref] is None:
+            raise _Missing("${hook_url} needs VANTAGE_PUBLIC_URL, the address senders reach this agent at")
+        if ref in _GLOBALS:
             return str(context[ref])
         parts = ref.split(".")
         found = (

@@ -81,7 +81,7 @@ def test_validate_accepts_and_rejects() -> None:
     result = vantage("validate", env={"VANTAGE_CHECKS": bad})
     assert result.returncode == 2
     assert (
-        "field 'type': unknown probe type 'smtp'; available: dns, flow, grpc, http, icmp, tcp, tls"
+        "field 'type': unknown probe type 'smtp'; available: dns, flow, grpc, heartbeat, http, icmp, sync, tcp, tls, webhook"
         in result.stderr
     )
 

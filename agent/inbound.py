@@ -1,0 +1,207 @@
+"""The inbound endpoints, ``/hooks/{check}`` and ``/heartbeat/{check}``, that round-trip probes
+(webhook, heartbeat) wait on.
+
+Every request is held to the same rules before anything else is looked at: a rate limit per source
+address (``VANTAGE_INBOUND_RATE``; behind an ingress, ``VANTAGE_TRUSTED_PROXIES`` says whose
+``X-Forwarded-For`` to believe), a body size limit (``VANTAGE_INBOUND_MAX_BODY``), the method. Then
+the check's probe authenticates it (signature or token). An unknown check, a check of another type
+and a failed authentication all get the same answer, so a caller without credentials learns
+nothing about which checks exist. Nothing from a request is evaluated: probes read bodies as data.
+
+A request for a check that another process runs is passed on to it: to the worker that owns it
+(``VANTAGE_WORKERS``) or to the replica that owns it (``VANTAGE_PEER_URL``), with its body and
+headers unchanged, so the owner authenticates it as if it had been sent there.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+import limits
+from aiohttp import web
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from multidict import CIMultiDict
+
+from .checks import CheckEntry
+from .inbox import InboundRequest, Inbox
+from .plugin import Clock
+
+__all__ = ["ENDPOINTS", "FORWARDED", "Inbound", "client_address"]
+
+log = logging.getLogger("vantage.inbound")
+
+ENDPOINTS = {"hooks": ("POST", "PUT"), "heartbeat": ("GET", "POST", "HEAD")}
+FORWARDED = "X-Vantage-Forwarded"
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+    "content-length",
+}
+_REJECTED = {"error": "rejected"}
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Locate = Callable[[CheckEntry], str | None]
+"""Where a check's inbound requests go: None for this process, the base URL of the process that runs
+it, or ``""`` when that process cannot be reached from here."""
+
+
+def client_address(request: web.Request, trusted: list[Network]) -> str:
+    """The source of ``request``: the peer, or, when the peer is a trusted proxy, the nearest
+    address in ``X-Forwarded-For`` that is not one."""
+    peer = request.remote or ""
+    hops = [peer]
+    if trusted:
+        forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
+        hops = [peer, *reversed([hop.strip() for hop in forwarded.split(",") if hop.strip()])]
+    for hop in hops:
+        try:
+            address = ipaddress.ip_address(hop)
+        except ValueError:
+            return hop
+        if not any(address in network for network in trusted):
+            return hop
+    return hops[-1]
+
+
+class Inbound:
+    """The inbound endpoints of one process."""
+
+    def __init__(
+        self,
+        *,
+        entries: Mapping[str, CheckEntry],
+        locate: Locate,
+        inbox: Inbox | None,
+        clock: Clock,
+        rate: str = "off",
+        trusted: list[Network] | None = None,
+        count: Callable[[str, str], None] = lambda endpoint, outcome: None,
+    ) -> None:
+        self._entries = entries
+        self._locate = locate
+        self._inbox = inbox
+        self._clock = clock
+        self._trusted = trusted or []
+        self._count = count
+        self._limits = limits.parse_many(rate) if rate != "off" else []
+        self._limiter = MovingWindowRateLimiter(MemoryStorage()) if self._limits else None
+        self._session: aiohttp.ClientSession | None = None
+
+    def add_routes(self, app: web.Application) -> None:
+        for endpoint in ENDPOINTS:
+            app.router.add_route("*", f"/{endpoint}/{{check}}", self._handle)
+        app.on_cleanup.append(self._close)
+
+    async def _close(self, _: web.Application) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        endpoint = request.path.split("/", 2)[1]
+        source = client_address(request, self._trusted)
+        forwarded = self._forwarded(request)
+        if self._limiter is not None and not forwarded:
+            for item in self._limits:
+                if not await self._limiter.hit(item, source):
+                    self._count(endpoint, "rate_limited")
+                    return web.json_response(
+                        {"error": "too many requests"},
+                        status=429,
+                        headers={"Retry-After": str(item.get_expiry())},
+                    )
+        if request.method not in ENDPOINTS[endpoint]:
+            self._count(endpoint, "bad_method")
+            return web.json_response(
+                {"error": "method not allowed"},
+                status=405,
+                headers={"Allow": ", ".join(ENDPOINTS[endpoint])},
+            )
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self._count(endpoint, "too_large")
+            return web.json_response({"error": "body too large"}, status=413)
+        name = request.match_info["check"]
+        entry = self._entries.get(name)
+        if entry is None or entry.probe.inbound != endpoint:
+            self._count(endpoint, "rejected")
+            return web.json_response(_REJECTED, status=401)
+        owner = self._locate(entry)
+        if owner and not forwarded:
+            return await self._forward(request, endpoint, owner, body)
+        inbound = InboundRequest(
+            endpoint=endpoint,
+            check=name,
+            method=request.method,
+            headers=request.headers,
+            query=request.query,
+            body=body,
+            remote=source,
+            received=self._clock.time(),
+        )
+        problem = entry.probe.authenticate(entry.check, entry.settings, inbound)
+        if problem is not None:
+            self._count(endpoint, "rejected")
+            log.info("inbound request for check %s rejected: %s", name, problem, extra={"check": name})
+            if owner is None and self._inbox is not None:
+                self._inbox.deliver(inbound, problem)
+            return web.json_response(_REJECTED, status=401)
+        if owner is not None or self._inbox is None:
+            # Not ours, and nowhere to pass it on to (or passed here by a process that thinks so).
+            self._count(endpoint, "misrouted")
+            return web.json_response(
+                {"error": f"this agent does not run check {name!r}; its owner could not be reached"},
+                status=421,
+            )
+        refusal = entry.probe.admit(entry.check, entry.settings, inbound)
+        if refusal is not None:
+            self._count(endpoint, "refused")
+            return web.json_response({"error": refusal}, status=415 if "content type" in refusal else 400)
+        self._inbox.deliver(inbound)
+        self._count(endpoint, "accepted")
+        return web.json_response({"status": "accepted"})
+
+    def _forwarded(self, request: web.Request) -> bool:
+        """Whether another Vantage process passed this request on (believed from loopback and
+        trusted networks only, so that a caller cannot skip the rate limit by saying so)."""
+        if FORWARDED not in request.headers:
+            return False
+        try:
+            peer = ipaddress.ip_address(request.remote or "")
+        except ValueError:
+            return False
+        return peer.is_loopback or any(peer in network for network in self._trusted)
+
+    async def _forward(self, request: web.Request, endpoint: str, owner: str, body: bytes) -> web.Response:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        headers: CIMultiDict[str] = CIMultiDict(
+            (k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP
+        )
+        headers[FORWARDED] = "1"
+        url = f"{owner}/{endpoint}/{request.match_info['check']}"
+        try:
+            async with self._session.request(
+                request.method, url, params=request.query, data=body, headers=headers
+            ) as answer:
+                payload: Any = await answer.read()
+                self._count(endpoint, "forwarded")
+                return web.Response(
+                    body=payload, status=answer.status, content_type=answer.content_type or None
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._count(endpoint, "misrouted")
+            log.warning("cannot pass an inbound request on to %s: %s", owner, exc)
+            return web.json_response(
+                {"error": "the agent that runs this check cannot be reached"}, status=503
+            )

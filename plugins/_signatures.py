@@ -1,0 +1,100 @@
+"""Webhook signature schemes: HMAC over the raw body (hex or base64, under a chosen header, with an
+optional prefix), and the presets that the common senders use.
+
+    signature: {scheme: github, secret: "${GITHUB_WEBHOOK_SECRET}"}
+    signature: {scheme: stripe, secret: "${STRIPE_WHSEC}", tolerance: 5m}
+    signature: {scheme: shopify, secret: "${SHOPIFY_SECRET}"}
+    signature: {scheme: hmac, secret: "${SECRET}", header: X-Signature, encoding: base64}
+
+Every comparison is constant-time (``hmac.compare_digest``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from agent.plugin import Duration, ProbeSettings
+
+__all__ = ["Signature"]
+
+_PRESETS: dict[str, tuple[str, Literal["hex", "base64"], str]] = {
+    "github": ("X-Hub-Signature-256", "hex", "sha256="),
+    "shopify": ("X-Shopify-Hmac-Sha256", "base64", ""),
+    "stripe": ("Stripe-Signature", "hex", ""),
+}
+
+
+class Signature(ProbeSettings):
+    """How deliveries are signed."""
+
+    scheme: Literal["hmac", "github", "shopify", "stripe"] = "hmac"
+    secret: str = Field(min_length=1)
+    """The shared secret; give it as ``${ENV}`` or ``${file:...}`` so that it is redacted."""
+    header: str | None = None
+    """The header carrying the signature (``hmac``; the presets know theirs)."""
+    encoding: Literal["hex", "base64"] = "hex"
+    prefix: str = ""
+    """Text before the signature in the header, e.g. ``sha256=``."""
+    algorithm: Literal["sha256", "sha1", "sha512"] = "sha256"
+    tolerance: Duration = 300.0
+    """``stripe``: how far the signed timestamp may be from now (replay protection)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("scheme") in _PRESETS:
+            header, encoding, prefix = _PRESETS[data["scheme"]]
+            data = {"header": header, **data, "encoding": encoding, "prefix": prefix}
+        return data
+
+    @model_validator(mode="after")
+    def _header(self) -> Signature:
+        if not self.header:
+            raise ValueError("the 'hmac' scheme needs the 'header' that carries the signature")
+        return self
+
+    def verify(self, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
+        """Why the delivery's signature does not hold, or None when it does."""
+        assert self.header is not None
+        given = headers.get(self.header)
+        if given is None:
+            return f"no {self.header} header"
+        if self.scheme == "stripe":
+            return self._stripe(given, body, now)
+        if not given.startswith(self.prefix):
+            return f"the {self.header} header does not start with {self.prefix!r}"
+        expected = hmac.new(self.secret.encode(), body, self.algorithm).digest()
+        try:
+            signature = (
+                bytes.fromhex(given[len(self.prefix) :].strip())
+                if self.encoding == "hex"
+                else base64.b64decode(given[len(self.prefix) :].strip(), validate=True)
+            )
+        except (ValueError, binascii.Error):
+            return f"the {self.header} header is not {self.encoding}"
+        if not hmac.compare_digest(signature, expected):
+            return f"the {self.header} signature does not match the body"
+        return None
+
+    def _stripe(self, given: str, body: bytes, now: float) -> str | None:
+        # Stripe-Signature: t=1492774577,v1=5257a869...,v1=... (several v1 during a secret roll).
+        fields = [part.split("=", 1) for part in given.split(",") if "=" in part]
+        stamps = [value for key, value in fields if key.strip() == "t"]
+        candidates = [value.strip() for key, value in fields if key.strip() == "v1"]
+        if len(stamps) != 1 or not stamps[0].strip().isdigit() or not candidates:
+            return "the Stripe-Signature header has no timestamp or no v1 signature"
+        stamp = stamps[0].strip()
+        if abs(now - int(stamp)) > self.tolerance:
+            drift = abs(now - int(stamp))
+            return f"the signed timestamp is {drift:.0f}s from now (tolerance {self.tolerance:g}s)"
+        expected = hmac.new(self.secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+        if not any(hmac.compare_digest(candidate.encode(), expected.encode()) for candidate in candidates):
+            return "no v1 signature in the Stripe-Signature header matches the body"
+        return None

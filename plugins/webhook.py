@@ -1,0 +1,378 @@
+"""The ``webhook`` probe: does the vendor deliver its webhooks, on time, signed, with the right payload?
+
+Active mode (the default) triggers an event at the vendor with HTTP steps (the ``flow`` probe's
+steps, credentials included) that carry the run's correlation id, ``${run_id}``, and then waits for
+a delivery carrying that id at ``/hooks/{check}``:
+
+    - name: payments-webhook
+      type: webhook
+      target: https://api.payments.example
+      timeout: 60s
+      interval: 5m
+      settings:
+        trigger:
+          auth: {type: bearer, token: "${PAYMENTS_KEY}"}
+          steps:
+            - {name: charge, method: POST, url: /v1/test-charges, json: {metadata: {run: "${run_id}"}}}
+        correlation: {path: "$.data.object.metadata.run"}
+        signature: {scheme: stripe, secret: "${PAYMENTS_WHSEC}"}
+        assert:
+          - {source: body, path: "$.type", op: eq, value: charge.succeeded}
+
+Passive mode expects at least one valid delivery per ``window`` from a sender that cannot be
+triggered, and reports the age of the last one.
+
+Deliveries are told apart by their correlation id: the run's own (``matched``), one whose run gave
+up waiting (``late``, its latency still recorded), one already seen (``duplicate``, never a second
+success), anything else (``unmatched``); a delivery whose signature fails is ``rejected`` and makes
+a run that saw no valid one fail with reason ``signature`` rather than ``not_delivered``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Literal
+
+import anyio
+from pydantic import Field, model_validator
+
+from agent.plugin import (
+    Assertion,
+    AssertionOutcome,
+    AttributeValue,
+    Check,
+    Delivery,
+    Duration,
+    InboundRequest,
+    MetricKind,
+    MetricSpec,
+    Probe,
+    ProbeContext,
+    ProbeResult,
+    ProbeSettings,
+    Reason,
+    Sample,
+    Subject,
+    format_duration,
+)
+
+from ._inbound import LastSeen, content_type_problem, token_problem
+from ._signatures import Signature
+from .flow import Extraction, FlowProbe, FlowSettings
+
+__all__ = ["WebhookProbe", "WebhookSettings"]
+
+_REMEMBERED = 1024  # run ids kept to recognise late and duplicate deliveries
+_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+
+class WebhookSettings(ProbeSettings):
+    """Settings of a ``webhook`` check; in active mode the target is the base of the trigger's URLs."""
+
+    mode: Literal["active", "passive"] = "active"
+    trigger: FlowSettings | None = None
+    """Active: the HTTP steps that make the vendor send a webhook; ``${run_id}`` is the run's id."""
+    correlation: Extraction | None = None
+    """Active: where a delivery carries the run id (``{path: "$.data.id"}``, ``{source: header, ...}``)."""
+    wait: Duration | None = None
+    """Active: how long to wait for the delivery after the trigger; by default until 90% of the
+    check's timeout."""
+    window: Duration | None = None
+    """Passive: at least one valid delivery is expected in every window this long."""
+    signature: Signature | None = None
+    token: str | None = None
+    """For senders that cannot sign: a token in ``Authorization: Bearer``, ``X-Vantage-Token`` or
+    ``?token=``."""
+    content_types: tuple[str, ...] = ("application/json",)
+    """Content types a delivery may have (``*/*`` for any)."""
+    assertions: tuple[Assertion, ...] = Field((), alias="assert")
+    """Checks on each delivery's payload, in the shared assertion language."""
+
+    @model_validator(mode="after")
+    def _mode(self) -> WebhookSettings:
+        if self.signature is None and not self.token:
+            raise ValueError(
+                "set 'signature' (how the sender signs) or 'token': an endpoint without either would "
+                "take anyone's deliveries"
+            )
+        if self.mode == "active" and (self.trigger is None or self.correlation is None):
+            raise ValueError("active mode needs a 'trigger' and the 'correlation' that finds ${run_id}")
+        if self.mode == "passive" and self.window is None:
+            raise ValueError("passive mode needs the 'window' in which a delivery is expected")
+        return self
+
+
+@dataclass
+class _Tracker:
+    """What a check remembers between runs."""
+
+    cursor: int
+    last: LastSeen
+    waiting: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    """Run ids that gave up waiting, with their trigger time: a delivery for one is late."""
+    seen: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    """Run ids already delivered: another delivery for one is a duplicate."""
+    rejected_at: float | None = None
+    rejected: str = ""
+
+    @staticmethod
+    def remember(ids: OrderedDict[str, float], run_id: str, when: float) -> None:
+        ids[run_id] = when
+        while len(ids) > _REMEMBERED:
+            ids.popitem(last=False)
+
+
+class WebhookProbe(Probe[WebhookSettings]):
+    """Triggers an event and waits for its webhook, or watches that webhooks keep coming."""
+
+    name = "webhook"
+    Settings = WebhookSettings
+    inbound = "hooks"
+    metrics = (
+        *FlowProbe.metrics,
+        MetricSpec(
+            "probe.webhook.delivery",
+            MetricKind.HISTOGRAM,
+            "s",
+            "Time from the trigger to the receipt of its webhook (timing: on_time or late)",
+            ("timing",),
+            _BUCKETS,
+        ),
+        MetricSpec(
+            "probe.webhook.deliveries",
+            MetricKind.COUNTER,
+            "{delivery}",
+            "Deliveries received, by outcome: matched, late, duplicate, unmatched, accepted, rejected",
+            ("outcome",),
+        ),
+        MetricSpec.gauge("probe.webhook.age", "s", "Age of the last valid delivery when the check ran"),
+    )
+
+    def __init__(self) -> None:
+        self._flow = FlowProbe()
+        self._trackers: dict[str, _Tracker] = {}
+
+    def validate_target(self, target: str) -> None:
+        if not target.strip():
+            raise ValueError("the target names the sender (the trigger's base URL in active mode)")
+
+    def authenticate(self, check: Check, settings: WebhookSettings, request: InboundRequest) -> str | None:
+        if settings.signature is not None:
+            return settings.signature.verify(request.headers, request.body, request.received)
+        assert settings.token is not None
+        return token_problem(request, settings.token)
+
+    def admit(self, check: Check, settings: WebhookSettings, request: InboundRequest) -> str | None:
+        return content_type_problem(request, settings.content_types)
+
+    async def run(self, check: Check, settings: WebhookSettings, ctx: ProbeContext) -> ProbeResult:
+        if ctx.inbox is None:
+            return ProbeResult.failure(Reason.INTERNAL, "this agent has no inbox for webhook deliveries")
+        tracker = self._trackers.get(check.name)
+        if tracker is None:
+            tracker = self._trackers[check.name] = _Tracker(
+                ctx.inbox.sequence(check.name), LastSeen(ctx.state_dir, "webhook", check.name)
+            )
+        samples: list[Sample] = []
+        if settings.mode == "passive":
+            return self._passive(check, settings, ctx, tracker, samples)
+        # Deliveries that came between runs: late, duplicate or stray.
+        for delivery in ctx.inbox.after(check.name, tracker.cursor):
+            tracker.cursor = delivery.sequence
+            self._classify(delivery, settings, tracker, samples, None)
+        return await self._active(check, settings, ctx, tracker, samples)
+
+    async def _active(
+        self,
+        check: Check,
+        settings: WebhookSettings,
+        ctx: ProbeContext,
+        tracker: _Tracker,
+        samples: list[Sample],
+    ) -> ProbeResult:
+        assert settings.trigger is not None and ctx.inbox is not None
+        clock = ctx.clock
+        started = clock.monotonic()
+        run_id = uuid.uuid4().hex
+        triggered = await self._flow.execute(check, settings.trigger, ctx, run_id)
+        samples.extend(triggered.samples)
+        if not triggered.success:
+            assert triggered.reason is not None
+            return ProbeResult.failure(
+                triggered.reason,
+                f"trigger: {triggered.message}",
+                values=triggered.values,
+                samples=tuple(samples),
+                steps=triggered.steps,
+            )
+        sent = clock.time()
+        wait = settings.wait if settings.wait is not None else check.timeout * 0.9
+        remaining = max(0.0, wait - (clock.monotonic() - started))
+        ctx.stage = f"waiting for the webhook of run {run_id}"
+        found: Delivery | None = None
+        rejected: list[str] = []
+        with anyio.move_on_after(remaining):
+            while found is None:
+                for delivery in ctx.inbox.after(check.name, tracker.cursor):
+                    tracker.cursor = delivery.sequence
+                    if self._classify(delivery, settings, tracker, samples, run_id) == "matched":
+                        found = delivery
+                        break
+                    if delivery.problem is not None:
+                        rejected.append(delivery.problem)
+                if found is None:
+                    await ctx.inbox.wait(check.name, tracker.cursor)
+        attributes: dict[str, AttributeValue] = {"vantage.webhook.run_id": run_id}
+        values = dict(triggered.values)
+        if found is None:
+            _Tracker.remember(tracker.waiting, run_id, sent)
+            if rejected:
+                return ProbeResult.failure(
+                    Reason.SIGNATURE,
+                    f"{len(rejected)} delivery(ies) rejected while waiting, none valid: {rejected[-1]}",
+                    values=values,
+                    samples=tuple(samples),
+                    attributes=attributes,
+                    steps=triggered.steps,
+                )
+            return ProbeResult.failure(
+                Reason.NOT_DELIVERED,
+                f"no webhook carrying run id {run_id} within {format_duration(wait)} of the trigger",
+                values=values,
+                samples=tuple(samples),
+                attributes=attributes,
+                steps=triggered.steps,
+            )
+        request = found.request
+        latency = max(0.0, request.received - sent)
+        tracker.last.update(request.received)
+        values["probe.webhook.age"] = max(0.0, clock.time() - request.received)
+        samples.append(Sample("probe.webhook.delivery", latency, {"timing": "on_time"}))
+        attributes["vantage.webhook.latency"] = latency
+        span = ctx.tracer.start_span(
+            "webhook delivery",
+            attributes={
+                "vantage.webhook.run_id": run_id,
+                "client.address": request.remote,
+                "http.request.method": request.method,
+                "http.request.body.size": len(request.body),
+            },
+            start_time=sent,
+        )
+        span.end(request.received)
+        subject = Subject(None, request.headers, request.body, latency)
+        outcomes = tuple(assertion.evaluate(subject) for assertion in settings.assertions)
+        failed = next((outcome for outcome in outcomes if not outcome.passed), None)
+        if failed is not None:
+            span.fail("assertion", failed.message)
+            return ProbeResult.failure(
+                Reason.ASSERTION,
+                f"the webhook arrived after {format_duration(latency)}, "
+                f"but {failed.assertion}: {failed.message}",
+                values=values,
+                samples=tuple(samples),
+                attributes=attributes,
+                assertions=outcomes,
+                steps=triggered.steps,
+            )
+        return ProbeResult(
+            success=True,
+            values=values,
+            samples=tuple(samples),
+            attributes=attributes,
+            assertions=outcomes,
+            steps=triggered.steps,
+        )
+
+    def _classify(
+        self,
+        delivery: Delivery,
+        settings: WebhookSettings,
+        tracker: _Tracker,
+        samples: list[Sample],
+        run_id: str | None,
+    ) -> str:
+        """Count one delivery of an active check; ``matched`` when it carries ``run_id``."""
+        request = delivery.request
+        if delivery.problem is not None:
+            tracker.rejected_at, tracker.rejected = request.received, delivery.problem
+            outcome = "rejected"
+        else:
+            assert settings.correlation is not None
+            try:
+                found = settings.correlation.extract(Subject(None, request.headers, request.body, 0.0))
+            except ValueError:
+                found = None
+            if found is not None and found == run_id:
+                outcome = "matched"
+                _Tracker.remember(tracker.seen, found, request.received)
+            elif found is not None and found in tracker.waiting:
+                outcome = "late"
+                latency = max(0.0, request.received - tracker.waiting.pop(found))
+                samples.append(Sample("probe.webhook.delivery", latency, {"timing": "late"}))
+                _Tracker.remember(tracker.seen, found, request.received)
+            elif found is not None and found in tracker.seen:
+                outcome = "duplicate"
+            else:
+                outcome = "unmatched"
+        samples.append(Sample("probe.webhook.deliveries", 1.0, {"outcome": outcome}))
+        return outcome
+
+    def _passive(
+        self,
+        check: Check,
+        settings: WebhookSettings,
+        ctx: ProbeContext,
+        tracker: _Tracker,
+        samples: list[Sample],
+    ) -> ProbeResult:
+        assert settings.window is not None and ctx.inbox is not None
+        failure: str | None = None
+        outcomes: tuple[AssertionOutcome, ...] = ()
+        for delivery in ctx.inbox.after(check.name, tracker.cursor):
+            tracker.cursor = delivery.sequence
+            request = delivery.request
+            if delivery.problem is not None:
+                tracker.rejected_at, tracker.rejected = request.received, delivery.problem
+                samples.append(Sample("probe.webhook.deliveries", 1.0, {"outcome": "rejected"}))
+                continue
+            samples.append(Sample("probe.webhook.deliveries", 1.0, {"outcome": "accepted"}))
+            tracker.last.update(request.received)
+            subject = Subject(None, request.headers, request.body, 0.0)
+            outcomes = tuple(assertion.evaluate(subject) for assertion in settings.assertions)
+            failed = next((outcome for outcome in outcomes if not outcome.passed), None)
+            failure = f"{failed.assertion}: {failed.message}" if failed is not None else None
+        now = ctx.clock.time()
+        last = tracker.last.value
+        values: dict[str, float] = {}
+        if last is not None:
+            values["probe.webhook.age"] = max(0.0, now - last)
+        window = settings.window
+        reason: Reason | None = None
+        message = ""
+        attributes: dict[str, AttributeValue] = {}
+        since = (
+            f"the last one was {format_duration(now - last)} ago"
+            if last is not None
+            else f"none since the agent started {format_duration(now - ctx.started)} ago"
+        )
+        if failure is not None:
+            reason, message = Reason.ASSERTION, f"the last delivery failed a check: {failure}"
+        elif last is None and now - ctx.started <= window:
+            attributes["vantage.webhook.first_window"] = True
+        elif last is None or now - last > window:
+            reason = Reason.NOT_DELIVERED
+            message = f"no valid delivery in the last {format_duration(window)}; {since}"
+            if tracker.rejected_at is not None and now - tracker.rejected_at <= window:
+                reason, message = Reason.SIGNATURE, f"{message}; rejected: {tracker.rejected}"
+        return ProbeResult(
+            success=reason is None,
+            reason=reason,
+            message=message,
+            values=values,
+            samples=tuple(samples),
+            assertions=outcomes,
+            attributes=attributes,
+        )
