@@ -23,11 +23,11 @@ from . import __version__
 from .checks import CheckEntry
 from .config import Config
 from .http import HttpClientFactory
-from .inbound import Inbound
+from .inbound import Inbound, Route, peer_route
 from .inbox import Inbox
 from .plugin import Clock, ProbeContext, SystemClock
 from .recorder import Recorder, Run
-from .scheduler import Scheduler, owner, select
+from .scheduler import Scheduler, select
 from .server import Server
 from .telemetry import Telemetry, build_resource, build_telemetry
 
@@ -132,13 +132,13 @@ def _inbound(
     mine = {entry.check.name for entry in entries}
     shard = config.shard
 
-    def locate(entry: CheckEntry) -> str | None:
+    def locate(entry: CheckEntry) -> Route | None:
         name = entry.check.name
         if name in mine:
             return None
-        if config.worker.count == 1 and shard.count > 1 and settings.peer_url:
-            return settings.peer_url.replace("{shard}", str(owner(name, shard.count)))
-        return ""
+        if config.worker.count == 1 and shard.count > 1:
+            return peer_route(settings.peer_url, name, shard.count)
+        return Route("")  # a worker: its supervisor routes requests to the right one
 
     return Inbound(
         entries=region,

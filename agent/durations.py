@@ -43,12 +43,13 @@ def parse_duration(value: Any) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """Render seconds compactly: ``0.25`` → ``250ms``, ``90`` → ``1m30s``."""
+    """Render seconds compactly: ``0.25`` → ``250ms``, ``90`` → ``1m30s``; from a minute up, to
+    the whole second (``7199.8`` → ``2h``)."""
     if seconds < 1:
         return f"{round(seconds * 1000, 1):g}ms"
-    whole = int(seconds)
-    if whole != seconds or whole < 60:
-        return f"{seconds:g}s"
+    if seconds < 60:
+        return f"{round(seconds, 2):g}s"
+    whole = round(seconds)
     minutes, secs = divmod(whole, 60)
     hours, minutes = divmod(minutes, 60)
     days, hours = divmod(hours, 24)

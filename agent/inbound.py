@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -30,8 +31,9 @@ from multidict import CIMultiDict
 from .checks import CheckEntry
 from .inbox import InboundRequest, Inbox
 from .plugin import Clock
+from .scheduler import owner
 
-__all__ = ["ENDPOINTS", "FORWARDED", "Inbound", "client_address"]
+__all__ = ["ENDPOINTS", "FORWARDED", "Inbound", "Route", "client_address", "peer_route"]
 
 log = logging.getLogger("vantage.inbound")
 
@@ -50,9 +52,28 @@ _HOP_BY_HOP = {
 _REJECTED = {"error": "rejected"}
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Locate = Callable[[CheckEntry], str | None]
-"""Where a check's inbound requests go: None for this process, the base URL of the process that runs
-it, or ``""`` when that process cannot be reached from here."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where to pass on requests for a check that another process runs."""
+
+    url: str
+    """Base URL of that process; empty when it cannot be reached from here."""
+    local: bool = False
+    """A worker process of this agent: requests are always passed on to it, while a replica gets
+    a request only from the process that received it (no forwarding loops between replicas)."""
+
+
+Locate = Callable[[CheckEntry], Route | None]
+"""Where a check's inbound requests go: None when this process runs the check."""
+
+
+def peer_route(peer_url: str | None, check: str, replicas: int) -> Route:
+    """The replica that runs ``check``, reached through ``VANTAGE_PEER_URL``."""
+    if not peer_url:
+        return Route("")
+    return Route(peer_url.replace("{shard}", str(owner(check, replicas))))
 
 
 def client_address(request: web.Request, trusted: list[Network]) -> str:
@@ -136,9 +157,9 @@ class Inbound:
         if entry is None or entry.probe.inbound != endpoint:
             self._count(endpoint, "rejected")
             return web.json_response(_REJECTED, status=401)
-        owner = self._locate(entry)
-        if owner and not forwarded:
-            return await self._forward(request, endpoint, owner, body)
+        route = self._locate(entry)
+        if route is not None and route.url and (route.local or not forwarded):
+            return await self._forward(request, endpoint, route.url, body)
         inbound = InboundRequest(
             endpoint=endpoint,
             check=name,
@@ -153,10 +174,10 @@ class Inbound:
         if problem is not None:
             self._count(endpoint, "rejected")
             log.info("inbound request for check %s rejected: %s", name, problem, extra={"check": name})
-            if owner is None and self._inbox is not None:
+            if route is None and self._inbox is not None:
                 self._inbox.deliver(inbound, problem)
             return web.json_response(_REJECTED, status=401)
-        if owner is not None or self._inbox is None:
+        if route is not None or self._inbox is None:
             # Not ours, and nowhere to pass it on to (or passed here by a process that thinks so).
             self._count(endpoint, "misrouted")
             return web.json_response(

@@ -28,7 +28,11 @@ import anyio
 from aiohttp import web
 from anyio.abc import Process, TaskStatus
 
+from .checks import CheckEntry
 from .config import Config
+from .inbound import Inbound, Route, peer_route
+from .plugin import SystemClock
+from .scheduler import owner
 from .server import PROMETHEUS_TYPE, authorized, serve_app
 
 __all__ = ["merge_expositions", "supervise"]
@@ -87,6 +91,7 @@ class _Supervisor:
         self._token = token.get_secret_value() if token else None
         self.stopping = False
         self._session: aiohttp.ClientSession | None = None
+        self._inbound_app: web.Application | None = None
 
     async def _fetch(
         self, worker: _Worker, path: str, headers: Mapping[str, str] | None = None
@@ -142,8 +147,39 @@ class _Supervisor:
             checks.extend(json.loads(body)["checks"])
         return web.Response(text=json.dumps({"checks": checks}), content_type="application/json")
 
+    def _inbound(self) -> Inbound | None:
+        """The inbound endpoints, passing each request on to the worker (or replica) that runs its check."""
+        config, settings = self._config, self._config.settings
+        region = {e.check.name: e for e in config.entries if e.check.runs_in(settings.region)}
+        if not any(entry.probe.inbound for entry in region.values()):
+            return None
+
+        def locate(entry: CheckEntry) -> Route:
+            name, shard = entry.check.name, config.shard
+            if shard.count > 1 and owner(name, shard.count) != shard.index:
+                return peer_route(settings.peer_url, name, shard.count)
+            worker = self._workers[owner(name, len(self._workers), "worker")]
+            return Route(f"http://127.0.0.1:{worker.port}", local=True)
+
+        return Inbound(
+            entries=region,
+            locate=locate,
+            inbox=None,
+            clock=SystemClock(),
+            rate=settings.inbound_rate,
+            trusted=settings.trusted_networks(),
+        )
+
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024)
+        settings = self._config.settings
+        app = web.Application(client_max_size=int(settings.inbound_max_body))
+        inbound = self._inbound()
+        if inbound is not None and settings.inbound_port is None:
+            inbound.add_routes(app)
+        self._inbound_app = None
+        if inbound is not None and settings.inbound_port is not None:
+            self._inbound_app = web.Application(client_max_size=int(settings.inbound_max_body))
+            inbound.add_routes(self._inbound_app)
         app.router.add_get("/healthz", self._health)
         app.router.add_get("/readyz", self._health)
         app.router.add_get("/metrics", self._metrics)
@@ -155,7 +191,12 @@ class _Supervisor:
         settings = self._config.settings
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(timeout=timeout) as self._session:
-            await serve_app(self.app(), settings.host, settings.port, task_status=task_status)
+            app = self.app()
+            async with anyio.create_task_group() as tg:
+                if self._inbound_app is not None:
+                    assert settings.inbound_port is not None
+                    await tg.start(serve_app, self._inbound_app, settings.host, settings.inbound_port)
+                await serve_app(app, settings.host, settings.port, task_status=task_status)
 
 
 async def _start(index: int, count: int, environ: Mapping[str, str]) -> _Worker:
@@ -165,7 +206,10 @@ async def _start(index: int, count: int, environ: Mapping[str, str]) -> _Worker:
         "VANTAGE_WORKERS": "1",
         "VANTAGE_PORT": "0",
         "VANTAGE_HOST": "127.0.0.1",
+        # The supervisor limits the rate of inbound requests and passes them on from loopback.
+        "VANTAGE_INBOUND_RATE": "off",
     }
+    env.pop("VANTAGE_INBOUND_PORT", None)
     process = await anyio.open_process(
         [sys.executable, "-m", "agent", "run"], env=env, stdout=subprocess.PIPE, stderr=None
     )

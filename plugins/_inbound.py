@@ -36,7 +36,7 @@ def token_problem(request: InboundRequest, token: str) -> str | None:
 
 def content_type_problem(request: InboundRequest, allowed: tuple[str, ...]) -> str | None:
     """Why the request's content type is not one of ``allowed`` (``*/*`` allows any), or None."""
-    if not allowed or "*/*" in allowed or (not request.body and request.method in ("GET", "HEAD")):
+    if not allowed or "*/*" in allowed or not request.body:
         return None
     given = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if given in allowed:

@@ -155,7 +155,7 @@ class HeartbeatProbe(Probe[HeartbeatSettings]):
         tracker = self._trackers.get(check.name)
         if tracker is None:
             tracker = self._trackers[check.name] = _Tracker(
-                ctx.inbox.sequence(check.name), LastSeen(ctx.state_dir, "heartbeat", check.name)
+                0, LastSeen(ctx.state_dir, "heartbeat", check.name)
             )
         samples: list[Sample] = []
         for delivery in ctx.inbox.after(check.name, tracker.cursor):

@@ -172,9 +172,7 @@ class WebhookProbe(Probe[WebhookSettings]):
             return ProbeResult.failure(Reason.INTERNAL, "this agent has no inbox for webhook deliveries")
         tracker = self._trackers.get(check.name)
         if tracker is None:
-            tracker = self._trackers[check.name] = _Tracker(
-                ctx.inbox.sequence(check.name), LastSeen(ctx.state_dir, "webhook", check.name)
-            )
+            tracker = self._trackers[check.name] = _Tracker(0, LastSeen(ctx.state_dir, "webhook", check.name))
         samples: list[Sample] = []
         if settings.mode == "passive":
             return self._passive(check, settings, ctx, tracker, samples)

@@ -39,19 +39,22 @@ class Running:
             for metric in text_string_to_metric_families(text)
             if metric.name == family
             for sample in metric.samples
+            if not sample.name.endswith("_created")
         ]
 
 
 @contextlib.asynccontextmanager
-async def running_agent(checks: list[dict[str, Any]], **env: str) -> AsyncIterator[Running]:
+async def running_agent(
+    checks: list[dict[str, Any]], host: str = "127.0.0.1", port: int | None = None, **env: str
+) -> AsyncIterator[Running]:
     """The agent's server up (inbound endpoints on their own port), checks run by ``run_once``."""
-    port = free_port()
+    port = port or free_port()
     config = config_from(
         checks,
-        VANTAGE_HOST="127.0.0.1",
+        VANTAGE_HOST=host,
         VANTAGE_PORT="0",
         VANTAGE_INBOUND_PORT=str(port),
-        VANTAGE_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        VANTAGE_PUBLIC_URL=f"http://{host}:{port}",
         **env,
     )
     spans = InMemorySpanExporter()
@@ -59,7 +62,7 @@ async def running_agent(checks: list[dict[str, Any]], **env: str) -> AsyncIterat
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(agent.server.serve)
-            yield Running(agent, spans, f"http://127.0.0.1:{port}")
+            yield Running(agent, spans, f"http://{host}:{port}")
             tg.cancel_scope.cancel()
     finally:
         await agent.http.aclose()

@@ -43,7 +43,8 @@ BAD = [
     (
         {"VANTAGE_CHECKS": checks({**HTTP, "type": "smtp"})},
         "VANTAGE_CHECKS: check 'a' (checks[0]), field 'type': "
-        "unknown probe type 'smtp'; available: dns, flow, grpc, heartbeat, http, icmp, sync, tcp, tls, webhook",
+        "unknown probe type 'smtp'; available: "
+        "dns, flow, grpc, heartbeat, http, icmp, sync, tcp, tls, webhook",
     ),
     (
         {"VANTAGE_CHECKS": checks({**HTTP, "target": "api.example/v1"})},

@@ -81,8 +81,8 @@ def test_validate_accepts_and_rejects() -> None:
     result = vantage("validate", env={"VANTAGE_CHECKS": bad})
     assert result.returncode == 2
     assert (
-        "field 'type': unknown probe type 'smtp'; available: dns, flow, grpc, heartbeat, http, icmp, sync, tcp, tls, webhook"
-        in result.stderr
+        "field 'type': unknown probe type 'smtp'; available: "
+        "dns, flow, grpc, heartbeat, http, icmp, sync, tcp, tls, webhook" in result.stderr
     )
 
     result = vantage("run", env={"VANTAGE_CHECKS": good, "VANTAGE_PORT": "http"})

@@ -177,7 +177,9 @@ async def test_inbound_rules() -> None:
             unknown = await post("/hooks/nope", body, **{"Stripe-Signature": stripe_header(body)})
             unsigned = await post("/hooks/ok", body)
             wrong_type = await post(
-                "/hooks/ok", b"a=b", **{"Stripe-Signature": stripe_header(b"a=b"), "Content-Type": "text/plain"}
+                "/hooks/ok",
+                b"a=b",
+                **{"Stripe-Signature": stripe_header(b"a=b"), "Content-Type": "text/plain"},
             )
             replayed = await post(
                 "/hooks/ok",
@@ -217,7 +219,9 @@ async def test_passive_window() -> None:
             digest = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
             headers = {"X-Hub-Signature-256": f"sha256={digest}", "Content-Type": "application/json"}
             async with aiohttp.ClientSession() as session:
-                async with session.post(f"{running.inbound}/hooks/github-pushes", data=body, headers=headers) as r:
+                async with session.post(
+                    f"{running.inbound}/hooks/github-pushes", data=body, headers=headers
+                ) as r:
                     return r.status
 
         waiting = (await running.run_once())["github-pushes"]
@@ -259,7 +263,11 @@ def test_signature_schemes() -> None:
     now = time.time()
     assert stripe.verify({"Stripe-Signature": stripe_header(b"{}", stamp=int(now))}, b"{}", now) is None
     # During a secret roll Stripe signs with both: either matches.
-    both = stripe_header(b"{}", "old_secret", int(now)) + "," + stripe_header(b"{}", stamp=int(now)).split(",")[1]
+    both = (
+        stripe_header(b"{}", "old_secret", int(now))
+        + ","
+        + stripe_header(b"{}", stamp=int(now)).split(",")[1]
+    )
     assert stripe.verify({"Stripe-Signature": both}, b"{}", now) is None
     stale = stripe_header(b"{}", stamp=int(now) - 600)
     assert "from now (tolerance 300s)" in (stripe.verify({"Stripe-Signature": stale}, b"{}", now) or "")
@@ -267,7 +275,7 @@ def test_signature_schemes() -> None:
 
 def test_settings_are_checked_at_load() -> None:
     base = {"name": "w", "type": "webhook", "target": "https://vendor.example"}
-    with pytest.raises(ConfigError, match="set 'signature' .* or 'token'"):
+    with pytest.raises(ConfigError, match=r"set 'signature' .* or 'token'"):
         config_from([{**base, "settings": {"mode": "passive", "window": "1h"}}])
     with pytest.raises(ConfigError, match="active mode needs a 'trigger'"):
         config_from([{**base, "settings": {"token": "t" * 20}}])

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from urllib.error import HTTPError
+from urllib.parse import urlencode
+from urllib.request import Request, urlopen
 
 import pytest
 from aiohttp import web
@@ -11,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.workers import merge_expositions
 
-from .helpers import AgentProcess, thread_server, wait_until
+from .helpers import AgentProcess, free_port, thread_server, wait_until
 from .test_process import get
 
 A = """# HELP probe_success 1 if the last run succeeded
@@ -91,3 +94,52 @@ def test_two_workers_split_the_checks_behind_one_port(target: int) -> None:
         agent.kill()
     assert "vantage stopped" in agent.output
     assert agent.output.count("received SIGTERM; stopping") >= 2  # each worker drained
+
+
+@pytest.mark.slow
+def test_the_supervisor_passes_inbound_requests_to_the_owning_worker() -> None:
+    token = "job-token-0123456789"
+    checks = [
+        {
+            "name": f"job-{i}",
+            "type": "heartbeat",
+            "target": "a job",
+            "interval": "1s",
+            "timeout": "900ms",
+            "settings": {"period": "1h", "token": token},
+        }
+        for i in range(6)
+    ]
+    inbound = free_port()
+    env = {"VANTAGE_WORKERS": "2", "VANTAGE_INBOUND_PORT": str(inbound), "VANTAGE_LOG_FORMAT": "text"}
+    agent = AgentProcess(checks, env)
+    try:
+        wait_until(lambda: _status(agent.url("/healthz")) == 200, timeout=30)
+        for i in range(6):
+            query = urlencode({"token": token, "status": "fail", "message": f"from job {i}"})
+            request = Request(f"http://127.0.0.1:{inbound}/heartbeat/job-{i}?{query}", method="POST")
+            with urlopen(request, timeout=10) as response:
+                assert response.status == 200
+
+        def reported() -> dict[str, str] | None:
+            checks = json.loads(get(agent.url("/api/checks"))[1])["checks"]
+            messages = {c["name"]: (c.get("last") or {}).get("message", "") for c in checks}
+            return messages if all(m.startswith("the job reported") for m in messages.values()) else None
+
+        messages = wait_until(reported, timeout=30)
+        assert messages == {f"job-{i}": f"the job reported a failure: from job {i}" for i in range(6)}
+        # The inbound port serves only the inbound endpoints.
+        assert _status(f"http://127.0.0.1:{inbound}/metrics") == 404
+        assert agent.stop() == 0, agent.output
+    finally:
+        agent.kill()
+
+
+def _status(url: str) -> int:
+    try:
+        with urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0

@@ -1,0 +1,40 @@
+"""The check examples in the documentation load: a doc that drifts from the code fails here."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from agent.errors import ConfigError
+
+from .helpers import ROOT, config_from
+
+DOCUMENTS = [ROOT / "README.md", ROOT / "docs" / "configuration.md", ROOT / "docs" / "deployment.md"]
+
+
+def examples() -> list[tuple[str, str]]:
+    found = []
+    for document in DOCUMENTS:
+        if not document.exists():
+            continue
+        for block in re.findall(r"```yaml\n(.*?)```", document.read_text(), re.S):
+            if block.lstrip().startswith("- name:"):
+                found.append((f"{document.name}: {block.splitlines()[0]}", block))
+    return found
+
+
+@pytest.mark.parametrize(("where", "block"), examples(), ids=[where for where, _ in examples()])
+def test_example_checks_load(where: str, block: str) -> None:
+    env = {name: "s3cret-value-0123456789" for name in re.findall(r"\$\{([A-Z_][A-Z0-9_]*)\}", block)}
+    try:
+        config_from(yaml.safe_load(block), **env)
+    except ConfigError as exc:
+        # Examples may name files of the reader's machine (a CA bundle); everything else must hold.
+        problems = [line for line in str(exc).splitlines() if "does not exist or is not a file" not in line]
+        assert not problems, "\n".join(problems)
+
+
+def test_there_are_examples() -> None:
+    assert len(examples()) >= 8
