@@ -4,6 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 export SANDBOX_API_KEY=sk_test_sandbox SANDBOX_CLIENT_SECRET=sandbox-client-secret SANDBOX_PORT=8099
+export SANDBOX_WEBHOOK_SECRET=whsec_sandbox_0123456789 SANDBOX_JOB_TOKEN=sandbox-job-token-0123
+export VANTAGE_PORT="${VANTAGE_PORT:-8080}"
+export AGENT_URL="http://127.0.0.1:$VANTAGE_PORT" VANTAGE_PUBLIC_URL="http://127.0.0.1:$VANTAGE_PORT"
 # The sandbox's own log (aiohttp prints cancelled handlers when it is stopped) stays out of the way.
 "$PY" examples/sandbox.py 2>>"${TMPDIR:-/tmp}/vantage-sandbox.log" &
 sandbox=$!
@@ -13,7 +16,6 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 export VANTAGE_CHECKS_FILE=examples/checks.yaml VANTAGE_LOG_RUNS=true VANTAGE_LOG_FORMAT=text
-export VANTAGE_PORT="${VANTAGE_PORT:-8080}"
 echo "agent on http://127.0.0.1:$VANTAGE_PORT  (/metrics, /api/checks, /readyz); Ctrl-C stops both"
 .venv/bin/vantage run || status=$?
 exit "${status:-0}"

@@ -4,8 +4,10 @@ It behaves like the APIs Vantage watches: a token-guarded list endpoint, a healt
 endpoint that is sometimes slow, one that fails now and then, a moved endpoint that redirects,
 a CORS-aware endpoint, an OAuth token endpoint and a shipments API whose response shape changes now
 and then, a rate-limited endpoint that answers 429 once its quota is spent, an old API
-version that announces its deprecation and sunset, and one that
-hangs past any sensible timeout.
+version that announces its deprecation and sunset, one that hangs past any sensible timeout; a
+test-event endpoint that sends a Stripe-style signed webhook to the URL it is given, two systems
+whose order data a sync job copies with some lag, and that job, which reports to the agent's
+heartbeat endpoint (``AGENT_URL``) every few seconds.
 
     python examples/sandbox.py            # listens on 127.0.0.1:8099 (SANDBOX_PORT to change)
 """
@@ -14,7 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import itertools
+import json
 import os
 import random
 import secrets
@@ -22,11 +27,17 @@ import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+import aiohttp
 from aiohttp import web
 
 API_KEY = os.environ.get("SANDBOX_API_KEY", "sk_test_sandbox")
 ALLOWED_ORIGIN = "https://shop.example"
+WEBHOOK_SECRET = os.environ.get("SANDBOX_WEBHOOK_SECRET", "whsec_sandbox")
+JOB_TOKEN = os.environ.get("SANDBOX_JOB_TOKEN", "sandbox-job-token-0123")
+AGENT_URL = os.environ.get("AGENT_URL", "http://127.0.0.1:8080")
 _counter = itertools.count()
+_started = time.time()
+_background: set[asyncio.Task[None]] = set()
 
 
 async def charges(request: web.Request) -> web.Response:
@@ -145,8 +156,92 @@ async def hang(_: web.Request) -> web.Response:
     return web.json_response({})
 
 
+async def _deliver(url: str, event: dict[str, object]) -> None:
+    await asyncio.sleep(random.uniform(0.05, 0.4))
+    body = json.dumps(event).encode()
+    stamp = str(int(time.time()))
+    mac = hmac.new(WEBHOOK_SECRET.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+    headers = {"Stripe-Signature": f"t={stamp},v1={mac}", "Content-Type": "application/json"}
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, data=body, headers=headers) as answer,
+        ):
+            await answer.read()
+    except aiohttp.ClientError:
+        pass
+
+
+async def test_event(request: web.Request) -> web.Response:
+    """Like a payment vendor's "send test webhook": the event goes to ``notify_url``."""
+    if request.headers.get("Authorization") != f"Bearer {API_KEY}":
+        return web.json_response({"error": "invalid_api_key"}, status=401)
+    order = await request.json()
+    event = {"id": f"evt_{secrets.token_hex(6)}", "type": "charge.succeeded", "data": {"object": order}}
+    task = asyncio.create_task(_deliver(str(order["notify_url"]), event))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return web.json_response({"id": event["id"]}, status=201)
+
+
+async def shop_latest_order(_: web.Request) -> web.Response:
+    """The shop's newest order: one every ten seconds."""
+    created = _started + (time.time() - _started) // 10 * 10
+    return web.json_response(
+        {
+            "orders": [
+                {
+                    "id": 1000 + int(created - _started) // 10,
+                    "created_at": datetime.fromtimestamp(created, UTC).isoformat(),
+                }
+            ]
+        }
+    )
+
+
+async def erp_latest_import(_: web.Request) -> web.Response:
+    """The ERP's copy: the sync job imports orders about half a minute late."""
+    imported = _started + max(0.0, time.time() - _started - 30) // 10 * 10
+    return web.json_response({"source_created_at": datetime.fromtimestamp(imported, UTC).isoformat()})
+
+
+async def _sync_job() -> None:
+    """The sync job between shop and ERP: it reports to the agent after each run."""
+    async with aiohttp.ClientSession() as session:
+        for run in itertools.count():
+            await asyncio.sleep(3)
+            status = "fail" if run % 20 == 19 else "ok"
+            params = {"status": status, "duration": "0.8"}
+            if status == "fail":
+                params["message"] = "ERP answered 503 while importing orders"
+            try:
+                async with session.post(
+                    f"{AGENT_URL}/heartbeat/sandbox-order-sync",
+                    params=params,
+                    headers={"Authorization": f"Bearer {JOB_TOKEN}"},
+                ) as answer:
+                    await answer.read()
+            except aiohttp.ClientError:
+                pass  # the agent is not up yet
+
+
+async def _start_job(_: web.Application) -> None:
+    task = asyncio.create_task(_sync_job())
+    _background.add(task)
+
+
+async def _stop_job(_: web.Application) -> None:
+    for task in _background:
+        task.cancel()
+
+
 def app() -> web.Application:
     application = web.Application()
+    application.on_startup.append(_start_job)
+    application.on_cleanup.append(_stop_job)
+    application.router.add_post("/v1/test-events", test_event)
+    application.router.add_get("/shop/orders/latest", shop_latest_order)
+    application.router.add_get("/erp/imports/latest", erp_latest_import)
     application.router.add_get("/v1/charges", charges)
     application.router.add_get("/v1/health", health)
     application.router.add_get("/v1/orders", orders)
