@@ -38,3 +38,16 @@ def test_example_checks_load(where: str, block: str) -> None:
 
 def test_there_are_examples() -> None:
     assert len(examples()) >= 8
+
+
+def test_the_make_run_example_loads() -> None:
+    # The variables examples/run.sh exports.
+    env = {
+        "SANDBOX_API_KEY": "sk_test_sandbox",
+        "SANDBOX_CLIENT_SECRET": "sandbox-client-secret",
+        "SANDBOX_WEBHOOK_SECRET": "whsec_sandbox_0123456789",
+        "SANDBOX_JOB_TOKEN": "sandbox-job-token-0123",
+        "VANTAGE_PUBLIC_URL": "http://127.0.0.1:8080",
+    }
+    config = config_from(yaml.safe_load((ROOT / "examples" / "checks.yaml").read_text()), **env)
+    assert {entry.check.type for entry in config.entries} >= {"http", "flow", "webhook", "heartbeat", "sync"}
