@@ -33,11 +33,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("once", help="run every check once now, print a table, exit 1 if any failed")
     commands.add_parser("validate", help="check the configuration and exit")
     commands.add_parser("plugins", help="list the installed probe types and their settings")
+    commands.add_parser(
+        "healthcheck",
+        help="exit 0 if the agent on VANTAGE_PORT answers /healthz (for a container HEALTHCHECK)",
+    )
     args = parser.parse_args(argv)
     command = args.command or "run"
 
     if command == "plugins":
         return _plugins()
+    if command == "healthcheck":
+        return _healthcheck()
     try:
         config = load_config(os.environ)
         if command == "validate":
@@ -109,6 +115,19 @@ def _once(config: object) -> int:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
     print(f"\n{len(rows) - 1 - failed} passed, {failed} failed")
     return EXIT_FAILED if failed else 0
+
+
+def _healthcheck() -> int:
+    import urllib.error
+    import urllib.request
+
+    port = os.environ.get("VANTAGE_PORT", "8080")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            return 0 if response.status == 200 else 1
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"vantage: the agent on port {port} is not healthy: {exc}", file=sys.stderr)
+        return 1
 
 
 def _plugins() -> int:

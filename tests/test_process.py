@@ -246,3 +246,20 @@ def _up(agent: AgentProcess) -> bool:
     except OSError:
         return False
     return True
+
+
+@pytest.mark.slow
+def test_healthcheck_command(vendor: tuple[int, dict[str, Any]]) -> None:
+    port, _ = vendor
+    check = {"name": "a", "type": "http", "target": f"http://127.0.0.1:{port}/ok", "interval": "5s"}
+    agent = AgentProcess([check], {})
+    try:
+        wait_until(lambda: _up(agent), timeout=30)
+        healthy = vantage("healthcheck", env={"VANTAGE_PORT": str(agent.port)})
+        assert agent.stop() == 0, agent.output
+    finally:
+        agent.kill()
+    gone = vantage("healthcheck", env={"VANTAGE_PORT": str(agent.port)})
+    assert healthy.returncode == 0, healthy.stderr
+    assert gone.returncode == 1
+    assert f"the agent on port {agent.port} is not healthy" in gone.stderr
