@@ -1,0 +1,212 @@
+"""The deployment artefacts: the alert rules (promtool), the dashboard, and the Helm chart rendered
+offline with the Helm SDK and validated against Kubernetes' schemas."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from .deploy import (
+    ALERTS,
+    CHART,
+    DASHBOARD,
+    KUBERNETES,
+    PROFILES,
+    alert_expressions,
+    dashboard_expressions,
+    golden_metric_names,
+    metric_names,
+    need,
+)
+from .helpers import ROOT, config_from
+
+CRDS = {"ServiceMonitor", "PrometheusRule"}
+
+
+def test_rules_and_dashboard_read_only_metrics_the_agent_exports() -> None:
+    known = golden_metric_names()
+    dashboard = json.loads(DASHBOARD.read_text())
+    used = {
+        name: metric_names(expression)
+        for name, expression in [*alert_expressions().items(), *enumerate(dashboard_expressions(dashboard))]
+    }
+    assert all(used.values()), "an expression reads no metric at all"
+    unknown = {name: names - known for name, names in used.items() if names - known}
+    assert not unknown, f"not in tests/golden/metrics.txt: {unknown}"
+
+
+def test_the_dashboard_covers_what_the_issue_asks() -> None:
+    text = DASHBOARD.read_text()
+    for metric in (
+        "probe_success",
+        "probe_all_duration_seconds_bucket",
+        "probe_http_duration_seconds",
+        "probe_ssl_earliest_cert_expiry",
+        "probe_ratelimit_remaining",
+        "probe_api_sunset_timestamp_seconds",
+        "probe_webhook_delivery_seconds_bucket",
+        "probe_sync_lag_seconds",
+        "probe_heartbeat_age_seconds",
+    ):
+        assert metric in text, metric
+    variables = {v["name"] for v in json.loads(text)["templating"]["list"]}
+    assert {"region", "check"} <= variables
+
+
+def test_promtool_checks_and_unit_tests_the_rules() -> None:
+    promtool = need("promtool")
+    checked = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SUCCESS: {len(alert_expressions())} rules found" in checked.stdout
+    tests = ROOT / "tests" / "prometheus" / "alerts_test.yaml"
+    tested = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    # Every alert has a unit test that makes it fire.
+    fired = set(re.findall(r"alertname: (\w+)\n\s+exp_alerts:\n\s+- exp_labels", tests.read_text()))
+    assert fired == set(alert_expressions())
+
+
+def test_the_chart_lints() -> None:
+    result = helm.lint(str(CHART))
+    problems = [m for m in result["messages"] if m["severity"] > 1]  # 1 is info (an icon is recommended)
+    assert not result["errors"] and not problems, result
+
+
+def render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    with helm.Chart.load(str(CHART)) as chart:
+        manifests = chart.render(values, name="vantage", namespace="monitoring")
+    return [
+        document
+        for name, text in manifests.items()
+        if name.endswith(".yaml")
+        for document in yaml.safe_load_all(text)
+        if document
+    ]
+
+
+def profile(path: Path | None) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text()) if path else {}
+
+
+@pytest.mark.parametrize("path", [None, *PROFILES], ids=["defaults", *(p.stem for p in PROFILES)])
+def test_every_profile_renders_to_valid_kubernetes_objects(path: Path | None) -> None:
+    values = profile(path)
+    documents = render(values)
+    kinds = [d["kind"] for d in documents]
+    for document in documents:
+        if document["kind"] in CRDS:
+            assert document["apiVersion"] == "monitoring.coreos.com/v1"
+            continue
+        kubernetes_validate.validate(document, KUBERNETES, strict=True)
+    regions = values.get("regions", [{"name": "local", "replicas": 1}])
+    assert kinds.count("StatefulSet") == len(regions)
+    for statefulset in (d for d in documents if d["kind"] == "StatefulSet"):
+        pod = statefulset["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        security = container["securityContext"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert security["readOnlyRootFilesystem"] is True and security["capabilities"]["drop"] == ["ALL"]
+        assert security["allowPrivilegeEscalation"] is False
+        assert {p["httpGet"]["path"] for p in (container["livenessProbe"], container["readinessProbe"])} == {
+            "/healthz",
+            "/readyz",
+        }
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        region = statefulset["metadata"]["labels"]["vantage/region"]
+        replicas = next(r.get("replicas", 1) for r in regions if r["name"] == region)
+        assert env["VANTAGE_REGION"] == region and env["VANTAGE_SHARD"] == "auto"
+        assert env["VANTAGE_REPLICAS"] == str(replicas) == str(statefulset["spec"]["replicas"])
+    # The rendered check set is one the agent accepts.
+    checks = next(
+        d for d in documents if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "vantage-checks"
+    )
+    document = yaml.safe_load(checks["data"]["checks.yaml"])
+    secrets = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)\}", checks["data"]["checks.yaml"]))
+    config_from(document, **{name: "s3cret-value-0123456789" for name in secrets})
+
+
+def test_profiles_set_what_their_backend_needs() -> None:
+    by_name = {p.stem: p for p in PROFILES}
+    assert set(by_name) == {"datadog", "grafana-cloud", "otlp-collector", "prometheus"}
+
+    def env_of(name: str) -> dict[str, Any]:
+        statefulset = next(d for d in render(profile(by_name[name])) if d["kind"] == "StatefulSet")
+        return {
+            e["name"]: e.get("value", e.get("valueFrom"))
+            for e in statefulset["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+
+    datadog = env_of("datadog")
+    assert datadog["NODE_IP"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+    assert datadog["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://$(NODE_IP):4318"
+    assert datadog["OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"] == "delta"
+    grafana = env_of("grafana-cloud")
+    assert grafana["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+    assert grafana["OTEL_EXPORTER_OTLP_HEADERS"] == {
+        "secretKeyRef": {"name": "grafana-cloud-otlp", "key": "headers"}
+    }
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env_of("prometheus")
+
+    documents = render(profile(by_name["prometheus"]))
+    kinds = {d["kind"] for d in documents}
+    assert {"ServiceMonitor", "PrometheusRule", "Ingress"} <= kinds
+    rule = next(d for d in documents if d["kind"] == "PrometheusRule")
+    assert rule["spec"] == yaml.safe_load(ALERTS.read_text())  # the same rules promtool tests
+    dashboard = next(
+        d for d in documents if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")
+    )
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["vantage.json"]) == json.loads(DASHBOARD.read_text())
+    monitor = next(d for d in documents if d["kind"] == "ServiceMonitor")
+    assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/name"  # job="vantage", as the rules expect
+    statefulset = next(d for d in documents if d["kind"] == "StatefulSet")
+    env = {e["name"]: e.get("value") for e in statefulset["spec"]["template"]["spec"]["containers"][0]["env"]}
+    name = statefulset["metadata"]["name"]
+    assert env["VANTAGE_PEER_URL"] == f"http://{name}-{{shard}}.{name}-headless.monitoring.svc:8081"
+    assert env["VANTAGE_PUBLIC_URL"] == "https://eu-west-1.hooks.shop.example"
+    sysctls = statefulset["spec"]["template"]["spec"]["securityContext"]["sysctls"]
+    assert sysctls == [{"name": "net.ipv4.ping_group_range", "value": "0 2147483647"}]
+    ingress = next(d for d in documents if d["kind"] == "Ingress")
+    paths = {p["path"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
+    assert paths == {"/hooks", "/heartbeat"}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"regions": []}, "at '/regions': minItems: got 0, want 1"),
+        ({"regions": [{"name": "EU West"}]}, "at '/regions/0/name': 'EU West' does not match pattern"),
+        ({"regions": [{"name": "eu", "replicas": 0}]}, "at '/regions/0/replicas': minimum: got 0, want 1"),
+        (
+            {"otel": {"protocol": "http/json"}},
+            "at '/otel/protocol': value must be one of 'http/protobuf', 'grpc'",
+        ),
+        ({"otel": {"endpoint": "otel-collector:4318"}}, "at '/otel/endpoint'"),
+        ({"replicas": 3}, "additional properties 'replicas' not allowed"),
+        ({"agent": {"workers": 0}}, "at '/agent/workers'"),
+        ({"agent": {"shutdownTimeout": "ten seconds"}}, "at '/agent/shutdownTimeout'"),
+        ({"checks": [{"name": "a", "type": "http"}]}, "missing property 'target'"),
+        ({"secrets": {"values": {"bad-name": "x"}}}, "invalid propertyName 'bad-name'"),
+    ],
+)
+def test_bad_values_are_rejected_by_the_schema(values: dict[str, Any], message: str) -> None:
+    with helm.Chart.load(str(CHART)) as chart:
+        with pytest.raises(helm.HelmValuesError) as caught:
+            chart.render(values, name="vantage", namespace="monitoring")
+    assert message in str(caught.value)
+
+
+def test_termination_grace_follows_the_shutdown_timeout() -> None:
+    statefulset = next(
+        d for d in render({"agent": {"shutdownTimeout": "1m30s"}}) if d["kind"] == "StatefulSet"
+    )
+    assert statefulset["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 95
