@@ -21,6 +21,7 @@ lint: $(STAMP)
 	$(VENV)/bin/hadolint Dockerfile
 
 test: lint
+	tests/setup.sh
 	$(VENV)/bin/pytest
 
 fmt: $(STAMP)
