@@ -73,6 +73,8 @@ class Subject:
                 self._json = json.loads(self.body)
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise ValueError(f"the body is not JSON ({exc})") from None
+            except RecursionError:
+                raise ValueError("the body is JSON nested too deeply to read") from None
         return self._json
 
 

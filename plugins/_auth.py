@@ -129,7 +129,7 @@ def jwt_expiry(token: str) -> float | None:
         return None
     try:
         payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         return None
     exp = payload.get("exp") if isinstance(payload, dict) else None
     return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
@@ -186,7 +186,7 @@ async def _fetch_token(auth: OAuth2ClientCredentials, client: HttpClient, ctx: P
         raise AuthFailure(f"token endpoint unreachable: {failure.message}", failure.phases) from None
     try:
         document = json.loads(exchange.body)
-    except ValueError:
+    except (ValueError, RecursionError):
         document = None
     if exchange.status != 200:
         error = ""

@@ -81,7 +81,7 @@ def read_ping(request: InboundRequest) -> Ping | str:
         if kind == "application/json":
             try:
                 document = json.loads(request.body)
-            except (UnicodeDecodeError, ValueError):
+            except (ValueError, RecursionError):
                 return "the body is not JSON"
             if not isinstance(document, dict):
                 return "the JSON body is not an object"

@@ -204,8 +204,10 @@ class SyncProbe(Probe[SyncSettings]):
             raise _Failed(Reason.ASSERTION, f"the response is over {_MAX_BODY} bytes")
         try:
             return json.loads(exchange.body)
-        except ValueError as exc:
-            raise _Failed(Reason.ASSERTION, f"the response is not JSON ({exc})") from None
+        except (ValueError, RecursionError) as exc:
+            raise _Failed(
+                Reason.ASSERTION, f"the response is not JSON ({exc or 'nested too deeply'})"
+            ) from None
 
     def _compare(
         self, settings: SyncSettings, documents: dict[str, Any], phases: dict[str, float], now: float

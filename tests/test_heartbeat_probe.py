@@ -91,6 +91,9 @@ async def test_reported_failures_tokens_and_formats() -> None:
             )
             assert (await ping(headers=bearer, params={"status": "maybe"}))[0] == 400
             assert (await ping(headers=bearer, params={"duration": "nan"}))[0] == 400
+            deep = b"[" * 100_000 + b"]" * 100_000  # nested past the JSON decoder's recursion limit
+            json_headers = {**bearer, "Content-Type": "application/json"}
+            assert await ping(headers=json_headers, data=deep) == (400, '{"error": "the body is not JSON"}')
             ok = (await running.run_once())["etl"]
             message = "row 17: duplicate key\n\x1b[31mINJECTED\x1b[0m " + "x" * 500
             assert (await ping(headers=bearer, json={"status": "fail", "message": message}))[0] == 200
