@@ -23,7 +23,7 @@ from . import __version__
 from .checks import CheckEntry
 from .config import Config
 from .http import HttpClientFactory
-from .inbound import Inbound, Route, peer_route
+from .inbound import Inbound, Route, inbound_checks, peer_route
 from .inbox import Inbox
 from .plugin import Clock, ProbeContext, SystemClock
 from .recorder import Recorder, Run
@@ -126,8 +126,8 @@ def _inbound(
 ) -> Inbound | None:
     """The inbound endpoints, when a check of this region takes inbound requests."""
     settings = config.settings
-    region = {e.check.name: e for e in config.entries if e.check.runs_in(settings.region)}
-    if not any(entry.probe.inbound for entry in region.values()):
+    region = inbound_checks(config.entries, settings.region)
+    if not region:
         return None
     mine = {entry.check.name for entry in entries}
     shard = config.shard

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ from .inbox import InboundRequest, Inbox
 from .plugin import Clock
 from .scheduler import owner
 
-__all__ = ["ENDPOINTS", "FORWARDED", "Inbound", "Route", "client_address", "peer_route"]
+__all__ = ["ENDPOINTS", "FORWARDED", "Inbound", "Route", "client_address", "inbound_checks", "peer_route"]
 
 log = logging.getLogger("vantage.inbound")
 
@@ -67,6 +67,12 @@ class Route:
 
 Locate = Callable[[CheckEntry], Route | None]
 """Where a check's inbound requests go: None when this process runs the check."""
+
+
+def inbound_checks(entries: Iterable[CheckEntry], region: str) -> dict[str, CheckEntry]:
+    """The checks of ``region`` by name, when one of them takes inbound requests; else empty."""
+    mine = {entry.check.name: entry for entry in entries if entry.check.runs_in(region)}
+    return mine if any(entry.probe.inbound for entry in mine.values()) else {}
 
 
 def peer_route(peer_url: str | None, check: str, replicas: int) -> Route:

@@ -30,7 +30,7 @@ from anyio.abc import Process, TaskStatus
 
 from .checks import CheckEntry
 from .config import Config
-from .inbound import Inbound, Route, peer_route
+from .inbound import Inbound, Route, inbound_checks, peer_route
 from .plugin import SystemClock
 from .scheduler import owner
 from .server import PROMETHEUS_TYPE, authorized, serve_app
@@ -150,8 +150,8 @@ class _Supervisor:
     def _inbound(self) -> Inbound | None:
         """The inbound endpoints, passing each request on to the worker (or replica) that runs its check."""
         config, settings = self._config, self._config.settings
-        region = {e.check.name: e for e in config.entries if e.check.runs_in(settings.region)}
-        if not any(entry.probe.inbound for entry in region.values()):
+        region = inbound_checks(config.entries, settings.region)
+        if not region:
             return None
 
         def locate(entry: CheckEntry) -> Route:
