@@ -205,6 +205,23 @@ def test_bad_values_are_rejected_by_the_schema(values: dict[str, Any], message: 
     assert message in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"checks": [{"name": "job", "type": "heartbeat", "target": "a job"}]},
+            'check "job" is a heartbeat check: set inbound.enabled',
+        ),
+        ({"regions": [{"name": "eu"}, {"name": "eu"}]}, 'regions: "eu" is listed twice'),
+    ],
+)
+def test_values_the_schema_cannot_judge_are_rejected_at_render(values: dict[str, Any], message: str) -> None:
+    with helm.Chart.load(str(CHART)) as chart:
+        with pytest.raises(helm.HelmError) as caught:
+            chart.render(values, name="vantage", namespace="monitoring")
+    assert message in str(caught.value)
+
+
 def test_termination_grace_follows_the_shutdown_timeout() -> None:
     statefulset = next(
         d for d in render({"agent": {"shutdownTimeout": "1m30s"}}) if d["kind"] == "StatefulSet"
