@@ -4,6 +4,7 @@ optional prefix), and the presets that the common senders use.
     signature: {scheme: github, secret: "${GITHUB_WEBHOOK_SECRET}"}
     signature: {scheme: stripe, secret: "${STRIPE_WHSEC}", tolerance: 5m}
     signature: {scheme: shopify, secret: "${SHOPIFY_SECRET}"}
+    signature: {scheme: standard, secret: "${WEBHOOK_SECRET}"}      # Standard Webhooks (Svix, ...)
     signature: {scheme: hmac, secret: "${SECRET}", header: X-Signature, encoding: base64}
 
 Every comparison is constant-time (``hmac.compare_digest``).
@@ -28,13 +29,14 @@ _PRESETS: dict[str, tuple[str, Literal["hex", "base64"], str]] = {
     "github": ("X-Hub-Signature-256", "hex", "sha256="),
     "shopify": ("X-Shopify-Hmac-Sha256", "base64", ""),
     "stripe": ("Stripe-Signature", "hex", ""),
+    "standard": ("webhook-signature", "base64", ""),
 }
 
 
 class Signature(ProbeSettings):
     """How deliveries are signed."""
 
-    scheme: Literal["hmac", "github", "shopify", "stripe"] = "hmac"
+    scheme: Literal["hmac", "github", "shopify", "stripe", "standard"] = "hmac"
     secret: str = Field(min_length=1)
     """The shared secret; give it as ``${ENV}`` or ``${file:...}`` so that it is redacted."""
     header: str | None = None
@@ -44,12 +46,13 @@ class Signature(ProbeSettings):
     """Text before the signature in the header, e.g. ``sha256=``."""
     algorithm: Literal["sha256", "sha1", "sha512"] = "sha256"
     tolerance: Duration = 300.0
-    """``stripe``: how far the signed timestamp may be from now (replay protection)."""
+    """``stripe``, ``standard``: how far the signed timestamp may be from now (replay protection)."""
 
     @model_validator(mode="before")
     @classmethod
     def _preset(cls, data: object) -> object:
         if isinstance(data, dict) and data.get("scheme") in _PRESETS:
+            # The presets fix where the signature is and how it is written.
             header, encoding, prefix = _PRESETS[data["scheme"]]
             data = {"header": header, **data, "encoding": encoding, "prefix": prefix}
         return data
@@ -68,6 +71,8 @@ class Signature(ProbeSettings):
             return f"no {self.header} header"
         if self.scheme == "stripe":
             return self._stripe(given, body, now)
+        if self.scheme == "standard":
+            return self._standard(headers, given, body, now)
         if not given.startswith(self.prefix):
             return f"the {self.header} header does not start with {self.prefix!r}"
         expected = hmac.new(self.secret.encode(), body, self.algorithm).digest()
@@ -81,6 +86,32 @@ class Signature(ProbeSettings):
             return f"the {self.header} header is not {self.encoding}"
         if not hmac.compare_digest(signature, expected):
             return f"the {self.header} signature does not match the body"
+        return None
+
+    def _standard(self, headers: Mapping[str, str], given: str, body: bytes, now: float) -> str | None:
+        # Standard Webhooks (https://www.standardwebhooks.com), as Svix sends it: the signed content
+        # is "{id}.{timestamp}.{body}", the header holds space-separated "v1,<base64>" signatures,
+        # and a "whsec_" secret is the base64 of the key.
+        message_id = headers.get("webhook-id") or headers.get("svix-id")
+        stamp = headers.get("webhook-timestamp") or headers.get("svix-timestamp")
+        if not message_id or not stamp or not stamp.strip().isdigit():
+            return "no webhook-id or webhook-timestamp header"
+        if abs(now - int(stamp)) > self.tolerance:
+            drift = abs(now - int(stamp))
+            return f"the signed timestamp is {drift:.0f}s from now (tolerance {self.tolerance:g}s)"
+        try:
+            key = (
+                base64.b64decode(self.secret.removeprefix("whsec_"), validate=True)
+                if self.secret.startswith("whsec_")
+                else self.secret.encode()
+            )
+        except (ValueError, binascii.Error):
+            return "the secret starts with whsec_ but is not base64"
+        content = f"{message_id}.{stamp.strip()}.".encode() + body
+        expected = base64.b64encode(hmac.new(key, content, hashlib.sha256).digest())
+        candidates = [part[3:].encode() for part in given.split() if part.startswith("v1,")]
+        if not any(hmac.compare_digest(candidate, expected) for candidate in candidates):
+            return f"no v1 signature in the {self.header} header matches the body"
         return None
 
     def _stripe(self, given: str, body: bytes, now: float) -> str | None:

@@ -269,6 +269,20 @@ def test_signature_schemes() -> None:
         + stripe_header(b"{}", stamp=int(now)).split(",")[1]
     )
     assert stripe.verify({"Stripe-Signature": both}, b"{}", now) is None
+    # The Standard Webhooks example (also Svix's): id, timestamp and body signed with a whsec_ key.
+    standard = Signature.model_validate(
+        {"scheme": "standard", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "tolerance": "5m"}
+    )
+    example = {
+        "webhook-id": "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        "webhook-timestamp": "1614265330",
+        "webhook-signature": "v1,bm9ldHUjKzFob2NhbHJ3= v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+    }
+    assert standard.verify(example, b'{"test": 2432232314}', 1614265330 + 60) is None
+    assert standard.verify(example, b'{"test": 2432232315}', 1614265330) == (
+        "no v1 signature in the webhook-signature header matches the body"
+    )
+    assert "from now" in (standard.verify(example, b'{"test": 2432232314}', 1614265330 + 3600) or "")
     stale = stripe_header(b"{}", stamp=int(now) - 600)
     assert "from now (tolerance 300s)" in (stripe.verify({"Stripe-Signature": stale}, b"{}", now) or "")
 
