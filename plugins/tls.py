@@ -55,7 +55,7 @@ __all__ = ["TlsProbe", "TlsSettings"]
 
 _MAX_LINE = 8 * 1024
 _VERSIONS = {"1.0": "TLS 1.0", "1.1": "TLS 1.1", "1.2": "TLS 1.2", "1.3": "TLS 1.3"}
-_ORDER = ["TLS 1.0", "TLS 1.1", "TLS 1.2", "TLS 1.3"]
+_ORDER = list(_VERSIONS.values())  # oldest first
 # OpenSSL's X509_V_ERR_* codes, grouped into the failures an operator acts on differently.
 _VERIFY_KINDS = {
     9: "not_yet_valid",

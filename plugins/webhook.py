@@ -117,6 +117,10 @@ class _Tracker:
     rejected_at: float | None = None
     rejected: str = ""
 
+    def note_rejected(self, delivery: Delivery) -> None:
+        """Keep when (and why) the last delivery that failed authentication came."""
+        self.rejected_at, self.rejected = delivery.request.received, delivery.problem or ""
+
     @staticmethod
     def remember(ids: OrderedDict[str, float], run_id: str, when: float) -> None:
         ids[run_id] = when
@@ -295,7 +299,7 @@ class WebhookProbe(Probe[WebhookSettings]):
         """Count one delivery of an active check; ``matched`` when it carries ``run_id``."""
         request = delivery.request
         if delivery.problem is not None:
-            tracker.rejected_at, tracker.rejected = request.received, delivery.problem
+            tracker.note_rejected(delivery)
             outcome = "rejected"
         else:
             assert settings.correlation is not None
@@ -333,7 +337,7 @@ class WebhookProbe(Probe[WebhookSettings]):
             tracker.cursor = delivery.sequence
             request = delivery.request
             if delivery.problem is not None:
-                tracker.rejected_at, tracker.rejected = request.received, delivery.problem
+                tracker.note_rejected(delivery)
                 samples.append(Sample("probe.webhook.deliveries", 1.0, {"outcome": "rejected"}))
                 continue
             samples.append(Sample("probe.webhook.deliveries", 1.0, {"outcome": "accepted"}))
