@@ -108,23 +108,12 @@ class Server:
 
     async def _readyz(self, _: web.Request) -> web.Response:
         running, _age = self._alive()
-        stats = self._telemetry.stats
-        with stats.lock:
-            export = {
-                "exporters": {
-                    "traces": self._telemetry.trace_exporters,
-                    "metrics": self._telemetry.metric_exporters,
-                },
-                "exported": dict(stats.exported),
-                "failed": dict(stats.failed),
-                "last_error": dict(stats.last_error),
-            }
         body = {
             "status": "ready" if running else "not ready",
             "version": self._version,
             "checks": len(self._recorder.states),
             "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
-            "telemetry": export,
+            "telemetry": self._telemetry.health(),
         }
         return web.json_response(body, status=200 if running else 503)
 

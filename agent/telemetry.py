@@ -128,6 +128,17 @@ class Telemetry:
     prometheus: Any = None
     """The prometheus_client registry behind ``/metrics``, when the ``prometheus`` exporter is on."""
 
+    def health(self) -> dict[str, Any]:
+        """The exporters' state for ``/readyz``: what is configured and what became of the exports."""
+        stats = self.stats
+        with stats.lock:
+            return {
+                "exporters": {"traces": self.trace_exporters, "metrics": self.metric_exporters},
+                "exported": dict(stats.exported),
+                "failed": dict(stats.failed),
+                "last_error": dict(stats.last_error),
+            }
+
     def render_prometheus(self) -> bytes:
         """The ``/metrics`` page; blocking (it collects every instrument), so call it in a thread."""
         from prometheus_client import generate_latest
