@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, NoReturn
 
 import anyio
 from aiohttp.abc import AbstractResolver
@@ -22,16 +26,18 @@ from opentelemetry.sdk.trace import SpanProcessor
 from . import __version__
 from .checks import CheckEntry
 from .config import Config
+from .durations import format_duration
 from .http import HttpClientFactory
 from .inbound import Inbound, Route, inbound_checks, peer_route
 from .inbox import Inbox
+from .logs import close_logging
 from .plugin import Clock, ProbeContext, SystemClock
 from .recorder import Recorder, Run
 from .scheduler import Scheduler, select
 from .server import Server
 from .telemetry import Telemetry, build_resource, build_telemetry
 
-__all__ = ["Agent", "build_agent", "run_agent", "serve"]
+__all__ = ["Agent", "Shutdown", "build_agent", "run_agent", "serve"]
 
 log = logging.getLogger("vantage")
 
@@ -160,15 +166,90 @@ async def flush_telemetry(telemetry: Telemetry, budget: float, *, shutdown: bool
         log.warning("telemetry was not flushed within %.1fs; unsent data is dropped", budget)
 
 
+class Shutdown:
+    """The shutdown budget: from the first SIGTERM or SIGINT, the whole process has
+    ``VANTAGE_SHUTDOWN_TIMEOUT`` to stop.
+
+    The steps share it in order (drain runs in flight, flush telemetry, write the last log lines),
+    each with what the ones before left. Whatever still holds the process at the deadline (an
+    exporter waiting on a backend that hangs, a log writer blocked on a full stderr pipe, a probe
+    that ignores cancellation) is abandoned: a watchdog thread writes one line saying what, and
+    ends the process with status 0, so that the orchestrator never has to kill it.
+    """
+
+    _LOG_RESERVE = 0.1  # the share of the budget kept for the last log lines
+
+    def __init__(self, budget: float, *, exit: Callable[[int], Any] = os._exit) -> None:
+        self.budget = budget
+        self.deadline: float | None = None
+        self.stage = "starting"
+        self._exit = exit
+        self._watchdog: threading.Thread | None = None
+
+    def begin(self) -> None:
+        """Start the clock (the first signal); idempotent."""
+        if self.deadline is not None:
+            return
+        self.deadline = time.monotonic() + self.budget
+        self._watchdog = threading.Thread(target=self._watch, name="vantage-shutdown", daemon=True)
+        self._watchdog.start()
+
+    def left(self, *, reserve: bool = True) -> float:
+        """Seconds left of the budget (the whole budget before it started), less the log reserve."""
+        kept = self.budget * self._LOG_RESERVE if reserve else 0.0
+        if self.deadline is None:
+            return self.budget - kept
+        return max(0.0, self.deadline - time.monotonic() - kept)
+
+    def finish(self, status: int = 0) -> None:
+        """End the process: the last log lines within what is left, then exit without running
+        interpreter teardown (the SDK's atexit hooks would export again, and thread joins wait)."""
+        self.stage = "writing the last log lines"
+        unwritten = close_logging(self.left(reserve=False) if self.deadline is not None else 1.0)
+        _flush_stdout()
+        if unwritten:
+            _emergency(f"vantage: {unwritten} log lines were not written (stderr is blocked)")
+        self._exit(status)
+
+    def _watch(self) -> None:
+        assert self.deadline is not None
+        time.sleep(max(0.0, self.deadline - time.monotonic()))
+        _emergency(
+            f"vantage: the shutdown budget of {format_duration(self.budget)} is spent; "
+            f"exiting now, abandoning: {self.stage}"
+        )
+        self._exit(0)
+
+
+def _emergency(line: str) -> None:
+    """Write one line to stderr without ever blocking (stderr may be a full pipe)."""
+    try:
+        os.set_blocking(2, False)
+        os.write(2, (line + "\n").encode())
+    except OSError:
+        pass
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+
+
 async def serve(
     agent: Agent,
     *,
     handle_signals: bool = True,
+    shutdown: Shutdown | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the server and the scheduler until SIGTERM/SIGINT (or cancellation), then shut down:
-    stop ticking, drain runs in flight, flush telemetry, all within ``VANTAGE_SHUTDOWN_TIMEOUT``."""
-    budget = agent.config.settings.shutdown_timeout
+    stop ticking, drain runs in flight, flush telemetry, all within ``VANTAGE_SHUTDOWN_TIMEOUT``.
+
+    SIGHUP is logged and ignored (the configuration is not reloaded yet).
+    """
+    shutdown = shutdown or Shutdown(agent.config.settings.shutdown_timeout, exit=_no_exit)
     try:
         async with anyio.create_task_group() as tg:
             port = await tg.start(agent.server.serve)
@@ -182,35 +263,51 @@ async def serve(
                 agent.config.shard.count,
             )
             if handle_signals:
-                tg.start_soon(_watch_signals, agent.scheduler)
+                tg.start_soon(_watch_signals, agent.scheduler, shutdown)
             task_status.started(port)
             if agent.config.worker.count > 1:
                 # The supervisor reads this line to find the worker's server.
                 print(f"VANTAGE_WORKER_PORT={port}", flush=True)
-            await agent.scheduler.run(drain_timeout=budget * 0.6)
-            await flush_telemetry(agent.telemetry, max(0.5, budget * 0.4), shutdown=True)
+            shutdown.stage = "running"
+            await agent.scheduler.run(drain_timeout=shutdown.left() / 2)
+            exporters = {*agent.telemetry.trace_exporters, *agent.telemetry.metric_exporters} - {"prometheus"}
+            shutdown.stage = f"flushing telemetry ({', '.join(sorted(exporters)) or 'nothing to send'})"
+            await flush_telemetry(agent.telemetry, max(0.1, shutdown.left()), shutdown=True)
             log.info("vantage stopped")
             tg.cancel_scope.cancel()
     finally:
-        with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1):
             await agent.http.aclose()
 
 
-async def _watch_signals(scheduler: Scheduler) -> None:
+def _no_exit(status: int) -> None:
+    """The exit of an agent run inside another program (tests): nothing to end."""
+
+
+async def _watch_signals(scheduler: Scheduler, shutdown: Shutdown) -> None:
     # The receiver stays open until shutdown is done: a second signal (Ctrl-C reaches a worker
     # and its supervisor both) must not kill the process before it has flushed.
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
-            if scheduler.stopping:
-                log.info("received %s; already stopping", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            if signum == signal.SIGHUP:
+                log.warning("received SIGHUP; the configuration is not reloaded (restart the agent), ignored")
                 continue
-            log.info("received %s; stopping", signal.Signals(signum).name)
+            if scheduler.stopping:
+                log.info("received %s; already stopping", name)
+                continue
+            log.info("received %s; stopping within %s", name, format_duration(shutdown.budget))
+            shutdown.begin()
+            shutdown.stage = "draining the runs in flight"
             scheduler.stop()
 
 
-def run_agent(config: Config, environ: Mapping[str, str]) -> None:
-    """``vantage run``: build the agent with global providers and run it on uvloop when available."""
+def run_agent(config: Config, environ: Mapping[str, str]) -> NoReturn:
+    """``vantage run``: build the agent with global providers and run it on uvloop when available.
+
+    The process ends here, within its shutdown budget (see :class:`Shutdown`)."""
     agent = build_agent(config, environ, set_global_providers=True)
+    shutdown = Shutdown(config.settings.shutdown_timeout)
     # Everything built so far lives as long as the process: keep the cyclic collector from
     # walking it again and again (full collections were the agent's longest pauses).
     gc.collect()
@@ -219,7 +316,9 @@ def run_agent(config: Config, environ: Mapping[str, str]) -> None:
     # event loop; handing it back every millisecond rather than every five keeps probe starts
     # on time while they work.
     sys.setswitchinterval(0.001)
-    anyio.run(serve, agent, **_backend())
+    anyio.run(partial(serve, agent, shutdown=shutdown), **_backend())
+    shutdown.finish(0)
+    raise AssertionError("unreachable")  # pragma: no cover - finish() ends the process
 
 
 def _backend() -> dict[str, Any]:

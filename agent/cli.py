@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -15,7 +16,7 @@ import anyio
 from . import __version__
 from .config import load_config
 from .errors import ConfigError, PluginError
-from .logs import configure_logging
+from .logs import close_logging, configure_logging
 from .registry import Registry
 
 __all__ = ["main"]
@@ -44,40 +45,75 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _plugins()
     if command == "healthcheck":
         return _healthcheck()
+    if command == "run":
+        # Until the agent's own handler is installed, a hangup must not kill it (the default
+        # action): SIGHUP is logged and ignored once the agent runs.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        config = load_config(os.environ)
-        if command == "validate":
-            from .telemetry import build_resource, build_telemetry
-
-            build_telemetry(
-                os.environ,
-                build_resource(os.environ, region=config.settings.region, version=__version__),
-            )
-            from .scheduler import select
-
-            mine = select(config.entries, config.settings.region, config.shard)
-            print(
-                f"configuration OK: {len(config.entries)} checks from {config.source}; "
-                f"{len(mine)} run in region {config.settings.region} "
-                f"(shard {config.shard.index}/{config.shard.count})"
-            )
-            return 0
-        configure_logging(config.settings.log_level, config.settings.log_format, config.redactor)
-        if command == "once":
-            return _once(config)
-        if config.settings.worker_count() > 1 and not config.settings.worker:
-            from .app import _backend
-            from .workers import supervise
-
-            status: int = anyio.run(supervise, config, os.environ, **_backend())
-            return status
-        from .app import run_agent
-
-        run_agent(config, os.environ)
-        return 0
+        status = _command(command)
     except (ConfigError, PluginError) as exc:
-        print("vantage: configuration error:\n  " + str(exc).replace("\n", "\n  "), file=sys.stderr)
-        return EXIT_CONFIG
+        status = _config_error(exc)
+    except BaseExceptionGroup as group:
+        # A port that cannot be bound fails inside the task group that serves it.
+        matched, _rest = group.split((ConfigError, PluginError))
+        if matched is None:
+            raise
+        status = _config_error(_first(matched))
+    if command == "run":
+        # Interpreter teardown would run the SDK's atexit hooks (another export, which a dead
+        # backend makes wait) and join threads: a stopped agent ends here instead.
+        close_logging(1.0)
+        sys.stdout.flush()
+        os._exit(status)
+    return status
+
+
+def _command(command: str) -> int:
+    config = load_config(os.environ)
+    if command == "validate":
+        from .telemetry import build_resource, build_telemetry
+
+        build_telemetry(
+            os.environ,
+            build_resource(os.environ, region=config.settings.region, version=__version__),
+        )
+        from .scheduler import select
+
+        mine = select(config.entries, config.settings.region, config.shard)
+        print(
+            f"configuration OK: {len(config.entries)} checks from {config.source}; "
+            f"{len(mine)} run in region {config.settings.region} "
+            f"(shard {config.shard.index}/{config.shard.count})"
+        )
+        return 0
+    configure_logging(config.settings.log_level, config.settings.log_format, config.redactor)
+    if command == "once":
+        return _once(config)
+    if config.settings.worker:
+        from .workers import die_with_supervisor
+
+        die_with_supervisor(os.environ)
+    if config.settings.worker_count() > 1 and not config.settings.worker:
+        from .app import _backend
+        from .workers import supervise
+
+        status: int = anyio.run(supervise, config, os.environ, **_backend())
+        return status
+    from .app import run_agent
+
+    run_agent(config, os.environ)
+
+
+def _config_error(exc: BaseException) -> int:
+    print("vantage: configuration error:\n  " + str(exc).replace("\n", "\n  "), file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _once(config: object) -> int:

@@ -1,21 +1,27 @@
-"""Logging as JSON lines or text, with every known secret removed from what is written."""
+"""Logging as JSON lines or text, with every known secret removed from what is written.
+
+Records are written to stderr by a daemon thread: a slow or blocked stderr (a full pipe) must never
+stall the event loop that probes, nor hold the process at exit. :func:`close_logging` gives the
+writer a bounded time to write what is queued and says how many lines it abandoned.
+"""
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
-import logging.handlers
 import queue
 import sys
+import threading
+import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from .secrets import Redactor
 
-__all__ = ["configure_logging"]
+__all__ = ["close_logging", "configure_logging", "dropped_records"]
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_QUEUE_SIZE = 10_000
 
 
 class _Formatter(logging.Formatter):
@@ -36,9 +42,14 @@ class _Formatter(logging.Formatter):
                 "level": record.levelname.lower(),
                 "logger": record.name,
                 "message": message,
-                **extra,
+                **{
+                    k: v if isinstance(v, str | int | float | bool | None) else str(v)
+                    for k, v in extra.items()
+                },
             }
-            return self._redact(json.dumps(doc, default=str))
+            # Redacted before encoding: JSON escapes a secret's quotes, backslashes and non-ASCII
+            # characters, and the escaped spelling would no longer match the secret.
+            return json.dumps(self._redact.deep(doc))
         stamp = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S.%f")[:-3]
         line = f"{stamp} {record.levelname:<7} {record.name}: {message}"
         if "traceback" in extra:
@@ -46,46 +57,94 @@ class _Formatter(logging.Formatter):
         return self._redact(line)
 
 
-class _DroppingQueueHandler(logging.handlers.QueueHandler):
+class _QueueHandler(logging.Handler):
     """Hands records to the writer thread; drops (and counts) them when it has fallen behind."""
 
-    dropped = 0
+    def __init__(self, records: queue.Queue[logging.LogRecord | None]) -> None:
+        super().__init__()
+        self.records = records
+        self.dropped = 0
 
-    def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
-            type(self).dropped += 1
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+    def emit(self, record: logging.LogRecord) -> None:
         # Formatting happens in the writer thread; only make the record safe to hand over.
-        record.msg, record.args = record.getMessage(), None
+        try:
+            record.msg, record.args = record.getMessage(), None
+        except Exception:
+            self.handleError(record)
+            return
         if record.exc_info:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
-        return record
+        try:
+            self.records.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
 
 
-_listener: logging.handlers.QueueListener | None = None
+class _Writer(threading.Thread):
+    """Writes queued records to the stream until it reads the end marker (``None``)."""
+
+    def __init__(
+        self, records: queue.Queue[logging.LogRecord | None], stream: TextIO, fmt: logging.Formatter
+    ) -> None:
+        super().__init__(name="vantage-log-writer", daemon=True)
+        self.records, self.stream, self.formatter = records, stream, fmt
+
+    def run(self) -> None:
+        while (record := self.records.get()) is not None:
+            try:
+                self.stream.write(self.formatter.format(record) + "\n")
+                if self.records.empty():
+                    self.stream.flush()
+            except Exception:  # a closed or broken stderr loses lines, never the writer
+                continue
+
+
+_handler: _QueueHandler | None = None
+_writer: _Writer | None = None
 
 
 def configure_logging(level: str, fmt: str, redactor: Redactor) -> None:
     """Send all logs to stderr in ``fmt`` (``json`` or ``text``), redacted.
 
-    Records are written by a thread: a slow or blocked stderr (a full pipe) must never stall the
-    event loop that probes. At most 10,000 records wait; beyond that they are dropped.
+    At most 10,000 records wait for the writer; beyond that they are dropped and counted.
     """
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-    writer = logging.StreamHandler(sys.stderr)
-    writer.setFormatter(_Formatter(redactor, fmt == "json"))
-    records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=10_000)
-    _listener = logging.handlers.QueueListener(records, writer)
-    _listener.start()
-    atexit.register(_listener.stop)
+    global _handler, _writer
+    close_logging(1.0)
+    records: queue.Queue[logging.LogRecord | None] = queue.Queue(maxsize=_QUEUE_SIZE)
+    _writer = _Writer(records, sys.stderr, _Formatter(redactor, fmt == "json"))
+    _writer.start()
+    _handler = _QueueHandler(records)
     root = logging.getLogger()
-    root.handlers[:] = [_DroppingQueueHandler(records)]
+    root.handlers[:] = [_handler]
     root.setLevel(level.upper())
     # aiohttp's access log would log every probe of /metrics; keep it to warnings.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def dropped_records() -> int:
+    """Log records dropped because the writer had fallen behind."""
+    return _handler.dropped if _handler is not None else 0
+
+
+def close_logging(timeout: float) -> int:
+    """Let the writer write what is queued for at most ``timeout`` seconds; the lines left unwritten.
+
+    Never blocks longer than ``timeout``, however stuck stderr is: the writer is a daemon thread
+    that the process leaves behind if it must.
+    """
+    global _writer
+    writer = _writer
+    if writer is None:
+        return 0
+    _writer = None
+    deadline = time.monotonic() + max(0.0, timeout)
+    while True:
+        try:
+            writer.records.put(None, timeout=max(0.0, deadline - time.monotonic()))
+            break
+        except queue.Full:
+            if time.monotonic() >= deadline:
+                return writer.records.qsize()
+    writer.join(max(0.0, deadline - time.monotonic()))
+    return writer.records.qsize() if writer.is_alive() else 0

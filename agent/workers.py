@@ -8,18 +8,24 @@ its own endpoints on a loopback port. The supervisor serves the agent's port: ``
 the workers' expositions (each series gains a ``worker`` label), ``/api/checks`` joins their
 checks, ``/healthz`` and ``/readyz`` hold only while every worker's do.
 
-SIGTERM or SIGINT is passed on to the workers, which drain and flush as a single agent does.
-A worker that dies takes the supervisor down with status 1, so that the orchestrator restarts the
-whole agent rather than leaving a share of the checks silently unprobed.
+SIGTERM or SIGINT is passed on to the workers, which drain and flush as a single agent does, and
+the whole agent stops within ``VANTAGE_SHUTDOWN_TIMEOUT``. A worker that dies is restarted with
+back-off, while the other workers go on probing their shares; until it is back, ``/healthz`` and
+``/readyz`` fail, so a worker that cannot stay up ends with the orchestrator restarting the pod.
+Workers die with their supervisor (the parent-death signal), even when it is killed outright.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,15 +36,20 @@ from anyio.abc import Process, TaskStatus
 
 from .checks import CheckEntry
 from .config import Config
+from .durations import format_duration
 from .inbound import Inbound, Route, inbound_checks, peer_route
 from .plugin import SystemClock
 from .scheduler import owner
 from .server import PROMETHEUS_TYPE, authorized, serve_app
 
-__all__ = ["merge_expositions", "supervise"]
+__all__ = ["die_with_supervisor", "merge_expositions", "supervise"]
 
 log = logging.getLogger("vantage.workers")
 _START_TIMEOUT = 60.0
+_WORKER_BUDGET = 0.8  # a worker's share of the shutdown budget
+_SUPERVISOR_BUDGET = 0.95  # when the supervisor stops waiting for its workers and kills them
+_SUPERVISOR_PID = "VANTAGE_SUPERVISOR_PID"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -46,6 +57,7 @@ class _Worker:
     index: int
     process: Process
     port: int = 0
+    started: float = 0.0
 
 
 def merge_expositions(texts: Sequence[tuple[str, str]]) -> str:
@@ -90,6 +102,7 @@ class _Supervisor:
         token = config.settings.api_token
         self._token = token.get_secret_value() if token else None
         self.stopping = False
+        self.restarts = 0
         self._session: aiohttp.ClientSession | None = None
         self._inbound_app: web.Application | None = None
 
@@ -126,6 +139,11 @@ class _Supervisor:
             raise web.HTTPServiceUnavailable(text="a worker did not answer\n")
         text = merge_expositions(
             [(str(w.index), body) for w, (_, body) in zip(self._workers, results, strict=True)]
+        )
+        text += (
+            "# HELP vantage_worker_restarts_total Worker processes that died and were restarted\n"
+            "# TYPE vantage_worker_restarts_total counter\n"
+            f"vantage_worker_restarts_total {self.restarts}\n"
         )
         return web.Response(text=text, headers={"Content-Type": PROMETHEUS_TYPE})
 
@@ -199,7 +217,7 @@ class _Supervisor:
                 await serve_app(app, settings.host, settings.port, task_status=task_status)
 
 
-async def _start(index: int, count: int, environ: Mapping[str, str]) -> _Worker:
+async def _start(index: int, count: int, environ: Mapping[str, str], budget: float) -> _Worker:
     env = {
         **environ,
         "VANTAGE_WORKER": f"{index}/{count}",
@@ -208,6 +226,10 @@ async def _start(index: int, count: int, environ: Mapping[str, str]) -> _Worker:
         "VANTAGE_HOST": "127.0.0.1",
         # The supervisor limits the rate of inbound requests and passes them on from loopback.
         "VANTAGE_INBOUND_RATE": "off",
+        # A worker stops within a share of the supervisor's budget, so that the supervisor, which
+        # waits for it, keeps its own.
+        "VANTAGE_SHUTDOWN_TIMEOUT": str(round(budget * _WORKER_BUDGET, 3)),
+        _SUPERVISOR_PID: str(os.getpid()),
     }
     env.pop("VANTAGE_INBOUND_PORT", None)
     process = await anyio.open_process(
@@ -216,66 +238,146 @@ async def _start(index: int, count: int, environ: Mapping[str, str]) -> _Worker:
     worker = _Worker(index, process)
     assert process.stdout is not None
     buffer = b""
-    with anyio.fail_after(_START_TIMEOUT):
-        while b"\n" not in buffer:
-            chunk = await process.stdout.receive()
-            buffer += chunk
-    line = buffer.split(b"\n", 1)[0].decode()
+    try:
+        with anyio.fail_after(_START_TIMEOUT):
+            while b"\n" not in buffer:
+                buffer += await process.stdout.receive()
+    except (anyio.EndOfStream, TimeoutError):
+        await _end(process)
+        raise RuntimeError(f"worker {index} did not start (status {process.returncode})") from None
+    line = buffer.split(b"\n", 1)[0].decode(errors="replace")
     if not line.startswith("VANTAGE_WORKER_PORT="):
+        await _end(process)
         raise RuntimeError(f"worker {index} did not announce its port: {line!r}")
     worker.port = int(line.split("=", 1)[1])
+    worker.started = time.monotonic()
     return worker
 
 
+async def _end(process: Process) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it may have exited already
+        process.kill()
+    await process.wait()
+
+
+def die_with_supervisor(environ: Mapping[str, str]) -> None:
+    """In a worker: ask the kernel to send SIGTERM when the supervisor dies, even by SIGKILL, so that
+    no worker outlives it (and keeps probing, unwatched, beside its replacement)."""
+    supervisor = environ.get(_SUPERVISOR_PID)
+    if not supervisor or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("the parent-death signal cannot be set: %s", os.strerror(ctypes.get_errno()))
+    if os.getppid() != int(supervisor):
+        # The supervisor died before the request was made: nobody would send the signal.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class _Restarts:
+    """Back-off between restarts of a worker that keeps dying: 1 s, doubled up to 30 s, and back
+    to 1 s once a worker has lived a minute."""
+
+    FIRST, LAST, STABLE = 1.0, 30.0, 60.0
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._delay = self.FIRST
+
+    def next_delay(self, lived: float) -> float:
+        self.count += 1
+        if lived >= self.STABLE:
+            self._delay = self.FIRST
+        delay, self._delay = self._delay, min(self._delay * 2, self.LAST)
+        return delay
+
+
 async def supervise(config: Config, environ: Mapping[str, str]) -> int:
-    """Run ``VANTAGE_WORKERS`` worker processes behind the agent's port; the exit status."""
+    """Run ``VANTAGE_WORKERS`` worker processes behind the agent's port; the exit status.
+
+    A worker that dies is restarted, with back-off (:class:`_Restarts`); meanwhile ``/healthz``
+    and ``/readyz`` say the agent is unhealthy. SIGTERM and SIGINT are passed on to the workers;
+    the supervisor waits for them within ``VANTAGE_SHUTDOWN_TIMEOUT`` and kills what is left.
+    """
     count = config.settings.worker_count()
+    budget = config.settings.shutdown_timeout
     workers: list[_Worker] = []
-    status = 0
     supervisor = _Supervisor(config, workers)
+    stopped = anyio.Event()
     # Open before the workers start: a signal during start-up is queued, not fatal.
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         try:
             for index in range(count):
-                workers.append(await _start(index, count, environ))
+                workers.append(await _start(index, count, environ, budget))
             async with anyio.create_task_group() as tg:
                 port = await tg.start(supervisor.serve)
                 log.info("vantage supervisor on port %d with %d worker processes", port, count)
-                done = anyio.Event()
 
-                async def watch(worker: _Worker) -> None:
-                    nonlocal status
-                    assert worker.process.stdout is not None
-                    async for _ in worker.process.stdout:  # keep its stdout from filling up
-                        pass
-                    code = await worker.process.wait()
-                    if not supervisor.stopping:
-                        log.error("worker %d exited with status %s; stopping the agent", worker.index, code)
-                        status = 1
-                        supervisor.stopping = True
-                        _signal_all(workers)
-                    if all(w.process.returncode is not None for w in workers):
-                        done.set()
+                async def keep(index: int) -> None:
+                    restarts = _Restarts()
+                    while True:
+                        worker = workers[index]
+                        assert worker.process.stdout is not None
+                        async for _ in worker.process.stdout:  # keep its stdout from filling up
+                            pass
+                        code = await worker.process.wait()
+                        if supervisor.stopping:
+                            return
+                        delay = restarts.next_delay(time.monotonic() - worker.started)
+                        log.error(
+                            "worker %d exited with status %s; restarting it in %s (restart %d)",
+                            index,
+                            code,
+                            format_duration(delay),
+                            restarts.count,
+                        )
+                        supervisor.restarts += 1
+                        with anyio.move_on_after(delay):
+                            await stopped.wait()
+                        while not supervisor.stopping:
+                            try:
+                                workers[index] = await _start(index, count, environ, budget)
+                                break
+                            except (RuntimeError, OSError) as exc:
+                                delay = restarts.next_delay(0.0)
+                                log.error("%s; trying again in %s", exc, format_duration(delay))
+                                with anyio.move_on_after(delay):
+                                    await stopped.wait()
+                        if supervisor.stopping:
+                            return
 
                 async def on_signal() -> None:
                     async for signum in signals:
-                        log.info("received %s; stopping the workers", signal.Signals(signum).name)
+                        name = signal.Signals(signum).name
+                        if signum == signal.SIGHUP:
+                            log.warning("received SIGHUP; the configuration is not reloaded, ignored")
+                            continue
+                        if supervisor.stopping:
+                            continue
+                        log.info("received %s; stopping the workers within %s", name, format_duration(budget))
                         supervisor.stopping = True
+                        stopped.set()
                         _signal_all(workers)
+                        tg.cancel_scope.deadline = anyio.current_time() + budget * _SUPERVISOR_BUDGET
 
-                for worker in workers:
-                    tg.start_soon(watch, worker)
+                async def wait_for_workers() -> None:
+                    await stopped.wait()
+                    for worker in list(workers):
+                        await worker.process.wait()
+                    tg.cancel_scope.cancel()
+
+                for index in range(count):
+                    tg.start_soon(keep, index)
                 tg.start_soon(on_signal)
-                await done.wait()
-                tg.cancel_scope.cancel()
+                tg.start_soon(wait_for_workers)
         finally:
             with anyio.CancelScope(shield=True):
                 for worker in workers:
                     if worker.process.returncode is None:
-                        worker.process.kill()
-                        await worker.process.wait()
+                        log.warning("worker %d did not stop in time; killed", worker.index)
+                        await _end(worker.process)
     log.info("vantage stopped")
-    return status
+    return 0
 
 
 def _signal_all(workers: list[_Worker]) -> None:
