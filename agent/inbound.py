@@ -3,10 +3,12 @@
 
 Every request is held to the same rules before anything else is looked at: a rate limit per source
 address (``VANTAGE_INBOUND_RATE``; behind an ingress, ``VANTAGE_TRUSTED_PROXIES`` says whose
-``X-Forwarded-For`` to believe), a body size limit (``VANTAGE_INBOUND_MAX_BODY``), the method. Then
-the check's probe authenticates it (signature or token). An unknown check, a check of another type
-and a failed authentication all get the same answer, so a caller without credentials learns
-nothing about which checks exist. Nothing from a request is evaluated: probes read bodies as data.
+``X-Forwarded-For`` to believe), a body size limit (``VANTAGE_INBOUND_MAX_BODY``) and time limit,
+the method, headers that are UTF-8. Then the check's probe authenticates it (signature or token).
+An unknown check, a check of another type, a header that is not UTF-8 and a failed
+authentication all get the same answer, so a caller without credentials learns nothing about
+which checks exist; a probe that raises while judging a request rejects it too (logged once per
+check). Nothing from a request is evaluated: probes read bodies as data.
 
 A request for a check that another process runs is passed on to it: to the worker that owns it
 (``VANTAGE_WORKERS``) or to the replica that owns it (``VANTAGE_PEER_URL``), with its body and
@@ -17,11 +19,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import anyio
 import limits
 from aiohttp import web
 from limits.aio.storage import MemoryStorage
@@ -50,6 +54,7 @@ _HOP_BY_HOP = {
     "content-length",
 }
 _REJECTED = {"error": "rejected"}
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -100,6 +105,19 @@ def client_address(request: web.Request, trusted: list[Network]) -> str:
     return hops[-1]
 
 
+def _not_utf8(request: web.Request) -> str | None:
+    """Which header of the request is not UTF-8, or None.
+
+    aiohttp hands on header bytes that are not UTF-8 as lone surrogates (``surrogateescape``), which
+    no token or signature can match and which break whatever encodes them again. Such a request
+    is refused here, at the door, with the same answer as a bad signature, so that no probe (nor
+    the forwarding to another process) ever sees one."""
+    for key, value in request.headers.items():
+        if _UNDECODABLE.search(value):
+            return f"the {key} header is not UTF-8"
+    return None
+
+
 class Inbound:
     """The inbound endpoints of one process."""
 
@@ -113,6 +131,7 @@ class Inbound:
         rate: str = "off",
         trusted: list[Network] | None = None,
         count: Callable[[str, str], None] = lambda endpoint, outcome: None,
+        body_timeout: float = 10.0,
     ) -> None:
         self._entries = entries
         self._locate = locate
@@ -123,6 +142,8 @@ class Inbound:
         self._limits = limits.parse_many(rate) if rate != "off" else []
         self._limiter = MovingWindowRateLimiter(MemoryStorage()) if self._limits else None
         self._session: aiohttp.ClientSession | None = None
+        self._body_timeout = body_timeout
+        self._crashes: set[str] = set()
 
     def add_routes(self, app: web.Application) -> None:
         for endpoint in ENDPOINTS:
@@ -153,18 +174,25 @@ class Inbound:
                 status=405,
                 headers={"Allow": ", ".join(ENDPOINTS[endpoint])},
             )
+        body: bytes | None = None
         try:
-            body = await request.read()
+            # The server's header timeout ends with the head; a body trickled in must end too.
+            with anyio.move_on_after(self._body_timeout):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             self._count(endpoint, "too_large")
             return web.json_response({"error": "body too large"}, status=413)
+        if body is None:
+            self._count(endpoint, "timeout")
+            return web.json_response({"error": "the body did not come in time"}, status=408)
         name = request.match_info["check"]
         entry = self._entries.get(name)
         if entry is None or entry.probe.inbound != endpoint:
             self._count(endpoint, "rejected")
             return web.json_response(_REJECTED, status=401)
         route = self._locate(entry)
-        if route is not None and route.url and (route.local or not forwarded):
+        garbled = _not_utf8(request)
+        if garbled is None and route is not None and route.url and (route.local or not forwarded):
             return await self._forward(request, endpoint, route.url, body)
         inbound = InboundRequest(
             endpoint=endpoint,
@@ -175,8 +203,9 @@ class Inbound:
             body=body,
             remote=source,
             received=self._clock.time(),
+            received_monotonic=self._clock.monotonic(),
         )
-        problem = entry.probe.authenticate(entry.check, entry.settings, inbound)
+        problem = garbled or self._authenticate(entry, inbound)
         if problem is not None:
             self._count(endpoint, "rejected")
             log.info("inbound request for check %s rejected: %s", name, problem, extra={"check": name})
@@ -190,13 +219,41 @@ class Inbound:
                 {"error": f"this agent does not run check {name!r}; its owner could not be reached"},
                 status=421,
             )
-        refusal = entry.probe.admit(entry.check, entry.settings, inbound)
+        refusal = self._admit(entry, inbound)
         if refusal is not None:
             self._count(endpoint, "refused")
             return web.json_response({"error": refusal}, status=415 if "content type" in refusal else 400)
         self._inbox.deliver(inbound)
         self._count(endpoint, "accepted")
         return web.json_response({"status": "accepted"})
+
+    def _authenticate(self, entry: CheckEntry, request: InboundRequest) -> str | None:
+        """The probe's verdict on a request's credentials; a probe that raises rejects it."""
+        try:
+            return entry.probe.authenticate(entry.check, entry.settings, request)
+        except Exception:
+            self._crashed(entry, "authenticating")
+            return "the probe failed to check the request's credentials (a bug; see the log)"
+
+    def _admit(self, entry: CheckEntry, request: InboundRequest) -> str | None:
+        try:
+            return entry.probe.admit(entry.check, entry.settings, request)
+        except Exception:
+            self._crashed(entry, "reading")
+            return "the request cannot be read"
+
+    def _crashed(self, entry: CheckEntry, doing: str) -> None:
+        # Once per check: a caller must not be able to fill the log with tracebacks.
+        name = entry.check.name
+        if name not in self._crashes:
+            self._crashes.add(name)
+            log.exception(
+                "probe %s crashed %s an inbound request for check %s; logged once per check",
+                entry.check.type,
+                doing,
+                name,
+                extra={"check": name},
+            )
 
     def _forwarded(self, request: web.Request) -> bool:
         """Whether another Vantage process passed this request on (believed from loopback and

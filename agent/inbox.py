@@ -32,7 +32,10 @@ class InboundRequest:
     """The raw body, at most the server's size limit."""
     remote: str
     received: float
-    """Wall-clock seconds since the epoch."""
+    """Wall-clock seconds since the epoch: for timestamps shown to people and signed timestamps."""
+    received_monotonic: float
+    """The agent's monotonic clock at receipt: for ages and latencies, which a step of the wall
+    clock (NTP, a suspended VM) must not move."""
 
 
 @dataclass(frozen=True, slots=True)

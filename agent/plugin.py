@@ -16,9 +16,12 @@ import abc
 import contextlib
 import enum
 import logging
+import os
+import re
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -58,6 +61,7 @@ __all__ = [
     "Reason",
     "Sample",
     "SpanHandle",
+    "StateFile",
     "StepResult",
     "Subject",
     "SystemClock",
@@ -67,9 +71,33 @@ __all__ = [
     "format_duration",
     "tls_context",
     "tls_info",
+    "visible",
 ]
 
 AttributeValue = str | bool | int | float
+_state_log = logging.getLogger("vantage.state")
+
+# C0 controls (newline and carriage return included), DEL, C1 controls, and the Unicode line and
+# paragraph separators: what a target's bytes could use to colour a terminal, hide text or forge a
+# line of the text log. Backslashes are left alone, so ordinary text reads as it did.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_control(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _SHORT:
+        return _SHORT[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def visible(text: str) -> str:
+    """``text`` with every control character written as a visible escape (``\\x1b``, ``\\n``).
+
+    ``ProbeResult``, its assertion outcomes and ``StepResult`` apply it to their messages
+    themselves, so that nothing a target sent can reach a log line or the status API raw."""
+    return _CONTROL.sub(_escape_control, text) if _CONTROL.search(text) else text
 
 
 class MetricKind(enum.StrEnum):
@@ -141,6 +169,26 @@ class StepResult:
     reason: Reason | None = None
     message: str = ""
 
+    def __post_init__(self) -> None:
+        if _CONTROL.search(self.message) or _CONTROL.search(self.name):
+            object.__setattr__(self, "message", visible(self.message))
+            object.__setattr__(self, "name", visible(self.name))
+
+
+def _visible_outcome(outcome: AssertionOutcome) -> AssertionOutcome:
+    if (
+        _CONTROL.search(outcome.actual)
+        or _CONTROL.search(outcome.message)
+        or _CONTROL.search(outcome.assertion)
+    ):
+        return replace(
+            outcome,
+            assertion=visible(outcome.assertion),
+            actual=visible(outcome.actual),
+            message=visible(outcome.message),
+        )
+    return outcome
+
 
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
@@ -168,6 +216,16 @@ class ProbeResult:
     def __post_init__(self) -> None:
         if not self.success and self.reason is None:
             raise ValueError("a failed ProbeResult needs a reason")
+        # Messages are often built from a target's bytes (a body, a banner, a header): control
+        # characters are escaped here, once, so that every reader (logs, spans, the status API)
+        # gets them harmless. The searches cost next to nothing when there is none.
+        if _CONTROL.search(self.message):
+            object.__setattr__(self, "message", visible(self.message))
+        if self.assertions:
+            object.__setattr__(self, "assertions", tuple(_visible_outcome(a) for a in self.assertions))
+        if any(isinstance(v, str) and _CONTROL.search(v) for v in self.attributes.values()):
+            attributes = {k: visible(v) if isinstance(v, str) else v for k, v in self.attributes.items()}
+            object.__setattr__(self, "attributes", attributes)
 
     @classmethod
     def failure(cls, reason: Reason, message: str, **kwargs: Any) -> ProbeResult:
@@ -233,6 +291,68 @@ class Tracer(Protocol):
     def use_span(self, span: SpanHandle) -> Iterator[None]:
         """Make ``span`` the parent of spans started inside the block."""
         yield
+
+
+class StateFile:
+    """A file in which a probe keeps what must survive a restart, under ``ProbeContext.state_dir``.
+
+    The state lives in the probe's memory; the file is its copy. ``write`` replaces the file whole
+    (written aside, then renamed, so that a crash never leaves half of one) and never raises: when
+    the directory is read-only, full or gone, the probe goes on with what it holds in memory, and
+    the failure is logged once, as is the first write that works again. With no state directory
+    (``path`` None), nothing is read or written.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.failing = False
+        """Whether the last write failed."""
+
+    def read(self) -> str | None:
+        """The file's text, or None when there is none (or it cannot be read: logged)."""
+        if self.path is None:
+            return None
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # nothing kept yet (a write will say what is wrong with the directory)
+        except (OSError, UnicodeDecodeError) as exc:
+            _state_log.warning("cannot read %s (%s); starting without it", self.path, _why(exc))
+            return None
+
+    def write(self, text: str) -> bool:
+        """Replace the file's content with ``text``; whether it worked."""
+        if self.path is None:
+            return True
+        folder = self.path.parent
+        temporary: str | None = None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{self.path.name}.")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            if temporary is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+            if not self.failing:
+                self.failing = True
+                _state_log.warning(
+                    "cannot write %s (%s); going on with the state in memory, which a restart "
+                    "loses (logged once until a write works again)",
+                    self.path,
+                    _why(exc),
+                )
+            return False
+        if self.failing:
+            self.failing = False
+            _state_log.info("%s is written again", self.path)
+        return True
+
+
+def _why(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
 
 
 class ProbeSettings(BaseModel):

@@ -32,6 +32,7 @@ by more than 20 ms, and ticks are still computed from the grid, so the phase and
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import heapq
 import logging
@@ -78,6 +79,25 @@ class _LagMonitor:
     def worst(self, window: float) -> float:
         cutoff = time.monotonic() - window
         return max((lag for at, lag in self.samples if at >= cutoff), default=0.0)
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(cancelled) is not None
+    return isinstance(exc, cancelled)
+
+
+def _cancel_requested() -> bool:
+    """Whether something asked to cancel the running task: the agent's shutdown, not a plugin.
+
+    A plugin can raise ``CancelledError`` itself (or let one of its own tasks' out); that must not
+    stop the agent. A real cancellation is requested of the task first: anyio's cancel scopes (the
+    scheduler's task group at shutdown) call ``Task.cancel()``, which ``Task.cancelling()`` counts
+    until the scope that asked has caught it. This run's own timeout scope is not counted here:
+    it is told apart by its ``cancel_called``. (The agent runs on asyncio, where both hold.)"""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _hash(*parts: str) -> int:
@@ -256,22 +276,26 @@ class Scheduler:
                 self._idle.set()
 
     async def _probe(self, entry: CheckEntry, ctx: ProbeContext, started: float) -> ProbeResult | None:
-        """The probe's result, a timeout or crash as a result, or None for a starved run."""
+        """The probe's result, a timeout or crash as a result, or None for a starved run.
+
+        Whatever a plugin raises (``CancelledError``, ``SystemExit`` and ``KeyboardInterrupt``
+        included) is a crash of that check, recorded as reason ``internal``; only the agent's own
+        cancellation (shutdown, or this run's timeout) is let through."""
         check = entry.check
         result: Any = None
+        scope = anyio.move_on_after(check.timeout)
         try:
-            with anyio.move_on_after(check.timeout):
+            with scope:
                 result = await entry.probe.run(check, entry.settings, ctx)
                 if not isinstance(result, ProbeResult):
                     raise TypeError(f"run() returned {type(result).__name__}, not a ProbeResult")
                 return result
-        except Exception as exc:
-            if check.name not in self._crashed:
-                self._crashed.add(check.name)
-                log.exception("probe %s crashed on check %s; logged once per check", check.type, check.name)
-            return ProbeResult.failure(
-                Reason.INTERNAL, ctx.redact(f"the probe crashed: {type(exc).__name__}: {exc}")
-            )
+        except BaseException as exc:
+            if _is_cancellation(exc) and _cancel_requested():
+                raise  # the agent is shutting down
+            if not (_is_cancellation(exc) and scope.cancel_called):
+                return self._crashed_result(check.name, check.type, ctx, exc)
+            # Our own timeout, which the plugin let out as a CancelledError of its own making.
         overshoot = self._clock.monotonic() - started - check.timeout
         lag = max(overshoot, self._lag.worst(check.timeout))
         if lag > check.timeout * _STARVED:
@@ -287,6 +311,16 @@ class Scheduler:
         return ProbeResult.failure(
             Reason.TIMEOUT,
             f"no result within the timeout of {format_duration(check.timeout)} ({ctx.stage})",
+        )
+
+    def _crashed_result(self, name: str, type_: str, ctx: ProbeContext, exc: BaseException) -> ProbeResult:
+        if name not in self._crashed:
+            self._crashed.add(name)
+            log.error("probe %s crashed on check %s; logged once per check", type_, name, exc_info=exc)
+        detail = str(exc)
+        return ProbeResult.failure(
+            Reason.INTERNAL,
+            ctx.redact(f"the probe crashed: {type(exc).__name__}{': ' + detail if detail else ''}"),
         )
 
     async def run_once(self) -> None:

@@ -1,10 +1,25 @@
-"""The agent's HTTP server: health, readiness, ``/metrics`` and the status API."""
+"""The agent's HTTP server: health, readiness, ``/metrics`` and the status API.
+
+Every port the agent listens on (``VANTAGE_PORT``, ``VANTAGE_INBOUND_PORT``, the supervisor's) is
+served by ``serve_app``, which holds each connection to two limits, so that a caller cannot make
+the agent hold sockets and memory for ever:
+
+- a header-read timeout: a connection that has not sent a complete request head within
+  ``header_timeout`` seconds of opening, or of the end of its previous response (keep-alive), is
+  closed;
+- a cap on open connections: beyond ``max_connections``, a new connection is closed at once and
+  counted (a warning when the cap is reached, a line when the connections are down to 3/4 of it).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import json
+import logging
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +27,7 @@ import anyio
 from aiohttp import web
 from anyio.abc import TaskStatus
 
+from .errors import ConfigError
 from .inbound import Inbound
 from .recorder import Recorder
 from .secrets import Redactor
@@ -19,7 +35,10 @@ from .telemetry import Telemetry
 
 __all__ = ["PROMETHEUS_TYPE", "Server", "authorized", "serve_app"]
 
+log = logging.getLogger("vantage.server")
 _HEALTH_STALE = 30.0  # seconds without a scheduler turn before /healthz fails
+HEADER_TIMEOUT = 10.0
+MAX_CONNECTIONS = 512
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -29,23 +48,143 @@ def authorized(request: web.Request, token: str | None) -> bool:
         return True
     header = request.headers.get("Authorization", "")
     given = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
-    return hmac.compare_digest(given.encode(), token.encode())
+    # Header bytes that are not UTF-8 reach us as lone surrogates: "surrogatepass" turns any text
+    # into bytes, so such a header is simply a wrong token, never an exception.
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode())
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, seen through: notes when the connection ends."""
+
+    __slots__ = ("_inner", "_limit")
+
+    def __init__(self, inner: asyncio.Protocol, limit: _ConnectionLimit) -> None:
+        self._inner, self._limit = inner, limit
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._limit.release()
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the cap: closed as soon as it is made, before anything is read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # abort(): nothing is written, so nothing is waited for.
+        getattr(transport, "abort", transport.close)()
+
+
+class _ConnectionLimit:
+    """The one adapter between aiohttp and the listening socket.
+
+    aiohttp's server (``runner.server``) is a protocol factory: the listening socket calls it once
+    per accepted connection. This factory passes each call on while fewer than ``cap`` connections
+    are open, and otherwise hands back a protocol that closes the connection at once.
+
+    The header-read timeout needs no code here: it is aiohttp's keep-alive timer
+    (``keepalive_timeout``), which aiohttp 3.14 arms when a connection opens and again after each
+    response, and which closes the connection when it fires while no complete request head has
+    come. tests/faults/test_inbound_faults.py fails if aiohttp changes either behaviour.
+    """
+
+    def __init__(
+        self, factory: Callable[[], asyncio.Protocol], cap: int, setting: str, refused: Callable[[], None]
+    ) -> None:
+        self._factory, self._cap, self._setting, self._on_refused = factory, cap, setting, refused
+        self.open = 0
+        self.refused = 0
+        """Connections closed at once because ``cap`` were open, since the start."""
+        self._full = False
+        self._low = cap * 3 // 4
+        self._refused_before = 0
+
+    def __call__(self) -> asyncio.Protocol:
+        if self.open >= self._cap:
+            self.refused += 1
+            if not self._full:
+                self._full, self._refused_before = True, self.refused - 1
+                log.warning(
+                    "%s: %d connections are open, the most allowed; new ones are closed at once "
+                    "(logged once until they are down to %d)",
+                    self._setting,
+                    self._cap,
+                    self._low,
+                )
+            self._on_refused()
+            return _Refused()
+        self.open += 1
+        return _Counted(self._factory(), self)
+
+    def release(self) -> None:
+        self.open -= 1
+        # Well under the cap before saying so: at the cap, every close followed by a new
+        # connection would otherwise log twice, and a flood sits at the cap.
+        if self._full and self.open <= self._low:
+            self._full = False
+            log.info(
+                "%s: down to %d open connections; %d were closed at the cap",
+                self._setting,
+                self.open,
+                self.refused - self._refused_before,
+            )
 
 
 async def serve_app(
-    app: web.Application, host: str, port: int, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    setting: str = "VANTAGE_PORT",
+    header_timeout: float = HEADER_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
+    refused: Callable[[], None] = lambda: None,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` until cancelled; ``task_status`` gets the bound port (``port`` may be 0)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    """Serve ``app`` until cancelled; ``task_status`` gets the bound port (``port`` may be 0).
+
+    ``setting`` names the variable the port comes from, for the ConfigError raised when the port
+    cannot be bound (in use, privileged, an address not on this machine). Connections are held to
+    ``header_timeout`` and ``max_connections`` (see the module docstring); ``refused`` is called
+    for each connection closed at the cap.
+    """
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=header_timeout)
     await runner.setup()
+    server: asyncio.AbstractServer | None = None
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        task_status.started(sockets[0].getsockname()[1] if sockets else port)
+        assert runner.server is not None
+        limit = _ConnectionLimit(runner.server, max_connections, setting, refused)
+        try:
+            server = await asyncio.get_running_loop().create_server(limit, host, port, reuse_address=True)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"{setting}: port {port} on {host} is already in use") from None
+            # asyncio words the error for one of the addresses tried; the errno says it plainly.
+            if exc.errno is None or isinstance(exc, socket.gaierror):
+                why = exc.strerror or str(exc)
+            else:
+                why = os.strerror(exc.errno)
+            raise ConfigError(f"{setting}: port {port} on {host} cannot be bound: {why}") from None
+        task_status.started(server.sockets[0].getsockname()[1] if server.sockets else port)
         await anyio.sleep_forever()
     finally:
         with anyio.CancelScope(shield=True):
+            if server is not None:
+                server.close()  # stop accepting; the runner closes the connections it holds
             await runner.cleanup()
 
 
@@ -66,8 +205,11 @@ class Server:
         inbound: Inbound | None = None,
         inbound_port: int | None = None,
         max_body: int = 64 * 1024,
+        header_timeout: float = HEADER_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.host, self.port = host, port
+        self._header_timeout, self._max_connections = header_timeout, max_connections
         self._inbound, self.inbound_port, self._max_body = inbound, inbound_port, max_body
         self._recorder, self._telemetry, self._redact = recorder, telemetry, redactor
         self._token = api_token
@@ -95,8 +237,30 @@ class Server:
             if self._inbound is not None and self.inbound_port is not None:
                 inbound = web.Application(client_max_size=self._max_body)
                 self._inbound.add_routes(inbound)
-                self.inbound_port = await tg.start(serve_app, inbound, self.host, self.inbound_port)
-            await serve_app(self.app(), self.host, self.port, task_status=task_status)
+                self.inbound_port = await tg.start(
+                    self._serve, inbound, self.inbound_port, "VANTAGE_INBOUND_PORT"
+                )
+            await self._serve(self.app(), self.port, "VANTAGE_PORT", task_status=task_status)
+
+    async def _serve(
+        self,
+        app: web.Application,
+        port: int,
+        setting: str,
+        *,
+        task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        await serve_app(
+            app,
+            self.host,
+            port,
+            setting=setting,
+            header_timeout=self._header_timeout,
+            max_connections=self._max_connections,
+            # Counted with the inbound requests: a full port is most often a flood of callers.
+            refused=lambda: self._recorder.inbound("connection", "refused"),
+            task_status=task_status,
+        )
 
     async def _healthz(self, _: web.Request) -> web.Response:
         running, age = self._alive()

@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import aiohttp
 import anyio
@@ -213,8 +214,15 @@ class _Supervisor:
             async with anyio.create_task_group() as tg:
                 if self._inbound_app is not None:
                     assert settings.inbound_port is not None
-                    await tg.start(serve_app, self._inbound_app, settings.host, settings.inbound_port)
-                await serve_app(app, settings.host, settings.port, task_status=task_status)
+                    await tg.start(
+                        partial(serve_app, setting="VANTAGE_INBOUND_PORT"),
+                        self._inbound_app,
+                        settings.host,
+                        settings.inbound_port,
+                    )
+                await serve_app(
+                    app, settings.host, settings.port, setting="VANTAGE_PORT", task_status=task_status
+                )
 
 
 async def _start(index: int, count: int, environ: Mapping[str, str], budget: float) -> _Worker:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 import re
 from pathlib import Path
 
-from agent.plugin import InboundRequest
+from agent.plugin import Clock, InboundRequest, StateFile
 
-__all__ = ["LastSeen", "content_type_problem", "printable", "token_problem"]
+__all__ = ["LastSeen", "content_type_problem", "printable", "raw", "token_problem"]
 
 log = logging.getLogger("vantage.probe")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
@@ -29,9 +28,15 @@ def token_problem(request: InboundRequest, token: str) -> str | None:
     )
     if not given:
         return "no token (Authorization: Bearer, X-Vantage-Token or ?token=)"
-    if not hmac.compare_digest(given.encode(), token.encode()):
+    if not hmac.compare_digest(raw(given), token.encode()):
         return "wrong token"
     return None
+
+
+def raw(text: str) -> bytes:
+    """``text`` from a request as bytes to compare; never raises (header bytes that are not UTF-8
+    come as lone surrogates, which a plain ``encode()`` refuses)."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 def content_type_problem(request: InboundRequest, allowed: tuple[str, ...]) -> str | None:
@@ -52,28 +57,32 @@ def printable(text: str, limit: int = 200) -> str:
 
 class LastSeen:
     """The time of a check's last good inbound request, kept in ``VANTAGE_STATE_DIR`` when set, so
-    that a restart neither forgets a recent one nor waits a whole period to notice a missing one."""
+    that a restart neither forgets a recent one nor waits a whole period to notice a missing one.
 
-    def __init__(self, state_dir: Path | None, kind: str, check: str) -> None:
+    ``value`` is wall-clock time (what survives a restart); ``monotonic`` is the same moment on
+    the agent's monotonic clock, for ages: a step of the wall clock does not move it."""
+
+    def __init__(self, state_dir: Path | None, kind: str, check: str, clock: Clock | None = None) -> None:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", check)
-        self._path = state_dir / f"{kind}-{safe}.json" if state_dir else None
+        self._file = StateFile(state_dir / f"{kind}-{safe}.json" if state_dir else None)
         self.value: float | None = None
-        if self._path is not None and self._path.exists():
+        self.monotonic: float | None = None
+        text = self._file.read()
+        if text is not None:
             try:
-                self.value = float(json.loads(self._path.read_text())["last"])
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("cannot read %s (%s); starting without it", self._path, exc)
+                self.value = float(json.loads(text)["last"])
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("cannot read %s (%s); starting without it", self._file.path, exc)
+        if self.value is not None and clock is not None:
+            # From the previous process: the wall clock is all there is, read once, here.
+            self.monotonic = clock.monotonic() - max(0.0, clock.time() - self.value)
 
-    def update(self, when: float) -> None:
-        if self.value is not None and when <= self.value:
+    def update(self, when: float, monotonic: float | None = None) -> None:
+        """A good request received at ``when`` (wall clock) and ``monotonic`` (monotonic clock)."""
+        if monotonic is not None and self.monotonic is not None:
+            if monotonic <= self.monotonic:
+                return
+        elif self.value is not None and when <= self.value:
             return
-        self.value = when
-        if self._path is None:
-            return
-        try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self._path.with_suffix(".tmp")
-            temporary.write_text(json.dumps({"last": when}))
-            os.replace(temporary, self._path)
-        except OSError as exc:
-            log.warning("cannot write %s (%s); a restart will not remember it", self._path, exc)
+        self.value, self.monotonic = when, monotonic
+        self._file.write(json.dumps({"last": when}))

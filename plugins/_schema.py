@@ -2,7 +2,8 @@
 lengths), compared with a baseline.
 
 The baseline is the shape of the first successful response, or of a sample response given as a
-file; with ``VANTAGE_STATE_DIR`` it is kept in ``<dir>/schema/<check>.json`` and survives restarts.
+file; with ``VANTAGE_STATE_DIR`` it is kept in ``<dir>/schema/<check>.json`` and survives restarts (a
+directory that cannot be written is warned about once; the baseline is then kept in memory).
 A drifted response does not replace the baseline: the team decides what the new normal is (delete
 the state file, or give a new sample).
 """
@@ -10,11 +11,11 @@ the state file, or give a new sample).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from agent.plugin import StateFile
 
 __all__ = ["Drift", "DriftTracker", "shape"]
 
@@ -80,10 +81,15 @@ def compare(baseline: Shape, current: Shape) -> Drift:
 
 
 class DriftTracker:
-    """Baselines per check, in memory and, with a state directory, on disk."""
+    """Baselines per check, in memory and, with a state directory, on disk.
+
+    A baseline that cannot be written (the state directory read-only or full) is kept in memory
+    and written again on each run until it is: the drift check itself never depends on the disk.
+    """
 
     def __init__(self) -> None:
         self._baselines: dict[str, Shape] = {}
+        self._unsaved: dict[str, StateFile] = {}
 
     def check(self, name: str, document: Any, state_dir: Path | None, sample: Path | None) -> Drift | None:
         """Compare ``document`` with the check's baseline; None when this response becomes it."""
@@ -94,30 +100,35 @@ class DriftTracker:
             self._save(name, current, state_dir)
             return None
         self._baselines[name] = baseline
+        if name in self._unsaved:
+            self._save(name, baseline, state_dir)
         return compare(baseline, current)
 
     def _load(self, name: str, state_dir: Path | None, sample: Path | None) -> Shape | None:
         if sample is not None:
             return shape(json.loads(sample.read_text(encoding="utf-8")))
-        if state_dir is None:
+        text = StateFile(_path(name, state_dir)).read()
+        if text is None:
             return None
         try:
-            stored = json.loads((state_dir / "schema" / f"{name}.json").read_text(encoding="utf-8"))
+            stored = json.loads(text)
             return {path: set(types) for path, types in stored["shape"].items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
-    @staticmethod
-    def _save(name: str, current: Shape, state_dir: Path | None) -> None:
+    def _save(self, name: str, baseline: Shape, state_dir: Path | None) -> None:
         if state_dir is None:
             return
-        folder = state_dir / "schema"
-        folder.mkdir(parents=True, exist_ok=True)
         document = json.dumps(
-            {"shape": {path: sorted(types) for path, types in sorted(current.items())}}, indent=1
+            {"shape": {path: sorted(types) for path, types in sorted(baseline.items())}}, indent=1
         )
-        # Written aside and renamed, so that a crash never leaves half a baseline.
-        fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(document)
-        os.replace(temporary, folder / f"{name}.json")
+        # One StateFile per check while its baseline is not on disk: it logs the failure once.
+        file = self._unsaved.get(name) or StateFile(_path(name, state_dir))
+        if file.write(document):
+            self._unsaved.pop(name, None)
+        else:
+            self._unsaved[name] = file
+
+
+def _path(name: str, state_dir: Path | None) -> Path | None:
+    return state_dir / "schema" / f"{name}.json" if state_dir is not None else None

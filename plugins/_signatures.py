@@ -7,7 +7,9 @@ optional prefix), and the presets that the common senders use.
     signature: {scheme: standard, secret: "${WEBHOOK_SECRET}"}      # Standard Webhooks (Svix, ...)
     signature: {scheme: hmac, secret: "${SECRET}", header: X-Signature, encoding: base64}
 
-Every comparison is constant-time (``hmac.compare_digest``).
+Every comparison is constant-time (``hmac.compare_digest``). Header text is compared as the bytes
+it came as, and a header that is not what a scheme expects (not ASCII digits, not hex or base64,
+bytes that are not UTF-8) is a reason to reject, never an exception.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from agent.plugin import Duration, ProbeSettings
+
+from ._inbound import raw
 
 __all__ = ["Signature"]
 
@@ -94,7 +98,7 @@ class Signature(ProbeSettings):
         # and a "whsec_" secret is the base64 of the key.
         message_id = headers.get("webhook-id") or headers.get("svix-id")
         stamp = headers.get("webhook-timestamp") or headers.get("svix-timestamp")
-        if not message_id or not stamp or not stamp.strip().isdigit():
+        if not message_id or not stamp or not _digits(stamp):
             return "no webhook-id or webhook-timestamp header"
         if abs(now - int(stamp)) > self.tolerance:
             drift = abs(now - int(stamp))
@@ -107,9 +111,9 @@ class Signature(ProbeSettings):
             )
         except (ValueError, binascii.Error):
             return "the secret starts with whsec_ but is not base64"
-        content = f"{message_id}.{stamp.strip()}.".encode() + body
+        content = raw(f"{message_id}.{stamp.strip()}.") + body
         expected = base64.b64encode(hmac.new(key, content, hashlib.sha256).digest())
-        candidates = [part[3:].encode() for part in given.split() if part.startswith("v1,")]
+        candidates = [raw(part[3:]) for part in given.split() if part.startswith("v1,")]
         if not any(hmac.compare_digest(candidate, expected) for candidate in candidates):
             return f"no v1 signature in the {self.header} header matches the body"
         return None
@@ -119,13 +123,19 @@ class Signature(ProbeSettings):
         fields = [part.split("=", 1) for part in given.split(",") if "=" in part]
         stamps = [value for key, value in fields if key.strip() == "t"]
         candidates = [value.strip() for key, value in fields if key.strip() == "v1"]
-        if len(stamps) != 1 or not stamps[0].strip().isdigit() or not candidates:
+        if len(stamps) != 1 or not _digits(stamps[0]) or not candidates:
             return "the Stripe-Signature header has no timestamp or no v1 signature"
         stamp = stamps[0].strip()
         if abs(now - int(stamp)) > self.tolerance:
             drift = abs(now - int(stamp))
             return f"the signed timestamp is {drift:.0f}s from now (tolerance {self.tolerance:g}s)"
         expected = hmac.new(self.secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-        if not any(hmac.compare_digest(candidate.encode(), expected.encode()) for candidate in candidates):
+        if not any(hmac.compare_digest(raw(candidate), expected.encode()) for candidate in candidates):
             return "no v1 signature in the Stripe-Signature header matches the body"
         return None
+
+
+def _digits(text: str) -> bool:
+    """Whether ``text`` is a timestamp: ASCII digits only (``isdigit`` alone takes "²")."""
+    text = text.strip()
+    return text.isascii() and text.isdigit()

@@ -111,6 +111,8 @@ def read_ping(request: InboundRequest) -> Ping | str:
 class _Tracker:
     cursor: int
     last: LastSeen
+    started: float
+    """When the agent started, on the monotonic clock."""
     ping: Ping | None = None
 
 
@@ -152,11 +154,15 @@ class HeartbeatProbe(Probe[HeartbeatSettings]):
     async def run(self, check: Check, settings: HeartbeatSettings, ctx: ProbeContext) -> ProbeResult:
         if ctx.inbox is None:
             return ProbeResult.failure(Reason.INTERNAL, "this agent has no inbox for heartbeats")
+        clock = ctx.clock
         tracker = self._trackers.get(check.name)
         if tracker is None:
-            tracker = self._trackers[check.name] = _Tracker(
-                0, LastSeen(ctx.state_dir, "heartbeat", check.name)
-            )
+            # Ages are measured on the monotonic clock, so that a step of the wall clock (NTP, a
+            # resumed VM) raises no false "stale". The agent's start is known in wall time only:
+            # it is carried over to the monotonic clock once, at the check's first run.
+            started = clock.monotonic() - max(0.0, clock.time() - ctx.started)
+            seen = LastSeen(ctx.state_dir, "heartbeat", check.name, clock)
+            tracker = self._trackers[check.name] = _Tracker(0, seen, started)
         samples: list[Sample] = []
         for delivery in ctx.inbox.after(check.name, tracker.cursor):
             tracker.cursor = delivery.sequence
@@ -164,10 +170,10 @@ class HeartbeatProbe(Probe[HeartbeatSettings]):
             if isinstance(ping, str):
                 continue
             tracker.ping = ping
-            tracker.last.update(delivery.request.received)
+            tracker.last.update(delivery.request.received, delivery.request.received_monotonic)
             samples.append(Sample("probe.heartbeat.pings", 1.0, {"status": ping.status}))
-        now = ctx.clock.time()
-        last = tracker.last.value
+        now = clock.monotonic()
+        last = tracker.last.monotonic
         allowed = settings.period + settings.grace
         values: dict[str, float] = {}
         attributes: dict[str, AttributeValue] = {}
@@ -178,9 +184,9 @@ class HeartbeatProbe(Probe[HeartbeatSettings]):
         reason: Reason | None = None
         message = ""
         if last is None:
-            if now - ctx.started > allowed:
+            if now - tracker.started > allowed:
                 reason = Reason.STALE
-                message = f"no ping since the agent started {format_duration(now - ctx.started)} ago"
+                message = f"no ping since the agent started {format_duration(now - tracker.started)} ago"
             else:
                 attributes["vantage.heartbeat.first_period"] = True
         elif now - last > allowed:

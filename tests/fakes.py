@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Any
+from typing import Any, Literal
 
 from agent.plugin import Check, Probe, ProbeContext, ProbeResult, ProbeSettings, Reason
+
+from .helpers import FakeClock
+
+
+class SteppingClock(FakeClock):
+    """A fake clock whose wall time can jump (NTP, a resumed VM) while monotonic time does not."""
+
+    def step_wall(self, seconds: float) -> None:
+        self._wall += seconds
 
 
 class SleepSettings(ProbeSettings):
     seconds: float = 0.0
     fail: bool = False
     crash: bool = False
+    raises: Literal["", "CancelledError", "SystemExit", "KeyboardInterrupt", "BaseException", "group"] = ""
+    """Raise this BaseException out of ``run`` (``group``: a BaseExceptionGroup holding a
+    CancelledError, as a plugin's own task group can let out), after ``seconds``."""
     note: str = ""
     """Written to a step span's attribute, event and status, to test redaction."""
     retry_after: float | None = None
@@ -51,6 +64,8 @@ class SleepProbe(Probe[SleepSettings]):
             if settings.block:
                 time.sleep(settings.block)  # noqa: ASYNC251 - blocking is the point
             await ctx.clock.sleep(settings.seconds)
+            if settings.raises:
+                raise _base_exception(settings.raises)
         finally:
             self.active -= 1
             self.active_per_check[check.name] -= 1
@@ -59,6 +74,18 @@ class SleepProbe(Probe[SleepSettings]):
         if settings.fail:
             return ProbeResult.failure(Reason.ASSERTION, "told to fail")
         return ProbeResult(success=True)
+
+
+def _base_exception(name: str) -> BaseException:
+    if name == "group":
+        return BaseExceptionGroup("plugin tasks", [asyncio.CancelledError(), ValueError("inner")])
+    kinds: dict[str, type[BaseException]] = {
+        "CancelledError": asyncio.CancelledError,
+        "SystemExit": SystemExit,
+        "KeyboardInterrupt": KeyboardInterrupt,
+        "BaseException": BaseException,
+    }
+    return kinds[name](f"raised by the plugin ({name})")
 
 
 def entry_points() -> list[Any]:

@@ -13,11 +13,13 @@ import aiohttp
 import anyio
 import pytest
 
+from agent.app import build_agent
 from agent.errors import ConfigError
 from agent.plugin import Reason
 
+from .fakes import SteppingClock
 from .helpers import config_from, free_port
-from .inbound import running_agent
+from .inbound import TELEMETRY_ENV, running_agent
 
 pytestmark = pytest.mark.anyio
 
@@ -169,3 +171,50 @@ async def test_replicas_pass_pings_on_to_the_owner() -> None:
         assert results[name].reason is Reason.JOB_FAILED, (name, results[name].message)
         assert results[name].message == f"the job reported a failure: from {name}"
     assert refused == (401, '{"error": "rejected"}')
+
+
+async def test_a_wall_clock_step_raises_no_false_stale() -> None:
+    # Ages are measured on the monotonic clock: the wall clock jumping an hour ahead (NTP after a
+    # suspend) changes nothing; only time that really passed makes a heartbeat stale.
+    clock = SteppingClock()
+    port = free_port()
+    config = config_from(
+        [heartbeat("pinged", period="10m", grace="0s"), heartbeat("silent", period="10m", grace="0s")],
+        JOB_TOKEN=TOKEN,
+        VANTAGE_HOST="127.0.0.1",
+        VANTAGE_PORT="0",
+        VANTAGE_INBOUND_PORT=str(port),
+    )
+    agent = build_agent(config, TELEMETRY_ENV, clock=clock)
+
+    async def run_once() -> dict[str, Any]:
+        await agent.scheduler.run_once()
+        return {name: state.last for name, state in agent.recorder.states.items()}
+
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(agent.server.serve)
+            async with aiohttp.ClientSession() as session:
+                url = f"http://127.0.0.1:{port}/heartbeat/pinged"
+                async with session.get(url, params={"token": TOKEN}) as response:
+                    assert response.status == 200
+            before = await run_once()
+            await clock.advance(60)
+            clock.step_wall(3600)
+            stepped = await run_once()
+            await clock.advance(541)  # 10m01s of real time since the ping
+            late = await run_once()
+            tg.cancel_scope.cancel()
+    finally:
+        await agent.http.aclose()
+        agent.telemetry.meter_provider.shutdown()
+    assert before["pinged"].success and before["silent"].success
+    assert stepped["pinged"].success, stepped["pinged"].message
+    assert stepped["pinged"].values["probe.heartbeat.age"] == 60.0
+    assert (
+        stepped["silent"].success and stepped["silent"].attributes["vantage.heartbeat.first_period"] is True
+    )
+    assert late["pinged"].reason is Reason.STALE
+    assert late["pinged"].message == "the last ping was 10m1s ago; one is expected every 10m"
+    assert late["silent"].reason is Reason.STALE
+    assert late["silent"].message == "no ping since the agent started 10m1s ago"
