@@ -76,6 +76,7 @@ def _command(command: str) -> int:
         build_telemetry(
             os.environ,
             build_resource(os.environ, region=config.settings.region, version=__version__),
+            redactor=config.redactor,
         )
         from .scheduler import select
 
@@ -95,7 +96,11 @@ def _command(command: str) -> int:
         die_with_supervisor(os.environ)
     if config.settings.worker_count() > 1 and not config.settings.worker:
         from .app import _backend
+        from .telemetry import validate_otel_env
         from .workers import supervise
+
+        # The workers build the telemetry; the supervisor refuses what they would refuse, first.
+        validate_otel_env(os.environ)
 
         status: int = anyio.run(supervise, config, os.environ, **_backend())
         return status

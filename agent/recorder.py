@@ -116,6 +116,12 @@ AGENT_METRICS = (
         "Telemetry exports that failed, by signal",
         ("signal",),
     ),
+    MetricSpec(
+        "vantage.spans.dropped",
+        MetricKind.COUNTER,
+        "{span}",
+        "Spans dropped because the export queue was full",
+    ),
 )
 
 _current_span: contextvars.ContextVar[trace.Span | None] = contextvars.ContextVar(
@@ -284,6 +290,7 @@ class Recorder:
                 "vantage.probes.in_flight",
                 "vantage.checks",
                 "vantage.export.failures",
+                "vantage.spans.dropped",
             ):
                 self._instrument(spec)
         meter.create_observable_gauge(
@@ -297,6 +304,12 @@ class Recorder:
             [self._observe_export_failures],
             "{export}",
             "Telemetry exports that failed, by signal",
+        )
+        meter.create_observable_counter(
+            "vantage.spans.dropped",
+            [self._observe_spans_dropped],
+            "{span}",
+            "Spans dropped because the export queue was full",
         )
 
     def _instrument(self, spec: MetricSpec) -> Any:
@@ -355,6 +368,9 @@ class Recorder:
     def _observe_export_failures(self, _: CallbackOptions) -> list[Observation]:
         failed = self._export_stats.failed
         return [Observation(failed.get(signal, 0), {"signal": signal}) for signal in ("traces", "metrics")]
+
+    def _observe_spans_dropped(self, _: CallbackOptions) -> list[Observation]:
+        return [Observation(self._export_stats.dropped.get("traces", 0))]
 
     def loop_lag(self, seconds: float) -> None:
         """The scheduler's measure of how starved the event loop is."""

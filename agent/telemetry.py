@@ -8,21 +8,49 @@ The bare SDK exports nothing unless told; the agent's defaults work with no back
 
 ``otlp`` means http/protobuf unless ``OTEL_EXPORTER_OTLP_PROTOCOL`` says ``grpc``, as the
 specification (not the Python SDK) has it. Other names are looked up in OpenTelemetry's own
-entry-point groups, so any installed exporter package can be chosen. Every exporter is wrapped so
-that failed exports are counted: the SDK's ``force_flush`` says True even when an export failed.
+entry-point groups, so any installed exporter package can be chosen.
+
+A telemetry backend cannot hurt the agent:
+
+* the OTLP/HTTP exporters send through a :class:`BoundedSession`: each request ends by its
+  deadline however the backend trickles, and an answer is read up to 64 KiB, no further;
+* every exporter is wrapped so that exports are counted with the cause of each failure
+  (``refused``, ``timeout``, ``http 503``, ``oversized``, ``tls``, ``garbage``, ...): the SDK's
+  ``force_flush`` says True even when an export failed. ``/readyz`` shows them
+  (:meth:`Telemetry.health`), and the log gets one line when a signal starts failing (or its
+  cause changes) and one when it recovers, instead of the SDK's lines for every retry;
+* spans that the batch processor's full queue drops are counted (``vantage.spans.dropped``).
+
+Every ``OTEL_*`` variable the agent or the SDK reads is checked first (:func:`validate_otel_env`):
+a value the SDK would silently replace by its default, or print, is a :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
+import contextvars
+import errno
+import http.client
+import io
 import logging
+import math
+import re
+import socket
+import ssl
 import threading
-import uuid
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
+from urllib.parse import unquote
 
+import requests
+import requests.adapters
+import requests.exceptions
+import urllib3.connection
+import urllib3.connectionpool
+import urllib3.exceptions
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     MetricExporter,
@@ -37,49 +65,512 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from .errors import ConfigError
+from .secrets import Redactor, redact_url
 
-__all__ = ["ExportStats", "Telemetry", "build_resource", "build_telemetry"]
+__all__ = [
+    "MAX_ANSWER",
+    "BoundedSession",
+    "CountingBatchSpanProcessor",
+    "ExportOutcome",
+    "ExportStats",
+    "OversizedAnswer",
+    "Telemetry",
+    "build_resource",
+    "build_telemetry",
+    "export_cause",
+    "otel_secrets",
+    "validate_otel_env",
+]
 
 log = logging.getLogger("vantage.telemetry")
 
+SIGNALS = ("traces", "metrics")
 # The exporter encodes a batch in its thread while holding the GIL; the SDK's 512 spans stall
 # the event loop for tens of milliseconds, so the agent sends smaller batches unless told.
 _SPAN_BATCH = 64
+_SPAN_QUEUE = 2048  # the SDK's default
 _PROTOCOLS = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
 # Above this many seconds an OTLP timeout was almost surely meant as milliseconds (the spec's unit).
 _MAX_TIMEOUT_SECONDS = 300.0
+# An OTLP answer is an Export*ServiceResponse: empty, or a partial-success count and message.
+MAX_ANSWER = 64 * 1024
+_CHUNK = 16 * 1024
+
+
+# ---------------------------------------------------------------- the OTLP/HTTP session
+#
+# The SDK's exporters send through ``requests`` and read the whole answer into memory, with the
+# timeout applying to each socket read: a backend that answers 200 with a 1 GiB body, or trickles
+# its answer a byte at a time, holds the exporter's thread (and its memory) as long as it likes.
+# The session below is handed to the exporters through their public ``session=`` argument.
+
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "vantage_export_deadline", default=None
+)
+
+
+class OversizedAnswer(requests.exceptions.RequestException):
+    """The backend's answer is larger than an OTLP reply can be; it was not read to the end."""
+
+
+def _time_left() -> float | None:
+    """Seconds left before the current request's deadline; raises ``TimeoutError`` once it passed."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the export's deadline passed")
+    return left
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Reads a socket giving each read only the time left before the request's deadline.
+
+    A per-read timeout alone never fires against a backend that sends a byte every half second.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def readinto(self, buffer: Any) -> int | None:
+        left = _time_left()
+        if left is not None:
+            self._sock.settimeout(left)
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    """``http.client``'s response (status line, headers and body) read through a _DeadlineReader."""
+
+    def __init__(
+        self, sock: socket.socket, debuglevel: int = 0, method: str | None = None, url: str | None = None
+    ) -> None:
+        super().__init__(sock, debuglevel, method, url)
+        if _deadline.get() is not None:
+            self.fp.close()
+            self.fp = io.BufferedReader(_DeadlineReader(sock))
+
+
+def _limit_send(sock: socket.socket | None) -> None:
+    left = _time_left()
+    if left is not None and sock is not None:
+        sock.settimeout(left)
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    response_class = _DeadlineResponse
+
+    def send(self, data: Any) -> None:
+        _limit_send(self.sock)
+        super().send(data)
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+    response_class = _DeadlineResponse
+
+    def send(self, data: Any) -> None:
+        _limit_send(self.sock)
+        super().send(data)
+
+
+class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOLS: dict[str, type[urllib3.connectionpool.HTTPConnectionPool]] = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _DeadlineAdapter(requests.adapters.HTTPAdapter):
+    """Connection pools whose connections read through a _DeadlineResponse (SOCKS proxies excepted)."""
+
+    def init_poolmanager(
+        self,
+        connections: int,
+        maxsize: int,
+        block: bool = requests.adapters.DEFAULT_POOLBLOCK,
+        **pool_kwargs: Any,
+    ) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    """What became of one HTTP request of an exporter: ``cause`` is empty on success."""
+
+    cause: str = ""
+    detail: str = ""
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and those it wraps: causes, contexts, and (as requests and urllib3 wrap them)
+    the exceptions among its ``args`` and its ``reason``."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo and len(seen) < 32:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        wrapped = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        todo.extend(e for e in wrapped if isinstance(e, BaseException))
+
+
+_REFUSED = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH}
+
+
+def export_cause(exc: BaseException, budget: float | None = None) -> ExportOutcome:
+    """The cause of a failed request, as ``/readyz`` and the log name it: the one place where the
+    exceptions of ``requests``, ``urllib3``, ``http.client``, ``ssl`` and ``socket`` become causes."""
+    chain = list(_chain(exc))
+
+    def having(*types: type[BaseException]) -> BaseException | None:
+        return next((e for e in chain if isinstance(e, types)), None)
+
+    if having(OversizedAnswer):
+        return ExportOutcome("oversized", f"the answer was larger than {MAX_ANSWER} bytes")
+    if having(ConnectionRefusedError) or any(isinstance(e, OSError) and e.errno in _REFUSED for e in chain):
+        return ExportOutcome("refused", "the backend refused the connection or is unreachable")
+    # urllib3's NewConnectionError derives from its ConnectTimeoutError; it is not a timeout.
+    timeouts = (TimeoutError, requests.exceptions.Timeout, urllib3.exceptions.ReadTimeoutError)
+    if having(*timeouts) or any(
+        isinstance(e, urllib3.exceptions.ConnectTimeoutError)
+        and not isinstance(e, urllib3.exceptions.NewConnectionError)
+        for e in chain
+    ):
+        within = f" within {budget:.3g}s" if budget is not None else ""
+        return ExportOutcome("timeout", f"no complete answer{within}")
+    tls = having(
+        ssl.SSLError, ssl.CertificateError, urllib3.exceptions.SSLError, requests.exceptions.SSLError
+    )
+    if tls is not None:
+        verify = getattr(tls, "verify_message", None) or getattr(
+            having(ssl.SSLCertVerificationError), "verify_message", None
+        )
+        return ExportOutcome("tls", f"TLS failed: {verify}" if verify else "the TLS handshake failed")
+    if having(socket.gaierror, urllib3.exceptions.NameResolutionError):
+        return ExportOutcome("dns", "the backend's name did not resolve")
+    if having(http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+        return ExportOutcome("protocol", "the backend closed the connection without a complete answer")
+    if having(
+        http.client.BadStatusLine,
+        http.client.LineTooLong,
+        urllib3.exceptions.HeaderParsingError,
+        requests.exceptions.InvalidHeader,
+        requests.exceptions.ContentDecodingError,
+    ):
+        return ExportOutcome("garbage", "the answer is not HTTP")
+    if having(
+        http.client.HTTPException, urllib3.exceptions.ProtocolError, requests.exceptions.ConnectionError
+    ):
+        return ExportOutcome("protocol", "the answer broke off")
+    return ExportOutcome("error", type(exc).__name__)
+
+
+def _budget(timeout: Any) -> float | None:
+    if isinstance(timeout, int | float):
+        return float(timeout)
+    if isinstance(timeout, tuple) and all(isinstance(t, int | float) for t in timeout):
+        return float(sum(timeout))
+    return None
+
+
+class BoundedSession(requests.Session):
+    """A ``requests`` session for the OTLP/HTTP exporters that no answer can hurt.
+
+    * Each request ends by the ``timeout`` it is given (the SDK passes what is left of the export's
+      budget): every socket read and write waits only for the time left, so an answer trickled a
+      byte at a time fails as ``timeout`` at the deadline instead of holding the exporter's thread.
+    * The answer's body is read up to ``max_answer`` bytes; beyond that the connection is closed
+      and the request fails as ``oversized`` (an :class:`OversizedAnswer`, which the SDK does not
+      retry).
+    * The outcomes of each thread's requests, with the cause of each failure, are kept for the
+      exporter's wrapper (:meth:`take_outcome`): the SDK's exporters only say SUCCESS or FAILURE.
+    """
+
+    def __init__(self, max_answer: int = MAX_ANSWER) -> None:
+        super().__init__()
+        self.max_answer = max_answer
+        adapter = _DeadlineAdapter()
+        self.mount("http://", adapter)
+        self.mount("https://", adapter)
+        self._outcomes = threading.local()
+
+    def take_outcome(self) -> ExportOutcome | None:
+        """What became of this thread's requests since the last call (None if it made none): the
+        outcome of the last one, unless it timed out after an earlier one had a telling answer.
+
+        The SDK retries within the export's budget and may send its last attempt with almost none
+        of it left; that attempt's ``timeout`` says less than the ``http 503`` before it.
+        """
+        outcomes: list[ExportOutcome] = getattr(self._outcomes, "seen", [])
+        self._outcomes.seen = []
+        if not outcomes:
+            return None
+        last = outcomes[-1]
+        if last.cause == "timeout":
+            telling = (o for o in reversed(outcomes) if o.cause not in ("", "timeout"))
+            return next(telling, last)
+        return last
+
+    def _note(self, outcome: ExportOutcome) -> None:
+        seen: list[ExportOutcome] = getattr(self._outcomes, "seen", [])
+        self._outcomes.seen = [*seen[-7:], outcome]  # bounded, should nobody take them
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        budget = _budget(kwargs.get("timeout"))
+        if budget is not None and budget <= 0:
+            # The SDK's last retry may come with nothing left (urllib3 would raise ValueError).
+            spent = requests.exceptions.ConnectTimeout("nothing left of the export's budget", request=request)
+            self._note(export_cause(spent, budget))
+            raise spent
+        kwargs["stream"] = True
+        token = _deadline.set(None if budget is None else time.monotonic() + budget)
+        try:
+            response = super().send(request, **kwargs)
+            self._read_body(response)
+        except Exception as exc:
+            self._note(export_cause(exc, budget))
+            raise
+        finally:
+            _deadline.reset(token)
+        status = response.status_code
+        self._note(
+            ExportOutcome()
+            if 200 <= status < 400
+            else ExportOutcome(f"http {status}", f"HTTP {status} {response.reason or ''}".strip())
+        )
+        return response
+
+    def resolve_redirects(self, *args: Any, **kwargs: Any) -> Generator[requests.Response, None, None]:
+        """No redirects: the exporters follow none, and ``requests`` would read a redirect's whole
+        body, uncapped, to release its connection (even to only note where it points)."""
+        yield from ()
+
+    def _read_body(self, response: requests.Response) -> None:
+        """Read the body up to the cap (within the deadline, as the socket reads are bounded) and
+        keep it as the response's content."""
+        raw = response.raw
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.max_answer:
+            response.close()
+            raise OversizedAnswer(f"Content-Length {length} is above {self.max_answer} bytes")
+        body = bytearray()
+        try:
+            for chunk in raw.stream(_CHUNK, decode_content=True):
+                body += chunk
+                if len(body) > self.max_answer:
+                    raise OversizedAnswer(f"the answer is larger than {self.max_answer} bytes")
+        except OversizedAnswer:
+            response.close()
+            raise
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            response.close()
+            raise requests.exceptions.ReadTimeout(exc, request=response.request) from exc
+        except urllib3.exceptions.SSLError as exc:
+            response.close()
+            raise requests.exceptions.SSLError(exc, request=response.request) from exc
+        except urllib3.exceptions.DecodeError as exc:
+            response.close()
+            raise requests.exceptions.ContentDecodingError(exc, request=response.request) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            response.close()
+            raise requests.exceptions.ChunkedEncodingError(exc, request=response.request) from exc
+        raw.release_conn()
+        # What the SDK may read (``content``, ``text``) comes from the capped copy.
+        response.raw = io.BytesIO(bytes(body))
+
+
+# ---------------------------------------------------------------- export outcomes
+
+
+@dataclass
+class _ExporterState:
+    """One exporter's run of failures, for the log and ``/readyz``."""
+
+    signal: str
+    exporter: str
+    endpoint: str
+    failures: int = 0
+    since: float | None = None
+    cause: str = ""
 
 
 @dataclass
 class ExportStats:
-    """Export outcomes per signal, counted by the exporter wrappers (they run in SDK threads)."""
+    """Export outcomes per signal, counted by the exporter wrappers (they run in SDK threads).
+
+    Logs one line when an exporter starts failing (or its cause changes) and one when it recovers.
+    """
 
     exported: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
-    last_error: dict[str, str] = field(default_factory=dict)
+    dropped: Counter[str] = field(default_factory=Counter)
+    """Spans (``traces``) dropped by a full export queue."""
+    last_error: dict[str, dict[str, Any]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    clock: Callable[[], float] = time.time
+    _states: dict[tuple[str, str], _ExporterState] = field(default_factory=dict)
+
+    def _state(self, signal: str, exporter: str, endpoint: str) -> _ExporterState:
+        key = (signal, endpoint or exporter)
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = _ExporterState(signal, exporter, endpoint or exporter)
+        return state
+
+    def succeeded(self, signal: str, exporter: str = "", endpoint: str = "") -> None:
+        """An export went through."""
+        with self.lock:
+            self.exported[signal] += 1
+            state = self._state(signal, exporter, endpoint)
+            recovered_after = state.failures if state.since is not None else 0
+            state.failures, state.since, state.cause = 0, None, ""
+        if recovered_after:
+            log.info(
+                "%s export to %s recovered after %d failed export%s",
+                signal,
+                state.endpoint,
+                recovered_after,
+                "" if recovered_after == 1 else "s",
+                extra={"signal": signal, "endpoint": state.endpoint, "failed_exports": recovered_after},
+            )
+
+    def failed_with(
+        self, signal: str, outcome: ExportOutcome, exporter: str = "", endpoint: str = ""
+    ) -> None:
+        """An export failed; ``outcome`` says why."""
+        now = self.clock()
+        with self.lock:
+            self.failed[signal] += 1
+            state = self._state(signal, exporter, endpoint)
+            changed = state.since is None or state.cause != outcome.cause
+            if state.since is None:
+                state.since = now
+            state.failures += 1
+            state.cause = outcome.cause
+            self.last_error[signal] = {
+                "cause": outcome.cause,
+                "detail": outcome.detail,
+                "exporter": state.exporter,
+                "endpoint": state.endpoint,
+                "time": now,
+            }
+        if changed:
+            log.warning(
+                "%s export to %s failing: %s",
+                signal,
+                state.endpoint,
+                outcome.cause,
+                extra={
+                    "signal": signal,
+                    "endpoint": state.endpoint,
+                    "cause": outcome.cause,
+                    "detail": outcome.detail,
+                },
+            )
 
     def note(self, signal: str, ok: bool, error: str = "") -> None:
+        """Count an export of an unnamed exporter (``error`` is the cause of a failure)."""
+        if ok:
+            self.succeeded(signal)
+        else:
+            self.failed_with(signal, ExportOutcome(error or "error", error))
+
+    def spans_dropped(self, count: int) -> None:
         with self.lock:
-            if ok:
-                self.exported[signal] += 1
-            else:
-                self.failed[signal] += 1
-                self.last_error[signal] = error
+            self.dropped["traces"] += count
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counts, the last error and the current run of failures of each signal."""
+        with self.lock:
+            failing: dict[str, dict[str, Any]] = {}
+            for state in sorted(self._states.values(), key=lambda s: s.since or 0.0, reverse=True):
+                if state.since is not None:
+                    # With several failing exporters of one signal, the longest failing one is shown.
+                    failing[state.signal] = {
+                        "since": state.since,
+                        "failed_exports": state.failures,
+                        "cause": state.cause,
+                        "exporter": state.exporter,
+                        "endpoint": state.endpoint,
+                    }
+            return {
+                "exported": dict(self.exported),
+                "failed": dict(self.failed),
+                "dropped": {"traces": self.dropped["traces"]},
+                "last_error": {k: dict(v) for k, v in self.last_error.items()},
+                "failing": failing,
+            }
+
+
+class _Outcomes:
+    """Where a wrapper learns why its exporter failed (the session of an OTLP/HTTP exporter)."""
+
+    def __init__(self, session: BoundedSession | None) -> None:
+        self._session = session
+
+    def begin(self) -> None:
+        if self._session is not None:
+            self._session.take_outcome()
+
+    def failure(self, exc: BaseException | None = None) -> ExportOutcome:
+        outcome = self._session.take_outcome() if self._session is not None else None
+        if outcome is not None and outcome.cause:
+            return outcome
+        if exc is not None:
+            return ExportOutcome("error", f"the exporter raised {type(exc).__name__}")
+        return ExportOutcome("error", "the exporter reported a failure")
 
 
 class _CountingSpanExporter(SpanExporter):
-    def __init__(self, inner: SpanExporter, name: str, stats: ExportStats) -> None:
-        self._inner, self._name, self._stats = inner, name, stats
+    def __init__(
+        self,
+        inner: SpanExporter,
+        name: str,
+        stats: ExportStats,
+        endpoint: str = "",
+        outcomes: _Outcomes | None = None,
+    ) -> None:
+        self._inner, self._name, self._stats, self._endpoint = inner, name, stats, endpoint
+        self._outcomes = outcomes or _Outcomes(None)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self._outcomes.begin()
         try:
             result = self._inner.export(spans)
         except Exception as exc:  # an exporter bug must not kill the SDK's thread
-            self._stats.note("traces", False, f"{self._name}: {type(exc).__name__}")
+            self._stats.failed_with("traces", self._outcomes.failure(exc), self._name, self._endpoint)
             return SpanExportResult.FAILURE
-        ok = result is SpanExportResult.SUCCESS
-        self._stats.note("traces", ok, "" if ok else f"{self._name}: export failed")
+        if result is SpanExportResult.SUCCESS:
+            self._stats.succeeded("traces", self._name, self._endpoint)
+        else:
+            self._stats.failed_with("traces", self._outcomes.failure(), self._name, self._endpoint)
         return result
 
     def shutdown(self) -> None:
@@ -90,23 +581,34 @@ class _CountingSpanExporter(SpanExporter):
 
 
 class _CountingMetricExporter(MetricExporter):
-    def __init__(self, inner: MetricExporter, name: str, stats: ExportStats) -> None:
+    def __init__(
+        self,
+        inner: MetricExporter,
+        name: str,
+        stats: ExportStats,
+        endpoint: str = "",
+        outcomes: _Outcomes | None = None,
+    ) -> None:
         super().__init__(
             preferred_temporality=inner._preferred_temporality,
             preferred_aggregation=inner._preferred_aggregation,
         )
-        self._inner, self._name, self._stats = inner, name, stats
+        self._inner, self._name, self._stats, self._endpoint = inner, name, stats, endpoint
+        self._outcomes = outcomes or _Outcomes(None)
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
+        self._outcomes.begin()
         try:
             result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
         except Exception as exc:
-            self._stats.note("metrics", False, f"{self._name}: {type(exc).__name__}")
+            self._stats.failed_with("metrics", self._outcomes.failure(exc), self._name, self._endpoint)
             return MetricExportResult.FAILURE
-        ok = result is MetricExportResult.SUCCESS
-        self._stats.note("metrics", ok, "" if ok else f"{self._name}: export failed")
+        if result is MetricExportResult.SUCCESS:
+            self._stats.succeeded("metrics", self._name, self._endpoint)
+        else:
+            self._stats.failed_with("metrics", self._outcomes.failure(), self._name, self._endpoint)
         return result
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
@@ -114,6 +616,77 @@ class _CountingMetricExporter(MetricExporter):
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
+# ---------------------------------------------------------------- the batch span processor adapter
+
+
+class _DropCounter:
+    """Stands in for the batch processor's own metrics object and counts what it drops."""
+
+    def __init__(self, inner: Any, stats: ExportStats) -> None:
+        self._inner, self._stats = inner, stats
+
+    def register_queue_size(self, get_queue_size: Callable[[], int]) -> None:
+        self._inner.register_queue_size(get_queue_size)
+
+    def drop_items(self, count: int, error_type: str = "queue_full") -> None:
+        if error_type == "queue_full":
+            self._stats.spans_dropped(count)
+        self._inner.drop_items(count, error_type)
+
+    def finish_items(self, count: int) -> None:
+        self._inner.finish_items(count)
+
+
+class CountingBatchSpanProcessor(BatchSpanProcessor):
+    """A BatchSpanProcessor whose full-queue drops are counted in ``stats.dropped["traces"]``.
+
+    The SDK (1.45) counts them only in its opt-in self-metrics: its batch processor calls
+    ``drop_items`` on a private metrics object, which this adapter replaces with a counting proxy.
+    ``tests/test_telemetry_config.py`` fails if the SDK stops doing so.
+    """
+
+    def __init__(self, exporter: SpanExporter, stats: ExportStats, **kwargs: Any) -> None:
+        super().__init__(exporter, **kwargs)
+        processor = getattr(self, "_batch_processor", None)
+        metrics = getattr(processor, "_metrics", None)
+        if processor is None or not callable(getattr(metrics, "drop_items", None)):
+            log.warning("this OpenTelemetry SDK hides dropped spans; vantage.spans.dropped stays 0")
+            return
+        processor._metrics = _DropCounter(metrics, stats)
+
+
+# ---------------------------------------------------------------- the SDK's own log lines
+
+
+class _RetryNoise(logging.Filter):
+    """Drops the SDK's lines about each failed export and retry: ExportStats logs state changes."""
+
+    MESSAGES = ("Transient error", "Failed to export", "Shutdown in progress, aborting retry")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(self.MESSAGES))
+
+
+_SDK_EXPORT_LOGGERS = (
+    "opentelemetry.exporter.otlp.common.http",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+)
+_RETRY_NOISE = _RetryNoise()
+
+
+def _quiet_sdk_export_logs() -> None:
+    # A logger's filters see only the records logged to it by name, not its children's.
+    for name in _SDK_EXPORT_LOGGERS:
+        logging.getLogger(name).addFilter(_RETRY_NOISE)
+
+
+# ---------------------------------------------------------------- Telemetry
 
 
 @dataclass
@@ -129,15 +702,12 @@ class Telemetry:
     """The prometheus_client registry behind ``/metrics``, when the ``prometheus`` exporter is on."""
 
     def health(self) -> dict[str, Any]:
-        """The exporters' state for ``/readyz``: what is configured and what became of the exports."""
-        stats = self.stats
-        with stats.lock:
-            return {
-                "exporters": {"traces": self.trace_exporters, "metrics": self.metric_exporters},
-                "exported": dict(stats.exported),
-                "failed": dict(stats.failed),
-                "last_error": dict(stats.last_error),
-            }
+        """The exporters' state for ``/readyz``, by signal: what is configured, how many exports
+        went through and failed, spans dropped, the last error with its cause, and, for a signal
+        failing now, since when (epoch seconds), how many exports in a row and why."""
+        return {"exporters": {"traces": self.trace_exporters, "metrics": self.metric_exporters}} | (
+            self.stats.snapshot()
+        )
 
     def render_prometheus(self) -> bytes:
         """The ``/metrics`` page; blocking (it collects every instrument), so call it in a thread."""
@@ -157,20 +727,36 @@ class Telemetry:
         self.meter_provider.shutdown(timeout_millis=max(1, int(timeout * 1000)))
 
 
+# ---------------------------------------------------------------- resource
+
+
+def _env_resource(environ: Mapping[str, str]) -> dict[str, str]:
+    """``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME``, parsed as the SDK parses them."""
+    attributes: dict[str, str] = {}
+    for item in environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            attributes[key.strip()] = unquote(value.strip())
+    if environ.get("OTEL_SERVICE_NAME"):
+        attributes["service.name"] = environ["OTEL_SERVICE_NAME"]
+    return attributes
+
+
 def build_resource(environ: Mapping[str, str], *, region: str, version: str, worker: Any = None) -> Resource:
     """The resource of every signal: service, instance, ``cloud.region`` and pod attributes.
 
-    ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME`` win over the agent's own values.
+    ``service.instance.id`` is the pod's (or host's) name, ``HOSTNAME`` or else the system's host
+    name, so that a restart keeps its series; the SDK's detector would make a random UUID per
+    process. ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME`` win over the agent's own values.
+    In worker mode each worker appends ``-worker-<i>`` to the id, whichever set it: two processes
+    under one id would mix their cumulative series.
     """
     ours: dict[str, str] = {
         "service.name": "vantage",
         "service.version": version,
-        "service.instance.id": environ.get("HOSTNAME") or str(uuid.uuid4()),
+        "service.instance.id": environ.get("HOSTNAME") or socket.gethostname(),
         "cloud.region": region,
     }
-    if worker is not None and worker.count > 1:
-        # Each worker process is its own instance, or OTLP backends would mix their series.
-        ours["service.instance.id"] += f"-worker-{worker.index}"
     for var, key in (
         ("POD_NAME", "k8s.pod.name"),
         ("POD_NAMESPACE", "k8s.namespace.name"),
@@ -178,22 +764,117 @@ def build_resource(environ: Mapping[str, str], *, region: str, version: str, wor
     ):
         if environ.get(var):
             ours[key] = environ[var]
-    detected = Resource.create({})
-    if str(detected.attributes.get("service.name", "")).startswith("unknown_service"):
-        detected = Resource({k: v for k, v in detected.attributes.items() if k != "service.name"})
-    return Resource(ours).merge(detected)
+    detected = dict(Resource.create({}).attributes)
+    detected.pop("service.instance.id", None)
+    if str(detected.get("service.name", "")).startswith("unknown_service"):
+        del detected["service.name"]
+    attributes: dict[str, Any] = {**ours, **detected, **_env_resource(environ)}
+    if worker is not None and worker.count > 1:
+        attributes["service.instance.id"] = f"{attributes['service.instance.id']}-worker-{worker.index}"
+    return Resource(attributes)
 
 
-def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
+# ---------------------------------------------------------------- validation
+
+_HEADER_VARS = tuple(f"OTEL_EXPORTER_OTLP_{s}HEADERS" for s in ("", "TRACES_", "METRICS_"))
+_TIMEOUT_VARS = tuple(f"OTEL_EXPORTER_OTLP_{s}TIMEOUT" for s in ("", "TRACES_", "METRICS_"))
+_COMPRESSION_VARS = tuple(f"OTEL_EXPORTER_OTLP_{s}COMPRESSION" for s in ("", "TRACES_", "METRICS_"))
+# RFC 9110 token characters: what a header name may hold.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# What the SDK takes in a value: printable ASCII but '"', ',', ';' and '\' (and a space, which the
+# specification forbids but the Python SDK accepts unencoded, as other SDKs do).
+_HEADER_VALUE = re.compile(r"[\x20\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_SAMPLERS = {
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+}
+_LIMITS = (
+    "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    "OTEL_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_SPAN_EVENT_COUNT_LIMIT",
+    "OTEL_SPAN_LINK_COUNT_LIMIT",
+    "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT",
+)
+
+
+def _headers(environ: Mapping[str, str], var: str) -> list[tuple[str, str]]:
+    """The ``(name, raw value)`` pairs of a headers variable; a ConfigError never shows a value."""
+    pairs = []
+    for number, entry in enumerate(re.split(r"[ \t]*,[ \t]*", environ.get(var, "")), 1):
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, sep, value = entry.partition("=")
+        how = "headers are a comma-separated list of name=value, values percent-encoded, e.g. "
+        how += "Authorization=Basic%20<credentials>"
+        if not sep:
+            colon = " (it has a ':' where '=' belongs)" if ":" in entry else ""
+            raise ConfigError(f"{var}: entry {number} is not name=value{colon}; {how}")
+        name, value = name.strip(), value.strip()
+        if not _TOKEN.fullmatch(name):
+            colon = " (it has a ':' where '=' belongs)" if ":" in name else ""
+            raise ConfigError(f"{var}: the name of entry {number} is not an HTTP header name{colon}; {how}")
+        if not _HEADER_VALUE.fullmatch(value):
+            raise ConfigError(
+                f"{var}: the value of entry {number} holds characters that must be percent-encoded "
+                f"(non-ASCII or control characters, '\"', ';' or '\\'); {how}"
+            )
+        if _BAD_ESCAPE.search(value):
+            raise ConfigError(
+                f"{var}: the value of entry {number} has a '%' that does not start a %XX escape; "
+                "write a '%' itself as %25"
+            )
+        pairs.append((name, value))
+    return pairs
+
+
+def otel_secrets(environ: Mapping[str, str]) -> set[str]:
+    """The secrets in the OTLP headers variables: each value as written and decoded, and the
+    credentials after an authorization scheme (``Basic <credentials>``)."""
+    secrets: set[str] = set()
+    for var in _HEADER_VARS:
+        for _, value in _headers(environ, var):
+            for spelling in {value, unquote(value)}:
+                secrets.add(spelling)
+                _, sep, credentials = spelling.partition(" ")
+                if sep and credentials.strip():
+                    secrets.add(credentials.strip())
+    return {s for s in secrets if s.strip()}
+
+
+def _number(
+    environ: Mapping[str, str],
+    var: str,
+    *,
+    whole: bool,
+    unit: str,
+    minimum: float = 0.0,
+    inclusive: bool = False,
+    maximum: float = math.inf,
+    unset_ok: bool = False,
+) -> float | None:
+    """The value of a numeric variable, or None when it is not set; a ConfigError names it."""
+    raw = environ.get(var, "").strip()
+    if not raw or (unset_ok and raw.lower() == "unset"):
+        return None
     try:
-        value = int(raw)
+        value = float(int(raw)) if whole else float(raw)
     except ValueError:
-        raise ConfigError(f"{name}: {raw!r} is not a whole number") from None
-    if value < 1:
-        raise ConfigError(f"{name}: must be at least 1")
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"{var}: {raw!r} is not {kind} of {unit}") from None
+    low_ok = value >= minimum if inclusive else value > minimum
+    if not (math.isfinite(value) and low_ok and value <= maximum):
+        bound = f"at least {minimum:g}" if inclusive else f"above {minimum:g}"
+        top = f" and at most {maximum:g}" if math.isfinite(maximum) else ""
+        raise ConfigError(f"{var}: {raw} is out of range; it must be {bound}{top} ({unit})")
     return value
 
 
@@ -211,18 +892,8 @@ def _exporter_names(environ: Mapping[str, str], signal: str) -> list[str]:
     return [*defaults, "otlp"] if has_endpoint else defaults
 
 
-def _check_otlp_env(environ: Mapping[str, str], signal: str) -> str:
-    for var in ("OTEL_EXPORTER_OTLP_TIMEOUT", f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT"):
-        if var in environ:
-            try:
-                seconds = float(environ[var])
-            except ValueError:
-                raise ConfigError(f"{var}: {environ[var]!r} is not a number of seconds") from None
-            if not 0 < seconds <= _MAX_TIMEOUT_SECONDS:
-                raise ConfigError(
-                    f"{var}: {environ[var]} is out of range; the OpenTelemetry Python SDK reads it in "
-                    f"seconds (not milliseconds as the specification says), so use e.g. 10"
-                )
+def _otlp_point(environ: Mapping[str, str], signal: str) -> str:
+    """The entry-point name that ``otlp`` stands for: http/protobuf unless told grpc."""
     protocol = (
         environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
         or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
@@ -240,17 +911,99 @@ def _check_otlp_env(environ: Mapping[str, str], signal: str) -> str:
     return _PROTOCOLS[protocol]
 
 
-def _load_exporter(environ: Mapping[str, str], signal: str, name: str) -> Any:
+def _entry_point(environ: Mapping[str, str], signal: str, name: str) -> Any:
     group = f"opentelemetry_{signal}_exporter"
-    point_name = _check_otlp_env(environ, signal) if name == "otlp" else name
+    point_name = _otlp_point(environ, signal) if name == "otlp" else name
     points = {p.name: p for p in entry_points(group=group)}
     if point_name not in points:
         choices = sorted({*points, "none"} - {"otlp_proto_http", "otlp_proto_grpc"})
         raise ConfigError(
             f"OTEL_{signal.upper()}_EXPORTER: unknown exporter {name!r}; installed: {', '.join(choices)}"
         )
+    return points[point_name]
+
+
+def validate_otel_env(environ: Mapping[str, str]) -> None:
+    """Check every ``OTEL_*`` variable that the agent or the SDK reads, as :func:`build_telemetry`
+    does first; a supervisor calls it before it starts workers. Raises :class:`ConfigError` naming
+    the variable (and never showing a header's value)."""
+    for signal in SIGNALS:
+        for name in _exporter_names(environ, signal):
+            if name != "prometheus" or signal != "metrics":
+                _entry_point(environ, signal, name)
+    for var in _TIMEOUT_VARS:
+        try:
+            _number(environ, var, whole=False, unit="seconds", maximum=_MAX_TIMEOUT_SECONDS)
+        except ConfigError:
+            raise ConfigError(
+                f"{var}: {environ[var]!r} is not a number of seconds in (0, {_MAX_TIMEOUT_SECONDS:g}]; the "
+                "OpenTelemetry Python SDK reads it in seconds (not milliseconds as the specification "
+                "says), so use e.g. 10"
+            ) from None
+    for var in _COMPRESSION_VARS:
+        value = environ.get(var, "").strip().lower()
+        if value and value not in ("none", "gzip", "deflate"):
+            raise ConfigError(f"{var}: unknown compression {value!r}; use none, gzip or deflate")
+    for var in _HEADER_VARS:
+        _headers(environ, var)
+    for var in ("OTEL_METRIC_EXPORT_INTERVAL", "OTEL_METRIC_EXPORT_TIMEOUT"):
+        _number(environ, var, whole=False, unit="milliseconds")
+    for var in ("OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_EXPORT_TIMEOUT"):
+        _number(environ, var, whole=True, unit="milliseconds")
+    queue = _number(environ, "OTEL_BSP_MAX_QUEUE_SIZE", whole=True, unit="spans")
+    batch = _number(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", whole=True, unit="spans")
+    if batch is not None and batch > (queue or _SPAN_QUEUE):
+        raise ConfigError(
+            f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE: {batch:g} is larger than the queue "
+            f"(OTEL_BSP_MAX_QUEUE_SIZE, {queue or _SPAN_QUEUE:g})"
+        )
+    for var in _LIMITS:
+        _number(environ, var, whole=True, unit="a limit, or 'unset'", inclusive=True, unset_ok=True)
+    sampler = environ.get("OTEL_TRACES_SAMPLER", "")
+    if sampler and sampler.lower() not in _SAMPLERS:
+        raise ConfigError(
+            f"OTEL_TRACES_SAMPLER: unknown sampler {sampler!r}; use one of {', '.join(sorted(_SAMPLERS))}"
+        )
+    if sampler.lower().endswith("traceidratio"):
+        _number(environ, "OTEL_TRACES_SAMPLER_ARG", whole=False, unit="a ratio", inclusive=True, maximum=1.0)
+
+
+# ---------------------------------------------------------------- building
+
+
+def _otlp_endpoint(environ: Mapping[str, str], signal: str) -> str:
+    """The endpoint the SDK's OTLP/HTTP exporter sends ``signal`` to, as it resolves it."""
+    endpoint = environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    if endpoint:
+        return endpoint
+    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318"
+    return f"{base.removesuffix('/')}/v1/{signal}"
+
+
+def _credential_provider(environ: Mapping[str, str], signal: str) -> bool:
+    return bool(
+        environ.get("OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER")
+        or environ.get(f"OTEL_PYTHON_EXPORTER_OTLP_HTTP_{signal.upper()}_CREDENTIAL_PROVIDER")
+    )
+
+
+def _exporter(environ: Mapping[str, str], signal: str, name: str) -> tuple[Any, str, _Outcomes]:
+    """An exporter instance, the target its failures are logged under, and where their causes are."""
+    point = _entry_point(environ, signal, name)
+    target = name
     try:
-        return points[point_name].load()()
+        if point.name == "otlp_proto_http":
+            target = redact_url(_otlp_endpoint(environ, signal))
+            # A credential provider brings its own session, which the SDK uses only if given none.
+            session = None if _credential_provider(environ, signal) else BoundedSession()
+            if signal == "traces":
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+                return OTLPSpanExporter(session=session), target, _Outcomes(session)
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+            return OTLPMetricExporter(session=session), target, _Outcomes(session)
+        return point.load()(), target, _Outcomes(None)
     except Exception as exc:
         raise ConfigError(
             f"OTEL_{signal.upper()}_EXPORTER: exporter {name!r} cannot be started: {exc}"
@@ -258,12 +1011,23 @@ def _load_exporter(environ: Mapping[str, str], signal: str, name: str) -> Any:
 
 
 def build_telemetry(
-    environ: Mapping[str, str], resource: Resource, span_processors: Sequence[SpanProcessor] = ()
+    environ: Mapping[str, str],
+    resource: Resource,
+    span_processors: Sequence[SpanProcessor] = (),
+    *,
+    redactor: Redactor | None = None,
 ) -> Telemetry:
     """Providers with the exporters the environment asks for (see the module docstring).
 
-    ``span_processors`` are added as they are (tests use it to read spans in memory).
+    Validates the environment first (:func:`validate_otel_env`). ``redactor`` learns the values
+    of the OTLP headers as secrets. ``span_processors`` are added as they are (tests use it to read
+    spans in memory).
     """
+    validate_otel_env(environ)
+    if redactor is not None:
+        for secret in otel_secrets(environ):
+            redactor.add(secret)
+    _quiet_sdk_export_logs()
     stats = ExportStats()
     trace_names = _exporter_names(environ, "traces")
     metric_names = _exporter_names(environ, "metrics")
@@ -274,11 +1038,18 @@ def build_telemetry(
     tracer_provider = TracerProvider(resource=resource, sampler=None if recording else ALWAYS_OFF)
     for extra in span_processors:
         tracer_provider.add_span_processor(extra)
-    batch = _env_int(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", _SPAN_BATCH)
+    queue = int(_number(environ, "OTEL_BSP_MAX_QUEUE_SIZE", whole=True, unit="spans") or _SPAN_QUEUE)
+    batch = int(
+        _number(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", whole=True, unit="spans")
+        or min(_SPAN_BATCH, queue)
+    )
     for name in trace_names:
-        exporter = _load_exporter(environ, "traces", name)
-        processor = BatchSpanProcessor(
-            _CountingSpanExporter(exporter, name, stats), max_export_batch_size=batch
+        exporter, target, outcomes = _exporter(environ, "traces", name)
+        processor = CountingBatchSpanProcessor(
+            _CountingSpanExporter(exporter, name, stats, target, outcomes),
+            stats,
+            max_queue_size=queue,
+            max_export_batch_size=batch,
         )
         tracer_provider.add_span_processor(processor)
 
@@ -294,7 +1065,9 @@ def build_telemetry(
             prometheus = CollectorRegistry(auto_describe=True)
             readers.append(PrometheusMetricReader(registry=prometheus, scope_info_enabled=False))
             continue
-        exporter = _load_exporter(environ, "metrics", name)
-        readers.append(PeriodicExportingMetricReader(_CountingMetricExporter(exporter, name, stats)))
+        exporter, target, outcomes = _exporter(environ, "metrics", name)
+        readers.append(
+            PeriodicExportingMetricReader(_CountingMetricExporter(exporter, name, stats, target, outcomes))
+        )
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     return Telemetry(tracer_provider, meter_provider, stats, trace_names, metric_names, prometheus)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -81,6 +82,9 @@ def assert_export(received: Received, traceparents: list[str]) -> None:
     assert resource["cloud.region"] == "eu-test"
     assert resource["deployment.environment"] == "test"
     assert resource["service.version"]
+    # The host's name (a pod's name in Kubernetes), not the SDK's random UUID, which would start new
+    # series at every restart (the agent runs without HOSTNAME here).
+    assert resource["service.instance.id"] == socket.gethostname()
 
     by_id = {span.span_id: span for _, span in spans}
     ok_root = next(s for _, s in spans if s.name == "check vendor-ok")
@@ -176,6 +180,13 @@ def test_a_hung_backend_never_stops_probing(target: tuple[int, list[str]]) -> No
 
             body = wait_until(ready, timeout=40)
             assert body["status"] == "ready"
+            telemetry = body["telemetry"]
+            for signal in telemetry["failed"]:
+                assert telemetry["last_error"][signal]["cause"] == "timeout"
+                assert (
+                    telemetry["last_error"][signal]["endpoint"]
+                    == f"http://127.0.0.1:{backend_port}/v1/{signal}"
+                )
             assert body["event_loop"] == "uvloop"
             runs_then = check_state(agent)["runs"]
             # The check keeps its schedule and its result: export trouble is not a failed check.
