@@ -67,7 +67,7 @@ def build_agent(
     settings = config.settings
     clock = clock or SystemClock()
     resource = build_resource(environ, region=settings.region, version=__version__, worker=config.worker)
-    telemetry = build_telemetry(environ, resource, span_processors)
+    telemetry = build_telemetry(environ, resource, span_processors, redactor=config.redactor)
     if set_global_providers:
         trace.set_tracer_provider(telemetry.tracer_provider)
         metrics.set_meter_provider(telemetry.meter_provider)
@@ -85,7 +85,7 @@ def build_agent(
     http = HttpClientFactory(user_agent=f"Vantage/{__version__}", resolver=resolver)
     check_log = logging.getLogger("vantage.probe")
     inbox = Inbox()
-    started = clock.time()
+    started, started_monotonic = clock.time(), clock.monotonic()
 
     def context(entry: CheckEntry, run: Run) -> ProbeContext:
         return ProbeContext(
@@ -101,6 +101,7 @@ def build_agent(
             inbox=inbox,
             public_url=settings.public_url,
             started=started,
+            started_monotonic=started_monotonic,
         )
 
     scheduler = Scheduler(

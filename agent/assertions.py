@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,8 +26,9 @@ import jsonschema
 from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
 
 from .durations import format_duration, parse_duration
+from .secrets import REDACTED
 
-__all__ = ["Assertion", "AssertionOutcome", "Subject"]
+__all__ = ["Assertion", "AssertionOutcome", "Subject", "clip"]
 
 Source = Literal["status", "header", "body", "response_time"]
 Op = Literal[
@@ -53,15 +54,38 @@ _MAX_ACTUAL = 200
 _MISSING = object()
 
 
+def _unchanged(text: str) -> str:
+    return text
+
+
+def clip(text: str, limit: int, redact: Callable[[str], str]) -> str:
+    """``text`` redacted, then cut to ``limit`` characters with a trailing "…" when cut.
+
+    For any message that quotes what a target sent. In that order because a secret cut in two is
+    found by neither half: cut first, and the half before the cut would be written out. A cut
+    that would end inside a ``<redacted>`` marker is made before it, so that no half of the
+    marker reads as something the target sent.
+    """
+    text = redact(text)
+    if len(text) <= limit:
+        return text
+    straddling = text.find(REDACTED, max(0, limit - len(REDACTED) + 1), limit + len(REDACTED) - 1)
+    return text[: straddling if straddling >= 0 else limit] + "…"
+
+
 @dataclass(slots=True)
 class Subject:
-    """What assertions look at: one response (or delivery), with its body possibly cut at a cap."""
+    """What assertions look at: one response (or delivery), with its body possibly cut at a cap.
+
+    ``redact`` (the probe's ``ctx.redact``) is applied to what an outcome quotes of the subject
+    before it is cut to length; see :func:`clip`."""
 
     status: int | None
     headers: Mapping[str, str]
     body: bytes
     duration: float
     truncated: bool = False
+    redact: Callable[[str], str] = field(default=_unchanged, repr=False, compare=False)
     _json: Any = field(default=_MISSING, repr=False)
 
     def json(self) -> Any:
@@ -167,24 +191,25 @@ class Assertion(BaseModel):
 
     def evaluate(self, subject: Subject) -> AssertionOutcome:
         """Judge ``subject``; never raises for anything the target sent."""
+        redact = subject.redact
         try:
             present, actual = self._extract(subject)
         except ValueError as exc:
             return self._outcome(False, "", str(exc))
         if self.source == "response_time":
-            passed, message = self._compare(actual)
+            passed, message = self._compare(actual, redact)
             return self._outcome(passed, format_duration(round(actual, 4)), message)
         if self.op == "exists":
-            return self._outcome(present, _show(actual), "" if present else "not present")
+            return self._outcome(present, _show(actual, redact), "" if present else "not present")
         if self.op == "not_exists":
-            return self._outcome(not present, _show(actual), "present" if present else "")
+            return self._outcome(not present, _show(actual, redact), "present" if present else "")
         if not present:
             return self._outcome(False, "", "not present")
         try:
-            passed, message = self._compare(actual)
+            passed, message = self._compare(actual, redact)
         except (TypeError, ValueError) as exc:
             passed, message = False, f"cannot compare: {exc}"
-        return self._outcome(passed, _show(actual), message)
+        return self._outcome(passed, _show(actual, redact), message)
 
     def _outcome(self, passed: bool, actual: str, message: str) -> AssertionOutcome:
         if not passed and not message:
@@ -208,14 +233,14 @@ class Assertion(BaseModel):
             return False, None
         return True, matches[0] if len(matches) == 1 else matches
 
-    def _compare(self, actual: Any) -> tuple[bool, str]:
+    def _compare(self, actual: Any, redact: Callable[[str], str]) -> tuple[bool, str]:
         op, expected = self.op, self.value
         if op == "schema":
             error = jsonschema.exceptions.best_match(self._validator.iter_errors(actual))
             if error is None:
                 return True, ""
             where = "$" + "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]" for p in error.absolute_path)
-            return False, f"schema violation at {where}: {error.message[:_MAX_ACTUAL]}"
+            return False, f"schema violation at {where}: {clip(error.message, _MAX_ACTUAL, redact)}"
         if op == "eq":
             return _equal(actual, expected), ""
         if op == "ne":
@@ -248,8 +273,7 @@ def _equal(actual: Any, expected: Any) -> bool:
     return isinstance(actual, str) != isinstance(expected, str) and str(actual) == str(expected)
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, redact: Callable[[str], str]) -> str:
     if value is None:
         return ""
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= _MAX_ACTUAL else text[:_MAX_ACTUAL] + "…"
+    return clip(value if isinstance(value, str) else json.dumps(value, default=str), _MAX_ACTUAL, redact)

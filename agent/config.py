@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .checks import CheckEntry, parse_checks
 from .durations import Duration
-from .errors import ConfigError
+from .errors import ConfigError, PluginError
 from .registry import Registry
 from .secrets import Redactor, SecretResolver
 
@@ -201,14 +201,24 @@ def resolve_shard(settings: AgentSettings, environ: Mapping[str, str]) -> Shard:
 
 
 def load_config(environ: Mapping[str, str] | None = None, registry: Registry | None = None) -> Config:
-    """Everything the agent needs before it probes: settings, shard and the parsed check set."""
+    """Everything the agent needs before it probes: settings, shard and the parsed check set.
+
+    Every error is redacted with the secrets resolved until then: a value that fails validation
+    (``interval: "${KEY}"``) is never shown.
+    """
     environ = dict(os.environ if environ is None else environ)
-    settings = load_settings(environ)
     redactor = Redactor()
+    try:
+        return _load_config(environ, registry or Registry(), redactor)
+    except (ConfigError, PluginError) as exc:
+        raise type(exc)(redactor(str(exc))) from None
+
+
+def _load_config(environ: dict[str, str], registry: Registry, redactor: Redactor) -> Config:
+    settings = load_settings(environ)
     if settings.api_token is not None:
         redactor.add(settings.api_token.get_secret_value())
     resolver = SecretResolver(environ, redactor)
-    registry = registry or Registry()
     if settings.checks is not None and settings.checks_file is not None:
         raise ConfigError("VANTAGE_CHECKS and VANTAGE_CHECKS_FILE are both set; use one")
     if settings.checks is not None:
@@ -219,6 +229,8 @@ def load_config(environ: Mapping[str, str] | None = None, registry: Registry | N
             text = settings.checks_file.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{source}: cannot be read: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{source}: not UTF-8 text (bad byte at offset {exc.start})") from None
     else:
         raise ConfigError("no checks: set VANTAGE_CHECKS (inline YAML or JSON) or VANTAGE_CHECKS_FILE")
     entries = parse_checks(text, source=source, resolver=resolver, load_probe=registry.load)

@@ -200,13 +200,33 @@ def map_exception(exc: BaseException) -> tuple[Reason, str]:
         )
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return Reason.PROTOCOL, "the server closed the connection without a complete response"
-    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
-        return Reason.PROTOCOL, f"malformed HTTP response: {exc}"
+    # From here on the library's own text may carry the request URL, query and all: the messages
+    # are built from the parts that cannot (a secret in a query must not leave percent-encoded).
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return Reason.PROTOCOL, f"malformed HTTP response: {_one_line(exc.message) or type(exc).__name__}"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return Reason.PROTOCOL, f"malformed HTTP response: {_one_line(_describe(exc))}"
     if isinstance(exc, aiohttp.InvalidURL):
-        return Reason.PROTOCOL, f"invalid URL {exc}"
+        description = getattr(exc, "description", None)
+        return Reason.PROTOCOL, f"invalid URL {redact_url(str(exc.url))}" + (
+            f": {description}" if description else ""
+        )
     if isinstance(exc, aiohttp.ClientError | OSError):
-        return Reason.CONNECT, f"{type(exc).__name__}: {exc}"
-    return Reason.INTERNAL, f"{type(exc).__name__}: {exc}"
+        return Reason.CONNECT, f"{type(exc).__name__}: {_describe(exc)}"
+    return Reason.INTERNAL, f"{type(exc).__name__}: {_describe(exc)}"
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception's text, unless it may name the request's URL (then only its kind)."""
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.InvalidURL) or hasattr(exc, "request_info"):
+        return type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+def _one_line(text: str) -> str:
+    """The parser's multi-line report (with a caret under the bad byte) on one line."""
+    lines = (line.strip() for line in str(text).splitlines())
+    return " ".join(line for line in lines if line and line.strip("^~ "))
 
 
 def _os_message(exc: OSError) -> str:

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 import anyio
 from pydantic import BaseModel, ConfigDict
 
-from .assertions import Assertion, AssertionOutcome, Subject
+# ``clip`` lives beside the assertions, which need it and which this module imports.
+from .assertions import Assertion, AssertionOutcome, Subject, clip
 from .checks import Check
 from .durations import Duration, format_duration
 from .inbox import Delivery, InboundRequest, Inbox
@@ -68,6 +69,7 @@ __all__ = [
     "TLSInfo",
     "TLSOptions",
     "Tracer",
+    "clip",
     "format_duration",
     "tls_context",
     "tls_info",
@@ -382,6 +384,7 @@ class ProbeContext:
         state_dir: Path | None = None,
         public_url: str | None = None,
         started: float = 0.0,
+        started_monotonic: float | None = None,
     ) -> None:
         self.check = check
         self.region = region
@@ -395,7 +398,14 @@ class ProbeContext:
         self.public_url = public_url
         """``VANTAGE_PUBLIC_URL``: where senders reach this agent's inbound endpoints, or None."""
         self.started = started
-        """Wall-clock time the agent started: a round-trip probe's grace before a first delivery."""
+        """Wall-clock time the agent started, for showing; measure ages from ``started_monotonic``."""
+        self.started_monotonic = (
+            started_monotonic
+            if started_monotonic is not None
+            else clock.monotonic() - max(0.0, clock.time() - started)
+        )
+        """The agent's start on the monotonic clock: a round-trip probe's grace before a first
+        delivery is measured from it, so that a step of the wall clock cannot shorten it."""
         self.state_dir = state_dir
         """``VANTAGE_STATE_DIR``: where a probe keeps what must survive a restart, or None."""
         self._http = http

@@ -6,35 +6,58 @@ variable NAME, ``${file:/path}`` reads a mounted secret file (trailing newline r
 is a run-time template left for the probe that owns it.
 
 Every value resolved from a reference is remembered by the :class:`Redactor`, which scrubs it from
-whatever the agent writes: spans, metric attributes, logs, the status API and error messages.
+whatever the agent writes: spans, metric attributes, logs, the status API and error messages. A
+secret is found in each of the spellings it takes on its way out: as is, percent-encoded (a URL
+query, a form), JSON- or Python-escaped (a JSON body, a ``repr``) and base64-encoded.
+
+A value of 1 to 3 characters cannot be redacted (removing every "1" or "abc" would garble what the
+agent writes), so a reference that resolves to one is refused at load; an empty value is allowed.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["REDACTED", "Redactor", "SecretResolver", "redact_url"]
+__all__ = ["MIN_SECRET_LENGTH", "REDACTED", "Redactor", "SecretResolver", "redact_url"]
 
 REDACTED = "<redacted>"
-# Values shorter than this are not treated as secrets (redacting "1" would garble every number).
-_MIN_SECRET_LEN = 4
+MIN_SECRET_LENGTH = 4
+"""Values shorter than this are not redacted (redacting "1" would garble every number)."""
 _MAX_EPHEMERAL = 1024
 _REFERENCE = re.compile(r"\$(\$?)\{(file:[^}]+|[A-Z_][A-Z0-9_]*)\}")
+_END = ""  # marks the end of a secret in the trie; a token is never empty
 
 
 class Redactor:
-    """Remembers secret values and removes them from text."""
+    """Remembers secret values and removes them, in any of their spellings, from text.
+
+    Each secret is one path in a trie of per-character patterns; a character that an encoder may
+    escape (anything but ASCII letters, digits and ``-._~``) matches itself or any of its escapes
+    (``%2B``, ``\\u00e9``, ``\\"``, ``\\xc3\\xa9``), so one path finds the raw, percent-encoded,
+    form-encoded, JSON-escaped and ``repr`` spellings, even mixed. The base64 spellings (standard
+    and URL-safe, with and without padding) are paths of their own; an ephemeral secret, which the
+    agent never base64-encodes, goes without them. The trie is compiled into one regular expression
+    on first use after a change: at each position it follows one path and stops at the longest
+    secret it can, so a secret that contains another is removed whole.
+
+    Base64 is found only where the secret is encoded alone: whoever encodes it with something else
+    (HTTP Basic encodes ``user:password``) adds the encoded value as a secret too.
+    """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets: set[str] = set()
-        self._ephemeral: OrderedDict[str, None] = OrderedDict()
+        self._secrets: dict[str, tuple[tuple[str, ...], ...]] = {}
+        self._ephemeral: OrderedDict[str, tuple[tuple[str, ...], ...]] = OrderedDict()
         self._pattern: re.Pattern[str] | None = None
+        self._dirty = False
         self._lock = threading.Lock()
         for secret in secrets:
             self.add(secret)
@@ -46,31 +69,42 @@ class Redactor:
         set, the newest kept, so that a long-running agent's list does not grow without end.
         """
         candidates = {secret, *secret.splitlines()}
-        fresh = {s for s in candidates if len(s.strip()) >= _MIN_SECRET_LEN} - self._secrets
-        fresh -= self._ephemeral.keys()
+        fresh = {
+            s
+            for s in candidates
+            if len(s.strip()) >= MIN_SECRET_LENGTH and s not in self._secrets and s not in self._ephemeral
+        }
         if not fresh:
             return
+        words = {s: _words(s, base64_too=not ephemeral) for s in fresh}
         with self._lock:
             if ephemeral:
-                for item in fresh:
-                    self._ephemeral[item] = None
+                self._ephemeral.update(words)
                 while len(self._ephemeral) > _MAX_EPHEMERAL:
                     self._ephemeral.popitem(last=False)
             else:
-                self._secrets |= fresh
-            # Longest first, so that a secret containing another is removed whole.
-            ordered = sorted(self._secrets | self._ephemeral.keys(), key=len, reverse=True)
-            self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
+                self._secrets.update(words)
+            self._dirty = True
+
+    def _compiled(self) -> re.Pattern[str] | None:
+        if self._dirty:
+            with self._lock:
+                if self._dirty:
+                    paths = [w for ws in (*self._secrets.values(), *self._ephemeral.values()) for w in ws]
+                    self._pattern = _compile(paths) if paths else None
+                    self._dirty = False
+        return self._pattern
 
     def __contains__(self, text: str) -> bool:
-        return self._pattern is not None and self._pattern.search(text) is not None
+        pattern = self._compiled()
+        return pattern is not None and pattern.search(text) is not None
 
     def __call__(self, text: str) -> str:
-        """Return ``text`` with every known secret replaced by ``<redacted>``."""
-        pattern = self._pattern
-        if pattern is None or not text:
+        """Return ``text`` with every known secret, in any spelling, replaced by ``<redacted>``."""
+        if not text:
             return text
-        return pattern.sub(REDACTED, text)
+        pattern = self._compiled()
+        return text if pattern is None else pattern.sub(REDACTED, text)
 
     def deep(self, value: Any) -> Any:
         """Redact every string inside a JSON-like value."""
@@ -81,6 +115,85 @@ class Redactor:
         if isinstance(value, list | tuple):
             return [self.deep(v) for v in value]
         return value
+
+
+def _utf8(text: str) -> bytes:
+    # An environment value that is not UTF-8 arrives with surrogate escapes; give its bytes back.
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
+def _words(secret: str, *, base64_too: bool) -> tuple[tuple[str, ...], ...]:
+    """The trie paths of a secret: its characters, then each distinct base64 spelling."""
+    encoded = set()
+    for encode in (base64.b64encode, base64.urlsafe_b64encode) if base64_too else ():
+        text = encode(_utf8(secret)).decode("ascii")
+        encoded |= {text, text.rstrip("=")}
+    return tuple(tuple(_token(c) for c in word) for word in (secret, *sorted(encoded)))
+
+
+def _hex(data: bytes, lead: str) -> str:
+    """A regex for ``data`` as hex pairs, each led by ``lead``, in either case: ``%[cC]3%[aA]9``."""
+    return "".join(
+        re.escape(lead) + "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{byte:02x}")
+        for byte in data
+    )
+
+
+@lru_cache(maxsize=4096)
+def _token(char: str) -> str:
+    """A regex matching one character of a secret in any of the spellings the agent can write."""
+    if char.isascii() and (char.isalnum() or char in "-._~"):
+        return re.escape(char)  # unreserved: no encoder escapes it
+    data = _utf8(char)
+    literal = {char, json.dumps(char)[1:-1], json.dumps(char, ensure_ascii=False)[1:-1], repr(char)[1:-1]}
+    if char in "'\"/":
+        literal.add("\\" + char)  # a quote escaped by repr or JSON; JSON's optional "\/"
+    if char == " ":
+        literal.add("+")  # form encoding
+    if not char.isascii():
+        literal.add(repr(data)[2:-1])  # a bytes repr: \xc3\xa9
+    patterns = {re.escape(s) for s in literal if not s.startswith("\\u")}  # \uXXXX: below, any case
+    patterns.add(_hex(data, "%"))
+    units = char.encode("utf-16-be", "surrogatepass")  # JSON's \uXXXX, a surrogate pair above U+FFFF
+    patterns.add("".join(re.escape("\\u") + _hex(units[i : i + 2], "") for i in range(0, len(units), 2)))
+    # Longest first: an escape is taken whole rather than its leading backslash alone.
+    return "(?:" + "|".join(sorted(patterns, key=lambda p: (-len(p), p))) + ")"
+
+
+def _compile(paths: Sequence[tuple[str, ...]]) -> re.Pattern[str]:
+    """One regex for every path, as a trie: shared prefixes are matched once, the longest wins."""
+    trie: dict[str, Any] = {}
+    for path in paths:
+        node = trie
+        for token in path:
+            node = node.setdefault(token, {})
+        node[_END] = None
+    try:
+        return re.compile(_trie_pattern(trie))
+    except (RecursionError, re.error):
+        # A pathological set (thousands of secrets each a prefix of the next) nests too deep for
+        # the trie; a plain alternation, longest first, finds the same secrets more slowly.
+        ordered = sorted({"".join(p) for p in paths}, key=len, reverse=True)
+        return re.compile("|".join(ordered))
+
+
+def _trie_pattern(node: dict[str, Any]) -> str:
+    out = []
+    while True:  # a chain of single children is a plain sequence: no group, no recursion
+        branches = [token for token in node if token != _END]
+        if len(branches) != 1 or _END in node:
+            break
+        out.append(branches[0])
+        node = node[branches[0]]
+    if not branches:
+        return "".join(out)
+    alternatives = [token + _trie_pattern(node[token]) for token in sorted(branches)]
+    body = alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")"
+    # Greedy: the longer secret is tried first, the shorter one ending here is the fallback.
+    return "".join(out) + (f"(?:{body})?" if _END in node else body)
 
 
 class SecretResolver:
@@ -97,7 +210,11 @@ class SecretResolver:
         self._read_file = read_file or _read_secret_file
 
     def resolve(self, text: str) -> str:
-        """Replace the references in ``text``; raise ``LookupError`` naming a missing one."""
+        """Replace the references in ``text``; raise ``LookupError`` naming one that cannot be used.
+
+        A reference is refused when it is missing, not UTF-8, or resolves to a value of 1 to 3
+        characters: too short to be redacted, so it would be written wherever it appears.
+        """
         if "${" not in text:
             return text
 
@@ -112,6 +229,16 @@ class SecretResolver:
                     value = self._environ[ref]
                 except KeyError:
                     raise LookupError(f"environment variable {ref} is not set") from None
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise LookupError(f"environment variable {ref} is not valid UTF-8") from None
+            if 0 < len(value.strip()) < MIN_SECRET_LENGTH:
+                raise LookupError(
+                    f"${{{ref}}} resolves to a value shorter than {MIN_SECRET_LENGTH} characters, "
+                    "which the agent cannot redact without garbling every number it writes; "
+                    "a value that is not secret belongs in the check file itself"
+                )
             self._redactor.add(value)
             return value
 
@@ -139,6 +266,8 @@ def _read_secret_file(path: str) -> str:
         return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
         raise LookupError(f"secret file {path} cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise LookupError(f"secret file {path} is not UTF-8 text (bad byte at offset {exc.start})") from None
 
 
 def redact_url(url: str, redactor: Redactor | None = None) -> str:
@@ -146,7 +275,9 @@ def redact_url(url: str, redactor: Redactor | None = None) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return redactor(url) if redactor else url
+        # Not parseable (an invalid IPv6 literal): keep what comes before any user info or query.
+        rough = re.sub(r"//[^/?#]*@", "//", re.split(r"[?#]", url, maxsplit=1)[0])
+        return redactor(rough) if redactor else rough
     if not parts.scheme or not parts.netloc:
         return redactor(url) if redactor else url
     host = parts.hostname or ""

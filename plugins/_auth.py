@@ -146,6 +146,8 @@ async def authorize(
         return Credential({}, {})
     if isinstance(auth, BasicAuth):
         pair = base64.b64encode(f"{auth.username}:{auth.password}".encode()).decode()
+        # The password's own base64 is not inside that of "user:password": redact the pair too.
+        ctx.redact.add(pair)
         return Credential({"Authorization": f"Basic {pair}"}, {})
     if isinstance(auth, BearerAuth):
         return Credential({"Authorization": f"Bearer {auth.token}"}, {}, jwt_expiry(auth.token))
@@ -173,7 +175,9 @@ async def _fetch_token(auth: OAuth2ClientCredentials, client: HttpClient, ctx: P
     if auth.client_auth == "basic":
         # RFC 6749 2.3.1: the id and secret are form-encoded before they are joined.
         pair = f"{quote(auth.client_id, safe='')}:{quote(auth.client_secret, safe='')}"
-        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        encoded = base64.b64encode(pair.encode()).decode()
+        ctx.redact.add(encoded)
+        headers["Authorization"] = f"Basic {encoded}"
     else:
         form |= {"client_id": auth.client_id, "client_secret": auth.client_secret}
     body = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in form.items())
@@ -193,7 +197,8 @@ async def _fetch_token(auth: OAuth2ClientCredentials, client: HttpClient, ctx: P
         if isinstance(document, dict) and isinstance(document.get("error"), str):
             error = f": {document['error']}"
             if isinstance(document.get("error_description"), str):
-                error += f" ({document['error_description'][:200]})"
+                # Redacted before it is cut: a secret cut in two is found by neither half.
+                error += f" ({ctx.redact(document['error_description'])[:200]})"
         raise AuthFailure(f"token endpoint answered HTTP {exchange.status}{error}", exchange.phases)
     value = document.get("access_token") if isinstance(document, dict) else None
     if not isinstance(value, str) or not value:

@@ -1,13 +1,14 @@
 """Parsing of the response headers through which vendors announce what is coming.
 
 Shared by the probes that make HTTP requests. A malformed header never fails a check: the parser
-raises ``ValueError`` with what was wrong, and the probe counts it and notes it on the span.
+raises ``ValueError`` with what was wrong, and the probe counts it and notes it on the span. What a
+note quotes of a header is passed through the probe's ``redact`` before it is cut to length.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -15,10 +16,22 @@ from typing import Any
 
 import http_sf
 
+from agent.plugin import clip
+
 __all__ = ["Lifecycle", "RateLimit", "RateLimitNames", "http_date", "parse_lifecycle", "parse_ratelimit"]
 
 _EPOCH_FLOOR = 1e9  # a reset above this is a timestamp (2001 onwards), below it a number of seconds
 _MAX_WAIT = 86400.0  # never believe a vendor that asks for a back-off longer than a day
+_SHOWN = 100  # characters of a malformed header quoted in its note
+
+
+def _unchanged(text: str) -> str:
+    return text
+
+
+def _quoted(value: str, redact: Callable[[str], str]) -> str:
+    """A header value as a note quotes it: redacted, cut, then ``repr``-quoted."""
+    return repr(clip(value, _SHOWN, redact))
 
 
 def http_date(value: str) -> float:
@@ -46,7 +59,9 @@ class Lifecycle:
     """(header, what was wrong) for each header that could not be read."""
 
 
-def parse_lifecycle(headers: Mapping[str, str], links: dict[str, str]) -> Lifecycle:
+def parse_lifecycle(
+    headers: Mapping[str, str], links: dict[str, str], *, redact: Callable[[str], str] = _unchanged
+) -> Lifecycle:
     """Read ``Deprecation`` (RFC 9745 ``@epoch``, or the drafts' ``true`` and HTTP-date),
     ``Sunset`` (RFC 8594 HTTP-date) and the ``deprecation`` and ``sunset`` link relations."""
     get = headers.get
@@ -57,37 +72,39 @@ def parse_lifecycle(headers: Mapping[str, str], links: dict[str, str]) -> Lifecy
         value = raw.strip()
         if value.startswith("@"):
             try:
-                parsed = _sf(value, "item")[0]
+                parsed = _sf(value, "item", redact)[0]
             except ValueError as exc:
                 malformed.append(("Deprecation", str(exc)))
             else:
                 if isinstance(parsed, datetime):
                     deprecated, deprecated_at = True, parsed.timestamp()
                 else:
-                    malformed.append(("Deprecation", f"{value[:100]!r} is not a structured date"))
+                    malformed.append(("Deprecation", f"{_quoted(value, redact)} is not a structured date"))
         elif value.lower() == "true":
             deprecated = True
         else:
             try:
                 deprecated, deprecated_at = True, http_date(value)
             except ValueError:
-                malformed.append(("Deprecation", f"{value[:100]!r} is neither @epoch, true nor an HTTP date"))
+                malformed.append(
+                    ("Deprecation", f"{_quoted(value, redact)} is neither @epoch, true nor an HTTP date")
+                )
     raw = get("Sunset")
     if raw is not None:
         try:
             sunset_at = http_date(raw)
-        except ValueError as exc:
-            malformed.append(("Sunset", str(exc)[:150]))
+        except ValueError:
+            malformed.append(("Sunset", f"{_quoted(raw, redact)} is not an HTTP date"))
     wanted = {rel: url for rel, url in links.items() if rel in ("deprecation", "sunset")}
     return Lifecycle(deprecated, deprecated_at, sunset_at, wanted, tuple(malformed))
 
 
-def _sf(value: str, kind: str) -> Any:
+def _sf(value: str, kind: str, redact: Callable[[str], str]) -> Any:
     """A structured field value (RFC 9651), or ``ValueError`` saying what is wrong."""
     try:
         return http_sf.parse(value.encode("ascii"), tltype=kind)
     except (UnicodeEncodeError, http_sf.errors.StructuredFieldError, ValueError) as exc:
-        raise ValueError(f"{value[:100]!r} is not a valid structured field: {exc}") from None
+        raise ValueError(f"{_quoted(value, redact)} is not a valid structured field: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +137,13 @@ class RateLimit:
         return None
 
 
-def parse_ratelimit(headers: Mapping[str, str], now: float, names: RateLimitNames | None = None) -> RateLimit:
+def parse_ratelimit(
+    headers: Mapping[str, str],
+    now: float,
+    names: RateLimitNames | None = None,
+    *,
+    redact: Callable[[str], str] = _unchanged,
+) -> RateLimit:
     """Read the rate-limit headers vendors send, first match wins:
 
     the check's own names; the IETF ``RateLimit`` and ``RateLimit-Policy`` structured fields (and
@@ -142,10 +165,10 @@ def parse_ratelimit(headers: Mapping[str, str], now: float, names: RateLimitName
         try:
             value = float(head)
         except ValueError:
-            malformed.append((header, f"{raw[:100]!r} is not a number"))
+            malformed.append((header, f"{_quoted(raw, redact)} is not a number"))
             return None
         if value < 0 or value != value or value == float("inf"):
-            malformed.append((header, f"{raw[:100]!r} is not a count or a time"))
+            malformed.append((header, f"{_quoted(raw, redact)} is not a count or a time"))
             return None
         return value
 
@@ -161,7 +184,7 @@ def parse_ratelimit(headers: Mapping[str, str], now: float, names: RateLimitName
         limit = number(names.limit) if names.limit else None
         reset = until(names.reset, number(names.reset)) if names.reset else None
     elif "RateLimit" in headers:
-        remaining, limit, reset = _ietf(headers, malformed)
+        remaining, limit, reset = _ietf(headers, malformed, redact)
     elif "RateLimit-Remaining" in headers or "RateLimit-Limit" in headers:
         remaining, limit = number("RateLimit-Remaining"), number("RateLimit-Limit")
         reset = number("RateLimit-Reset")  # always seconds in the drafts
@@ -175,7 +198,7 @@ def parse_ratelimit(headers: Mapping[str, str], now: float, names: RateLimitName
             limit = float(match.group(2))
             remaining = limit - float(match.group(1))
         else:
-            malformed.append((used_header, f"{raw[:100]!r} is not 'used/limit'"))
+            malformed.append((used_header, f"{_quoted(raw, redact)} is not 'used/limit'"))
     if (raw := headers.get("Retry-After")) is not None:
         value = raw.strip()
         if value.isdigit():
@@ -184,25 +207,29 @@ def parse_ratelimit(headers: Mapping[str, str], now: float, names: RateLimitName
             try:
                 retry_after = max(0.0, http_date(value) - now)
             except ValueError:
-                malformed.append(("Retry-After", f"{value[:100]!r} is neither seconds nor an HTTP date"))
+                malformed.append(
+                    ("Retry-After", f"{_quoted(value, redact)} is neither seconds nor an HTTP date")
+                )
     return RateLimit(remaining, limit, reset, retry_after, tuple(malformed))
 
 
-def _ietf(headers: Mapping[str, str], malformed: list[tuple[str, str]]) -> tuple[float | None, ...]:
+def _ietf(
+    headers: Mapping[str, str], malformed: list[tuple[str, str]], redact: Callable[[str], str]
+) -> tuple[float | None, ...]:
     """``RateLimit: "default";r=50;t=30`` with ``RateLimit-Policy: "default";q=100;w=60`` (draft 08
     on), or the older ``RateLimit: limit=100, remaining=50, reset=30``."""
     raw = headers["RateLimit"]
     remaining = limit = reset = None
     if "remaining=" in raw:
         try:
-            fields = _sf(raw, "dictionary")
+            fields = _sf(raw, "dictionary", redact)
         except ValueError as exc:
             malformed.append(("RateLimit", str(exc)))
             return None, None, None
         remaining, limit, reset = (_num(fields.get(k, (None,))[0]) for k in ("remaining", "limit", "reset"))
         return remaining, limit, reset
     try:
-        items = _sf(raw, "list")
+        items = _sf(raw, "list", redact)
     except ValueError as exc:
         malformed.append(("RateLimit", str(exc)))
         return None, None, None
@@ -212,7 +239,7 @@ def _ietf(headers: Mapping[str, str], malformed: list[tuple[str, str]]) -> tuple
     remaining, reset = _num(params.get("r")), _num(params.get("t"))
     if (policy := headers.get("RateLimit-Policy")) is not None:
         try:
-            for policy_name, policy_params in _sf(policy, "list"):
+            for policy_name, policy_params in _sf(policy, "list", redact):
                 if policy_name == name:
                     limit = _num(policy_params.get("q"))
         except ValueError as exc:

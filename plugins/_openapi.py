@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import jsonschema
 import yaml
 from referencing import Registry
 from referencing.jsonschema import DRAFT4, DRAFT202012
+
+from agent.plugin import clip
 
 __all__ = ["OpenAPIDocument", "load_document"]
 
@@ -59,8 +62,11 @@ class OpenAPIDocument:
         # The most literal template wins: /charges/search over /charges/{id}.
         return min(candidates, key=lambda t: t.count("{")) if candidates else None
 
-    def validate(self, template: str, method: str, status: int, body: Any) -> str | None:
-        """None when the body matches the operation's schema for ``status`` (or there is none)."""
+    def validate(
+        self, template: str, method: str, status: int, body: Any, redact: Callable[[str], str]
+    ) -> str | None:
+        """None when the body matches the operation's schema for ``status`` (or there is none);
+        else what is wrong, quoting the body as ``redact`` leaves it."""
         responses = self.document["paths"][template][method.lower()].get("responses", {})
         key = next((k for k in (str(status), f"{str(status)[0]}XX", "default") if k in responses), None)
         if key is None:
@@ -87,7 +93,7 @@ class OpenAPIDocument:
         if error is None:
             return None
         where = "$" + "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]" for p in error.absolute_path)
-        return f"at {where}: {error.message[:200]}"
+        return f"at {where}: {clip(error.message, 200, redact)}"
 
 
 def parse_document(text: str, source: str) -> OpenAPIDocument:

@@ -299,7 +299,12 @@ class FlowProbe(Probe[FlowSettings]):
             for p, s in exchange.phases.items()
         )
         subject = Subject(
-            exchange.status, exchange.headers, exchange.body, exchange.duration, exchange.truncated
+            exchange.status,
+            exchange.headers,
+            exchange.body,
+            exchange.duration,
+            exchange.truncated,
+            redact=ctx.redact,
         )
         outcomes = tuple(a.evaluate(subject) for a in step.assertions)
         reason, message = verdict(step.assertions, outcomes, exchange.status)

@@ -38,6 +38,7 @@ from agent.plugin import (
     ProbeSettings,
     Reason,
     Sample,
+    clip,
     format_duration,
 )
 
@@ -45,6 +46,7 @@ from ._inbound import LastSeen, content_type_problem, printable, token_problem
 
 __all__ = ["HeartbeatProbe", "HeartbeatSettings"]
 
+_MESSAGE_KEPT = 4096
 _CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded", "text/plain")
 _STATUSES = {"": "ok", "ok": "ok", "success": "ok", "0": "ok", "fail": "fail", "failure": "fail", "1": "fail"}
 
@@ -104,7 +106,9 @@ def read_ping(request: InboundRequest) -> Ping | str:
             return "duration must be a number of seconds"
         if not math.isfinite(duration) or duration < 0:
             return "duration must be a number of seconds"
-    return Ping(status, printable(str(fields.get("message", ""))), duration)
+    # Capped loosely here and cut to size only when shown, after redaction: a cut first could
+    # halve a secret the job echoed, and the redactor would no longer know it.
+    return Ping(status, printable(str(fields.get("message", "")), _MESSAGE_KEPT), duration)
 
 
 @dataclass
@@ -158,9 +162,8 @@ class HeartbeatProbe(Probe[HeartbeatSettings]):
         tracker = self._trackers.get(check.name)
         if tracker is None:
             # Ages are measured on the monotonic clock, so that a step of the wall clock (NTP, a
-            # resumed VM) raises no false "stale". The agent's start is known in wall time only:
-            # it is carried over to the monotonic clock once, at the check's first run.
-            started = clock.monotonic() - max(0.0, clock.time() - ctx.started)
+            # resumed VM) raises no false "stale".
+            started = ctx.started_monotonic
             seen = LastSeen(ctx.state_dir, "heartbeat", check.name, clock)
             tracker = self._trackers[check.name] = _Tracker(0, seen, started)
         samples: list[Sample] = []
@@ -198,7 +201,7 @@ class HeartbeatProbe(Probe[HeartbeatSettings]):
             )
         elif tracker.ping is not None and tracker.ping.status == "fail":
             reason = Reason.JOB_FAILED
-            detail = f": {tracker.ping.message}" if tracker.ping.message else ""
+            detail = f": {clip(tracker.ping.message, 200, ctx.redact)}" if tracker.ping.message else ""
             message = f"the job reported a failure{detail}"
         return ProbeResult(
             success=reason is None,

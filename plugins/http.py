@@ -33,6 +33,7 @@ from agent.plugin import (
     Sample,
     Subject,
     TLSOptions,
+    clip,
     format_duration,
 )
 
@@ -210,7 +211,7 @@ class HttpProbe(Probe[HttpSettings]):
             body = subject.json()
         except ValueError as exc:
             return f"the response to {method} {template} cannot be checked against OpenAPI: {exc}"
-        problem = document.validate(template, method, status, body)
+        problem = document.validate(template, method, status, body, ctx.redact)
         return (
             f"the response does not match the OpenAPI schema of {method} {template} ({status}): {problem}"
             if problem
@@ -288,11 +289,12 @@ class HttpProbe(Probe[HttpSettings]):
             exchange.headers,
             ctx.clock.time(),
             RateLimitNames(names.remaining, names.limit, names.reset, names.used_of_limit),
+            redact=ctx.redact,
         )
         for name, value in (("remaining", quota.remaining), ("limit", quota.limit), ("reset", quota.reset)):
             if value is not None:
                 values[f"probe.ratelimit.{name}"] = value
-        lifecycle = parse_lifecycle(exchange.headers, exchange.links)
+        lifecycle = parse_lifecycle(exchange.headers, exchange.links, redact=ctx.redact)
         values["probe.api.deprecated"] = 1.0 if lifecycle.deprecated else 0.0
         if lifecycle.sunset_at is not None:
             values["probe.api.sunset_timestamp"] = lifecycle.sunset_at
@@ -303,7 +305,12 @@ class HttpProbe(Probe[HttpSettings]):
         )
 
         subject = Subject(
-            exchange.status, exchange.headers, exchange.body, exchange.duration, exchange.truncated
+            exchange.status,
+            exchange.headers,
+            exchange.body,
+            exchange.duration,
+            exchange.truncated,
+            redact=ctx.redact,
         )
         outcomes = tuple(assertion.evaluate(subject) for assertion in settings.assertions)
         reason, message = verdict(settings.assertions, outcomes, exchange.status)
@@ -350,9 +357,9 @@ class HttpProbe(Probe[HttpSettings]):
                     Event(
                         "schema_drift",
                         {
-                            "vantage.schema.removed": ", ".join(drift.removed)[:1000],
-                            "vantage.schema.retyped": ", ".join(drift.retyped)[:1000],
-                            "vantage.schema.added": ", ".join(drift.added)[:1000],
+                            "vantage.schema.removed": clip(", ".join(drift.removed), 1000, ctx.redact),
+                            "vantage.schema.retyped": clip(", ".join(drift.retyped), 1000, ctx.redact),
+                            "vantage.schema.added": clip(", ".join(drift.added), 1000, ctx.redact),
                         },
                     ),
                 )
@@ -430,8 +437,9 @@ def validate_http_url(target: str) -> None:
         raise ValueError(f"{target!r} is not an http:// or https:// URL")
     try:
         parts.port  # noqa: B018 - raises for a port out of range
-    except ValueError as exc:
-        raise ValueError(f"{target!r} has a bad port: {exc}") from None
+    except ValueError:
+        # Not the library's words: they quote the port, which may be part of a secret.
+        raise ValueError(f"{target!r} has a bad port: use a number from 0 to 65535") from None
 
 
 def verdict(

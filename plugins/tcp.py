@@ -30,6 +30,7 @@ from agent.plugin import (
     ProbeSettings,
     Reason,
     TLSOptions,
+    clip,
     tls_context,
 )
 
@@ -38,6 +39,7 @@ from ._net import IpFamily, socket_family, split_host_port
 __all__ = ["TcpProbe", "TcpSettings"]
 
 _MAX_LINE = 64 * 1024
+_SHOWN = 200  # characters of a received line quoted in a failure
 
 
 class Exchange(ProbeSettings):
@@ -130,7 +132,7 @@ class TcpProbe(Probe[TcpSettings]):
                         Reason.PROTOCOL, f"a line longer than {_MAX_LINE} bytes", phases=phases
                     )
                 except asyncio.IncompleteReadError as exc:
-                    got = exc.partial.decode("utf-8", "replace")[:200]
+                    got = clip(exc.partial.decode("utf-8", "replace"), _SHOWN, ctx.redact)
                     return ProbeResult.failure(
                         Reason.ASSERTION,
                         ctx.redact(
@@ -145,7 +147,8 @@ class TcpProbe(Probe[TcpSettings]):
                     return ProbeResult.failure(
                         Reason.ASSERTION,
                         ctx.redact(
-                            f"turn {index + 1}: expected a line matching {turn.expect!r}, got {text[:200]!r}"
+                            f"turn {index + 1}: expected a line matching {turn.expect!r}, "
+                            f"got {clip(text, _SHOWN, ctx.redact)!r}"
                         ),
                         phases=phases,
                     )

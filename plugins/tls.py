@@ -23,7 +23,7 @@ import asyncio
 import re
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -44,6 +44,7 @@ from agent.plugin import (
     Sample,
     TLSInfo,
     TLSOptions,
+    clip,
     tls_context,
     tls_info,
 )
@@ -54,6 +55,7 @@ from ._tls import TLS_METRICS, Certificate, describe, tls_values
 __all__ = ["TlsProbe", "TlsSettings"]
 
 _MAX_LINE = 8 * 1024
+_SHOWN = 200  # characters of a STARTTLS line quoted in a failure
 _VERSIONS = {"1.0": "TLS 1.0", "1.1": "TLS 1.1", "1.2": "TLS 1.2", "1.3": "TLS 1.3"}
 _ORDER = list(_VERSIONS.values())  # oldest first
 # OpenSSL's X509_V_ERR_* codes, grouped into the failures an operator acts on differently.
@@ -247,7 +249,7 @@ async def _handshake(
         phases["connect"], mark = clock.monotonic() - mark, clock.monotonic()
         if settings.starttls:
             ctx.stage = f"negotiating STARTTLS ({settings.starttls})"
-            await _STARTTLS[settings.starttls](reader, writer)
+            await _STARTTLS[settings.starttls](reader, writer, ctx.redact)
             phases["starttls"], mark = clock.monotonic() - mark, clock.monotonic()
         ctx.stage = "in the TLS handshake"
         try:
@@ -299,7 +301,15 @@ async def _connect(
     raise _Failed(Reason.CONNECT, "connect", f"cannot connect to {host}:{port}: {detail}")
 
 
-async def _line(reader: asyncio.StreamReader) -> str:
+_Redact = Callable[[str], str]
+
+
+def _quoted(line: str, redact: _Redact) -> str:
+    """A line as a failure quotes it: redacted, cut, then ``repr``-quoted."""
+    return repr(clip(line, _SHOWN, redact))
+
+
+async def _line(reader: asyncio.StreamReader, redact: _Redact) -> str:
     try:
         line = await reader.readuntil(b"\n")
     except asyncio.LimitOverrunError:
@@ -307,59 +317,63 @@ async def _line(reader: asyncio.StreamReader) -> str:
             Reason.PROTOCOL, "starttls", f"STARTTLS: a line longer than {_MAX_LINE} bytes"
         ) from None
     except asyncio.IncompleteReadError as exc:
-        got = exc.partial.decode("utf-8", "replace")[:200]
+        got = _quoted(exc.partial.decode("utf-8", "replace"), redact)
         raise _Failed(
-            Reason.PROTOCOL, "starttls", f"STARTTLS: the server closed the connection ({got!r})"
+            Reason.PROTOCOL, "starttls", f"STARTTLS: the server closed the connection ({got})"
         ) from None
     return line.decode("utf-8", "replace").rstrip("\r\n")
 
 
-async def _smtp_reply(reader: asyncio.StreamReader, code: str, after: str) -> list[str]:
+async def _smtp_reply(reader: asyncio.StreamReader, code: str, after: str, redact: _Redact) -> list[str]:
     lines = []
     while True:
-        line = await _line(reader)
+        line = await _line(reader, redact)
         lines.append(line)
         if not line.startswith(code):
             raise _Failed(
-                Reason.PROTOCOL, "starttls", f"STARTTLS: expected {code} {after}, got {line[:200]!r}"
+                Reason.PROTOCOL, "starttls", f"STARTTLS: expected {code} {after}, got {_quoted(line, redact)}"
             )
         if line[3:4] != "-":
             return lines
 
 
-async def _smtp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    await _smtp_reply(reader, "220", "as the greeting")
+async def _smtp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, redact: _Redact) -> None:
+    await _smtp_reply(reader, "220", "as the greeting", redact)
     writer.write(b"EHLO vantage\r\n")
-    extensions = await _smtp_reply(reader, "250", "after EHLO")
+    extensions = await _smtp_reply(reader, "250", "after EHLO", redact)
     if not any(line[4:].strip().upper() == "STARTTLS" for line in extensions[1:]):
         raise _Failed(Reason.PROTOCOL, "starttls", "STARTTLS: the server does not offer STARTTLS after EHLO")
     writer.write(b"STARTTLS\r\n")
-    await _smtp_reply(reader, "220", "after STARTTLS")
+    await _smtp_reply(reader, "220", "after STARTTLS", redact)
 
 
-async def _imap(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    greeting = await _line(reader)
+async def _imap(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, redact: _Redact) -> None:
+    greeting = await _line(reader, redact)
     if not greeting.upper().startswith("* OK"):
         raise _Failed(
-            Reason.PROTOCOL, "starttls", f"STARTTLS: expected '* OK' greeting, got {greeting[:200]!r}"
+            Reason.PROTOCOL,
+            "starttls",
+            f"STARTTLS: expected '* OK' greeting, got {_quoted(greeting, redact)}",
         )
     writer.write(b"v1 STARTTLS\r\n")
-    while not (line := await _line(reader)).startswith("v1 "):
+    while not (line := await _line(reader, redact)).startswith("v1 "):
         continue
     if not line.upper().startswith("V1 OK"):
-        raise _Failed(Reason.PROTOCOL, "starttls", f"STARTTLS refused: {line[:200]!r}")
+        raise _Failed(Reason.PROTOCOL, "starttls", f"STARTTLS refused: {_quoted(line, redact)}")
 
 
-async def _pop3(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    greeting = await _line(reader)
+async def _pop3(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, redact: _Redact) -> None:
+    greeting = await _line(reader, redact)
     if not greeting.startswith("+OK"):
         raise _Failed(
-            Reason.PROTOCOL, "starttls", f"STARTTLS: expected '+OK' greeting, got {greeting[:200]!r}"
+            Reason.PROTOCOL,
+            "starttls",
+            f"STARTTLS: expected '+OK' greeting, got {_quoted(greeting, redact)}",
         )
     writer.write(b"STLS\r\n")
-    line = await _line(reader)
+    line = await _line(reader, redact)
     if not line.startswith("+OK"):
-        raise _Failed(Reason.PROTOCOL, "starttls", f"STLS refused: {line[:200]!r}")
+        raise _Failed(Reason.PROTOCOL, "starttls", f"STLS refused: {_quoted(line, redact)}")
 
 
 _STARTTLS = {"smtp": _smtp, "imap": _imap, "pop3": _pop3}

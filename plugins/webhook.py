@@ -26,6 +26,10 @@ Deliveries are told apart by their correlation id: the run's own (``matched``), 
 up waiting (``late``, its latency still recorded), one already seen (``duplicate``, never a second
 success), anything else (``unmatched``); a delivery whose signature fails is ``rejected`` and makes
 a run that saw no valid one fail with reason ``signature`` rather than ``not_delivered``.
+
+Every age, window and latency is measured on the agent's monotonic clock, so that a step of the
+wall clock (NTP, a resumed VM) raises no false ``not_delivered`` and bends no latency; wall time
+only dates what people read (span timestamps) and what senders sign.
 """
 
 from __future__ import annotations
@@ -106,10 +110,12 @@ class WebhookSettings(ProbeSettings):
 
 @dataclass
 class _Tracker:
-    """What a check remembers between runs."""
+    """What a check remembers between runs; every time in it is on the monotonic clock."""
 
     cursor: int
     last: LastSeen
+    started: float
+    """When the agent started."""
     waiting: OrderedDict[str, float] = field(default_factory=OrderedDict)
     """Run ids that gave up waiting, with their trigger time: a delivery for one is late."""
     seen: OrderedDict[str, float] = field(default_factory=OrderedDict)
@@ -119,7 +125,7 @@ class _Tracker:
 
     def note_rejected(self, delivery: Delivery) -> None:
         """Keep when (and why) the last delivery that failed authentication came."""
-        self.rejected_at, self.rejected = delivery.request.received, delivery.problem or ""
+        self.rejected_at, self.rejected = delivery.request.received_monotonic, delivery.problem or ""
 
     @staticmethod
     def remember(ids: OrderedDict[str, float], run_id: str, when: float) -> None:
@@ -176,7 +182,12 @@ class WebhookProbe(Probe[WebhookSettings]):
             return ProbeResult.failure(Reason.INTERNAL, "this agent has no inbox for webhook deliveries")
         tracker = self._trackers.get(check.name)
         if tracker is None:
-            tracker = self._trackers[check.name] = _Tracker(0, LastSeen(ctx.state_dir, "webhook", check.name))
+            # Ages are measured from the agent's start on the monotonic clock; a last delivery kept
+            # on disk (wall time) is carried over to it once, here.
+            clock = ctx.clock
+            started = ctx.started_monotonic
+            seen = LastSeen(ctx.state_dir, "webhook", check.name, clock)
+            tracker = self._trackers[check.name] = _Tracker(0, seen, started)
         samples: list[Sample] = []
         if settings.mode == "passive":
             return self._passive(check, settings, ctx, tracker, samples)
@@ -209,7 +220,7 @@ class WebhookProbe(Probe[WebhookSettings]):
                 samples=tuple(samples),
                 steps=triggered.steps,
             )
-        sent = clock.time()
+        sent, sent_wall = clock.monotonic(), clock.time()
         wait = settings.wait if settings.wait is not None else check.timeout * 0.9
         remaining = max(0.0, wait - (clock.monotonic() - started))
         ctx.stage = f"waiting for the webhook of run {run_id}"
@@ -248,9 +259,9 @@ class WebhookProbe(Probe[WebhookSettings]):
                 steps=triggered.steps,
             )
         request = found.request
-        latency = max(0.0, request.received - sent)
-        tracker.last.update(request.received)
-        values["probe.webhook.age"] = max(0.0, clock.time() - request.received)
+        latency = max(0.0, request.received_monotonic - sent)
+        tracker.last.update(request.received, request.received_monotonic)
+        values["probe.webhook.age"] = max(0.0, clock.monotonic() - request.received_monotonic)
         samples.append(Sample("probe.webhook.delivery", latency, {"timing": "on_time"}))
         attributes["vantage.webhook.latency"] = latency
         span = ctx.tracer.start_span(
@@ -261,10 +272,11 @@ class WebhookProbe(Probe[WebhookSettings]):
                 "http.request.method": request.method,
                 "http.request.body.size": len(request.body),
             },
-            start_time=sent,
+            start_time=sent_wall,
         )
-        span.end(request.received)
-        subject = Subject(None, request.headers, request.body, latency)
+        # Dated on the wall clock, as spans are, but as long as the latency really was.
+        span.end(sent_wall + latency)
+        subject = Subject(None, request.headers, request.body, latency, redact=ctx.redact)
         outcomes = tuple(assertion.evaluate(subject) for assertion in settings.assertions)
         failed = next((outcome for outcome in outcomes if not outcome.passed), None)
         if failed is not None:
@@ -307,14 +319,15 @@ class WebhookProbe(Probe[WebhookSettings]):
                 found = settings.correlation.extract(Subject(None, request.headers, request.body, 0.0))
             except ValueError:
                 found = None
+            received = request.received_monotonic
             if found is not None and found == run_id:
                 outcome = "matched"
-                _Tracker.remember(tracker.seen, found, request.received)
+                _Tracker.remember(tracker.seen, found, received)
             elif found is not None and found in tracker.waiting:
                 outcome = "late"
-                latency = max(0.0, request.received - tracker.waiting.pop(found))
+                latency = max(0.0, received - tracker.waiting.pop(found))
                 samples.append(Sample("probe.webhook.delivery", latency, {"timing": "late"}))
-                _Tracker.remember(tracker.seen, found, request.received)
+                _Tracker.remember(tracker.seen, found, received)
             elif found is not None and found in tracker.seen:
                 outcome = "duplicate"
             else:
@@ -341,13 +354,13 @@ class WebhookProbe(Probe[WebhookSettings]):
                 samples.append(Sample("probe.webhook.deliveries", 1.0, {"outcome": "rejected"}))
                 continue
             samples.append(Sample("probe.webhook.deliveries", 1.0, {"outcome": "accepted"}))
-            tracker.last.update(request.received)
-            subject = Subject(None, request.headers, request.body, 0.0)
+            tracker.last.update(request.received, request.received_monotonic)
+            subject = Subject(None, request.headers, request.body, 0.0, redact=ctx.redact)
             outcomes = tuple(assertion.evaluate(subject) for assertion in settings.assertions)
             failed = next((outcome for outcome in outcomes if not outcome.passed), None)
             failure = f"{failed.assertion}: {failed.message}" if failed is not None else None
-        now = ctx.clock.time()
-        last = tracker.last.value
+        now = ctx.clock.monotonic()
+        last = tracker.last.monotonic
         values: dict[str, float] = {}
         if last is not None:
             values["probe.webhook.age"] = max(0.0, now - last)
@@ -358,11 +371,11 @@ class WebhookProbe(Probe[WebhookSettings]):
         since = (
             f"the last one was {format_duration(now - last)} ago"
             if last is not None
-            else f"none since the agent started {format_duration(now - ctx.started)} ago"
+            else f"none since the agent started {format_duration(now - tracker.started)} ago"
         )
         if failure is not None:
             reason, message = Reason.ASSERTION, f"the last delivery failed a check: {failure}"
-        elif last is None and now - ctx.started <= window:
+        elif last is None and now - tracker.started <= window:
             attributes["vantage.webhook.first_window"] = True
         elif last is None or now - last > window:
             reason = Reason.NOT_DELIVERED

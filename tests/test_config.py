@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -16,7 +19,7 @@ from agent.secrets import Redactor, SecretResolver, redact_url
 from agent.telemetry import build_resource, build_telemetry
 
 
-def checks(*items: dict[str, object], **extra: object) -> str:
+def checks(*items: Mapping[str, object], **extra: object) -> str:
     return yaml.safe_dump({"checks": list(items), **extra})
 
 
@@ -267,3 +270,77 @@ def test_bad_durations(text: object) -> None:
 
 def test_durations_format_back() -> None:
     assert [format_duration(s) for s in (0.25, 30, 90, 3600, 1.5)] == ["250ms", "30s", "1m30s", "1h", "1.5s"]
+
+
+SECRET = 'apk+Key==/é"\\x'
+OAUTH = {"type": "oauth2_client_credentials", "client_id": "a", "client_secret": "long-enough"}
+
+
+@pytest.mark.parametrize(
+    ("check", "field"),
+    [
+        ({**HTTP, "interval": "${K}"}, "field 'interval'"),
+        ({**HTTP, "timeout": "${K}"}, "field 'timeout'"),
+        ({**HTTP, "target": "${K}"}, "field 'target'"),
+        ({**HTTP, "target": "https://api.example:${K}/"}, "field 'target'"),
+        ({**HTTP, "settings": {"auth": {**OAUTH, "token_url": "${K}"}}}, "field 'settings.auth."),
+        ({**HTTP, "settings": {"max_redirects": "${K}"}}, "field 'settings.max_redirects'"),
+        (
+            {**HTTP, "settings": {"assert": [{"source": "body", "op": "matches", "value": "(${K}"}]}},
+            "field 'settings.assert.0'",
+        ),
+    ],
+    ids=["interval", "timeout", "target", "port", "token_url", "max_redirects", "regex"],
+)
+def test_configuration_errors_never_show_a_resolved_secret(
+    check: dict[str, object],
+    field: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name in list(os.environ):
+        if name.startswith(("VANTAGE_", "OTEL_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("VANTAGE_CHECKS", checks(check))
+    monkeypatch.setenv("K", SECRET)
+    assert main(["validate"]) == 2
+    error = capsys.readouterr().err
+    assert field in error, error
+    for spelled in ("apk", SECRET, repr(SECRET)[1:-1], json.dumps(SECRET)[1:-1], quote(SECRET, safe="")):
+        assert spelled not in error, error
+
+
+def test_a_reference_too_short_to_redact_is_refused() -> None:
+    check = {**HTTP, "settings": {"headers": {"X-Region": "${REGION}", "X-Empty": "${EMPTY}"}}}
+    with pytest.raises(ConfigError) as caught:
+        load_config({"VANTAGE_CHECKS": checks(check), "REGION": "Q7", "EMPTY": ""})
+    message = str(caught.value)
+    assert message.startswith(
+        "VANTAGE_CHECKS: check 'a' (checks[0]), field settings.headers.X-Region: ${REGION}"
+    )
+    assert "cannot redact" in message and "belongs in the check file itself" in message
+    assert "Q7" not in message  # the value, never
+    config = load_config({"VANTAGE_CHECKS": checks(check), "REGION": "eu-west-1", "EMPTY": ""})
+    assert config.entries[0].check.settings["headers"] == {"X-Region": "eu-west-1", "X-Empty": ""}
+
+
+def test_files_that_are_not_utf8_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in list(os.environ):
+        if name.startswith(("VANTAGE_", "OTEL_")):
+            monkeypatch.delenv(name)
+    secret = tmp_path / "token"
+    secret.write_bytes(b"Bearer \xff\xfe-not-utf8")
+    monkeypatch.setenv(
+        "VANTAGE_CHECKS", checks({**HTTP, "settings": {"headers": {"X": f"${{file:{secret}}}"}}})
+    )
+    assert main(["validate"]) == 2
+    assert f"field settings.headers.X: secret file {secret} is not UTF-8 text" in capsys.readouterr().err
+
+    checks_file = tmp_path / "checks.yaml"
+    checks_file.write_bytes(checks(HTTP).encode() + b"# caf\xe9\n")
+    monkeypatch.delenv("VANTAGE_CHECKS")
+    monkeypatch.setenv("VANTAGE_CHECKS_FILE", str(checks_file))
+    assert main(["validate"]) == 2
+    assert f"VANTAGE_CHECKS_FILE ({checks_file}): not UTF-8 text" in capsys.readouterr().err

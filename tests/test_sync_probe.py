@@ -158,7 +158,7 @@ async def test_diverge_and_converge() -> None:
 async def test_values_that_are_not_there_or_not_numbers() -> None:
     shop: dict[str, Any] = {"count": "many", "at": "yesterday-ish"}
     erp: dict[str, Any] = {"count": 3}
-    async with serve(system(shop, "s")) as shop_port, serve(system(erp, "e")) as erp_port:
+    async with serve(system(shop, "shop-secret")) as shop_port, serve(system(erp, "erp-secret")) as erp_port:
         checks = [
             sync(
                 "nan",
@@ -182,7 +182,7 @@ async def test_values_that_are_not_there_or_not_numbers() -> None:
                 "when", shop_port, erp_port, "lag", max_lag="1m", a={"value": "$.at"}, b={"value": "$.count"}
             ),
         ]
-        results, _ = await run_checks(checks, SHOP_TOKEN="s", ERP_TOKEN="e")
+        results, _ = await run_checks(checks, SHOP_TOKEN="shop-secret", ERP_TOKEN="erp-secret")
     assert results["nan"].message == "system A: $.count is 'many', not a number"
     assert results["missing"].message == "system A: $.nope is not in the response"
     assert results["when"].message == "system A: $.at is 'yesterday-ish', not a timestamp"

@@ -5,23 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import anyio
 import pytest
 from aiohttp import web
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from agent.app import build_agent
 from agent.errors import ConfigError
 from agent.plugin import Reason
 from plugins._signatures import Signature
 
-from .helpers import config_from, serve
-from .inbound import running_agent
+from .fakes import SteppingClock
+from .helpers import config_from, free_port, serve
+from .inbound import TELEMETRY_ENV, Running, running_agent
 
 pytestmark = pytest.mark.anyio
 
@@ -235,6 +241,159 @@ async def test_passive_window() -> None:
     assert rejected.reason is Reason.SIGNATURE
     assert "no valid delivery in the last 1s; the last one was" in rejected.message
     assert rejected.message.endswith("rejected: the X-Hub-Signature-256 signature does not match the body")
+
+
+# ---------------------------------------------------------------- a wall clock that steps
+
+HOOK_TOKEN = "hook-token-0123456789"
+
+
+@contextlib.asynccontextmanager
+async def agent_on(clock: SteppingClock, checks: list[dict[str, Any]]) -> AsyncIterator[Running]:
+    """``running_agent`` on ``clock``, which the inbound endpoints use to stamp what they receive."""
+    port = free_port()
+    config = config_from(
+        checks,
+        HOOK_TOKEN=HOOK_TOKEN,
+        VANTAGE_HOST="127.0.0.1",
+        VANTAGE_PORT="0",
+        VANTAGE_INBOUND_PORT=str(port),
+        VANTAGE_PUBLIC_URL=f"http://127.0.0.1:{port}",
+    )
+    spans = InMemorySpanExporter()
+    agent = build_agent(config, TELEMETRY_ENV, clock=clock, span_processors=[SimpleSpanProcessor(spans)])
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(agent.server.serve)
+            yield Running(agent, spans, f"http://127.0.0.1:{port}")
+            tg.cancel_scope.cancel()
+    finally:
+        await agent.http.aclose()
+        agent.telemetry.meter_provider.shutdown()
+
+
+def passive(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "webhook",
+        "target": "billing.example",
+        "interval": "1m",
+        "timeout": "2s",
+        "settings": {"mode": "passive", "window": "10m", "token": "${HOOK_TOKEN}"},
+    }
+
+
+async def test_a_wall_clock_step_raises_no_false_not_delivered() -> None:
+    # The window is measured on the monotonic clock: the wall clock jumping an hour ahead (NTP
+    # after a suspend) changes nothing; only time that really passed makes a delivery overdue.
+    clock = SteppingClock()
+    async with agent_on(clock, [passive("delivered"), passive("silent")]) as running:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{running.inbound}/hooks/delivered",
+                json={"event": "invoice.paid"},
+                headers={"Authorization": f"Bearer {HOOK_TOKEN}"},
+            ) as response,
+        ):
+            assert response.status == 200, await response.text()
+        before = await running.run_once()
+        await clock.advance(60)
+        clock.step_wall(3600)
+        stepped = await running.run_once()
+        await clock.advance(541)  # 10m01s of real time since the delivery, and since the start
+        late = await running.run_once()
+    assert before["delivered"].success and before["silent"].success
+    assert stepped["delivered"].success, stepped["delivered"].message
+    assert stepped["delivered"].values["probe.webhook.age"] == 60.0
+    assert stepped["silent"].success, stepped["silent"].message
+    assert stepped["silent"].attributes["vantage.webhook.first_window"] is True
+    assert late["delivered"].reason is Reason.NOT_DELIVERED
+    assert late["delivered"].message == "no valid delivery in the last 10m; the last one was 10m1s ago"
+    assert late["silent"].reason is Reason.NOT_DELIVERED
+    assert late["silent"].message == (
+        "no valid delivery in the last 10m; none since the agent started 10m1s ago"
+    )
+
+
+async def test_a_wall_clock_step_does_not_bend_a_delivery_latency(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Once the check waits for its webhook, the wall clock steps an hour ahead while 250ms really
+    # pass before the delivery: the latency (attribute, histogram, span) is the 250ms.
+    clock = SteppingClock()
+    triggered: list[dict[str, str]] = []
+
+    async def events(request: web.Request) -> web.Response:
+        triggered.append(await request.json())
+        return web.json_response({}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/v1/events", events)
+    async with serve(app) as port:
+        check = {
+            "name": "charges",
+            "type": "webhook",
+            "target": f"http://127.0.0.1:{port}",
+            "interval": "1m",
+            "timeout": "10s",
+            "settings": {
+                "trigger": {
+                    "steps": [
+                        {
+                            "name": "event",
+                            "method": "POST",
+                            "url": "/v1/events",
+                            "json": {"run": "${run_id}", "hook": "${hook_url}"},
+                        }
+                    ]
+                },
+                "correlation": {"path": "$.data.run"},
+                "token": "${HOOK_TOKEN}",
+            },
+        }
+        async with agent_on(clock, [check]) as running:
+            # The check waits on the inbox once it has noted when it triggered: that is the moment
+            # to step the wall clock.
+            inbox = running.agent.inbox
+            waiting = anyio.Event()
+            wait = inbox.wait
+
+            async def wait_and_tell(name: str, sequence: int) -> None:
+                waiting.set()
+                await wait(name, sequence)
+
+            monkeypatch.setattr(inbox, "wait", wait_and_tell)
+            results: dict[str, Any] = {}
+
+            async def run() -> None:
+                results.update(await running.run_once())
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                await waiting.wait()
+                clock.step_wall(3600)
+                await clock.advance(0.25)
+                [event] = triggered
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.post(
+                        event["hook"],
+                        json={"data": {"run": event["run"]}},
+                        headers={"Authorization": f"Bearer {HOOK_TOKEN}"},
+                    ) as response,
+                ):
+                    assert response.status == 200, await response.text()
+            exposition = running.agent.telemetry.render_prometheus().decode()
+    result = results["charges"]
+    assert result.success, result.message
+    assert result.attributes["vantage.webhook.latency"] == 0.25
+    assert result.values["probe.webhook.age"] == 0.0
+    [line] = [
+        line for line in exposition.splitlines() if line.startswith("probe_webhook_delivery_seconds_sum")
+    ]
+    assert 'timing="on_time"' in line and line.endswith(" 0.25"), line
+    delivery = next(s for s in running.spans.get_finished_spans() if s.name == "webhook delivery")
+    assert delivery.end_time is not None and delivery.start_time is not None
+    assert (delivery.end_time - delivery.start_time) / 1e9 == pytest.approx(0.25, abs=1e-6)
 
 
 def test_signature_schemes() -> None:
