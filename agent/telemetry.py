@@ -71,6 +71,7 @@ __all__ = [
     "MAX_ANSWER",
     "BoundedSession",
     "CountingBatchSpanProcessor",
+    "ExportAbandoned",
     "ExportOutcome",
     "ExportStats",
     "OversizedAnswer",
@@ -107,17 +108,30 @@ _CHUNK = 16 * 1024
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "vantage_export_deadline", default=None
 )
+_session: contextvars.ContextVar[BoundedSession | None] = contextvars.ContextVar(
+    "vantage_export_session", default=None
+)
+_POLL = 0.25  # seconds a socket read waits before it looks at the deadline again
 
 
 class OversizedAnswer(requests.exceptions.RequestException):
     """The backend's answer is larger than an OTLP reply can be; it was not read to the end."""
 
 
+class ExportAbandoned(requests.exceptions.RequestException):
+    """The agent is stopping and its shutdown budget leaves no time for this request. Not a
+    connection error, so the SDK does not retry it (nor wait out a back-off first)."""
+
+
 def _time_left() -> float | None:
-    """Seconds left before the current request's deadline; raises ``TimeoutError`` once it passed."""
+    """Seconds left before the current request's deadline, or the shutdown cutoff of its session
+    if that comes first; raises ``TimeoutError`` once it passed."""
     deadline = _deadline.get()
     if deadline is None:
         return None
+    session = _session.get()
+    if session is not None and session.cutoff is not None:
+        deadline = min(deadline, session.cutoff)
     left = deadline - time.monotonic()
     if left <= 0:
         raise TimeoutError("the export's deadline passed")
@@ -128,12 +142,16 @@ class _DeadlineReader(io.RawIOBase):
     """Reads a socket giving each read only the time left before the request's deadline.
 
     A per-read timeout alone never fires against a backend that sends a byte every half second.
+    A read waits at most ``_POLL`` at a time, so that a deadline brought forward while it waits
+    (the agent stopping) ends it too.
     """
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__()
         self._sock = sock
-        self._raw = sock.makefile("rb", buffering=0)
+        # Held for its reference to the socket: http.client closes the connection's socket once the
+        # response owns it, and the descriptor stays open while a file made from it is.
+        self._file = sock.makefile("rb", buffering=0)
 
     def readable(self) -> bool:
         return True
@@ -142,14 +160,19 @@ class _DeadlineReader(io.RawIOBase):
         return self._sock.fileno()
 
     def readinto(self, buffer: Any) -> int | None:
-        left = _time_left()
-        if left is not None:
-            self._sock.settimeout(left)
-        return self._raw.readinto(buffer)
+        while True:
+            left = _time_left()
+            self._sock.settimeout(None if left is None else min(left, _POLL))
+            try:
+                return self._sock.recv_into(buffer)
+            except TimeoutError:
+                if left is None or left > _POLL:
+                    continue  # the deadline is not there yet: look at it again
+                raise
 
     def close(self) -> None:
         if not self.closed:
-            self._raw.close()
+            self._file.close()
         super().close()
 
 
@@ -252,6 +275,8 @@ def export_cause(exc: BaseException, budget: float | None = None) -> ExportOutco
     def having(*types: type[BaseException]) -> BaseException | None:
         return next((e for e in chain if isinstance(e, types)), None)
 
+    if having(ExportAbandoned):
+        return ExportOutcome("abandoned", "the agent stopped before the backend answered")
     if having(OversizedAnswer):
         return ExportOutcome("oversized", f"the answer was larger than {MAX_ANSWER} bytes")
     if having(ConnectionRefusedError) or any(isinstance(e, OSError) and e.errno in _REFUSED for e in chain):
@@ -320,6 +345,13 @@ class BoundedSession(requests.Session):
         self.mount("http://", adapter)
         self.mount("https://", adapter)
         self._outcomes = threading.local()
+        self.cutoff: float | None = None
+        """Monotonic time past which no request runs: the end of the agent's shutdown budget."""
+
+    def stop_by(self, cutoff: float) -> None:
+        """From now on, end every request by ``cutoff`` (monotonic) and refuse new ones after it,
+        as :class:`ExportAbandoned`: the SDK's retries and back-offs stop with it."""
+        self.cutoff = cutoff
 
     def take_outcome(self) -> ExportOutcome | None:
         """What became of this thread's requests since the last call (None if it made none): the
@@ -344,6 +376,14 @@ class BoundedSession(requests.Session):
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         budget = _budget(kwargs.get("timeout"))
+        if self.cutoff is not None:
+            left = self.cutoff - time.monotonic()
+            if left <= 0:
+                abandoned = ExportAbandoned("the shutdown budget is spent", request=request)
+                self._note(export_cause(abandoned, budget))
+                raise abandoned
+            budget = left if budget is None else min(budget, left)
+            kwargs["timeout"] = budget
         if budget is not None and budget <= 0:
             # The SDK's last retry may come with nothing left (urllib3 would raise ValueError).
             spent = requests.exceptions.ConnectTimeout("nothing left of the export's budget", request=request)
@@ -351,14 +391,22 @@ class BoundedSession(requests.Session):
             raise spent
         kwargs["stream"] = True
         token = _deadline.set(None if budget is None else time.monotonic() + budget)
+        session_token = _session.set(self)
         try:
             response = super().send(request, **kwargs)
             self._read_body(response)
         except Exception as exc:
-            self._note(export_cause(exc, budget))
+            cut = self.cutoff is not None and time.monotonic() >= self.cutoff
+            self._note(
+                ExportOutcome("abandoned", "the agent stopped first") if cut else export_cause(exc, budget)
+            )
+            if self.cutoff is not None:
+                # The agent is stopping: one try at what is buffered, no retry after a back-off.
+                raise ExportAbandoned("no retry while the agent stops", request=request) from exc
             raise
         finally:
             _deadline.reset(token)
+            _session.reset(session_token)
         status = response.status_code
         self._note(
             ExportOutcome()
@@ -533,7 +581,7 @@ class _Outcomes:
     """Where a wrapper learns why its exporter failed (the session of an OTLP/HTTP exporter)."""
 
     def __init__(self, session: BoundedSession | None) -> None:
-        self._session = session
+        self._session = self.session = session
 
     def begin(self) -> None:
         if self._session is not None:
@@ -700,6 +748,8 @@ class Telemetry:
     metric_exporters: list[str]
     prometheus: Any = None
     """The prometheus_client registry behind ``/metrics``, when the ``prometheus`` exporter is on."""
+    sessions: list[BoundedSession] = field(default_factory=list)
+    """The OTLP/HTTP exporters' sessions, told the deadline when the agent stops."""
 
     def health(self) -> dict[str, Any]:
         """The exporters' state for ``/readyz``, by signal: what is configured, how many exports
@@ -722,7 +772,15 @@ class Telemetry:
         return self.meter_provider.force_flush(millis) and ok
 
     def shutdown(self, timeout: float) -> None:
-        """Flush and stop the exporters; blocking, call it in a thread."""
+        """Flush and stop the exporters within ``timeout``; blocking, call it in a thread.
+
+        The OTLP/HTTP exporters get one try at what is buffered: requests end at the deadline and
+        are not retried after it (the SDK would retry with back-off for its own export timeout)."""
+        # A little before the caller gives up on this call: the exporters' threads note the outcome
+        # and the providers return in time.
+        cutoff = time.monotonic() + timeout - min(0.5, timeout * 0.1)
+        for session in self.sessions:
+            session.stop_by(cutoff)
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown(timeout_millis=max(1, int(timeout * 1000)))
 
@@ -1043,8 +1101,10 @@ def build_telemetry(
         _number(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", whole=True, unit="spans")
         or min(_SPAN_BATCH, queue)
     )
+    sessions: list[BoundedSession] = []
     for name in trace_names:
         exporter, target, outcomes = _exporter(environ, "traces", name)
+        sessions.extend([outcomes.session] if outcomes.session else [])
         processor = CountingBatchSpanProcessor(
             _CountingSpanExporter(exporter, name, stats, target, outcomes),
             stats,
@@ -1066,8 +1126,9 @@ def build_telemetry(
             readers.append(PrometheusMetricReader(registry=prometheus, scope_info_enabled=False))
             continue
         exporter, target, outcomes = _exporter(environ, "metrics", name)
+        sessions.extend([outcomes.session] if outcomes.session else [])
         readers.append(
             PeriodicExportingMetricReader(_CountingMetricExporter(exporter, name, stats, target, outcomes))
         )
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-    return Telemetry(tracer_provider, meter_provider, stats, trace_names, metric_names, prometheus)
+    return Telemetry(tracer_provider, meter_provider, stats, trace_names, metric_names, prometheus, sessions)

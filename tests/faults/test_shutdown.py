@@ -123,6 +123,8 @@ def test_a_hanging_otlp_backend_cannot_hold_the_exit(target: int, hanging_backen
         agent.kill()
     assert agent.proc.returncode == 0, agent.output
     assert "stopping within 3s" in agent.output
+    # The exporters gave up at the deadline themselves; the watchdog had nothing to abandon.
+    assert "failing: abandoned" in agent.output and "budget of 3s is spent" not in agent.output
 
 
 def test_a_refusing_otlp_backend_cannot_hold_the_exit(target: int) -> None:
@@ -134,6 +136,7 @@ def test_a_refusing_otlp_backend_cannot_hold_the_exit(target: int) -> None:
     finally:
         agent.kill()
     assert agent.proc.returncode == 0, agent.output
+    assert "failing: refused" in agent.output and "budget of 3s is spent" not in agent.output
 
 
 def test_a_run_that_outlasts_the_budget_is_abandoned_with_a_line(target: int) -> None:
