@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import aiohappyeyeballs
 import aiohttp
 from aiohttp.abc import AbstractResolver
+from aiohttp.http_exceptions import LineTooLong
 from cryptography import x509
 from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import BaseModel, ConfigDict, model_validator
 from yarl import URL
 
+from .assertions import clip
 from .reasons import Reason
 from .secrets import redact_url
 
@@ -54,6 +56,7 @@ __all__ = [
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 _REDIRECTS = {301, 302, 303, 307, 308}
+_MESSAGE_LIMIT = 500
 _TLS_VERSIONS = {
     "TLSv1": "TLS 1.0",
     "TLSv1.1": "TLS 1.1",
@@ -202,6 +205,10 @@ def map_exception(exc: BaseException) -> tuple[Reason, str]:
         return Reason.PROTOCOL, "the server closed the connection without a complete response"
     # From here on the library's own text may carry the request URL, query and all: the messages
     # are built from the parts that cannot (a secret in a query must not leave percent-encoded).
+    if (too_long := _line_too_long(exc)) is not None:
+        # Not the parser's words: they quote the line's first 100 bytes, and a token the target
+        # echoed there would be cut before redaction could find it.
+        return Reason.PROTOCOL, f"malformed HTTP response: {too_long}"
     if isinstance(exc, aiohttp.ClientResponseError):
         return Reason.PROTOCOL, f"malformed HTTP response: {_one_line(exc.message) or type(exc).__name__}"
     if isinstance(exc, aiohttp.ClientPayloadError):
@@ -214,6 +221,19 @@ def map_exception(exc: BaseException) -> tuple[Reason, str]:
     if isinstance(exc, aiohttp.ClientError | OSError):
         return Reason.CONNECT, f"{type(exc).__name__}: {_describe(exc)}"
     return Reason.INTERNAL, f"{type(exc).__name__}: {_describe(exc)}"
+
+
+def _line_too_long(exc: BaseException) -> str | None:
+    """What a line of the response that broke the parser's limit was, if that is the failure."""
+    cause: BaseException | None = exc
+    for _ in range(4):  # ClientResponseError ← HttpProcessingError ← LineTooLong
+        if isinstance(cause, LineTooLong):
+            limit = cause.args[1] if len(cause.args) > 1 else None
+            return f"a line longer than {limit} bytes" if isinstance(limit, int) else "a line too long"
+        if cause is None:
+            return None
+        cause = cause.__cause__
+    return None
 
 
 def _describe(exc: BaseException) -> str:
@@ -527,8 +547,10 @@ class HttpClient:
                 if isinstance(exc, Exception):
                     reason, message = map_exception(exc)
                     error_type = reason.value
-                    span.fail(reason.value, ctx.redact(message))
-                    raise HttpFailure(reason, ctx.redact(message), phases) from exc
+                    # Redacted, then cut: the library's words may quote a whole line of the target's.
+                    message = clip(message, _MESSAGE_LIMIT, ctx.redact)
+                    span.fail(reason.value, message)
+                    raise HttpFailure(reason, message, phases) from exc
                 error_type = "cancelled"
                 raise
             headers_at = clock.monotonic()
@@ -556,8 +578,9 @@ class HttpClient:
                 )
                 reason, message = map_exception(exc)
                 error_type = reason.value
-                span.fail(reason.value, ctx.redact(message))
-                raise HttpFailure(reason, ctx.redact(message), phases) from exc
+                message = clip(message, _MESSAGE_LIMIT, ctx.redact)
+                span.fail(reason.value, message)
+                raise HttpFailure(reason, message, phases) from exc
             finally:
                 response.release() if not truncated else response.close()
             end = clock.monotonic()

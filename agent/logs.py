@@ -7,6 +7,7 @@ writer a bounded time to write what is queued and says how many lines it abandon
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import queue
@@ -22,6 +23,7 @@ __all__ = ["close_logging", "configure_logging", "dropped_records"]
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 _QUEUE_SIZE = 10_000
+_EXIT_WAIT = 2.0  # seconds the writer gets at a normal interpreter exit
 
 
 class _Formatter(logging.Formatter):
@@ -111,6 +113,10 @@ def configure_logging(level: str, fmt: str, redactor: Redactor) -> None:
     """
     global _handler, _writer
     close_logging(1.0)
+    if _writer is None and _handler is None:
+        # The writer is a daemon thread, which interpreter exit would stop with lines still queued
+        # (`vantage once` prints its table and returns): give it a bounded time to write them.
+        atexit.register(close_logging, _EXIT_WAIT)
     records: queue.Queue[logging.LogRecord | None] = queue.Queue(maxsize=_QUEUE_SIZE)
     _writer = _Writer(records, sys.stderr, _Formatter(redactor, fmt == "json"))
     _writer.start()

@@ -230,3 +230,25 @@ def test_sighup_is_logged_and_ignored_and_nothing_held_is_lost(target: int) -> N
         # What the agent held at SIGTERM reached the backend: the final flush ran.
         assert received.points("probe.success"), agent.output
         assert received.spans()
+
+
+def test_once_writes_every_log_line_before_it_exits() -> None:
+    # The log writer is a daemon thread, which interpreter exit stops: `once` waits for it (bounded).
+    failing = [
+        {"name": f"down{i}", "type": "tcp", "target": f"127.0.0.1:{free_port()}", "timeout": "1s"}
+        for i in range(300)
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "once"],
+        env={
+            "PATH": os.environ.get("PATH", ""),
+            "VANTAGE_CHECKS": yaml.safe_dump({"checks": failing}),
+            "VANTAGE_LOG_FORMAT": "text",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "0 passed, 300 failed" in result.stdout
+    assert sum(" is failing: connect:" in line for line in result.stderr.splitlines()) == 300, result.stderr
