@@ -23,19 +23,20 @@ from anyio.abc import TaskStatus
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.trace import SpanProcessor
 
-from . import __version__
-from .checks import CheckEntry
-from .config import Config
-from .durations import format_duration
-from .http import HttpClientFactory
-from .inbound import Inbound, Route, inbound_checks, peer_route
-from .inbox import Inbox
-from .logs import close_logging
-from .plugin import Clock, ProbeContext, SystemClock
-from .recorder import Recorder, Run
-from .scheduler import Scheduler, select
-from .server import Server
-from .telemetry import Telemetry, build_resource, build_telemetry
+from agent import __version__
+from agent.config.checks import CheckEntry
+from agent.config.durations import format_duration
+from agent.config.settings import Config
+from agent.logs import close_logging
+from agent.net.http import HttpClientFactory
+from agent.schedule.scheduler import Scheduler
+from agent.schedule.sharding import select
+from agent.sdk.probe import Clock, ProbeContext, SystemClock
+from agent.server.inbound import Inbound, Route, inbound_checks, peer_route
+from agent.server.inbox import Inbox
+from agent.server.status import Server
+from agent.telemetry.providers import Telemetry, build_resource, build_telemetry
+from agent.telemetry.recorder import Recorder, Run
 
 __all__ = ["Agent", "Shutdown", "build_agent", "run_agent", "serve"]
 

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import anyio
 
-from . import __version__
-from .config import load_config
-from .errors import ConfigError, PluginError
-from .logs import close_logging, configure_logging
-from .registry import Registry
+from agent import __version__
+from agent.config.registry import Registry
+from agent.config.settings import load_config
+from agent.errors import ConfigError, PluginError
+from agent.logs import close_logging, configure_logging
 
 __all__ = ["main"]
 
@@ -71,14 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _command(command: str) -> int:
     config = load_config(os.environ)
     if command == "validate":
-        from .telemetry import build_resource, build_telemetry
+        from agent.telemetry.providers import build_resource, build_telemetry
 
         build_telemetry(
             os.environ,
             build_resource(os.environ, region=config.settings.region, version=__version__),
             redactor=config.redactor,
         )
-        from .scheduler import select
+        from agent.schedule.sharding import select
 
         mine = select(config.entries, config.settings.region, config.shard)
         print(
@@ -91,20 +91,20 @@ def _command(command: str) -> int:
     if command == "once":
         return _once(config)
     if config.settings.worker:
-        from .workers import die_with_supervisor
+        from agent.process.workers import die_with_supervisor
 
         die_with_supervisor(os.environ)
     if config.settings.worker_count() > 1 and not config.settings.worker:
-        from .app import _backend
-        from .telemetry import validate_otel_env
-        from .workers import supervise
+        from agent.app import _backend
+        from agent.process.workers import supervise
+        from agent.telemetry.providers import validate_otel_env
 
         # The workers build the telemetry; the supervisor refuses what they would refuse, first.
         validate_otel_env(os.environ)
 
         status: int = anyio.run(supervise, config, os.environ, **_backend())
         return status
-    from .app import run_agent
+    from agent.app import run_agent
 
     run_agent(config, os.environ)
 
@@ -122,8 +122,8 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def _once(config: object) -> int:
-    from .app import _backend, build_agent, flush_telemetry
-    from .config import Config
+    from agent.app import _backend, build_agent, flush_telemetry
+    from agent.config.settings import Config
 
     assert isinstance(config, Config)
     agent = build_agent(config, os.environ, set_global_providers=True)

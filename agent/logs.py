@@ -17,7 +17,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from .secrets import Redactor
+from agent.config.secrets import Redactor
 
 __all__ = ["close_logging", "configure_logging", "dropped_records"]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.secrets import Redactor
+from agent.config.secrets import Redactor
 
 
 def main() -> None:

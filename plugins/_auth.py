@@ -16,7 +16,7 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import Field, field_validator
 
-from agent.plugin import HttpClient, HttpFailure, MetricKind, MetricSpec, ProbeContext, ProbeSettings
+from agent.sdk import HttpClient, HttpFailure, MetricKind, MetricSpec, ProbeContext, ProbeSettings
 
 __all__ = ["TOKEN_EXPIRY", "Auth", "AuthFailure", "Credential", "TokenCache", "authorize", "jwt_expiry"]
 

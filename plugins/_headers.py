@@ -16,7 +16,7 @@ from typing import Any
 
 import http_sf
 
-from agent.plugin import clip
+from agent.sdk import clip
 
 __all__ = ["Lifecycle", "RateLimit", "RateLimitNames", "http_date", "parse_lifecycle", "parse_ratelimit"]
 

@@ -9,7 +9,7 @@ import logging
 import re
 from pathlib import Path
 
-from agent.plugin import Clock, InboundRequest, StateFile
+from agent.sdk import Clock, InboundRequest, StateFile
 
 __all__ = ["LastSeen", "content_type_problem", "printable", "raw", "token_problem"]
 

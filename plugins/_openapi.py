@@ -21,7 +21,7 @@ import yaml
 from referencing import Registry
 from referencing.jsonschema import DRAFT4, DRAFT202012
 
-from agent.plugin import clip
+from agent.sdk import clip
 
 __all__ = ["OpenAPIDocument", "load_document"]
 

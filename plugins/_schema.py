@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.plugin import StateFile
+from agent.sdk import StateFile
 
 __all__ = ["Drift", "DriftTracker", "shape"]
 

@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from agent.plugin import Duration, ProbeSettings
+from agent.sdk import Duration, ProbeSettings
 
 from ._inbound import raw
 

@@ -9,7 +9,7 @@ from functools import lru_cache
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from agent.plugin import MetricSpec, Sample, TLSInfo
+from agent.sdk import MetricSpec, Sample, TLSInfo
 
 __all__ = ["TLS_METRICS", "Certificate", "describe", "tls_values"]
 

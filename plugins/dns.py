@@ -22,7 +22,7 @@ import dns.rdatatype
 import dns.resolver
 from pydantic import field_validator
 
-from agent.plugin import (
+from agent.sdk import (
     AttributeValue,
     Check,
     MetricSpec,

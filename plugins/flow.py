@@ -22,7 +22,7 @@ import jsonpath
 from pydantic import ByteSize, Field, PrivateAttr, field_validator, model_validator
 from yarl import URL
 
-from agent.plugin import (
+from agent.sdk import (
     Assertion,
     Check,
     HttpFailure,

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from agent.plugin import (
+from agent.sdk import (
     AttributeValue,
     Check,
     MetricSpec,

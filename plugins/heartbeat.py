@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl
 
 from pydantic import Field, model_validator
 
-from agent.plugin import (
+from agent.sdk import (
     AttributeValue,
     Check,
     Duration,

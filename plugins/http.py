@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ByteSize, Field, PrivateAttr, field_validator, model_validator
 
-from agent.plugin import (
+from agent.sdk import (
     Assertion,
     AssertionOutcome,
     AttributeValue,

@@ -18,7 +18,7 @@ from pathlib import Path
 import icmplib
 from pydantic import Field
 
-from agent.plugin import (
+from agent.sdk import (
     AttributeValue,
     Check,
     Duration,

@@ -33,7 +33,7 @@ import jsonpath
 from pydantic import Field, PrivateAttr, model_validator
 from yarl import URL
 
-from agent.plugin import (
+from agent.sdk import (
     AttributeValue,
     Check,
     Duration,

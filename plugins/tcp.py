@@ -20,7 +20,7 @@ import ssl
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from agent.plugin import (
+from agent.sdk import (
     Check,
     MetricKind,
     MetricSpec,

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from agent.plugin import (
+from agent.sdk import (
     AssertionOutcome,
     AttributeValue,
     Check,

@@ -42,7 +42,7 @@ from typing import Literal
 import anyio
 from pydantic import Field, model_validator
 
-from agent.plugin import (
+from agent.sdk import (
     Assertion,
     AssertionOutcome,
     AttributeValue,

@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any, Literal
 
-from agent.plugin import Check, Probe, ProbeContext, ProbeResult, ProbeSettings, Reason
+from agent.sdk import Check, Probe, ProbeContext, ProbeResult, ProbeSettings, Reason
 
 from .helpers import FakeClock
 

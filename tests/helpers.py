@@ -28,7 +28,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from agent.config import Config, load_config
+from agent.config.settings import Config, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

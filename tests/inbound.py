@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.app import Agent, build_agent
-from agent.plugin import ProbeResult
+from agent.sdk import ProbeResult
 
 from .helpers import config_from, free_port
 

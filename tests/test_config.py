@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from agent.cli import main
-from agent.config import load_config
-from agent.durations import format_duration, parse_duration
+from agent.config.durations import format_duration, parse_duration
+from agent.config.secrets import Redactor, SecretResolver, redact_url
+from agent.config.settings import load_config
 from agent.errors import ConfigError
-from agent.secrets import Redactor, SecretResolver, redact_url
-from agent.telemetry import build_resource, build_telemetry
+from agent.telemetry.providers import build_resource, build_telemetry
 
 
 def checks(*items: Mapping[str, object], **extra: object) -> str:

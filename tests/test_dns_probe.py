@@ -15,7 +15,7 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from agent.plugin import Reason
+from agent.sdk import Reason
 
 from .test_http_probe import run_checks
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from opentelemetry.trace import StatusCode
 
 from agent.errors import ConfigError
-from agent.plugin import Reason
+from agent.sdk import Reason
 
 from .helpers import config_from, serve
 from .test_http_probe import run_checks

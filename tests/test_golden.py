@@ -22,8 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.app import build_agent
 from agent.app import serve as serve_agent
-from agent.recorder import AGENT_METRICS, CORE_METRICS
-from agent.registry import Registry
+from agent.config.registry import Registry
+from agent.telemetry.recorder import AGENT_METRICS, CORE_METRICS
 
 from .helpers import ROOT, MapResolver, config_from, serve
 from .test_dns_probe import dns_server

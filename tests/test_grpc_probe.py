@@ -18,7 +18,7 @@ import trustme
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from agent.errors import ConfigError
-from agent.plugin import Reason
+from agent.sdk import Reason
 
 from .helpers import ROOT, config_from
 from .test_http_probe import run_checks

@@ -15,7 +15,7 @@ import pytest
 
 from agent.app import build_agent
 from agent.errors import ConfigError
-from agent.plugin import Reason
+from agent.sdk import Reason
 
 from .fakes import SteppingClock
 from .helpers import config_from, free_port

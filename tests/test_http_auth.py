@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from agent.app import build_agent
-from agent.plugin import Reason
+from agent.sdk import Reason
 
 from .helpers import FakeClock, config_from, serve
 from .test_http_probe import TELEMETRY_ENV, http_check

@@ -9,7 +9,7 @@ from email.utils import format_datetime
 import pytest
 from aiohttp import web
 
-from agent.plugin import Reason
+from agent.sdk import Reason
 
 from .helpers import config_from, counter_values, serve
 from .test_http_probe import http_check, run_checks

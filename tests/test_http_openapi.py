@@ -10,7 +10,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from agent.plugin import Reason
+from agent.sdk import Reason
 
 from .helpers import serve
 from .test_http_probe import http_check, run_checks

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from agent.app import build_agent
-from agent.plugin import ProbeResult, Reason
+from agent.sdk import ProbeResult, Reason
 
 from .helpers import MapResolver, config_from, serve
 

@@ -7,7 +7,7 @@ import time
 import pytest
 from aiohttp import web
 
-from agent.plugin import Reason
+from agent.sdk import Reason
 from plugins._headers import RateLimitNames, http_date, parse_ratelimit
 
 from .helpers import serve

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from agent.app import build_agent
-from agent.plugin import Reason
+from agent.sdk import Reason
 from plugins._schema import shape
 
 from .helpers import config_from, counter_values, serve

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from agent.errors import ConfigError
-from agent.plugin import Reason
+from agent.sdk import Reason
 
 from .helpers import ROOT, config_from
 from .test_http_probe import run_checks

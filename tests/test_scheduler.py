@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from agent.app import Agent, build_agent
-from agent.config import Shard, load_config
+from agent.config.registry import Registry
+from agent.config.settings import Shard, load_config
 from agent.errors import ConfigError
-from agent.plugin import Reason
-from agent.registry import Registry
-from agent.scheduler import offset, owner, select
+from agent.schedule.sharding import offset, owner, select
+from agent.sdk import Reason
 
 from .fakes import SleepProbe, entry_points
 from .helpers import FakeClock

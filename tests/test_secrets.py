@@ -16,8 +16,8 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from agent.http import map_exception
-from agent.secrets import REDACTED, Redactor, SecretResolver, redact_url
+from agent.config.secrets import REDACTED, Redactor, SecretResolver, redact_url
+from agent.net.http import map_exception
 from plugins._auth import BasicAuth, TokenCache, authorize
 
 NASTY = [

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from agent.errors import ConfigError
-from agent.plugin import Reason
+from agent.sdk import Reason
 
 from .helpers import config_from, serve
 from .test_http_probe import run_checks

@@ -13,7 +13,7 @@ import anyio
 import pytest
 import trustme
 
-from agent.plugin import Reason
+from agent.sdk import Reason
 
 from .test_http_probe import run_checks
 

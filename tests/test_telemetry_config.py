@@ -16,10 +16,10 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from agent.config import Shard
+from agent.config.secrets import Redactor
+from agent.config.settings import Shard
 from agent.errors import ConfigError
-from agent.secrets import Redactor
-from agent.telemetry import (
+from agent.telemetry.providers import (
     CountingBatchSpanProcessor,
     ExportOutcome,
     ExportStats,

@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from agent.errors import ConfigError
-from agent.plugin import ProbeResult, Reason
+from agent.sdk import ProbeResult, Reason
 
 from .helpers import config_from
 from .test_http_probe import run_checks

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.workers import merge_expositions
+from agent.process.workers import merge_expositions
 
 from .helpers import AgentProcess, free_port, thread_server, wait_until
 from .test_process import get

@@ -27,8 +27,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agent.app import build_agent
-from agent.plugin import ProbeResult, Reason, clip
-from agent.secrets import MIN_SECRET_LENGTH, Redactor
+from agent.config.secrets import MIN_SECRET_LENGTH, Redactor
+from agent.sdk import ProbeResult, Reason, clip
 
 from ..helpers import config_from, serve
 from ..test_http_probe import TELEMETRY_ENV, http_check

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.app import Agent, build_agent
 from agent.errors import ConfigError
-from agent.server import serve_app
+from agent.server.status import serve_app
 
 from ..helpers import config_from, free_port
 from ..inbound import TELEMETRY_ENV

@@ -21,8 +21,9 @@ import yaml
 from aiohttp import web
 
 from agent.app import build_agent
-from agent.config import load_config
-from agent.plugin import (
+from agent.config.registry import Registry
+from agent.config.settings import load_config
+from agent.sdk import (
     AssertionOutcome,
     Check,
     Probe,
@@ -33,7 +34,6 @@ from agent.plugin import (
     StepResult,
     visible,
 )
-from agent.registry import Registry
 
 from ..fakes import entry_points
 from ..helpers import FakeClock, config_from, serve

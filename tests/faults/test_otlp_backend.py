@@ -39,7 +39,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.telemetry import BoundedSession, ExportOutcome, build_resource, build_telemetry
+from agent.telemetry.providers import BoundedSession, ExportOutcome, build_resource, build_telemetry
 
 from ..helpers import AgentProcess, Received, free_port, thread_server, wait_until
 

@@ -32,10 +32,10 @@ from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from multidict import CIMultiDict
 
-from .checks import CheckEntry
-from .inbox import InboundRequest, Inbox
-from .plugin import Clock
-from .scheduler import owner
+from agent.config.checks import CheckEntry
+from agent.schedule.sharding import owner
+from agent.sdk.probe import Clock
+from agent.server.inbox import InboundRequest, Inbox
 
 __all__ = ["ENDPOINTS", "FORWARDED", "Inbound", "Route", "client_address", "inbound_checks", "peer_route"]
 

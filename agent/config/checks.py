@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from .durations import Duration, format_duration, parse_duration
-from .errors import ConfigError, PluginError
-from .secrets import SecretResolver
+from agent.config.durations import Duration, format_duration, parse_duration
+from agent.config.secrets import SecretResolver
+from agent.errors import ConfigError, PluginError
 
 if TYPE_CHECKING:
-    from .plugin import Probe
+    from agent.sdk.probe import Probe
 
 __all__ = ["RESERVED_LABELS", "Check", "CheckEntry", "format_validation_error", "parse_checks"]
 

@@ -27,11 +27,11 @@ import anyio
 from aiohttp import web
 from anyio.abc import TaskStatus
 
-from .errors import ConfigError
-from .inbound import Inbound
-from .recorder import Recorder
-from .secrets import Redactor
-from .telemetry import Telemetry
+from agent.config.secrets import Redactor
+from agent.errors import ConfigError
+from agent.server.inbound import Inbound
+from agent.telemetry.providers import Telemetry
+from agent.telemetry.recorder import Recorder
 
 __all__ = ["PROMETHEUS_TYPE", "Server", "authorized", "serve_app"]
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .errors import ConfigError, PluginError
-from .plugin import Probe
+from agent.errors import ConfigError, PluginError
+from agent.sdk.probe import Probe
 
 __all__ = ["GROUP", "Registry"]
 

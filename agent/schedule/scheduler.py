@@ -33,7 +33,6 @@ by more than 20 ms, and ticks are still computed from the grid, so the phase and
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import heapq
 import logging
 import math
@@ -46,13 +45,13 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from .checks import CheckEntry
-from .config import Shard
-from .durations import format_duration
-from .plugin import Clock, ProbeContext, ProbeResult, Reason
-from .recorder import Recorder, Run
+from agent.config.checks import CheckEntry
+from agent.config.durations import format_duration
+from agent.schedule.sharding import offset
+from agent.sdk.probe import Clock, ProbeContext, ProbeResult, Reason
+from agent.telemetry.recorder import Recorder, Run
 
-__all__ = ["Scheduler", "offset", "owner", "select"]
+__all__ = ["Scheduler"]
 
 log = logging.getLogger("vantage.scheduler")
 _MIN_SLEEP = 0.001  # uvloop turns sleeps under ~0.5ms into busy spins
@@ -98,37 +97,6 @@ def _cancel_requested() -> bool:
     it is told apart by its ``cancel_called``. (The agent runs on asyncio, where both hold.)"""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-def _hash(*parts: str) -> int:
-    digest = hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
-
-
-def offset(name: str, region: str) -> float:
-    """The check's phase as a fraction of its interval, in [0, 1)."""
-    return _hash(name, region) / 2**64
-
-
-def owner(name: str, count: int, salt: str = "") -> int:
-    """The shard that runs a check, by rendezvous hashing: when the number of shards changes by
-    one, only the checks of the shard that came or went move."""
-    return max(range(count), key=lambda index: _hash(salt + str(index), name))
-
-
-def select(
-    entries: Iterable[CheckEntry], region: str, shard: Shard, worker: Shard | None = None
-) -> list[CheckEntry]:
-    """The checks this process runs: those for its region, of those its shard's share, and of
-    those its worker's share (the worker split uses its own hash, independent of the shards')."""
-    worker = worker or Shard()
-    return [
-        entry
-        for entry in entries
-        if entry.check.runs_in(region)
-        and (shard.count == 1 or owner(entry.check.name, shard.count) == shard.index)
-        and (worker.count == 1 or owner(entry.check.name, worker.count, "worker") == worker.index)
-    ]
 
 
 @dataclass(eq=False, slots=True)

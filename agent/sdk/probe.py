@@ -28,16 +28,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 import anyio
 from pydantic import BaseModel, ConfigDict
 
+from agent.config.checks import Check
+from agent.config.durations import Duration, format_duration
+from agent.config.secrets import Redactor, SecretResolver
+
 # ``clip`` lives beside the assertions, which need it and which this module imports.
-from .assertions import Assertion, AssertionOutcome, Subject, clip
-from .checks import Check
-from .durations import Duration, format_duration
-from .inbox import Delivery, InboundRequest, Inbox
-from .reasons import Reason
-from .secrets import Redactor, SecretResolver
+from agent.sdk.assertions import Assertion, AssertionOutcome, Subject, clip
+from agent.sdk.reasons import Reason
+from agent.server.inbox import Delivery, InboundRequest, Inbox
 
 if TYPE_CHECKING:
-    from .http import HttpClientFactory
+    from agent.net.http import HttpClientFactory
 
 __all__ = [
     "Assertion",
@@ -471,7 +472,7 @@ class Probe(abc.ABC, Generic[SettingsT]):
 
 
 # At the end: the HTTP client module needs the names above.
-from .http import (  # noqa: E402
+from agent.net.http import (  # noqa: E402
     HttpClient,
     HttpExchange,
     HttpFailure,

@@ -35,13 +35,13 @@ import anyio
 from aiohttp import web
 from anyio.abc import Process, TaskStatus
 
-from .checks import CheckEntry
-from .config import Config
-from .durations import format_duration
-from .inbound import Inbound, Route, inbound_checks, peer_route
-from .plugin import SystemClock
-from .scheduler import owner
-from .server import PROMETHEUS_TYPE, authorized, serve_app
+from agent.config.checks import CheckEntry
+from agent.config.durations import format_duration
+from agent.config.settings import Config
+from agent.schedule.sharding import WORKER_SALT, owner
+from agent.sdk.probe import SystemClock
+from agent.server.inbound import Inbound, Route, inbound_checks, peer_route
+from agent.server.status import PROMETHEUS_TYPE, authorized, serve_app
 
 __all__ = ["die_with_supervisor", "merge_expositions", "supervise"]
 
@@ -177,7 +177,7 @@ class _Supervisor:
             name, shard = entry.check.name, config.shard
             if shard.count > 1 and owner(name, shard.count) != shard.index:
                 return peer_route(settings.peer_url, name, shard.count)
-            worker = self._workers[owner(name, len(self._workers), "worker")]
+            worker = self._workers[owner(name, len(self._workers), WORKER_SALT)]
             return Route(f"http://127.0.0.1:{worker.port}", local=True)
 
         return Inbound(

@@ -15,11 +15,11 @@ import limits
 from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .checks import CheckEntry, parse_checks
-from .durations import Duration
-from .errors import ConfigError, PluginError
-from .registry import Registry
-from .secrets import Redactor, SecretResolver
+from agent.config.checks import CheckEntry, parse_checks
+from agent.config.durations import Duration
+from agent.config.registry import Registry
+from agent.config.secrets import Redactor, SecretResolver
+from agent.errors import ConfigError, PluginError
 
 __all__ = ["AgentSettings", "Config", "Shard", "load_config", "load_settings"]
 

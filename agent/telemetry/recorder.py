@@ -13,12 +13,12 @@ from opentelemetry import propagate, trace
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .checks import CheckEntry
-from .durations import format_duration
-from .http import RequestRecord
-from .plugin import AttributeValue, Clock, MetricKind, MetricSpec, ProbeResult, SpanHandle
-from .secrets import Redactor, redact_url
-from .telemetry import ExportStats
+from agent.config.checks import CheckEntry
+from agent.config.durations import format_duration
+from agent.config.secrets import Redactor, redact_url
+from agent.net.http import RequestRecord
+from agent.sdk.probe import AttributeValue, Clock, MetricKind, MetricSpec, ProbeResult, SpanHandle
+from agent.telemetry.providers import ExportStats
 
 __all__ = ["CORE_METRICS", "CheckState", "Recorder", "Run"]
 

@@ -64,8 +64,8 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-from .errors import ConfigError
-from .secrets import Redactor, redact_url
+from agent.config.secrets import Redactor, redact_url
+from agent.errors import ConfigError
 
 __all__ = [
     "MAX_ANSWER",

@@ -32,14 +32,14 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import BaseModel, ConfigDict, model_validator
 from yarl import URL
 
-from .assertions import clip
-from .reasons import Reason
-from .secrets import redact_url
+from agent.config.secrets import redact_url
+from agent.sdk.assertions import clip
+from agent.sdk.reasons import Reason
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .plugin import Clock, ProbeContext
+    from agent.sdk.probe import Clock, ProbeContext
 
 __all__ = [
     "HttpClient",

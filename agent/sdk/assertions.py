@@ -25,8 +25,8 @@ import jsonpath
 import jsonschema
 from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
 
-from .durations import format_duration, parse_duration
-from .secrets import REDACTED
+from agent.config.durations import format_duration, parse_duration
+from agent.config.secrets import REDACTED
 
 __all__ = ["Assertion", "AssertionOutcome", "Subject", "clip"]
 

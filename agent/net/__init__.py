@@ -1,0 +1,2 @@
+"""The network boundary of probes: the HTTP client they are handed (fresh connections, timed
+phases, capped bodies) and the translation of library exceptions into reasons."""

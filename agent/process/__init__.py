@@ -1,0 +1,1 @@
+"""Worker processes behind one port: the supervisor that starts, watches and stops them."""
