@@ -29,6 +29,7 @@ from agent.config.durations import format_duration
 from agent.config.settings import Config
 from agent.logs import close_logging
 from agent.net.http import HttpClientFactory
+from agent.process.handover import inherited_socket
 from agent.schedule.scheduler import Scheduler
 from agent.schedule.sharding import select
 from agent.sdk.probe import Clock, ProbeContext, SystemClock
@@ -125,6 +126,8 @@ def build_agent(
         inbound=_inbound(config, entries, inbox, recorder, clock),
         inbound_port=settings.inbound_port,
         max_body=int(settings.inbound_max_body),
+        # A worker serves on the socket its supervisor bound for it (agent/process/handover.py).
+        sock=inherited_socket(environ),
     )
     return Agent(config, entries, telemetry, recorder, scheduler, server, http, inbox)
 
@@ -267,9 +270,6 @@ async def serve(
             if handle_signals:
                 tg.start_soon(_watch_signals, agent.scheduler, shutdown)
             task_status.started(port)
-            if agent.config.worker.count > 1:
-                # The supervisor reads this line to find the worker's server.
-                print(f"VANTAGE_WORKER_PORT={port}", flush=True)
             shutdown.stage = "running"
             await agent.scheduler.run(drain_timeout=shutdown.left() / 2)
             exporters = {*agent.telemetry.trace_exporters, *agent.telemetry.metric_exporters} - {"prometheus"}

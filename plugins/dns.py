@@ -6,7 +6,6 @@ Metric names follow blackbox_exporter's dns prober. The target is the name to lo
 
 from __future__ import annotations
 
-import asyncio
 import re
 import socket
 from typing import Literal
@@ -20,7 +19,7 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 import dns.resolver
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from agent.sdk import (
     AttributeValue,
@@ -33,6 +32,8 @@ from agent.sdk import (
     Reason,
 )
 
+from ._toolkit.net import ResolveFailed, map_exception, resolve, split_host_port
+
 __all__ = ["DnsProbe", "DnsSettings"]
 
 RecordType = Literal["A", "AAAA", "CNAME", "MX", "TXT", "NS", "SOA", "SRV", "CAA", "PTR"]
@@ -44,21 +45,23 @@ class AnswerRule(ProbeSettings):
     op: Literal["contains", "equals", "matches", "not_matches"]
     value: str | list[str]
 
-    @field_validator("value")
-    @classmethod
-    def _regex(cls, value: str | list[str]) -> str | list[str]:
-        for item in [value] if isinstance(value, str) else value:
+    @model_validator(mode="after")
+    def _regex(self) -> AnswerRule:
+        if self.op == "equals":
+            return self  # compared literally: any text is a valid value
+        for item in [self.value] if isinstance(self.value, str) else self.value:
             try:
                 re.compile(item)
             except re.error as exc:
                 raise ValueError(f"{item!r} is not a valid regular expression: {exc}") from None
-        return value
+        return self
 
 
 class DnsSettings(ProbeSettings):
     type: RecordType = "A"
     server: str | None = None
-    """``host`` or ``host:port`` of the server to ask; the system resolver's first server if unset."""
+    """``host``, ``host:port``, an IPv6 literal or ``[v6]:port`` of the server to ask; the system
+    resolver's first server if unset."""
     valid_rcodes: tuple[str, ...] = ("NOERROR",)
     answers: tuple[AnswerRule, ...] = ()
     recursion: bool = True
@@ -72,6 +75,13 @@ class DnsSettings(ProbeSettings):
             except dns.rcode.UnknownRcode:
                 raise ValueError(f"{code!r} is not a DNS rcode (NOERROR, NXDOMAIN, SERVFAIL, ...)") from None
         return tuple(code.upper() for code in value)
+
+    @field_validator("server")
+    @classmethod
+    def _server_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            _server(value)  # ValueError names the value when it is not host, host:port or [v6]:port
+        return value
 
 
 class DnsProbe(Probe[DnsSettings]):
@@ -111,24 +121,23 @@ class DnsProbe(Probe[DnsSettings]):
         if not dns.inet.is_address(host):
             ctx.stage = f"resolving the DNS server {host}"
             try:
-                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-            except socket.gaierror as exc:
+                infos = await resolve(host, port, "auto", socket.SOCK_DGRAM)
+            except ResolveFailed as exc:
                 return ProbeResult.failure(
-                    Reason.DNS,
-                    f"cannot resolve the DNS server {host}: {exc.strerror}",
+                    exc.reason,
+                    f"cannot resolve the DNS server {host} ({exc.message})",
                     values={"probe.dns.query_succeeded": 0},
                 )
             address = str(infos[0][4][0])
         phases["resolve"] = clock.monotonic() - started
-        ctx.stage = f"waiting for {host}:{port} to answer"
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # an IPv6 literal in brackets
+        ctx.stage = f"waiting for {where} to answer"
         try:
             response, used_tcp = await dns.asyncquery.udp_with_fallback(query, address, port=port)
         except (OSError, dns.exception.DNSException) as exc:
+            reason, message = map_exception(exc, host=host, port=port)
             return ProbeResult.failure(
-                Reason.DNS,
-                f"no answer from {host}:{port}: {exc}",
-                values={"probe.dns.query_succeeded": 0},
-                phases=phases,
+                reason, message, values={"probe.dns.query_succeeded": 0}, phases=phases
             )
         elapsed = clock.monotonic() - started
         phases["request"] = elapsed - phases["resolve"]
@@ -163,12 +172,12 @@ class DnsProbe(Probe[DnsSettings]):
 
 
 def _server(server: str | None) -> tuple[str, int]:
+    """``host``, ``host:port``, a bare IPv6 literal (``2001:db8::53``) or ``[v6]:port``."""
     if server is None:
         return str(dns.resolver.get_default_resolver().nameservers[0]), 53
-    host, sep, port = server.rpartition(":")
-    if sep and port.isdigit() and "]" not in port:
-        return host.strip("[]"), int(port)
-    return server.strip("[]"), 53
+    if dns.inet.is_address(server):  # an IP literal alone, IPv6 included: its colons are no port
+        return server, 53
+    return split_host_port(server, 53)
 
 
 def _judge(rule: AnswerRule, answers: list[str]) -> str | None:

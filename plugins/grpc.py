@@ -25,7 +25,7 @@ from agent.sdk import (
     TLSOptions,
 )
 
-from ._net import IpFamily, ResolveFailed, resolve, split_host_port
+from ._toolkit.net import IpFamily, ResolveFailed, cancellation, map_exception, resolve, split_host_port
 
 try:
     import grpc
@@ -39,13 +39,6 @@ except ImportError as exc:  # pragma: no cover - exercised by a test in a proces
 __all__ = ["GrpcProbe", "GrpcSettings"]
 
 SERVING_STATUSES = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
-_REASONS = {
-    grpc.StatusCode.UNAUTHENTICATED: Reason.AUTH,
-    grpc.StatusCode.PERMISSION_DENIED: Reason.AUTH,
-    grpc.StatusCode.DEADLINE_EXCEEDED: Reason.TIMEOUT,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: Reason.RATE_LIMITED,
-    grpc.StatusCode.NOT_FOUND: Reason.ASSERTION,
-}
 
 
 class GrpcSettings(ProbeSettings):
@@ -96,7 +89,7 @@ class GrpcProbe(Probe[GrpcSettings]):
         try:
             infos = await resolve(host, port, settings.ip_family)
         except ResolveFailed as exc:
-            return ProbeResult.failure(Reason.DNS, str(exc))
+            return ProbeResult.failure(exc.reason, exc.message)
         address = str(infos[0][4][0])
         phases = {"resolve": clock.monotonic() - started}
         values: dict[str, float] = {"probe.grpc.ssl": 1.0 if settings.tls else 0.0}
@@ -123,8 +116,7 @@ class GrpcProbe(Probe[GrpcSettings]):
             code = exc.code()
             phases["check"] = clock.monotonic() - started - phases["resolve"]
             values["probe.grpc.status_code"] = float(code.value[0])
-            reason = _reason(code, exc.details() or "")
-            message = f"{code.name}: {exc.details() or 'no details'}"
+            reason, message = map_exception(exc, host=host, port=port)
             span.set_attribute("rpc.grpc.status_code", code.value[0])
             span.fail(code.name, ctx.redact(message))
             span.end()
@@ -137,6 +129,14 @@ class GrpcProbe(Probe[GrpcSettings]):
                 samples=samples,
                 attributes=attributes,
             )
+        except BaseException as exc:
+            # Cancelled (the run's timeout, or the agent stopping), or a bug: the span still ends.
+            if isinstance(exc, Exception):
+                span.fail(Reason.INTERNAL.value, type(exc).__name__)
+            else:
+                span.fail(*cancellation())
+            span.end()
+            raise
         span.set_attribute("rpc.grpc.status_code", 0)
         span.end()
         phases["check"] = clock.monotonic() - started - phases["resolve"]
@@ -163,17 +163,6 @@ def _statuses(current: str | None) -> tuple[Sample, ...]:
         )
         for status in SERVING_STATUSES
     )
-
-
-def _reason(code: grpc.StatusCode, details: str) -> Reason:
-    if code is grpc.StatusCode.UNAVAILABLE:
-        lowered = details.lower()
-        if "ssl" in lowered or "handshake" in lowered or "certificate" in lowered or "tls" in lowered:
-            return Reason.TLS
-        if "dns" in lowered or "resolve" in lowered:
-            return Reason.DNS
-        return Reason.CONNECT
-    return _REASONS.get(code, Reason.PROTOCOL)
 
 
 def _channel(address: str, host: str, port: int, settings: GrpcSettings) -> Any:

@@ -37,12 +37,14 @@ from agent.sdk import (
     ProbeResult,
     ProbeSettings,
     Reason,
+    Refusal,
+    RefusalKind,
     Sample,
     clip,
     format_duration,
 )
 
-from ._inbound import LastSeen, content_type_problem, printable, token_problem
+from ._toolkit.inbound import LastSeen, content_type_problem, printable, token_problem
 
 __all__ = ["HeartbeatProbe", "HeartbeatSettings"]
 
@@ -112,7 +114,10 @@ def read_ping(request: InboundRequest) -> Ping | str:
 
 
 @dataclass
-class _Tracker:
+class _PingsSeen:
+    """The pings a heartbeat check has seen, kept between its runs: the inbox cursor, the last
+    ping's time and what it reported."""
+
     cursor: int
     last: LastSeen
     started: float
@@ -139,7 +144,7 @@ class HeartbeatProbe(Probe[HeartbeatSettings]):
     )
 
     def __init__(self) -> None:
-        self._trackers: dict[str, _Tracker] = {}
+        self._trackers: dict[str, _PingsSeen] = {}
 
     def validate_target(self, target: str) -> None:
         if not target.strip():
@@ -148,12 +153,11 @@ class HeartbeatProbe(Probe[HeartbeatSettings]):
     def authenticate(self, check: Check, settings: HeartbeatSettings, request: InboundRequest) -> str | None:
         return token_problem(request, settings.token)
 
-    def admit(self, check: Check, settings: HeartbeatSettings, request: InboundRequest) -> str | None:
-        problem = content_type_problem(request, _CONTENT_TYPES)
-        if problem is None:
-            ping = read_ping(request)
-            problem = ping if isinstance(ping, str) else None
-        return problem
+    def admit(self, check: Check, settings: HeartbeatSettings, request: InboundRequest) -> Refusal | None:
+        refusal = content_type_problem(request, _CONTENT_TYPES)
+        if refusal is None and isinstance(ping := read_ping(request), str):
+            refusal = Refusal(RefusalKind.UNREADABLE, ping)
+        return refusal
 
     async def run(self, check: Check, settings: HeartbeatSettings, ctx: ProbeContext) -> ProbeResult:
         if ctx.inbox is None:
@@ -165,7 +169,7 @@ class HeartbeatProbe(Probe[HeartbeatSettings]):
             # resumed VM) raises no false "stale".
             started = ctx.started_monotonic
             seen = LastSeen(ctx.state_dir, "heartbeat", check.name, clock)
-            tracker = self._trackers[check.name] = _Tracker(0, seen, started)
+            tracker = self._trackers[check.name] = _PingsSeen(0, seen, started)
         samples: list[Sample] = []
         for delivery in ctx.inbox.after(check.name, tracker.cursor):
             tracker.cursor = delivery.sequence

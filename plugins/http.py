@@ -6,17 +6,14 @@ Metric names follow blackbox_exporter's http prober so that its dashboards keep 
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import ByteSize, Field, PrivateAttr, field_validator, model_validator
 
 from agent.sdk import (
     Assertion,
-    AssertionOutcome,
     AttributeValue,
     Check,
     Duration,
@@ -37,13 +34,14 @@ from agent.sdk import (
     format_duration,
 )
 
-from ._auth import TOKEN_EXPIRY, Auth, AuthFailure, TokenCache, authorize
-from ._headers import Lifecycle, RateLimitNames, parse_lifecycle, parse_ratelimit
-from ._openapi import OpenAPIDocument, load_document, parse_document
-from ._schema import DriftTracker
-from ._tls import TLS_METRICS, tls_values
+from ._toolkit.auth import TOKEN_EXPIRY, Auth, AuthFailure, TokenCache, authorize
+from ._toolkit.headers import Lifecycle, RateLimitNames, parse_lifecycle, parse_ratelimit
+from ._toolkit.openapi import OpenAPIDocument, load_document, parse_document
+from ._toolkit.schema import DriftTracker
+from ._toolkit.tls import TLS_METRICS, tls_values
+from ._toolkit.verdict import judge, validate_http_url
 
-__all__ = ["HttpProbe", "HttpSettings", "validate_http_url", "verdict"]
+__all__ = ["HttpProbe", "HttpSettings"]
 
 
 class RateLimitHeaderNames(ProbeSettings):
@@ -241,7 +239,9 @@ class HttpProbe(Probe[HttpSettings]):
             try:
                 credential = await authorize(settings.auth, client, ctx, self._tokens)
             except AuthFailure as failure:
-                return ProbeResult.failure(Reason.AUTH, failure.message, phases=failure.phases)
+                return ProbeResult.failure(
+                    failure.reason, failure.message, phases=failure.phases, retry_after=failure.retry_after
+                )
             headers |= credential.headers
             params |= credential.params
             try:
@@ -313,20 +313,10 @@ class HttpProbe(Probe[HttpSettings]):
             redact=ctx.redact,
         )
         outcomes = tuple(assertion.evaluate(subject) for assertion in settings.assertions)
-        reason, message = verdict(settings.assertions, outcomes, exchange.status)
-        if exchange.status in (401, 403) and reason is not None:
-            reason, message = (
-                Reason.AUTH,
-                _auth_message(exchange.status, exchange.headers.get("WWW-Authenticate")),
-            )
-            if exchange.status == 401:
-                self._tokens.forget(check.name)  # the next run asks for a fresh token
-        if exchange.status == 429 and reason is not None:
-            wait = quota.wait
-            reason = Reason.RATE_LIMITED
-            message = "HTTP 429: rate limited" + (
-                f"; backing off for {format_duration(round(wait))}" if wait else ""
-            )
+        judged = judge(
+            exchange, ctx, self._tokens, assertions=settings.assertions, outcomes=outcomes, quota=quota
+        )
+        reason, message = judged.reason, judged.message
         threshold = settings.fail_if_ratelimit_below
         if reason is None and threshold and quota.remaining is not None and quota.limit:
             share = quota.remaining / quota.limit
@@ -386,7 +376,7 @@ class HttpProbe(Probe[HttpSettings]):
             attributes=attributes,
             assertions=outcomes,
             events=events,
-            retry_after=quota.wait if exchange.status == 429 or quota.remaining == 0 else None,
+            retry_after=judged.retry_after,
         )
 
 
@@ -397,16 +387,6 @@ async def _fetch_document(url: str, client: HttpClient) -> OpenAPIDocument:
     if exchange.truncated:
         raise ValueError(f"the OpenAPI document {url} is larger than 16 MiB")
     return parse_document(exchange.body.decode("utf-8", "replace"), url)
-
-
-def _auth_message(status: int, challenge: str | None) -> str:
-    if status == 401:
-        message = "HTTP 401: the credential was rejected (missing, invalid, expired or revoked)"
-    else:
-        message = "HTTP 403: the credential was accepted but lacks the permission or scope"
-    if challenge and (match := re.search(r'error="?([a-z_]+)"?', challenge)):
-        message += f"; the API says {match.group(1)}"
-    return message
 
 
 def _lifecycle_events(lifecycle: Lifecycle, malformed: tuple[tuple[str, str], ...]) -> tuple[Event, ...]:
@@ -428,32 +408,3 @@ def _lifecycle_events(lifecycle: Lifecycle, malformed: tuple[tuple[str, str], ..
 
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat()
-
-
-def validate_http_url(target: str) -> None:
-    """Raise ``ValueError`` unless ``target`` is an http(s) URL with a host and a valid port."""
-    parts = urlsplit(target)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{target!r} is not an http:// or https:// URL")
-    try:
-        parts.port  # noqa: B018 - raises for a port out of range
-    except ValueError:
-        # Not the library's words: they quote the port, which may be part of a secret.
-        raise ValueError(f"{target!r} has a bad port: use a number from 0 to 65535") from None
-
-
-def verdict(
-    assertions: tuple[Assertion, ...], outcomes: tuple[AssertionOutcome, ...], status: int
-) -> tuple[Reason | None, str]:
-    """The first failure decides the reason: a status rule → ``http_status``, a schema → ``schema``."""
-    if not any(a.source == "status" for a in assertions) and not 200 <= status < 300:
-        return Reason.HTTP_STATUS, f"HTTP {status} (expected 2xx)"
-    for outcome in outcomes:
-        if outcome.passed:
-            continue
-        if outcome.source == "status":
-            return Reason.HTTP_STATUS, f"HTTP {status}: {outcome.message}"
-        if outcome.op == "schema":
-            return Reason.SCHEMA, f"{outcome.assertion}: {outcome.message}"
-        return Reason.ASSERTION, f"{outcome.assertion}: {outcome.message}"
-    return None, ""

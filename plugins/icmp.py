@@ -9,11 +9,9 @@ is permitted every run fails with reason ``connect`` and a message that says how
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import socket
 import statistics
-from pathlib import Path
 
 import icmplib
 from pydantic import Field
@@ -31,12 +29,11 @@ from agent.sdk import (
     Sample,
 )
 
-from ._net import IpFamily, ResolveFailed, resolve
+from ._toolkit.net import IpFamily, ResolveFailed, map_exception, resolve
 
 __all__ = ["IcmpProbe", "IcmpSettings"]
 
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
-_PING_GROUPS = Path("/proc/sys/net/ipv4/ping_group_range")
 
 
 class IcmpSettings(ProbeSettings):
@@ -90,16 +87,14 @@ class IcmpProbe(Probe[IcmpSettings]):
         try:
             infos = await resolve(check.target, None, settings.ip_family, socket.SOCK_RAW)
         except ResolveFailed as exc:
-            return ProbeResult.failure(Reason.DNS, str(exc))
+            return ProbeResult.failure(exc.reason, exc.message)
         address = str(infos[0][4][0])
         phases = {"resolve": clock.monotonic() - started}
         ctx.stage = f"waiting for echo replies from {address}"
         try:
             host = await self._ping(address, settings)
-        except icmplib.SocketPermissionError:
-            return ProbeResult.failure(Reason.CONNECT, _not_permitted(), phases=phases)
         except icmplib.ICMPLibError as exc:
-            return ProbeResult.failure(Reason.CONNECT, f"cannot send ICMP to {address}: {exc}", phases=phases)
+            return ProbeResult.failure(*map_exception(exc, host=address), phases=phases)
         rtts = [ms / 1000 for ms in host.rtts]
         values = {
             "probe.icmp.packets_sent": float(host.packets_sent),
@@ -164,15 +159,3 @@ class IcmpProbe(Probe[IcmpSettings]):
             self._privileged = privileged
             return host
         raise AssertionError("unreachable")
-
-
-def _not_permitted() -> str:
-    try:
-        groups = " ".join(_PING_GROUPS.read_text().split())
-    except OSError:
-        groups = "unknown"
-    return (
-        "ICMP is not permitted to this process: unprivileged ICMP sockets need its group "
-        f"({os.getgid()}) in net.ipv4.ping_group_range (now {groups}), and raw sockets need "
-        "CAP_NET_RAW; set the sysctl (a pod's securityContext.sysctls) or add the NET_RAW capability"
-    )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -49,8 +50,8 @@ from agent.sdk import (
     format_duration,
 )
 
-from ._auth import Auth, AuthFailure, TokenCache, authorize
-from .http import validate_http_url
+from ._toolkit.auth import Auth, AuthFailure, TokenCache, authorize
+from ._toolkit.verdict import judge, validate_http_url
 
 __all__ = ["SyncProbe", "SyncSettings"]
 
@@ -126,7 +127,9 @@ class SyncSettings(ProbeSettings):
         return self
 
 
-class _Failed(Exception):
+class _SideFailed(Exception):
+    """A system could not be read, or its value not compared: the run's reason and message."""
+
     def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason, self.message = reason, message
@@ -155,16 +158,17 @@ class SyncProbe(Probe[SyncSettings]):
     async def run(self, check: Check, settings: SyncSettings, ctx: ProbeContext) -> ProbeResult:
         documents: dict[str, Any] = {}
         phases: dict[str, float] = {}
-        problems: list[_Failed] = []
+        problems: list[_SideFailed] = []
+        waits: list[float] = []  # back-offs the systems asked for (a 429, a spent quota)
 
         async def read(name: str, side: Side) -> None:
             started = ctx.clock.monotonic()
             with ctx.step(f"read {name.upper()}") as span:
                 try:
-                    documents[name] = await self._read(check, side, ctx)
-                except _Failed as failed:
+                    documents[name] = await self._read(check, side, ctx, waits)
+                except _SideFailed as failed:
                     span.fail(failed.reason.value, failed.message)
-                    problems.append(_Failed(failed.reason, f"system {name.upper()}: {failed.message}"))
+                    problems.append(_SideFailed(failed.reason, f"system {name.upper()}: {failed.message}"))
             phases[name] = ctx.clock.monotonic() - started
 
         ctx.stage = "reading both systems"
@@ -172,19 +176,25 @@ class SyncProbe(Probe[SyncSettings]):
             if settings.a is not None:
                 tg.start_soon(read, "a", settings.a)
             tg.start_soon(read, "b", settings.b)
+        retry_after = max(waits, default=None)
         if problems:
-            return ProbeResult.failure(problems[0].reason, problems[0].message, phases=phases)
+            return ProbeResult.failure(
+                problems[0].reason, problems[0].message, phases=phases, retry_after=retry_after
+            )
         try:
-            return self._compare(settings, documents, phases, ctx.clock.time())
-        except _Failed as failed:
-            return ProbeResult.failure(failed.reason, failed.message, phases=phases)
+            result = self._compare(settings, documents, phases, ctx.clock.time())
+        except _SideFailed as failed:
+            result = ProbeResult.failure(failed.reason, failed.message, phases=phases)
+        return replace(result, retry_after=retry_after)
 
-    async def _read(self, check: Check, side: Side, ctx: ProbeContext) -> Any:
+    async def _read(self, check: Check, side: Side, ctx: ProbeContext, waits: list[float]) -> Any:
         async with ctx.http(side.tls) as client:
             try:
                 credential = await authorize(side.auth, client, ctx, self._tokens)
             except AuthFailure as exc:
-                raise _Failed(Reason.AUTH, exc.message) from None
+                if exc.retry_after is not None:
+                    waits.append(exc.retry_after)
+                raise _SideFailed(exc.reason, exc.message) from None
             try:
                 exchange = await client.request(
                     side.method,
@@ -194,18 +204,18 @@ class SyncProbe(Probe[SyncSettings]):
                     max_body=_MAX_BODY,
                 )
             except HttpFailure as exc:
-                raise _Failed(exc.reason, exc.message) from None
-        if exchange.status in (401, 403):
-            self._tokens.forget(check.name)
-            raise _Failed(Reason.AUTH, f"HTTP {exchange.status}")
-        if not 200 <= exchange.status < 300:
-            raise _Failed(Reason.HTTP_STATUS, f"HTTP {exchange.status} (expected 2xx)")
+                raise _SideFailed(exc.reason, exc.message) from None
+        verdict = judge(exchange, ctx, self._tokens)
+        if verdict.retry_after is not None:
+            waits.append(verdict.retry_after)
+        if verdict.reason is not None:
+            raise _SideFailed(verdict.reason, verdict.message)
         if exchange.truncated:
-            raise _Failed(Reason.ASSERTION, f"the response is over {_MAX_BODY} bytes")
+            raise _SideFailed(Reason.ASSERTION, f"the response is over {_MAX_BODY} bytes")
         try:
             return json.loads(exchange.body)
         except (ValueError, RecursionError) as exc:
-            raise _Failed(
+            raise _SideFailed(
                 Reason.ASSERTION, f"the response is not JSON ({exc or 'nested too deeply'})"
             ) from None
 
@@ -282,7 +292,7 @@ def _first(path: Any, document: Any) -> Any:
 def _value(side: Side, document: Any, name: str) -> Any:
     found = side._value.findall(document)
     if not found or found[0] is None:
-        raise _Failed(Reason.ASSERTION, f"system {name}: {side.value} is not in the response")
+        raise _SideFailed(Reason.ASSERTION, f"system {name}: {side.value} is not in the response")
     return found[0]
 
 
@@ -291,9 +301,11 @@ def _number(side: Side, document: Any, name: str) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise _Failed(Reason.ASSERTION, f"system {name}: {side.value} is {value!r}, not a number") from None
+        raise _SideFailed(
+            Reason.ASSERTION, f"system {name}: {side.value} is {value!r}, not a number"
+        ) from None
     if not math.isfinite(number) or isinstance(value, bool):
-        raise _Failed(Reason.ASSERTION, f"system {name}: {side.value} is {value!r}, not a number")
+        raise _SideFailed(Reason.ASSERTION, f"system {name}: {side.value} is {value!r}, not a number")
     return number
 
 
@@ -308,4 +320,4 @@ def _timestamp(side: Side, document: Any, name: str) -> float:
             pass
         else:
             return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-    raise _Failed(Reason.ASSERTION, f"system {name}: {side.value} is {value!r}, not a timestamp")
+    raise _SideFailed(Reason.ASSERTION, f"system {name}: {side.value} is {value!r}, not a timestamp")

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
-import ssl
 
 from pydantic import Field, PrivateAttr, model_validator
 
@@ -34,7 +32,7 @@ from agent.sdk import (
     tls_context,
 )
 
-from ._net import IpFamily, socket_family, split_host_port
+from ._toolkit.net import IpFamily, map_exception, socket_family, split_host_port
 
 __all__ = ["TcpProbe", "TcpSettings"]
 
@@ -105,18 +103,8 @@ class TcpProbe(Probe[TcpSettings]):
                 limit=_MAX_LINE,
                 server_hostname=(settings.tls_options.server_name or host) if context else None,
             )
-        except ssl.SSLCertVerificationError as exc:
-            return ProbeResult.failure(
-                Reason.TLS, f"TLS certificate of {host} rejected: {exc.verify_message}"
-            )
-        except ssl.SSLError as exc:
-            return ProbeResult.failure(Reason.TLS, f"TLS handshake failed: {exc.reason or exc}")
-        except socket.gaierror as exc:
-            return ProbeResult.failure(Reason.DNS, f"DNS lookup of {host} failed: {exc.strerror}")
-        except OSError as exc:
-            return ProbeResult.failure(
-                Reason.CONNECT, f"cannot connect to {host}:{port}: {exc.strerror or exc}"
-            )
+        except OSError as exc:  # DNS, connect and TLS failures alike
+            return ProbeResult.failure(*map_exception(exc, host=host, port=port))
         phases["connect"] = clock.monotonic() - started
         try:
             for index, turn in enumerate(settings.dialogue):

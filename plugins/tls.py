@@ -49,8 +49,8 @@ from agent.sdk import (
     tls_info,
 )
 
-from ._net import IpFamily, ResolveFailed, resolve, split_host_port
-from ._tls import TLS_METRICS, Certificate, describe, tls_values
+from ._toolkit.net import IpFamily, ResolveFailed, map_exception, resolve, split_host_port
+from ._toolkit.tls import TLS_METRICS, Certificate, describe, tls_values
 
 __all__ = ["TlsProbe", "TlsSettings"]
 
@@ -119,7 +119,9 @@ class TlsSettings(ProbeSettings):
         return self
 
 
-class _Failed(Exception):
+class _HandshakeFailed(Exception):
+    """The TLS handshake (or what leads to it) failed; ``kind`` is its ``probe_tls_error_info`` label."""
+
     def __init__(self, reason: Reason, kind: str, message: str) -> None:
         super().__init__(message)
         self.reason, self.kind, self.message = reason, kind, message
@@ -166,7 +168,7 @@ class TlsProbe(Probe[TlsSettings]):
         options = settings.tls
         try:
             info = await _handshake(host, port, server_name, tls_context(options), settings, ctx, phases)
-        except _Failed as failed:
+        except _HandshakeFailed as failed:
             kind, reason, message = failed.kind, failed.reason, failed.message
             info = None
             if kind == "hostname_mismatch":
@@ -174,7 +176,7 @@ class TlsProbe(Probe[TlsSettings]):
                 # another name is reported as the deeper problem, not as a name mismatch.
                 try:
                     await _handshake(host, port, server_name, _relaxed(options, True), settings, ctx, {})
-                except _Failed as deeper:
+                except _HandshakeFailed as deeper:
                     if deeper.kind in _VERIFY_KINDS.values():
                         kind, message = deeper.kind, f"{deeper.message}; also {message.split(': ', 1)[-1]}"
             if kind in (*_VERIFY_KINDS.values(), "invalid"):
@@ -185,7 +187,7 @@ class TlsProbe(Probe[TlsSettings]):
                         host, port, server_name, _relaxed(options, False), settings, ctx, {}
                     )
                     info = replace(unverified, verified_chain=())
-                except _Failed:
+                except _HandshakeFailed:
                     pass
         samples: list[Sample] = [Sample("probe.tls.error_info", 1.0, {"error": kind}, series="error")]
         values: dict[str, float] = {}
@@ -241,7 +243,7 @@ async def _handshake(
     try:
         addresses = await resolve(host, port, settings.ip_family)
     except ResolveFailed as exc:
-        raise _Failed(Reason.DNS, "dns", str(exc)) from None
+        raise _HandshakeFailed(exc.reason, "dns", exc.message) from None
     phases["resolve"], mark = clock.monotonic() - mark, clock.monotonic()
     ctx.stage = f"connecting to {host}:{port}"
     reader, writer = await _connect(addresses, host, port)
@@ -256,24 +258,18 @@ async def _handshake(
             await writer.start_tls(context, server_hostname=server_name)
         except ssl.SSLCertVerificationError as exc:
             kind = _VERIFY_KINDS.get(exc.verify_code, "invalid")
-            raise _Failed(
-                Reason.TLS, kind, f"certificate of {server_name} rejected: {exc.verify_message}"
-            ) from None
+            raise _mapped(exc, kind, server_name) from None
         except ssl.SSLError as exc:
             if exc.reason in _VERSION_REASONS:
-                raise _Failed(
+                raise _HandshakeFailed(
                     Reason.TLS,
                     "version",
                     f"no TLS version both sides accept ({exc.reason}; this client accepts "
                     f"{_name(context.minimum_version)} and newer)",
                 ) from None
-            raise _Failed(Reason.TLS, "handshake", f"TLS handshake failed: {exc.reason or exc}") from None
+            raise _mapped(exc, "handshake", server_name) from None
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            raise _Failed(
-                Reason.TLS,
-                "handshake",
-                f"the connection was closed during the TLS handshake ({str(exc) or type(exc).__name__})",
-            ) from None
+            raise _mapped(exc, "handshake", server_name, handshake=True) from None
         phases["handshake"] = clock.monotonic() - mark
         ssl_object = writer.get_extra_info("ssl_object")
         return tls_info(ssl_object)
@@ -297,8 +293,17 @@ async def _connect(
             problem = exc
             continue
         return await asyncio.open_connection(sock=sock, limit=_MAX_LINE)
-    detail = problem.strerror or str(problem) if problem else "no address"
-    raise _Failed(Reason.CONNECT, "connect", f"cannot connect to {host}:{port}: {detail}")
+    if problem is None:
+        raise _HandshakeFailed(Reason.CONNECT, "connect", f"cannot connect to {host}:{port}: no address")
+    raise _mapped(problem, "connect", host, port)
+
+
+def _mapped(
+    exc: BaseException, kind: str, host: str, port: int | None = None, *, handshake: bool = False
+) -> _HandshakeFailed:
+    """The failure map's reason and message for ``exc``, with this probe's ``kind`` of error."""
+    reason, message = map_exception(exc, host=host, port=port, handshake=handshake)
+    return _HandshakeFailed(reason, kind, message)
 
 
 _Redact = Callable[[str], str]
@@ -313,12 +318,12 @@ async def _line(reader: asyncio.StreamReader, redact: _Redact) -> str:
     try:
         line = await reader.readuntil(b"\n")
     except asyncio.LimitOverrunError:
-        raise _Failed(
+        raise _HandshakeFailed(
             Reason.PROTOCOL, "starttls", f"STARTTLS: a line longer than {_MAX_LINE} bytes"
         ) from None
     except asyncio.IncompleteReadError as exc:
         got = _quoted(exc.partial.decode("utf-8", "replace"), redact)
-        raise _Failed(
+        raise _HandshakeFailed(
             Reason.PROTOCOL, "starttls", f"STARTTLS: the server closed the connection ({got})"
         ) from None
     return line.decode("utf-8", "replace").rstrip("\r\n")
@@ -330,7 +335,7 @@ async def _smtp_reply(reader: asyncio.StreamReader, code: str, after: str, redac
         line = await _line(reader, redact)
         lines.append(line)
         if not line.startswith(code):
-            raise _Failed(
+            raise _HandshakeFailed(
                 Reason.PROTOCOL, "starttls", f"STARTTLS: expected {code} {after}, got {_quoted(line, redact)}"
             )
         if line[3:4] != "-":
@@ -342,7 +347,9 @@ async def _smtp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reda
     writer.write(b"EHLO vantage\r\n")
     extensions = await _smtp_reply(reader, "250", "after EHLO", redact)
     if not any(line[4:].strip().upper() == "STARTTLS" for line in extensions[1:]):
-        raise _Failed(Reason.PROTOCOL, "starttls", "STARTTLS: the server does not offer STARTTLS after EHLO")
+        raise _HandshakeFailed(
+            Reason.PROTOCOL, "starttls", "STARTTLS: the server does not offer STARTTLS after EHLO"
+        )
     writer.write(b"STARTTLS\r\n")
     await _smtp_reply(reader, "220", "after STARTTLS", redact)
 
@@ -350,7 +357,7 @@ async def _smtp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reda
 async def _imap(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, redact: _Redact) -> None:
     greeting = await _line(reader, redact)
     if not greeting.upper().startswith("* OK"):
-        raise _Failed(
+        raise _HandshakeFailed(
             Reason.PROTOCOL,
             "starttls",
             f"STARTTLS: expected '* OK' greeting, got {_quoted(greeting, redact)}",
@@ -359,13 +366,13 @@ async def _imap(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reda
     while not (line := await _line(reader, redact)).startswith("v1 "):
         continue
     if not line.upper().startswith("V1 OK"):
-        raise _Failed(Reason.PROTOCOL, "starttls", f"STARTTLS refused: {_quoted(line, redact)}")
+        raise _HandshakeFailed(Reason.PROTOCOL, "starttls", f"STARTTLS refused: {_quoted(line, redact)}")
 
 
 async def _pop3(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, redact: _Redact) -> None:
     greeting = await _line(reader, redact)
     if not greeting.startswith("+OK"):
-        raise _Failed(
+        raise _HandshakeFailed(
             Reason.PROTOCOL,
             "starttls",
             f"STARTTLS: expected '+OK' greeting, got {_quoted(greeting, redact)}",
@@ -373,7 +380,7 @@ async def _pop3(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reda
     writer.write(b"STLS\r\n")
     line = await _line(reader, redact)
     if not line.startswith("+OK"):
-        raise _Failed(Reason.PROTOCOL, "starttls", f"STLS refused: {_quoted(line, redact)}")
+        raise _HandshakeFailed(Reason.PROTOCOL, "starttls", f"STLS refused: {_quoted(line, redact)}")
 
 
 _STARTTLS = {"smtp": _smtp, "imap": _imap, "pop3": _pop3}

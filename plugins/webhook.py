@@ -39,7 +39,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
-import anyio
 from pydantic import Field, model_validator
 
 from agent.sdk import (
@@ -57,14 +56,15 @@ from agent.sdk import (
     ProbeResult,
     ProbeSettings,
     Reason,
+    Refusal,
     Sample,
     Subject,
     format_duration,
 )
 
-from ._inbound import LastSeen, content_type_problem, token_problem
-from ._signatures import Signature
-from .flow import Extraction, FlowProbe, FlowSettings
+from ._toolkit.inbound import LastSeen, content_type_problem, token_problem
+from ._toolkit.signatures import Signature
+from ._toolkit.steps import STEP_METRICS, Extraction, FlowSettings, StepRunner
 
 __all__ = ["WebhookProbe", "WebhookSettings"]
 
@@ -109,8 +109,10 @@ class WebhookSettings(ProbeSettings):
 
 
 @dataclass
-class _Tracker:
-    """What a check remembers between runs; every time in it is on the monotonic clock."""
+class _DeliveriesSeen:
+    """The deliveries a webhook check has seen, kept between its runs: the inbox cursor, the last
+    valid delivery, the run ids still awaited (late) or already delivered (duplicate), and the last
+    rejection. Every time in it is on the monotonic clock."""
 
     cursor: int
     last: LastSeen
@@ -141,7 +143,7 @@ class WebhookProbe(Probe[WebhookSettings]):
     Settings = WebhookSettings
     inbound = "hooks"
     metrics = (
-        *FlowProbe.metrics,
+        *STEP_METRICS,
         MetricSpec(
             "probe.webhook.delivery",
             MetricKind.HISTOGRAM,
@@ -161,8 +163,8 @@ class WebhookProbe(Probe[WebhookSettings]):
     )
 
     def __init__(self) -> None:
-        self._flow = FlowProbe()
-        self._trackers: dict[str, _Tracker] = {}
+        self._trigger = StepRunner()
+        self._trackers: dict[str, _DeliveriesSeen] = {}
 
     def validate_target(self, target: str) -> None:
         if not target.strip():
@@ -174,7 +176,7 @@ class WebhookProbe(Probe[WebhookSettings]):
         assert settings.token is not None
         return token_problem(request, settings.token)
 
-    def admit(self, check: Check, settings: WebhookSettings, request: InboundRequest) -> str | None:
+    def admit(self, check: Check, settings: WebhookSettings, request: InboundRequest) -> Refusal | None:
         return content_type_problem(request, settings.content_types)
 
     async def run(self, check: Check, settings: WebhookSettings, ctx: ProbeContext) -> ProbeResult:
@@ -187,7 +189,7 @@ class WebhookProbe(Probe[WebhookSettings]):
             clock = ctx.clock
             started = ctx.started_monotonic
             seen = LastSeen(ctx.state_dir, "webhook", check.name, clock)
-            tracker = self._trackers[check.name] = _Tracker(0, seen, started)
+            tracker = self._trackers[check.name] = _DeliveriesSeen(0, seen, started)
         samples: list[Sample] = []
         if settings.mode == "passive":
             return self._passive(check, settings, ctx, tracker, samples)
@@ -202,14 +204,14 @@ class WebhookProbe(Probe[WebhookSettings]):
         check: Check,
         settings: WebhookSettings,
         ctx: ProbeContext,
-        tracker: _Tracker,
+        tracker: _DeliveriesSeen,
         samples: list[Sample],
     ) -> ProbeResult:
         assert settings.trigger is not None and ctx.inbox is not None
         clock = ctx.clock
         started = clock.monotonic()
         run_id = uuid.uuid4().hex
-        triggered = await self._flow.execute(check, settings.trigger, ctx, run_id)
+        triggered = await self._trigger.execute(check, settings.trigger, ctx, run_id)
         samples.extend(triggered.samples)
         if not triggered.success:
             assert triggered.reason is not None
@@ -219,6 +221,7 @@ class WebhookProbe(Probe[WebhookSettings]):
                 values=triggered.values,
                 samples=tuple(samples),
                 steps=triggered.steps,
+                retry_after=triggered.retry_after,  # a 429 from the vendor backs the check off
             )
         sent, sent_wall = clock.monotonic(), clock.time()
         wait = settings.wait if settings.wait is not None else check.timeout * 0.9
@@ -226,7 +229,7 @@ class WebhookProbe(Probe[WebhookSettings]):
         ctx.stage = f"waiting for the webhook of run {run_id}"
         found: Delivery | None = None
         rejected: list[str] = []
-        with anyio.move_on_after(remaining):
+        with ctx.clock.move_on_after(remaining):
             while found is None:
                 for delivery in ctx.inbox.after(check.name, tracker.cursor):
                     tracker.cursor = delivery.sequence
@@ -240,7 +243,7 @@ class WebhookProbe(Probe[WebhookSettings]):
         attributes: dict[str, AttributeValue] = {"vantage.webhook.run_id": run_id}
         values = dict(triggered.values)
         if found is None:
-            _Tracker.remember(tracker.waiting, run_id, sent)
+            _DeliveriesSeen.remember(tracker.waiting, run_id, sent)
             if rejected:
                 return ProbeResult.failure(
                     Reason.SIGNATURE,
@@ -304,7 +307,7 @@ class WebhookProbe(Probe[WebhookSettings]):
         self,
         delivery: Delivery,
         settings: WebhookSettings,
-        tracker: _Tracker,
+        tracker: _DeliveriesSeen,
         samples: list[Sample],
         run_id: str | None,
     ) -> str:
@@ -322,12 +325,12 @@ class WebhookProbe(Probe[WebhookSettings]):
             received = request.received_monotonic
             if found is not None and found == run_id:
                 outcome = "matched"
-                _Tracker.remember(tracker.seen, found, received)
+                _DeliveriesSeen.remember(tracker.seen, found, received)
             elif found is not None and found in tracker.waiting:
                 outcome = "late"
                 latency = max(0.0, received - tracker.waiting.pop(found))
                 samples.append(Sample("probe.webhook.delivery", latency, {"timing": "late"}))
-                _Tracker.remember(tracker.seen, found, received)
+                _DeliveriesSeen.remember(tracker.seen, found, received)
             elif found is not None and found in tracker.seen:
                 outcome = "duplicate"
             else:
@@ -340,7 +343,7 @@ class WebhookProbe(Probe[WebhookSettings]):
         check: Check,
         settings: WebhookSettings,
         ctx: ProbeContext,
-        tracker: _Tracker,
+        tracker: _DeliveriesSeen,
         samples: list[Sample],
     ) -> ProbeResult:
         assert settings.window is not None and ctx.inbox is not None

@@ -95,12 +95,14 @@ class MapResolver(AbstractResolver):
 
 
 class FakeClock:
-    """A clock the test moves by hand; ``sleep`` waits until the test has moved it far enough."""
+    """A clock the test moves by hand: ``sleep`` waits, and ``move_on_after`` cancels its block,
+    when the test has moved it far enough, so that tests drive timeouts as well as ticks."""
 
     def __init__(self, start: float = 1000.0, wall: float = 1_800_000_000.0) -> None:
         self.now = start
         self._wall = wall - start
-        self._sleepers: list[tuple[float, int, anyio.Event]] = []
+        # (when, sequence, callback); a callback of None is a timer that was called off.
+        self._timers: list[list[Any]] = []
         self._seq = itertools.count()
 
     def monotonic(self) -> float:
@@ -109,21 +111,42 @@ class FakeClock:
     def time(self) -> float:
         return self._wall + self.now
 
+    def _at(self, when: float, callback: Callable[[], object]) -> list[Any]:
+        timer = [when, next(self._seq), callback]
+        heapq.heappush(self._timers, timer)
+        return timer
+
     async def sleep(self, seconds: float) -> None:
         event = anyio.Event()
-        heapq.heappush(self._sleepers, (self.now + seconds, next(self._seq), event))
-        await event.wait()
+        timer = self._at(self.now + seconds, event.set)
+        try:
+            await event.wait()
+        finally:
+            timer[2] = None  # cancelled while asleep: nothing left to wake
+
+    @contextlib.contextmanager
+    def move_on_after(self, seconds: float) -> Iterator[anyio.CancelScope]:
+        """As ``anyio.move_on_after``, with the deadline on this clock."""
+        scope = anyio.CancelScope()
+        timer = self._at(self.now + seconds, scope.cancel)
+        try:
+            with scope:
+                yield scope
+        finally:
+            timer[2] = None
 
     async def advance(self, seconds: float) -> None:
-        """Move time forward, waking sleepers in order and letting every task settle in between."""
+        """Move time forward, firing timers in order and letting every task settle in between."""
         target = self.now + seconds
         while True:
             await settle()
-            if not self._sleepers or self._sleepers[0][0] > target:
+            while self._timers and self._timers[0][2] is None:
+                heapq.heappop(self._timers)
+            if not self._timers or self._timers[0][0] > target:
                 break
-            wake, _, event = heapq.heappop(self._sleepers)
+            wake, _, callback = heapq.heappop(self._timers)
             self.now = max(self.now, wake)
-            event.set()
+            callback()
         self.now = target
         await settle()
 

@@ -25,6 +25,7 @@ ZONE: dict[tuple[str, str], list[str]] = {
     ("vendor.test.", "A"): ["127.0.0.1", "127.0.0.2"],
     ("example.test.", "SOA"): ["ns.example.test. admin.example.test. 2026112201 3600 600 86400 60"],
     ("big.test.", "TXT"): [f'"{"x" * 200} {n}"' for n in range(10)],
+    ("odd.test.", "TXT"): ['"v=1 (beta+"'],  # not a valid regular expression as it stands
 }
 
 
@@ -46,7 +47,7 @@ def answer(wire: bytes, over_tcp: bool) -> bytes:
 
 
 @asynccontextmanager
-async def dns_server() -> AsyncIterator[int]:
+async def dns_server(host: str = "127.0.0.1") -> AsyncIterator[int]:
     loop = asyncio.get_running_loop()
 
     class Udp(asyncio.DatagramProtocol):
@@ -56,7 +57,7 @@ async def dns_server() -> AsyncIterator[int]:
         def datagram_received(self, data: bytes, addr: Any) -> None:
             self.transport.sendto(answer(data, over_tcp=False), addr)
 
-    udp, _ = await loop.create_datagram_endpoint(Udp, local_addr=("127.0.0.1", 0))
+    udp, _ = await loop.create_datagram_endpoint(Udp, local_addr=(host, 0))
     port = udp.get_extra_info("sockname")[1]
 
     async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -68,7 +69,7 @@ async def dns_server() -> AsyncIterator[int]:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(tcp, "127.0.0.1", port)
+    server = await asyncio.start_server(tcp, host, port)
     try:
         yield port
     finally:
@@ -132,3 +133,47 @@ def test_names_and_rcodes_are_checked_at_load() -> None:
         )
     with pytest.raises(ConfigError, match=r"field 'settings\.type'"):
         config_from([{"name": "a", "type": "dns", "target": "vendor.test", "settings": {"type": "BOGUS"}}])
+
+
+async def test_an_ipv6_server_in_brackets_and_an_equals_rule_that_is_no_regex() -> None:
+    async with dns_server("::1") as port:
+        server = f"[::1]:{port}"
+        rule, other = {"op": "equals", "value": '"v=1 (beta+"'}, {"op": "equals", "value": "(x"}
+        results, _ = await run_checks(
+            [
+                query("v6", "vendor.test", port, server=server),
+                # "equals" compares literally: a value that is no valid regular expression is fine.
+                query("odd", "odd.test", port, server=server, type="TXT", answers=[rule]),
+                query("odd-not", "odd.test", port, server=server, type="TXT", answers=[other]),
+            ]
+        )
+    assert results["v6"].success, results["v6"].message
+    assert results["v6"].values["probe.dns.answer_rrs"] == 2
+    assert results["odd"].success, results["odd"].message
+    assert results["odd-not"].reason is Reason.ASSERTION, results["odd-not"].message
+
+
+def test_server_addresses_bare_ipv6_bracketed_or_host_port() -> None:
+    from plugins.dns import _server
+
+    assert _server("2001:db8::53") == ("2001:db8::53", 53)
+    assert _server("[2001:db8::53]:5353") == ("2001:db8::53", 5353)
+    assert _server("[2001:db8::53]") == ("2001:db8::53", 53)
+    assert _server("192.0.2.53") == ("192.0.2.53", 53)
+    assert _server("ns.example:5353") == ("ns.example", 5353)
+    assert _server("ns.example") == ("ns.example", 53)
+
+
+def test_regex_rules_and_server_addresses_are_checked_at_load() -> None:
+    from agent.errors import ConfigError
+
+    from .helpers import config_from
+
+    def check(**settings: Any) -> list[dict[str, Any]]:
+        return [{"name": "a", "type": "dns", "target": "vendor.test", "settings": settings}]
+
+    with pytest.raises(ConfigError, match="is not a valid regular expression"):
+        config_from(check(answers=[{"op": "matches", "value": "(beta"}]))
+    with pytest.raises(ConfigError, match="is not host:port"):
+        config_from(check(server="[2001:db8::53]:99999"))
+    config_from(check(server="2001:db8::53", answers=[{"op": "equals", "value": "(beta"}]))

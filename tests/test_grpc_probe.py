@@ -6,22 +6,28 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import grpc
 import pytest
 import trustme
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
+from agent.app import build_agent
 from agent.errors import ConfigError
 from agent.sdk import Reason
 
-from .helpers import ROOT, config_from
-from .test_http_probe import run_checks
+from .helpers import ROOT, FakeClock, config_from
+from .test_http_probe import TELEMETRY_ENV, run_checks
 
 pytestmark = pytest.mark.anyio
 
@@ -173,3 +179,46 @@ def test_settings_are_checked_at_load() -> None:
         config_from([grpc_check("a", 1, tls=True, tls_options={"insecure": True})])
     with pytest.raises(ConfigError, match="is not host:port"):
         config_from([{"name": "a", "type": "grpc", "target": "health.example"}])
+
+
+class Hanging(grpc.ServerInterceptor):
+    """Holds every call until released, telling the test when one has arrived."""
+
+    def __init__(self) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        def hang(request: Any, context: grpc.ServicerContext) -> Any:
+            self.entered.set()
+            self.release.wait(30)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "released")
+
+        return grpc.unary_unary_rpc_method_handler(hang)
+
+
+async def test_a_call_cut_by_the_run_timeout_ends_its_client_span() -> None:
+    hanging = Hanging()
+    clock = FakeClock()
+    exporter = InMemorySpanExporter()
+    with health_server(interceptors=(hanging,)) as port:
+        check = {**grpc_check("slow", port), "timeout": "5s"}
+        agent = build_agent(
+            config_from([check]), TELEMETRY_ENV, clock=clock, span_processors=[SimpleSpanProcessor(exporter)]
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(agent.scheduler.run_once)
+                # The call is at the server: the run's deadline (on the fake clock) cuts it now,
+                # long before gRPC's own deadline of 5 real seconds.
+                assert await anyio.to_thread.run_sync(hanging.entered.wait, 10)
+                await clock.advance(5)
+        finally:
+            hanging.release.set()
+            await agent.http.aclose()
+            agent.telemetry.meter_provider.shutdown()
+    result = agent.recorder.states["slow"].last
+    assert result is not None and result.reason is Reason.TIMEOUT, result
+    (client,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert client.name == "grpc.health.v1.Health/Check"
+    assert client.attributes is not None and client.attributes["error.type"] == "timeout"
+    assert client.status.status_code is StatusCode.ERROR

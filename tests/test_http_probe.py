@@ -8,6 +8,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import trustme
 from aiohttp import web
@@ -19,7 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from agent.app import build_agent
 from agent.sdk import ProbeResult, Reason
 
-from .helpers import MapResolver, config_from, serve
+from .helpers import FakeClock, MapResolver, config_from, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -448,3 +449,39 @@ async def test_fresh_connection_per_run_unless_pooled() -> None:
     assert len(by_check["fresh"]) == 3  # a new connection (new source port) every run
     assert len(by_check["pooled"]) == 1  # one kept-alive connection
     assert all(state.last and state.last.success for state in agent.recorder.states.values())
+
+
+async def test_a_request_cut_by_the_run_timeout_ends_its_client_span_as_a_timeout() -> None:
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        entered.set()
+        await release.wait()
+        return web.Response(text="too late")
+
+    app = web.Application()
+    app.router.add_get("/slow", hang)
+    clock = FakeClock()
+    exporter = InMemorySpanExporter()
+    async with serve(app) as port:
+        check = http_check("slow", f"http://127.0.0.1:{port}/slow", timeout="5s")
+        agent = build_agent(
+            config_from([check]), TELEMETRY_ENV, clock=clock, span_processors=[SimpleSpanProcessor(exporter)]
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(agent.scheduler.run_once)
+                await entered.wait()  # the request is at the server: the run's deadline cuts it now
+                await clock.advance(5)
+        finally:
+            release.set()
+            await agent.http.aclose()
+            agent.telemetry.meter_provider.shutdown()
+    result = agent.recorder.states["slow"].last
+    assert result is not None and result.reason is Reason.TIMEOUT, result
+    (client,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert client.attributes is not None and client.attributes["error.type"] == "timeout"
+    assert client.status.status_code is StatusCode.ERROR
+    # The run's own span says the same.
+    (root,) = [s for s in exporter.get_finished_spans() if s.parent is None]
+    assert root.attributes is not None and root.attributes["error.type"] == "timeout"

@@ -8,7 +8,7 @@ import pytest
 from aiohttp import web
 
 from agent.sdk import Reason
-from plugins._headers import RateLimitNames, http_date, parse_ratelimit
+from plugins._toolkit.headers import RateLimitNames, http_date, parse_ratelimit
 
 from .helpers import serve
 from .test_http_probe import http_check, run_checks

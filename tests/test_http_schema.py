@@ -11,7 +11,7 @@ from aiohttp import web
 
 from agent.app import build_agent
 from agent.sdk import Reason
-from plugins._schema import shape
+from plugins._toolkit.schema import shape
 
 from .helpers import config_from, counter_values, serve
 from .test_http_probe import TELEMETRY_ENV, http_check

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
 from typing import Any
@@ -103,19 +104,46 @@ async def test_runs_due_close_together_start_together_never_far_from_their_tick(
     assert all(len(starts) == 10 for starts in probe.wall_starts.values())
 
 
-async def test_a_slow_run_is_never_overlapped_and_skips_are_counted() -> None:
-    # interval 10s, each run takes 25s:  run ─────────────── | run ───
-    #                                    0    10(skip) 20(skip) 30
+async def test_a_run_longer_than_its_timeout_is_cut_at_the_timeout_and_the_next_tick_is_on_time() -> None:
+    # interval 10s, timeout 9s, each run would take 25s; the fake clock drives the deadline too:
+    #   tick 0 ── cut 9 (timeout) | tick 10 ── cut 19 | tick 20 ── ...   never a skip
     clock = FakeClock()
     agent, probe = make_agent([sleep_check("slow", 10, seconds=25)], clock)
     await run_for(agent, clock, 99.999)
     state = agent.recorder.states["slow"]
-    assert probe.max_per_check == 1
-    # Ten ticks in 100s: runs on the 1st, 4th, 7th and 10th, the six between skipped.
-    assert len(probe.starts["slow"]) == 4
-    assert state.skipped == 6
-    gaps = {round(b - a, 6) for a, b in zip(probe.starts["slow"], probe.starts["slow"][1:], strict=False)}
-    assert gaps == {30.0}
+    starts = probe.starts["slow"]
+    assert len(starts) == 10 and probe.max_per_check == 1
+    assert {round(b - a, 6) for a, b in itertools.pairwise(starts)} == {10.0}
+    assert state.skipped == 0
+    assert state.runs == state.failures == 9  # the tenth is still in flight at the end
+    assert state.last is not None and state.last.reason is Reason.TIMEOUT
+    assert "no result within the timeout of 9s" in state.last.message
+    # Cut at the timeout on the fake clock, not when the 25s sleep would have ended.
+    assert state.last.duration == pytest.approx(9.0)
+    assert probe.active == 0  # each cut run left its sleep (its finally ran) before the next tick
+
+
+async def test_a_run_is_never_overlapped_and_skips_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two checks (interval 10s, timeout 9s) that hang, one probe slot: each run holds the slot 9s,
+    # so a run that waited for it is still going at its check's next tick, which is skipped.
+    #   a: tick 0 ── cut 9          | tick 10 waits ── starts 18 ── cut 27 | tick 20 skipped
+    #   b: tick 3 waits ── starts 9 ── cut 18 | tick 13 skipped | ...
+    clock = FakeClock()
+    checks = [sleep_check("a", 10, seconds=3600), sleep_check("b", 10, seconds=3600)]
+    agent, probe = make_agent(checks, clock, VANTAGE_CONCURRENCY="1")
+    causes: list[str] = []
+    skipped = agent.recorder.skipped
+    monkeypatch.setattr(
+        agent.recorder, "skipped", lambda entry, cause: (causes.append(cause), skipped(entry, cause))
+    )
+    await run_for(agent, clock, 99.999)
+    assert probe.max_per_check == 1 and probe.max_active == 1
+    states = [agent.recorder.states[name] for name in ("a", "b")]
+    assert all(state.skipped > 0 for state in states)
+    assert set(causes) == {"overlap"}
+    # Every one of the ten ticks of each check either ran or was counted as skipped.
+    assert all(9 <= state.runs + state.skipped <= 10 for state in states)
+    assert all(s.last is not None and s.last.reason is Reason.TIMEOUT for s in states)
 
 
 async def test_the_heartbeat_stays_fresh_between_rare_ticks() -> None:
@@ -209,6 +237,26 @@ async def test_a_run_starved_by_the_agent_is_discarded_not_failed() -> None:
     # The loop was blocked past the timeout: that says nothing of the target.
     assert state.last is None and state.runs == 0
     assert state.skipped == 1
+
+
+async def test_a_stall_before_a_run_does_not_discard_its_timeout() -> None:
+    # The event loop stalls (another check blocks it for 0.6 s of real time) before "late" starts;
+    # then "late" times out on the fake clock. Only lag while a run is going says the agent
+    # starved it: this timeout is the target's, and is recorded, not discarded as "overload".
+    blocker = offset("blocker", "local")
+    late = next(f"late-{i}" for i in range(1000) if offset(f"late-{i}", "local") > blocker + 0.01)
+    clock = FakeClock()
+    checks = [
+        {**sleep_check("blocker", 10, block=0.6), "timeout": 5.0},
+        {**sleep_check(late, 10, seconds=60), "timeout": 1.0},  # starved above 0.25 s of lag
+    ]
+    agent, probe = make_agent(checks, clock)
+    await run_for(agent, clock, 9.9)
+    assert probe.starts["blocker"][0] < probe.starts[late][0]
+    assert agent.scheduler._lag.worst_since(0.0) > 0.25  # the stall was seen, before "late" ran
+    state = agent.recorder.states[late]
+    assert state.skipped == 0 and state.runs == 1
+    assert state.last is not None and state.last.reason is Reason.TIMEOUT
 
 
 async def test_spans_a_probe_writes_are_redacted() -> None:

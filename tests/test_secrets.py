@@ -17,8 +17,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from agent.config.secrets import REDACTED, Redactor, SecretResolver, redact_url
-from agent.net.http import map_exception
-from plugins._auth import BasicAuth, TokenCache, authorize
+from agent.net.failures import map_exception
+from plugins._toolkit.auth import BasicAuth, TokenCache, authorize
 
 NASTY = [
     'apk+Key==/é"\\x',

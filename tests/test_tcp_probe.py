@@ -125,3 +125,32 @@ def test_targets_and_dialogues_are_checked_at_load() -> None:
                 }
             ]
         )
+
+
+async def test_the_same_failure_reads_the_same_in_the_tcp_tls_and_http_probes(ca: trustme.CA) -> None:
+    """One failure map: an untrusted certificate and a refused port, as each probe type says them."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    async with smtp_server(tls=context) as port:
+        async with smtp_server() as closed:
+            pass  # a port nothing listens on any more
+        target = f"127.0.0.1:{port}"
+        tls_check = {"name": "tls", "type": "tls", "target": target, "interval": "10s", "timeout": "3s"}
+        http = {**tls_check, "name": "http", "type": "http", "target": f"https://{target}/"}
+        results, _ = await run_checks(
+            [
+                tcp("tcp", port, tls=True),
+                tls_check,
+                http,
+                tcp("tcp-closed", closed),
+                {**tls_check, "name": "tls-closed", "target": f"127.0.0.1:{closed}"},
+            ]
+        )
+    rejected = "TLS certificate of 127.0.0.1 rejected: "
+    for name in ("tcp", "tls", "http"):
+        assert results[name].reason is Reason.TLS, (name, results[name].message)
+        assert results[name].message.startswith(rejected), (name, results[name].message)
+    refused = f"cannot connect to 127.0.0.1:{closed}: "
+    for name in ("tcp-closed", "tls-closed"):
+        assert results[name].reason is Reason.CONNECT, (name, results[name].message)
+        assert results[name].message.startswith(refused), (name, results[name].message)

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from agent.app import build_agent
 from agent.errors import ConfigError
 from agent.sdk import Reason
-from plugins._signatures import Signature
+from plugins._toolkit.signatures import Signature
 
 from .fakes import SteppingClock
 from .helpers import config_from, free_port, serve

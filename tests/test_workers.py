@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, cast
 from urllib.error import HTTPError
 from urllib.parse import urlencode
 from urllib.request import Request, urlopen
 
+import aiohttp
+import anyio
 import pytest
 from aiohttp import web
+from anyio.abc import Process
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.process.workers import merge_expositions
+from agent import __version__
+from agent.app import build_agent
+from agent.process.handover import LISTEN_FD, bind_loopback
+from agent.process.workers import _Supervisor, _Worker, merge_expositions
+from agent.server.status import Bound
 
-from .helpers import AgentProcess, free_port, thread_server, wait_until
+from .helpers import AgentProcess, config_from, free_port, serve, thread_server, wait_until
 from .test_process import get
 
 A = """# HELP probe_success 1 if the last run succeeded
@@ -41,6 +51,107 @@ def test_merged_exposition_has_each_family_once_with_worker_labels() -> None:
     assert success == {("a", "0"): 1.0, ("b", "1"): 0.0}
     checks = {s.labels["worker"]: s.value for s in families["vantage_checks"].samples}
     assert checks == {"0": 1.0, "1": 2.0}
+
+
+# ---------------------------------------------------------------- the supervisor's endpoints, in process
+
+CHECKS = [{"name": "c", "type": "tcp", "target": "127.0.0.1:9", "interval": "1s", "timeout": "900ms"}]
+
+
+def fake_worker(readyz: dict[str, Any] | None) -> web.Application:
+    """A worker's server: ready with the given /readyz JSON, or (None) stuck on every request."""
+
+    async def stuck(_: web.Request) -> web.Response:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def ready(_: web.Request) -> web.Response:
+        return web.json_response(readyz)
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz if readyz is not None else stuck)
+    app.router.add_get("/readyz", ready if readyz is not None else stuck)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def supervisor_of(*apps: web.Application, probe_timeout: float = 2.0) -> AsyncIterator[str]:
+    """A supervisor's endpoints in front of these workers (real local servers); its base URL."""
+    config = config_from(CHECKS, VANTAGE_PORT="0", VANTAGE_HOST="127.0.0.1", VANTAGE_WORKERS="2")
+    async with contextlib.AsyncExitStack() as stack:
+        ports = [await stack.enter_async_context(serve(app)) for app in apps]
+        # Only the index and the port of a worker are read by the endpoints.
+        workers = [_Worker(i, cast(Process, None), port) for i, port in enumerate(ports)]
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        supervisor = _Supervisor(config, workers, session, probe_timeout=probe_timeout)
+        async with anyio.create_task_group() as tg:
+            bound: Bound = await tg.start(supervisor.serve)
+            yield f"http://127.0.0.1:{bound.port}"
+            tg.cancel_scope.cancel()
+
+
+async def fetch(url: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.json()
+
+
+WORKER_READY = {
+    "status": "ready",
+    "version": "1.0",
+    "checks": 3,
+    "event_loop": "asyncio",
+    "telemetry": {"otlp": {"failures": 2, "last_error": "connection refused"}},
+}
+
+
+@pytest.mark.anyio
+async def test_the_supervisors_readyz_shows_each_workers_exporters_and_its_own_status() -> None:
+    other = {**WORKER_READY, "checks": 4, "telemetry": {"otlp": {"failures": 0}}}
+    async with supervisor_of(fake_worker(WORKER_READY), fake_worker(other)) as url:
+        status, body = await fetch(url + "/readyz")
+    assert status == 200
+    assert body["status"] == "ready" and body["checks"] == 7 and body["version"] == __version__
+    assert body["supervisor"] == {"status": "running", "workers": 2, "restarts": 0}
+    assert body["workers"] == [{"worker": 0, **WORKER_READY}, {"worker": 1, **other}]
+
+
+@pytest.mark.anyio
+async def test_a_stuck_worker_makes_health_and_readiness_fail_within_the_probe_bound() -> None:
+    # Unbounded, the fan-out would wait for the session's 60 s: the guard below is far under it.
+    async with supervisor_of(fake_worker(WORKER_READY), fake_worker(None), probe_timeout=0.5) as url:
+        with anyio.fail_after(20):
+            health, health_body = await fetch(url + "/healthz")
+            ready, ready_body = await fetch(url + "/readyz")
+    assert health == 503 and health_body == {"status": "unhealthy", "workers": [200, 0]}
+    assert ready == 503 and ready_body["status"] == "not ready"
+    assert ready_body["workers"][0] == {"worker": 0, **WORKER_READY}  # the details of the one answering
+    stuck = ready_body["workers"][1]
+    assert stuck["worker"] == 1 and stuck["status"] == "not answering"
+
+
+@pytest.mark.anyio
+async def test_a_worker_serves_on_the_socket_its_supervisor_bound_for_it() -> None:
+    # The supervisor knows the port before the worker starts: it bound the socket itself.
+    listener = bind_loopback()
+    port = listener.getsockname()[1]
+    handed = os.dup(listener.fileno())  # the worker's copy, as pass_fds gives it
+    listener.close()
+    config = config_from(CHECKS, VANTAGE_PORT=str(port), VANTAGE_HOST="127.0.0.1", VANTAGE_WORKER="0/2")
+    environ = {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none", LISTEN_FD: str(handed)}
+    agent = build_agent(config, environ)
+    try:
+        async with anyio.create_task_group() as tg:
+            assert await tg.start(agent.server.serve) == port
+            status, body = await fetch(f"http://127.0.0.1:{port}/api/checks")
+            assert status == 200 and [c["name"] for c in body["checks"]] == ["c"]
+            tg.cancel_scope.cancel()
+    finally:
+        await agent.http.aclose()
+    with pytest.raises(aiohttp.ClientConnectionError):  # the worker gone, its port is closed
+        await fetch(f"http://127.0.0.1:{port}/healthz")
 
 
 @pytest.fixture

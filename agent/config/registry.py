@@ -25,6 +25,7 @@ class Registry:
         self._loaded: dict[str, Probe[Any]] = {}
 
     def names(self) -> list[str]:
+        """The names of the installed probe types, sorted."""
         return sorted(self._points)
 
     def load(self, name: str) -> Probe[Any]:
@@ -54,6 +55,3 @@ class Registry:
         probe = cls()
         self._loaded[name] = probe
         return probe
-
-    def loaded(self) -> list[Probe[Any]]:
-        return list(self._loaded.values())

@@ -7,7 +7,7 @@ consecutive marks, so that they add up to the hop's total exactly::
     start ─resolve─► resolved ─connect─► tcp up ─tls─► handshake ─processing─► headers ─transfer─► end
 
 A phase that did not happen on a hop (no DNS for an IP literal, no TLS for http://) is zero.
-Library exceptions are translated to a ``Reason`` in one place, :func:`map_exception`.
+Library exceptions are translated to a ``Reason`` by :mod:`agent.net.failures`.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import aiohappyeyeballs
 import aiohttp
 from aiohttp.abc import AbstractResolver
-from aiohttp.http_exceptions import LineTooLong
 from cryptography import x509
 from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import BaseModel, ConfigDict, model_validator
 from yarl import URL
 
 from agent.config.secrets import redact_url
+from agent.net.failures import cancellation, map_exception
 from agent.sdk.assertions import clip
 from agent.sdk.reasons import Reason
 
@@ -49,7 +49,6 @@ __all__ = [
     "RequestRecord",
     "TLSInfo",
     "TLSOptions",
-    "map_exception",
     "tls_context",
     "tls_info",
 ]
@@ -180,82 +179,6 @@ class HttpFailure(Exception):
         self.reason = reason
         self.message = message
         self.phases = dict(phases or {})
-
-
-def map_exception(exc: BaseException) -> tuple[Reason, str]:
-    """Translate an aiohttp, ssl or socket exception into a reason and a message."""
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return Reason.DNS, f"DNS lookup of {exc.host} failed: {_os_message(exc.os_error)}"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        cert_error = exc.certificate_error
-        detail = getattr(cert_error, "verify_message", None) or str(cert_error)
-        return Reason.TLS, f"TLS certificate of {exc.host} rejected: {detail}"
-    if isinstance(exc, aiohttp.ClientConnectorSSLError | ssl.SSLError):
-        return Reason.TLS, f"TLS handshake failed: {_ssl_message(exc)}"
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return Reason.TIMEOUT, "timed out while connecting"
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-        return Reason.TIMEOUT, "timed out waiting for the response"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return (
-            Reason.CONNECT,
-            f"cannot connect to {exc.host}:{exc.port}: {_os_message(exc.os_error)}",
-        )
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return Reason.PROTOCOL, "the server closed the connection without a complete response"
-    # From here on the library's own text may carry the request URL, query and all: the messages
-    # are built from the parts that cannot (a secret in a query must not leave percent-encoded).
-    if (too_long := _line_too_long(exc)) is not None:
-        # Not the parser's words: they quote the line's first 100 bytes, and a token the target
-        # echoed there would be cut before redaction could find it.
-        return Reason.PROTOCOL, f"malformed HTTP response: {too_long}"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return Reason.PROTOCOL, f"malformed HTTP response: {_one_line(exc.message) or type(exc).__name__}"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return Reason.PROTOCOL, f"malformed HTTP response: {_one_line(_describe(exc))}"
-    if isinstance(exc, aiohttp.InvalidURL):
-        description = getattr(exc, "description", None)
-        return Reason.PROTOCOL, f"invalid URL {redact_url(str(exc.url))}" + (
-            f": {description}" if description else ""
-        )
-    if isinstance(exc, aiohttp.ClientError | OSError):
-        return Reason.CONNECT, f"{type(exc).__name__}: {_describe(exc)}"
-    return Reason.INTERNAL, f"{type(exc).__name__}: {_describe(exc)}"
-
-
-def _line_too_long(exc: BaseException) -> str | None:
-    """What a line of the response that broke the parser's limit was, if that is the failure."""
-    cause: BaseException | None = exc
-    for _ in range(4):  # ClientResponseError ← HttpProcessingError ← LineTooLong
-        if isinstance(cause, LineTooLong):
-            limit = cause.args[1] if len(cause.args) > 1 else None
-            return f"a line longer than {limit} bytes" if isinstance(limit, int) else "a line too long"
-        if cause is None:
-            return None
-        cause = cause.__cause__
-    return None
-
-
-def _describe(exc: BaseException) -> str:
-    """An exception's text, unless it may name the request's URL (then only its kind)."""
-    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.InvalidURL) or hasattr(exc, "request_info"):
-        return type(exc).__name__
-    return str(exc) or type(exc).__name__
-
-
-def _one_line(text: str) -> str:
-    """The parser's multi-line report (with a caret under the bad byte) on one line."""
-    lines = (line.strip() for line in str(text).splitlines())
-    return " ".join(line for line in lines if line and line.strip("^~ "))
-
-
-def _os_message(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__
-
-
-def _ssl_message(exc: BaseException) -> str:
-    inner = getattr(exc, "os_error", exc)
-    return getattr(inner, "reason", None) or str(inner)
 
 
 class _TimedConnector(aiohttp.TCPConnector):
@@ -551,7 +474,6 @@ class HttpClient:
                     message = clip(message, _MESSAGE_LIMIT, ctx.redact)
                     span.fail(reason.value, message)
                     raise HttpFailure(reason, message, phases) from exc
-                error_type = "cancelled"
                 raise
             headers_at = clock.monotonic()
             status = response.status
@@ -595,6 +517,11 @@ class HttpClient:
                 error_type = str(status)
                 span.fail(str(status), f"HTTP {status}")
             return response, b"".join(chunks), truncated, tls_info
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled: the run's timeout, or the agent stopping
+                error_type, message = cancellation()
+                span.fail(error_type, message)
+            raise
         finally:
             _current_marks.reset(token)
             end_time = clock.monotonic()

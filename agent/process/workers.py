@@ -4,9 +4,13 @@ A single event loop tops out below a thousand fresh-connection probes per second
 ``VANTAGE_WORKERS`` above 1, ``vantage run`` becomes a supervisor: it starts that many worker
 processes (``vantage run`` with ``VANTAGE_WORKER=i/n``), each of which runs the checks that a
 rendezvous hash gives it, exports its own OTLP (as its own ``service.instance.id``), and serves
-its own endpoints on a loopback port. The supervisor serves the agent's port: ``/metrics`` merges
-the workers' expositions (each series gains a ``worker`` label), ``/api/checks`` joins their
-checks, ``/healthz`` and ``/readyz`` hold only while every worker's do.
+its own endpoints on a loopback socket that the supervisor binds and hands it (agent/process/
+handover.py), so that the supervisor knows each worker's port before it starts, and learns that it
+is up from its ``/healthz``. The supervisor serves the agent's port with the same builder as a single
+agent (``serve_endpoints``): ``/metrics`` merges the workers' expositions (each series gains a
+``worker`` label), ``/api/checks`` joins their checks, ``/healthz`` and ``/readyz`` hold only while
+every worker's do, and a worker that does not answer them within ``_PROBE_TIMEOUT`` counts as down;
+``/readyz`` shows each worker's own answer (its exporters' health) beside the supervisor's.
 
 SIGTERM or SIGINT is passed on to the workers, which drain and flush as a single agent does, and
 the whole agent stops within ``VANTAGE_SHUTDOWN_TIMEOUT``. A worker that dies is restarted with
@@ -23,30 +27,34 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
+from typing import Any
 
 import aiohttp
 import anyio
 from aiohttp import web
 from anyio.abc import Process, TaskStatus
 
+from agent import __version__
 from agent.config.checks import CheckEntry
 from agent.config.durations import format_duration
 from agent.config.settings import Config
+from agent.process.handover import LISTEN_FD, bind_loopback
 from agent.schedule.sharding import WORKER_SALT, owner
 from agent.sdk.probe import SystemClock
 from agent.server.inbound import Inbound, Route, inbound_checks, peer_route
-from agent.server.status import PROMETHEUS_TYPE, authorized, serve_app
+from agent.server.status import PROMETHEUS_TYPE, Bound, Listener, authorized, serve_endpoints
 
 __all__ = ["die_with_supervisor", "merge_expositions", "supervise"]
 
 log = logging.getLogger("vantage.workers")
 _START_TIMEOUT = 60.0
+_REQUEST_TIMEOUT = 60.0  # /metrics and /api/checks from a worker
+_PROBE_TIMEOUT = 2.0  # /healthz and /readyz from a worker: a stuck one is down, not waited for
+_START_POLL = 0.05
 _WORKER_BUDGET = 0.8  # a worker's share of the shutdown budget
 _SUPERVISOR_BUDGET = 0.95  # when the supervisor stops waiting for its workers and kills them
 _SUPERVISOR_PID = "VANTAGE_SUPERVISOR_PID"
@@ -97,44 +105,76 @@ def _with_label(line: str, label: str) -> str:
 
 
 class _Supervisor:
-    def __init__(self, config: Config, workers: list[_Worker]) -> None:
+    """The supervisor's status endpoints: its workers' answers, merged."""
+
+    def __init__(
+        self,
+        config: Config,
+        workers: list[_Worker],
+        session: aiohttp.ClientSession,
+        *,
+        probe_timeout: float = _PROBE_TIMEOUT,
+    ) -> None:
         self._config = config
         self._workers = workers
+        self._session = session
+        self._probe_timeout = probe_timeout
         token = config.settings.api_token
         self._token = token.get_secret_value() if token else None
         self.stopping = False
         self.restarts = 0
-        self._session: aiohttp.ClientSession | None = None
-        self._inbound_app: web.Application | None = None
 
-    async def _fetch(
-        self, worker: _Worker, path: str, headers: Mapping[str, str] | None = None
-    ) -> tuple[int, str]:
-        assert self._session is not None
-        async with self._session.get(f"http://127.0.0.1:{worker.port}{path}", headers=headers) as response:
+    async def _fetch(self, worker: _Worker, path: str, headers: Mapping[str, str] | None) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{worker.port}{path}"
+        async with self._session.get(url, headers=headers) as response:
             return response.status, await response.text()
 
-    async def _gather(self, path: str, headers: Mapping[str, str] | None = None) -> list[tuple[int, str]]:
+    async def _gather(
+        self, path: str, headers: Mapping[str, str] | None = None, *, probe: bool = False
+    ) -> list[tuple[int, str]]:
+        """Every worker's answer to ``path``, in order; status 0 for one that did not answer.
+
+        For a ``probe`` (``/healthz``, ``/readyz``), a worker has ``probe_timeout`` to answer: the
+        orchestrator asking wants an answer in seconds, and a stuck worker is a worker down."""
         results: list[tuple[int, str]] = [(0, "")] * len(self._workers)
+        bound = self._probe_timeout if probe else None
 
         async def one(i: int, worker: _Worker) -> None:
             try:
-                results[i] = await self._fetch(worker, path, headers)
+                with anyio.fail_after(bound):
+                    results[i] = await self._fetch(worker, path, headers)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                results[i] = (0, f"worker {worker.index} did not answer: {exc}")
+                results[i] = (0, f"worker {worker.index} did not answer: {exc!r}")
 
         async with anyio.create_task_group() as tg:
             for i, worker in enumerate(self._workers):
                 tg.start_soon(one, i, worker)
         return results
 
-    async def _health(self, request: web.Request) -> web.Response:
-        results = await self._gather(request.path)
+    async def healthz(self, request: web.Request) -> web.Response:
+        results = await self._gather("/healthz", probe=True)
         ok = not self.stopping and all(status == 200 for status, _ in results)
         body = {"status": "ok" if ok else "unhealthy", "workers": [status for status, _ in results]}
         return web.json_response(body, status=200 if ok else 503)
 
-    async def _metrics(self, _: web.Request) -> web.Response:
+    async def readyz(self, request: web.Request) -> web.Response:
+        results = await self._gather("/readyz", probe=True)
+        ok = not self.stopping and all(status == 200 for status, _ in results)
+        workers = [_worker_readiness(w.index, *r) for w, r in zip(self._workers, results, strict=True)]
+        body = {
+            "status": "ready" if ok else "not ready",
+            "version": __version__,
+            "supervisor": {
+                "status": "stopping" if self.stopping else "running",
+                "workers": len(self._workers),
+                "restarts": self.restarts,
+            },
+            "checks": sum(w["checks"] for w in workers if isinstance(w.get("checks"), int)),
+            "workers": workers,
+        }
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
         results = await self._gather("/metrics")
         if not all(status == 200 for status, _ in results):
             raise web.HTTPServiceUnavailable(text="a worker did not answer\n")
@@ -148,23 +188,26 @@ class _Supervisor:
         )
         return web.Response(text=text, headers={"Content-Type": PROMETHEUS_TYPE})
 
-    async def _checks(self, request: web.Request) -> web.Response:
+    def _authorization(self, request: web.Request) -> dict[str, str] | None:
         if not authorized(request, self._token):
             raise web.HTTPUnauthorized(text="a valid bearer token is required\n")
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
-        path = request.path
-        results = await self._gather(path, headers)
-        if "name" in request.match_info:
-            for status, body in results:
-                if status == 200:
-                    return web.Response(text=body, content_type="application/json")
-            raise web.HTTPNotFound(text="no such check\n")
+        return {"Authorization": f"Bearer {self._token}"} if self._token else None
+
+    async def checks(self, request: web.Request) -> web.Response:
+        results = await self._gather(request.path, self._authorization(request))
         checks = []
         for status, body in results:
             if status != 200:
                 raise web.HTTPServiceUnavailable(text="a worker did not answer\n")
             checks.extend(json.loads(body)["checks"])
         return web.Response(text=json.dumps({"checks": checks}), content_type="application/json")
+
+    async def check(self, request: web.Request) -> web.Response:
+        results = await self._gather(request.path, self._authorization(request))
+        for status, body in results:
+            if status == 200:
+                return web.Response(text=body, content_type="application/json")
+        raise web.HTTPNotFound(text="no such check\n")
 
     def _inbound(self) -> Inbound | None:
         """The inbound endpoints, passing each request on to the worker (or replica) that runs its check."""
@@ -189,49 +232,39 @@ class _Supervisor:
             trusted=settings.trusted_networks(),
         )
 
-    def app(self) -> web.Application:
+    async def serve(self, *, task_status: TaskStatus[Bound] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve the agent's port (and inbound port) as a single agent would, until cancelled."""
         settings = self._config.settings
-        app = web.Application(client_max_size=int(settings.inbound_max_body))
-        inbound = self._inbound()
-        if inbound is not None and settings.inbound_port is None:
-            inbound.add_routes(app)
-        self._inbound_app = None
-        if inbound is not None and settings.inbound_port is not None:
-            self._inbound_app = web.Application(client_max_size=int(settings.inbound_max_body))
-            inbound.add_routes(self._inbound_app)
-        app.router.add_get("/healthz", self._health)
-        app.router.add_get("/readyz", self._health)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/api/checks", self._checks)
-        app.router.add_get("/api/checks/{name}", self._checks)
-        return app
-
-    async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        settings = self._config.settings
-        timeout = aiohttp.ClientTimeout(total=60)
-        async with aiohttp.ClientSession(timeout=timeout) as self._session:
-            app = self.app()
-            async with anyio.create_task_group() as tg:
-                if self._inbound_app is not None:
-                    assert settings.inbound_port is not None
-                    await tg.start(
-                        partial(serve_app, setting="VANTAGE_INBOUND_PORT"),
-                        self._inbound_app,
-                        settings.host,
-                        settings.inbound_port,
-                    )
-                await serve_app(
-                    app, settings.host, settings.port, setting="VANTAGE_PORT", task_status=task_status
-                )
+        listener = Listener(
+            settings.host, settings.port, settings.inbound_port, int(settings.inbound_max_body)
+        )
+        await serve_endpoints(self, self._inbound(), listener, task_status=task_status)
 
 
-async def _start(index: int, count: int, environ: Mapping[str, str], budget: float) -> _Worker:
+def _worker_readiness(index: int, status: int, body: str) -> dict[str, Any]:
+    """One worker's ``/readyz`` answer as the supervisor shows it: its own JSON, with its index."""
+    try:
+        answer = json.loads(body) if status else None
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        return {"worker": index, "status": "not answering", "error": body[:200] or f"HTTP {status}"}
+    return {"worker": index, **answer}
+
+
+async def _start(
+    index: int, count: int, environ: Mapping[str, str], budget: float, session: aiohttp.ClientSession
+) -> _Worker:
+    """Start worker ``index`` on a socket bound here, and wait until its ``/healthz`` says it is up."""
+    listener = bind_loopback()
+    port = listener.getsockname()[1]
     env = {
         **environ,
         "VANTAGE_WORKER": f"{index}/{count}",
         "VANTAGE_WORKERS": "1",
-        "VANTAGE_PORT": "0",
+        "VANTAGE_PORT": str(port),
         "VANTAGE_HOST": "127.0.0.1",
+        LISTEN_FD: str(listener.fileno()),
         # The supervisor limits the rate of inbound requests and passes them on from loopback.
         "VANTAGE_INBOUND_RATE": "off",
         # A worker stops within a share of the supervisor's budget, so that the supervisor, which
@@ -240,26 +273,44 @@ async def _start(index: int, count: int, environ: Mapping[str, str], budget: flo
         _SUPERVISOR_PID: str(os.getpid()),
     }
     env.pop("VANTAGE_INBOUND_PORT", None)
-    process = await anyio.open_process(
-        [sys.executable, "-m", "agent", "run"], env=env, stdout=subprocess.PIPE, stderr=None
-    )
-    worker = _Worker(index, process)
-    assert process.stdout is not None
-    buffer = b""
     try:
-        with anyio.fail_after(_START_TIMEOUT):
-            while b"\n" not in buffer:
-                buffer += await process.stdout.receive()
-    except (anyio.EndOfStream, TimeoutError):
-        await _end(process)
-        raise RuntimeError(f"worker {index} did not start (status {process.returncode})") from None
-    line = buffer.split(b"\n", 1)[0].decode(errors="replace")
-    if not line.startswith("VANTAGE_WORKER_PORT="):
-        await _end(process)
-        raise RuntimeError(f"worker {index} did not announce its port: {line!r}")
-    worker.port = int(line.split("=", 1)[1])
+        process = await anyio.open_process(
+            [sys.executable, "-m", "agent", "run"],
+            env=env,
+            pass_fds=(listener.fileno(),),
+            stdout=None,
+            stderr=None,
+        )
+    finally:
+        listener.close()  # the worker holds its own copy; once it is gone, connecting is refused
+    worker = _Worker(index, process, port)
+    try:
+        await _wait_for_worker(worker, session)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _end(process)
+        raise
     worker.started = time.monotonic()
     return worker
+
+
+async def _wait_for_worker(worker: _Worker, session: aiohttp.ClientSession) -> None:
+    """Wait until the worker's ``/healthz`` answers 200; RuntimeError if it exits or takes longer
+    than ``_START_TIMEOUT``."""
+    url = f"http://127.0.0.1:{worker.port}/healthz"
+    try:
+        with anyio.fail_after(_START_TIMEOUT):
+            while worker.process.returncode is None:
+                # The socket listens from the start: a request made before the worker serves waits
+                # in its backlog; the bound sends another now and then, to see an exit meanwhile.
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError), anyio.fail_after(_PROBE_TIMEOUT):
+                    async with session.get(url) as response:
+                        if response.status == 200:
+                            return
+                await anyio.sleep(_START_POLL)
+    except TimeoutError:
+        pass
+    raise RuntimeError(f"worker {worker.index} did not start (status {worker.process.returncode})")
 
 
 async def _end(process: Process) -> None:
@@ -310,49 +361,21 @@ async def supervise(config: Config, environ: Mapping[str, str]) -> int:
     count = config.settings.worker_count()
     budget = config.settings.shutdown_timeout
     workers: list[_Worker] = []
-    supervisor = _Supervisor(config, workers)
     stopped = anyio.Event()
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_REQUEST_TIMEOUT))
+    supervisor = _Supervisor(config, workers, session)
+
+    async def start(index: int) -> _Worker:
+        return await _start(index, count, environ, budget, session)
+
     # Open before the workers start: a signal during start-up is queued, not fatal.
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         try:
             for index in range(count):
-                workers.append(await _start(index, count, environ, budget))
+                workers.append(await start(index))
             async with anyio.create_task_group() as tg:
-                port = await tg.start(supervisor.serve)
-                log.info("vantage supervisor on port %d with %d worker processes", port, count)
-
-                async def keep(index: int) -> None:
-                    restarts = _Restarts()
-                    while True:
-                        worker = workers[index]
-                        assert worker.process.stdout is not None
-                        async for _ in worker.process.stdout:  # keep its stdout from filling up
-                            pass
-                        code = await worker.process.wait()
-                        if supervisor.stopping:
-                            return
-                        delay = restarts.next_delay(time.monotonic() - worker.started)
-                        log.error(
-                            "worker %d exited with status %s; restarting it in %s (restart %d)",
-                            index,
-                            code,
-                            format_duration(delay),
-                            restarts.count,
-                        )
-                        supervisor.restarts += 1
-                        with anyio.move_on_after(delay):
-                            await stopped.wait()
-                        while not supervisor.stopping:
-                            try:
-                                workers[index] = await _start(index, count, environ, budget)
-                                break
-                            except (RuntimeError, OSError) as exc:
-                                delay = restarts.next_delay(0.0)
-                                log.error("%s; trying again in %s", exc, format_duration(delay))
-                                with anyio.move_on_after(delay):
-                                    await stopped.wait()
-                        if supervisor.stopping:
-                            return
+                bound: Bound = await tg.start(supervisor.serve)
+                log.info("vantage supervisor on port %d with %d worker processes", bound.port, count)
 
                 async def on_signal() -> None:
                     async for signum in signals:
@@ -375,7 +398,7 @@ async def supervise(config: Config, environ: Mapping[str, str]) -> int:
                     tg.cancel_scope.cancel()
 
                 for index in range(count):
-                    tg.start_soon(keep, index)
+                    tg.start_soon(_keep, index, workers, supervisor, stopped, start)
                 tg.start_soon(on_signal)
                 tg.start_soon(wait_for_workers)
         finally:
@@ -384,8 +407,47 @@ async def supervise(config: Config, environ: Mapping[str, str]) -> int:
                     if worker.process.returncode is None:
                         log.warning("worker %d did not stop in time; killed", worker.index)
                         await _end(worker.process)
+                await session.close()
     log.info("vantage stopped")
     return 0
+
+
+async def _keep(
+    index: int,
+    workers: list[_Worker],
+    supervisor: _Supervisor,
+    stopped: anyio.Event,
+    start: Callable[[int], Awaitable[_Worker]],
+) -> None:
+    """Restart worker ``index`` whenever it dies, with back-off, until the supervisor stops."""
+    restarts = _Restarts()
+    while True:
+        worker = workers[index]
+        code = await worker.process.wait()
+        if supervisor.stopping:
+            return
+        delay = restarts.next_delay(time.monotonic() - worker.started)
+        log.error(
+            "worker %d exited with status %s; restarting it in %s (restart %d)",
+            index,
+            code,
+            format_duration(delay),
+            restarts.count,
+        )
+        supervisor.restarts += 1
+        with anyio.move_on_after(delay):
+            await stopped.wait()
+        while not supervisor.stopping:
+            try:
+                workers[index] = await start(index)
+                break
+            except (RuntimeError, OSError) as exc:
+                delay = restarts.next_delay(0.0)
+                log.error("%s; trying again in %s", exc, format_duration(delay))
+                with anyio.move_on_after(delay):
+                    await stopped.wait()
+        if supervisor.stopping:
+            return
 
 
 def _signal_all(workers: list[_Worker]) -> None:

@@ -24,6 +24,10 @@ has, or something blocking the loop) says nothing about its target: it is discar
 
 ``VANTAGE_CONCURRENCY`` bounds the probes in flight; lateness (start minus tick) is measured.
 
+One clock, the injected ``Clock``, gives the ticks, the sleeps between them and every deadline (a
+run's timeout, the drain at shutdown), so a test's fake clock drives timeouts as it drives ticks.
+Only the event-loop lag monitor reads the loop's own clock: see ``agent.schedule.lag`` for why.
+
 When the scheduler wakes for a tick it also starts the runs due within the next 20 ms. Runs that
 start together share the event loop's wake-ups for their connects, writes and reads; a run alone
 pays for its own, and measured at 200 probes a second that was a third of the CPU. No tick moves
@@ -36,8 +40,6 @@ import asyncio
 import heapq
 import logging
 import math
-import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -47,6 +49,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from agent.config.checks import CheckEntry
 from agent.config.durations import format_duration
+from agent.schedule.lag import LagMonitor
 from agent.schedule.sharding import offset
 from agent.sdk.probe import Clock, ProbeContext, ProbeResult, Reason
 from agent.telemetry.recorder import Recorder, Run
@@ -57,27 +60,7 @@ log = logging.getLogger("vantage.scheduler")
 _MIN_SLEEP = 0.001  # uvloop turns sleeps under ~0.5ms into busy spins
 _MAX_SLEEP = 5.0  # wake at least this often, so the heartbeat /healthz reads stays fresh
 _BATCH = 0.02  # runs due within 20ms of a wake-up start together: see the module docstring
-_LAG_PERIOD = 0.1
 _STARVED = 0.25  # a run is starved when the loop lagged by this share of its timeout
-
-
-class _LagMonitor:
-    """Measures how late the event loop wakes a sleeper: its lag, in real time."""
-
-    def __init__(self) -> None:
-        self.samples: deque[tuple[float, float]] = deque(maxlen=600)
-
-    async def watch(self, report: Callable[[float], None]) -> None:
-        while True:
-            before = time.monotonic()
-            await anyio.sleep(_LAG_PERIOD)
-            now = time.monotonic()
-            self.samples.append((now, max(0.0, now - before - _LAG_PERIOD)))
-            report(self.worst(10.0))
-
-    def worst(self, window: float) -> float:
-        cutoff = time.monotonic() - window
-        return max((lag for at, lag in self.samples if at >= cutoff), default=0.0)
 
 
 def _is_cancellation(exc: BaseException) -> bool:
@@ -126,7 +109,7 @@ class Scheduler:
         self._stopping = False
         self._sleep_scope: anyio.CancelScope | None = None
         self._crashed: set[str] = set()
-        self._lag = _LagMonitor()
+        self._lag = LagMonitor()
         self._overload_warned = -math.inf
         self._idle = anyio.Event()
         self._running_count = 0
@@ -168,7 +151,7 @@ class Scheduler:
                     format_duration(drain_timeout),
                     self._running_count,
                 )
-                with anyio.move_on_after(drain_timeout):
+                with self._clock.move_on_after(drain_timeout):
                     await self._idle.wait()
             tg.cancel_scope.cancel()
 
@@ -251,9 +234,12 @@ class Scheduler:
         cancellation (shutdown, or this run's timeout) is let through."""
         check = entry.check
         result: Any = None
-        scope = anyio.move_on_after(check.timeout)
+        scope: anyio.CancelScope | None = None
+        loop_started = self._lag.now()
         try:
-            with scope:
+            # The deadline is on the scheduler's clock, as the ticks are: a test's fake clock
+            # cuts a run at its timeout as surely as the real one does.
+            with self._clock.move_on_after(check.timeout) as scope:
                 result = await entry.probe.run(check, entry.settings, ctx)
                 if not isinstance(result, ProbeResult):
                     raise TypeError(f"run() returned {type(result).__name__}, not a ProbeResult")
@@ -261,13 +247,12 @@ class Scheduler:
         except BaseException as exc:
             if _is_cancellation(exc) and _cancel_requested():
                 raise  # the agent is shutting down
-            if not (_is_cancellation(exc) and scope.cancel_called):
+            if not (_is_cancellation(exc) and scope is not None and scope.cancel_called):
                 return self._crashed_result(check.name, check.type, ctx, exc)
             # Our own timeout, which the plugin let out as a CancelledError of its own making.
-        overshoot = self._clock.monotonic() - started - check.timeout
-        lag = max(overshoot, self._lag.worst(check.timeout))
+        lag = self._run_lag(check.timeout, self._clock.monotonic() - started, loop_started)
         if lag > check.timeout * _STARVED:
-            now = time.monotonic()
+            now = self._clock.monotonic()
             if now - self._overload_warned > 60:
                 self._overload_warned = now
                 log.warning(
@@ -280,6 +265,17 @@ class Scheduler:
             Reason.TIMEOUT,
             f"no result within the timeout of {format_duration(check.timeout)} ({ctx.stage})",
         )
+
+    def _run_lag(self, timeout: float, elapsed: float, loop_started: float) -> float:
+        """How long the agent kept a run that timed out from its time; above a share of the
+        timeout (``_STARVED``), the run was starved by the agent, not slow at its target.
+
+        Two measures of the same thing, each on its own clock and compared only as durations:
+        how far past its deadline the run was cut (the scheduler's clock: the deadline is on it),
+        and the worst lag of the event loop while the run was going (the loop's clock, from this
+        run's start, not a window reaching back before it). Either above a share of the timeout
+        means the loop could not have given the run its time."""
+        return max(elapsed - timeout, self._lag.worst_since(loop_started))
 
     def _crashed_result(self, name: str, type_: str, ctx: ProbeContext, exc: BaseException) -> ProbeResult:
         if name not in self._crashed:

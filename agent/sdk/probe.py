@@ -61,6 +61,8 @@ __all__ = [
     "ProbeResult",
     "ProbeSettings",
     "Reason",
+    "Refusal",
+    "RefusalKind",
     "Sample",
     "SpanHandle",
     "StateFile",
@@ -236,7 +238,8 @@ class ProbeResult:
 
 
 class Clock(Protocol):
-    """Time as the agent sees it; tests inject a fake one."""
+    """Time as the agent sees it: ticks, sleeps and deadlines all come from here, so that a test
+    that injects a fake clock drives timeouts as well as ticks."""
 
     def monotonic(self) -> float:
         """Seconds on a clock that never jumps, for durations and ticks."""
@@ -247,9 +250,15 @@ class Clock(Protocol):
     async def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` on this clock."""
 
+    def move_on_after(self, seconds: float) -> contextlib.AbstractContextManager[anyio.CancelScope]:
+        """A cancel scope that cancels the block it guards ``seconds`` from now on this clock.
+
+        As ``anyio.move_on_after``: the block's cancellation is caught at the scope's end, and the
+        scope's ``cancel_called`` says whether the deadline (or anything else) cancelled it."""
+
 
 class SystemClock:
-    """The real clocks."""
+    """The real clocks: the event loop's own deadlines for ``sleep`` and ``move_on_after``."""
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -259,6 +268,31 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
+
+    def move_on_after(self, seconds: float) -> contextlib.AbstractContextManager[anyio.CancelScope]:
+        return anyio.move_on_after(seconds)
+
+
+class RefusalKind(enum.Enum):
+    """What is wrong with a genuine inbound request; its value is the HTTP status the caller gets."""
+
+    UNREADABLE = 400
+    """The body or the query cannot be read as the check expects."""
+    CONTENT_TYPE = 415
+    """The request's content type is not one the check takes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why ``Probe.admit`` refuses a genuine inbound request: a kind, and words for the caller."""
+
+    kind: RefusalKind
+    message: str
+
+    @property
+    def status(self) -> int:
+        """The HTTP status the caller gets."""
+        return self.kind.value
 
 
 class SpanHandle(Protocol):
@@ -462,8 +496,9 @@ class Probe(abc.ABC, Generic[SettingsT]):
         """
         return "this check type takes no inbound requests"
 
-    def admit(self, check: Check, settings: SettingsT, request: InboundRequest) -> str | None:
-        """Why a genuine request cannot be used (its content type, say), or None; told to the caller."""
+    def admit(self, check: Check, settings: SettingsT, request: InboundRequest) -> Refusal | None:
+        """Why a genuine request cannot be used (its content type, say), or None; told to the
+        caller, with the status its kind says."""
         return None
 
     @abc.abstractmethod

@@ -34,7 +34,7 @@ from multidict import CIMultiDict
 
 from agent.config.checks import CheckEntry
 from agent.schedule.sharding import owner
-from agent.sdk.probe import Clock
+from agent.sdk.probe import Clock, Refusal, RefusalKind
 from agent.server.inbox import InboundRequest, Inbox
 
 __all__ = ["ENDPOINTS", "FORWARDED", "Inbound", "Route", "client_address", "inbound_checks", "peer_route"]
@@ -222,7 +222,7 @@ class Inbound:
         refusal = self._admit(entry, inbound)
         if refusal is not None:
             self._count(endpoint, "refused")
-            return web.json_response({"error": refusal}, status=415 if "content type" in refusal else 400)
+            return web.json_response({"error": refusal.message}, status=refusal.status)
         self._inbox.deliver(inbound)
         self._count(endpoint, "accepted")
         return web.json_response({"status": "accepted"})
@@ -235,12 +235,13 @@ class Inbound:
             self._crashed(entry, "authenticating")
             return "the probe failed to check the request's credentials (a bug; see the log)"
 
-    def _admit(self, entry: CheckEntry, request: InboundRequest) -> str | None:
+    def _admit(self, entry: CheckEntry, request: InboundRequest) -> Refusal | None:
         try:
-            return entry.probe.admit(entry.check, entry.settings, request)
+            refusal = entry.probe.admit(entry.check, entry.settings, request)
         except Exception:
             self._crashed(entry, "reading")
-            return "the request cannot be read"
+            return Refusal(RefusalKind.UNREADABLE, "the request cannot be read")
+        return refusal
 
     def _crashed(self, entry: CheckEntry, doing: str) -> None:
         # Once per check: a caller must not be able to fill the log with tracebacks.

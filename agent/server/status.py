@@ -1,5 +1,11 @@
 """The agent's HTTP server: health, readiness, ``/metrics`` and the status API.
 
+``serve_endpoints`` is the one builder of the agent's HTTP applications, for a single process
+(``Server``, this module) and for a supervisor of worker processes (agent/process/workers.py)
+alike: the routes, the separate inbound port, the body size limit and the connection limits are
+decided there, once. Each side only brings its ``StatusEndpoints``: its own state, or its workers'
+merged.
+
 Every port the agent listens on (``VANTAGE_PORT``, ``VANTAGE_INBOUND_PORT``, the supervisor's) is
 served by ``serve_app``, which holds each connection to two limits, so that a caller cannot make
 the agent hold sockets and memory for ever:
@@ -15,13 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import hmac
 import json
 import logging
 import os
 import socket
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import anyio
 from aiohttp import web
@@ -33,7 +41,17 @@ from agent.server.inbound import Inbound
 from agent.telemetry.providers import Telemetry
 from agent.telemetry.recorder import Recorder
 
-__all__ = ["PROMETHEUS_TYPE", "Server", "authorized", "serve_app"]
+__all__ = [
+    "PROMETHEUS_TYPE",
+    "Bound",
+    "Listener",
+    "Server",
+    "StatusEndpoints",
+    "authorized",
+    "build_apps",
+    "serve_app",
+    "serve_endpoints",
+]
 
 log = logging.getLogger("vantage.server")
 _HEALTH_STALE = 30.0  # seconds without a scheduler turn before /healthz fails
@@ -153,6 +171,7 @@ async def serve_app(
     header_timeout: float = HEADER_TIMEOUT,
     max_connections: int = MAX_CONNECTIONS,
     refused: Callable[[], None] = lambda: None,
+    sock: socket.socket | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until cancelled; ``task_status`` gets the bound port (``port`` may be 0).
@@ -160,7 +179,9 @@ async def serve_app(
     ``setting`` names the variable the port comes from, for the ConfigError raised when the port
     cannot be bound (in use, privileged, an address not on this machine). Connections are held to
     ``header_timeout`` and ``max_connections`` (see the module docstring); ``refused`` is called
-    for each connection closed at the cap.
+    for each connection closed at the cap. With ``sock`` (a listening socket bound already, such
+    as the one a supervisor hands its worker), ``host`` and ``port`` are not bound: ``sock`` is
+    served.
     """
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=header_timeout)
     await runner.setup()
@@ -168,8 +189,12 @@ async def serve_app(
     try:
         assert runner.server is not None
         limit = _ConnectionLimit(runner.server, max_connections, setting, refused)
+        loop = asyncio.get_running_loop()
         try:
-            server = await asyncio.get_running_loop().create_server(limit, host, port, reuse_address=True)
+            if sock is not None:
+                server = await loop.create_server(limit, sock=sock)
+            else:
+                server = await loop.create_server(limit, host, port, reuse_address=True)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(f"{setting}: port {port} on {host} is already in use") from None
@@ -188,8 +213,111 @@ async def serve_app(
             await runner.cleanup()
 
 
+class StatusEndpoints(Protocol):
+    """The handlers behind the status routes: a single agent's own, or a supervisor's, which
+    merges its workers' answers."""
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """``/healthz``: the event loop and the scheduler are alive."""
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """``/readyz``: configuration loaded, scheduler running, the exporters' health."""
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """``/metrics``: the Prometheus exposition."""
+
+    async def checks(self, request: web.Request) -> web.Response:
+        """``/api/checks``: every check's last result (token-guarded)."""
+
+    async def check(self, request: web.Request) -> web.Response:
+        """``/api/checks/{name}``: one check's last result (token-guarded)."""
+
+
+@dataclass(frozen=True)
+class Listener:
+    """Where and how the agent's ports are served."""
+
+    host: str
+    port: int
+    inbound_port: int | None = None
+    """A port of its own for the inbound endpoints, or None to serve them on ``port``."""
+    max_body: int = 64 * 1024
+    """The largest request body taken (``VANTAGE_INBOUND_MAX_BODY``)."""
+    header_timeout: float = HEADER_TIMEOUT
+    max_connections: int = MAX_CONNECTIONS
+    sock: socket.socket | None = None
+    """A listening socket bound already for ``port`` (a worker's, from its supervisor)."""
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The ports bound: what was asked, or what the kernel picked for a port of 0."""
+
+    port: int
+    inbound_port: int | None
+
+
+def build_apps(
+    endpoints: StatusEndpoints, inbound: Inbound | None, listener: Listener
+) -> tuple[web.Application, web.Application | None]:
+    """The application for the agent's port and, with a separate inbound port, the one for it.
+
+    With a separate inbound port, ``/hooks`` and ``/heartbeat`` are served there only, so that an
+    ingress can expose them without the status endpoints."""
+    main = web.Application(client_max_size=listener.max_body)
+    separate = None
+    if inbound is not None:
+        if listener.inbound_port is None:
+            inbound.add_routes(main)
+        else:
+            separate = web.Application(client_max_size=listener.max_body)
+            inbound.add_routes(separate)
+    main.router.add_get("/healthz", endpoints.healthz)
+    main.router.add_get("/readyz", endpoints.readyz)
+    main.router.add_get("/metrics", endpoints.metrics)
+    main.router.add_get("/api/checks", endpoints.checks)
+    main.router.add_get("/api/checks/{name}", endpoints.check)
+    return main, separate
+
+
+async def serve_endpoints(
+    endpoints: StatusEndpoints,
+    inbound: Inbound | None,
+    listener: Listener,
+    *,
+    refused: Callable[[], None] = lambda: None,
+    task_status: TaskStatus[Bound] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Bind every port (a failure surfaces in the caller of ``tg.start``), serve until cancelled."""
+    main, separate = build_apps(endpoints, inbound, listener)
+
+    def serve(
+        app: web.Application, port: int, setting: str, sock: socket.socket | None = None
+    ) -> functools.partial[Coroutine[Any, Any, None]]:
+        return functools.partial(
+            serve_app,
+            app,
+            listener.host,
+            port,
+            setting=setting,
+            header_timeout=listener.header_timeout,
+            max_connections=listener.max_connections,
+            refused=refused,
+            sock=sock,
+        )
+
+    async with anyio.create_task_group() as tg:
+        inbound_port = None
+        if separate is not None:
+            assert listener.inbound_port is not None
+            inbound_port = await tg.start(serve(separate, listener.inbound_port, "VANTAGE_INBOUND_PORT"))
+        port = await tg.start(serve(main, listener.port, "VANTAGE_PORT", listener.sock))
+        task_status.started(Bound(port, inbound_port))
+
+
 class Server:
-    """Serves ``/healthz``, ``/readyz``, ``/metrics`` and ``/api/checks`` on the agent's port."""
+    """A single agent's status endpoints (``/healthz``, ``/readyz``, ``/metrics``,
+    ``/api/checks``) and its inbound endpoints, served by ``serve_endpoints``."""
 
     def __init__(
         self,
@@ -207,62 +335,34 @@ class Server:
         max_body: int = 64 * 1024,
         header_timeout: float = HEADER_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
+        sock: socket.socket | None = None,
     ) -> None:
         self.host, self.port = host, port
-        self._header_timeout, self._max_connections = header_timeout, max_connections
-        self._inbound, self.inbound_port, self._max_body = inbound, inbound_port, max_body
+        self._listener = Listener(host, port, inbound_port, max_body, header_timeout, max_connections, sock)
+        self._inbound, self.inbound_port = inbound, inbound_port
         self._recorder, self._telemetry, self._redact = recorder, telemetry, redactor
         self._token = api_token
         self._alive = scheduler_alive
         self._version = version
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self._max_body)
-        if self._inbound is not None and self.inbound_port is None:
-            self._inbound.add_routes(app)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/api/checks", self._checks)
-        app.router.add_get("/api/checks/{name}", self._check)
-        return app
-
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Bind (a failure surfaces in the caller of ``tg.start``), serve until cancelled.
-
-        With a separate inbound port, ``/hooks`` and ``/heartbeat`` are served there only, so that
-        an ingress can expose them without the status endpoints; ``inbound_port`` becomes the port
-        bound."""
+        """Bind (a failure surfaces in the caller of ``tg.start``), serve until cancelled;
+        ``task_status`` gets the agent's port, and ``inbound_port`` becomes the inbound port bound."""
         async with anyio.create_task_group() as tg:
-            if self._inbound is not None and self.inbound_port is not None:
-                inbound = web.Application(client_max_size=self._max_body)
-                self._inbound.add_routes(inbound)
-                self.inbound_port = await tg.start(
-                    self._serve, inbound, self.inbound_port, "VANTAGE_INBOUND_PORT"
+            bound: Bound = await tg.start(
+                functools.partial(
+                    serve_endpoints,
+                    self,
+                    self._inbound,
+                    self._listener,
+                    # Counted with the inbound requests: a full port is most often a flood of callers.
+                    refused=lambda: self._recorder.inbound("connection", "refused"),
                 )
-            await self._serve(self.app(), self.port, "VANTAGE_PORT", task_status=task_status)
+            )
+            self.inbound_port = bound.inbound_port
+            task_status.started(bound.port)
 
-    async def _serve(
-        self,
-        app: web.Application,
-        port: int,
-        setting: str,
-        *,
-        task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        await serve_app(
-            app,
-            self.host,
-            port,
-            setting=setting,
-            header_timeout=self._header_timeout,
-            max_connections=self._max_connections,
-            # Counted with the inbound requests: a full port is most often a flood of callers.
-            refused=lambda: self._recorder.inbound("connection", "refused"),
-            task_status=task_status,
-        )
-
-    async def _healthz(self, _: web.Request) -> web.Response:
+    async def healthz(self, request: web.Request) -> web.Response:
         running, age = self._alive()
         ok = running and age < _HEALTH_STALE
         return web.json_response(
@@ -270,7 +370,7 @@ class Server:
             status=200 if ok else 503,
         )
 
-    async def _readyz(self, _: web.Request) -> web.Response:
+    async def readyz(self, request: web.Request) -> web.Response:
         running, _age = self._alive()
         body = {
             "status": "ready" if running else "not ready",
@@ -281,7 +381,7 @@ class Server:
         }
         return web.json_response(body, status=200 if running else 503)
 
-    async def _metrics(self, _: web.Request) -> web.Response:
+    async def metrics(self, request: web.Request) -> web.Response:
         if self._telemetry.prometheus is None:
             raise web.HTTPNotFound(
                 text="the prometheus metrics exporter is not enabled (OTEL_METRICS_EXPORTER)\n"
@@ -292,13 +392,13 @@ class Server:
             body=self._redact(body.decode()).encode(), headers={"Content-Type": PROMETHEUS_TYPE}
         )
 
-    async def _checks(self, request: web.Request) -> web.Response:
+    async def checks(self, request: web.Request) -> web.Response:
         if not authorized(request, self._token):
             raise web.HTTPUnauthorized(text="a valid bearer token is required\n")
         states = [state.as_json(self._redact) for state in self._recorder.states.values()]
         return _json({"checks": states})
 
-    async def _check(self, request: web.Request) -> web.Response:
+    async def check(self, request: web.Request) -> web.Response:
         if not authorized(request, self._token):
             raise web.HTTPUnauthorized(text="a valid bearer token is required\n")
         state = self._recorder.states.get(request.match_info["name"])

@@ -121,6 +121,7 @@ def test_the_agents_own_cancellation_still_ends_a_run() -> None:
                     break
                 await clock.advance(0.5)
             agent.scheduler.stop()
+            await clock.advance(0.02)  # the drain timeout is on the scheduler's clock, too
             with anyio.fail_after(10):
                 while not finished:
                     await anyio.sleep(0.01)

@@ -1,4 +1,8 @@
-"""Targets and name resolution shared by the probes that open their own sockets."""
+"""Targets, name resolution and the failure map, for the probes that open their own sockets.
+
+``map_exception`` is the agent's one map from library exceptions to a reason and a message
+(:mod:`agent.net.failures`); probes reach it through here.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,28 @@ import asyncio
 import socket
 from typing import Any, Literal
 
-__all__ = ["IpFamily", "ResolveFailed", "resolve", "socket_family", "split_host_port"]
+from agent.net.failures import cancellation, map_exception
+from agent.sdk import Reason
+
+__all__ = [
+    "IpFamily",
+    "ResolveFailed",
+    "cancellation",
+    "map_exception",
+    "resolve",
+    "socket_family",
+    "split_host_port",
+]
 
 IpFamily = Literal["auto", "ipv4", "ipv6"]
 
 
 class ResolveFailed(Exception):
-    """The target's name did not resolve; the message says so for a run's failure."""
+    """The target's name did not resolve: the reason and message of the run's failure."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
 
 
 def socket_family(ip_family: IpFamily) -> int:
@@ -44,4 +63,4 @@ async def resolve(
             host, port, family=socket_family(ip_family), type=kind
         )
     except socket.gaierror as exc:
-        raise ResolveFailed(f"DNS lookup of {host} failed: {exc.strerror}") from None
+        raise ResolveFailed(*map_exception(exc, host=host)) from None

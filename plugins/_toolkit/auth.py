@@ -16,7 +16,18 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import Field, field_validator
 
-from agent.sdk import HttpClient, HttpFailure, MetricKind, MetricSpec, ProbeContext, ProbeSettings
+from agent.sdk import (
+    HttpClient,
+    HttpFailure,
+    MetricKind,
+    MetricSpec,
+    ProbeContext,
+    ProbeSettings,
+    Reason,
+    format_duration,
+)
+
+from .verdict import judge
 
 __all__ = ["TOKEN_EXPIRY", "Auth", "AuthFailure", "Credential", "TokenCache", "authorize", "jwt_expiry"]
 
@@ -74,12 +85,25 @@ Auth = Annotated[BasicAuth | BearerAuth | ApiKeyAuth | OAuth2ClientCredentials, 
 
 
 class AuthFailure(Exception):
-    """Credentials could not be had: the message says what the token endpoint answered."""
+    """Credentials could not be had: the message says what the token endpoint answered.
 
-    def __init__(self, message: str, phases: dict[str, float] | None = None) -> None:
+    The reason is ``auth``, or ``rate_limited`` (with the endpoint's ``Retry-After`` back-off in
+    ``retry_after``) when the token endpoint answered 429.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        phases: dict[str, float] | None = None,
+        *,
+        reason: Reason = Reason.AUTH,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.phases = phases or {}
+        self.reason = reason
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,14 +216,25 @@ async def _fetch_token(auth: OAuth2ClientCredentials, client: HttpClient, ctx: P
         document = json.loads(exchange.body)
     except (ValueError, RecursionError):
         document = None
-    if exchange.status != 200:
+    verdict = judge(exchange, ctx, None)
+    if verdict.reason is not None or exchange.status != 200:
         error = ""
         if isinstance(document, dict) and isinstance(document.get("error"), str):
             error = f": {document['error']}"
             if isinstance(document.get("error_description"), str):
                 # Redacted before it is cut: a secret cut in two is found by neither half.
                 error += f" ({ctx.redact(document['error_description'])[:200]})"
-        raise AuthFailure(f"token endpoint answered HTTP {exchange.status}{error}", exchange.phases)
+        # The shared verdict, but any status but 200 means no credentials: reason auth, unless the
+        # endpoint is rate limiting (then rate_limited, with its back-off).
+        limited = verdict.reason is Reason.RATE_LIMITED
+        wait = verdict.retry_after
+        backing_off = f"; backing off for {format_duration(round(wait))}" if limited and wait else ""
+        raise AuthFailure(
+            f"token endpoint answered HTTP {exchange.status}{error}{backing_off}",
+            exchange.phases,
+            reason=Reason.RATE_LIMITED if limited else Reason.AUTH,
+            retry_after=verdict.retry_after,
+        )
     value = document.get("access_token") if isinstance(document, dict) else None
     if not isinstance(value, str) or not value:
         raise AuthFailure("token endpoint answered without an access_token", exchange.phases)

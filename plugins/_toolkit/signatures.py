@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 
 from agent.sdk import Duration, ProbeSettings
 
-from ._inbound import raw
+from .inbound import raw
 
 __all__ = ["Signature"]
 

@@ -9,7 +9,7 @@ import logging
 import re
 from pathlib import Path
 
-from agent.sdk import Clock, InboundRequest, StateFile
+from agent.sdk import Clock, InboundRequest, Refusal, RefusalKind, StateFile
 
 __all__ = ["LastSeen", "content_type_problem", "printable", "raw", "token_problem"]
 
@@ -39,14 +39,17 @@ def raw(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def content_type_problem(request: InboundRequest, allowed: tuple[str, ...]) -> str | None:
+def content_type_problem(request: InboundRequest, allowed: tuple[str, ...]) -> Refusal | None:
     """Why the request's content type is not one of ``allowed`` (``*/*`` allows any), or None."""
     if not allowed or "*/*" in allowed or not request.body:
         return None
     given = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if given in allowed:
         return None
-    return f"content type {given or 'none'!r} is not accepted (expected {', '.join(allowed)})"
+    expected = ", ".join(allowed)
+    return Refusal(
+        RefusalKind.CONTENT_TYPE, f"content type {given or 'none'!r} is not accepted (expected {expected})"
+    )
 
 
 def printable(text: str, limit: int = 200) -> str:

@@ -1,0 +1,217 @@
+"""The one map from library exceptions to a run's ``Reason`` and message, as httpcore's
+``_exceptions.map_exceptions`` is for httpcore: every probe translates what its library raised here,
+so that the same failure reads the same in every probe type.
+
+Order matters where the classes nest: a certificate error is an ``ssl.SSLError`` is an ``OSError``;
+``socket.gaierror`` is an ``OSError``; aiohttp's connector errors are ``OSError`` too::
+
+    aiohttp  ─┐                       DNS       socket.gaierror, aiohttp's DNS error, dnspython
+    ssl       │                       TLS       certificate, handshake, a close during the handshake
+    OSError   ├─► map_exception ─►    TIMEOUT   asyncio/builtin timeouts, dnspython's, gRPC deadlines
+    asyncio   │   (reason, message)   CONNECT   refused, unreachable, reset; ICMP not sendable
+    dnspython │                       PROTOCOL  malformed responses, invalid URLs, other gRPC codes
+    grpc      │                       AUTH / RATE_LIMITED  gRPC's UNAUTHENTICATED, RESOURCE_EXHAUSTED
+    icmplib  ─┘                       INTERNAL  anything else: a bug, not the target's fault
+
+Messages are built from parts that cannot carry a request's URL (a secret in a query string must
+not leave percent-encoded, where redaction would not find it); callers still redact them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import sys
+from pathlib import Path
+
+import aiohttp
+import dns.exception
+import icmplib
+from aiohttp.http_exceptions import LineTooLong
+
+from agent.config.secrets import redact_url
+from agent.sdk.reasons import Reason
+
+__all__ = ["cancellation", "map_exception"]
+
+_PING_GROUPS = Path("/proc/sys/net/ipv4/ping_group_range")
+
+# gRPC status codes by name (grpc is an optional extra, so it is not imported here).
+_GRPC_REASONS = {
+    "UNAUTHENTICATED": Reason.AUTH,
+    "PERMISSION_DENIED": Reason.AUTH,
+    "DEADLINE_EXCEEDED": Reason.TIMEOUT,
+    "RESOURCE_EXHAUSTED": Reason.RATE_LIMITED,
+    "NOT_FOUND": Reason.ASSERTION,
+}
+
+
+def map_exception(
+    exc: BaseException,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    handshake: bool = False,
+) -> tuple[Reason, str]:
+    """The reason and message for ``exc``, raised while talking to ``host:port``.
+
+    ``handshake`` says the connection was already up and a TLS handshake was running, so that a
+    connection closed by the peer is a TLS failure, not a connect failure.
+    """
+    where = host if port is None else (f"[{host}]:{port}" if host and ":" in host else f"{host}:{port}")
+    for translate in (_aiohttp, _grpc, _dnspython, _icmplib):
+        found = translate(exc, host, where)
+        if found is not None:
+            return found
+    return _socket(exc, host, where, handshake)
+
+
+def cancellation() -> tuple[str, str]:
+    """The ``error.type`` and message for a span whose work a cancellation cut short.
+
+    While the agent runs, the only cancellation a probe sees is its run's timeout (the scheduler's
+    cancel scope); the other, the agent stopping, abandons the run, whose own span says so. From
+    inside the run the two cannot be told apart (both cancel the task through a scope), so a cut
+    request is reported as the timeout it almost always is.
+    """
+    return Reason.TIMEOUT.value, "timed out: the run's timeout cut the request short"
+
+
+def _aiohttp(exc: BaseException, host: str | None, where: str | None) -> tuple[Reason, str] | None:
+    if not isinstance(exc, aiohttp.ClientError) and _line_too_long(exc) is None:
+        return None
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return Reason.DNS, f"DNS lookup of {exc.host} failed: {_os_message(exc.os_error)}"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cert_error = exc.certificate_error
+        detail = getattr(cert_error, "verify_message", None) or str(cert_error)
+        return Reason.TLS, f"TLS certificate of {exc.host} rejected: {detail}"
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return Reason.TLS, f"TLS handshake failed: {_ssl_message(exc)}"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return Reason.TIMEOUT, "timed out while connecting"
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return Reason.TIMEOUT, "timed out waiting for the response"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return Reason.CONNECT, f"cannot connect to {exc.host}:{exc.port}: {_os_message(exc.os_error)}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return Reason.PROTOCOL, "the server closed the connection without a complete response"
+    # From here on the library's own text may carry the request URL, query and all.
+    if (too_long := _line_too_long(exc)) is not None:
+        # Not the parser's words: they quote the line's first 100 bytes, and a token the target
+        # echoed there would be cut before redaction could find it.
+        return Reason.PROTOCOL, f"malformed HTTP response: {too_long}"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return Reason.PROTOCOL, f"malformed HTTP response: {_one_line(exc.message) or type(exc).__name__}"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return Reason.PROTOCOL, f"malformed HTTP response: {_one_line(_describe(exc))}"
+    if isinstance(exc, aiohttp.InvalidURL):
+        description = getattr(exc, "description", None)
+        return Reason.PROTOCOL, f"invalid URL {redact_url(str(exc.url))}" + (
+            f": {description}" if description else ""
+        )
+    return Reason.CONNECT, f"{type(exc).__name__}: {_describe(exc)}"
+
+
+def _grpc(exc: BaseException, host: str | None, where: str | None) -> tuple[Reason, str] | None:
+    grpc = sys.modules.get("grpc")  # loaded if, and only if, a gRPC call can have raised
+    if grpc is None or not isinstance(exc, grpc.aio.AioRpcError):
+        return None
+    code, details = exc.code(), exc.details() or ""
+    message = f"{code.name}: {details or 'no details'}"
+    if code.name == "UNAVAILABLE":
+        # gRPC says UNAVAILABLE for every failure to reach the server; its details alone tell
+        # which step failed (there is no typed cause to read).
+        lowered = details.lower()
+        if any(word in lowered for word in ("ssl", "handshake", "certificate", "tls")):
+            return Reason.TLS, message
+        if "dns" in lowered or "resolve" in lowered:
+            return Reason.DNS, message
+        return Reason.CONNECT, message
+    return _GRPC_REASONS.get(code.name, Reason.PROTOCOL), message
+
+
+def _dnspython(exc: BaseException, host: str | None, where: str | None) -> tuple[Reason, str] | None:
+    if not isinstance(exc, dns.exception.DNSException):
+        return None
+    if isinstance(exc, dns.exception.Timeout):
+        return Reason.TIMEOUT, f"no answer from {where}: {exc}"
+    return Reason.DNS, f"no answer from {where}: {exc}"
+
+
+def _icmplib(exc: BaseException, host: str | None, where: str | None) -> tuple[Reason, str] | None:
+    if isinstance(exc, icmplib.SocketPermissionError):
+        return Reason.CONNECT, _icmp_not_permitted()
+    if isinstance(exc, icmplib.NameLookupError):
+        return Reason.DNS, f"DNS lookup of {host} failed: {exc}"
+    if isinstance(exc, icmplib.ICMPLibError):
+        return Reason.CONNECT, f"cannot send ICMP to {host}: {exc}"
+    return None
+
+
+def _socket(exc: BaseException, host: str | None, where: str | None, handshake: bool) -> tuple[Reason, str]:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Reason.TLS, f"TLS certificate of {host} rejected: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return Reason.TLS, f"TLS handshake failed: {_ssl_message(exc)}"
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return Reason.TIMEOUT, "timed out waiting for the response"
+    if isinstance(exc, socket.gaierror):
+        return Reason.DNS, f"DNS lookup of {host} failed: {_os_message(exc)}"
+    if handshake and isinstance(exc, ConnectionError | asyncio.IncompleteReadError):
+        detail = str(exc) or type(exc).__name__
+        return Reason.TLS, f"the connection was closed during the TLS handshake ({detail})"
+    if isinstance(exc, OSError) and host is not None:
+        return Reason.CONNECT, f"cannot connect to {where}: {_os_message(exc)}"
+    if isinstance(exc, OSError):
+        return Reason.CONNECT, f"{type(exc).__name__}: {_describe(exc)}"
+    return Reason.INTERNAL, f"{type(exc).__name__}: {_describe(exc)}"
+
+
+def _line_too_long(exc: BaseException) -> str | None:
+    """What a line of the response that broke the parser's limit was, if that is the failure."""
+    cause: BaseException | None = exc
+    for _ in range(4):  # ClientResponseError ← HttpProcessingError ← LineTooLong
+        if isinstance(cause, LineTooLong):
+            limit = cause.args[1] if len(cause.args) > 1 else None
+            return f"a line longer than {limit} bytes" if isinstance(limit, int) else "a line too long"
+        if cause is None:
+            return None
+        cause = cause.__cause__
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception's text, unless it may name the request's URL (then only its kind)."""
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.InvalidURL) or hasattr(exc, "request_info"):
+        return type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+def _one_line(text: str) -> str:
+    """The parser's multi-line report (with a caret under the bad byte) on one line."""
+    lines = (line.strip() for line in str(text).splitlines())
+    return " ".join(line for line in lines if line and line.strip("^~ "))
+
+
+def _os_message(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _ssl_message(exc: BaseException) -> str:
+    inner = getattr(exc, "os_error", exc)
+    return getattr(inner, "reason", None) or str(inner)
+
+
+def _icmp_not_permitted() -> str:
+    try:
+        groups = " ".join(_PING_GROUPS.read_text().split())
+    except OSError:
+        groups = "unknown"
+    return (
+        "ICMP is not permitted to this process: unprivileged ICMP sockets need its group "
+        f"({os.getgid()}) in net.ipv4.ping_group_range (now {groups}), and raw sockets need "
+        "CAP_NET_RAW; set the sysctl (a pod's securityContext.sysctls) or add the NET_RAW capability"
+    )
