@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt bench clean
+.PHONY: run test test-fast lint fmt bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed" if sys.version_info < (3, 11) else 0)'
@@ -23,6 +23,10 @@ lint: $(STAMP)
 test: lint
 	tests/setup.sh
 	$(VENV)/bin/pytest
+
+# Seconds, no subprocess: the tests not marked slow (pyproject.toml), without lint.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -m "not slow"
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .

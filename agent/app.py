@@ -36,6 +36,7 @@ from agent.sdk.probe import Clock, ProbeContext, SystemClock
 from agent.server.inbound import Inbound, Route, inbound_checks, peer_route
 from agent.server.inbox import Inbox
 from agent.server.status import Server
+from agent.state import ProbeStates
 from agent.telemetry.providers import Telemetry, build_resource, build_telemetry
 from agent.telemetry.recorder import Recorder, Run
 
@@ -54,6 +55,8 @@ class Agent:
     server: Server
     http: HttpClientFactory
     inbox: Inbox
+    states: ProbeStates
+    """Each check's probe state; a check removed from the configuration is dropped from it."""
 
 
 def build_agent(
@@ -87,6 +90,10 @@ def build_agent(
     http = HttpClientFactory(user_agent=f"Vantage/{__version__}", resolver=resolver)
     check_log = logging.getLogger("vantage.probe")
     inbox = Inbox()
+    # Per-check state lives here, not in the probes (one instance per type serves every check);
+    # only the checks this replica runs keep any (a reload will retain() its new set the same way).
+    states = ProbeStates()
+    states.retain(entry.check.name for entry in entries)
     started, started_monotonic = clock.time(), clock.monotonic()
 
     def context(entry: CheckEntry, run: Run) -> ProbeContext:
@@ -99,6 +106,7 @@ def build_agent(
             redact=config.redactor,
             tracer=run.tracer,
             http=http,
+            state=states.of(entry.check.name),
             state_dir=settings.state_dir,
             inbox=inbox,
             public_url=settings.public_url,
@@ -129,7 +137,7 @@ def build_agent(
         # A worker serves on the socket its supervisor bound for it (agent/process/handover.py).
         sock=inherited_socket(environ),
     )
-    return Agent(config, entries, telemetry, recorder, scheduler, server, http, inbox)
+    return Agent(config, entries, telemetry, recorder, scheduler, server, http, inbox, states)
 
 
 def _inbound(

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from enum import StrEnum
 
 import anyio
 
@@ -24,28 +25,38 @@ __all__ = ["main"]
 EXIT_FAILED, EXIT_CONFIG = 1, 2
 
 
+class Command(StrEnum):
+    """The commands, by the name they are given on the command line."""
+
+    RUN = "run"
+    ONCE = "once"
+    VALIDATE = "validate"
+    PLUGINS = "plugins"
+    HEALTHCHECK = "healthcheck"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vantage", description="Synthetic monitoring of third-party integrations."
     )
     parser.add_argument("--version", action="version", version=f"vantage {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("run", help="run the agent (the default)")
-    commands.add_parser("once", help="run every check once now, print a table, exit 1 if any failed")
-    commands.add_parser("validate", help="check the configuration and exit")
-    commands.add_parser("plugins", help="list the installed probe types and their settings")
+    commands.add_parser(Command.RUN, help="run the agent (the default)")
+    commands.add_parser(Command.ONCE, help="run every check once now, print a table, exit 1 if any failed")
+    commands.add_parser(Command.VALIDATE, help="check the configuration and exit")
+    commands.add_parser(Command.PLUGINS, help="list the installed probe types and their settings")
     commands.add_parser(
-        "healthcheck",
+        Command.HEALTHCHECK,
         help="exit 0 if the agent on VANTAGE_PORT answers /healthz (for a container HEALTHCHECK)",
     )
     args = parser.parse_args(argv)
-    command = args.command or "run"
+    command = Command(args.command or Command.RUN)
 
-    if command == "plugins":
+    if command is Command.PLUGINS:
         return _plugins()
-    if command == "healthcheck":
+    if command is Command.HEALTHCHECK:
         return _healthcheck()
-    if command == "run":
+    if command is Command.RUN:
         # Until the agent's own handler is installed, a hangup must not kill it (the default
         # action): SIGHUP is logged and ignored once the agent runs.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -59,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if matched is None:
             raise
         status = _config_error(_first(matched))
-    if command == "run":
+    if command is Command.RUN:
         # Interpreter teardown would run the SDK's atexit hooks (another export, which a dead
         # backend makes wait) and join threads: a stopped agent ends here instead.
         close_logging(1.0)
@@ -68,9 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
-def _command(command: str) -> int:
+def _command(command: Command) -> int:
     config = load_config(os.environ)
-    if command == "validate":
+    if command is Command.VALIDATE:
         from agent.telemetry.providers import build_resource, build_telemetry
 
         build_telemetry(
@@ -88,7 +99,7 @@ def _command(command: str) -> int:
         )
         return 0
     configure_logging(config.settings.log_level, config.settings.log_format, config.redactor)
-    if command == "once":
+    if command is Command.ONCE:
         return _once(config)
     if config.settings.worker:
         from agent.process.workers import die_with_supervisor

@@ -1,8 +1,10 @@
 """Logging as JSON lines or text, with every known secret removed from what is written.
 
 Records are written to stderr by a daemon thread: a slow or blocked stderr (a full pipe) must never
-stall the event loop that probes, nor hold the process at exit. :func:`close_logging` gives the
-writer a bounded time to write what is queued and says how many lines it abandoned.
+stall the event loop that probes, nor hold the process at exit. When the writer falls that far
+behind, records are dropped, and the writer says so itself, once when dropping starts and once,
+with the count, when it has caught up. :func:`close_logging` gives the writer a bounded time to
+write what is queued and says how many lines it abandoned.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, TextIO
 
 from agent.config.secrets import Redactor
 
-__all__ = ["close_logging", "configure_logging", "dropped_records"]
+__all__ = ["close_logging", "configure_logging"]
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 _QUEUE_SIZE = 10_000
@@ -84,22 +86,54 @@ class _QueueHandler(logging.Handler):
 
 
 class _Writer(threading.Thread):
-    """Writes queued records to the stream until it reads the end marker (``None``)."""
+    """Writes queued records to the stream until it reads the end marker (``None``), and says when
+    ``handler`` starts dropping records and how many it dropped once the writer has caught up."""
 
     def __init__(
-        self, records: queue.Queue[logging.LogRecord | None], stream: TextIO, fmt: logging.Formatter
+        self,
+        records: queue.Queue[logging.LogRecord | None],
+        stream: TextIO,
+        fmt: logging.Formatter,
+        handler: _QueueHandler,
     ) -> None:
         super().__init__(name="vantage-log-writer", daemon=True)
-        self.records, self.stream, self.formatter = records, stream, fmt
+        self.records, self.stream, self.formatter, self.handler = records, stream, fmt, handler
+        self.reported = 0  # records dropped before the current episode, already reported
+        self.dropping = False
 
     def run(self) -> None:
         while (record := self.records.get()) is not None:
-            try:
-                self.stream.write(self.formatter.format(record) + "\n")
-                if self.records.empty():
-                    self.stream.flush()
-            except Exception:  # a closed or broken stderr loses lines, never the writer
-                continue
+            self._write(record)
+            self._report_drops()
+
+    def _write(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.formatter.format(record) + "\n")
+            if self.records.empty():
+                self.stream.flush()
+        except Exception:  # a closed or broken stderr loses lines, never the writer
+            return
+
+    def _report_drops(self) -> None:
+        # Written here, not queued: while records are dropped the queue has no room for the notice.
+        dropped = self.handler.dropped - self.reported
+        if dropped and not self.dropping:
+            self.dropping = True
+            self._write(
+                _notice(f"log lines are being dropped: more than {self.records.maxsize} wait for stderr")
+            )
+        if self.dropping and self.records.empty():
+            self.dropping, self.reported = False, self.reported + dropped
+            self._write(
+                _notice(f"{dropped} log lines were dropped while stderr was behind; it has caught up")
+            )
+
+
+def _notice(message: str) -> logging.LogRecord:
+    """A record of the log's own, made in the writer thread."""
+    return logging.makeLogRecord(
+        {"name": "vantage.logs", "levelno": logging.WARNING, "levelname": "WARNING", "msg": message}
+    )
 
 
 _handler: _QueueHandler | None = None
@@ -109,7 +143,7 @@ _writer: _Writer | None = None
 def configure_logging(level: str, fmt: str, redactor: Redactor) -> None:
     """Send all logs to stderr in ``fmt`` (``json`` or ``text``), redacted.
 
-    At most 10,000 records wait for the writer; beyond that they are dropped and counted.
+    At most 10,000 records wait for the writer; beyond that they are dropped, and the log says so.
     """
     global _handler, _writer
     close_logging(1.0)
@@ -118,19 +152,14 @@ def configure_logging(level: str, fmt: str, redactor: Redactor) -> None:
         # (`vantage once` prints its table and returns): give it a bounded time to write them.
         atexit.register(close_logging, _EXIT_WAIT)
     records: queue.Queue[logging.LogRecord | None] = queue.Queue(maxsize=_QUEUE_SIZE)
-    _writer = _Writer(records, sys.stderr, _Formatter(redactor, fmt == "json"))
-    _writer.start()
     _handler = _QueueHandler(records)
+    _writer = _Writer(records, sys.stderr, _Formatter(redactor, fmt == "json"), _handler)
+    _writer.start()
     root = logging.getLogger()
     root.handlers[:] = [_handler]
     root.setLevel(level.upper())
     # aiohttp's access log would log every probe of /metrics; keep it to warnings.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-
-
-def dropped_records() -> int:
-    """Log records dropped because the writer had fallen behind."""
-    return _handler.dropped if _handler is not None else 0
 
 
 def close_logging(timeout: float) -> int:

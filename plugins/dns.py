@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
+from enum import StrEnum
 from typing import Literal
 
 import dns.asyncquery
@@ -39,15 +40,28 @@ __all__ = ["DnsProbe", "DnsSettings"]
 RecordType = Literal["A", "AAAA", "CNAME", "MX", "TXT", "NS", "SOA", "SRV", "CAA", "PTR"]
 
 
+class AnswerOp(StrEnum):
+    """How an answer rule compares the answers with its values."""
+
+    CONTAINS = "contains"
+    """Each value (a regular expression) is found in some answer."""
+    EQUALS = "equals"
+    """The answers are exactly the values, in any order, compared literally."""
+    MATCHES = "matches"
+    """Every answer is found by some value (a regular expression)."""
+    NOT_MATCHES = "not_matches"
+    """No answer is found by any value (a regular expression)."""
+
+
 class AnswerRule(ProbeSettings):
     """A rule on the answer section, each record as text (``10 mx1.example.``)."""
 
-    op: Literal["contains", "equals", "matches", "not_matches"]
+    op: AnswerOp
     value: str | list[str]
 
     @model_validator(mode="after")
     def _regex(self) -> AnswerRule:
-        if self.op == "equals":
+        if self.op is AnswerOp.EQUALS:
             return self  # compared literally: any text is a valid value
         for item in [self.value] if isinstance(self.value, str) else self.value:
             try:
@@ -183,12 +197,13 @@ def _server(server: str | None) -> tuple[str, int]:
 def _judge(rule: AnswerRule, answers: list[str]) -> str | None:
     values = [rule.value] if isinstance(rule.value, str) else rule.value
     shown = ", ".join(answers) or "no answers"
-    if rule.op == "contains" and not all(any(re.search(v, a) for a in answers) for v in values):
-        return f"the answers ({shown}) do not contain {values}"
-    if rule.op == "equals" and sorted(answers) != sorted(values):
-        return f"the answers ({shown}) are not {values}"
-    if rule.op == "matches" and not all(any(re.search(v, a) for v in values) for a in answers):
-        return f"not every answer ({shown}) matches {values}"
-    if rule.op == "not_matches" and any(re.search(v, a) for v in values for a in answers):
-        return f"an answer ({shown}) matches {values}"
+    match rule.op:
+        case AnswerOp.CONTAINS if not all(any(re.search(v, a) for a in answers) for v in values):
+            return f"the answers ({shown}) do not contain {values}"
+        case AnswerOp.EQUALS if sorted(answers) != sorted(values):
+            return f"the answers ({shown}) are not {values}"
+        case AnswerOp.MATCHES if not all(any(re.search(v, a) for v in values) for a in answers):
+            return f"not every answer ({shown}) matches {values}"
+        case AnswerOp.NOT_MATCHES if any(re.search(v, a) for v in values for a in answers):
+            return f"an answer ({shown}) matches {values}"
     return None

@@ -8,6 +8,7 @@ listed as unavailable by ``vantage plugins`` and a check that uses it fails vali
 from __future__ import annotations
 
 import ipaddress
+from enum import StrEnum
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -22,6 +23,7 @@ from agent.sdk import (
     ProbeSettings,
     Reason,
     Sample,
+    SpanHandle,
     TLSOptions,
 )
 
@@ -38,7 +40,14 @@ except ImportError as exc:  # pragma: no cover - exercised by a test in a proces
 
 __all__ = ["GrpcProbe", "GrpcSettings"]
 
-SERVING_STATUSES = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
+
+class ServingStatus(StrEnum):
+    """The serving statuses of ``grpc.health.v1.HealthCheckResponse``, by their protocol names."""
+
+    UNKNOWN = "UNKNOWN"
+    SERVING = "SERVING"
+    NOT_SERVING = "NOT_SERVING"
+    SERVICE_UNKNOWN = "SERVICE_UNKNOWN"
 
 
 class GrpcSettings(ProbeSettings):
@@ -103,15 +112,8 @@ class GrpcProbe(Probe[GrpcSettings]):
         }
         ctx.stage = f"waiting for the health of {settings.service or 'the server'} from {host}:{port}"
         span = ctx.tracer.start_span("grpc.health.v1.Health/Check", client=True, attributes=attributes)
-        metadata = [(key.lower(), value) for key, value in settings.metadata.items()]
         try:
-            async with _channel(address, host, port, settings) as channel:
-                stub = health_pb2_grpc.HealthStub(channel)
-                response = await stub.Check(
-                    health_pb2.HealthCheckRequest(service=settings.service),
-                    timeout=check.timeout,
-                    metadata=metadata,
-                )
+            response = await _health_check(address, host, port, settings, check.timeout)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             phases["check"] = clock.monotonic() - started - phases["resolve"]
@@ -120,48 +122,76 @@ class GrpcProbe(Probe[GrpcSettings]):
             span.set_attribute("rpc.grpc.status_code", code.value[0])
             span.fail(code.name, ctx.redact(message))
             span.end()
-            samples = _statuses("SERVICE_UNKNOWN" if code is grpc.StatusCode.NOT_FOUND else None)
+            known = ServingStatus.SERVICE_UNKNOWN if code is grpc.StatusCode.NOT_FOUND else None
             return ProbeResult.failure(
                 reason,
                 ctx.redact(message),
                 phases=phases,
                 values=values,
-                samples=samples,
+                samples=_statuses(known),
                 attributes=attributes,
             )
         except BaseException as exc:
-            # Cancelled (the run's timeout, or the agent stopping), or a bug: the span still ends.
-            if isinstance(exc, Exception):
-                span.fail(Reason.INTERNAL.value, type(exc).__name__)
-            else:
-                span.fail(*cancellation())
-            span.end()
+            _end_interrupted(span, exc)
             raise
         span.set_attribute("rpc.grpc.status_code", 0)
         span.end()
         phases["check"] = clock.monotonic() - started - phases["resolve"]
         values["probe.grpc.status_code"] = 0.0
-        status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-        result = ProbeResult(
-            success=status == "SERVING",
-            reason=None if status == "SERVING" else Reason.ASSERTION,
-            message="" if status == "SERVING" else f"{settings.service or 'the server'} is {status}",
-            phases=phases,
-            values=values,
-            samples=_statuses(status),
-            attributes={**attributes, "vantage.grpc.serving_status": status},
+        status = ServingStatus(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+        return _judge(status, settings, phases, values, attributes)
+
+
+async def _health_check(address: str, host: str, port: int, settings: GrpcSettings, deadline: float) -> Any:
+    """One ``Health/Check`` call on a fresh channel, given ``deadline`` seconds (the check's timeout)."""
+    metadata = [(key.lower(), value) for key, value in settings.metadata.items()]
+    async with _channel(address, host, port, settings) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return await stub.Check(
+            health_pb2.HealthCheckRequest(service=settings.service),
+            timeout=deadline,
+            metadata=metadata,
         )
-        return result
 
 
-def _statuses(current: str | None) -> tuple[Sample, ...]:
+def _end_interrupted(span: SpanHandle, exc: BaseException) -> None:
+    """End the call's span when the run is cancelled (its timeout, or the agent stopping) or a
+    bug raised: a span is never left open."""
+    if isinstance(exc, Exception):
+        span.fail(Reason.INTERNAL.value, type(exc).__name__)
+    else:
+        span.fail(*cancellation())
+    span.end()
+
+
+def _judge(
+    status: ServingStatus,
+    settings: GrpcSettings,
+    phases: dict[str, float],
+    values: dict[str, float],
+    attributes: dict[str, AttributeValue],
+) -> ProbeResult:
+    """A call that was answered: success only when the server says ``SERVING``."""
+    serving = status is ServingStatus.SERVING
+    return ProbeResult(
+        success=serving,
+        reason=None if serving else Reason.ASSERTION,
+        message="" if serving else f"{settings.service or 'the server'} is {status}",
+        phases=phases,
+        values=values,
+        samples=_statuses(status),
+        attributes={**attributes, "vantage.grpc.serving_status": status.value},
+    )
+
+
+def _statuses(current: ServingStatus | None) -> tuple[Sample, ...]:
     return tuple(
         Sample(
             "probe.grpc.healthcheck_response",
-            1.0 if status == current else 0.0,
-            {"serving_status": status},
+            1.0 if status is current else 0.0,
+            {"serving_status": status.value},
         )
-        for status in SERVING_STATUSES
+        for status in ServingStatus
     )
 
 

@@ -115,8 +115,8 @@ def read_ping(request: InboundRequest) -> Ping | str:
 
 @dataclass
 class _PingsSeen:
-    """The pings a heartbeat check has seen, kept between its runs: the inbox cursor, the last
-    ping's time and what it reported."""
+    """The pings a heartbeat check has seen, kept between its runs in the check's ``ctx.state``:
+    the inbox cursor, the last ping's time and what it reported."""
 
     cursor: int
     last: LastSeen
@@ -143,9 +143,6 @@ class HeartbeatProbe(Probe[HeartbeatSettings]):
         ),
     )
 
-    def __init__(self) -> None:
-        self._trackers: dict[str, _PingsSeen] = {}
-
     def validate_target(self, target: str) -> None:
         if not target.strip():
             raise ValueError("the target describes the job that pings")
@@ -163,13 +160,14 @@ class HeartbeatProbe(Probe[HeartbeatSettings]):
         if ctx.inbox is None:
             return ProbeResult.failure(Reason.INTERNAL, "this agent has no inbox for heartbeats")
         clock = ctx.clock
-        tracker = self._trackers.get(check.name)
-        if tracker is None:
+
+        def first_seen() -> _PingsSeen:
             # Ages are measured on the monotonic clock, so that a step of the wall clock (NTP, a
             # resumed VM) raises no false "stale".
-            started = ctx.started_monotonic
             seen = LastSeen(ctx.state_dir, "heartbeat", check.name, clock)
-            tracker = self._trackers[check.name] = _PingsSeen(0, seen, started)
+            return _PingsSeen(0, seen, ctx.started_monotonic)
+
+        tracker = ctx.state.get(_PingsSeen, first_seen)
         samples: list[Sample] = []
         for delivery in ctx.inbox.after(check.name, tracker.cursor):
             tracker.cursor = delivery.sequence

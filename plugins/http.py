@@ -6,6 +6,8 @@ Metric names follow blackbox_exporter's http prober so that its dashboards keep 
 from __future__ import annotations
 
 import json
+import weakref
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +21,7 @@ from agent.sdk import (
     Duration,
     Event,
     HttpClient,
+    HttpExchange,
     HttpFailure,
     MetricKind,
     MetricSpec,
@@ -34,8 +37,8 @@ from agent.sdk import (
     format_duration,
 )
 
-from ._toolkit.auth import TOKEN_EXPIRY, Auth, AuthFailure, TokenCache, authorize
-from ._toolkit.headers import Lifecycle, RateLimitNames, parse_lifecycle, parse_ratelimit
+from ._toolkit.auth import TOKEN_EXPIRY, Auth, AuthFailure, Credential, TokenCache, authorize
+from ._toolkit.headers import Lifecycle, RateLimit, RateLimitNames, parse_lifecycle, parse_ratelimit
 from ._toolkit.openapi import OpenAPIDocument, load_document, parse_document
 from ._toolkit.schema import DriftTracker
 from ._toolkit.tls import TLS_METRICS, tls_values
@@ -58,7 +61,7 @@ class OpenAPI(ProbeSettings):
     """Validate responses against their operation's schema in an OpenAPI 3.x document."""
 
     document: str
-    """A file path, or an http(s) URL fetched once and cached."""
+    """A file path, or an http(s) URL fetched once and kept while a check uses it."""
     operation: str | None = None
     """The path template (``/v1/charges/{id}``) when the target's path does not match one."""
 
@@ -180,6 +183,64 @@ class HttpProbe(Probe[HttpSettings]):
         ),
     )
 
+    def __init__(self) -> None:
+        # Shared by the checks that name the same document URL, and holding only what a live
+        # check holds: each check keeps its document in its own ctx.state (_HeldDocument), so a
+        # document goes with the last check that uses it. Nothing here is keyed by check name.
+        self._documents: weakref.WeakValueDictionary[str, OpenAPIDocument] = weakref.WeakValueDictionary()
+
+    def validate_target(self, target: str) -> None:
+        validate_http_url(target)
+
+    async def run(self, check: Check, settings: HttpSettings, ctx: ProbeContext) -> ProbeResult:
+        """One request, then the findings on its response, the first failing one deciding:
+
+        1. no credentials (``auth``, or ``rate_limited`` from the token endpoint), no response;
+        2. the shared verdict on status, credentials, 429 and assertions (``_toolkit/verdict.py``);
+        3. the rate-limit quota under ``fail_if_ratelimit_below`` (``rate_limited``);
+        4. the OpenAPI schema (``schema``), fetched and checked only while nothing failed;
+        5. schema drift (``schema`` when ``fail``), counted and noted whatever came before;
+        6. a sunset within ``fail_if_sunset_within`` (``assertion``).
+        """
+        tokens = ctx.state.get(TokenCache)
+        sent = await _send(check, settings, ctx, tokens)
+        if isinstance(sent, ProbeResult):
+            return sent
+        exchange, credential = sent
+        response = _Response.read(exchange, credential, settings, ctx)
+        outcomes = tuple(assertion.evaluate(response.subject) for assertion in settings.assertions)
+        judged = judge(
+            exchange, ctx, tokens, assertions=settings.assertions, outcomes=outcomes, quota=response.quota
+        )
+        finding = _found(judged.reason, judged.message) or _quota_finding(settings, response.quota)
+        if finding is None and settings.openapi is not None:
+            finding = await self._openapi_finding(settings, response, ctx)
+        drifted = _drift_finding(check, settings, response, ctx)  # counted even after a failure
+        finding = finding or drifted or _sunset_finding(settings, response.lifecycle, ctx.clock.time())
+        reason, message = finding or (None, "")
+        return ProbeResult(
+            success=reason is None,
+            reason=reason,
+            message=ctx.redact(message),
+            phases=exchange.phases,
+            values=response.values,
+            samples=response.samples,
+            attributes=response.attributes,
+            assertions=outcomes,
+            events=response.events,
+            retry_after=judged.retry_after,
+        )
+
+    async def _openapi_finding(
+        self, settings: HttpSettings, response: _Response, ctx: ProbeContext
+    ) -> _Finding | None:
+        exchange = response.exchange
+        async with ctx.http(settings.tls, fresh=settings.fresh_connection) as client:
+            problem = await self._openapi_problem(
+                settings, exchange.method, exchange.url.path, response.subject, client, ctx
+            )
+        return (Reason.SCHEMA, problem) if problem else None
+
     async def _openapi_problem(
         self,
         settings: HttpSettings,
@@ -192,7 +253,8 @@ class HttpProbe(Probe[HttpSettings]):
         """Why the response does not match its OpenAPI schema, or None."""
         spec = settings.openapi
         assert spec is not None
-        document = spec._parsed or self._documents.get(spec.document)
+        held = ctx.state.get(_HeldDocument)
+        document = spec._parsed or held.document(spec.document) or self._documents.get(spec.document)
         if document is None:
             try:
                 with ctx.step("openapi document"):
@@ -201,6 +263,8 @@ class HttpProbe(Probe[HttpSettings]):
                 detail = exc.message if isinstance(exc, HttpFailure) else str(exc)
                 return f"the OpenAPI document could not be had: {detail}"
             self._documents[spec.document] = document
+        if spec._parsed is None:
+            held.keep(spec.document, document)
         template = spec.operation or document.template_for(path, method)
         if template is None or method.lower() not in document.document["paths"].get(template, {}):
             return f"no operation in the OpenAPI document matches {method} {spec.operation or path}"
@@ -216,54 +280,92 @@ class HttpProbe(Probe[HttpSettings]):
             else None
         )
 
-    def validate_target(self, target: str) -> None:
-        validate_http_url(target)
+
+_Finding = tuple[Reason, str]
+"""A reason the run fails, and the words for it."""
+
+
+def _found(reason: Reason | None, message: str) -> _Finding | None:
+    return (reason, message) if reason is not None else None
+
+
+class _HeldDocument:
+    """The OpenAPI document (from a URL) a check validates against, kept in its ``ctx.state``."""
 
     def __init__(self) -> None:
-        self._tokens = TokenCache()
-        self._drift = DriftTracker()
-        self._documents: dict[str, OpenAPIDocument] = {}
+        self.url: str | None = None
+        self.parsed: OpenAPIDocument | None = None
 
-    async def run(self, check: Check, settings: HttpSettings, ctx: ProbeContext) -> ProbeResult:
-        headers = dict(settings.headers)
-        params: dict[str, str | list[str]] = dict(settings.query)
-        if settings.origin:
-            headers["Origin"] = settings.origin
-        data = settings.body
-        if settings.json_body is not None:
-            data = json.dumps(settings.json_body)
-            headers.setdefault("Content-Type", "application/json")
-        async with ctx.http(
-            settings.tls, fresh=settings.fresh_connection, ip_family=settings.ip_family
-        ) as client:
-            try:
-                credential = await authorize(settings.auth, client, ctx, self._tokens)
-            except AuthFailure as failure:
-                return ProbeResult.failure(
-                    failure.reason, failure.message, phases=failure.phases, retry_after=failure.retry_after
-                )
-            headers |= credential.headers
-            params |= credential.params
-            try:
-                exchange = await client.request(
-                    settings.method,
-                    check.target,
-                    headers=headers,
-                    params=params,
-                    data=data,
-                    follow_redirects=settings.follow_redirects,
-                    max_redirects=settings.max_redirects,
-                    max_body=int(settings.max_body),
-                )
-            except HttpFailure as failure:
-                # As blackbox_exporter does: no response means status code 0, not the last one seen.
-                return ProbeResult.failure(
-                    failure.reason,
-                    failure.message,
-                    phases=failure.phases,
-                    values={"probe.http.status_code": 0, "probe.http.ssl": 0},
-                )
+    def document(self, url: str) -> OpenAPIDocument | None:
+        return self.parsed if url == self.url else None
 
+    def keep(self, url: str, document: OpenAPIDocument) -> None:
+        self.url, self.parsed = url, document
+
+
+async def _send(
+    check: Check, settings: HttpSettings, ctx: ProbeContext, tokens: TokenCache
+) -> tuple[HttpExchange, Credential] | ProbeResult:
+    """The response and the credential it was asked with, or the result of a run that got none."""
+    headers = dict(settings.headers)
+    params: dict[str, str | list[str]] = dict(settings.query)
+    if settings.origin:
+        headers["Origin"] = settings.origin
+    data = settings.body
+    if settings.json_body is not None:
+        data = json.dumps(settings.json_body)
+        headers.setdefault("Content-Type", "application/json")
+    async with ctx.http(
+        settings.tls, fresh=settings.fresh_connection, ip_family=settings.ip_family
+    ) as client:
+        try:
+            credential = await authorize(settings.auth, client, ctx, tokens)
+        except AuthFailure as failure:
+            return ProbeResult.failure(
+                failure.reason, failure.message, phases=failure.phases, retry_after=failure.retry_after
+            )
+        headers |= credential.headers
+        params |= credential.params
+        try:
+            exchange = await client.request(
+                settings.method,
+                check.target,
+                headers=headers,
+                params=params,
+                data=data,
+                follow_redirects=settings.follow_redirects,
+                max_redirects=settings.max_redirects,
+                max_body=int(settings.max_body),
+            )
+        except HttpFailure as failure:
+            # As blackbox_exporter does: no response means status code 0, not the last one seen.
+            return ProbeResult.failure(
+                failure.reason,
+                failure.message,
+                phases=failure.phases,
+                values={"probe.http.status_code": 0, "probe.http.ssl": 0},
+            )
+    return exchange, credential
+
+
+@dataclass(slots=True)
+class _Response:
+    """A response as the run reports it: its metrics, samples, attributes and events, its quota
+    and lifecycle headers, and the subject its assertions read."""
+
+    exchange: HttpExchange
+    subject: Subject
+    quota: RateLimit
+    lifecycle: Lifecycle
+    values: dict[str, float]
+    samples: tuple[Sample, ...]
+    attributes: dict[str, AttributeValue]
+    events: tuple[Event, ...]
+
+    @classmethod
+    def read(
+        cls, exchange: HttpExchange, credential: Credential, settings: HttpSettings, ctx: ProbeContext
+    ) -> _Response:
         values: dict[str, float] = {
             "probe.http.status_code": exchange.status,
             "probe.http.content_length": exchange.content_length,
@@ -275,13 +377,12 @@ class HttpProbe(Probe[HttpSettings]):
         if exchange.tls:
             tls_metrics, samples = tls_values(exchange.tls)
             values.update(tls_metrics)
-        attributes = {
+        attributes: dict[str, AttributeValue] = {
             "http.response.status_code": exchange.status,
             "vantage.http.redirects": exchange.redirects,
         }
         if exchange.truncated:
             attributes["vantage.http.body_truncated"] = True
-
         if credential.expires_at is not None:
             values["probe.auth.token_expiry_timestamp"] = credential.expires_at
         names = settings.ratelimit_headers
@@ -299,11 +400,9 @@ class HttpProbe(Probe[HttpSettings]):
         if lifecycle.sunset_at is not None:
             values["probe.api.sunset_timestamp"] = lifecycle.sunset_at
         malformed = quota.malformed + lifecycle.malformed
-        events = _lifecycle_events(lifecycle, malformed)
         samples += tuple(
             Sample("probe.http.malformed_headers", 1.0, {"header": header}) for header, _ in malformed
         )
-
         subject = Subject(
             exchange.status,
             exchange.headers,
@@ -312,72 +411,69 @@ class HttpProbe(Probe[HttpSettings]):
             exchange.truncated,
             redact=ctx.redact,
         )
-        outcomes = tuple(assertion.evaluate(subject) for assertion in settings.assertions)
-        judged = judge(
-            exchange, ctx, self._tokens, assertions=settings.assertions, outcomes=outcomes, quota=quota
-        )
-        reason, message = judged.reason, judged.message
-        threshold = settings.fail_if_ratelimit_below
-        if reason is None and threshold and quota.remaining is not None and quota.limit:
-            share = quota.remaining / quota.limit
-            if share < threshold:
-                reason = Reason.RATE_LIMITED
-                message = (
-                    f"rate-limit quota at {share:.0%} ({quota.remaining:g} of {quota.limit:g} left), "
-                    f"below fail_if_ratelimit_below ({threshold:.0%})"
-                )
-        if settings.openapi is not None and reason is None:
-            async with ctx.http(settings.tls, fresh=settings.fresh_connection) as client:
-                problem = await self._openapi_problem(
-                    settings, exchange.method, exchange.url.path, subject, client, ctx
-                )
-            if problem:
-                reason, message = Reason.SCHEMA, problem
-        if settings.schema_drift and 200 <= exchange.status < 300 and not exchange.truncated:
-            try:
-                document = subject.json()
-            except ValueError:
-                document = None
-            drift = document is not None and self._drift.check(
-                check.name, document, ctx.state_dir, settings.schema_drift.baseline_file
-            )
-            if drift:
-                values["probe.schema.drift"] = 1.0
-                events += (
-                    Event(
-                        "schema_drift",
-                        {
-                            "vantage.schema.removed": clip(", ".join(drift.removed), 1000, ctx.redact),
-                            "vantage.schema.retyped": clip(", ".join(drift.retyped), 1000, ctx.redact),
-                            "vantage.schema.added": clip(", ".join(drift.added), 1000, ctx.redact),
-                        },
-                    ),
-                )
-                if settings.schema_drift.fail and reason is None:
-                    reason, message = Reason.SCHEMA, f"the response's shape changed: {drift.describe()}"
-        window = settings.fail_if_sunset_within
-        if reason is None and window is not None and lifecycle.sunset_at is not None:
-            left = lifecycle.sunset_at - ctx.clock.time()
-            if left < window:
-                when = datetime.fromtimestamp(lifecycle.sunset_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
-                due = f"in {format_duration(round(left))}" if left > 0 else "already passed"
-                reason = Reason.ASSERTION
-                message = (
-                    f"the API sunsets on {when} ({due}), "
-                    f"within fail_if_sunset_within ({format_duration(window)})"
-                )
-        return ProbeResult(
-            success=reason is None,
-            reason=reason,
-            message=ctx.redact(message),
-            phases=exchange.phases,
-            values=values,
-            samples=samples,
-            attributes=attributes,
-            assertions=outcomes,
-            events=events,
-            retry_after=judged.retry_after,
-        )
+        events = _lifecycle_events(lifecycle, malformed)
+        return cls(exchange, subject, quota, lifecycle, values, samples, attributes, events)
+
+
+def _quota_finding(settings: HttpSettings, quota: RateLimit) -> _Finding | None:
+    """``rate_limited`` when the quota left is under ``fail_if_ratelimit_below``."""
+    threshold = settings.fail_if_ratelimit_below
+    if not threshold or quota.remaining is None or not quota.limit:
+        return None
+    share = quota.remaining / quota.limit
+    if share >= threshold:
+        return None
+    return Reason.RATE_LIMITED, (
+        f"rate-limit quota at {share:.0%} ({quota.remaining:g} of {quota.limit:g} left), "
+        f"below fail_if_ratelimit_below ({threshold:.0%})"
+    )
+
+
+def _drift_finding(
+    check: Check, settings: HttpSettings, response: _Response, ctx: ProbeContext
+) -> _Finding | None:
+    """Compare a whole 2xx JSON body's shape with the check's baseline (in its ``ctx.state``);
+    a drift is counted and noted on ``response``, and is a finding when ``fail`` is set."""
+    drift_settings, exchange = settings.schema_drift, response.exchange
+    if not drift_settings or not 200 <= exchange.status < 300 or exchange.truncated:
+        return None
+    try:
+        document = response.subject.json()
+    except ValueError:
+        return None
+    tracker = ctx.state.get(DriftTracker)
+    drift = tracker.check(check.name, document, ctx.state_dir, drift_settings.baseline_file)
+    if not drift:
+        return None
+    response.values["probe.schema.drift"] = 1.0
+    response.events += (
+        Event(
+            "schema_drift",
+            {
+                "vantage.schema.removed": clip(", ".join(drift.removed), 1000, ctx.redact),
+                "vantage.schema.retyped": clip(", ".join(drift.retyped), 1000, ctx.redact),
+                "vantage.schema.added": clip(", ".join(drift.added), 1000, ctx.redact),
+            },
+        ),
+    )
+    return (
+        (Reason.SCHEMA, f"the response's shape changed: {drift.describe()}") if drift_settings.fail else None
+    )
+
+
+def _sunset_finding(settings: HttpSettings, lifecycle: Lifecycle, now: float) -> _Finding | None:
+    """``assertion`` when the announced sunset is closer than ``fail_if_sunset_within``."""
+    window = settings.fail_if_sunset_within
+    if window is None or lifecycle.sunset_at is None:
+        return None
+    left = lifecycle.sunset_at - now
+    if left >= window:
+        return None
+    when = datetime.fromtimestamp(lifecycle.sunset_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    due = f"in {format_duration(round(left))}" if left > 0 else "already passed"
+    return Reason.ASSERTION, (
+        f"the API sunsets on {when} ({due}), within fail_if_sunset_within ({format_duration(window)})"
+    )
 
 
 async def _fetch_document(url: str, client: HttpClient) -> OpenAPIDocument:

@@ -149,9 +149,6 @@ class SyncProbe(Probe[SyncSettings]):
         MetricSpec.gauge("probe.sync.mismatched_fields", "", "Fields of the record that differ"),
     )
 
-    def __init__(self) -> None:
-        self._tokens = TokenCache()
-
     def validate_target(self, target: str) -> None:
         validate_http_url(target)
 
@@ -190,7 +187,7 @@ class SyncProbe(Probe[SyncSettings]):
     async def _read(self, check: Check, side: Side, ctx: ProbeContext, waits: list[float]) -> Any:
         async with ctx.http(side.tls) as client:
             try:
-                credential = await authorize(side.auth, client, ctx, self._tokens)
+                credential = await authorize(side.auth, client, ctx, ctx.state.get(TokenCache))
             except AuthFailure as exc:
                 if exc.retry_after is not None:
                     waits.append(exc.retry_after)
@@ -205,7 +202,7 @@ class SyncProbe(Probe[SyncSettings]):
                 )
             except HttpFailure as exc:
                 raise _SideFailed(exc.reason, exc.message) from None
-        verdict = judge(exchange, ctx, self._tokens)
+        verdict = judge(exchange, ctx, ctx.state.get(TokenCache))
         if verdict.retry_after is not None:
             waits.append(verdict.retry_after)
         if verdict.reason is not None:

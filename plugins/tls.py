@@ -24,8 +24,9 @@ import re
 import socket
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -58,19 +59,45 @@ _MAX_LINE = 8 * 1024
 _SHOWN = 200  # characters of a STARTTLS line quoted in a failure
 _VERSIONS = {"1.0": "TLS 1.0", "1.1": "TLS 1.1", "1.2": "TLS 1.2", "1.3": "TLS 1.3"}
 _ORDER = list(_VERSIONS.values())  # oldest first
+
+
+class TlsError(StrEnum):
+    """Which way a TLS check failed: the ``error`` label of ``probe_tls_error_info`` and the span's
+    ``vantage.tls.error``."""
+
+    NONE = "none"
+    DNS = "dns"
+    CONNECT = "connect"
+    STARTTLS = "starttls"
+    HANDSHAKE = "handshake"
+    VERSION = "version"
+    NOT_YET_VALID = "not_yet_valid"
+    EXPIRED = "expired"
+    HOSTNAME_MISMATCH = "hostname_mismatch"
+    UNTRUSTED = "untrusted"
+    INVALID = "invalid"
+    """Verification failed for another reason than the ones above."""
+    PIN = "pin"
+
+
 # OpenSSL's X509_V_ERR_* codes, grouped into the failures an operator acts on differently.
 _VERIFY_KINDS = {
-    9: "not_yet_valid",
-    10: "expired",
-    62: "hostname_mismatch",
-    64: "hostname_mismatch",
-    2: "untrusted",
-    18: "untrusted",
-    19: "untrusted",
-    20: "untrusted",
-    21: "untrusted",
-    27: "untrusted",
+    9: TlsError.NOT_YET_VALID,
+    10: TlsError.EXPIRED,
+    62: TlsError.HOSTNAME_MISMATCH,
+    64: TlsError.HOSTNAME_MISMATCH,
+    2: TlsError.UNTRUSTED,
+    18: TlsError.UNTRUSTED,
+    19: TlsError.UNTRUSTED,
+    20: TlsError.UNTRUSTED,
+    21: TlsError.UNTRUSTED,
+    27: TlsError.UNTRUSTED,
 }
+_VERIFY_FAILURES = frozenset(_VERIFY_KINDS.values())
+_REJECTED_CHAIN = _VERIFY_FAILURES | {TlsError.INVALID}  # a chain worth reading unverified
+_DATED = frozenset({TlsError.EXPIRED, TlsError.NOT_YET_VALID})
+# Assertions whose failure is a TLS failure (reason ``tls``), by their ``source``.
+_TLS_ASSERTIONS = {TlsError.VERSION.value: TlsError.VERSION, TlsError.PIN.value: TlsError.PIN}
 # OpenSSL reasons for a handshake that found no protocol version both sides accept.
 _VERSION_REASONS = {
     "UNSUPPORTED_PROTOCOL",
@@ -122,7 +149,7 @@ class TlsSettings(ProbeSettings):
 class _HandshakeFailed(Exception):
     """The TLS handshake (or what leads to it) failed; ``kind`` is its ``probe_tls_error_info`` label."""
 
-    def __init__(self, reason: Reason, kind: str, message: str) -> None:
+    def __init__(self, reason: Reason, kind: TlsError, message: str) -> None:
         super().__init__(message)
         self.reason, self.kind, self.message = reason, kind, message
 
@@ -162,70 +189,118 @@ class TlsProbe(Probe[TlsSettings]):
         host, port = split_host_port(check.target, 443)
         server_name = settings.tls.server_name or host
         phases: dict[str, float] = {}
-        kind = "none"
-        reason: Reason | None = None
-        message = ""
-        options = settings.tls
         try:
-            info = await _handshake(host, port, server_name, tls_context(options), settings, ctx, phases)
+            info = await _handshake(host, port, server_name, tls_context(settings.tls), settings, ctx, phases)
         except _HandshakeFailed as failed:
-            kind, reason, message = failed.kind, failed.reason, failed.message
-            info = None
-            if kind == "hostname_mismatch":
-                # OpenSSL checks the name before trust: a self-signed or untrusted certificate for
-                # another name is reported as the deeper problem, not as a name mismatch.
-                try:
-                    await _handshake(host, port, server_name, _relaxed(options, True), settings, ctx, {})
-                except _HandshakeFailed as deeper:
-                    if deeper.kind in _VERIFY_KINDS.values():
-                        kind, message = deeper.kind, f"{deeper.message}; also {message.split(': ', 1)[-1]}"
-            if kind in (*_VERIFY_KINDS.values(), "invalid"):
-                # Read the chain that failed verification, for its dates and names.
-                ctx.stage = "reading the rejected certificate chain"
-                try:
-                    unverified = await _handshake(
-                        host, port, server_name, _relaxed(options, False), settings, ctx, {}
-                    )
-                    info = replace(unverified, verified_chain=())
-                except _HandshakeFailed:
-                    pass
-        samples: list[Sample] = [Sample("probe.tls.error_info", 1.0, {"error": kind}, series="error")]
-        values: dict[str, float] = {}
-        outcomes: list[AssertionOutcome] = []
-        attributes: dict[str, AttributeValue] = {"vantage.tls.error": kind}
-        if info is not None:
-            tls_metrics, tls_samples = tls_values(info)
-            values.update(tls_metrics)
-            samples += tls_samples
-            samples.append(Sample("probe.tls.cipher_info", 1.0, {"cipher": info.cipher}, series="cipher"))
-            chain = [describe(der) for der in info.sent_chain]
-            if chain:
-                samples.append(_chain_info(chain[0]))
-                attributes.update(_attributes(chain[0], info))
-            if reason is None:
-                outcomes = _judge(settings, info, chain, ctx.clock.time())
-                broken = next((o for o in outcomes if not o.passed), None)
-                if broken is not None:
-                    reason = Reason.TLS if broken.source in ("version", "pin") else Reason.ASSERTION
-                    if broken.source in ("version", "pin"):
-                        kind = broken.source
-                        samples[0] = Sample("probe.tls.error_info", 1.0, {"error": kind}, series="error")
-                        attributes["vantage.tls.error"] = kind
-                    message = broken.message
-            elif kind in ("expired", "not_yet_valid") and chain:
-                message += _dates(chain, ctx.clock.time())
-            elif kind == "hostname_mismatch" and chain:
-                message += f" (it names {', '.join(chain[0].sans) or chain[0].subject})"
+            failed = await _deeper_failure(failed, host, port, server_name, settings, ctx)
+            rejected = await _rejected_chain(failed.kind, host, port, server_name, settings, ctx)
+            return _failed(failed, _Seen.of(rejected), phases, ctx.clock.time())
+        return _judged(settings, info, _Seen.of(info), phases, ctx.clock.time())
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """What a handshake showed of the server, verified or not: its figures, samples, span
+    attributes and the chain it sent."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    samples: tuple[Sample, ...] = ()
+    attributes: dict[str, AttributeValue] = field(default_factory=dict)
+    chain: list[Certificate] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, info: TLSInfo | None) -> _Seen:
+        if info is None:
+            return cls()
+        values, tls_samples = tls_values(info)
+        samples = [
+            *tls_samples,
+            Sample("probe.tls.cipher_info", 1.0, {"cipher": info.cipher}, series="cipher"),
+        ]
+        chain = [describe(der) for der in info.sent_chain]
+        attributes: dict[str, AttributeValue] = {}
+        if chain:
+            samples.append(_chain_info(chain[0]))
+            attributes = _attributes(chain[0], info)
+        return cls(dict(values), tuple(samples), attributes, chain)
+
+    def result(
+        self,
+        kind: TlsError,
+        reason: Reason | None,
+        message: str,
+        phases: dict[str, float],
+        outcomes: Sequence[AssertionOutcome] = (),
+    ) -> ProbeResult:
         return ProbeResult(
             success=reason is None,
             reason=reason,
             message=message,
             phases=phases,
-            values=values,
-            samples=tuple(samples),
-            attributes=attributes,
+            values=self.values,
+            samples=(
+                Sample("probe.tls.error_info", 1.0, {"error": kind.value}, series="error"),
+                *self.samples,
+            ),
+            attributes={"vantage.tls.error": kind.value, **self.attributes},
             assertions=tuple(outcomes),
         )
+
+
+async def _deeper_failure(
+    failed: _HandshakeFailed, host: str, port: int, server_name: str, settings: TlsSettings, ctx: ProbeContext
+) -> _HandshakeFailed:
+    """OpenSSL checks the name before trust: a self-signed or untrusted certificate for another
+    name is reported as the deeper problem, not as a name mismatch."""
+    if failed.kind is not TlsError.HOSTNAME_MISMATCH:
+        return failed
+    try:
+        await _handshake(host, port, server_name, _relaxed(settings.tls, True), settings, ctx, {})
+    except _HandshakeFailed as deeper:
+        if deeper.kind in _VERIFY_FAILURES:
+            also = failed.message.split(": ", 1)[-1]
+            return _HandshakeFailed(failed.reason, deeper.kind, f"{deeper.message}; also {also}")
+    return failed
+
+
+async def _rejected_chain(
+    kind: TlsError, host: str, port: int, server_name: str, settings: TlsSettings, ctx: ProbeContext
+) -> TLSInfo | None:
+    """The chain that failed verification, read again without verifying, for its dates and names."""
+    if kind not in _REJECTED_CHAIN:
+        return None
+    ctx.stage = "reading the rejected certificate chain"
+    try:
+        unverified = await _handshake(
+            host, port, server_name, _relaxed(settings.tls, False), settings, ctx, {}
+        )
+    except _HandshakeFailed:
+        return None
+    return replace(unverified, verified_chain=())
+
+
+def _failed(failed: _HandshakeFailed, seen: _Seen, phases: dict[str, float], now: float) -> ProbeResult:
+    """A handshake that failed, its message told with what the rejected chain shows."""
+    message = failed.message
+    if seen.chain and failed.kind in _DATED:
+        message += _dates(seen.chain, now)
+    elif seen.chain and failed.kind is TlsError.HOSTNAME_MISMATCH:
+        message += f" (it names {', '.join(seen.chain[0].sans) or seen.chain[0].subject})"
+    return seen.result(failed.kind, failed.reason, message, phases)
+
+
+def _judged(
+    settings: TlsSettings, info: TLSInfo, seen: _Seen, phases: dict[str, float], now: float
+) -> ProbeResult:
+    """A verified handshake held to the check's assertions; the first that fails decides."""
+    outcomes = _judge(settings, info, seen.chain, now)
+    broken = next((o for o in outcomes if not o.passed), None)
+    if broken is None:
+        return seen.result(TlsError.NONE, None, "", phases, outcomes)
+    kind = _TLS_ASSERTIONS.get(broken.source)
+    if kind is None:
+        return seen.result(TlsError.NONE, Reason.ASSERTION, broken.message, phases, outcomes)
+    return seen.result(kind, Reason.TLS, broken.message, phases, outcomes)
 
 
 async def _handshake(
@@ -243,7 +318,7 @@ async def _handshake(
     try:
         addresses = await resolve(host, port, settings.ip_family)
     except ResolveFailed as exc:
-        raise _HandshakeFailed(exc.reason, "dns", exc.message) from None
+        raise _HandshakeFailed(exc.reason, TlsError.DNS, exc.message) from None
     phases["resolve"], mark = clock.monotonic() - mark, clock.monotonic()
     ctx.stage = f"connecting to {host}:{port}"
     reader, writer = await _connect(addresses, host, port)
@@ -257,19 +332,19 @@ async def _handshake(
         try:
             await writer.start_tls(context, server_hostname=server_name)
         except ssl.SSLCertVerificationError as exc:
-            kind = _VERIFY_KINDS.get(exc.verify_code, "invalid")
+            kind = _VERIFY_KINDS.get(exc.verify_code, TlsError.INVALID)
             raise _mapped(exc, kind, server_name) from None
         except ssl.SSLError as exc:
             if exc.reason in _VERSION_REASONS:
                 raise _HandshakeFailed(
                     Reason.TLS,
-                    "version",
+                    TlsError.VERSION,
                     f"no TLS version both sides accept ({exc.reason}; this client accepts "
                     f"{_name(context.minimum_version)} and newer)",
                 ) from None
-            raise _mapped(exc, "handshake", server_name) from None
+            raise _mapped(exc, TlsError.HANDSHAKE, server_name) from None
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            raise _mapped(exc, "handshake", server_name, handshake=True) from None
+            raise _mapped(exc, TlsError.HANDSHAKE, server_name, handshake=True) from None
         phases["handshake"] = clock.monotonic() - mark
         ssl_object = writer.get_extra_info("ssl_object")
         return tls_info(ssl_object)
@@ -294,12 +369,14 @@ async def _connect(
             continue
         return await asyncio.open_connection(sock=sock, limit=_MAX_LINE)
     if problem is None:
-        raise _HandshakeFailed(Reason.CONNECT, "connect", f"cannot connect to {host}:{port}: no address")
-    raise _mapped(problem, "connect", host, port)
+        raise _HandshakeFailed(
+            Reason.CONNECT, TlsError.CONNECT, f"cannot connect to {host}:{port}: no address"
+        )
+    raise _mapped(problem, TlsError.CONNECT, host, port)
 
 
 def _mapped(
-    exc: BaseException, kind: str, host: str, port: int | None = None, *, handshake: bool = False
+    exc: BaseException, kind: TlsError, host: str, port: int | None = None, *, handshake: bool = False
 ) -> _HandshakeFailed:
     """The failure map's reason and message for ``exc``, with this probe's ``kind`` of error."""
     reason, message = map_exception(exc, host=host, port=port, handshake=handshake)
@@ -319,12 +396,12 @@ async def _line(reader: asyncio.StreamReader, redact: _Redact) -> str:
         line = await reader.readuntil(b"\n")
     except asyncio.LimitOverrunError:
         raise _HandshakeFailed(
-            Reason.PROTOCOL, "starttls", f"STARTTLS: a line longer than {_MAX_LINE} bytes"
+            Reason.PROTOCOL, TlsError.STARTTLS, f"STARTTLS: a line longer than {_MAX_LINE} bytes"
         ) from None
     except asyncio.IncompleteReadError as exc:
         got = _quoted(exc.partial.decode("utf-8", "replace"), redact)
         raise _HandshakeFailed(
-            Reason.PROTOCOL, "starttls", f"STARTTLS: the server closed the connection ({got})"
+            Reason.PROTOCOL, TlsError.STARTTLS, f"STARTTLS: the server closed the connection ({got})"
         ) from None
     return line.decode("utf-8", "replace").rstrip("\r\n")
 
@@ -336,7 +413,9 @@ async def _smtp_reply(reader: asyncio.StreamReader, code: str, after: str, redac
         lines.append(line)
         if not line.startswith(code):
             raise _HandshakeFailed(
-                Reason.PROTOCOL, "starttls", f"STARTTLS: expected {code} {after}, got {_quoted(line, redact)}"
+                Reason.PROTOCOL,
+                TlsError.STARTTLS,
+                f"STARTTLS: expected {code} {after}, got {_quoted(line, redact)}",
             )
         if line[3:4] != "-":
             return lines
@@ -348,7 +427,7 @@ async def _smtp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reda
     extensions = await _smtp_reply(reader, "250", "after EHLO", redact)
     if not any(line[4:].strip().upper() == "STARTTLS" for line in extensions[1:]):
         raise _HandshakeFailed(
-            Reason.PROTOCOL, "starttls", "STARTTLS: the server does not offer STARTTLS after EHLO"
+            Reason.PROTOCOL, TlsError.STARTTLS, "STARTTLS: the server does not offer STARTTLS after EHLO"
         )
     writer.write(b"STARTTLS\r\n")
     await _smtp_reply(reader, "220", "after STARTTLS", redact)
@@ -359,14 +438,16 @@ async def _imap(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reda
     if not greeting.upper().startswith("* OK"):
         raise _HandshakeFailed(
             Reason.PROTOCOL,
-            "starttls",
+            TlsError.STARTTLS,
             f"STARTTLS: expected '* OK' greeting, got {_quoted(greeting, redact)}",
         )
     writer.write(b"v1 STARTTLS\r\n")
     while not (line := await _line(reader, redact)).startswith("v1 "):
         continue
     if not line.upper().startswith("V1 OK"):
-        raise _HandshakeFailed(Reason.PROTOCOL, "starttls", f"STARTTLS refused: {_quoted(line, redact)}")
+        raise _HandshakeFailed(
+            Reason.PROTOCOL, TlsError.STARTTLS, f"STARTTLS refused: {_quoted(line, redact)}"
+        )
 
 
 async def _pop3(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, redact: _Redact) -> None:
@@ -374,13 +455,13 @@ async def _pop3(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reda
     if not greeting.startswith("+OK"):
         raise _HandshakeFailed(
             Reason.PROTOCOL,
-            "starttls",
+            TlsError.STARTTLS,
             f"STARTTLS: expected '+OK' greeting, got {_quoted(greeting, redact)}",
         )
     writer.write(b"STLS\r\n")
     line = await _line(reader, redact)
     if not line.startswith("+OK"):
-        raise _HandshakeFailed(Reason.PROTOCOL, "starttls", f"STLS refused: {_quoted(line, redact)}")
+        raise _HandshakeFailed(Reason.PROTOCOL, TlsError.STARTTLS, f"STLS refused: {_quoted(line, redact)}")
 
 
 _STARTTLS = {"smtp": _smtp, "imap": _imap, "pop3": _pop3}
@@ -433,7 +514,7 @@ def _judge(
                 ok,
                 actual=info.version,
                 message=f"the server negotiated {info.version}, older than the required {wanted}",
-                source="version",
+                source=TlsError.VERSION.value,
                 op="ge",
             )
         )
@@ -458,7 +539,7 @@ def _judge(
                 actual=", ".join(sent),
                 message="no certificate the server sent matches a pinned fingerprint "
                 f"(leaf {sent[0] if sent else '-'})",
-                source="pin",
+                source=TlsError.PIN.value,
                 op="in",
             )
         )

@@ -37,7 +37,7 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -58,6 +58,7 @@ from agent.sdk import (
     Reason,
     Refusal,
     Sample,
+    StepResult,
     Subject,
     format_duration,
 )
@@ -110,7 +111,8 @@ class WebhookSettings(ProbeSettings):
 
 @dataclass
 class _DeliveriesSeen:
-    """The deliveries a webhook check has seen, kept between its runs: the inbox cursor, the last
+    """The deliveries a webhook check has seen, kept between its runs in the check's
+    ``ctx.state``: the inbox cursor, the last
     valid delivery, the run ids still awaited (late) or already delivered (duplicate), and the last
     rejection. Every time in it is on the monotonic clock."""
 
@@ -163,8 +165,7 @@ class WebhookProbe(Probe[WebhookSettings]):
     )
 
     def __init__(self) -> None:
-        self._trigger = StepRunner()
-        self._trackers: dict[str, _DeliveriesSeen] = {}
+        self._trigger = StepRunner()  # keeps nothing: a check's tokens are in its ctx.state
 
     def validate_target(self, target: str) -> None:
         if not target.strip():
@@ -182,14 +183,14 @@ class WebhookProbe(Probe[WebhookSettings]):
     async def run(self, check: Check, settings: WebhookSettings, ctx: ProbeContext) -> ProbeResult:
         if ctx.inbox is None:
             return ProbeResult.failure(Reason.INTERNAL, "this agent has no inbox for webhook deliveries")
-        tracker = self._trackers.get(check.name)
-        if tracker is None:
+
+        def first_seen() -> _DeliveriesSeen:
             # Ages are measured from the agent's start on the monotonic clock; a last delivery kept
             # on disk (wall time) is carried over to it once, here.
-            clock = ctx.clock
-            started = ctx.started_monotonic
-            seen = LastSeen(ctx.state_dir, "webhook", check.name, clock)
-            tracker = self._trackers[check.name] = _DeliveriesSeen(0, seen, started)
+            seen = LastSeen(ctx.state_dir, "webhook", check.name, ctx.clock)
+            return _DeliveriesSeen(0, seen, ctx.started_monotonic)
+
+        tracker = ctx.state.get(_DeliveriesSeen, first_seen)
         samples: list[Sample] = []
         if settings.mode == "passive":
             return self._passive(check, settings, ctx, tracker, samples)
@@ -207,101 +208,59 @@ class WebhookProbe(Probe[WebhookSettings]):
         tracker: _DeliveriesSeen,
         samples: list[Sample],
     ) -> ProbeResult:
-        assert settings.trigger is not None and ctx.inbox is not None
+        """Trigger, wait for the delivery that carries the run id, then judge it.
+
+        Where findings compete, the first in this order decides the run: the trigger failed (its
+        own reason, and its back-off); no valid delivery came (``signature`` when deliveries were
+        rejected meanwhile, else ``not_delivered``); the delivery failed an assertion; success.
+        """
+        assert settings.trigger is not None
         clock = ctx.clock
         started = clock.monotonic()
         run_id = uuid.uuid4().hex
         triggered = await self._trigger.execute(check, settings.trigger, ctx, run_id)
         samples.extend(triggered.samples)
         if not triggered.success:
-            assert triggered.reason is not None
-            return ProbeResult.failure(
-                triggered.reason,
-                f"trigger: {triggered.message}",
-                values=triggered.values,
-                samples=tuple(samples),
-                steps=triggered.steps,
-                retry_after=triggered.retry_after,  # a 429 from the vendor backs the check off
-            )
-        sent, sent_wall = clock.monotonic(), clock.time()
+            return _trigger_failed(triggered, samples)
+        sent = _Sent(run_id, clock.monotonic(), clock.time())
         wait = settings.wait if settings.wait is not None else check.timeout * 0.9
         remaining = max(0.0, wait - (clock.monotonic() - started))
-        ctx.stage = f"waiting for the webhook of run {run_id}"
-        found: Delivery | None = None
+        found, rejected = await self._wait_for_delivery(
+            check, settings, ctx, tracker, samples, sent, remaining
+        )
+        findings = _Findings(
+            dict(triggered.values), samples, {"vantage.webhook.run_id": run_id}, triggered.steps
+        )
+        if found is None:
+            _DeliveriesSeen.remember(tracker.waiting, run_id, sent.monotonic)
+            return _undelivered(findings, sent, wait, rejected)
+        return _delivered(found, settings, ctx, tracker, findings, sent)
+
+    async def _wait_for_delivery(
+        self,
+        check: Check,
+        settings: WebhookSettings,
+        ctx: ProbeContext,
+        tracker: _DeliveriesSeen,
+        samples: list[Sample],
+        sent: _Sent,
+        remaining: float,
+    ) -> tuple[Delivery | None, list[str]]:
+        """The delivery that carries the run id, if it comes within ``remaining`` seconds, and the
+        problems of the deliveries rejected meanwhile; every delivery seen is counted."""
+        assert ctx.inbox is not None
+        ctx.stage = f"waiting for the webhook of run {sent.run_id}"
         rejected: list[str] = []
         with ctx.clock.move_on_after(remaining):
-            while found is None:
+            while True:
                 for delivery in ctx.inbox.after(check.name, tracker.cursor):
                     tracker.cursor = delivery.sequence
-                    if self._classify(delivery, settings, tracker, samples, run_id) == "matched":
-                        found = delivery
-                        break
+                    if self._classify(delivery, settings, tracker, samples, sent.run_id) == "matched":
+                        return delivery, rejected
                     if delivery.problem is not None:
                         rejected.append(delivery.problem)
-                if found is None:
-                    await ctx.inbox.wait(check.name, tracker.cursor)
-        attributes: dict[str, AttributeValue] = {"vantage.webhook.run_id": run_id}
-        values = dict(triggered.values)
-        if found is None:
-            _DeliveriesSeen.remember(tracker.waiting, run_id, sent)
-            if rejected:
-                return ProbeResult.failure(
-                    Reason.SIGNATURE,
-                    f"{len(rejected)} delivery(ies) rejected while waiting, none valid: {rejected[-1]}",
-                    values=values,
-                    samples=tuple(samples),
-                    attributes=attributes,
-                    steps=triggered.steps,
-                )
-            return ProbeResult.failure(
-                Reason.NOT_DELIVERED,
-                f"no webhook carrying run id {run_id} within {format_duration(wait)} of the trigger",
-                values=values,
-                samples=tuple(samples),
-                attributes=attributes,
-                steps=triggered.steps,
-            )
-        request = found.request
-        latency = max(0.0, request.received_monotonic - sent)
-        tracker.last.update(request.received, request.received_monotonic)
-        values["probe.webhook.age"] = max(0.0, clock.monotonic() - request.received_monotonic)
-        samples.append(Sample("probe.webhook.delivery", latency, {"timing": "on_time"}))
-        attributes["vantage.webhook.latency"] = latency
-        span = ctx.tracer.start_span(
-            "webhook delivery",
-            attributes={
-                "vantage.webhook.run_id": run_id,
-                "client.address": request.remote,
-                "http.request.method": request.method,
-                "http.request.body.size": len(request.body),
-            },
-            start_time=sent_wall,
-        )
-        # Dated on the wall clock, as spans are, but as long as the latency really was.
-        span.end(sent_wall + latency)
-        subject = Subject(None, request.headers, request.body, latency, redact=ctx.redact)
-        outcomes = tuple(assertion.evaluate(subject) for assertion in settings.assertions)
-        failed = next((outcome for outcome in outcomes if not outcome.passed), None)
-        if failed is not None:
-            span.fail("assertion", failed.message)
-            return ProbeResult.failure(
-                Reason.ASSERTION,
-                f"the webhook arrived after {format_duration(latency)}, "
-                f"but {failed.assertion}: {failed.message}",
-                values=values,
-                samples=tuple(samples),
-                attributes=attributes,
-                assertions=outcomes,
-                steps=triggered.steps,
-            )
-        return ProbeResult(
-            success=True,
-            values=values,
-            samples=tuple(samples),
-            attributes=attributes,
-            assertions=outcomes,
-            steps=triggered.steps,
-        )
+                await ctx.inbox.wait(check.name, tracker.cursor)
+        return None, rejected
 
     def _classify(
         self,
@@ -394,3 +353,99 @@ class WebhookProbe(Probe[WebhookSettings]):
             assertions=outcomes,
             attributes=attributes,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """The trigger of an active run: its correlation id, and when it was sent on both clocks."""
+
+    run_id: str
+    monotonic: float
+    wall: float
+
+
+@dataclass(slots=True)
+class _Findings:
+    """What an active run's result carries whatever its verdict."""
+
+    values: dict[str, float]
+    samples: list[Sample]
+    attributes: dict[str, AttributeValue]
+    steps: tuple[StepResult, ...]
+
+    def result(self, reason: Reason | None, message: str = "", **extra: Any) -> ProbeResult:
+        return ProbeResult(
+            success=reason is None,
+            reason=reason,
+            message=message,
+            values=self.values,
+            samples=tuple(self.samples),
+            attributes=self.attributes,
+            steps=self.steps,
+            **extra,
+        )
+
+
+def _trigger_failed(triggered: ProbeResult, samples: list[Sample]) -> ProbeResult:
+    assert triggered.reason is not None
+    return ProbeResult.failure(
+        triggered.reason,
+        f"trigger: {triggered.message}",
+        values=triggered.values,
+        samples=tuple(samples),
+        steps=triggered.steps,
+        retry_after=triggered.retry_after,  # a 429 from the vendor backs the check off
+    )
+
+
+def _undelivered(findings: _Findings, sent: _Sent, wait: float, rejected: list[str]) -> ProbeResult:
+    """No valid delivery in time: ``signature`` when some were rejected meanwhile."""
+    if rejected:
+        return findings.result(
+            Reason.SIGNATURE,
+            f"{len(rejected)} delivery(ies) rejected while waiting, none valid: {rejected[-1]}",
+        )
+    return findings.result(
+        Reason.NOT_DELIVERED,
+        f"no webhook carrying run id {sent.run_id} within {format_duration(wait)} of the trigger",
+    )
+
+
+def _delivered(
+    found: Delivery,
+    settings: WebhookSettings,
+    ctx: ProbeContext,
+    tracker: _DeliveriesSeen,
+    findings: _Findings,
+    sent: _Sent,
+) -> ProbeResult:
+    """The run's delivery came: its latency, its span, and the assertions on its payload."""
+    request = found.request
+    latency = max(0.0, request.received_monotonic - sent.monotonic)
+    tracker.last.update(request.received, request.received_monotonic)
+    findings.values["probe.webhook.age"] = max(0.0, ctx.clock.monotonic() - request.received_monotonic)
+    findings.samples.append(Sample("probe.webhook.delivery", latency, {"timing": "on_time"}))
+    findings.attributes["vantage.webhook.latency"] = latency
+    span = ctx.tracer.start_span(
+        "webhook delivery",
+        attributes={
+            "vantage.webhook.run_id": sent.run_id,
+            "client.address": request.remote,
+            "http.request.method": request.method,
+            "http.request.body.size": len(request.body),
+        },
+        start_time=sent.wall,
+    )
+    # Dated on the wall clock, as spans are, but as long as the latency really was.
+    span.end(sent.wall + latency)
+    subject = Subject(None, request.headers, request.body, latency, redact=ctx.redact)
+    outcomes = tuple(assertion.evaluate(subject) for assertion in settings.assertions)
+    failed = next((outcome for outcome in outcomes if not outcome.passed), None)
+    if failed is None:
+        return findings.result(None, assertions=outcomes)
+    span.fail("assertion", failed.message)
+    return findings.result(
+        Reason.ASSERTION,
+        f"the webhook arrived after {format_duration(latency)}, but {failed.assertion}: {failed.message}",
+        assertions=outcomes,
+    )

@@ -53,7 +53,7 @@ async def serve(app: web.Application, *, ssl_context: ssl.SSLContext | None = No
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = int(runner.addresses[0][1])
     try:
         yield port
     finally:

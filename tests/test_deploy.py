@@ -61,6 +61,7 @@ def test_the_dashboard_covers_what_the_issue_asks() -> None:
     assert {"region", "check"} <= variables
 
 
+@pytest.mark.slow  # runs the promtool binary
 def test_promtool_checks_and_unit_tests_the_rules() -> None:
     promtool = need("promtool")
     checked = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -57,9 +58,6 @@ async def dns_server(host: str = "127.0.0.1") -> AsyncIterator[int]:
         def datagram_received(self, data: bytes, addr: Any) -> None:
             self.transport.sendto(answer(data, over_tcp=False), addr)
 
-    udp, _ = await loop.create_datagram_endpoint(Udp, local_addr=(host, 0))
-    port = udp.get_extra_info("sockname")[1]
-
     async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             (size,) = struct.unpack("!H", await reader.readexactly(2))
@@ -69,7 +67,18 @@ async def dns_server(host: str = "127.0.0.1") -> AsyncIterator[int]:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(tcp, host, port)
+    # UDP and TCP on the same port: the UDP port the system picks may be taken for TCP by another
+    # process meanwhile, so pick again when it is.
+    for attempt in range(20):
+        udp, _ = await loop.create_datagram_endpoint(Udp, local_addr=(host, 0))
+        port = udp.get_extra_info("sockname")[1]
+        try:
+            server = await asyncio.start_server(tcp, host, port)
+            break
+        except OSError as exc:
+            udp.close()
+            if exc.errno != errno.EADDRINUSE or attempt == 19:
+                raise
     try:
         yield port
     finally:

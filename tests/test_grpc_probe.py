@@ -146,6 +146,7 @@ async def test_refused() -> None:
     assert results["closed"].values["probe.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
 
 
+@pytest.mark.slow  # runs the agent as a subprocess
 def test_without_the_extra_the_type_is_unavailable() -> None:
     # A process in which grpc_health cannot be imported, as after a plain `pip install vantage`.
     blocker = "import sys; sys.modules['grpc_health'] = None; from agent.cli import main; sys.exit(main())"

@@ -50,6 +50,7 @@ def heartbeat(name: str, **settings: Any) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow  # starts the job script as a process
 async def test_a_job_that_pings_and_then_stops() -> None:
     async with running_agent([heartbeat("sync-job")], JOB_TOKEN=TOKEN) as running:
         url = f"{running.inbound}/heartbeat/sync-job"
@@ -138,6 +139,7 @@ def test_settings_are_checked_at_load() -> None:
         config_from([heartbeat("a", period=0, token=TOKEN)])
 
 
+@pytest.mark.slow  # starts the job script as a process
 def test_job_script_runs_standalone() -> None:
     # The job script itself is valid Python (a broken script would make the tests above vacuous).
     compile(JOB, "job", "exec")

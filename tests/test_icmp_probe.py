@@ -105,12 +105,14 @@ def failure_detail(completed: subprocess.CompletedProcess[str]) -> dict[str, Any
     return next(line for line in lines if line.get("result") == "failure")
 
 
+@pytest.mark.slow  # runs the agent in a network namespace, as a subprocess
 def test_datagram_sockets_without_privilege() -> None:
     completed = in_namespace(OPEN_GROUPS, raw=False, checks=[ping("unprivileged")])
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "1 passed, 0 failed" in completed.stdout
 
 
+@pytest.mark.slow  # runs the agent in a network namespace, as a subprocess
 def test_neither_socket_is_permitted() -> None:
     completed = in_namespace("true", raw=False, checks=[ping("forbidden")])
     assert completed.returncode == 1, completed.stdout + completed.stderr
@@ -122,6 +124,7 @@ def test_neither_socket_is_permitted() -> None:
     )
 
 
+@pytest.mark.slow  # runs the agent in a network namespace, as a subprocess
 def test_a_host_that_never_answers() -> None:
     # A veth pair with nobody at 10.99.0.2 on the far end: its address never resolves, nothing replies.
     setup = (

@@ -1,5 +1,7 @@
 """What the agent makes of the ``OTEL_*`` environment: validation, the resource, and the telemetry
-parts that have no network in them (the dropped-span adapter, state-change logging, the SDK's lines).
+parts that have no network in them (state-change logging, the SDK's lines).
+
+The dropped-span adapter on the SDK's batch processor is pinned in ``tests/test_adapters.py``.
 
 The hostile backends themselves are in ``tests/faults/test_otlp_backend.py``.
 """
@@ -9,25 +11,25 @@ from __future__ import annotations
 import logging
 import re
 import socket
-import threading
-from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AGGREGATION_TEMPORALITY_DELTA
 
 from agent.config.secrets import Redactor
 from agent.config.settings import Shard
 from agent.errors import ConfigError
+from agent.telemetry._otel_sdk import metric_preferences
 from agent.telemetry.providers import (
-    CountingBatchSpanProcessor,
     ExportOutcome,
     ExportStats,
+    _otlp_metric_preferences,
     build_resource,
     build_telemetry,
     otel_secrets,
     validate_otel_env,
 )
+
+from .helpers import otlp_http_receiver
 
 CREDENTIALS = "dXNlcjpwYXNz"  # base64 of user:pass
 
@@ -218,46 +220,6 @@ def test_otel_resource_attributes_set_the_instance_id_and_the_service() -> None:
     assert worker["service.instance.id"] == "payments-probe-worker-1"
 
 
-# ---------------------------------------------------------------- dropped spans
-
-
-class _Blocking(SpanExporter):
-    """An exporter stuck in its first export until released, like one waiting on a dead backend."""
-
-    def __init__(self) -> None:
-        self.entered, self.release = threading.Event(), threading.Event()
-
-    def export(self, spans: Any) -> SpanExportResult:
-        self.entered.set()
-        self.release.wait(10)
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        self.release.set()
-
-
-def test_spans_dropped_by_the_full_queue_are_counted_exactly() -> None:
-    """Pins the adapter on the SDK's batch processor: it fails if the SDK stops reporting drops
-    through the metrics object that CountingBatchSpanProcessor replaces."""
-    stats = ExportStats()
-    exporter = _Blocking()
-    processor = CountingBatchSpanProcessor(
-        exporter, stats, max_queue_size=4, max_export_batch_size=1, schedule_delay_millis=10
-    )
-    provider = TracerProvider()
-    provider.add_span_processor(processor)
-    tracer = provider.get_tracer("test")
-    try:
-        tracer.start_span("first").end()
-        assert exporter.entered.wait(10)  # the worker holds "first" in a stuck export
-        for i in range(10):
-            tracer.start_span(f"span {i}").end()
-        assert stats.dropped["traces"] == 6  # 4 wait in the queue
-    finally:
-        exporter.release.set()
-        provider.shutdown()
-
-
 # ---------------------------------------------------------------- state changes in the log
 
 
@@ -323,3 +285,89 @@ def test_the_sdk_lines_about_each_failed_export_are_dropped(caplog: pytest.LogCa
         )
     assert [r.getMessage() for r in caplog.records] == ["Exporter already shutdown"]
     assert not any(re.search("Transient|Failed to export", r.getMessage()) for r in caplog.records)
+
+
+# ---------------------------------------------------------------- metric temporality and aggregation
+
+_PREFERENCE_VARS = (
+    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+    "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
+)
+_PREFERENCES = [
+    {},
+    {"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "delta"},
+    {"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": " LowMemory "},
+    {"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "cumulative"},
+    {"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "sometimes"},
+    {"OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION": "base2_exponential_bucket_histogram"},
+    {"OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION": "explicit_bucket_histogram"},
+    {"OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION": "Base2_Exponential_Bucket_Histogram"},
+]
+
+
+def _set_environ(monkeypatch: pytest.MonkeyPatch, environ: dict[str, str]) -> None:
+    """The OTLP exporters read ``os.environ`` themselves."""
+    for var in _PREFERENCE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    for var, value in environ.items():
+        monkeypatch.setenv(var, value)
+
+
+@pytest.mark.parametrize("environ", _PREFERENCES, ids=lambda e: ",".join(e.values()) or "unset")
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_the_otlp_metric_preferences_the_agent_passes_are_those_the_sdk_would_pick(
+    environ: dict[str, str], protocol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent reads the OTLP temporality and histogram variables itself, to tell the exporter and
+    the wrapper that counts its exports the same thing; this fails if the SDK reads them otherwise."""
+    _set_environ(monkeypatch, environ)
+    if protocol == "http":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as Http
+
+        sdk = metric_preferences(Http())
+    else:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as Grpc
+
+        sdk = metric_preferences(Grpc(insecure=True))
+    ours = _otlp_metric_preferences(environ, f"otlp_proto_{protocol}")
+    assert ours[0] == sdk[0]
+    assert ours[1] is not None and sdk[1] is not None
+    assert {k: type(v) for k, v in ours[1].items()} == {k: type(v) for k, v in sdk[1].items()}
+
+
+def test_the_temporality_preference_reaches_the_wire(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``DELTA``, a counter is exported as deltas: the preference the agent passed explicitly to
+    the exporter is the one its counting wrapper gave the reader."""
+    with otlp_http_receiver() as (endpoint, received):
+        environ = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_METRICS_EXPORTER": "otlp",
+            "OTEL_METRIC_EXPORT_INTERVAL": "3600000",
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "DELTA",
+            "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION": "base2_exponential_bucket_histogram",
+        }
+        _set_environ(monkeypatch, environ)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        telemetry = build_telemetry(environ, build_resource(environ, region="l", version="0"))
+        meter = telemetry.meter_provider.get_meter("test")
+        counter, histogram = meter.create_counter("runs"), meter.create_histogram("took")
+        try:
+            for value in (1, 2):
+                counter.add(value)
+                histogram.record(0.5)
+                assert telemetry.flush(10)
+        finally:
+            telemetry.shutdown(5)
+        metrics = [
+            metric
+            for request in received.metrics
+            for rm in request.resource_metrics
+            for sm in rm.scope_metrics
+            for metric in sm.metrics
+        ]
+    runs = [m.sum for m in metrics if m.name == "runs"]
+    assert [(s.aggregation_temporality, s.data_points[0].as_int) for s in runs[:2]] == [
+        (AGGREGATION_TEMPORALITY_DELTA, 1),
+        (AGGREGATION_TEMPORALITY_DELTA, 2),
+    ]
+    assert {m.WhichOneof("data") for m in metrics if m.name == "took"} == {"exponential_histogram"}

@@ -132,6 +132,10 @@ class _CheckFile(BaseModel):
     checks: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class _Rejected(Exception):
+    """One check's problem, worded for the operator: that check is left out, the others go on."""
+
+
 def parse_checks(
     text: str,
     *,
@@ -140,6 +144,26 @@ def parse_checks(
     load_probe: Callable[[str], Probe[Any]],
 ) -> list[CheckEntry]:
     """Parse a check document into entries, or raise one ConfigError listing every problem."""
+    parsed = _read_document(text, source)
+    errors: list[str] = []
+    entries: list[CheckEntry] = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(parsed.checks):
+        where = f"check {raw.get('name')!r} (checks[{index}])" if "name" in raw else f"checks[{index}]"
+        try:
+            # In this order: the check's own fields, its name, then what its probe type says.
+            check = _validate_check(_with_defaults(raw, parsed.defaults), resolver, source, where)
+            _claim_name(check, index, seen, source, where)
+            entries.append(_bind_probe(check, load_probe, source, where))
+        except _Rejected as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return entries
+
+
+def _read_document(text: str, source: str) -> _CheckFile:
+    """The document's ``defaults`` and raw ``checks``; a bare list is a list of checks."""
     try:
         document = yaml.safe_load(text) if not text.lstrip().startswith("{") else json.loads(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
@@ -151,67 +175,67 @@ def parse_checks(
     if not isinstance(document, dict):
         raise ConfigError(f"{source}: expected a mapping with 'checks' (and optional 'defaults')")
     try:
-        parsed = _CheckFile.model_validate(document)
+        return _CheckFile.model_validate(document)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
 
-    errors: list[str] = []
-    entries: list[CheckEntry] = []
-    seen: dict[str, int] = {}
-    defaults = parsed.defaults
-    for index, raw in enumerate(parsed.checks):
-        where = f"check {raw.get('name')!r} (checks[{index}])" if "name" in raw else f"checks[{index}]"
-        merged = dict(raw)
-        merged.setdefault("labels", {})
-        if isinstance(merged["labels"], dict):
-            merged["labels"] = {**defaults.labels, **merged["labels"]}
-        for key in ("interval", "timeout", "regions"):
-            if key not in merged and getattr(defaults, key) is not None:
-                merged[key] = getattr(defaults, key)
-        if "timeout" not in merged and "interval" in merged:
-            # An unset timeout stays below a short interval rather than tripping the rule.
-            try:
-                merged["timeout"] = min(DEFAULT_TIMEOUT, parse_duration(merged["interval"]) * 0.8)
-            except ValueError:
-                pass
+
+def _with_defaults(raw: dict[str, Any], defaults: Defaults) -> dict[str, Any]:
+    """The raw check with the file's defaults filled in (labels merged, the check's winning)."""
+    merged = dict(raw)
+    merged.setdefault("labels", {})
+    if isinstance(merged["labels"], dict):
+        merged["labels"] = {**defaults.labels, **merged["labels"]}
+    for key in ("interval", "timeout", "regions"):
+        if key not in merged and getattr(defaults, key) is not None:
+            merged[key] = getattr(defaults, key)
+    if "timeout" not in merged and "interval" in merged:
+        # An unset timeout stays below a short interval rather than tripping the rule.
         try:
-            merged = resolver.resolve_tree(merged)
-        except LookupError as exc:
-            errors.append(f"{source}: {where}, field {exc}")
-            continue
-        try:
-            check = Check.model_validate(merged)
-        except ValidationError as exc:
-            errors.append(format_validation_error(exc, source, where))
-            continue
-        if check.name in seen:
-            errors.append(
-                f"{source}: {where}: the name {check.name!r} is already used by checks[{seen[check.name]}]"
-            )
-            continue
-        seen[check.name] = index
-        try:
-            probe = load_probe(check.type)
-        except (ConfigError, PluginError) as exc:
-            errors.append(f"{source}: {where}, field 'type': {exc}")
-            continue
-        try:
-            probe.validate_target(check.target)
-        except ValueError as exc:
-            errors.append(f"{source}: {where}, field 'target': {exc}")
-            continue
-        try:
-            settings = probe.Settings.model_validate(check.settings)
-        except ValidationError as exc:
-            errors.append(format_validation_error(exc, source, where, prefix="settings"))
-            continue
-        except (ValueError, TypeError) as exc:
-            errors.append(f"{source}: {where}, field 'settings': {exc}")
-            continue
-        entries.append(CheckEntry(check, probe, settings))
-    if errors:
-        raise ConfigError("\n".join(errors))
-    return entries
+            merged["timeout"] = min(DEFAULT_TIMEOUT, parse_duration(merged["interval"]) * 0.8)
+        except ValueError:
+            pass
+    return merged
+
+
+def _validate_check(merged: dict[str, Any], resolver: SecretResolver, source: str, where: str) -> Check:
+    """Secret references resolved, then the check's own fields validated."""
+    try:
+        resolved = resolver.resolve_tree(merged)
+    except LookupError as exc:
+        raise _Rejected(f"{source}: {where}, field {exc}") from None
+    try:
+        return Check.model_validate(resolved)
+    except ValidationError as exc:
+        raise _Rejected(format_validation_error(exc, source, where)) from None
+
+
+def _claim_name(check: Check, index: int, seen: dict[str, int], source: str, where: str) -> None:
+    """Record the check's name, refusing a name an earlier check already has."""
+    if check.name in seen:
+        raise _Rejected(
+            f"{source}: {where}: the name {check.name!r} is already used by checks[{seen[check.name]}]"
+        )
+    seen[check.name] = index
+
+
+def _bind_probe(check: Check, load_probe: Callable[[str], Probe[Any]], source: str, where: str) -> CheckEntry:
+    """The check's probe type loaded, its target accepted and its settings parsed by that type."""
+    try:
+        probe = load_probe(check.type)
+    except (ConfigError, PluginError) as exc:
+        raise _Rejected(f"{source}: {where}, field 'type': {exc}") from None
+    try:
+        probe.validate_target(check.target)
+    except ValueError as exc:
+        raise _Rejected(f"{source}: {where}, field 'target': {exc}") from None
+    try:
+        settings = probe.Settings.model_validate(check.settings)
+    except ValidationError as exc:
+        raise _Rejected(format_validation_error(exc, source, where, prefix="settings")) from None
+    except (ValueError, TypeError) as exc:
+        raise _Rejected(f"{source}: {where}, field 'settings': {exc}") from None
+    return CheckEntry(check, probe, settings)
 
 
 def format_validation_error(exc: ValidationError, source: str, where: str = "", *, prefix: str = "") -> str:

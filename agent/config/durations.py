@@ -21,24 +21,31 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
-        text = value.strip().lower()
-        try:
-            seconds = float(text)
-        except ValueError:
-            pos, seconds = 0, 0.0
-            for match in _PART.finditer(text):
-                if match.start() != pos:
-                    break
-                seconds += float(match.group(1)) * _UNITS[match.group(2)]
-                pos = match.end()
-            if pos != len(text) or not text:
-                raise ValueError(
-                    f"{value!r} is not a duration; use e.g. '250ms', '30s', '5m', '1h' or a number of seconds"
-                ) from None
+        seconds = _parse_text(value)
     else:
         raise ValueError("a duration is a number of seconds or a string like '30s'")
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"{value!r} is not a positive duration")
+    return seconds
+
+
+def _parse_text(value: str) -> float:
+    """Seconds from a written duration: a plain number, or parts like ``1h30m`` with nothing between."""
+    text = value.strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    pos, seconds = 0, 0.0
+    for match in _PART.finditer(text):
+        if match.start() != pos:
+            break
+        seconds += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(
+            f"{value!r} is not a duration; use e.g. '250ms', '30s', '5m', '1h' or a number of seconds"
+        ) from None
     return seconds
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from types import SimpleNamespace, TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-import aiohappyeyeballs
 import aiohttp
 from aiohttp.abc import AbstractResolver
 from cryptography import x509
@@ -32,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from yarl import URL
 
 from agent.config.secrets import redact_url
+from agent.net._aiohttp import TimedConnector
+from agent.net._ssl import sent_chain, verified_chain
 from agent.net.failures import cancellation, map_exception
 from agent.sdk.assertions import clip
 from agent.sdk.reasons import Reason
@@ -181,55 +182,6 @@ class HttpFailure(Exception):
         self.phases = dict(phases or {})
 
 
-class _TimedConnector(aiohttp.TCPConnector):
-    """A connector that notes when TCP is up, so that TCP connect and TLS handshake are told apart.
-
-    aiohttp has no trace signal between the two; this repeats the few lines of
-    ``TCPConnector._wrap_create_connection`` with a time mark after the socket connects.
-    """
-
-    def __init__(self, *, clock: Clock, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._clock = clock
-
-    async def _wrap_create_connection(
-        self,
-        *args: Any,
-        addr_infos: list[Any],
-        req: aiohttp.ClientRequest,
-        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
-        client_error: type[Exception] = aiohttp.ClientConnectorError,
-        **kwargs: Any,
-    ) -> tuple[asyncio.Transport, aiohttp.client_proto.ResponseHandler]:
-        try:
-            sock = await aiohappyeyeballs.start_connection(
-                addr_infos=addr_infos,
-                local_addr_infos=self._local_addr_infos,
-                happy_eyeballs_delay=self._happy_eyeballs_delay,
-                interleave=self._interleave,
-                loop=self._loop,
-            )
-            # The connection is made in the task of the request it is for, so the hop's marks
-            # are in reach through the context even though the session is shared.
-            marks = _current_marks.get()
-            if marks is not None:
-                marks.tcp_connected = self._clock.monotonic()
-            transport, protocol = await self._loop.create_connection(*args, **kwargs, sock=sock)
-            # Read the handshake now: a small response releases its connection before the caller looks.
-            ssl_object = transport.get_extra_info("ssl_object")
-            if marks is not None and ssl_object is not None:
-                marks.tls = tls_info(ssl_object)
-            return transport, protocol
-        except ssl.CertificateError as exc:
-            raise aiohttp.ClientConnectorCertificateError(req.connection_key, exc) from exc
-        except ssl.SSLError as exc:
-            raise aiohttp.ClientConnectorSSLError(req.connection_key, exc) from exc
-        except OSError as exc:
-            if exc.errno is None and isinstance(exc, asyncio.TimeoutError):
-                raise
-            raise client_error(req.connection_key, exc) from exc
-
-
 @dataclass(slots=True)
 class _HopMarks:
     """Times (and the handshake) of one hop, written by the trace hooks and the connector."""
@@ -243,6 +195,22 @@ class _HopMarks:
 
 
 _current_marks: contextvars.ContextVar[_HopMarks | None] = contextvars.ContextVar("vantage_hop", default=None)
+
+
+def _note_tcp_up(clock: Clock) -> None:
+    # The connector calls this and _note_handshake in the task of the request the connection is
+    # for, so the hop's marks are in reach through the context even though the session is shared.
+    marks = _current_marks.get()
+    if marks is not None:
+        marks.tcp_connected = clock.monotonic()
+
+
+def _note_handshake(transport: asyncio.Transport) -> None:
+    # Read the handshake now: a small response releases its connection before the caller looks.
+    marks = _current_marks.get()
+    ssl_object = transport.get_extra_info("ssl_object")
+    if marks is not None and ssl_object is not None:
+        marks.tls = tls_info(ssl_object)
 
 
 def _trace_config(clock: Clock) -> aiohttp.TraceConfig:
@@ -290,8 +258,10 @@ class HttpClientFactory:
         key = (None if fresh else ctx.check.name, tls, ip_family)
         if (session := self._sessions.get(key)) is not None and not session.closed:
             return session
-        connector = _TimedConnector(
-            clock=ctx.clock,
+        clock = ctx.clock
+        connector = TimedConnector(
+            on_tcp_up=lambda: _note_tcp_up(clock),
+            on_connected=_note_handshake,
             ssl=tls_context(tls),
             family={"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(ip_family, 0),
             use_dns_cache=not fresh,
@@ -582,24 +552,8 @@ def tls_info(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TLSInfo:
     return TLSInfo(
         version=version,
         cipher=cipher,
-        sent_chain=_chain(ssl_object, "get_unverified_chain"),
-        verified_chain=_chain(ssl_object, "get_verified_chain"),
-    )
-
-
-def _chain(ssl_object: Any, method: str) -> tuple[bytes, ...]:
-    # Public on Python 3.13+; on 3.10-3.12 the same method lives on the private _sslobj.
-    getter = getattr(ssl_object, method, None) or getattr(getattr(ssl_object, "_sslobj", None), method, None)
-    if getter is None:
-        der = ssl_object.getpeercert(binary_form=True)
-        return (der,) if der else ()
-    try:
-        certs = getter() or []
-    except (ssl.SSLError, ValueError):
-        return ()
-    return tuple(
-        c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
-        for c in certs
+        sent_chain=sent_chain(ssl_object),
+        verified_chain=verified_chain(ssl_object),
     )
 
 

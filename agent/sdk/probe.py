@@ -20,7 +20,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
@@ -60,6 +60,7 @@ __all__ = [
     "ProbeContext",
     "ProbeResult",
     "ProbeSettings",
+    "ProbeState",
     "Reason",
     "Refusal",
     "RefusalKind",
@@ -399,6 +400,22 @@ class ProbeSettings(BaseModel):
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
+StateT = TypeVar("StateT")
+
+
+class ProbeState(Protocol):
+    """What a probe keeps for one check between its runs, in the agent's keeping: ``ctx.state``.
+
+    One object per class per check: ``ctx.state.get(TokenCache)`` is the same object in every run
+    of the check, made on first use (by ``factory``, else by calling ``kind``), and it goes when the
+    check is removed from the configuration. One probe instance serves every check of its type, so
+    what belongs to one check lives here, never in a dictionary on the probe keyed by check name.
+    The agent's implementation is ``agent/state.py``; ``agent.sdk.testing`` has its own.
+    """
+
+    def get(self, kind: type[StateT], factory: Callable[[], StateT] | None = None) -> StateT:
+        """The check's ``kind`` object, made by ``factory()`` (or ``kind()``) on first use."""
+        ...
 
 
 class ProbeContext:
@@ -415,6 +432,7 @@ class ProbeContext:
         redact: Redactor,
         tracer: Tracer,
         http: HttpClientFactory,
+        state: ProbeState,
         inbox: Inbox | None = None,
         state_dir: Path | None = None,
         public_url: str | None = None,
@@ -428,6 +446,9 @@ class ProbeContext:
         self.secrets = secrets
         self.redact = redact
         self.tracer = tracer
+        self.state = state
+        """What the probe keeps for this check between runs (``ctx.state.get(Kind)``); the agent
+        drops it when the check goes."""
         self.inbox = inbox
         """Inbound requests to this agent's ``/hooks`` and ``/heartbeat`` endpoints, per check."""
         self.public_url = public_url

@@ -22,6 +22,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import aiohttp
@@ -37,7 +38,16 @@ from agent.schedule.sharding import owner
 from agent.sdk.probe import Clock, Refusal, RefusalKind
 from agent.server.inbox import InboundRequest, Inbox
 
-__all__ = ["ENDPOINTS", "FORWARDED", "Inbound", "Route", "client_address", "inbound_checks", "peer_route"]
+__all__ = [
+    "ENDPOINTS",
+    "FORWARDED",
+    "Inbound",
+    "Outcome",
+    "Route",
+    "client_address",
+    "inbound_checks",
+    "peer_route",
+]
 
 log = logging.getLogger("vantage.inbound")
 
@@ -57,6 +67,29 @@ _REJECTED = {"error": "rejected"}
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Outcome(StrEnum):
+    """What became of an inbound request: the ``outcome`` label of ``vantage.inbound.requests``."""
+
+    ACCEPTED = "accepted"
+    FORWARDED = "forwarded"
+    RATE_LIMITED = "rate_limited"
+    BAD_METHOD = "bad_method"
+    TOO_LARGE = "too_large"
+    TIMEOUT = "timeout"
+    REJECTED = "rejected"
+    MISROUTED = "misrouted"
+    REFUSED = "refused"
+
+
+class _Answered(Exception):
+    """A gate's final answer to a request: what became of it, and the response."""
+
+    def __init__(self, outcome: Outcome, response: web.StreamResponse) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+        self.response = response
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +163,7 @@ class Inbound:
         clock: Clock,
         rate: str = "off",
         trusted: list[Network] | None = None,
-        count: Callable[[str, str], None] = lambda endpoint, outcome: None,
+        count: Callable[[str, Outcome], None] = lambda endpoint, outcome: None,
         body_timeout: float = 10.0,
     ) -> None:
         self._entries = entries
@@ -155,43 +188,31 @@ class Inbound:
             await self._session.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        """Take one request through the gates; the first gate that answers ends it, and what
+        became of the request is counted once, here."""
         endpoint = request.path.split("/", 2)[1]
+        try:
+            outcome, response = await self._through_gates(request, endpoint)
+        except _Answered as answer:
+            outcome, response = answer.outcome, answer.response
+        self._count(endpoint, outcome)
+        return response
+
+    async def _through_gates(self, request: web.Request, endpoint: str) -> tuple[Outcome, web.StreamResponse]:
+        """The gates, in their order of precedence: first those that look at the request alone
+        (rate, method, body, headers), then those that need the check it names. An unknown check,
+        a header that is not UTF-8 and failed credentials all get the same 401, so that a caller
+        without credentials learns nothing about which checks exist."""
         source = client_address(request, self._trusted)
         forwarded = self._forwarded(request)
-        if self._limiter is not None and not forwarded:
-            for item in self._limits:
-                if not await self._limiter.hit(item, source):
-                    self._count(endpoint, "rate_limited")
-                    return web.json_response(
-                        {"error": "too many requests"},
-                        status=429,
-                        headers={"Retry-After": str(item.get_expiry())},
-                    )
-        if request.method not in ENDPOINTS[endpoint]:
-            self._count(endpoint, "bad_method")
-            return web.json_response(
-                {"error": "method not allowed"},
-                status=405,
-                headers={"Allow": ", ".join(ENDPOINTS[endpoint])},
-            )
-        body: bytes | None = None
-        try:
-            # The server's header timeout ends with the head; a body trickled in must end too.
-            with anyio.move_on_after(self._body_timeout):
-                body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            self._count(endpoint, "too_large")
-            return web.json_response({"error": "body too large"}, status=413)
-        if body is None:
-            self._count(endpoint, "timeout")
-            return web.json_response({"error": "the body did not come in time"}, status=408)
+        if not forwarded:
+            await self._gate_rate_limit(source)  # 1. rate limit per source
+        self._gate_method(request, endpoint)  # 2. method
+        body = await self._gate_body(request)  # 3. body size and time
+        garbled = _not_utf8(request)  # 4. UTF-8, answered with the credentials (7)
         name = request.match_info["check"]
-        entry = self._entries.get(name)
-        if entry is None or entry.probe.inbound != endpoint:
-            self._count(endpoint, "rejected")
-            return web.json_response(_REJECTED, status=401)
-        route = self._locate(entry)
-        garbled = _not_utf8(request)
+        entry = self._gate_known(name, endpoint)  # 5. a check of this endpoint
+        route = self._locate(entry)  # 6. route: another process's check is passed on
         if garbled is None and route is not None and route.url and (route.local or not forwarded):
             return await self._forward(request, endpoint, route.url, body)
         inbound = InboundRequest(
@@ -205,27 +226,89 @@ class Inbound:
             received=self._clock.time(),
             received_monotonic=self._clock.monotonic(),
         )
+        self._gate_credentials(entry, inbound, garbled, ours=route is None)  # 7. authenticate
+        inbox = self._gate_ours(name, route)  # 8. ours, with an inbox to deliver to
+        self._gate_admit(entry, inbound)  # 9. admit
+        inbox.deliver(inbound)  # 10. deliver
+        return Outcome.ACCEPTED, web.json_response({"status": "accepted"})
+
+    async def _gate_rate_limit(self, source: str) -> None:
+        if self._limiter is None:
+            return
+        for item in self._limits:
+            if not await self._limiter.hit(item, source):
+                raise _Answered(
+                    Outcome.RATE_LIMITED,
+                    web.json_response(
+                        {"error": "too many requests"},
+                        status=429,
+                        headers={"Retry-After": str(item.get_expiry())},
+                    ),
+                )
+
+    def _gate_method(self, request: web.Request, endpoint: str) -> None:
+        if request.method not in ENDPOINTS[endpoint]:
+            raise _Answered(
+                Outcome.BAD_METHOD,
+                web.json_response(
+                    {"error": "method not allowed"},
+                    status=405,
+                    headers={"Allow": ", ".join(ENDPOINTS[endpoint])},
+                ),
+            )
+
+    async def _gate_body(self, request: web.Request) -> bytes:
+        body: bytes | None = None
+        try:
+            # The server's header timeout ends with the head; a body trickled in must end too.
+            with anyio.move_on_after(self._body_timeout):
+                body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _Answered(
+                Outcome.TOO_LARGE, web.json_response({"error": "body too large"}, status=413)
+            ) from None
+        if body is None:
+            raise _Answered(
+                Outcome.TIMEOUT, web.json_response({"error": "the body did not come in time"}, status=408)
+            )
+        return body
+
+    def _gate_known(self, name: str, endpoint: str) -> CheckEntry:
+        entry = self._entries.get(name)
+        if entry is None or entry.probe.inbound != endpoint:
+            raise _Answered(Outcome.REJECTED, web.json_response(_REJECTED, status=401))
+        return entry
+
+    def _gate_credentials(
+        self, entry: CheckEntry, inbound: InboundRequest, garbled: str | None, *, ours: bool
+    ) -> None:
         problem = garbled or self._authenticate(entry, inbound)
-        if problem is not None:
-            self._count(endpoint, "rejected")
-            log.info("inbound request for check %s rejected: %s", name, problem, extra={"check": name})
-            if route is None and self._inbox is not None:
-                self._inbox.deliver(inbound, problem)
-            return web.json_response(_REJECTED, status=401)
-        if route is not None or self._inbox is None:
-            # Not ours, and nowhere to pass it on to (or passed here by a process that thinks so).
-            self._count(endpoint, "misrouted")
-            return web.json_response(
+        if problem is None:
+            return
+        name = entry.check.name
+        log.info("inbound request for check %s rejected: %s", name, problem, extra={"check": name})
+        if ours and self._inbox is not None:
+            self._inbox.deliver(inbound, problem)
+        raise _Answered(Outcome.REJECTED, web.json_response(_REJECTED, status=401))
+
+    def _gate_ours(self, name: str, route: Route | None) -> Inbox:
+        if route is None and self._inbox is not None:
+            return self._inbox
+        # Not ours, and nowhere to pass it on to (or passed here by a process that thinks so).
+        raise _Answered(
+            Outcome.MISROUTED,
+            web.json_response(
                 {"error": f"this agent does not run check {name!r}; its owner could not be reached"},
                 status=421,
-            )
+            ),
+        )
+
+    def _gate_admit(self, entry: CheckEntry, inbound: InboundRequest) -> None:
         refusal = self._admit(entry, inbound)
         if refusal is not None:
-            self._count(endpoint, "refused")
-            return web.json_response({"error": refusal.message}, status=refusal.status)
-        self._inbox.deliver(inbound)
-        self._count(endpoint, "accepted")
-        return web.json_response({"status": "accepted"})
+            raise _Answered(
+                Outcome.REFUSED, web.json_response({"error": refusal.message}, status=refusal.status)
+            )
 
     def _authenticate(self, entry: CheckEntry, request: InboundRequest) -> str | None:
         """The probe's verdict on a request's credentials; a probe that raises rejects it."""
@@ -267,7 +350,9 @@ class Inbound:
             return False
         return peer.is_loopback or any(peer in network for network in self._trusted)
 
-    async def _forward(self, request: web.Request, endpoint: str, owner: str, body: bytes) -> web.Response:
+    async def _forward(
+        self, request: web.Request, endpoint: str, owner: str, body: bytes
+    ) -> tuple[Outcome, web.StreamResponse]:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         headers: CIMultiDict[str] = CIMultiDict(
@@ -280,13 +365,11 @@ class Inbound:
                 request.method, url, params=request.query, data=body, headers=headers
             ) as answer:
                 payload: Any = await answer.read()
-                self._count(endpoint, "forwarded")
-                return web.Response(
+                return Outcome.FORWARDED, web.Response(
                     body=payload, status=answer.status, content_type=answer.content_type or None
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self._count(endpoint, "misrouted")
             log.warning("cannot pass an inbound request on to %s: %s", owner, exc)
-            return web.json_response(
+            return Outcome.MISROUTED, web.json_response(
                 {"error": "the agent that runs this check cannot be reached"}, status=503
             )

@@ -27,7 +27,6 @@ a value the SDK would silently replace by its default, or print, is a :class:`Co
 
 from __future__ import annotations
 
-import contextvars
 import errno
 import http.client
 import io
@@ -46,31 +45,36 @@ from typing import Any
 from urllib.parse import unquote
 
 import requests
-import requests.adapters
 import requests.exceptions
-import urllib3.connection
-import urllib3.connectionpool
 import urllib3.exceptions
+from opentelemetry.sdk import metrics as instruments
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
     MetricExporter,
     MetricExportResult,
     MetricReader,
     MetricsData,
     PeriodicExportingMetricReader,
 )
+from opentelemetry.sdk.metrics.view import (
+    Aggregation,
+    ExplicitBucketHistogramAggregation,
+    ExponentialBucketHistogramAggregation,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from agent.config.secrets import Redactor, redact_url
 from agent.errors import ConfigError
+from agent.telemetry._otel_sdk import CountingBatchSpanProcessor, metric_preferences
+from agent.telemetry._requests import DeadlineAdapter, request_deadline
 
 __all__ = [
     "MAX_ANSWER",
     "BoundedSession",
-    "CountingBatchSpanProcessor",
     "ExportAbandoned",
     "ExportOutcome",
     "ExportStats",
@@ -103,15 +107,9 @@ _CHUNK = 16 * 1024
 # The SDK's exporters send through ``requests`` and read the whole answer into memory, with the
 # timeout applying to each socket read: a backend that answers 200 with a 1 GiB body, or trickles
 # its answer a byte at a time, holds the exporter's thread (and its memory) as long as it likes.
-# The session below is handed to the exporters through their public ``session=`` argument.
-
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "vantage_export_deadline", default=None
-)
-_session: contextvars.ContextVar[BoundedSession | None] = contextvars.ContextVar(
-    "vantage_export_session", default=None
-)
-_POLL = 0.25  # seconds a socket read waits before it looks at the deadline again
+# The session below is handed to the exporters through their public ``session=`` argument; the
+# transport beneath it, which gives each socket read only the time left, is an adapter to
+# ``requests``, urllib3 and ``http.client`` (agent/telemetry/_requests.py).
 
 
 class OversizedAnswer(requests.exceptions.RequestException):
@@ -121,124 +119,6 @@ class OversizedAnswer(requests.exceptions.RequestException):
 class ExportAbandoned(requests.exceptions.RequestException):
     """The agent is stopping and its shutdown budget leaves no time for this request. Not a
     connection error, so the SDK does not retry it (nor wait out a back-off first)."""
-
-
-def _time_left() -> float | None:
-    """Seconds left before the current request's deadline, or the shutdown cutoff of its session
-    if that comes first; raises ``TimeoutError`` once it passed."""
-    deadline = _deadline.get()
-    if deadline is None:
-        return None
-    session = _session.get()
-    if session is not None and session.cutoff is not None:
-        deadline = min(deadline, session.cutoff)
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("the export's deadline passed")
-    return left
-
-
-class _DeadlineReader(io.RawIOBase):
-    """Reads a socket giving each read only the time left before the request's deadline.
-
-    A per-read timeout alone never fires against a backend that sends a byte every half second.
-    A read waits at most ``_POLL`` at a time, so that a deadline brought forward while it waits
-    (the agent stopping) ends it too.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__()
-        self._sock = sock
-        # Held for its reference to the socket: http.client closes the connection's socket once the
-        # response owns it, and the descriptor stays open while a file made from it is.
-        self._file = sock.makefile("rb", buffering=0)
-
-    def readable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def readinto(self, buffer: Any) -> int | None:
-        while True:
-            left = _time_left()
-            self._sock.settimeout(None if left is None else min(left, _POLL))
-            try:
-                return self._sock.recv_into(buffer)
-            except TimeoutError:
-                if left is None or left > _POLL:
-                    continue  # the deadline is not there yet: look at it again
-                raise
-
-    def close(self) -> None:
-        if not self.closed:
-            self._file.close()
-        super().close()
-
-
-class _DeadlineResponse(http.client.HTTPResponse):
-    """``http.client``'s response (status line, headers and body) read through a _DeadlineReader."""
-
-    def __init__(
-        self, sock: socket.socket, debuglevel: int = 0, method: str | None = None, url: str | None = None
-    ) -> None:
-        super().__init__(sock, debuglevel, method, url)
-        if _deadline.get() is not None:
-            self.fp.close()
-            self.fp = io.BufferedReader(_DeadlineReader(sock))
-
-
-def _limit_send(sock: socket.socket | None) -> None:
-    left = _time_left()
-    if left is not None and sock is not None:
-        sock.settimeout(left)
-
-
-class _HTTPConnection(urllib3.connection.HTTPConnection):
-    response_class = _DeadlineResponse
-
-    def send(self, data: Any) -> None:
-        _limit_send(self.sock)
-        super().send(data)
-
-
-class _HTTPSConnection(urllib3.connection.HTTPSConnection):
-    response_class = _DeadlineResponse
-
-    def send(self, data: Any) -> None:
-        _limit_send(self.sock)
-        super().send(data)
-
-
-class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
-
-
-class _HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
-
-
-_POOLS: dict[str, type[urllib3.connectionpool.HTTPConnectionPool]] = {"http": _HTTPPool, "https": _HTTPSPool}
-
-
-class _DeadlineAdapter(requests.adapters.HTTPAdapter):
-    """Connection pools whose connections read through a _DeadlineResponse (SOCKS proxies excepted)."""
-
-    def init_poolmanager(
-        self,
-        connections: int,
-        maxsize: int,
-        block: bool = requests.adapters.DEFAULT_POOLBLOCK,
-        **pool_kwargs: Any,
-    ) -> None:
-        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-        self.poolmanager.pool_classes_by_scheme = _POOLS
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if not proxy.lower().startswith("socks"):
-            manager.pool_classes_by_scheme = _POOLS
-        return manager
 
 
 @dataclass(frozen=True)
@@ -341,7 +221,7 @@ class BoundedSession(requests.Session):
     def __init__(self, max_answer: int = MAX_ANSWER) -> None:
         super().__init__()
         self.max_answer = max_answer
-        adapter = _DeadlineAdapter()
+        adapter = DeadlineAdapter()
         self.mount("http://", adapter)
         self.mount("https://", adapter)
         self._outcomes = threading.local()
@@ -390,11 +270,10 @@ class BoundedSession(requests.Session):
             self._note(export_cause(spent, budget))
             raise spent
         kwargs["stream"] = True
-        token = _deadline.set(None if budget is None else time.monotonic() + budget)
-        session_token = _session.set(self)
         try:
-            response = super().send(request, **kwargs)
-            self._read_body(response)
+            with request_deadline(None if budget is None else time.monotonic() + budget, self):
+                response = super().send(request, **kwargs)
+                self._read_body(response)
         except Exception as exc:
             cut = self.cutoff is not None and time.monotonic() >= self.cutoff
             self._note(
@@ -404,9 +283,6 @@ class BoundedSession(requests.Session):
                 # The agent is stopping: one try at what is buffered, no retry after a back-off.
                 raise ExportAbandoned("no retry while the agent stops", request=request) from exc
             raise
-        finally:
-            _deadline.reset(token)
-            _session.reset(session_token)
         status = response.status_code
         self._note(
             ExportOutcome()
@@ -629,6 +505,9 @@ class _CountingSpanExporter(SpanExporter):
 
 
 class _CountingMetricExporter(MetricExporter):
+    """Counts the exports of ``inner``; asks its reader for the ``preferences`` (temporality,
+    aggregation) that ``inner`` was built with, as the reader would have asked ``inner``."""
+
     def __init__(
         self,
         inner: MetricExporter,
@@ -636,11 +515,9 @@ class _CountingMetricExporter(MetricExporter):
         stats: ExportStats,
         endpoint: str = "",
         outcomes: _Outcomes | None = None,
+        preferences: _Preferences = (None, None),
     ) -> None:
-        super().__init__(
-            preferred_temporality=inner._preferred_temporality,
-            preferred_aggregation=inner._preferred_aggregation,
-        )
+        super().__init__(preferred_temporality=preferences[0], preferred_aggregation=preferences[1])
         self._inner, self._name, self._stats, self._endpoint = inner, name, stats, endpoint
         self._outcomes = outcomes or _Outcomes(None)
 
@@ -664,45 +541,6 @@ class _CountingMetricExporter(MetricExporter):
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
-
-
-# ---------------------------------------------------------------- the batch span processor adapter
-
-
-class _DropCounter:
-    """Stands in for the batch processor's own metrics object and counts what it drops."""
-
-    def __init__(self, inner: Any, stats: ExportStats) -> None:
-        self._inner, self._stats = inner, stats
-
-    def register_queue_size(self, get_queue_size: Callable[[], int]) -> None:
-        self._inner.register_queue_size(get_queue_size)
-
-    def drop_items(self, count: int, error_type: str = "queue_full") -> None:
-        if error_type == "queue_full":
-            self._stats.spans_dropped(count)
-        self._inner.drop_items(count, error_type)
-
-    def finish_items(self, count: int) -> None:
-        self._inner.finish_items(count)
-
-
-class CountingBatchSpanProcessor(BatchSpanProcessor):
-    """A BatchSpanProcessor whose full-queue drops are counted in ``stats.dropped["traces"]``.
-
-    The SDK (1.45) counts them only in its opt-in self-metrics: its batch processor calls
-    ``drop_items`` on a private metrics object, which this adapter replaces with a counting proxy.
-    ``tests/test_telemetry_config.py`` fails if the SDK stops doing so.
-    """
-
-    def __init__(self, exporter: SpanExporter, stats: ExportStats, **kwargs: Any) -> None:
-        super().__init__(exporter, **kwargs)
-        processor = getattr(self, "_batch_processor", None)
-        metrics = getattr(processor, "_metrics", None)
-        if processor is None or not callable(getattr(metrics, "drop_items", None)):
-            log.warning("this OpenTelemetry SDK hides dropped spans; vantage.spans.dropped stays 0")
-            return
-        processor._metrics = _DropCounter(metrics, stats)
 
 
 # ---------------------------------------------------------------- the SDK's own log lines
@@ -969,9 +807,13 @@ def _otlp_point(environ: Mapping[str, str], signal: str) -> str:
     return _PROTOCOLS[protocol]
 
 
+def _point_name(environ: Mapping[str, str], signal: str, name: str) -> str:
+    return _otlp_point(environ, signal) if name == "otlp" else name
+
+
 def _entry_point(environ: Mapping[str, str], signal: str, name: str) -> Any:
     group = f"opentelemetry_{signal}_exporter"
-    point_name = _otlp_point(environ, signal) if name == "otlp" else name
+    point_name = _point_name(environ, signal, name)
     points = {p.name: p for p in entry_points(group=group)}
     if point_name not in points:
         choices = sorted({*points, "none"} - {"otlp_proto_http", "otlp_proto_grpc"})
@@ -1045,10 +887,64 @@ def _credential_provider(environ: Mapping[str, str], signal: str) -> bool:
     )
 
 
+_Preferences = tuple[dict[type, AggregationTemporality] | None, dict[type, Aggregation] | None]
+_OTLP_POINTS = frozenset(_PROTOCOLS.values())
+
+
+def _otlp_metric_preferences(environ: Mapping[str, str], point_name: str) -> _Preferences:
+    """The temporality and aggregation the OTLP metric exporter ``point_name`` prefers, read from
+    ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`` and
+    ``OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION`` as the SDK (1.45) reads them: an
+    unknown value means the default (the exporter itself logs that it ignored it)."""
+    cumulative, delta = AggregationTemporality.CUMULATIVE, AggregationTemporality.DELTA
+    preference = (
+        environ.get("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "CUMULATIVE").upper().strip()
+    )
+    # Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter, ObservableGauge.
+    chosen = {
+        "DELTA": (delta, cumulative, delta, delta, cumulative, cumulative),
+        "LOWMEMORY": (delta, cumulative, delta, cumulative, cumulative, cumulative),
+    }.get(preference, (cumulative,) * 6)
+    kinds = (
+        instruments.Counter,
+        instruments.UpDownCounter,
+        instruments.Histogram,
+        instruments.ObservableCounter,
+        instruments.ObservableUpDownCounter,
+        instruments.ObservableGauge,
+    )
+    histogram = environ.get(
+        "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION", "explicit_bucket_histogram"
+    )
+    if point_name != "otlp_proto_grpc":  # the SDK's gRPC exporter alone reads it case-sensitively
+        histogram = histogram.strip().lower()
+    aggregation: Aggregation = (
+        ExponentialBucketHistogramAggregation()
+        if histogram == "base2_exponential_bucket_histogram"
+        else ExplicitBucketHistogramAggregation()
+    )
+    return dict(zip(kinds, chosen, strict=True)), {instruments.Histogram: aggregation}
+
+
+def _known_metric_preferences(environ: Mapping[str, str], name: str) -> _Preferences | None:
+    """The preferences the agent gives the metric exporter ``name`` (its constructor's public
+    arguments), or None for an exporter it knows nothing of."""
+    point_name = _point_name(environ, "metrics", name)
+    if point_name in _OTLP_POINTS:
+        return _otlp_metric_preferences(environ, point_name)
+    if point_name == "console":
+        return (None, None)  # the reader's defaults, as the console exporter has them
+    return None
+
+
 def _exporter(environ: Mapping[str, str], signal: str, name: str) -> tuple[Any, str, _Outcomes]:
     """An exporter instance, the target its failures are logged under, and where their causes are."""
     point = _entry_point(environ, signal, name)
     target = name
+    known = _known_metric_preferences(environ, name) if signal == "metrics" else None
+    options: dict[str, Any] = (
+        {} if known is None else {"preferred_temporality": known[0], "preferred_aggregation": known[1]}
+    )
     try:
         if point.name == "otlp_proto_http":
             target = redact_url(_otlp_endpoint(environ, signal))
@@ -1060,8 +956,8 @@ def _exporter(environ: Mapping[str, str], signal: str, name: str) -> tuple[Any, 
                 return OTLPSpanExporter(session=session), target, _Outcomes(session)
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-            return OTLPMetricExporter(session=session), target, _Outcomes(session)
-        return point.load()(), target, _Outcomes(None)
+            return OTLPMetricExporter(session=session, **options), target, _Outcomes(session)
+        return point.load()(**options), target, _Outcomes(None)
     except Exception as exc:
         raise ConfigError(
             f"OTEL_{signal.upper()}_EXPORTER: exporter {name!r} cannot be started: {exc}"
@@ -1127,8 +1023,11 @@ def build_telemetry(
             continue
         exporter, target, outcomes = _exporter(environ, "metrics", name)
         sessions.extend([outcomes.session] if outcomes.session else [])
+        preferences = _known_metric_preferences(environ, name) or metric_preferences(exporter)
         readers.append(
-            PeriodicExportingMetricReader(_CountingMetricExporter(exporter, name, stats, target, outcomes))
+            PeriodicExportingMetricReader(
+                _CountingMetricExporter(exporter, name, stats, target, outcomes, preferences)
+            )
         )
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     return Telemetry(tracer_provider, meter_provider, stats, trace_names, metric_names, prometheus, sessions)

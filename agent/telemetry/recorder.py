@@ -421,20 +421,34 @@ class Recorder:
         run.span.end()
 
     def finish_run(self, run: Run, result: ProbeResult, requests: Sequence[RequestRecord] = ()) -> None:
-        """Record a run's result: metric points, root span attributes and status, log lines."""
+        """Record a run's result, in this order: metric points, the root span's attributes and
+        status, the check's state, and a log line when the state changed."""
         self.in_flight -= 1
         state = run.state
-        check = state.entry.check
-        attrs = self._attrs[check.name]
+        outcome = {"result": "success" if result.success else "failure"}
+        if result.reason is not None:
+            outcome["reason"] = result.reason.value
+        message = self._redact(result.message)
+        self._record_metrics(state.entry, result, outcome, requests)
+        self._end_span(run.span, result, outcome, message)
+        previous = state.last
+        changed = self._update_state(state, result)
+        self._log_run(state.entry, result, outcome, message, previous, changed)
+
+    def _record_metrics(
+        self,
+        entry: CheckEntry,
+        result: ProbeResult,
+        outcome: Mapping[str, str],
+        requests: Sequence[RequestRecord],
+    ) -> None:
+        attrs = self._attrs[entry.check.name]
         duration = result.duration or 0.0
         self._set("probe.success", 1.0 if result.success else 0.0, attrs)
         self._set("probe.duration", duration, attrs)
         self._instruments["probe.all.duration"][1].record(duration, attrs)
-        outcome = {"result": "success" if result.success else "failure"}
-        if result.reason is not None:
-            outcome["reason"] = result.reason.value
         self._set("probe.runs", 1, {**attrs, **outcome}, (outcome["result"], result.reason))
-        phase_metric = state.entry.probe.phase_metric
+        phase_metric = entry.probe.phase_metric
         if phase_metric and result.phases:
             for phase, seconds in result.phases.items():
                 self._set(phase_metric, seconds, {**attrs, "phase": phase}, phase)
@@ -461,10 +475,11 @@ class Recorder:
                 labels["error.type"] = request.error_type
             request_duration.record(request.duration, labels)
 
-        span = run.span
-        message = self._redact(result.message)
+    def _end_span(
+        self, span: trace.Span, result: ProbeResult, outcome: Mapping[str, str], message: str
+    ) -> None:
         span.set_attribute("vantage.result", outcome["result"])
-        span.set_attribute("vantage.duration", duration)
+        span.set_attribute("vantage.duration", result.duration or 0.0)
         for key, attribute in result.attributes.items():
             span.set_attribute(key, self._redact(attribute) if isinstance(attribute, str) else attribute)
         for event in result.events:
@@ -486,6 +501,9 @@ class Recorder:
             span.set_status(Status(StatusCode.ERROR, message))
         span.end()
 
+    def _update_state(self, state: CheckState, result: ProbeResult) -> bool:
+        """Count the run in the check's state; whether it went from passing to failing or back
+        (or is the first)."""
         now = self._clock.time()
         previous = state.last
         state.runs += 1
@@ -498,6 +516,19 @@ class Recorder:
         changed = previous is None or previous.success != result.success
         if changed:
             state.last_change = now
+        return changed
+
+    def _log_run(
+        self,
+        entry: CheckEntry,
+        result: ProbeResult,
+        outcome: Mapping[str, str],
+        message: str,
+        previous: ProbeResult | None,
+        changed: bool,
+    ) -> None:
+        check = entry.check
+        duration = result.duration or 0.0
         fields = {
             "check": check.name,
             "type": check.type,

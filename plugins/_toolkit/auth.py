@@ -1,5 +1,6 @@
 """Credentials for probes that make HTTP requests: basic, bearer, API key and OAuth 2.0 client
-credentials, with tokens cached per check and refreshed before they expire.
+credentials, with tokens cached per check (in the check's ``ctx.state``) and refreshed before they
+expire.
 
 Shared by the probes that make HTTP requests. A token request that fails is an ``AuthFailure``
 naming the token endpoint's status and OAuth error code, distinct from a failure of the API call.
@@ -122,13 +123,19 @@ class _Token:
     expires_at: float | None
 
 
+_TokenKey = tuple[str, str, tuple[str, ...]]  # token URL, client id, scopes
+
+
 class TokenCache:
-    """OAuth tokens per check, so that a token is fetched once per lifetime, not once per run."""
+    """One check's OAuth tokens, so that a token is fetched once per lifetime, not once per run.
+
+    It lives in the check's ``ctx.state`` (``ctx.state.get(TokenCache)``), so it goes when the
+    check goes; within it, tokens are told apart by endpoint, client and scopes."""
 
     def __init__(self) -> None:
-        self._tokens: dict[tuple[str, str, str, tuple[str, ...]], _Token] = {}
+        self._tokens: dict[_TokenKey, _Token] = {}
 
-    def get(self, key: tuple[str, str, str, tuple[str, ...]], now: float) -> _Token | None:
+    def get(self, key: _TokenKey, now: float) -> _Token | None:
         token = self._tokens.get(key)
         if token is None or token.expires_at is None:
             return token
@@ -137,13 +144,18 @@ class TokenCache:
             return None
         return token
 
-    def put(self, key: tuple[str, str, str, tuple[str, ...]], token: _Token) -> None:
+    def put(self, key: _TokenKey, token: _Token) -> None:
         self._tokens[key] = token
 
-    def forget(self, check: str) -> None:
-        """Drop a check's tokens (after a 401, the next run fetches a fresh one)."""
-        for key in [k for k in self._tokens if k[0] == check]:
-            del self._tokens[key]
+    def forget(self, check: str | None = None) -> None:
+        """Drop the tokens (after a 401, the next run fetches a fresh one).
+
+        ``check`` is the check whose tokens these are, as the verdict names it: the cache holds
+        one check's tokens only, so all of them go."""
+        self._tokens.clear()
+
+    def __len__(self) -> int:
+        return len(self._tokens)
 
 
 def jwt_expiry(token: str) -> float | None:
@@ -165,7 +177,9 @@ async def authorize(
     ctx: ProbeContext,
     cache: TokenCache,
 ) -> Credential:
-    """The headers and query parameters that carry ``auth``, fetching a token when needed."""
+    """The headers and query parameters that carry ``auth``, fetching a token when needed.
+
+    ``cache`` is the check's own (``ctx.state.get(TokenCache)``)."""
     if auth is None:
         return Credential({}, {})
     if isinstance(auth, BasicAuth):
@@ -179,7 +193,7 @@ async def authorize(
         if auth.location == "query":
             return Credential({}, {auth.name: auth.value})
         return Credential({auth.name: auth.value}, {})
-    key = (ctx.check.name, auth.token_url, auth.client_id, auth.scopes)
+    key = (auth.token_url, auth.client_id, auth.scopes)
     now = ctx.clock.time()
     token = cache.get(key, now)
     if token is None:

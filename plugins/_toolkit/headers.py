@@ -153,11 +153,47 @@ def parse_ratelimit(
     (seconds or an HTTP date).
     """
     names = names or RateLimitNames()
-    malformed: list[tuple[str, str]] = []
-    remaining = limit = reset = retry_after = None
+    reader = _HeaderReader(headers, now, redact)
+    remaining, limit, reset = reader.counts(names)
+    if remaining is None:
+        used = reader.used_of_limit(names.used_of_limit or "X-Shopify-Shop-Api-Call-Limit")
+        if used is not None:
+            remaining, limit = used
+    retry_after = reader.retry_after()
+    return RateLimit(remaining, limit, reset, retry_after, tuple(reader.malformed))
 
-    def number(header: str) -> float | None:
-        raw = headers.get(header)
+
+@dataclass(slots=True)
+class _HeaderReader:
+    """Reads one response's rate-limit headers, noting each malformed one in the order met."""
+
+    headers: Mapping[str, str]
+    now: float
+    redact: Callable[[str], str]
+    malformed: list[tuple[str, str]] = field(default_factory=list)
+
+    def counts(self, names: RateLimitNames) -> tuple[float | None, float | None, float | None]:
+        """Remaining, limit and reset from the first family of headers present, in precedence order."""
+        number, until = self.number, self.until
+        if names.remaining or names.limit or names.reset:
+            return (
+                number(names.remaining) if names.remaining else None,
+                number(names.limit) if names.limit else None,
+                until(number(names.reset)) if names.reset else None,
+            )
+        if "RateLimit" in self.headers:
+            remaining, limit, reset = _ietf(self.headers, self.malformed, self.redact)
+            return remaining, limit, reset
+        if "RateLimit-Remaining" in self.headers or "RateLimit-Limit" in self.headers:
+            remaining, limit = number("RateLimit-Remaining"), number("RateLimit-Limit")
+            return remaining, limit, number("RateLimit-Reset")  # always seconds in the drafts
+        if "X-RateLimit-Remaining" in self.headers or "X-RateLimit-Limit" in self.headers:
+            remaining, limit = number("X-RateLimit-Remaining"), number("X-RateLimit-Limit")
+            return remaining, limit, until(number("X-RateLimit-Reset"))
+        return None, None, None
+
+    def number(self, header: str) -> float | None:
+        raw = self.headers.get(header)
         if raw is None:
             return None
         # Draft 03 allowed "100, 100;w=60": the first number is the one that applies now.
@@ -165,52 +201,48 @@ def parse_ratelimit(
         try:
             value = float(head)
         except ValueError:
-            malformed.append((header, f"{_quoted(raw, redact)} is not a number"))
+            self.malformed.append((header, f"{_quoted(raw, self.redact)} is not a number"))
             return None
         if value < 0 or value != value or value == float("inf"):
-            malformed.append((header, f"{_quoted(raw, redact)} is not a count or a time"))
+            self.malformed.append((header, f"{_quoted(raw, self.redact)} is not a count or a time"))
             return None
         return value
 
-    def until(header: str, value: float | None) -> float | None:
+    def until(self, value: float | None) -> float | None:
+        """Seconds from now: a reset above 10^9 is an epoch timestamp (in ms above 10^12)."""
         if value is None:
             return None
         if value >= _EPOCH_FLOOR * 1000:
             value /= 1000
-        return max(0.0, value - now) if value >= _EPOCH_FLOOR else value
+        return max(0.0, value - self.now) if value >= _EPOCH_FLOOR else value
 
-    if names.remaining or names.limit or names.reset:
-        remaining = number(names.remaining) if names.remaining else None
-        limit = number(names.limit) if names.limit else None
-        reset = until(names.reset, number(names.reset)) if names.reset else None
-    elif "RateLimit" in headers:
-        remaining, limit, reset = _ietf(headers, malformed, redact)
-    elif "RateLimit-Remaining" in headers or "RateLimit-Limit" in headers:
-        remaining, limit = number("RateLimit-Remaining"), number("RateLimit-Limit")
-        reset = number("RateLimit-Reset")  # always seconds in the drafts
-    elif "X-RateLimit-Remaining" in headers or "X-RateLimit-Limit" in headers:
-        remaining, limit = number("X-RateLimit-Remaining"), number("X-RateLimit-Limit")
-        reset = until("X-RateLimit-Reset", number("X-RateLimit-Reset"))
-    used_header = names.used_of_limit or "X-Shopify-Shop-Api-Call-Limit"
-    if remaining is None and (raw := headers.get(used_header)) is not None:
+    def used_of_limit(self, header: str) -> tuple[float, float] | None:
+        """Remaining and limit from a ``used/limit`` header."""
+        raw = self.headers.get(header)
+        if raw is None:
+            return None
         match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", raw)
         if match and int(match.group(1)) <= int(match.group(2)):
             limit = float(match.group(2))
-            remaining = limit - float(match.group(1))
-        else:
-            malformed.append((used_header, f"{_quoted(raw, redact)} is not 'used/limit'"))
-    if (raw := headers.get("Retry-After")) is not None:
+            return limit - float(match.group(1)), limit
+        self.malformed.append((header, f"{_quoted(raw, self.redact)} is not 'used/limit'"))
+        return None
+
+    def retry_after(self) -> float | None:
+        """``Retry-After`` in seconds from now, given as seconds or an HTTP date."""
+        raw = self.headers.get("Retry-After")
+        if raw is None:
+            return None
         value = raw.strip()
         if value.isdigit():
-            retry_after = float(value)
-        else:
-            try:
-                retry_after = max(0.0, http_date(value) - now)
-            except ValueError:
-                malformed.append(
-                    ("Retry-After", f"{_quoted(value, redact)} is neither seconds nor an HTTP date")
-                )
-    return RateLimit(remaining, limit, reset, retry_after, tuple(malformed))
+            return float(value)
+        try:
+            return max(0.0, http_date(value) - self.now)
+        except ValueError:
+            self.malformed.append(
+                ("Retry-After", f"{_quoted(value, self.redact)} is neither seconds nor an HTTP date")
+            )
+            return None
 
 
 def _ietf(

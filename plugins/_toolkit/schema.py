@@ -81,40 +81,32 @@ def compare(baseline: Shape, current: Shape) -> Drift:
 
 
 class DriftTracker:
-    """Baselines per check, in memory and, with a state directory, on disk.
+    """One check's baseline, in memory and, with a state directory, on disk.
 
-    A baseline that cannot be written (the state directory read-only or full) is kept in memory
-    and written again on each run until it is: the drift check itself never depends on the disk.
+    It lives in the check's ``ctx.state`` (``ctx.state.get(DriftTracker)``), so it goes when the
+    check goes. A baseline that cannot be written (the state directory read-only or full) is kept
+    in memory and written again on each run until it is: the drift check itself never depends on
+    the disk.
     """
 
     def __init__(self) -> None:
-        self._baselines: dict[str, Shape] = {}
-        self._unsaved: dict[str, StateFile] = {}
+        self._baseline: Shape | None = None
+        self._unsaved: StateFile | None = None
+        """While the baseline is not on disk, the file it goes to: it logs a failure once."""
 
     def check(self, name: str, document: Any, state_dir: Path | None, sample: Path | None) -> Drift | None:
-        """Compare ``document`` with the check's baseline; None when this response becomes it."""
+        """Compare ``document`` with the baseline of the check ``name``; None when this response
+        becomes it."""
         current = shape(document)
-        baseline = self._baselines.get(name) or self._load(name, state_dir, sample)
+        baseline = self._baseline or _load(name, state_dir, sample)
         if baseline is None:
-            self._baselines[name] = current
+            self._baseline = current
             self._save(name, current, state_dir)
             return None
-        self._baselines[name] = baseline
-        if name in self._unsaved:
+        self._baseline = baseline
+        if self._unsaved is not None:
             self._save(name, baseline, state_dir)
         return compare(baseline, current)
-
-    def _load(self, name: str, state_dir: Path | None, sample: Path | None) -> Shape | None:
-        if sample is not None:
-            return shape(json.loads(sample.read_text(encoding="utf-8")))
-        text = StateFile(_path(name, state_dir)).read()
-        if text is None:
-            return None
-        try:
-            stored = json.loads(text)
-            return {path: set(types) for path, types in stored["shape"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return None
 
     def _save(self, name: str, baseline: Shape, state_dir: Path | None) -> None:
         if state_dir is None:
@@ -122,12 +114,21 @@ class DriftTracker:
         document = json.dumps(
             {"shape": {path: sorted(types) for path, types in sorted(baseline.items())}}, indent=1
         )
-        # One StateFile per check while its baseline is not on disk: it logs the failure once.
-        file = self._unsaved.get(name) or StateFile(_path(name, state_dir))
-        if file.write(document):
-            self._unsaved.pop(name, None)
-        else:
-            self._unsaved[name] = file
+        file = self._unsaved or StateFile(_path(name, state_dir))
+        self._unsaved = None if file.write(document) else file
+
+
+def _load(name: str, state_dir: Path | None, sample: Path | None) -> Shape | None:
+    if sample is not None:
+        return shape(json.loads(sample.read_text(encoding="utf-8")))
+    text = StateFile(_path(name, state_dir)).read()
+    if text is None:
+        return None
+    try:
+        stored = json.loads(text)
+        return {path: set(types) for path, types in stored["shape"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _path(name: str, state_dir: Path | None) -> Path | None:

@@ -197,11 +197,8 @@ STEP_METRICS = (
 
 
 class StepRunner:
-    """Runs the steps of a flow in order, passing extracted values along; one per probe, with the
-    OAuth tokens of its checks."""
-
-    def __init__(self) -> None:
-        self._tokens = TokenCache()
+    """Runs the steps of a flow in order, passing extracted values along. It keeps nothing: the
+    OAuth tokens of a check are in the check's ``ctx.state``."""
 
     async def execute(
         self, check: Check, settings: FlowSettings, ctx: ProbeContext, run_id: str
@@ -220,9 +217,10 @@ class StepRunner:
         values: dict[str, float] = {}
         failure: tuple[str, Reason, str] | None = None
         retry_after: float | None = None  # the longest back-off any step's response asked for
+        tokens = ctx.state.get(TokenCache)
         async with ctx.http(settings.tls, fresh=settings.fresh_connection) as client:
             try:
-                credential = await authorize(settings.auth, client, ctx, self._tokens)
+                credential = await authorize(settings.auth, client, ctx, tokens)
             except AuthFailure as exc:
                 return ProbeResult.failure(
                     exc.reason, exc.message, phases=exc.phases, retry_after=exc.retry_after
@@ -316,7 +314,9 @@ class StepRunner:
             redact=ctx.redact,
         )
         outcomes = tuple(a.evaluate(subject) for a in step.assertions)
-        verdict = judge(exchange, ctx, self._tokens, assertions=step.assertions, outcomes=outcomes)
+        verdict = judge(
+            exchange, ctx, ctx.state.get(TokenCache), assertions=step.assertions, outcomes=outcomes
+        )
         if verdict.reason is not None:
             return verdict
         extracted: dict[str, str] = {}

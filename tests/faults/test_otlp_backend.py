@@ -469,6 +469,7 @@ def finish(agent: AgentProcess) -> str:
     return agent.output
 
 
+@pytest.mark.slow
 def test_refused_and_garbage_answers_are_named_and_logged_once(fleet: dict[str, Scenario]) -> None:
     scenario = fleet["refused+garbage"]
     wait_for_failing(scenario, "traces", "refused")
@@ -497,6 +498,7 @@ def test_a_hung_or_trickling_backend_times_out_each_export_and_spans_are_dropped
     )
 
 
+@pytest.mark.slow
 def test_a_flood_of_an_answer_is_cut_off_and_memory_stays_bounded(fleet: dict[str, Scenario]) -> None:
     scenario = fleet["huge"]
     for signal in SIGNALS:
@@ -512,6 +514,7 @@ def test_a_flood_of_an_answer_is_cut_off_and_memory_stays_bounded(fleet: dict[st
     assert_one_line_per_change(output, scenario, {s: ["failing: oversized"] for s in SIGNALS})
 
 
+@pytest.mark.slow
 def test_a_503_storm_is_logged_once_and_its_recovery_too(fleet: dict[str, Scenario]) -> None:
     scenario = fleet["storm"]
     backend = scenario.backends["traces"]
