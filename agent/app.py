@@ -25,13 +25,13 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 from agent import __version__
 from agent.config.checks import CheckEntry
-from agent.config.durations import format_duration
 from agent.config.settings import Config
 from agent.logs import close_logging
 from agent.net.http import HttpClientFactory
 from agent.process.handover import inherited_socket
 from agent.schedule.scheduler import Scheduler
 from agent.schedule.sharding import select
+from agent.sdk.durations import format_duration
 from agent.sdk.probe import Clock, ProbeContext, SystemClock
 from agent.server.inbound import Inbound, Route, inbound_checks, peer_route
 from agent.server.inbox import Inbox

@@ -33,7 +33,9 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from agent.sdk import (
+    AssertionOp,
     AssertionOutcome,
+    AssertionSource,
     AttributeValue,
     Check,
     MetricSpec,
@@ -47,7 +49,6 @@ from agent.sdk import (
     TLSOptions,
     clip,
     tls_context,
-    tls_info,
 )
 
 from ._toolkit.net import IpFamily, ResolveFailed, map_exception, resolve, split_host_port
@@ -97,7 +98,10 @@ _VERIFY_FAILURES = frozenset(_VERIFY_KINDS.values())
 _REJECTED_CHAIN = _VERIFY_FAILURES | {TlsError.INVALID}  # a chain worth reading unverified
 _DATED = frozenset({TlsError.EXPIRED, TlsError.NOT_YET_VALID})
 # Assertions whose failure is a TLS failure (reason ``tls``), by their ``source``.
-_TLS_ASSERTIONS = {TlsError.VERSION.value: TlsError.VERSION, TlsError.PIN.value: TlsError.PIN}
+_TLS_ASSERTIONS: dict[AssertionSource | None, TlsError] = {
+    AssertionSource.VERSION: TlsError.VERSION,
+    AssertionSource.PIN: TlsError.PIN,
+}
 # OpenSSL reasons for a handshake that found no protocol version both sides accept.
 _VERSION_REASONS = {
     "UNSUPPORTED_PROTOCOL",
@@ -347,7 +351,7 @@ async def _handshake(
             raise _mapped(exc, TlsError.HANDSHAKE, server_name, handshake=True) from None
         phases["handshake"] = clock.monotonic() - mark
         ssl_object = writer.get_extra_info("ssl_object")
-        return tls_info(ssl_object)
+        return ctx.tls_info(ssl_object)
     finally:
         writer.close()
 
@@ -501,8 +505,8 @@ def _judge(
                 actual=f"{days:.1f}",
                 message=f"the certificate {first.subject} expires in {days:.1f} days, on "
                 f"{_date(first.not_after)} (at least {settings.min_days_left:g} required)",
-                source="expiry",
-                op="ge",
+                source=AssertionSource.EXPIRY,
+                op=AssertionOp.GE,
             )
         )
     if settings.min_version is not None:
@@ -514,8 +518,8 @@ def _judge(
                 ok,
                 actual=info.version,
                 message=f"the server negotiated {info.version}, older than the required {wanted}",
-                source=TlsError.VERSION.value,
-                op="ge",
+                source=AssertionSource.VERSION,
+                op=AssertionOp.GE,
             )
         )
     if settings._issuer is not None and chain:
@@ -526,8 +530,8 @@ def _judge(
                 bool(settings._issuer.search(issuer)),
                 actual=issuer,
                 message=f"the certificate was issued by {issuer!r}, which does not match {settings.issuer!r}",
-                source="issuer",
-                op="matches",
+                source=AssertionSource.ISSUER,
+                op=AssertionOp.MATCHES,
             )
         )
     if settings.fingerprints:
@@ -539,8 +543,8 @@ def _judge(
                 actual=", ".join(sent),
                 message="no certificate the server sent matches a pinned fingerprint "
                 f"(leaf {sent[0] if sent else '-'})",
-                source=TlsError.PIN.value,
-                op="in",
+                source=AssertionSource.PIN,
+                op=AssertionOp.IN,
             )
         )
     return outcomes

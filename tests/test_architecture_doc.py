@@ -112,15 +112,15 @@ def table() -> dict[str, set[str]]:
 
 def test_each_folder_imports_no_more_than_its_row_says() -> None:
     rows = table()
-    # agent/sdk's row says what it should be, and test_layout.py holds its debt.
     assert set(rows) == {
         f"agent.{f}" for f in ("sdk", "config", "schedule", "net", "telemetry", "server", "process")
     }
-    del rows["agent.sdk"]
+    # agent/sdk's row says nothing; its testing harness has its own pins in test_layout.py.
+    assert rows["agent.sdk"] == set()
     beyond = []
     for folder, claimed in rows.items():
         for module, targets in GRAPH.items():
-            if not under(module, folder):
+            if not under(module, folder) or module == "agent.sdk.testing":
                 continue
             for target in targets:
                 # The package itself holds only __version__, which anything may show.

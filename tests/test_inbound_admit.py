@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from agent.app import build_agent
-from agent.config.checks import Check
 from agent.config.registry import Registry
 from agent.config.settings import load_config
 from agent.sdk import InboundRequest, Probe, ProbeContext, ProbeResult, ProbeSettings, Refusal, RefusalKind
+from agent.sdk.types import Check
 
 pytestmark = pytest.mark.anyio
 

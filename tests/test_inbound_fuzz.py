@@ -18,7 +18,7 @@ from anyio.from_thread import BlockingPortal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.config.checks import _NAME
+from agent.sdk.types import CHECK_NAME as _NAME
 
 from .helpers import serve
 from .inbound import Running, running_agent

@@ -16,8 +16,9 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from agent.config.secrets import REDACTED, Redactor, SecretResolver, redact_url
+from agent.config.secrets import Redactor, SecretResolver, redact_url
 from agent.net.failures import map_exception
+from agent.sdk import REDACTED
 from plugins._toolkit.auth import BasicAuth, TokenCache, authorize
 
 NASTY = [

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from agent.app import build_agent
 from agent.sdk import ProbeState, Reason
-from agent.sdk.testing import InMemoryState, ProbeTester
+from agent.sdk.testing import ProbeTester
 from agent.state import CheckSlots, ProbeStates
 from plugins.http import HttpProbe
 
@@ -42,7 +42,13 @@ class Other:
 
 # --- the slots of one check: the agent's and the testing harness's keep the same contract ---
 
-IMPLEMENTATIONS: list[Callable[[], ProbeState]] = [CheckSlots, InMemoryState]
+
+def state_of_a_tester() -> ProbeState:
+    """A check's ``ctx.state`` as ``ProbeTester`` hands it to a probe's own tests."""
+    return ProbeTester(HttpProbe).state("one")
+
+
+IMPLEMENTATIONS: list[Callable[[], ProbeState]] = [CheckSlots, state_of_a_tester]
 
 
 @pytest.mark.parametrize("make", IMPLEMENTATIONS, ids=["agent", "tester"])

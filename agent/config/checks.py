@@ -15,54 +15,22 @@ Each check's ``settings`` block is validated by the ``Settings`` model of its pr
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.config.durations import Duration, format_duration, parse_duration
 from agent.config.secrets import SecretResolver
 from agent.errors import ConfigError, PluginError
+from agent.sdk.durations import Duration, parse_duration
+from agent.sdk.types import DEFAULT_TIMEOUT, Check, check_labels
 
 if TYPE_CHECKING:
     from agent.sdk.probe import Probe
 
-__all__ = ["RESERVED_LABELS", "Check", "CheckEntry", "format_validation_error", "parse_checks"]
-
-RESERVED_LABELS = frozenset(
-    {
-        "check",
-        "type",
-        "target",
-        "region",
-        "result",
-        "reason",
-        "phase",
-        "version",
-        "step",
-        "le",
-        "job",
-        "instance",
-        "cause",
-        "signal",
-    }
-)
-_NAME = r"^[a-z0-9][a-z0-9._-]{0,127}$"
-_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-DEFAULT_INTERVAL = 60.0
-DEFAULT_TIMEOUT = 10.0
-
-
-def _check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
-    for key in labels:
-        if not _LABEL.match(key) or key.startswith("__"):
-            raise ValueError(f"label name {key!r} is not a valid metric label name")
-        if key in RESERVED_LABELS:
-            raise ValueError(f"label name {key!r} is reserved for the agent's own labels")
-    return labels
+__all__ = ["CheckEntry", "format_validation_error", "parse_checks"]
 
 
 class Defaults(BaseModel):
@@ -73,47 +41,7 @@ class Defaults(BaseModel):
     regions: tuple[str, ...] | None = None
     labels: dict[str, str] = Field(default_factory=dict)
 
-    _labels = field_validator("labels")(_check_labels)
-
-
-class Check(BaseModel):
-    """One check: what to probe (``type``, ``target``), how often, and the probe's ``settings``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(pattern=_NAME)
-    type: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    target: str = Field(min_length=1)
-    interval: Duration = DEFAULT_INTERVAL
-    timeout: Duration = DEFAULT_TIMEOUT
-    regions: tuple[str, ...] | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
-    settings: dict[str, Any] = Field(default_factory=dict)
-
-    _labels = field_validator("labels")(_check_labels)
-
-    @field_validator("interval")
-    @classmethod
-    def _interval_floor(cls, value: float) -> float:
-        if value < 0.1:
-            raise ValueError("the interval must be at least 100ms")
-        return value
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout_below_interval(cls, value: float, info: ValidationInfo) -> float:
-        interval = info.data.get("interval")
-        if value <= 0:
-            raise ValueError("the timeout must be above zero")
-        if interval is not None and value >= interval:
-            raise ValueError(
-                f"the timeout ({format_duration(value)}) must be below the interval "
-                f"({format_duration(interval)})"
-            )
-        return value
-
-    def runs_in(self, region: str) -> bool:
-        return self.regions is None or region in self.regions
+    _labels = field_validator("labels")(check_labels)
 
 
 @dataclass(frozen=True, slots=True)

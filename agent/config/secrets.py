@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["MIN_SECRET_LENGTH", "REDACTED", "Redactor", "SecretResolver", "redact_url"]
+from agent.sdk.types import REDACTED
 
-REDACTED = "<redacted>"
+__all__ = ["MIN_SECRET_LENGTH", "Redactor", "SecretResolver", "redact_url"]
+
 MIN_SECRET_LENGTH = 4
 """Values shorter than this are not redacted (redacting "1" would garble every number)."""
 _MAX_EPHEMERAL = 1024
@@ -270,7 +271,7 @@ def _read_secret_file(path: str) -> str:
         raise LookupError(f"secret file {path} is not UTF-8 text (bad byte at offset {exc.start})") from None
 
 
-def redact_url(url: str, redactor: Redactor | None = None) -> str:
+def redact_url(url: str, redactor: Callable[[str], str] | None = None) -> str:
     """A URL fit for a label or span: no user info, query keys kept and their values dropped."""
     try:
         parts = urlsplit(url)

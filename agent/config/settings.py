@@ -16,10 +16,10 @@ from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validato
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.config.checks import CheckEntry, parse_checks
-from agent.config.durations import Duration
 from agent.config.registry import Registry
 from agent.config.secrets import Redactor, SecretResolver
 from agent.errors import ConfigError, PluginError
+from agent.sdk.durations import Duration
 
 __all__ = ["AgentSettings", "Config", "Shard", "load_config", "load_settings"]
 

@@ -7,7 +7,9 @@ consecutive marks, so that they add up to the hop's total exactly::
     start ─resolve─► resolved ─connect─► tcp up ─tls─► handshake ─processing─► headers ─transfer─► end
 
 A phase that did not happen on a hop (no DNS for an IP literal, no TLS for http://) is zero.
-Library exceptions are translated to a ``Reason`` by :mod:`agent.net.failures`.
+What a probe sees of it (``HttpExchange``, ``HttpFailure``, ``TLSOptions``, ``TLSInfo``, the
+``HttpClient`` protocol) is defined in ``agent/sdk/http.py``. Library exceptions are translated
+to a ``Reason`` by :mod:`agent.net.failures`.
 """
 
 from __future__ import annotations
@@ -17,17 +19,13 @@ import contextvars
 import socket
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
+from dataclasses import dataclass
 from types import SimpleNamespace, TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
-from cryptography import x509
-from multidict import CIMultiDict, CIMultiDictProxy
-from pydantic import BaseModel, ConfigDict, model_validator
+from multidict import CIMultiDict
 from yarl import URL
 
 from agent.config.secrets import redact_url
@@ -35,6 +33,7 @@ from agent.net._aiohttp import TimedConnector
 from agent.net._ssl import sent_chain, verified_chain
 from agent.net.failures import cancellation, map_exception
 from agent.sdk.assertions import clip
+from agent.sdk.http import HttpExchange, HttpFailure, TLSInfo, TLSOptions, tls_context
 from agent.sdk.reasons import Reason
 
 if TYPE_CHECKING:
@@ -42,17 +41,7 @@ if TYPE_CHECKING:
 
     from agent.sdk.probe import Clock, ProbeContext
 
-__all__ = [
-    "HttpClient",
-    "HttpClientFactory",
-    "HttpExchange",
-    "HttpFailure",
-    "RequestRecord",
-    "TLSInfo",
-    "TLSOptions",
-    "tls_context",
-    "tls_info",
-]
+__all__ = ["HttpClient", "HttpClientFactory", "RequestRecord", "tls_info"]
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 _REDIRECTS = {301, 302, 303, 307, 308}
@@ -63,99 +52,6 @@ _TLS_VERSIONS = {
     "TLSv1.2": "TLS 1.2",
     "TLSv1.3": "TLS 1.3",
 }
-
-
-class TLSOptions(BaseModel):
-    """TLS settings of a check. Verification is on unless ``insecure`` says otherwise."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    server_name: str | None = None
-    insecure: bool = False
-    min_version: Literal["1.0", "1.1", "1.2", "1.3"] | None = None
-
-    @model_validator(mode="after")
-    def _files(self) -> TLSOptions:
-        if self.key_file and not self.cert_file:
-            raise ValueError("'key_file' needs 'cert_file'")
-        for name in ("ca_file", "cert_file", "key_file"):
-            path = getattr(self, name)
-            if path is not None and not path.is_file():
-                raise ValueError(f"{name} {str(path)!r} does not exist or is not a file")
-        try:
-            tls_context(self)
-        except (ssl.SSLError, OSError) as exc:
-            raise ValueError(f"the TLS files cannot be loaded: {exc}") from None
-        return self
-
-
-@lru_cache(maxsize=256)
-def tls_context(options: TLSOptions) -> ssl.SSLContext:
-    """The client TLS context for ``options``; the same options share one context."""
-    context = ssl.create_default_context(cafile=str(options.ca_file) if options.ca_file else None)
-    if options.cert_file:
-        context.load_cert_chain(str(options.cert_file), str(options.key_file) if options.key_file else None)
-    if options.insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if options.min_version:
-        context.minimum_version = {
-            "1.0": ssl.TLSVersion.TLSv1,
-            "1.1": ssl.TLSVersion.TLSv1_1,
-            "1.2": ssl.TLSVersion.TLSv1_2,
-            "1.3": ssl.TLSVersion.TLSv1_3,
-        }[options.min_version]
-    return context
-
-
-@dataclass(frozen=True, slots=True)
-class TLSInfo:
-    """What a TLS handshake showed."""
-
-    version: str
-    """``TLS 1.3``, ``TLS 1.2``, ..."""
-    cipher: str
-    sent_chain: tuple[bytes, ...]
-    """The certificates the server sent (DER), leaf first, whether or not they were verified."""
-    verified_chain: tuple[bytes, ...]
-    """The chain the client verified (DER), leaf to root; empty when nothing was verified."""
-
-    @property
-    def earliest_expiry(self) -> float | None:
-        """Earliest ``notAfter`` among the certificates the server sent (epoch seconds)."""
-        return _earliest_expiry(self.sent_chain)
-
-    @property
-    def last_chain_expiry(self) -> float | None:
-        """Earliest ``notAfter`` in the chain the client verified (epoch seconds)."""
-        return _earliest_expiry(self.verified_chain)
-
-
-@dataclass(slots=True)
-class HttpExchange:
-    """A finished request: the final response and the sum of every hop's phases."""
-
-    method: str
-    url: URL
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
-    truncated: bool
-    http_version: str
-    redirects: int
-    phases: dict[str, float]
-    duration: float
-    tls: TLSInfo | None = None
-    links: dict[str, str] = field(default_factory=dict)
-    """``Link`` header targets by relation (``rel="deprecation"`` → URL)."""
-
-    @property
-    def content_length(self) -> int:
-        declared = self.headers.get("Content-Length", "")
-        return int(declared) if declared.isdigit() else len(self.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,16 +66,6 @@ class RequestRecord:
     status: int | None
     error_type: str | None
     protocol_version: str | None
-
-
-class HttpFailure(Exception):
-    """A request that produced no usable response; carries its reason and the phases so far."""
-
-    def __init__(self, reason: Reason, message: str, phases: Mapping[str, float] | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.phases = dict(phases or {})
 
 
 @dataclass(slots=True)
@@ -232,7 +118,7 @@ def _trace_config(clock: Clock) -> aiohttp.TraceConfig:
 
 
 class HttpClientFactory:
-    """Makes the HTTP clients of probe runs and owns their sessions.
+    """Makes the HTTP clients of probe runs and owns their sessions (the SDK's ``HttpClientFactory``).
 
     Fresh-connection clients share one session per TLS setting and address family, which closes
     every connection after its request and caches no DNS: creating a session and connector per
@@ -279,6 +165,10 @@ class HttpClientFactory:
         self._sessions[key] = session
         return session
 
+    def tls_info(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TLSInfo:
+        """Version, cipher and certificate chains of a finished handshake (``ctx.tls_info``)."""
+        return tls_info(ssl_object)
+
     async def aclose(self) -> None:
         """Close every session."""
         sessions, self._sessions = list(self._sessions.values()), {}
@@ -287,7 +177,7 @@ class HttpClientFactory:
 
 
 class HttpClient:
-    """An HTTP client for one run; use as ``async with ctx.http() as client``."""
+    """An HTTP client for one run (the SDK's ``HttpClient``); use as ``async with ctx.http() as client``."""
 
     def __init__(
         self,
@@ -555,14 +445,3 @@ def tls_info(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TLSInfo:
         sent_chain=sent_chain(ssl_object),
         verified_chain=verified_chain(ssl_object),
     )
-
-
-@lru_cache(maxsize=1024)
-def _earliest_expiry(chain: tuple[bytes, ...]) -> float | None:
-    expiries = []
-    for der in chain:
-        try:
-            expiries.append(x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp())
-        except ValueError:
-            continue
-    return min(expiries) if expiries else None

@@ -29,7 +29,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +40,10 @@ from anyio.abc import Process, TaskStatus
 
 from agent import __version__
 from agent.config.checks import CheckEntry
-from agent.config.durations import format_duration
 from agent.config.settings import Config
 from agent.process.handover import LISTEN_FD, bind_loopback
 from agent.schedule.sharding import WORKER_SALT, owner
+from agent.sdk.durations import format_duration
 from agent.sdk.probe import SystemClock
 from agent.server.inbound import Inbound, Route, inbound_checks, peer_route
 from agent.server.status import PROMETHEUS_TYPE, Bound, Listener, authorized, serve_endpoints
@@ -298,19 +298,21 @@ async def _wait_for_worker(worker: _Worker, session: aiohttp.ClientSession) -> N
     """Wait until the worker's ``/healthz`` answers 200; RuntimeError if it exits or takes longer
     than ``_START_TIMEOUT``."""
     url = f"http://127.0.0.1:{worker.port}/healthz"
-    try:
-        with anyio.fail_after(_START_TIMEOUT):
-            while worker.process.returncode is None:
-                # The socket listens from the start: a request made before the worker serves waits
-                # in its backlog; the bound sends another now and then, to see an exit meanwhile.
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError), anyio.fail_after(_PROBE_TIMEOUT):
-                    async with session.get(url) as response:
-                        if response.status == 200:
-                            return
-                await anyio.sleep(_START_POLL)
-    except TimeoutError:
-        pass
+    with anyio.move_on_after(_START_TIMEOUT):
+        while worker.process.returncode is None:
+            if await _healthy(session, url):
+                return
+            await anyio.sleep(_START_POLL)
     raise RuntimeError(f"worker {worker.index} did not start (status {worker.process.returncode})")
+
+
+async def _healthy(session: aiohttp.ClientSession, url: str) -> bool:
+    """One ``/healthz`` request, bounded: the socket listens from the start, so a request made before
+    the worker serves waits in its backlog; the bound lets the caller look for an exit meanwhile."""
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError), anyio.fail_after(_PROBE_TIMEOUT):
+        async with session.get(url) as response:
+            return response.status == 200
+    return False
 
 
 async def _end(process: Process) -> None:
@@ -376,40 +378,54 @@ async def supervise(config: Config, environ: Mapping[str, str]) -> int:
             async with anyio.create_task_group() as tg:
                 bound: Bound = await tg.start(supervisor.serve)
                 log.info("vantage supervisor on port %d with %d worker processes", bound.port, count)
-
-                async def on_signal() -> None:
-                    async for signum in signals:
-                        name = signal.Signals(signum).name
-                        if signum == signal.SIGHUP:
-                            log.warning("received SIGHUP; the configuration is not reloaded, ignored")
-                            continue
-                        if supervisor.stopping:
-                            continue
-                        log.info("received %s; stopping the workers within %s", name, format_duration(budget))
-                        supervisor.stopping = True
-                        stopped.set()
-                        _signal_all(workers)
-                        tg.cancel_scope.deadline = anyio.current_time() + budget * _SUPERVISOR_BUDGET
-
-                async def wait_for_workers() -> None:
-                    await stopped.wait()
-                    for worker in list(workers):
-                        await worker.process.wait()
-                    tg.cancel_scope.cancel()
-
                 for index in range(count):
                     tg.start_soon(_keep, index, workers, supervisor, stopped, start)
-                tg.start_soon(on_signal)
-                tg.start_soon(wait_for_workers)
+                tg.start_soon(_on_signals, signals, supervisor, workers, stopped, tg.cancel_scope, budget)
+                tg.start_soon(_wait_for_workers, workers, stopped, tg.cancel_scope)
         finally:
             with anyio.CancelScope(shield=True):
-                for worker in workers:
-                    if worker.process.returncode is None:
-                        log.warning("worker %d did not stop in time; killed", worker.index)
-                        await _end(worker.process)
+                await _kill_the_rest(workers)
                 await session.close()
     log.info("vantage stopped")
     return 0
+
+
+async def _on_signals(
+    signals: AsyncIterator[int],
+    supervisor: _Supervisor,
+    workers: list[_Worker],
+    stopped: anyio.Event,
+    scope: anyio.CancelScope,
+    budget: float,
+) -> None:
+    """SIGTERM/SIGINT: pass it on to the workers and give them ``budget``; SIGHUP: ignored."""
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            log.warning("received SIGHUP; the configuration is not reloaded, ignored")
+            continue
+        if supervisor.stopping:
+            continue
+        name = signal.Signals(signum).name
+        log.info("received %s; stopping the workers within %s", name, format_duration(budget))
+        supervisor.stopping = True
+        stopped.set()
+        _signal_all(workers)
+        scope.deadline = anyio.current_time() + budget * _SUPERVISOR_BUDGET
+
+
+async def _wait_for_workers(workers: list[_Worker], stopped: anyio.Event, scope: anyio.CancelScope) -> None:
+    """Once stopping, end the supervisor's task group when every worker has exited."""
+    await stopped.wait()
+    for worker in list(workers):
+        await worker.process.wait()
+    scope.cancel()
+
+
+async def _kill_the_rest(workers: list[_Worker]) -> None:
+    for worker in workers:
+        if worker.process.returncode is None:
+            log.warning("worker %d did not stop in time; killed", worker.index)
+            await _end(worker.process)
 
 
 async def _keep(

@@ -48,9 +48,9 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from agent.config.checks import CheckEntry
-from agent.config.durations import format_duration
 from agent.schedule.lag import LagMonitor
 from agent.schedule.sharding import offset
+from agent.sdk.durations import format_duration
 from agent.sdk.probe import Clock, ProbeContext, ProbeResult, Reason
 from agent.telemetry.recorder import Recorder, Run
 

@@ -15,6 +15,7 @@ configuration loads, so a bad regex, path or schema is a configuration error, no
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -25,10 +26,10 @@ import jsonpath
 import jsonschema
 from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
 
-from agent.config.durations import format_duration, parse_duration
-from agent.config.secrets import REDACTED
+from agent.sdk.durations import format_duration, parse_duration
+from agent.sdk.types import REDACTED
 
-__all__ = ["Assertion", "AssertionOutcome", "Subject", "clip"]
+__all__ = ["Assertion", "AssertionOp", "AssertionOutcome", "AssertionSource", "Subject", "clip"]
 
 Source = Literal["status", "header", "body", "response_time"]
 Op = Literal[
@@ -48,6 +49,42 @@ Op = Literal[
     "not_exists",
     "schema",
 ]
+
+
+class AssertionSource(enum.StrEnum):
+    """What an assertion looked at; the value is its spelling in a check and in telemetry."""
+
+    STATUS = "status"
+    HEADER = "header"
+    BODY = "body"
+    RESPONSE_TIME = "response_time"
+    # What the tls probe holds a certificate and a handshake to (its own settings, not this language).
+    EXPIRY = "expiry"
+    VERSION = "version"
+    ISSUER = "issuer"
+    PIN = "pin"
+
+
+class AssertionOp(enum.StrEnum):
+    """How an assertion compared; the value is its spelling in a check and in telemetry."""
+
+    EQ = "eq"
+    NE = "ne"
+    LT = "lt"
+    LE = "le"
+    GT = "gt"
+    GE = "ge"
+    IN = "in"
+    NOT_IN = "not_in"
+    CONTAINS = "contains"
+    NOT_CONTAINS = "not_contains"
+    MATCHES = "matches"
+    NOT_MATCHES = "not_matches"
+    EXISTS = "exists"
+    NOT_EXISTS = "not_exists"
+    SCHEMA = "schema"
+
+
 _ORDER_OPS = {"lt", "le", "gt", "ge"}
 _NO_VALUE_OPS = {"exists", "not_exists"}
 _MAX_ACTUAL = 200
@@ -110,8 +147,8 @@ class AssertionOutcome:
     passed: bool
     actual: str = ""
     message: str = ""
-    source: str = ""
-    op: str = ""
+    source: AssertionSource | None = None
+    op: AssertionOp | None = None
 
 
 class Assertion(BaseModel):
@@ -214,7 +251,9 @@ class Assertion(BaseModel):
     def _outcome(self, passed: bool, actual: str, message: str) -> AssertionOutcome:
         if not passed and not message:
             message = f"expected {self.describe()}, got {actual}"
-        return AssertionOutcome(self.describe(), passed, actual, message, self.source, self.op)
+        return AssertionOutcome(
+            self.describe(), passed, actual, message, AssertionSource(self.source), AssertionOp(self.op)
+        )
 
     def _extract(self, subject: Subject) -> tuple[bool, Any]:
         if self.source == "status":

@@ -28,21 +28,45 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 import anyio
 from pydantic import BaseModel, ConfigDict
 
-from agent.config.checks import Check
-from agent.config.durations import Duration, format_duration
-from agent.config.secrets import Redactor, SecretResolver
-
 # ``clip`` lives beside the assertions, which need it and which this module imports.
-from agent.sdk.assertions import Assertion, AssertionOutcome, Subject, clip
+from agent.sdk.assertions import (
+    Assertion,
+    AssertionOp,
+    AssertionOutcome,
+    AssertionSource,
+    Subject,
+    clip,
+)
+from agent.sdk.durations import Duration, format_duration
+from agent.sdk.http import (
+    HttpClient,
+    HttpClientFactory,
+    HttpExchange,
+    HttpFailure,
+    TLSInfo,
+    TLSOptions,
+    tls_context,
+)
 from agent.sdk.reasons import Reason
-from agent.server.inbox import Delivery, InboundRequest, Inbox
+from agent.sdk.types import (
+    REDACTED,
+    Check,
+    Delivery,
+    InboundRequest,
+    Inbox,
+    Redactor,
+    SecretResolver,
+)
 
 if TYPE_CHECKING:
-    from agent.net.http import HttpClientFactory
+    import ssl
 
 __all__ = [
+    "REDACTED",
     "Assertion",
+    "AssertionOp",
     "AssertionOutcome",
+    "AssertionSource",
     "AttributeValue",
     "Check",
     "Clock",
@@ -50,6 +74,7 @@ __all__ = [
     "Duration",
     "Event",
     "HttpClient",
+    "HttpClientFactory",
     "HttpExchange",
     "HttpFailure",
     "InboundRequest",
@@ -62,9 +87,11 @@ __all__ = [
     "ProbeSettings",
     "ProbeState",
     "Reason",
+    "Redactor",
     "Refusal",
     "RefusalKind",
     "Sample",
+    "SecretResolver",
     "SpanHandle",
     "StateFile",
     "StepResult",
@@ -76,7 +103,6 @@ __all__ = [
     "clip",
     "format_duration",
     "tls_context",
-    "tls_info",
     "visible",
 ]
 
@@ -410,7 +436,7 @@ class ProbeState(Protocol):
     of the check, made on first use (by ``factory``, else by calling ``kind``), and it goes when the
     check is removed from the configuration. One probe instance serves every check of its type, so
     what belongs to one check lives here, never in a dictionary on the probe keyed by check name.
-    The agent's implementation is ``agent/state.py``; ``agent.sdk.testing`` has its own.
+    The agent's implementation is ``agent/state.py``, which ``agent.sdk.testing`` hands a test too.
     """
 
     def get(self, kind: type[StateT], factory: Callable[[], StateT] | None = None) -> StateT:
@@ -419,7 +445,11 @@ class ProbeState(Protocol):
 
 
 class ProbeContext:
-    """What the agent hands a probe for one run."""
+    """What the agent hands a probe for one run.
+
+    It holds only data and protocol-typed parts (``Clock``, ``SecretResolver``, ``Redactor``,
+    ``Tracer``, ``HttpClientFactory``, ``ProbeState``, ``Inbox``): the agent builds it from its
+    implementations in ``agent/app.py``, and ``agent.sdk.testing`` from the same ones for a test."""
 
     def __init__(
         self,
@@ -480,6 +510,11 @@ class ProbeContext:
         """
         return self._http.client(self, tls=tls, fresh=fresh, ip_family=ip_family)
 
+    def tls_info(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TLSInfo:
+        """Version, cipher and certificate chains of a handshake the probe made itself (the ``tls``
+        probe's ``start_tls``): what ``HttpExchange.tls`` says of an HTTP client's."""
+        return self._http.tls_info(ssl_object)
+
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[SpanHandle]:
         """A child span around one step of a multi-step run."""
@@ -525,15 +560,3 @@ class Probe(abc.ABC, Generic[SettingsT]):
     @abc.abstractmethod
     async def run(self, check: Check, settings: SettingsT, ctx: ProbeContext) -> ProbeResult:
         """Probe the target once and describe what happened."""
-
-
-# At the end: the HTTP client module needs the names above.
-from agent.net.http import (  # noqa: E402
-    HttpClient,
-    HttpExchange,
-    HttpFailure,
-    TLSInfo,
-    TLSOptions,
-    tls_context,
-    tls_info,
-)

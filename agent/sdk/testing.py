@@ -24,9 +24,10 @@ What is real, and what is made for tests:
   timed), an ``Inbox`` the test can deliver to, the redactor and secrets of the check, and a
   :class:`RecordingTracer` instead of OpenTelemetry: spans and step spans are kept as plain
   :class:`RecordedSpan` data.
-- Each check has its ``ctx.state`` (``ProbeState``), kept across the tester's runs of that check
-  as the agent keeps it; :meth:`ProbeTester.forget` drops it, as the agent does when a check is
-  removed, so that a test can show that the next run starts fresh.
+- Each check has its ``ctx.state``: the agent's own ``CheckSlots`` (``agent/state.py``), kept
+  across the tester's runs of that check as the agent keeps it; :meth:`ProbeTester.forget` drops
+  it, as the agent does when a check is removed, so that a test can show that the next run starts
+  fresh.
 - The check's ``timeout`` cuts the run, as the scheduler's does, into a ``timeout`` result that
   says what the run was doing (``ctx.stage``). The deadline is on the tester's clock, as the
   scheduler's is on its own: with a :class:`FakeClock`, a probe's sleeps reach it in no time.
@@ -72,6 +73,7 @@ from agent.sdk.probe import (
     format_duration,
 )
 from agent.server.inbox import Inbox
+from agent.state import ProbeStates
 
 if TYPE_CHECKING:
     from aiohttp.abc import AbstractResolver
@@ -81,7 +83,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigError",
     "FakeClock",
-    "InMemoryState",
     "PluginError",
     "ProbeTester",
     "RecordedEvent",
@@ -276,34 +277,6 @@ class RecordingTracer:
             self._current.reset(token)
 
 
-class InMemoryState:
-    """One check's ``ctx.state`` in a tester: one object per class, made on first use.
-
-    It behaves as the agent's (``agent/state.py``, which this harness does not import: its
-    imports are pinned in ``tests/test_layout.py``); ``tests/test_state.py`` holds both to the
-    same contract."""
-
-    __slots__ = ("_objects",)
-
-    def __init__(self) -> None:
-        self._objects: dict[type[Any], Any] = {}
-
-    def get(self, kind: type[T], factory: Callable[[], T] | None = None) -> T:
-        found: object
-        if kind in self._objects:
-            found = self._objects[kind]
-        else:
-            found = (factory or kind)()
-            if not isinstance(found, kind):
-                raise TypeError(f"the factory for {kind.__qualname__} made a {type(found).__qualname__}")
-            self._objects[kind] = found
-        assert isinstance(found, kind)
-        return found
-
-    def __len__(self) -> int:
-        return len(self._objects)
-
-
 @dataclass(frozen=True, slots=True)
 class RecordedRun:
     """One run: the check as the agent parsed it, its context, its result and what it recorded."""
@@ -378,7 +351,8 @@ class ProbeTester:
         # One registry for the tester's life: the probe instance lives across runs, as in the agent.
         point = EntryPoint(name, f"{probe.__module__}:{probe.__qualname__}", GROUP)
         self._registry = Registry([point])
-        self._states: dict[str, InMemoryState] = {}
+        # The agent's own per-check state (``agent/state.py``), kept across runs as the agent keeps it.
+        self._states = ProbeStates()
 
     @classmethod
     def from_entry_point(cls, name: str, value: str, **kwargs: Any) -> ProbeTester:
@@ -403,14 +377,11 @@ class ProbeTester:
 
     def state(self, check: str) -> ProbeState:
         """The ``ctx.state`` of the check named ``check``: the same across runs until ``forget``."""
-        found = self._states.get(check)
-        if found is None:
-            found = self._states[check] = InMemoryState()
-        return found
+        return self._states.of(check)
 
     def forget(self, check: str) -> None:
         """Drop the state of the check named ``check``, as the agent does when it is removed."""
-        self._states.pop(check, None)
+        self._states.drop(check)
 
     def context(self, check: Check, config: Config, tracer: RecordingTracer) -> ProbeContext:
         """The ProbeContext of one run of ``check``, built as the agent builds it."""

@@ -36,7 +36,8 @@ from multidict import CIMultiDict
 from agent.config.checks import CheckEntry
 from agent.schedule.sharding import owner
 from agent.sdk.probe import Clock, Refusal, RefusalKind
-from agent.server.inbox import InboundRequest, Inbox
+from agent.sdk.types import InboundRequest
+from agent.server.inbox import Inbox
 
 __all__ = [
     "ENDPOINTS",

@@ -9,48 +9,18 @@ signature as ``signature`` rather than as a delivery that never came. Each check
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import anyio
 
-__all__ = ["Delivery", "InboundRequest", "Inbox"]
+from agent.sdk.types import Delivery, InboundRequest
 
-
-@dataclass(frozen=True, slots=True)
-class InboundRequest:
-    """A request to ``/hooks/{check}`` or ``/heartbeat/{check}``, as the server read it."""
-
-    endpoint: str
-    """``hooks`` or ``heartbeat``."""
-    check: str
-    method: str
-    headers: Mapping[str, str]
-    """Case-insensitive."""
-    query: Mapping[str, str]
-    body: bytes
-    """The raw body, at most the server's size limit."""
-    remote: str
-    received: float
-    """Wall-clock seconds since the epoch: for timestamps shown to people and signed timestamps."""
-    received_monotonic: float
-    """The agent's monotonic clock at receipt: for ages and latencies, which a step of the wall
-    clock (NTP, a suspended VM) must not move."""
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """An inbound request in a check's inbox."""
-
-    request: InboundRequest
-    problem: str | None
-    """Why it is not genuine (a bad signature or token), or None."""
-    sequence: int
-    """Increases by one per delivery to the same check; a probe waits for one past what it saw."""
+__all__ = ["Inbox"]
 
 
 class Inbox:
-    """Inbound requests per check, for round-trip probes to wait on."""
+    """Inbound requests per check, for round-trip probes to wait on: the SDK's ``Inbox`` protocol.
+
+    The request and delivery types are the SDK's (``agent/sdk/types.py``)."""
 
     def __init__(self, keep: int = 256) -> None:
         self._keep = keep

@@ -14,9 +14,9 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from agent.config.checks import CheckEntry
-from agent.config.durations import format_duration
 from agent.config.secrets import Redactor, redact_url
 from agent.net.http import RequestRecord
+from agent.sdk.durations import format_duration
 from agent.sdk.probe import AttributeValue, Clock, MetricKind, MetricSpec, ProbeResult, SpanHandle
 from agent.telemetry.providers import ExportStats
 

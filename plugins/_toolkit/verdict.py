@@ -20,7 +20,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from agent.sdk import Assertion, AssertionOutcome, HttpExchange, ProbeContext, Reason, format_duration
+from agent.sdk import (
+    Assertion,
+    AssertionOp,
+    AssertionOutcome,
+    AssertionSource,
+    HttpExchange,
+    ProbeContext,
+    Reason,
+    format_duration,
+)
 
 from .headers import RateLimit, parse_ratelimit
 
@@ -75,14 +84,17 @@ def assertion_verdict(
     assertions: tuple[Assertion, ...], outcomes: tuple[AssertionOutcome, ...], status: int
 ) -> tuple[Reason | None, str]:
     """The first failure decides the reason: a status rule → ``http_status``, a schema → ``schema``."""
-    if not any(a.source == "status" for a in assertions) and not 200 <= status < 300:
+    if (
+        not any(AssertionSource(a.source) is AssertionSource.STATUS for a in assertions)
+        and not 200 <= status < 300
+    ):
         return Reason.HTTP_STATUS, f"HTTP {status} (expected 2xx)"
     for outcome in outcomes:
         if outcome.passed:
             continue
-        if outcome.source == "status":
+        if outcome.source is AssertionSource.STATUS:
             return Reason.HTTP_STATUS, f"HTTP {status}: {outcome.message}"
-        if outcome.op == "schema":
+        if outcome.op is AssertionOp.SCHEMA:
             return Reason.SCHEMA, f"{outcome.assertion}: {outcome.message}"
         return Reason.ASSERTION, f"{outcome.assertion}: {outcome.message}"
     return None, ""

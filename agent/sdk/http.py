@@ -1,0 +1,200 @@
+"""What a probe sees of HTTP and TLS: the data, and the protocol of the client ``ctx.http()`` gives.
+
+The data (``TLSOptions``, ``TLSInfo``, ``HttpExchange``, ``HttpFailure``) and the pure helper
+``tls_context`` (options → ``ssl.SSLContext``, the standard library only) are defined here; the
+agent's client, ``agent/net/http.py``, implements ``HttpClient`` and ``HttpClientFactory`` and
+imports the data from here. Reading a finished handshake (``tls_info``) reaches into ``ssl``'s
+private parts through the agent's adapter, so a probe asks its context: ``ctx.tls_info(ssl_object)``.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from cryptography import x509
+from multidict import CIMultiDictProxy
+from pydantic import BaseModel, ConfigDict, model_validator
+from yarl import URL
+
+from agent.sdk.reasons import Reason
+
+if TYPE_CHECKING:
+    from agent.sdk.probe import ProbeContext
+
+__all__ = [
+    "HttpClient",
+    "HttpClientFactory",
+    "HttpExchange",
+    "HttpFailure",
+    "TLSInfo",
+    "TLSOptions",
+    "tls_context",
+]
+
+
+class TLSOptions(BaseModel):
+    """TLS settings of a check. Verification is on unless ``insecure`` says otherwise."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+    insecure: bool = False
+    min_version: Literal["1.0", "1.1", "1.2", "1.3"] | None = None
+
+    @model_validator(mode="after")
+    def _files(self) -> TLSOptions:
+        if self.key_file and not self.cert_file:
+            raise ValueError("'key_file' needs 'cert_file'")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {str(path)!r} does not exist or is not a file")
+        try:
+            tls_context(self)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"the TLS files cannot be loaded: {exc}") from None
+        return self
+
+
+@lru_cache(maxsize=256)
+def tls_context(options: TLSOptions) -> ssl.SSLContext:
+    """The client TLS context for ``options``; the same options share one context."""
+    context = ssl.create_default_context(cafile=str(options.ca_file) if options.ca_file else None)
+    if options.cert_file:
+        context.load_cert_chain(str(options.cert_file), str(options.key_file) if options.key_file else None)
+    if options.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if options.min_version:
+        context.minimum_version = {
+            "1.0": ssl.TLSVersion.TLSv1,
+            "1.1": ssl.TLSVersion.TLSv1_1,
+            "1.2": ssl.TLSVersion.TLSv1_2,
+            "1.3": ssl.TLSVersion.TLSv1_3,
+        }[options.min_version]
+    return context
+
+
+@dataclass(frozen=True, slots=True)
+class TLSInfo:
+    """What a TLS handshake showed."""
+
+    version: str
+    """``TLS 1.3``, ``TLS 1.2``, ..."""
+    cipher: str
+    sent_chain: tuple[bytes, ...]
+    """The certificates the server sent (DER), leaf first, whether or not they were verified."""
+    verified_chain: tuple[bytes, ...]
+    """The chain the client verified (DER), leaf to root; empty when nothing was verified."""
+
+    @property
+    def earliest_expiry(self) -> float | None:
+        """Earliest ``notAfter`` among the certificates the server sent (epoch seconds)."""
+        return _earliest_expiry(self.sent_chain)
+
+    @property
+    def last_chain_expiry(self) -> float | None:
+        """Earliest ``notAfter`` in the chain the client verified (epoch seconds)."""
+        return _earliest_expiry(self.verified_chain)
+
+
+@dataclass(slots=True)
+class HttpExchange:
+    """A finished request: the final response and the sum of every hop's phases."""
+
+    method: str
+    url: URL
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    truncated: bool
+    http_version: str
+    redirects: int
+    phases: dict[str, float]
+    duration: float
+    tls: TLSInfo | None = None
+    links: dict[str, str] = field(default_factory=dict)
+    """``Link`` header targets by relation (``rel="deprecation"`` → URL)."""
+
+    @property
+    def content_length(self) -> int:
+        declared = self.headers.get("Content-Length", "")
+        return int(declared) if declared.isdigit() else len(self.body)
+
+
+class HttpFailure(Exception):
+    """A request that produced no usable response; carries its reason and the phases so far."""
+
+    def __init__(self, reason: Reason, message: str, phases: Mapping[str, float] | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.phases = dict(phases or {})
+
+
+class HttpClient(Protocol):
+    """An HTTP client for one run; use as ``async with ctx.http() as client``.
+
+    Its requests are timed by phase, traced as client spans with ``traceparent``, capped in body
+    size, and their failures arrive as :class:`HttpFailure`."""
+
+    async def __aenter__(self) -> HttpClient: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str | list[str]] | None = None,
+        data: bytes | str | None = None,
+        follow_redirects: bool = True,
+        max_redirects: int = 10,
+        max_body: int = 1 << 20,
+    ) -> HttpExchange:
+        """Send a request, following redirects, and read at most ``max_body`` bytes of the body.
+
+        Raises :class:`HttpFailure` when no response could be had; a response of any status,
+        even with a cut body, is an :class:`HttpExchange`.
+        """
+        ...
+
+
+class HttpClientFactory(Protocol):
+    """Makes the HTTP clients of probe runs (``ProbeContext.http``) and reads TLS handshakes
+    (``ProbeContext.tls_info``); the agent's is ``agent/net/http.py``."""
+
+    def client(self, ctx: ProbeContext, *, tls: TLSOptions | None, fresh: bool, ip_family: str) -> HttpClient:
+        """A client for one run of ``ctx``'s check."""
+        ...
+
+    def tls_info(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TLSInfo:
+        """Version, cipher and certificate chains of a finished handshake."""
+        ...
+
+
+@lru_cache(maxsize=1024)
+def _earliest_expiry(chain: tuple[bytes, ...]) -> float | None:
+    expiries = []
+    for der in chain:
+        try:
+            expiries.append(x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp())
+        except ValueError:
+            continue
+    return min(expiries) if expiries else None
