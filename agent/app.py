@@ -58,6 +58,14 @@ class Agent:
     states: ProbeStates
     """Each check's probe state; a check removed from the configuration is dropped from it."""
 
+    def forget(self, name: str) -> None:
+        """Drop everything the agent holds for a check that is no longer configured: its probe's
+        state, its last result and series, its inbound deliveries. (Reloading the configuration,
+        which removes checks from the scheduler too, is to come.)"""
+        self.states.drop(name)
+        self.recorder.forget(name)
+        self.inbox.drop(name)
+
 
 def build_agent(
     config: Config,

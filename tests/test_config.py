@@ -12,10 +12,11 @@ import pytest
 import yaml
 
 from agent.cli import main
-from agent.config.secrets import Redactor, SecretResolver, redact_url
+from agent.config.secrets import Redactor, SecretResolver
 from agent.config.settings import load_config
 from agent.errors import ConfigError
 from agent.sdk.durations import format_duration, parse_duration
+from agent.sdk.urls import redact_url
 from agent.telemetry.providers import build_resource, build_telemetry
 
 

@@ -44,9 +44,7 @@ TESTING_HARNESS = {
 }
 
 # Plugins that import the agent beyond agent.sdk today, while the helpers move (module → imports).
-PLUGIN_AGENT_DEBT: dict[str, set[str]] = {
-    "plugins._toolkit.net": {"agent.net.failures"},  # the one failure map, not yet in the SDK
-}
+PLUGIN_AGENT_DEBT: dict[str, set[str]] = {}  # none left: the failure map is part of the SDK
 
 # Plugins that import another probe type's module today (module → imports).
 PLUGIN_PLUGIN_DEBT: dict[str, set[str]] = {}  # none left: webhook's trigger steps moved to _toolkit

@@ -16,9 +16,10 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from agent.config.secrets import Redactor, SecretResolver, redact_url
-from agent.net.failures import map_exception
+from agent.config.secrets import Redactor, SecretResolver
 from agent.sdk import REDACTED
+from agent.sdk.failures import map_exception
+from agent.sdk.urls import redact_url
 from plugins._toolkit.auth import BasicAuth, TokenCache, authorize
 
 NASTY = [

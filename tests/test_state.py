@@ -367,3 +367,44 @@ class Helper:
     assert [
         name for name, annotation, value in _init_attributes(cache) if _is_mapping(annotation, value)
     ] == ["_tokens"]
+
+
+@pytest.mark.anyio
+async def test_forgetting_a_check_drops_all_the_agent_holds_for_it() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from agent.sdk import InboundRequest
+
+    api = Vendor()
+    async with serve(api.app()) as port:
+        settings = {"auth": oauth(port)}
+        checks = [
+            http_check("gone", f"http://127.0.0.1:{port}/orders", **settings),
+            http_check("kept", f"http://127.0.0.1:{port}/orders", **settings),
+        ]
+        agent = build_agent(config_from(checks, CLIENT_SECRET=CLIENT_SECRET), TELEMETRY_ENV)
+        try:
+            await agent.scheduler.run_once()
+            for name in ("gone", "kept"):
+                agent.inbox.deliver(
+                    InboundRequest("hooks", name, "POST", {}, {}, b"{}", "127.0.0.1", 0.0, 0.0)
+                )
+            from plugins._toolkit.auth import TokenCache
+
+            slot = weakref.ref(agent.states.of("gone").get(TokenCache))
+            agent.forget("gone")
+            gc.collect()
+            text = agent.telemetry.render_prometheus().decode()
+        finally:
+            await agent.http.aclose()
+            agent.telemetry.meter_provider.shutdown()
+    series = {
+        sample.labels.get("check")
+        for family in text_string_to_metric_families(text)
+        if family.type in ("gauge", "counter")
+        for sample in family.samples
+    }
+    assert "kept" in series and "gone" not in series
+    assert set(agent.recorder.states) == {"kept"}
+    assert agent.inbox.after("gone", 0) == [] and len(agent.inbox.after("kept", 0)) == 1
+    assert slot() is None  # the probe's state (its token cache) went with it

@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from agent.sdk.types import REDACTED
+from agent.sdk.urls import redact_url
 
 __all__ = ["MIN_SECRET_LENGTH", "Redactor", "SecretResolver", "redact_url"]
 
@@ -269,26 +269,3 @@ def _read_secret_file(path: str) -> str:
         raise LookupError(f"secret file {path} cannot be read ({exc.strerror})") from None
     except UnicodeDecodeError as exc:
         raise LookupError(f"secret file {path} is not UTF-8 text (bad byte at offset {exc.start})") from None
-
-
-def redact_url(url: str, redactor: Callable[[str], str] | None = None) -> str:
-    """A URL fit for a label or span: no user info, query keys kept and their values dropped."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        # Not parseable (an invalid IPv6 literal): keep what comes before any user info or query.
-        rough = re.sub(r"//[^/?#]*@", "//", re.split(r"[?#]", url, maxsplit=1)[0])
-        return redactor(rough) if redactor else rough
-    if not parts.scheme or not parts.netloc:
-        return redactor(url) if redactor else url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = f"{host}:{port}" if port else host
-    query = urlencode([(k, "") for k, _ in parse_qsl(parts.query, keep_blank_values=True)])
-    out = urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-    return redactor(out) if redactor else out

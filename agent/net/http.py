@@ -9,7 +9,7 @@ consecutive marks, so that they add up to the hop's total exactly::
 A phase that did not happen on a hop (no DNS for an IP literal, no TLS for http://) is zero.
 What a probe sees of it (``HttpExchange``, ``HttpFailure``, ``TLSOptions``, ``TLSInfo``, the
 ``HttpClient`` protocol) is defined in ``agent/sdk/http.py``. Library exceptions are translated
-to a ``Reason`` by :mod:`agent.net.failures`.
+to a ``Reason`` by :mod:`agent.sdk.failures`.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from aiohttp.abc import AbstractResolver
 from multidict import CIMultiDict
 from yarl import URL
 
-from agent.config.secrets import redact_url
 from agent.net._aiohttp import TimedConnector
 from agent.net._ssl import sent_chain, verified_chain
-from agent.net.failures import cancellation, map_exception
 from agent.sdk.assertions import clip
+from agent.sdk.failures import cancellation, map_exception
 from agent.sdk.http import HttpExchange, HttpFailure, TLSInfo, TLSOptions, tls_context
 from agent.sdk.reasons import Reason
+from agent.sdk.urls import redact_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable

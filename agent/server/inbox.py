@@ -42,6 +42,14 @@ class Inbox:
             event.set()
         return delivery
 
+    def drop(self, check: str) -> None:
+        """Forget a removed check's deliveries; anything waiting for one is woken (and finds none)."""
+        self._boxes.pop(check, None)
+        self._sequence.pop(check, None)
+        event = self._arrived.pop(check, None)
+        if event is not None:
+            event.set()
+
     def sequence(self, check: str) -> int:
         """The sequence number of the newest delivery to ``check`` (0 before the first)."""
         return self._sequence.get(check, 0)

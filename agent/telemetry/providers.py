@@ -67,8 +67,9 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-from agent.config.secrets import Redactor, redact_url
+from agent.config.secrets import Redactor
 from agent.errors import ConfigError
+from agent.sdk.urls import redact_url
 from agent.telemetry._otel_sdk import CountingBatchSpanProcessor, metric_preferences
 from agent.telemetry._requests import DeadlineAdapter, request_deadline
 

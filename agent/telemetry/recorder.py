@@ -14,10 +14,11 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from agent.config.checks import CheckEntry
-from agent.config.secrets import Redactor, redact_url
+from agent.config.secrets import Redactor
 from agent.net.http import RequestRecord
 from agent.sdk.durations import format_duration
 from agent.sdk.probe import AttributeValue, Clock, MetricKind, MetricSpec, ProbeResult, SpanHandle
+from agent.sdk.urls import redact_url
 from agent.telemetry.providers import ExportStats
 
 __all__ = ["CORE_METRICS", "CheckState", "Recorder", "Run"]
@@ -264,6 +265,10 @@ class Run:
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
 
 
+# Tables of the agent as a whole, not keyed by check name.
+_AGENT_WIDE = frozenset({"vantage.inbound.requests", "vantage.event_loop.lag"})
+
+
 class Recorder:
     """Turns runs into telemetry, keeps each check's last state and logs state changes."""
 
@@ -358,6 +363,17 @@ class Recorder:
                 "region": self.region,
             }
             self.states[check.name] = CheckState(entry, target)
+
+    def forget(self, name: str) -> None:
+        """Drop a removed check: its state, its labels and its series in the metric tables that
+        the recorder keeps (the SDK's histograms keep theirs; the engine's own tables will not)."""
+        self.states.pop(name, None)
+        self._attrs.pop(name, None)
+        for spec, table in self._instruments.values():
+            if spec.kind is MetricKind.HISTOGRAM or spec.name in _AGENT_WIDE:
+                continue
+            for slot in [slot for slot in table if isinstance(slot, tuple) and slot[:1] == (name,)]:
+                del table[slot]
 
     def _observe_in_flight(self, _: CallbackOptions) -> list[Observation]:
         return [Observation(self.in_flight)]

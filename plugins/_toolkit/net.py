@@ -1,7 +1,7 @@
 """Targets, name resolution and the failure map, for the probes that open their own sockets.
 
 ``map_exception`` is the agent's one map from library exceptions to a reason and a message
-(:mod:`agent.net.failures`); probes reach it through here.
+(:mod:`agent.sdk.failures`, exported by the SDK); probes reach it through here.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ import asyncio
 import socket
 from typing import Any, Literal
 
-from agent.net.failures import cancellation, map_exception
-from agent.sdk import Reason
+from agent.sdk import Reason, cancellation, map_exception
 
 __all__ = [
     "IpFamily",

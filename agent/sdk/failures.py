@@ -31,8 +31,8 @@ import dns.exception
 import icmplib
 from aiohttp.http_exceptions import LineTooLong
 
-from agent.config.secrets import redact_url
 from agent.sdk.reasons import Reason
+from agent.sdk.urls import redact_url
 
 __all__ = ["cancellation", "map_exception"]
 
