@@ -46,84 +46,83 @@ _SECONDS_BUCKETS = (
 _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 _LATENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
-CORE_METRICS = (
-    MetricSpec("probe.success", MetricKind.GAUGE, "", "1 if the last run succeeded, else 0"),
-    MetricSpec("probe.duration", MetricKind.GAUGE, "s", "Duration of the last run"),
-    MetricSpec(
-        "probe.all.duration",
-        MetricKind.HISTOGRAM,
-        "s",
-        "Durations of all runs",
-        buckets=_SECONDS_BUCKETS,
-    ),
-    MetricSpec(
-        "probe.runs",
-        MetricKind.COUNTER,
-        "{run}",
-        "Runs by outcome and failure reason",
-        ("result", "reason"),
-    ),
-    MetricSpec(
-        "http.client.request.duration",
-        MetricKind.HISTOGRAM,
-        "s",
-        "Duration of HTTP client requests",
-        (
-            "http.request.method",
-            "http.response.status_code",
-            "server.address",
-            "server.port",
-            "url.scheme",
-            "error.type",
-            "network.protocol.version",
-        ),
-        _HTTP_BUCKETS,
-    ),
+SUCCESS = MetricSpec("probe.success", MetricKind.GAUGE, "", "1 if the last run succeeded, else 0")
+DURATION = MetricSpec("probe.duration", MetricKind.GAUGE, "s", "Duration of the last run")
+ALL_DURATIONS = MetricSpec(
+    "probe.all.duration",
+    MetricKind.HISTOGRAM,
+    "s",
+    "Durations of all runs",
+    buckets=_SECONDS_BUCKETS,
 )
-AGENT_METRICS = (
-    MetricSpec(
-        "vantage.scheduler.lateness",
-        MetricKind.HISTOGRAM,
-        "s",
-        "How long after its tick a run started",
-        buckets=_LATENESS_BUCKETS,
-    ),
-    MetricSpec(
-        "vantage.runs.skipped",
-        MetricKind.COUNTER,
-        "{run}",
-        "Ticks skipped because the previous run of the check was still going",
-        ("cause",),
-    ),
-    MetricSpec("vantage.probes.in_flight", MetricKind.GAUGE, "{probe}", "Probes running now"),
-    MetricSpec(
-        "vantage.event_loop.lag",
-        MetricKind.GAUGE,
-        "s",
-        "The longest delay of the agent's event loop in the last 10 seconds",
-    ),
-    MetricSpec("vantage.checks", MetricKind.GAUGE, "{check}", "Checks this agent runs"),
-    MetricSpec(
-        "vantage.inbound.requests",
-        MetricKind.COUNTER,
-        "{request}",
-        "Requests to the inbound endpoints by outcome (no check label: the names come from callers)",
-        ("endpoint", "outcome"),
-    ),
-    MetricSpec(
-        "vantage.export.failures",
-        MetricKind.COUNTER,
-        "{export}",
-        "Telemetry exports that failed, by signal",
-        ("signal",),
-    ),
-    MetricSpec(
-        "vantage.spans.dropped",
-        MetricKind.COUNTER,
-        "{span}",
-        "Spans dropped because the export queue was full",
-    ),
+RUNS = MetricSpec(
+    "probe.runs",
+    MetricKind.COUNTER,
+    "{run}",
+    "Runs by outcome and failure reason",
+    ("result", "reason"),
 )
+HTTP_REQUEST_DURATION = MetricSpec(
+    "http.client.request.duration",
+    MetricKind.HISTOGRAM,
+    "s",
+    "Duration of HTTP client requests",
+    (
+        "http.request.method",
+        "http.response.status_code",
+        "server.address",
+        "server.port",
+        "url.scheme",
+        "error.type",
+        "network.protocol.version",
+    ),
+    _HTTP_BUCKETS,
+)
+CORE_METRICS = (SUCCESS, DURATION, ALL_DURATIONS, RUNS, HTTP_REQUEST_DURATION)
+
+LATENESS = MetricSpec(
+    "vantage.scheduler.lateness",
+    MetricKind.HISTOGRAM,
+    "s",
+    "How long after its tick a run started",
+    buckets=_LATENESS_BUCKETS,
+)
+SKIPPED = MetricSpec(
+    "vantage.runs.skipped",
+    MetricKind.COUNTER,
+    "{run}",
+    "Ticks skipped because the previous run of the check was still going",
+    ("cause",),
+)
+IN_FLIGHT = MetricSpec("vantage.probes.in_flight", MetricKind.GAUGE, "{probe}", "Probes running now")
+LOOP_LAG = MetricSpec(
+    "vantage.event_loop.lag",
+    MetricKind.GAUGE,
+    "s",
+    "The longest delay of the agent's event loop in the last 10 seconds",
+)
+CHECKS = MetricSpec("vantage.checks", MetricKind.GAUGE, "{check}", "Checks this agent runs")
+INBOUND = MetricSpec(
+    "vantage.inbound.requests",
+    MetricKind.COUNTER,
+    "{request}",
+    "Requests to the inbound endpoints by outcome (no check label: the names come from callers)",
+    ("endpoint", "outcome"),
+)
+EXPORT_FAILURES = MetricSpec(
+    "vantage.export.failures",
+    MetricKind.COUNTER,
+    "{export}",
+    "Telemetry exports that failed, by signal",
+    ("signal",),
+)
+SPANS_DROPPED = MetricSpec(
+    "vantage.spans.dropped",
+    MetricKind.COUNTER,
+    "{span}",
+    "Spans dropped because the export queue was full",
+)
+AGENT_METRICS = (LATENESS, SKIPPED, IN_FLIGHT, LOOP_LAG, CHECKS, INBOUND, EXPORT_FAILURES, SPANS_DROPPED)
 
 _current_span: contextvars.ContextVar[trace.Span | None] = contextvars.ContextVar(
     "vantage_span", default=None
@@ -266,7 +265,7 @@ class Run:
 
 
 # Tables of the agent as a whole, not keyed by check name.
-_AGENT_WIDE = frozenset({"vantage.inbound.requests", "vantage.event_loop.lag"})
+_AGENT_WIDE = frozenset({INBOUND.name, LOOP_LAG.name})
 
 
 class Recorder:
@@ -290,32 +289,25 @@ class Recorder:
         self.states: dict[str, CheckState] = {}
         self.in_flight = 0
         self._export_stats = export_stats or ExportStats()
-        for spec in (*CORE_METRICS, *AGENT_METRICS):
-            if spec.name not in (
-                "vantage.probes.in_flight",
-                "vantage.checks",
-                "vantage.export.failures",
-                "vantage.spans.dropped",
-            ):
-                self._instrument(spec)
-        meter.create_observable_gauge(
-            "vantage.probes.in_flight", [self._observe_in_flight], "{probe}", "Probes running now"
+        # Handles to the agent's own instruments: the hot path records through them, not by name.
+        self._success = self._instrument(SUCCESS)
+        self._duration = self._instrument(DURATION)
+        self._all_durations = self._instrument(ALL_DURATIONS)
+        self._runs = self._instrument(RUNS)
+        self._http_request_duration = self._instrument(HTTP_REQUEST_DURATION)
+        self._lateness = self._instrument(LATENESS)
+        self._skipped = self._instrument(SKIPPED)
+        self._loop_lag = self._instrument(LOOP_LAG)
+        self._inbound = self._instrument(INBOUND)
+        # Observed at collection time from what the agent already counts.
+        observed = (
+            (IN_FLIGHT, meter.create_observable_gauge, self._observe_in_flight),
+            (CHECKS, meter.create_observable_gauge, self._observe_checks),
+            (EXPORT_FAILURES, meter.create_observable_counter, self._observe_export_failures),
+            (SPANS_DROPPED, meter.create_observable_counter, self._observe_spans_dropped),
         )
-        meter.create_observable_gauge(
-            "vantage.checks", [self._observe_checks], "{check}", "Checks this agent runs"
-        )
-        meter.create_observable_counter(
-            "vantage.export.failures",
-            [self._observe_export_failures],
-            "{export}",
-            "Telemetry exports that failed, by signal",
-        )
-        meter.create_observable_counter(
-            "vantage.spans.dropped",
-            [self._observe_spans_dropped],
-            "{span}",
-            "Spans dropped because the export queue was full",
-        )
+        for spec, create, callback in observed:
+            create(spec.name, [callback], spec.unit, spec.description)
 
     def _instrument(self, spec: MetricSpec) -> Any:
         known = self._instruments.get(spec.name)
@@ -390,23 +382,22 @@ class Recorder:
 
     def loop_lag(self, seconds: float) -> None:
         """The scheduler's measure of how starved the event loop is."""
-        self._instruments["vantage.event_loop.lag"][1][None] = ({}, seconds)
+        self._loop_lag[None] = ({}, seconds)
 
     def lateness(self, seconds: float) -> None:
-        self._instruments["vantage.scheduler.lateness"][1].record(max(0.0, seconds))
+        self._lateness.record(max(0.0, seconds))
 
     def skipped(self, entry: CheckEntry, cause: str) -> None:
         """A tick that did not run; see the scheduler's timeline for why."""
         state = self.states[entry.check.name]
         state.skipped += 1
         attrs = {**self._attrs[entry.check.name], "cause": cause}
-        self._set("vantage.runs.skipped", 1, attrs, cause)
+        self._put(SKIPPED, self._skipped, 1, attrs, cause)
 
     def inbound(self, endpoint: str, outcome: str) -> None:
         """Count a request to ``/hooks`` or ``/heartbeat`` by what became of it."""
-        table = self._instruments["vantage.inbound.requests"][1]
-        previous = table.get((endpoint, outcome))
-        table[(endpoint, outcome)] = (
+        previous = self._inbound.get((endpoint, outcome))
+        self._inbound[(endpoint, outcome)] = (
             {"endpoint": endpoint, "outcome": outcome},
             (previous[1] if previous else 0.0) + 1,
         )
@@ -460,10 +451,10 @@ class Recorder:
     ) -> None:
         attrs = self._attrs[entry.check.name]
         duration = result.duration or 0.0
-        self._set("probe.success", 1.0 if result.success else 0.0, attrs)
-        self._set("probe.duration", duration, attrs)
-        self._instruments["probe.all.duration"][1].record(duration, attrs)
-        self._set("probe.runs", 1, {**attrs, **outcome}, (outcome["result"], result.reason))
+        self._put(SUCCESS, self._success, 1.0 if result.success else 0.0, attrs)
+        self._put(DURATION, self._duration, duration, attrs)
+        self._all_durations.record(duration, attrs)
+        self._put(RUNS, self._runs, 1, {**attrs, **outcome}, (outcome["result"], result.reason))
         phase_metric = entry.probe.phase_metric
         if phase_metric and result.phases:
             for phase, seconds in result.phases.items():
@@ -474,7 +465,7 @@ class Recorder:
             # One series per label set, unless the sample names its series (see Sample.series).
             series = sample.series if sample.series is not None else tuple(sorted(sample.labels.items()))
             self._set(sample.metric, sample.value, {**attrs, **sample.labels}, series)
-        request_duration = self._instruments["http.client.request.duration"][1]
+        request_duration = self._http_request_duration
         for request in requests:
             # The semantic convention's attributes only: one series per server, not per check.
             labels: dict[str, AttributeValue] = {
@@ -578,7 +569,17 @@ class Recorder:
         if known is None:
             log.error("probe emitted %s, which is not among its metric specs; dropped", name)
             return
-        spec, instrument = known
+        self._put(*known, value, attrs, key)
+
+    @staticmethod
+    def _put(
+        spec: MetricSpec,
+        instrument: Any,
+        value: float,
+        attrs: Mapping[str, AttributeValue],
+        key: Hashable = None,
+    ) -> None:
+        """Record a value through an instrument's handle: a gauge's table keeps it, a counter's adds it."""
         if spec.kind is MetricKind.GAUGE:
             instrument[(attrs["check"], key)] = (attrs, value)
         elif spec.kind is MetricKind.COUNTER:
