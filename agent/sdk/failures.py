@@ -12,6 +12,7 @@ Order matters where the classes nest: a certificate error is an ``ssl.SSLError``
     dnspython │                       PROTOCOL  malformed responses, invalid URLs, other gRPC codes
     grpc      │                       AUTH / RATE_LIMITED  gRPC's UNAUTHENTICATED, RESOURCE_EXHAUSTED
     icmplib  ─┘                       INTERNAL  anything else: a bug, not the target's fault
+    libcurl codes ─► map_curl_error ─► (reason, message), by the same table
 
 Messages are built from parts that cannot carry a request's URL (a secret in a query string must
 not leave percent-encoded, where redaction would not find it); callers still redact them.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import ssl
 import sys
@@ -34,7 +36,7 @@ from aiohttp.http_exceptions import LineTooLong
 from agent.sdk.reasons import Reason
 from agent.sdk.urls import redact_url
 
-__all__ = ["cancellation", "map_exception"]
+__all__ = ["cancellation", "map_curl_error", "map_exception"]
 
 _PING_GROUPS = Path("/proc/sys/net/ipv4/ping_group_range")
 
@@ -66,6 +68,39 @@ def map_exception(
         if found is not None:
             return found
     return _socket(exc, host, where, handshake)
+
+
+# libcurl's error codes (CURLcode, stable in its ABI) by the reason each is; numbers rather than
+# pycurl's constants so that this module does not load libcurl. Unlisted codes (COULDNT_CONNECT,
+# SEND_ERROR, RECV_ERROR, ...) are the network's: CONNECT.
+_CURL_CODES: dict[int, tuple[Reason, str]] = {
+    **dict.fromkeys((5, 6), (Reason.DNS, "DNS lookup failed")),  # COULDNT_RESOLVE_PROXY, _HOST
+    28: (Reason.TIMEOUT, "timed out"),  # OPERATION_TIMEDOUT
+    # Peer verification, client certificate, CA or CRL file, issuer, pinned key, OCSP status.
+    **dict.fromkeys((51, 58, 60, 77, 82, 83, 90, 91), (Reason.TLS, "TLS certificate rejected")),
+    # SSL_CONNECT_ERROR, crypto engine, cipher, USE_SSL, shutdown, client certificate needed.
+    **dict.fromkeys((35, 53, 54, 59, 64, 66, 80, 98), (Reason.TLS, "TLS handshake failed")),
+    **dict.fromkeys((1, 3), (Reason.PROTOCOL, "invalid URL")),  # UNSUPPORTED_PROTOCOL, URL_MALFORMAT
+    # Weird reply, HTTP/2 and /3, partial body, redirects, empty reply, encoding, size.
+    **dict.fromkeys((8, 16, 18, 47, 52, 61, 63, 92, 95), (Reason.PROTOCOL, "malformed HTTP response")),
+    # Init, not built in, our callbacks' write error or abort, memory, bad options: a bug here.
+    **dict.fromkeys((2, 4, 23, 27, 42, 43, 48), (Reason.INTERNAL, "libcurl failed")),
+}
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
+def map_curl_error(code: int, message: str, *, host: str | None = None) -> tuple[Reason, str]:
+    """The reason and message for libcurl's error ``code`` with its error text ``message``.
+
+    libcurl's texts name hosts and ports, not URLs; a URL that shows up anyway is redacted.
+    A certificate that was not accepted and a handshake that failed are both ``tls``, told apart
+    in the message.
+    """
+    detail = _URL_IN_TEXT.sub(lambda found: redact_url(found.group(0)), message.strip())
+    reason, what = _CURL_CODES.get(code, (Reason.CONNECT, "cannot connect"))
+    if host and reason is Reason.TLS:
+        what = what.replace("certificate", f"certificate of {host}")
+    return reason, f"{what}: {detail or f'libcurl error {code}'}"
 
 
 def cancellation() -> tuple[str, str]:

@@ -1,0 +1,354 @@
+"""One HTTP hop through libcurl, driven by the running asyncio event loop.
+
+The pattern of Tornado's ``curl_httpclient.py``: pycurl's multi *socket* interface tells us which
+sockets to watch (``CURLMOPT_SOCKETFUNCTION`` → ``loop.add_reader``/``add_writer``) and when to wake
+(``CURLMOPT_TIMERFUNCTION`` → one ``loop.call_later``); on readiness or on the timer we call
+``socket_action`` and collect finished transfers with ``info_read``::
+
+    perform(request) ─► easy handle ─► CurlMulti ─► socket callback ─► loop readers/writers
+          ▲                                 │      timer callback  ─► one loop timer
+          └── future ◄── info_read ◄────────┴──── socket_action (on readiness, on the timer)
+
+One ``CurlMulti`` per event loop (``CurlMulti.of_running_loop()``). ``perform`` is ONE hop: the agent
+follows redirects itself, a span per hop. Connections are fresh unless ``pool`` is asked for.
+libcurl times the phases in C at the socket; ``CurlResult.phases`` turns its cumulative timings
+into the agent's five consecutive phases, which add up to ``CurlResult.duration``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pycurl
+from yarl import URL
+
+from agent.sdk.failures import map_curl_error
+from agent.sdk.http import HttpFailure, TLSOptions
+
+__all__ = ["CurlMulti", "CurlRequest", "CurlResult"]
+
+_TLS_VERSIONS = {
+    "1.0": pycurl.SSLVERSION_TLSv1_0,
+    "1.1": pycurl.SSLVERSION_TLSv1_1,
+    "1.2": pycurl.SSLVERSION_TLSv1_2,
+    "1.3": pycurl.SSLVERSION_TLSv1_3,
+}
+_HTTP_VERSIONS = {1: "1.0", 2: "1.1", 3: "2", 30: "3"}
+_WRITE_ERROR = 23  # CURLE_WRITE_ERROR: what stopping at the body cap looks like to libcurl
+# The wheel's libcurl looks for a CA bundle at its build machine's path; use this system's.
+_SYSTEM_CA = ssl.get_default_verify_paths()
+
+
+@dataclass(frozen=True, slots=True)
+class CurlRequest:
+    """One hop: method, URL, headers and body, the body cap and the TLS options."""
+
+    method: str
+    url: str
+    headers: Sequence[tuple[str, str]] = ()
+    body: bytes | None = None
+    max_body: int = 1 << 20
+    tls: TLSOptions | None = None
+    pool: bool = False
+    """Reuse connections and cached DNS answers across requests; off: every request is fresh."""
+
+
+@dataclass(slots=True)
+class CurlResult:
+    """A response to one hop, with libcurl's timings as the agent's phases."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    """Every header line in order, repeated names kept."""
+    body: bytes
+    truncated: bool
+    http_version: str
+    phases: dict[str, float]
+    duration: float
+    cert_chain: tuple[bytes, ...] = ()
+    """The certificates the server sent (DER, leaf first), from ``CURLINFO_CERTINFO``; as
+    ``TLSInfo.sent_chain``. libcurl exposes no TLS version or cipher through pycurl."""
+    tls_used: bool = False
+
+
+class _Transfer:
+    """What one easy handle gathers while it runs: the future, the body, the headers, the timings."""
+
+    __slots__ = (
+        "body",
+        "cap",
+        "chain",
+        "future",
+        "headers",
+        "phases",
+        "status",
+        "total",
+        "truncated",
+        "version",
+    )
+
+    def __init__(self, future: asyncio.Future[None], cap: int) -> None:
+        self.future = future
+        self.cap = cap
+        self.body = bytearray()
+        self.headers: list[tuple[str, str]] = []
+        self.truncated = False
+        self.status = 0
+        self.version = "1.1"
+        self.phases: dict[str, float] = {}
+        self.total = 0.0
+        self.chain: tuple[bytes, ...] = ()
+
+    def write(self, chunk: bytes) -> int | None:
+        room = self.cap - len(self.body)
+        if len(chunk) > room:
+            # Stop here: returning a short count makes libcurl abort the transfer (and close the
+            # connection) with CURLE_WRITE_ERROR, which perform() reads as a cut body.
+            self.body += chunk[:room]
+            self.truncated = True
+            return 0
+        self.body += chunk
+        return None
+
+    def header(self, line: bytes) -> None:
+        text = line.decode("iso-8859-1").rstrip("\r\n")
+        if text.startswith("HTTP/"):
+            self.headers.clear()  # a new response (after a 1xx): only the last one's headers count
+        elif ":" in text:
+            name, _, value = text.partition(":")
+            self.headers.append((name.strip(), value.strip()))
+
+    def read_info(self, curl: pycurl.Curl, tls_used: bool) -> None:
+        self.status = int(curl.getinfo(pycurl.RESPONSE_CODE))
+        self.version = _HTTP_VERSIONS.get(curl.getinfo(pycurl.INFO_HTTP_VERSION), "1.1")
+        self.phases, self.total = _phases(curl)
+        if tls_used:
+            self.chain = tuple(
+                ssl.PEM_cert_to_DER_cert(value if isinstance(value, str) else value.decode("ascii"))
+                for cert in curl.getinfo(pycurl.INFO_CERTINFO) or ()
+                for key, value in cert
+                if key == "Cert"
+            )
+
+
+class CurlMulti:
+    """libcurl's multi handle driven by one asyncio event loop; get it with ``of_running_loop``."""
+
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CurlMulti] = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A weak reference: the per-loop table is keyed weakly by the loop, which must not be kept
+        # alive by its own value.
+        self._loop_ref = weakref.ref(loop)
+        self._multi = pycurl.CurlMulti()
+        self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
+        self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
+        self._watched: dict[int, int] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._transfers: dict[pycurl.Curl, tuple[_Transfer, bool]] = {}
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop_ref()
+        if loop is None:  # pragma: no cover - a multi is only reached through its running loop
+            raise RuntimeError("the event loop of this CurlMulti is gone")
+        return loop
+
+    @classmethod
+    def of_running_loop(cls) -> CurlMulti:
+        """The multi handle of the running event loop, made on first use."""
+        loop = asyncio.get_running_loop()
+        multi = cls._by_loop.get(loop)
+        if multi is None:
+            multi = cls._by_loop[loop] = cls(loop)
+        return multi
+
+    @property
+    def transfers(self) -> int:
+        """How many transfers are running (for tests and diagnostics)."""
+        return len(self._transfers)
+
+    @property
+    def watched_sockets(self) -> int:
+        """How many sockets libcurl asked the loop to watch."""
+        return len(self._watched)
+
+    async def perform(self, request: CurlRequest) -> CurlResult:
+        """Send one request and read its response, at most ``request.max_body`` bytes of the body.
+
+        Raises ``HttpFailure`` (its reason from ``map_curl_error``) when no response could be had.
+        Cancelled, it removes the transfer from the multi handle, which closes its connection.
+        """
+        curl = pycurl.Curl()
+        transfer = _Transfer(self._loop.create_future(), request.max_body)
+        tls_used = _configure(curl, request, transfer)
+        self._transfers[curl] = (transfer, tls_used)
+        self._multi.add_handle(curl)
+        try:
+            await transfer.future
+        except asyncio.CancelledError:
+            self._abandon(curl)
+            raise
+        except pycurl.error as exc:
+            code, message = exc.args
+            if not (code == _WRITE_ERROR and transfer.truncated):
+                reason, text = map_curl_error(code, message)
+                raise HttpFailure(reason, text, transfer.phases) from None
+        finally:
+            curl.close()
+        return CurlResult(
+            status=transfer.status,
+            headers=transfer.headers,
+            body=bytes(transfer.body),
+            truncated=transfer.truncated,
+            http_version=transfer.version,
+            phases=transfer.phases,
+            duration=transfer.total,
+            cert_chain=transfer.chain,
+            tls_used=tls_used,
+        )
+
+    def _abandon(self, curl: pycurl.Curl) -> None:
+        if self._transfers.pop(curl, None) is not None:
+            self._multi.remove_handle(curl)  # closes the transfer's connection; libcurl unwatches it
+
+    # libcurl's callbacks. They run inside socket_action, so they only (un)register and schedule.
+
+    def _on_socket(self, event: int, fd: int, multi: object, data: object) -> None:
+        old = self._watched.get(fd, 0)
+        if event == pycurl.POLL_REMOVE:
+            self._watched.pop(fd, None)
+            event = 0
+        else:
+            self._watched[fd] = event
+        if old & pycurl.POLL_IN and not event & pycurl.POLL_IN:
+            self._loop.remove_reader(fd)
+        if old & pycurl.POLL_OUT and not event & pycurl.POLL_OUT:
+            self._loop.remove_writer(fd)
+        if event & pycurl.POLL_IN and not old & pycurl.POLL_IN:
+            self._loop.add_reader(fd, self._on_ready, fd, pycurl.CSELECT_IN)
+        if event & pycurl.POLL_OUT and not old & pycurl.POLL_OUT:
+            self._loop.add_writer(fd, self._on_ready, fd, pycurl.CSELECT_OUT)
+
+    def _on_timer(self, msecs: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if msecs >= 0:
+            self._timer = self._loop.call_later(msecs / 1000.0, self._on_timeout)
+
+    def _on_ready(self, fd: int, action: int) -> None:
+        self._act(fd, action)
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        self._act(pycurl.SOCKET_TIMEOUT, 0)
+
+    def _act(self, fd: int, action: int) -> None:
+        while True:
+            code, _ = self._multi.socket_action(fd, action)
+            if code != pycurl.E_CALL_MULTI_PERFORM:
+                break
+        self._collect()
+
+    def _collect(self) -> None:
+        while True:
+            queued, done, failed = self._multi.info_read()
+            for curl in done:
+                self._finish(curl, None)
+            for curl, code, message in failed:
+                self._finish(curl, pycurl.error(code, message))
+            if not queued:
+                break
+
+    def _finish(self, curl: pycurl.Curl, error: pycurl.error | None) -> None:
+        transfer, tls_used = self._transfers.pop(curl)
+        transfer.read_info(curl, tls_used)
+        self._multi.remove_handle(curl)
+        if transfer.future.done():
+            return
+        if error is None:
+            transfer.future.set_result(None)
+        else:
+            transfer.future.set_exception(error)
+
+
+def _configure(curl: pycurl.Curl, request: CurlRequest, transfer: _Transfer) -> bool:
+    """Set ``curl``'s options for ``request``; whether it speaks TLS."""
+    url = URL(request.url)
+    headers = [f"{name}: {value}" for name, value in request.headers]
+    headers.append("Expect:")  # no 100-continue round trip before a body
+    tls = request.tls or TLSOptions()
+    tls_used = url.scheme == "https"
+    if tls_used and tls.server_name and url.host:
+        # SNI and the hostname check follow the URL's host: put server_name there, connect to the
+        # real host, and keep the Host header the request would have had.
+        port = url.explicit_port or url.port or 443
+        host = f"[{url.host}]" if ":" in url.host else url.host
+        curl.setopt(pycurl.CONNECT_TO, [f"{tls.server_name}:{port}:{host}:{port}"])
+        if not any(name.lower() == "host" for name, _ in request.headers):
+            headers.append(f"Host: {host}" + (f":{url.explicit_port}" if url.explicit_port else ""))
+        url = url.with_host(tls.server_name)
+    curl.setopt(pycurl.URL, str(url))
+    method = request.method.upper()
+    if method == "HEAD":
+        curl.setopt(pycurl.NOBODY, 1)
+    elif request.body is not None:
+        curl.setopt(pycurl.POSTFIELDS, request.body)
+        if method != "POST":
+            curl.setopt(pycurl.CUSTOMREQUEST, method)
+    elif method != "GET":
+        curl.setopt(pycurl.CUSTOMREQUEST, method)
+    curl.setopt(pycurl.HTTPHEADER, headers)
+    curl.setopt(pycurl.FOLLOWLOCATION, 0)
+    curl.setopt(pycurl.NOSIGNAL, 1)
+    curl.setopt(pycurl.WRITEFUNCTION, transfer.write)
+    curl.setopt(pycurl.HEADERFUNCTION, transfer.header)
+    if not request.pool:
+        curl.setopt(pycurl.FORBID_REUSE, 1)
+        curl.setopt(pycurl.FRESH_CONNECT, 1)
+        curl.setopt(pycurl.DNS_CACHE_TIMEOUT, 0)
+    if tls_used:
+        curl.setopt(pycurl.OPT_CERTINFO, 1)
+        if tls.insecure:
+            curl.setopt(pycurl.SSL_VERIFYPEER, 0)
+            curl.setopt(pycurl.SSL_VERIFYHOST, 0)
+        if tls.ca_file:
+            curl.setopt(pycurl.CAINFO, str(tls.ca_file))
+        elif _SYSTEM_CA.cafile:
+            curl.setopt(pycurl.CAINFO, _SYSTEM_CA.cafile)
+        elif _SYSTEM_CA.capath:
+            curl.setopt(pycurl.CAPATH, _SYSTEM_CA.capath)
+        if tls.cert_file:
+            curl.setopt(pycurl.SSLCERT, str(tls.cert_file))
+        if tls.key_file:
+            curl.setopt(pycurl.SSLKEY, str(tls.key_file))
+        if tls.min_version:
+            curl.setopt(pycurl.SSLVERSION, _TLS_VERSIONS[tls.min_version])
+    return tls_used
+
+
+def _phases(curl: pycurl.Curl) -> tuple[dict[str, float], float]:
+    """libcurl's cumulative timings (µs from the start) as five consecutive phases and the total.
+
+    ``APPCONNECT`` is 0 without TLS; a timing libcurl did not reach is 0; so the boundaries are made
+    monotonic, and each phase is the difference of two, so that the phases add up to the total.
+    """
+    marks = [
+        curl.getinfo(pycurl.NAMELOOKUP_TIME_T),
+        curl.getinfo(pycurl.CONNECT_TIME_T),
+        curl.getinfo(pycurl.APPCONNECT_TIME_T),
+        curl.getinfo(pycurl.STARTTRANSFER_TIME_T),
+    ]
+    total = curl.getinfo(pycurl.TOTAL_TIME_T)
+    bounds = [0]
+    for mark in [*marks, total]:
+        bounds.append(max(bounds[-1], min(mark, total)) if mark else bounds[-1])
+    bounds[-1] = max(bounds[-2], total)
+    names = ("resolve", "connect", "tls", "processing", "transfer")
+    phases = {name: (bounds[i + 1] - bounds[i]) / 1e6 for i, name in enumerate(names)}
+    return phases, bounds[-1] / 1e6
