@@ -261,10 +261,7 @@ class Scheduler:
                     format_duration(round(lag, 3)),
                 )
             return None
-        return ProbeResult.failure(
-            Reason.TIMEOUT,
-            f"no result within the timeout of {format_duration(check.timeout)} ({ctx.stage})",
-        )
+        return ProbeResult.timed_out(check.timeout, ctx.stage)
 
     def _run_lag(self, timeout: float, elapsed: float, loop_started: float) -> float:
         """How long the agent kept a run that timed out from its time; above a share of the

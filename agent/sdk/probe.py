@@ -263,6 +263,13 @@ class ProbeResult:
     def failure(cls, reason: Reason, message: str, **kwargs: Any) -> ProbeResult:
         return cls(success=False, reason=reason, message=message, **kwargs)
 
+    @classmethod
+    def timed_out(cls, timeout: float, stage: str) -> ProbeResult:
+        """The result of a run the check's timeout cut, saying what it was doing (``ctx.stage``)."""
+        return cls.failure(
+            Reason.TIMEOUT, f"no result within the timeout of {format_duration(timeout)} ({stage})"
+        )
+
 
 class Clock(Protocol):
     """Time as the agent sees it: ticks, sleeps and deadlines all come from here, so that a test

@@ -67,10 +67,8 @@ from agent.sdk.probe import (
     ProbeContext,
     ProbeResult,
     ProbeState,
-    Reason,
     SpanHandle,
     SystemClock,
-    format_duration,
 )
 from agent.server.inbox import Inbox
 from agent.state import ProbeStates
@@ -414,10 +412,7 @@ class ProbeTester:
         with self.clock.move_on_after(parsed.timeout) as scope:
             result = await probe.run(parsed, settings, ctx)
         if scope.cancelled_caught:
-            result = ProbeResult.failure(
-                Reason.TIMEOUT,
-                f"no result within the timeout of {format_duration(parsed.timeout)} ({ctx.stage})",
-            )
+            result = ProbeResult.timed_out(parsed.timeout, ctx.stage)
         if not isinstance(result, ProbeResult):
             raise PluginError(f"{self.name}: run() returned {type(result).__name__}, not a ProbeResult")
         if result.duration is None:

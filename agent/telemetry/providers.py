@@ -420,13 +420,6 @@ class ExportStats:
                 },
             )
 
-    def note(self, signal: str, ok: bool, error: str = "") -> None:
-        """Count an export of an unnamed exporter (``error`` is the cause of a failure)."""
-        if ok:
-            self.succeeded(signal)
-        else:
-            self.failed_with(signal, ExportOutcome(error or "error", error))
-
     def spans_dropped(self, count: int) -> None:
         with self.lock:
             self.dropped["traces"] += count
