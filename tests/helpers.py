@@ -328,6 +328,9 @@ class AgentProcess:
             "VANTAGE_PORT": str(self.port),
             "VANTAGE_HOST": "127.0.0.1",
             "VANTAGE_LOG_RUNS": "true",
+            # Every run's trace is exported, as the tests of the export path expect; the sampling
+            # of successful runs has its own tests (test_trace_sampling.py).
+            "VANTAGE_TRACE_SUCCESS_RATIO": "1",
             **env,
         }
         self.proc = subprocess.Popen(
