@@ -170,12 +170,14 @@ async def burst(count: int, rounds: int, concurrency: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checks", type=int, default=1000)
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=256)  # VANTAGE_CONCURRENCY
-    parser.add_argument("--burst", type=int, default=0, help="run_once of this many checks instead of ticking")
+    parser.add_argument("--burst", type=int, default=0, help="run_once of N checks, not ticking")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     count = min(args.burst or args.checks, MAX_CHECKS)
