@@ -466,7 +466,7 @@ async def test_the_timeout_cuts_through_a_plugins_task_group_and_its_cleanup() -
 
 async def test_shutdown_cancels_a_run_through_a_plugins_task_group() -> None:
     clock = FakeClock()
-    agent, registry = agent_with([nested_check("held", timeout=9.0)], clock)
+    agent, registry = agent_with([nested_check("held", timeout=9.0, cleanup=True)], clock)
     probe = registry.load("nested")
     assert isinstance(probe, NestedProbe)
     finished = []
@@ -487,6 +487,7 @@ async def test_shutdown_cancels_a_run_through_a_plugins_task_group() -> None:
     state = agent.recorder.states["held"]
     assert state.runs == 0 and state.last is None  # abandoned, not a crash nor a timeout
     assert len([e for e in probe.events if e.startswith("child")]) == 2
+    assert "cleaning up" in probe.events and "cleaned up" not in probe.events  # cut there too
     assert agent.recorder.in_flight == 0
 
 

@@ -107,26 +107,28 @@ class _Item:
 
     def expire(self) -> None:
         """The run's timeout fell due (a timer on the scheduler's clock)."""
-        if self.cut is None and self.probing:
+        if self.cut is None and self.probing and self.task is not None:
             self.cut = "timeout"
-            self._deliver()
+            self._deliver(self.task)
 
     def shut_down(self) -> None:
         """Cancel the run for the agent's shutdown, wherever it is."""
         self.cut = "shutdown"
+        if self.task is None:
+            return
         if self.probing:
-            self._deliver()
-        elif self.task is not None:
+            self._deliver(self.task)
+        else:
             self.task.cancel()  # not started yet: it never will
 
-    def _deliver(self) -> None:
+    def _deliver(self, task: asyncio.Task[None]) -> None:
         # Again on every turn of the loop until the run leaves the probe, as an anyio cancel scope
         # does: a plugin that catches the cancellation and waits on something else is cut there too.
-        task = self.task
-        if self.probing and task is not None and not task.done():
+        # (``task``, not ``self.task``: the check's next run is not this one's to cancel.)
+        if self.probing and task is self.task and not task.done():
             task.cancel()
             self.cancels += 1
-            asyncio.get_running_loop().call_soon(self._deliver)
+            asyncio.get_running_loop().call_soon(self._deliver, task)
 
 
 class Scheduler:
