@@ -94,9 +94,21 @@ class MapResolver(AbstractResolver):
 # ---------------------------------------------------------------- fake clock
 
 
+class _FakeTimer:
+    """A timer of ``FakeClock.call_later``."""
+
+    __slots__ = ("_timer",)
+
+    def __init__(self, timer: list[Any]) -> None:
+        self._timer = timer
+
+    def cancel(self) -> None:
+        self._timer[2] = None
+
+
 class FakeClock:
-    """A clock the test moves by hand: ``sleep`` waits, and ``move_on_after`` cancels its block,
-    when the test has moved it far enough, so that tests drive timeouts as well as ticks."""
+    """A clock the test moves by hand: ``sleep`` waits, and ``move_on_after`` and ``call_later``
+    fire, when the test has moved it far enough, so that tests drive timeouts as well as ticks."""
 
     def __init__(self, start: float = 1000.0, wall: float = 1_800_000_000.0) -> None:
         self.now = start
@@ -135,6 +147,10 @@ class FakeClock:
         finally:
             timer[2] = None
 
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> _FakeTimer:
+        """As ``loop.call_later``, on this clock: ``callback`` is called by ``advance``."""
+        return _FakeTimer(self._at(self.now + seconds, callback))
+
     async def advance(self, seconds: float) -> None:
         """Move time forward, firing timers in order and letting every task settle in between."""
         target = self.now + seconds
@@ -151,15 +167,23 @@ class FakeClock:
         await settle()
 
 
+_QUIET_TURNS = 3
+"""Turns of the loop with every task waiting before ``settle`` believes it: what wakes a task may
+be a plain callback still queued (a task's done callback, which wakes an anyio task group's host
+a turn later), and only turning the loop runs it."""
+
+
 async def settle() -> None:
     """Let every other task run until it waits on something (anyio's own helper polls every 100ms)."""
     this = asyncio.current_task()
+    quiet = 0
     for _ in range(100_000):
         waiting = (
             task is this or (task._fut_waiter is not None and not task._fut_waiter.done())  # type: ignore[attr-defined]
             for task in asyncio.all_tasks()
         )
-        if all(waiting):
+        quiet = quiet + 1 if all(waiting) else 0
+        if quiet > _QUIET_TURNS:
             return
         await asyncio.sleep(0)
     raise RuntimeError("the tasks never settled")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections import Counter
+from importlib.metadata import EntryPoint
 from typing import Any
 
 import anyio
@@ -15,8 +17,9 @@ from agent.app import Agent, build_agent
 from agent.config.registry import Registry
 from agent.config.settings import Shard, load_config
 from agent.errors import ConfigError
+from agent.schedule.scheduler import Scheduler
 from agent.schedule.sharding import offset, owner, select
-from agent.sdk import Reason
+from agent.sdk import Check, Probe, ProbeContext, ProbeResult, ProbeSettings, Reason, SystemClock
 
 from .fakes import SleepProbe, entry_points
 from .helpers import FakeClock
@@ -27,13 +30,19 @@ ENV = {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
 
 
 def make_agent(checks: list[dict[str, Any]], clock: FakeClock, **env: str) -> tuple[Agent, SleepProbe]:
-    registry = Registry(entry_points())
-    environ = {"VANTAGE_CHECKS": yaml.safe_dump({"checks": checks}), **ENV, **env}
-    config = load_config(environ, registry=registry)
-    agent = build_agent(config, environ, clock=clock)
+    agent, registry = agent_with(checks, clock, **env)
     probe = registry.load("sleep")
     assert isinstance(probe, SleepProbe)
     return agent, probe
+
+
+def agent_with(checks: list[dict[str, Any]], clock: FakeClock, **env: str) -> tuple[Agent, Registry]:
+    """An agent on ``clock`` with the probe types of ``tests.fakes`` and of this module."""
+    here = [EntryPoint(name, f"{__name__}:{cls}", "vantage.probes") for name, cls in LOCAL_PROBES.items()]
+    registry = Registry([*entry_points(), *here])
+    environ = {"VANTAGE_CHECKS": yaml.safe_dump({"checks": checks}), **ENV, **env}
+    config = load_config(environ, registry=registry)
+    return build_agent(config, environ, clock=clock), registry
 
 
 def sleep_check(name: str, interval: float, seconds: float = 0.0, **settings: Any) -> dict[str, Any]:
@@ -278,6 +287,260 @@ async def test_spans_a_probe_writes_are_redacted() -> None:
         and step.events[0].attributes["vantage.note"] == "key <redacted>"
     )
     assert step.status.description == "failed with key <redacted>"
+
+
+# ---------------------------------------------------------------- a run's structure: task, queue, timer
+
+
+async def test_a_run_due_while_every_slot_is_taken_waits_as_its_check_not_as_a_task() -> None:
+    # 50 checks that hang, 3 slots: 3 runs are tasks, 47 wait in the queue and are nothing more.
+    clock = FakeClock()
+    agent, probe = make_agent(
+        [sleep_check(f"c{i}", 10, seconds=3600) for i in range(50)], clock, VANTAGE_CONCURRENCY="3"
+    )
+    async with anyio.create_task_group() as tg:
+        tasks_before = len(asyncio.all_tasks())
+        tg.start_soon(agent.scheduler.run)
+        await clock.advance(9.99)  # every check came due once; each run is cut at 9 s
+        assert probe.max_active == 3 and probe.active == 3
+        # The scheduler's own task and its lag monitor, and the three runs.
+        assert len(asyncio.all_tasks()) - tasks_before <= 2 + 3
+        tg.cancel_scope.cancel()
+    assert probe.active == 0
+
+
+async def test_runs_waiting_for_a_slot_start_in_the_order_they_came_due(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One slot, six runs due at once, 1 s each: started one after the other, first come first
+    # started, each late by the time it waited for the slot.
+    clock = FakeClock()
+    names = ["f", "a", "e", "b", "d", "c"]
+    agent, probe = make_agent(
+        [sleep_check(name, 10, seconds=1) for name in names], clock, VANTAGE_CONCURRENCY="1"
+    )
+    late: list[float] = []
+    monkeypatch.setattr(agent.recorder, "lateness", late.append)
+    start = clock.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(agent.scheduler.run_once)
+        await clock.advance(10)
+    assert {name: [t - start for t in probe.starts[name]] for name in names} == {
+        name: [float(i)] for i, name in enumerate(names)
+    }
+    assert late == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert probe.max_active == 1
+
+
+async def test_run_once_holds_the_concurrency_bound_and_runs_every_check() -> None:
+    clock = FakeClock()
+    agent, probe = make_agent(
+        [sleep_check(f"c{i}", 10, seconds=1) for i in range(20)], clock, VANTAGE_CONCURRENCY="4"
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(agent.scheduler.run_once)
+        await clock.advance(6)
+    assert probe.max_active == 4
+    assert sorted(len(s) for s in probe.starts.values()) == [1] * 20
+    assert all(agent.recorder.states[f"c{i}"].runs == 1 for i in range(20))
+
+
+async def test_the_system_clock_calls_its_timer_unless_cancelled() -> None:
+    clock = SystemClock()
+    called: list[str] = []
+    first = anyio.Event()
+    clock.call_later(0.001, first.set)
+    clock.call_later(0.002, lambda: called.append("kept"))
+    cancelled = clock.call_later(0.001, lambda: called.append("cancelled"))
+    cancelled.cancel()
+    with anyio.fail_after(5):
+        await first.wait()
+        while not called:
+            await anyio.sleep(0.001)
+    assert called == ["kept"]
+
+
+class NestedSettings(ProbeSettings):
+    hold: float = 3600.0
+    """How long the probe's two child tasks wait (on the injected clock)."""
+    own_timeout: float = 0.0
+    """Above zero: first wait an hour under a deadline of the probe's own, this long."""
+    cleanup: bool = False
+    """Catch the cancellation and wait again, as a 'graceful close' would."""
+
+
+class NestedProbe(Probe[NestedSettings]):
+    """A plugin that uses anyio itself: a cancel scope of its own, and a task group of two children."""
+
+    name = "nested"
+    Settings = NestedSettings
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    async def run(self, check: Check, settings: NestedSettings, ctx: ProbeContext) -> ProbeResult:
+        async def child(index: int) -> None:
+            try:
+                await ctx.clock.sleep(settings.hold)
+            finally:
+                self.events.append(f"child {index} ended at {ctx.clock.monotonic() - started:g}")
+
+        started = ctx.clock.monotonic()
+        if settings.own_timeout:
+            with ctx.clock.move_on_after(settings.own_timeout) as scope:
+                await ctx.clock.sleep(3600)
+            self.events.append(f"own deadline caught: {scope.cancelled_caught}")
+        try:
+            with anyio.CancelScope():
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(child, 1)
+                    tg.start_soon(child, 2)
+        except asyncio.CancelledError:
+            if settings.cleanup:
+                self.events.append("cleaning up")
+                await ctx.clock.sleep(3600)  # cut too: the run's timeout is still on
+                self.events.append("cleaned up")
+            raise
+        return ProbeResult(success=True)
+
+
+class RaisesOwnCancelled(Probe[ProbeSettings]):
+    """Raises a CancelledError of its own, with no timeout nor shutdown asking for it: a crash."""
+
+    name = "own_cancel"
+    Settings = ProbeSettings
+
+    async def run(self, check: Check, settings: ProbeSettings, ctx: ProbeContext) -> ProbeResult:
+        await ctx.clock.sleep(0.5)
+        raise asyncio.CancelledError("the plugin's own")
+
+
+LOCAL_PROBES = {"nested": "NestedProbe", "own_cancel": "RaisesOwnCancelled"}
+
+
+def nested_check(name: str, timeout: float = 1.0, **settings: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "nested",
+        "target": "x",
+        "interval": 10,
+        "timeout": timeout,
+        "settings": settings,
+    }
+
+
+async def test_a_plugins_own_cancel_scope_and_task_group_work_inside_a_run() -> None:
+    clock = FakeClock()
+    agent, registry = agent_with([nested_check("own", timeout=5.0, own_timeout=0.5, hold=2)], clock)
+    await run_for(agent, clock, 9.99)
+    state = agent.recorder.states["own"]
+    assert state.runs == 1 and state.last is not None and state.last.success, state.last
+    assert state.last.duration == pytest.approx(2.5)
+    probe = registry.load("nested")
+    assert isinstance(probe, NestedProbe)
+    assert probe.events == ["own deadline caught: True", "child 1 ended at 2.5", "child 2 ended at 2.5"]
+
+
+async def test_the_timeout_cuts_through_a_plugins_task_group_and_its_cleanup() -> None:
+    # The run waits in its task group for an hour; its timeout is 1 s on the fake clock. The
+    # children end there, and so does the plugin's cleanup that waits: the run is a timeout at 1 s.
+    clock = FakeClock()
+    agent, registry = agent_with(
+        [nested_check("cut", cleanup=True), nested_check("later", timeout=3.0)], clock
+    )
+    await run_for(agent, clock, 9.99)
+    probe = registry.load("nested")
+    assert isinstance(probe, NestedProbe)
+    for name, timeout in (("cut", 1.0), ("later", 3.0)):
+        state = agent.recorder.states[name]
+        assert state.runs == 1 and state.failures == 1 and state.skipped == 0
+        assert state.last is not None and state.last.reason is Reason.TIMEOUT, state.last
+        assert state.last.duration == pytest.approx(timeout)
+    assert probe.events.count("cleaning up") == 1 and "cleaned up" not in probe.events
+    assert sorted(e for e in probe.events if e.startswith("child")) == [
+        "child 1 ended at 1",
+        "child 1 ended at 3",
+        "child 2 ended at 1",
+        "child 2 ended at 3",
+    ]
+    # The next runs go on as usual: a timeout leaves nothing behind in the task.
+    await run_for(agent, clock, 20)
+    assert agent.recorder.states["cut"].runs >= 2
+
+
+async def test_shutdown_cancels_a_run_through_a_plugins_task_group() -> None:
+    clock = FakeClock()
+    agent, registry = agent_with([nested_check("held", timeout=9.0, cleanup=True)], clock)
+    probe = registry.load("nested")
+    assert isinstance(probe, NestedProbe)
+    finished = []
+
+    async def run() -> None:
+        await agent.scheduler.run(drain_timeout=0.5)
+        finished.append(clock.monotonic())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        while agent.recorder.in_flight == 0:
+            await clock.advance(0.5)
+        agent.scheduler.stop()
+        await clock.advance(1)
+        with anyio.fail_after(10):
+            while not finished:
+                await anyio.sleep(0.01)
+    state = agent.recorder.states["held"]
+    assert state.runs == 0 and state.last is None  # abandoned, not a crash nor a timeout
+    assert len([e for e in probe.events if e.startswith("child")]) == 2
+    assert "cleaning up" in probe.events and "cleaned up" not in probe.events  # cut there too
+    assert agent.recorder.in_flight == 0
+
+
+async def test_a_cancelled_error_nobody_asked_for_is_the_plugins_crash(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    checks = [
+        {"name": "rogue", "type": "own_cancel", "target": "x", "interval": 2, "timeout": 1},
+        sleep_check("fine", 2),
+    ]
+    agent, _ = agent_with(checks, clock)
+    with caplog.at_level(logging.ERROR, logger="vantage.scheduler"):
+        await run_for(agent, clock, 9.99)
+    rogue, fine = agent.recorder.states["rogue"], agent.recorder.states["fine"]
+    assert rogue.runs == 5 and rogue.failures == 5
+    assert rogue.last is not None and rogue.last.reason is Reason.INTERNAL
+    assert rogue.last.message == "the probe crashed: CancelledError: the plugin's own"
+    assert fine.runs == 5 and fine.failures == 0
+
+
+@pytest.mark.parametrize("method", ["run", "run_once"])
+async def test_a_bug_outside_the_probe_ends_the_scheduler_with_it(method: str) -> None:
+    # The probe's exceptions are its check's results; the scheduler's or the recorder's own are
+    # bugs, raised from run() after the other runs were cancelled, as a task group would.
+    clock = FakeClock()
+    agent, probe = make_agent([sleep_check("bad", 10), sleep_check("other", 10, seconds=3600)], clock)
+
+    def context(entry: Any, run: Any) -> ProbeContext:
+        if entry.check.name == "bad":
+            raise RuntimeError("a bug in the context")
+        return agent.scheduler._context(entry, run)
+
+    scheduler = Scheduler(
+        agent.entries, recorder=agent.recorder, context=context, clock=clock, region="local", concurrency=4
+    )
+    raised: list[BaseException] = []
+
+    async def run() -> None:
+        try:
+            await getattr(scheduler, method)()
+        except RuntimeError as exc:
+            raised.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await clock.advance(10)
+    assert [str(exc) for exc in raised] == ["a bug in the context"]
+    assert probe.active == 0
 
 
 def test_regions_filter_checks() -> None:

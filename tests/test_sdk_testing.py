@@ -302,6 +302,28 @@ async def test_a_fake_clock_cancels_a_scope_when_the_test_moves_it_past_the_dead
     assert reached == ["waiting", "cut: True"]
 
 
+async def test_a_fake_clock_calls_its_timers_when_a_sleep_or_the_test_reaches_them() -> None:
+    # Clock.call_later, the scheduler's deadline for a run: called once, never from inside
+    # call_later, not at all once cancelled, and a sleep that would pass a timer stops at it.
+    clock = FakeClock(monotonic=100.0)
+    called: list[tuple[str, float]] = []
+    clock.call_later(5, lambda: called.append(("first", clock.monotonic())))
+    late = clock.call_later(7, lambda: called.append(("late", clock.monotonic())))
+    cancelled = clock.call_later(6, lambda: called.append(("cancelled", clock.monotonic())))
+    clock.call_later(0, lambda: called.append(("now", clock.monotonic())))
+    assert called == []
+    cancelled.cancel()
+    await clock.sleep(30)  # stops at the first live timer, which is due at once
+    assert called == [("now", 100.0)] and clock.monotonic() == 100.0
+    await clock.sleep(30)
+    assert called == [("now", 100.0), ("first", 105.0)] and clock.monotonic() == 105.0
+    clock.advance(10)
+    assert called[2:] == [("late", 115.0)]
+    late.cancel()  # already called: nothing happens
+    clock.advance(10)
+    assert len(called) == 3
+
+
 class CrashProbe(Probe[Empty]):
     name = "crash"
     Settings = Empty

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable
 
@@ -27,8 +28,9 @@ class LagMonitor:
 
     @staticmethod
     def now() -> float:
-        """The loop's clock, for the instants ``worst_since`` takes."""
-        return anyio.current_time()
+        """The loop's clock, for the instants ``worst_since`` takes (read once per run: the
+        loop's own method, not ``anyio.current_time()``, which looks the backend up each time)."""
+        return asyncio.get_running_loop().time()
 
     async def watch(self, report: Callable[[float], None]) -> None:
         """Sample the lag every ``_LAG_PERIOD`` until cancelled, reporting the worst of 10 s."""

@@ -24,6 +24,23 @@ has, or something blocking the loop) says nothing about its target: it is discar
 
 ``VANTAGE_CONCURRENCY`` bounds the probes in flight; lateness (start minus tick) is measured.
 
+A run is one asyncio task and little else, because at a thousand runs a second its structure is
+paid a thousand times: an anyio task group's task, a capacity limiter and a cancel scope per run
+cost ~100 µs of CPU (``bench/scheduler.py``), as much as the rest of a trivial run. So:
+
+- a run due while every slot is taken waits in a FIFO as its check, not as a task; it becomes a
+  task when a slot frees (the done callback of the run that freed it starts it);
+- its timeout is one timer on the injected clock (``Clock.call_later``) that cancels the task.
+  Why a run was cancelled (its timeout, or the agent's shutdown) is the scheduler's own note
+  (``_Item.cut``), not guessed from the exception: a ``CancelledError`` nobody asked for is the
+  plugin's own, a crash. Until the run leaves the probe, the cancellation is delivered again at
+  each of its waits, as an anyio cancel scope does, so a plugin's cleanup that waits is cut too.
+  A plugin's own anyio cancel scopes and task groups let it through (anyio tells a native
+  cancellation from its own); unlike the anyio cancel scope this replaces, an anyio shield inside
+  a plugin does not hold it off;
+- ``run`` and ``run_once`` own these tasks: neither returns before every run it started has
+  ended, cancelling those still going, as a task group would.
+
 One clock, the injected ``Clock``, gives the ticks, the sleeps between them and every deadline (a
 run's timeout, the drain at shutdown), so a test's fake clock drives timeouts as it drives ticks.
 Only the event-loop lag monitor reads the loop's own clock: see ``agent.schedule.lag`` for why.
@@ -40,12 +57,13 @@ import asyncio
 import heapq
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Literal
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 
 from agent.config.checks import CheckEntry
 from agent.schedule.lag import LagMonitor
@@ -64,30 +82,53 @@ _STARVED = 0.25  # a run is starved when the loop lagged by this share of its ti
 
 
 def _is_cancellation(exc: BaseException) -> bool:
-    cancelled = anyio.get_cancelled_exc_class()
     if isinstance(exc, BaseExceptionGroup):
-        return exc.subgroup(cancelled) is not None
-    return isinstance(exc, cancelled)
-
-
-def _cancel_requested() -> bool:
-    """Whether something asked to cancel the running task: the agent's shutdown, not a plugin.
-
-    A plugin can raise ``CancelledError`` itself (or let one of its own tasks' out); that must not
-    stop the agent. A real cancellation is requested of the task first: anyio's cancel scopes (the
-    scheduler's task group at shutdown) call ``Task.cancel()``, which ``Task.cancelling()`` counts
-    until the scope that asked has caught it. This run's own timeout scope is not counted here:
-    it is told apart by its ``cancel_called``. (The agent runs on asyncio, where both hold.)"""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+        return exc.subgroup(asyncio.CancelledError) is not None
+    return isinstance(exc, asyncio.CancelledError)
 
 
 @dataclass(eq=False, slots=True)
 class _Item:
+    """A check, and its run while one is queued or going (a check never has two at once)."""
+
     entry: CheckEntry
     running: bool = False
+    """A run is queued or going: the next tick is skipped (``overlap``)."""
     not_before: float = -math.inf
     """Monotonic time before which the target asked not to be probed (a 429's Retry-After)."""
+    due: float = 0.0
+    task: asyncio.Task[None] | None = None
+    probing: bool = False
+    """The run is inside the probe's ``run``, where a cut is delivered."""
+    cut: Literal["timeout", "shutdown"] | None = None
+    """Why the scheduler cancelled the run; a shutdown outranks a timeout."""
+    cancels: int = 0
+    """``Task.cancel()`` calls made for ``cut``, undone (``uncancel``) when a timeout is caught."""
+
+    def expire(self) -> None:
+        """The run's timeout fell due (a timer on the scheduler's clock)."""
+        if self.cut is None and self.probing and self.task is not None:
+            self.cut = "timeout"
+            self._deliver(self.task)
+
+    def shut_down(self) -> None:
+        """Cancel the run for the agent's shutdown, wherever it is."""
+        self.cut = "shutdown"
+        if self.task is None:
+            return
+        if self.probing:
+            self._deliver(self.task)
+        else:
+            self.task.cancel()  # not started yet: it never will
+
+    def _deliver(self, task: asyncio.Task[None]) -> None:
+        # Again on every turn of the loop until the run leaves the probe, as an anyio cancel scope
+        # does: a plugin that catches the cancellation and waits on something else is cut there too.
+        # (``task``, not ``self.task``: the check's next run is not this one's to cancel.)
+        if self.probing and task is self.task and not task.done():
+            task.cancel()
+            self.cancels += 1
+            asyncio.get_running_loop().call_soon(self._deliver, task)
 
 
 class Scheduler:
@@ -105,14 +146,19 @@ class Scheduler:
     ) -> None:
         self._items = [_Item(entry) for entry in entries]
         self._recorder, self._context, self._clock, self._region = recorder, context, clock, region
-        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._concurrency = concurrency
+        self._tasks: dict[asyncio.Task[None], _Item] = {}
+        """The runs going (each holds a slot of ``concurrency``)."""
+        self._waiting: deque[_Item] = deque()
+        """The runs due with no slot free, first come first started."""
+        self._running_count = 0  # queued and going
+        self._idle: anyio.Event | None = None
+        self._failure: BaseException | None = None
         self._stopping = False
         self._sleep_scope: anyio.CancelScope | None = None
         self._crashed: set[str] = set()
         self._lag = LagMonitor()
         self._overload_warned = -math.inf
-        self._idle = anyio.Event()
-        self._running_count = 0
         self.running = False
         self.heartbeat = clock.monotonic()
         """Monotonic time of the loop's last turn, for ``/healthz``."""
@@ -139,21 +185,26 @@ class Scheduler:
             self.running = True
             task_status.started()
             try:
-                # One scope for the whole loop: stop() cancels it wherever the loop waits.
-                with anyio.CancelScope() as self._sleep_scope:
-                    if not self._stopping:
-                        await self._loop(tg)
+                try:
+                    # One scope for the whole loop: stop() cancels it wherever the loop waits.
+                    with anyio.CancelScope() as self._sleep_scope:
+                        if not self._stopping:
+                            await self._loop()
+                finally:
+                    self.running = False
+                if self._running_count and self._failure is None:
+                    log.info(
+                        "waiting up to %s for %d runs in flight",
+                        format_duration(drain_timeout),
+                        self._running_count,
+                    )
+                    with self._clock.move_on_after(drain_timeout):
+                        await self._wait_for_idle()
             finally:
-                self.running = False
-            if self._running_count:
-                log.info(
-                    "waiting up to %s for %d runs in flight",
-                    format_duration(drain_timeout),
-                    self._running_count,
-                )
-                with self._clock.move_on_after(drain_timeout):
-                    await self._idle.wait()
+                await self._cancel_runs()
             tg.cancel_scope.cancel()
+        if self._failure is not None:
+            raise self._failure
 
     def _first_due(self, item: _Item) -> float:
         interval = item.entry.check.interval
@@ -162,7 +213,7 @@ class Scheduler:
         next_wall = math.ceil((wall - phase) / interval) * interval + phase
         return mono + (next_wall - wall)
 
-    async def _loop(self, tg: TaskGroup) -> None:
+    async def _loop(self) -> None:
         heap: list[tuple[float, int, _Item]] = [
             (self._first_due(item), index, item) for index, item in enumerate(self._items)
         ]
@@ -180,9 +231,7 @@ class Scheduler:
                     # reset): probing now would only burn the quota this check watches.
                     self._recorder.skipped(item.entry, "backoff")
                 else:
-                    item.running = True
-                    self._running_count += 1
-                    tg.start_soon(self._run_one, item, due)
+                    self._admit(item, due)
                 following = due + interval
                 if following <= now:
                     missed = math.floor((now - following) / interval) + 1
@@ -193,65 +242,140 @@ class Scheduler:
             delay = heap[0][0] - now if heap else 3600.0
             await self._clock.sleep(min(max(delay, _MIN_SLEEP), _MAX_SLEEP))
 
-    async def _run_one(self, item: _Item, due: float) -> None:
-        entry = item.entry
-        check = entry.check
-        try:
-            async with self._limiter:
-                started = self._clock.monotonic()
-                self._recorder.lateness(started - due)
-                run = self._recorder.start_run(entry)
-                ctx = self._context(entry, run)
-                try:
-                    result = await self._probe(entry, ctx, started)
-                except BaseException:
-                    self._recorder.abandon_run(run, "cancelled: the agent is shutting down")
-                    raise
-                if result is None:
-                    self._recorder.abandon_run(run, "discarded: the agent's event loop was starved")
-                    self._recorder.skipped(entry, "overload")
-                    return
-                if result.duration is None:
-                    result = replace(result, duration=self._clock.monotonic() - started)
-                if result.retry_after:
-                    item.not_before = self._clock.monotonic() + result.retry_after
-                try:
-                    self._recorder.finish_run(run, result, ctx.requests)
-                except Exception:
-                    # A recording bug must not take the other checks down with it.
-                    log.exception("recording the result of check %s failed", check.name)
-        finally:
-            item.running = False
-            self._running_count -= 1
-            if self._stopping and self._running_count == 0:
+    def _admit(self, item: _Item, due: float) -> None:
+        """Start a run of ``item`` now if a slot is free, else queue it for the next free slot."""
+        item.running = True
+        item.due = due
+        self._running_count += 1
+        if len(self._tasks) < self._concurrency:
+            self._start(item)
+        else:
+            self._waiting.append(item)
+
+    def _start(self, item: _Item) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_one(item))
+        item.task = task
+        self._tasks[task] = item
+
+    def _release(self, item: _Item) -> None:
+        """A run ended: free its check and its slot, and start the next run waiting for one.
+
+        Called by the run's task as it ends (so the next run starts in the same turn of the loop),
+        or by ``_cancel_runs`` for a task cancelled before it ever ran."""
+        if item.task is not None:
+            del self._tasks[item.task]
+            item.task = None
+        item.running = False
+        self._running_count -= 1
+        while self._waiting and len(self._tasks) < self._concurrency:
+            self._start(self._waiting.popleft())
+        if self._running_count == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def _wait_for_idle(self) -> None:
+        """Wait until no run is queued or going, or a run failed outside its probe."""
+        while self._running_count and self._failure is None:
+            self._idle = anyio.Event()
+            await self._idle.wait()
+
+    def _fail(self, exc: BaseException) -> None:
+        """A run failed outside its probe: stop, as a task group does when a task fails."""
+        if self._failure is None:
+            self._failure = exc
+            self.stop()
+            self._drop_waiting()
+            if self._idle is not None:
                 self._idle.set()
 
-    async def _probe(self, entry: CheckEntry, ctx: ProbeContext, started: float) -> ProbeResult | None:
+    def _drop_waiting(self) -> None:
+        while self._waiting:
+            item = self._waiting.popleft()
+            item.running = False
+            self._running_count -= 1
+
+    async def _cancel_runs(self) -> None:
+        """Drop the runs queued, cancel those going and wait until they have ended."""
+        self._drop_waiting()
+        if not self._tasks:
+            return
+        for item in self._tasks.values():
+            item.shut_down()
+        # Shielded: this is the cleanup of whatever cancelled us, and the runs end promptly.
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait(list(self._tasks))
+        for item in list(self._tasks.values()):  # cancelled before they ever ran
+            self._release(item)
+
+    async def _run_one(self, item: _Item) -> None:
+        entry = item.entry
+        try:
+            started = self._clock.monotonic()
+            self._recorder.lateness(started - item.due)
+            run = self._recorder.start_run(entry)
+            ctx = self._context(entry, run)
+            try:
+                result = await self._probe(item, ctx, started)
+            except BaseException:
+                self._recorder.abandon_run(run, "cancelled: the agent is shutting down")
+                raise
+            if result is None:
+                self._recorder.abandon_run(run, "discarded: the agent's event loop was starved")
+                self._recorder.skipped(entry, "overload")
+                return
+            if result.duration is None:
+                result = replace(result, duration=self._clock.monotonic() - started)
+            if result.retry_after:
+                item.not_before = self._clock.monotonic() + result.retry_after
+            try:
+                self._recorder.finish_run(run, result, ctx.requests)
+            except Exception:
+                # A recording bug must not take the other checks down with it.
+                log.exception("recording the result of check %s failed", entry.check.name)
+        except asyncio.CancelledError:
+            raise  # the agent's shutdown
+        except BaseException as exc:
+            # Not the probe's (whatever it raises is its check's result): the scheduler's own bug,
+            # or the recorder's. As in a task group, it ends the scheduler, which raises it.
+            self._fail(exc)
+        finally:
+            self._release(item)
+
+    async def _probe(self, item: _Item, ctx: ProbeContext, started: float) -> ProbeResult | None:
         """The probe's result, a timeout or crash as a result, or None for a starved run.
 
         Whatever a plugin raises (``CancelledError``, ``SystemExit`` and ``KeyboardInterrupt``
         included) is a crash of that check, recorded as reason ``internal``; only the agent's own
         cancellation (shutdown, or this run's timeout) is let through."""
+        entry = item.entry
         check = entry.check
-        result: Any = None
-        scope: anyio.CancelScope | None = None
         loop_started = self._lag.now()
+        item.cut, item.cancels, item.probing = None, 0, True
+        # The deadline is on the scheduler's clock, as the ticks are: a test's fake clock cuts a
+        # run at its timeout as surely as the real one does.
+        timer = self._clock.call_later(check.timeout, item.expire)
         try:
-            # The deadline is on the scheduler's clock, as the ticks are: a test's fake clock
-            # cuts a run at its timeout as surely as the real one does.
-            with self._clock.move_on_after(check.timeout) as scope:
-                result = await entry.probe.run(check, entry.settings, ctx)
-                if not isinstance(result, ProbeResult):
-                    raise TypeError(f"run() returned {type(result).__name__}, not a ProbeResult")
-                return result
+            result = await entry.probe.run(check, entry.settings, ctx)
+            if not isinstance(result, ProbeResult):
+                raise TypeError(f"run() returned {type(result).__name__}, not a ProbeResult")
+            return result
         except BaseException as exc:
-            if _is_cancellation(exc) and _cancel_requested():
-                raise  # the agent is shutting down
-            if not (_is_cancellation(exc) and scope is not None and scope.cancel_called):
+            if item.cut == "shutdown":
+                raise
+            if not (item.cut == "timeout" and _is_cancellation(exc)):
                 return self._crashed_result(check.name, check.type, ctx, exc)
-            # Our own timeout, which the plugin let out as a CancelledError of its own making.
-        lag = self._run_lag(check.timeout, self._clock.monotonic() - started, loop_started)
-        if lag > check.timeout * _STARVED:
+            # This run's timeout, as our CancelledError or as one the plugin made of it.
+        finally:
+            item.probing = False
+            timer.cancel()
+            if item.cut == "timeout":
+                _uncancel(item)
+        return self._timed_out(check.timeout, ctx, started, loop_started)
+
+    def _timed_out(
+        self, timeout: float, ctx: ProbeContext, started: float, loop_started: float
+    ) -> ProbeResult | None:
+        lag = self._run_lag(timeout, self._clock.monotonic() - started, loop_started)
+        if lag > timeout * _STARVED:
             now = self._clock.monotonic()
             if now - self._overload_warned > 60:
                 self._overload_warned = now
@@ -261,7 +385,7 @@ class Scheduler:
                     format_duration(round(lag, 3)),
                 )
             return None
-        return ProbeResult.timed_out(check.timeout, ctx.stage)
+        return ProbeResult.timed_out(timeout, ctx.stage)
 
     def _run_lag(self, timeout: float, elapsed: float, loop_started: float) -> float:
         """How long the agent kept a run that timed out from its time; above a share of the
@@ -286,8 +410,21 @@ class Scheduler:
 
     async def run_once(self) -> None:
         """Run every check once now, concurrently within the bound (``vantage once``)."""
-        async with anyio.create_task_group() as tg:
-            for item in self._items:
-                item.running = True
-                self._running_count += 1
-                tg.start_soon(self._run_one, item, self._clock.monotonic())
+        now = self._clock.monotonic()
+        for item in self._items:
+            self._admit(item, now)
+        try:
+            await self._wait_for_idle()
+        finally:
+            await self._cancel_runs()
+        if self._failure is not None:
+            raise self._failure
+
+
+def _uncancel(item: _Item) -> None:
+    """Take back the cancellations a caught timeout made, so the task is not left cancelling."""
+    task = item.task
+    if task is not None:
+        for _ in range(min(item.cancels, task.cancelling())):
+            task.uncancel()
+    item.cancels = 0

@@ -271,6 +271,13 @@ class ProbeResult:
         )
 
 
+class Timer(Protocol):
+    """A callback that a clock will call, until it is called off (``asyncio.TimerHandle`` is one)."""
+
+    def cancel(self) -> None:
+        """Call the callback off; nothing happens if it was already called."""
+
+
 class Clock(Protocol):
     """Time as the agent sees it: ticks, sleeps and deadlines all come from here, so that a test
     that injects a fake clock drives timeouts as well as ticks."""
@@ -290,9 +297,17 @@ class Clock(Protocol):
         As ``anyio.move_on_after``: the block's cancellation is caught at the scope's end, and the
         scope's ``cancel_called`` says whether the deadline (or anything else) cancelled it."""
 
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> Timer:
+        """Call ``callback`` ``seconds`` from now on this clock (never from inside this call),
+        unless the returned timer is cancelled first.
+
+        The cheap deadline: one timer, no cancel scope. The scheduler cuts each run at its timeout
+        with it (as ``loop.call_later``, which is what the real clock uses)."""
+
 
 class SystemClock:
-    """The real clocks: the event loop's own deadlines for ``sleep`` and ``move_on_after``."""
+    """The real clocks: the event loop's own deadlines for ``sleep``, ``move_on_after`` and
+    ``call_later``."""
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -305,6 +320,12 @@ class SystemClock:
 
     def move_on_after(self, seconds: float) -> contextlib.AbstractContextManager[anyio.CancelScope]:
         return anyio.move_on_after(seconds)
+
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> Timer:
+        # The agent runs on asyncio (uvloop); anyio has no timer of this kind to use instead.
+        from asyncio import get_running_loop
+
+        return get_running_loop().call_later(seconds, callback)
 
 
 class RefusalKind(enum.Enum):

@@ -96,21 +96,36 @@ STEP_ATTRIBUTE = "vantage.step"
 """The attribute ``ProbeContext.step`` puts on the spans it opens."""
 
 
+class _FakeTimer:
+    """A timer of :meth:`FakeClock.call_later`: ``callback`` is called once, at ``when``."""
+
+    __slots__ = ("callback", "when")
+
+    def __init__(self, when: float, callback: Callable[[], object]) -> None:
+        self.when = when
+        self.callback: Callable[[], object] | None = callback
+
+    def cancel(self) -> None:
+        self.callback = None
+
+
 class FakeClock:
     """A clock the test sets: time stands still unless the test, or a sleep, moves it.
 
     ``sleep`` moves the clock forward by what it was asked and returns at once (after one
     checkpoint), as trio's ``MockClock`` does with ``autojump_threshold=0``: a probe that waits
     five seconds between polls runs in no time and reads the five seconds it waited. Deadlines
-    (``move_on_after``, which the tester puts around a run for the check's timeout) are on this
-    clock too: a sleep that would pass one stops at it, and the guarded block is cancelled there;
-    a probe blocked on its network does not move the clock, so only the test's ``advance`` can
-    bring its deadline."""
+    (``move_on_after``, which the tester puts around a run for the check's timeout, and the timers
+    of ``call_later``, with which the scheduler cuts a run) are on this clock too: a sleep that
+    would pass one stops at it, and the guarded block is cancelled (the timer's callback called)
+    there; a probe blocked on its network does not move the clock, so only the test's ``advance``
+    can bring its deadline."""
 
     def __init__(self, monotonic: float = 1000.0, wall: float = 1_800_000_000.0) -> None:
         self._monotonic = monotonic
         self._wall = wall
         self._deadlines: list[tuple[float, anyio.CancelScope]] = []
+        self._timers: list[_FakeTimer] = []
 
     def monotonic(self) -> float:
         return self._monotonic
@@ -119,7 +134,8 @@ class FakeClock:
         return self._wall
 
     def advance(self, seconds: float) -> None:
-        """Move both clocks forward by ``seconds``, cancelling the scopes whose deadline passed."""
+        """Move both clocks forward by ``seconds``, cancelling the scopes whose deadline passed and
+        calling the timers that fell due, in the order of their deadlines."""
         if seconds < 0:
             raise ValueError("a clock does not go back")
         self._monotonic += seconds
@@ -127,6 +143,11 @@ class FakeClock:
         for deadline, scope in self._deadlines:
             if deadline <= self._monotonic:
                 scope.cancel()
+        due = sorted((t for t in self._timers if t.when <= self._monotonic), key=lambda t: t.when)
+        for timer in due:
+            self._timers.remove(timer)
+            if timer.callback is not None:
+                timer.callback()
 
     def set_wall(self, wall: float) -> None:
         """Step the wall clock alone (NTP, a suspended VM); the monotonic clock does not move."""
@@ -134,7 +155,13 @@ class FakeClock:
 
     async def sleep(self, seconds: float) -> None:
         wake = self._monotonic + max(0.0, seconds)
-        first = min((deadline for deadline, _ in self._deadlines), default=wake)
+        first = min(
+            (
+                *(deadline for deadline, _ in self._deadlines),
+                *(timer.when for timer in self._timers if timer.callback is not None),
+            ),
+            default=wake,
+        )
         self.advance(max(0.0, min(wake, first) - self._monotonic))
         await anyio.lowlevel.checkpoint()
 
@@ -151,6 +178,13 @@ class FakeClock:
                 yield scope
         finally:
             self._deadlines.remove(entry)
+
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> _FakeTimer:
+        """Call ``callback`` when this clock reaches ``seconds`` from now (a sleep or ``advance``
+        moving it there), unless the timer is cancelled first; never from inside this call."""
+        timer = _FakeTimer(self._monotonic + max(0.0, seconds), callback)
+        self._timers.append(timer)
+        return timer
 
 
 @dataclass(frozen=True, slots=True)
