@@ -115,9 +115,11 @@ class HttpExchange:
     url: URL
     status: int
     headers: CIMultiDictProxy[str]
+    """Every header of the final response, a name that came more than once kept each time."""
     body: bytes
     truncated: bool
     http_version: str
+    """``1.0``, ``1.1``, ``2`` or ``3``."""
     redirects: int
     phases: dict[str, float]
     duration: float
@@ -167,9 +169,12 @@ class HttpClient(Protocol):
         follow_redirects: bool = True,
         max_redirects: int = 10,
         max_body: int = 1 << 20,
+        proxy_url: str | None = None,
     ) -> HttpExchange:
         """Send a request, following redirects, and read at most ``max_body`` bytes of the body.
 
+        ``proxy_url`` (``http://`` or ``https://``, credentials in it allowed and redacted) sends
+        this request through a proxy, CONNECT for https targets, instead of the client's own.
         Raises :class:`HttpFailure` when no response could be had; a response of any status,
         even with a cut body, is an :class:`HttpExchange`.
         """
@@ -180,8 +185,16 @@ class HttpClientFactory(Protocol):
     """Makes the HTTP clients of probe runs (``ProbeContext.http``) and reads TLS handshakes
     (``ProbeContext.tls_info``); the agent's is ``agent/net/http.py``."""
 
-    def client(self, ctx: ProbeContext, *, tls: TLSOptions | None, fresh: bool, ip_family: str) -> HttpClient:
-        """A client for one run of ``ctx``'s check."""
+    def client(
+        self,
+        ctx: ProbeContext,
+        *,
+        tls: TLSOptions | None,
+        fresh: bool,
+        ip_family: str,
+        proxy_url: str | None = None,
+    ) -> HttpClient:
+        """A client for one run of ``ctx``'s check; ``proxy_url`` sends its requests through a proxy."""
         ...
 
     def tls_info(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TLSInfo:
