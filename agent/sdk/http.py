@@ -10,6 +10,7 @@ private parts through the agent's adapter, so a probe asks its context: ``ctx.tl
 from __future__ import annotations
 
 import ssl
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -74,13 +75,19 @@ def tls_context(options: TLSOptions) -> ssl.SSLContext:
     if options.insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    if options.min_version:
-        context.minimum_version = {
-            "1.0": ssl.TLSVersion.TLSv1,
-            "1.1": ssl.TLSVersion.TLSv1_1,
-            "1.2": ssl.TLSVersion.TLSv1_2,
-            "1.3": ssl.TLSVersion.TLSv1_3,
-        }[options.min_version]
+    if options.min_version in ("1.0", "1.1"):
+        # Asked for on purpose: Python's deprecation of the old versions is not the user's to see,
+        # and OpenSSL 3 refuses their SHA-1 signatures above security level 0 (as the HTTP client).
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = (
+                ssl.TLSVersion.TLSv1 if options.min_version == "1.0" else ssl.TLSVersion.TLSv1_1
+            )
+    elif options.min_version:
+        context.minimum_version = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}[
+            options.min_version
+        ]
     return context
 
 
