@@ -195,6 +195,23 @@ def test_libcurl_codes_map_to_the_agents_reasons() -> None:
     assert map_curl_error(27, "Out of memory")[0] is Reason.INTERNAL
     reason, message = map_curl_error(3, "URL rejected: http://h/p?token=s3cret")
     assert reason is Reason.PROTOCOL and "s3cret" not in message
+    # libcurl's wrapping of OpenSSL's words goes; what was wrong stays.
+    assert map_curl_error(60, "SSL certificate problem: certificate has expired", host="h") == (
+        Reason.TLS,
+        "TLS certificate of h rejected: certificate has expired",
+    )
+    assert map_curl_error(60, "SSL certificate OpenSSL verify result: self-signed certificate (18)")[1] == (
+        "TLS certificate rejected: self-signed certificate"
+    )
+    # A status line that is not HTTP, and a header over libcurl's limit, are the response's fault.
+    assert map_curl_error(1, "Received HTTP/0.9 when not allowed") == (
+        Reason.PROTOCOL,
+        "malformed HTTP response: Received HTTP/0.9 when not allowed",
+    )
+    assert map_curl_error(100, "") == (
+        Reason.PROTOCOL,
+        "malformed HTTP response: a header larger than libcurl accepts (100 KiB a line, 300 KiB in all)",
+    )
 
 
 async def test_fifty_concurrent_requests_on_one_loop_all_complete() -> None:

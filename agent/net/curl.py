@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pycurl
+from cryptography import x509
 from yarl import URL
 
 from agent.sdk.failures import map_curl_error
@@ -57,6 +58,23 @@ _SUPPRESS_CONNECT_HEADERS = 265  # CURLOPT_SUPPRESS_CONNECT_HEADERS, which pycur
 _OLD_TLS_CIPHERS = "DEFAULT:@SECLEVEL=0"
 # libcurl's informational line after an OpenSSL handshake (vtls/openssl.c), e.g.
 # "SSL connection using TLSv1.3 / TLS_AES_256_GCM_SHA384 / X25519 / RSASSA-PSS".
+# OpenSSL's words for its most common verification results (X509_V_ERR_*), which pycurl cannot
+# look up: libcurl checks the host name first and would report a self-signed certificate without a
+# name as "unable to obtain common name", where the chain is what failed.
+_VERIFY_ERRORS = {
+    2: "unable to get issuer certificate",
+    7: "certificate signature failure",
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    18: "self-signed certificate",
+    19: "self-signed certificate in certificate chain",
+    20: "unable to get local issuer certificate",
+    21: "unable to verify the first certificate",
+    23: "certificate revoked",
+    24: "invalid CA certificate",
+    26: "unsupported certificate purpose",
+}
+_PEER_FAILED_VERIFICATION = 60
 _HANDSHAKE_LINE = re.compile(rb"^SSL connection using (\S+) / (\S+)")
 # The wheel's libcurl looks for a CA bundle at its build machine's path; use this system's.
 _SYSTEM_CA = ssl.get_default_verify_paths()
@@ -125,6 +143,7 @@ class _Transfer:
         "tls_version",
         "total",
         "truncated",
+        "verify_result",
         "version",
     )
 
@@ -138,6 +157,7 @@ class _Transfer:
         self.tls_version: str | None = None
         self.cipher: str | None = None
         self.connection: tuple[str, int, str, int] = ("", 0, "", 0)
+        self.verify_result = 0
         self.body = bytearray()
         self.headers: list[tuple[str, str]] = []
         self.truncated = False
@@ -189,6 +209,7 @@ class _Transfer:
             int(curl.getinfo(pycurl.PRIMARY_PORT) or 0),
         )
         if tls_used:
+            self.verify_result = int(curl.getinfo(pycurl.SSL_VERIFYRESULT) or 0)
             self.chain = tuple(
                 ssl.PEM_cert_to_DER_cert(value if isinstance(value, str) else value.decode("ascii"))
                 for cert in curl.getinfo(pycurl.INFO_CERTINFO) or ()
@@ -202,11 +223,15 @@ class CurlMulti:
 
     _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CurlMulti] = weakref.WeakKeyDictionary()
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, max_connections: int | None = None) -> None:
         # A weak reference: the per-loop table is keyed weakly by the loop, which must not be kept
         # alive by its own value.
         self._loop_ref = weakref.ref(loop)
         self._multi = pycurl.CurlMulti()
+        if max_connections is not None:
+            # libcurl's default cache holds 4 connections per transfer running at once: too few for
+            # many checks that each keep one alive between their runs.
+            self._multi.setopt(pycurl.M_MAXCONNECTS, max_connections)
         self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
         self._watched: dict[int, int] = {}
@@ -257,6 +282,8 @@ class CurlMulti:
             raise
         except pycurl.error as exc:
             code, message = exc.args
+            if code == _PEER_FAILED_VERIFICATION:
+                message = _verification_problem(message, transfer)
             if not (code == _WRITE_ERROR and transfer.truncated):
                 reason, text = map_curl_error(code, message, host=URL(request.url).host)
                 raise HttpFailure(reason, text, transfer.phases) from None
@@ -358,6 +385,25 @@ class CurlMulti:
             transfer.future.set_result(None)
         else:
             transfer.future.set_exception(error)
+
+
+def _verification_problem(message: str, transfer: _Transfer) -> str:
+    """What failed when libcurl did not accept the server's certificate, in OpenSSL's words.
+
+    libcurl's own checks (the name) leave verify result 1 (unspecified) and their own message,
+    even where the chain is what is wrong: a single self-issued certificate is said to be one.
+    """
+    found = transfer.verify_result
+    if found > 1:
+        return _VERIFY_ERRORS.get(found, f"OpenSSL verify error {found}")
+    if len(transfer.chain) == 1:
+        try:
+            cert = x509.load_der_x509_certificate(transfer.chain[0])
+        except ValueError:
+            return message
+        if cert.subject == cert.issuer:
+            return f"self-signed certificate; {message}"
+    return message
 
 
 def _configure(curl: pycurl.Curl, request: CurlRequest, transfer: _Transfer) -> bool:

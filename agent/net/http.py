@@ -58,6 +58,8 @@ _TLS_VERSIONS = {
     "TLSv1.2": "TLS 1.2",
     "TLSv1.3": "TLS 1.3",
 }
+_KEPT_CONNECTIONS = 256
+"""Idle connections the ``fresh=False`` clients keep in all (libcurl closes the oldest beyond)."""
 _KEPT_HANDSHAKES = 1024
 """How many kept-alive connections' handshakes are remembered, for the hops that reuse them."""
 
@@ -135,7 +137,7 @@ class HttpClientFactory:
         loop = asyncio.get_running_loop()
         multi = self._pools.get(loop)
         if multi is None:
-            multi = self._pools[loop] = CurlMulti(loop)
+            multi = self._pools[loop] = CurlMulti(loop, max_connections=_KEPT_CONNECTIONS)
         return multi
 
     def _remember(self, connection: tuple[str, int, str, int], info: TLSInfo) -> None:

@@ -102,8 +102,10 @@ def map_curl_error(code: int, message: str, *, host: str | None = None) -> tuple
     detail = _URL_IN_TEXT.sub(lambda found: redact_url(found.group(0)), message.strip())
     detail = _CERT_PROBLEM.sub(r"\1", detail)
     reason, what = _CURL_CODES.get(code, (Reason.CONNECT, "cannot connect"))
-    if code == 1 and "HTTP/0.9" in detail:  # UNSUPPORTED_PROTOCOL: a status line that is not HTTP
+    if code == 1 and "HTTP/" in detail:  # UNSUPPORTED_PROTOCOL of a status line, not of a URL
         what = "malformed HTTP response"
+    if code == 100 and not detail:  # TOO_LARGE, which libcurl leaves without words
+        detail = "a header larger than libcurl accepts (100 KiB a line, 300 KiB in all)"
     if host and reason is Reason.TLS:
         what = what.replace("certificate", f"certificate of {host}")
     return reason, f"{what}: {detail or f'libcurl error {code}'}"
