@@ -464,3 +464,15 @@ async def test_a_header_with_a_line_break_is_refused_not_sent() -> None:
         with pytest.raises(HttpFailure) as failure:
             await client.request("GET", f"http://127.0.0.1:{port}/", headers={"X-A": "1\r\nX-Injected: 2"})
     assert failure.value.reason is Reason.PROTOCOL and not seen
+
+
+async def test_ip_family_limits_the_addresses_used() -> None:
+    """``ipv6`` refuses the IPv4 address the name has: no address of the family, a DNS failure."""
+    async with serve(text_app(hello=(b"hello", {}))) as port, probe_context({"v4.test": "127.0.0.1"}) as ctx:
+        async with ctx.http(ip_family="ipv4") as client:
+            v4 = await client.request("GET", f"http://v4.test:{port}/hello")
+        async with ctx.http(ip_family="ipv6") as client:
+            with pytest.raises(HttpFailure) as v6:
+                await client.request("GET", f"http://v4.test:{port}/hello")
+    assert v4.body == b"hello"
+    assert v6.value.reason is Reason.DNS

@@ -381,7 +381,7 @@ class HttpClient:
             address = names.get(name)
             if address is None:
                 raise HttpFailure(Reason.DNS, f"DNS lookup of {name} failed: Name or service not known")
-            entries.append(f"{name}:{name_port}:{address}")
+            entries.append(f"{name}:{name_port}:{f'[{address}]' if ':' in address else address}")
         return tuple(entries)
 
     def _tls_info(self, result: CurlResult, url: URL) -> TLSInfo | None:
