@@ -56,8 +56,6 @@ _SUPPRESS_CONNECT_HEADERS = 265  # CURLOPT_SUPPRESS_CONNECT_HEADERS, which pycur
 # OpenSSL 3 refuses TLS 1.0 and 1.1 (SHA-1 signatures) at its default security level 1 and above:
 # a check that asks for them lowers the level, or the handshake it asked for could never succeed.
 _OLD_TLS_CIPHERS = "DEFAULT:@SECLEVEL=0"
-# libcurl's informational line after an OpenSSL handshake (vtls/openssl.c), e.g.
-# "SSL connection using TLSv1.3 / TLS_AES_256_GCM_SHA384 / X25519 / RSASSA-PSS".
 # OpenSSL's words for its most common verification results (X509_V_ERR_*), which pycurl cannot
 # look up: libcurl checks the host name first and would report a self-signed certificate without a
 # name as "unable to obtain common name", where the chain is what failed.
@@ -75,6 +73,8 @@ _VERIFY_ERRORS = {
     26: "unsupported certificate purpose",
 }
 _PEER_FAILED_VERIFICATION = 60
+# libcurl's informational line after an OpenSSL handshake (vtls/openssl.c), e.g.
+# "SSL connection using TLSv1.3 / TLS_AES_256_GCM_SHA384 / X25519 / RSASSA-PSS".
 _HANDSHAKE_LINE = re.compile(rb"^SSL connection using (\S+) / (\S+)")
 # The wheel's libcurl looks for a CA bundle at its build machine's path; use this system's.
 _SYSTEM_CA = ssl.get_default_verify_paths()
