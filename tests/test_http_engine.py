@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import h2.config
 import h2.connection
@@ -476,3 +477,14 @@ async def test_ip_family_limits_the_addresses_used() -> None:
                 await client.request("GET", f"http://v4.test:{port}/hello")
     assert v4.body == b"hello"
     assert v6.value.reason is Reason.DNS
+
+
+async def test_proxy_credentials_with_reserved_and_non_ascii_characters() -> None:
+    """Written raw or percent-encoded in the URL, they reach the proxy as the password they are."""
+    password = "pä55 w@rd/é"
+    async with serve(text_app(hello=(b"hello", {}))) as port, forward_proxy(f"probe:{password}") as proxy:
+        async with probe_context() as ctx, ctx.http() as client:
+            encoded = f"http://probe:{quote(password, safe='')}@127.0.0.1:{proxy.port}"
+            exchange = await client.request("GET", f"http://127.0.0.1:{port}/hello", proxy_url=encoded)
+            assert password not in ctx.redact(f"sent {password}")
+    assert exchange.status == 200 and exchange.body == b"hello"

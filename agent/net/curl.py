@@ -40,6 +40,7 @@ from yarl import URL
 
 from agent.sdk.failures import map_curl_error
 from agent.sdk.http import HttpFailure, TLSOptions
+from agent.sdk.reasons import Reason
 
 __all__ = ["CurlMulti", "CurlRequest", "CurlResult"]
 
@@ -272,7 +273,12 @@ class CurlMulti:
         """
         curl = pycurl.Curl()
         transfer = _Transfer(self._loop.create_future(), request.max_body, request.on_headers)
-        tls_used = _configure(curl, request, transfer)
+        try:
+            tls_used = _configure(curl, request, transfer)
+        except (pycurl.error, UnicodeError, ValueError) as exc:
+            # An option libcurl refused (a proxy URL that is not ASCII, say): nothing was sent.
+            curl.close()
+            raise HttpFailure(Reason.PROTOCOL, f"the request cannot be made: {type(exc).__name__}") from None
         self._transfers[curl] = (transfer, tls_used)
         self._multi.add_handle(curl)
         try:

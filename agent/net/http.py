@@ -29,7 +29,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
-from urllib.parse import unquote
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -207,6 +206,10 @@ class HttpClient:
         proxy = proxy_url or self._proxy_url
         if proxy:
             _learn_proxy_secrets(proxy, ctx)
+            try:
+                proxy = str(URL(proxy))  # percent-encoded: libcurl takes ASCII, and decodes user info
+            except ValueError:
+                raise HttpFailure(Reason.PROTOCOL, "invalid proxy URL") from None
         try:
             current = URL(url)
         except ValueError:
@@ -425,10 +428,9 @@ def _learn_proxy_secrets(proxy: str, ctx: ProbeContext) -> None:
         parsed = URL(proxy)
     except ValueError:
         return
-    password = parsed.password
+    password = parsed.password  # decoded by yarl, as libcurl decodes it before sending
     if password:
-        user = unquote(parsed.user or "")
-        password = unquote(password)
+        user = parsed.user or ""
         ctx.redact.add(password)
         # Proxy-Authorization: Basic base64(user:password) does not contain base64(password).
         ctx.redact.add(f"{user}:{password}")
