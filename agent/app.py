@@ -18,7 +18,6 @@ from functools import partial
 from typing import Any, NoReturn
 
 import anyio
-from aiohttp.abc import AbstractResolver
 from anyio.abc import TaskStatus
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.trace import SpanProcessor
@@ -72,11 +71,14 @@ def build_agent(
     environ: Mapping[str, str],
     *,
     clock: Clock | None = None,
-    resolver: Callable[[], AbstractResolver] | None = None,
+    resolve: Mapping[str, str] | None = None,
     set_global_providers: bool = False,
     span_processors: Sequence[SpanProcessor] = (),
 ) -> Agent:
-    """Wire the parts together; nothing runs yet."""
+    """Wire the parts together; nothing runs yet.
+
+    ``resolve`` maps names to addresses for the HTTP client (tests: names for TLS on loopback);
+    with it, any other name fails as a DNS failure without a query."""
     settings = config.settings
     clock = clock or SystemClock()
     resource = build_resource(environ, region=settings.region, version=__version__, worker=config.worker)
@@ -95,7 +97,7 @@ def build_agent(
     )
     entries = select(config.entries, settings.region, config.shard, config.worker)
     recorder.register(entries)
-    http = HttpClientFactory(user_agent=f"Vantage/{__version__}", resolver=resolver)
+    http = HttpClientFactory(user_agent=f"Vantage/{__version__}", resolve=resolve)
     check_log = logging.getLogger("vantage.probe")
     inbox = Inbox()
     # Per-check state lives here, not in the probes (one instance per type serves every check);

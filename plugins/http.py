@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import ByteSize, Field, PrivateAttr, field_validator, model_validator
 
@@ -45,6 +48,17 @@ from ._toolkit.tls import TLS_METRICS, tls_values
 from ._toolkit.verdict import judge, validate_http_url
 
 __all__ = ["HttpProbe", "HttpSettings"]
+
+# blackbox_exporter's spelling of each version (Go's Response.Proto), and this client's.
+_HTTP_VERSIONS = {
+    "HTTP/1.0": "1.0",
+    "HTTP/1.1": "1.1",
+    "HTTP/2": "2",
+    "HTTP/2.0": "2",
+    "HTTP/3": "3",
+    "HTTP/3.0": "3",
+}
+_VERSION_NAMES = {"1.0": "HTTP/1.0", "1.1": "HTTP/1.1", "2": "HTTP/2.0", "3": "HTTP/3.0"}
 
 
 class RateLimitHeaderNames(ProbeSettings):
@@ -125,6 +139,39 @@ class HttpSettings(ProbeSettings):
     """Fail (reason ``rate_limited``) when remaining/limit drops under this fraction (``0.1``)."""
     fail_if_sunset_within: Duration | None = None
     """Fail (reason ``assertion``) when the API's announced ``Sunset`` is closer than this."""
+    valid_http_versions: tuple[str, ...] = ()
+    """blackbox_exporter's option: the versions a response may come in (``HTTP/1.1``,
+    ``HTTP/2.0``, ...); another fails the run (reason ``assertion``). Empty: any."""
+    proxy_url: str | None = None
+    """An ``http://`` or ``https://`` proxy for every request of the check (CONNECT for https
+    targets); credentials in it are secrets."""
+
+    @field_validator("valid_http_versions")
+    @classmethod
+    def _versions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [version for version in value if version.upper() not in _HTTP_VERSIONS]
+        if unknown:
+            raise ValueError(
+                f"unknown HTTP version {unknown[0]!r}: use HTTP/1.0, HTTP/1.1, HTTP/2.0 or HTTP/3.0"
+            )
+        return value
+
+    @field_validator("proxy_url")
+    @classmethod
+    def _proxy(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # The URL is not quoted back: it may carry the proxy's password.
+        try:
+            parsed = urlsplit(value)
+            parsed.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            raise ValueError("proxy_url is not a URL") from None
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("proxy_url must be an http:// or https:// URL with a host")
+        if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
+            raise ValueError("proxy_url is a proxy's address: scheme, credentials, host and port only")
+        return value
 
     @model_validator(mode="after")
     def _one_body(self) -> HttpSettings:
@@ -197,10 +244,11 @@ class HttpProbe(Probe[HttpSettings]):
 
         1. no credentials (``auth``, or ``rate_limited`` from the token endpoint), no response;
         2. the shared verdict on status, credentials, 429 and assertions (``_toolkit/verdict.py``);
-        3. the rate-limit quota under ``fail_if_ratelimit_below`` (``rate_limited``);
-        4. the OpenAPI schema (``schema``), fetched and checked only while nothing failed;
-        5. schema drift (``schema`` when ``fail``), counted and noted whatever came before;
-        6. a sunset within ``fail_if_sunset_within`` (``assertion``).
+        3. an HTTP version outside ``valid_http_versions`` (``assertion``);
+        4. the rate-limit quota under ``fail_if_ratelimit_below`` (``rate_limited``);
+        5. the OpenAPI schema (``schema``), fetched and checked only while nothing failed;
+        6. schema drift (``schema`` when ``fail``), counted and noted whatever came before;
+        7. a sunset within ``fail_if_sunset_within`` (``assertion``).
         """
         tokens = ctx.state.get(TokenCache)
         sent = await _send(check, settings, ctx, tokens)
@@ -212,7 +260,11 @@ class HttpProbe(Probe[HttpSettings]):
         judged = judge(
             exchange, ctx, tokens, assertions=settings.assertions, outcomes=outcomes, quota=response.quota
         )
-        finding = _found(judged.reason, judged.message) or _quota_finding(settings, response.quota)
+        finding = (
+            _found(judged.reason, judged.message)
+            or _version_finding(settings, exchange)
+            or _quota_finding(settings, response.quota)
+        )
         if finding is None and settings.openapi is not None:
             finding = await self._openapi_finding(settings, response, ctx)
         drifted = _drift_finding(check, settings, response, ctx)  # counted even after a failure
@@ -237,7 +289,12 @@ class HttpProbe(Probe[HttpSettings]):
         exchange = response.exchange
         async with ctx.http(settings.tls, fresh=settings.fresh_connection) as client:
             problem = await self._openapi_problem(
-                settings, exchange.method, exchange.url.path, response.subject, client, ctx
+                settings,
+                exchange.method,
+                exchange.url.path,
+                response.subject,
+                _proxied(client, settings),
+                ctx,
             )
         return (Reason.SCHEMA, problem) if problem else None
 
@@ -317,7 +374,8 @@ async def _send(
         headers.setdefault("Content-Type", "application/json")
     async with ctx.http(
         settings.tls, fresh=settings.fresh_connection, ip_family=settings.ip_family
-    ) as client:
+    ) as opened:
+        client = _proxied(opened, settings)
         try:
             credential = await authorize(settings.auth, client, ctx, tokens)
         except AuthFailure as failure:
@@ -413,6 +471,66 @@ class _Response:
         )
         events = _lifecycle_events(lifecycle, malformed)
         return cls(exchange, subject, quota, lifecycle, values, samples, attributes, events)
+
+
+class _Proxied:
+    """A run's client whose every request (the token request and the OpenAPI document's too)
+    goes through the check's ``proxy_url``."""
+
+    def __init__(self, client: HttpClient, proxy_url: str) -> None:
+        self._client, self._proxy_url = client, proxy_url
+
+    async def __aenter__(self) -> _Proxied:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str | list[str]] | None = None,
+        data: bytes | str | None = None,
+        follow_redirects: bool = True,
+        max_redirects: int = 10,
+        max_body: int = 1 << 20,
+        proxy_url: str | None = None,
+    ) -> HttpExchange:
+        return await self._client.request(
+            method,
+            url,
+            headers=headers,
+            params=params,
+            data=data,
+            follow_redirects=follow_redirects,
+            max_redirects=max_redirects,
+            max_body=max_body,
+            proxy_url=proxy_url or self._proxy_url,
+        )
+
+
+def _proxied(client: HttpClient, settings: HttpSettings) -> HttpClient:
+    return _Proxied(client, settings.proxy_url) if settings.proxy_url else client
+
+
+def _version_finding(settings: HttpSettings, exchange: HttpExchange) -> _Finding | None:
+    """``assertion`` when the response's HTTP version is not one of ``valid_http_versions``."""
+    allowed = {_HTTP_VERSIONS[version.upper()] for version in settings.valid_http_versions}
+    if not allowed or exchange.http_version in allowed:
+        return None
+    got = _VERSION_NAMES.get(exchange.http_version, f"HTTP/{exchange.http_version}")
+    return Reason.ASSERTION, (
+        f"the response came over {got}, not one of valid_http_versions "
+        f"({', '.join(settings.valid_http_versions)})"
+    )
 
 
 def _quota_finding(settings: HttpSettings, quota: RateLimit) -> _Finding | None:

@@ -1,4 +1,7 @@
-"""Test helpers: local servers on port 0, a fake clock, a name resolver, an OTLP receiver."""
+"""Test helpers: local servers on port 0, a fake clock, an OTLP receiver.
+
+Tests give the HTTP client names without DNS by a map (``build_agent(..., resolve={"vendor.test":
+"127.0.0.1"})``): libcurl answers them from it, and any other name fails as a DNS failure."""
 
 from __future__ import annotations
 
@@ -24,7 +27,6 @@ import anyio
 import grpc
 import yaml
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
@@ -59,36 +61,6 @@ async def serve(app: web.Application, *, ssl_context: ssl.SSLContext | None = No
     finally:
         with anyio.CancelScope(shield=True):
             await runner.cleanup()
-
-
-class MapResolver(AbstractResolver):
-    """Resolves the names it is given to loopback and fails the rest as NXDOMAIN would.
-
-    Tests use names (for TLS SNI and hostname checks) without sending a query off the machine.
-    """
-
-    names: dict[str, str] = {}
-
-    def __init__(self, names: dict[str, str] | None = None) -> None:
-        self._names = names if names is not None else self.names
-
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
-        await asyncio.sleep(0)
-        if host not in self._names:
-            raise OSError(socket.EAI_NONAME, "Name or service not known")
-        return [
-            {
-                "hostname": host,
-                "host": self._names[host],
-                "port": port,
-                "family": socket.AF_INET,
-                "proto": 0,
-                "flags": socket.AI_NUMERICHOST,
-            }
-        ]
-
-    async def close(self) -> None:
-        return None
 
 
 # ---------------------------------------------------------------- fake clock

@@ -1,7 +1,8 @@
 """The adapters to the private parts of dependencies, exercised against the installed versions.
 
-Each adapter module says what it reaches into (aiohttp, Python's ``ssl``, the OpenTelemetry SDK,
-the ``requests``/urllib3/``http.client`` stack). Each test here goes through the reach-in with the
+Each adapter module says what it reaches into (Python's ``ssl``, the OpenTelemetry SDK, the
+``requests``/urllib3/``http.client`` stack; and the one line of libcurl's text the HTTP client
+reads). Each test here goes through the reach-in with the
 real library and a real local peer, and fails naming the dependency, its version and the attribute
 when an upgrade moves or changes it: an adapter that silently falls back would otherwise only show
 as a wrong phase, a shorter chain, a zero count or a backend that holds the exporter's thread.
@@ -10,7 +11,6 @@ as a wrong phase, a shorter chain, a zero count or a backend that holds the expo
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import socket
 import ssl
@@ -18,9 +18,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-import aiohttp
+import pycurl
 import pytest
 import requests
 import trustme
@@ -42,7 +43,8 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.version import __version__ as otel_sdk_version
 
 from agent.net import _ssl as ssl_adapter
-from agent.net._aiohttp import TimedConnector
+from agent.net.curl import CurlMulti, CurlRequest
+from agent.sdk.http import TLSOptions
 from agent.telemetry import _requests as requests_adapter
 from agent.telemetry._otel_sdk import CountingBatchSpanProcessor, metric_preferences
 from agent.telemetry.providers import ExportStats
@@ -50,7 +52,7 @@ from agent.telemetry.providers import ExportStats
 from .helpers import serve, thread_server
 
 PYTHON = f"Python {sys.version_info.major}.{sys.version_info.minor}"
-AIOHTTP = f"aiohttp {aiohttp.__version__}"
+LIBCURL = pycurl.version
 OTEL_SDK = f"opentelemetry-sdk {otel_sdk_version}"
 STACK = f"requests {requests.__version__}, urllib3 {urllib3.__version__}, {PYTHON}"
 
@@ -64,75 +66,27 @@ def _hello_app() -> web.Application:
     return app
 
 
-# ---------------------------------------------------------------- aiohttp (_aiohttp.py)
-
-
-def test_aiohttp_still_has_the_private_method_and_attributes_the_timed_connector_uses() -> None:
-    method = getattr(aiohttp.TCPConnector, "_wrap_create_connection", None)
-    assert method is not None, f"{AIOHTTP}: TCPConnector._wrap_create_connection is gone"
-    parameters = inspect.signature(method).parameters
-    for name in ("addr_infos", "req", "timeout", "client_error"):
-        assert name in parameters, (
-            f"{AIOHTTP}: TCPConnector._wrap_create_connection no longer takes {name!r} "
-            f"(it takes {list(parameters)})"
-        )
+# ---------------------------------------------------------------- libcurl's handshake line (curl.py)
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("scheme", ["http", "https"])
-async def test_the_timed_connector_marks_tcp_up_before_the_handshake(ca: trustme.CA, scheme: str) -> None:
-    """Pins TimedConnector: aiohttp calls its ``_wrap_create_connection`` for each new connection,
-    and the private attributes it reads are there, so the connect and TLS phases are told apart."""
-    calls: list[str] = []
-    server_context = None
-    client_context = ssl.create_default_context()
-    if scheme == "https":
-        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("127.0.0.1").configure_cert(server_context)
-        ca.configure_trust(client_context)
-
-    def connected(transport: asyncio.Transport) -> None:
-        calls.append("tls" if transport.get_extra_info("ssl_object") is not None else "connected")
-
+async def test_libcurl_still_reports_the_handshake_in_the_line_the_client_reads(
+    ca: trustme.CA, ca_file: Path
+) -> None:
+    """Pins the TLS version and cipher of an https hop: pycurl has no ``CURLINFO_TLS_SSL_PTR``, so
+    ``agent/net/curl.py`` reads them from libcurl's informational line "SSL connection using
+    TLSv1.3 / TLS_AES_256_GCM_SHA384 ..."; a libcurl that rewords it would leave them unknown."""
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
     async with serve(_hello_app(), ssl_context=server_context) as port:
-        connector = TimedConnector(
-            on_tcp_up=lambda: calls.append("tcp up"),
-            on_connected=connected,
-            ssl=client_context,
-            force_close=True,
+        result = await CurlMulti.of_running_loop().perform(
+            CurlRequest("GET", f"https://127.0.0.1:{port}/", tls=TLSOptions(ca_file=ca_file))
         )
-        async with aiohttp.ClientSession(connector=connector) as session:
-            try:
-                async with session.get(f"{scheme}://127.0.0.1:{port}/") as response:
-                    body = await response.text()
-            except AttributeError as exc:
-                pytest.fail(f"{AIOHTTP}: TCPConnector no longer has the attribute {exc.name!r}")
-    assert body == "hello"
-    assert calls == ["tcp up", "tls" if scheme == "https" else "connected"], (
-        f"{AIOHTTP} no longer makes its connections through TCPConnector._wrap_create_connection "
-        f"(hooks called: {calls})"
+    assert result.status == 200
+    assert result.tls_version in ("TLSv1.2", "TLSv1.3"), (
+        f"{LIBCURL}: the handshake line no longer reads 'SSL connection using <version> / <cipher>'"
     )
-
-
-@pytest.mark.anyio
-async def test_the_timed_connector_raises_the_errors_aiohttp_raises(ca: trustme.CA) -> None:
-    """The lines repeated from aiohttp translate errors as aiohttp does: the failure map relies on it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed = sock.getsockname()[1]
-    untrusted = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    trustme.CA().issue_cert("127.0.0.1").configure_cert(untrusted)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    async with serve(_hello_app(), ssl_context=untrusted) as port:
-        connector = TimedConnector(on_tcp_up=lambda: None, on_connected=lambda _: None, ssl=client_context)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            with pytest.raises(aiohttp.ClientConnectorError) as refused:
-                await session.get(f"http://127.0.0.1:{closed}/")
-            assert isinstance(refused.value.os_error, ConnectionRefusedError)
-            with pytest.raises(aiohttp.ClientConnectorCertificateError) as untrusted_error:
-                await session.get(f"https://127.0.0.1:{port}/")
-            assert isinstance(untrusted_error.value.certificate_error, ssl.SSLCertVerificationError)
+    assert result.tls_cipher, f"{LIBCURL}: no cipher in the handshake line"
 
 
 # ---------------------------------------------------------------- ssl (_ssl.py)

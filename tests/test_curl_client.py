@@ -7,6 +7,7 @@ import os
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -194,6 +195,23 @@ def test_libcurl_codes_map_to_the_agents_reasons() -> None:
     assert map_curl_error(27, "Out of memory")[0] is Reason.INTERNAL
     reason, message = map_curl_error(3, "URL rejected: http://h/p?token=s3cret")
     assert reason is Reason.PROTOCOL and "s3cret" not in message
+    # libcurl's wrapping of OpenSSL's words goes; what was wrong stays.
+    assert map_curl_error(60, "SSL certificate problem: certificate has expired", host="h") == (
+        Reason.TLS,
+        "TLS certificate of h rejected: certificate has expired",
+    )
+    assert map_curl_error(60, "SSL certificate OpenSSL verify result: self-signed certificate (18)")[1] == (
+        "TLS certificate rejected: self-signed certificate"
+    )
+    # A status line that is not HTTP, and a header over libcurl's limit, are the response's fault.
+    assert map_curl_error(1, "Received HTTP/0.9 when not allowed") == (
+        Reason.PROTOCOL,
+        "malformed HTTP response: Received HTTP/0.9 when not allowed",
+    )
+    assert map_curl_error(100, "") == (
+        Reason.PROTOCOL,
+        "malformed HTTP response: a header larger than libcurl accepts (100 KiB a line, 300 KiB in all)",
+    )
 
 
 async def test_fifty_concurrent_requests_on_one_loop_all_complete() -> None:
@@ -212,44 +230,72 @@ async def test_fifty_concurrent_requests_on_one_loop_all_complete() -> None:
     assert multi.transfers == 0
 
 
+async def aiohttp_phases(url: str) -> tuple[dict[str, float], float, bytes]:
+    """One fresh-connection GET through aiohttp, cut into the five phases by ``TraceConfig`` hooks,
+    as the agent's aiohttp client did: (phases, duration, body)."""
+    import time
+
+    import aiohttp
+
+    marks: dict[str, float] = {}
+
+    def mark(name: str) -> Any:
+        async def hook(*_: Any) -> None:
+            marks.setdefault(name, time.perf_counter())
+
+        return hook
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(mark("start"))
+    trace.on_dns_resolvehost_end.append(mark("resolved"))
+    trace.on_connection_create_start.append(mark("connect started"))
+    trace.on_connection_create_end.append(mark("connected"))
+    trace.on_request_end.append(mark("headers"))
+    connector = aiohttp.TCPConnector(force_close=True, use_dns_cache=False)
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as session:
+        started = time.perf_counter()
+        async with session.get(url) as response:
+            body = await response.read()
+        end = time.perf_counter()
+    # No DNS for an IP literal: resolve ends where the connector starts connecting.
+    resolved = marks.get("resolved", marks["connect started"])
+    # aiohttp has no signal between TCP up and the TLS handshake: for http:// tls is zero.
+    cuts = [marks["start"], resolved, marks["connected"], marks["connected"], marks["headers"], end]
+    phases = {name: max(0.0, cuts[i + 1] - cuts[i]) for i, name in enumerate(PHASES)}
+    return phases, end - started, body
+
+
 async def test_the_same_request_through_aiohttp_and_libcurl_has_the_same_phases() -> None:
-    """Both clients report the same five phases of one fresh-connection hop, consecutive and in
-    the same order. Where the definitions differ:
+    """Both definitions give the same five phases of one fresh-connection hop, consecutive and in
+    the same order; the agent's client reports libcurl's. Where the definitions differ:
 
     - libcurl times in C at the socket, from the start of the transfer: ``resolve`` ends when its
       resolver answered (for an IP literal, almost nothing), ``connect`` when the TCP connect
       completed, ``tls`` when the handshake did, ``processing`` at the first byte of the response.
-    - aiohttp's marks are taken in Python by the agent's trace hooks and connector
-      (``agent/net/http.py``): the Python between those events is charged to the phase that
-      contains it (measured ~80 µs to ``resolve`` for an IP literal, the connector's set-up).
-    - libcurl's ``transfer`` is from the first byte to its last read of the body; aiohttp's ends
-      when the agent has read the body through the stream reader.
+    - aiohttp's marks (taken here as the agent's old client took them, by ``TraceConfig`` hooks)
+      are Python callbacks between steps of its connector: the Python between those events is
+      charged to the phase that contains it (~80 µs of the connector's set-up went to ``resolve``
+      for an IP literal), and without a private hook it cannot tell the TCP connect from the TLS
+      handshake at all.
+    - libcurl's ``processing`` ends at the first byte; aiohttp's when its parser has the whole head.
+      libcurl's ``transfer`` ends at its last read of the body; aiohttp's when the caller has read
+      the body through the stream reader.
     - libcurl's phases add up to its ``TOTAL_TIME`` exactly; aiohttp's duration also holds the
       Python around the hop that no phase holds, so its phases add up to at most the duration.
-    """
-    from agent.sdk.testing import ProbeTester, RecordingTracer
-    from plugins.http import HttpProbe
 
+    No wall time is asserted: only the shape of each measurement.
+    """
     async with serve(plain_app()) as port:
         url = f"http://127.0.0.1:{port}/"
-        tester = ProbeTester(HttpProbe)
-        check, _, config = tester.load({"name": "same", "target": url, "interval": "10s", "timeout": "3s"})
-        ctx = tester.context(check, config, RecordingTracer())
-        try:
-            async with ctx.http() as client:
-                through_aiohttp = await client.request("GET", url)
-        finally:
-            await tester.http.aclose()
+        aio_phases, aio_duration, aio_body = await aiohttp_phases(url)
         through_curl = await CurlMulti.of_running_loop().perform(CurlRequest("GET", url))
-    assert through_aiohttp.body == through_curl.body == b"hello"
-    for exchange in (through_aiohttp, through_curl):
-        assert list(exchange.phases) == PHASES
-        assert exchange.phases["tls"] == 0
-        assert all(value >= 0 for value in exchange.phases.values())
-    # libcurl's five phases are its TOTAL_TIME cut at its own marks; aiohttp's duration also holds
-    # the Python around the hop (building the request, closing the response) that no phase holds.
+    assert aio_body == through_curl.body == b"hello"
+    for phases in (aio_phases, through_curl.phases):
+        assert list(phases) == PHASES
+        assert phases["tls"] == 0
+        assert all(value >= 0 for value in phases.values())
     assert sum(through_curl.phases.values()) == pytest.approx(through_curl.duration, abs=1e-9)
-    assert sum(through_aiohttp.phases.values()) <= through_aiohttp.duration
+    assert sum(aio_phases.values()) <= aio_duration
 
 
 async def test_client_certificate_and_minimum_version(ca: trustme.CA, ca_file: Path, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from agent.app import serve as serve_agent
 from agent.config.registry import Registry
 from agent.telemetry.recorder import AGENT_METRICS, CORE_METRICS
 
-from .helpers import ROOT, MapResolver, config_from, serve
+from .helpers import ROOT, config_from, serve
 from .test_dns_probe import dns_server
 from .test_grpc_probe import health_server
 
@@ -117,7 +117,7 @@ async def _scrape(ca_file: Path, app: web.Application, context: ssl.SSLContext, 
             VANTAGE_HOST="127.0.0.1",
         )
         environ = {"OTEL_TRACES_EXPORTER": "none"}
-        agent = build_agent(config, environ, resolver=lambda: MapResolver({"vendor.test": "127.0.0.1"}))
+        agent = build_agent(config, environ, resolve={"vendor.test": "127.0.0.1"})
         async with anyio.create_task_group() as tg:
             port = await tg.start(
                 lambda task_status: serve_agent(agent, handle_signals=False, task_status=task_status)

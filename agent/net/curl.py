@@ -9,25 +9,38 @@ sockets to watch (``CURLMOPT_SOCKETFUNCTION`` → ``loop.add_reader``/``add_writ
           ▲                                 │      timer callback  ─► one loop timer
           └── future ◄── info_read ◄────────┴──── socket_action (on readiness, on the timer)
 
-One ``CurlMulti`` per event loop (``CurlMulti.of_running_loop()``). ``perform`` is ONE hop: the agent
-follows redirects itself, a span per hop. Connections are fresh unless ``pool`` is asked for.
-libcurl times the phases in C at the socket; ``CurlResult.phases`` turns its cumulative timings
-into the agent's five consecutive phases, which add up to ``CurlResult.duration``.
+One ``CurlMulti`` per event loop (``CurlMulti.of_running_loop()``) for fresh connections; a client
+that keeps connections may own another (``CurlMulti(loop)``, closed with ``close``), whose
+connection cache is then its own. ``perform`` is ONE hop: the agent follows redirects itself, a
+span per hop. Connections are fresh unless ``pool`` is asked for. libcurl times the phases in C at
+the socket; ``CurlResult.phases`` turns its cumulative timings into the agent's five consecutive
+phases, which add up to ``CurlResult.duration``.
+
+libcurl decodes every content encoding it was built with (``CURLOPT_ACCEPT_ENCODING`` ""), speaks
+HTTP/2 over TLS when ALPN offers it, and goes through an http(s) proxy when one is given (CONNECT
+for https targets); proxies from the environment (``http_proxy``...) are not used. For an https hop
+the TLS version and cipher come from libcurl's one informational line about the handshake
+("SSL connection using TLSv1.3 / TLS_AES_256_GCM_SHA384 ...", through ``CURLOPT_DEBUGFUNCTION``:
+pycurl has no ``CURLINFO_TLS_SSL_PTR``), and the certificates the server sent from
+``CURLINFO_CERTINFO``; ``tests/test_adapters.py`` fails if a libcurl release rewords that line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pycurl
+from cryptography import x509
 from yarl import URL
 
 from agent.sdk.failures import map_curl_error
 from agent.sdk.http import HttpFailure, TLSOptions
+from agent.sdk.reasons import Reason
 
 __all__ = ["CurlMulti", "CurlRequest", "CurlResult"]
 
@@ -39,6 +52,31 @@ _TLS_VERSIONS = {
 }
 _HTTP_VERSIONS = {1: "1.0", 2: "1.1", 3: "2", 30: "3"}
 _WRITE_ERROR = 23  # CURLE_WRITE_ERROR: what stopping at the body cap looks like to libcurl
+_IP_RESOLVE = {"ipv4": pycurl.IPRESOLVE_V4, "ipv6": pycurl.IPRESOLVE_V6}
+_SUPPRESS_CONNECT_HEADERS = 265  # CURLOPT_SUPPRESS_CONNECT_HEADERS, which pycurl does not name
+# OpenSSL 3 refuses TLS 1.0 and 1.1 (SHA-1 signatures) at its default security level 1 and above:
+# a check that asks for them lowers the level, or the handshake it asked for could never succeed.
+_OLD_TLS_CIPHERS = "DEFAULT:@SECLEVEL=0"
+# OpenSSL's words for its most common verification results (X509_V_ERR_*), which pycurl cannot
+# look up: libcurl checks the host name first and would report a self-signed certificate without a
+# name as "unable to obtain common name", where the chain is what failed.
+_VERIFY_ERRORS = {
+    2: "unable to get issuer certificate",
+    7: "certificate signature failure",
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    18: "self-signed certificate",
+    19: "self-signed certificate in certificate chain",
+    20: "unable to get local issuer certificate",
+    21: "unable to verify the first certificate",
+    23: "certificate revoked",
+    24: "invalid CA certificate",
+    26: "unsupported certificate purpose",
+}
+_PEER_FAILED_VERIFICATION = 60
+# libcurl's informational line after an OpenSSL handshake (vtls/openssl.c), e.g.
+# "SSL connection using TLSv1.3 / TLS_AES_256_GCM_SHA384 / X25519 / RSASSA-PSS".
+_HANDSHAKE_LINE = re.compile(rb"^SSL connection using (\S+) / (\S+)")
 # The wheel's libcurl looks for a CA bundle at its build machine's path; use this system's.
 _SYSTEM_CA = ssl.get_default_verify_paths()
 
@@ -55,6 +93,14 @@ class CurlRequest:
     tls: TLSOptions | None = None
     pool: bool = False
     """Reuse connections and cached DNS answers across requests; off: every request is fresh."""
+    resolve: Sequence[str] = ()
+    """``CURLOPT_RESOLVE`` entries (``host:port:address``): names answered without a lookup."""
+    ip_family: str = "auto"
+    """``ipv4``, ``ipv6`` or ``auto`` (either, as the resolver answers)."""
+    proxy: str | None = None
+    """An ``http://`` or ``https://`` proxy URL (credentials in it are sent to the proxy)."""
+    on_headers: Callable[[], None] | None = None
+    """Called once the final response's headers are in, before its body is read."""
 
 
 @dataclass(slots=True)
@@ -71,8 +117,13 @@ class CurlResult:
     duration: float
     cert_chain: tuple[bytes, ...] = ()
     """The certificates the server sent (DER, leaf first), from ``CURLINFO_CERTINFO``; as
-    ``TLSInfo.sent_chain``. libcurl exposes no TLS version or cipher through pycurl."""
+    ``TLSInfo.sent_chain``. Empty on a reused connection: no handshake happened on this hop."""
     tls_used: bool = False
+    tls_version: str | None = None
+    """OpenSSL's name of the version (``TLSv1.3``) when this hop made a handshake."""
+    tls_cipher: str | None = None
+    connection: tuple[str, int, str, int] = ("", 0, "", 0)
+    """Local address and port, remote address and port: which connection served the hop."""
 
 
 class _Transfer:
@@ -82,18 +133,32 @@ class _Transfer:
         "body",
         "cap",
         "chain",
+        "cipher",
+        "connection",
         "future",
         "headers",
+        "informational",
+        "on_headers",
         "phases",
         "status",
+        "tls_version",
         "total",
         "truncated",
+        "verify_result",
         "version",
     )
 
-    def __init__(self, future: asyncio.Future[None], cap: int) -> None:
+    def __init__(
+        self, future: asyncio.Future[None], cap: int, on_headers: Callable[[], None] | None = None
+    ) -> None:
         self.future = future
         self.cap = cap
+        self.on_headers = on_headers
+        self.informational = False
+        self.tls_version: str | None = None
+        self.cipher: str | None = None
+        self.connection: tuple[str, int, str, int] = ("", 0, "", 0)
+        self.verify_result = 0
         self.body = bytearray()
         self.headers: list[tuple[str, str]] = []
         self.truncated = False
@@ -118,15 +183,34 @@ class _Transfer:
         text = line.decode("iso-8859-1").rstrip("\r\n")
         if text.startswith("HTTP/"):
             self.headers.clear()  # a new response (after a 1xx): only the last one's headers count
+            self.informational = text[text.find(" ") + 1 : text.find(" ") + 2] == "1"
+        elif not text:
+            if not self.informational and self.on_headers is not None:
+                self.on_headers()
         elif ":" in text:
             name, _, value = text.partition(":")
             self.headers.append((name.strip(), value.strip()))
+
+    def debug(self, kind: int, text: bytes) -> None:
+        # Called for every header and data chunk while VERBOSE is on (https hops only): the type
+        # test comes first, so that the rest costs one comparison.
+        if kind == pycurl.INFOTYPE_TEXT and text.startswith(b"SSL connection using"):
+            found = _HANDSHAKE_LINE.match(text)
+            if found is not None:
+                self.tls_version, self.cipher = found.group(1).decode(), found.group(2).decode()
 
     def read_info(self, curl: pycurl.Curl, tls_used: bool) -> None:
         self.status = int(curl.getinfo(pycurl.RESPONSE_CODE))
         self.version = _HTTP_VERSIONS.get(curl.getinfo(pycurl.INFO_HTTP_VERSION), "1.1")
         self.phases, self.total = _phases(curl)
+        self.connection = (
+            curl.getinfo(pycurl.LOCAL_IP) or "",
+            int(curl.getinfo(pycurl.LOCAL_PORT) or 0),
+            curl.getinfo(pycurl.PRIMARY_IP) or "",
+            int(curl.getinfo(pycurl.PRIMARY_PORT) or 0),
+        )
         if tls_used:
+            self.verify_result = int(curl.getinfo(pycurl.SSL_VERIFYRESULT) or 0)
             self.chain = tuple(
                 ssl.PEM_cert_to_DER_cert(value if isinstance(value, str) else value.decode("ascii"))
                 for cert in curl.getinfo(pycurl.INFO_CERTINFO) or ()
@@ -140,11 +224,15 @@ class CurlMulti:
 
     _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CurlMulti] = weakref.WeakKeyDictionary()
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, max_connections: int | None = None) -> None:
         # A weak reference: the per-loop table is keyed weakly by the loop, which must not be kept
         # alive by its own value.
         self._loop_ref = weakref.ref(loop)
         self._multi = pycurl.CurlMulti()
+        if max_connections is not None:
+            # libcurl's default cache holds 4 connections per transfer running at once: too few for
+            # many checks that each keep one alive between their runs.
+            self._multi.setopt(pycurl.M_MAXCONNECTS, max_connections)
         self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
         self._watched: dict[int, int] = {}
@@ -184,8 +272,13 @@ class CurlMulti:
         Cancelled, it removes the transfer from the multi handle, which closes its connection.
         """
         curl = pycurl.Curl()
-        transfer = _Transfer(self._loop.create_future(), request.max_body)
-        tls_used = _configure(curl, request, transfer)
+        transfer = _Transfer(self._loop.create_future(), request.max_body, request.on_headers)
+        try:
+            tls_used = _configure(curl, request, transfer)
+        except (pycurl.error, UnicodeError, ValueError) as exc:
+            # An option libcurl refused (a proxy URL that is not ASCII, say): nothing was sent.
+            curl.close()
+            raise HttpFailure(Reason.PROTOCOL, f"the request cannot be made: {type(exc).__name__}") from None
         self._transfers[curl] = (transfer, tls_used)
         self._multi.add_handle(curl)
         try:
@@ -195,8 +288,10 @@ class CurlMulti:
             raise
         except pycurl.error as exc:
             code, message = exc.args
+            if code == _PEER_FAILED_VERIFICATION:
+                message = _verification_problem(message, transfer)
             if not (code == _WRITE_ERROR and transfer.truncated):
-                reason, text = map_curl_error(code, message)
+                reason, text = map_curl_error(code, message, host=URL(request.url).host)
                 raise HttpFailure(reason, text, transfer.phases) from None
         finally:
             curl.close()
@@ -210,7 +305,28 @@ class CurlMulti:
             duration=transfer.total,
             cert_chain=transfer.chain,
             tls_used=tls_used,
+            tls_version=transfer.tls_version,
+            tls_cipher=transfer.cipher,
+            connection=transfer.connection,
         )
+
+    def close(self) -> None:
+        """Stop every transfer and close every connection this multi handle keeps."""
+        for curl in list(self._transfers):
+            transfer, _ = self._transfers[curl]
+            self._abandon(curl)
+            if not transfer.future.done():
+                transfer.future.set_exception(pycurl.error(42, "the HTTP client was closed"))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        loop = self._loop_ref()
+        for fd in list(self._watched):
+            if loop is not None and not loop.is_closed():
+                loop.remove_reader(fd)
+                loop.remove_writer(fd)
+        self._watched.clear()
+        self._multi.close()  # closes the cached connections; their sockets are unwatched already
 
     def _abandon(self, curl: pycurl.Curl) -> None:
         if self._transfers.pop(curl, None) is not None:
@@ -277,11 +393,31 @@ class CurlMulti:
             transfer.future.set_exception(error)
 
 
+def _verification_problem(message: str, transfer: _Transfer) -> str:
+    """What failed when libcurl did not accept the server's certificate, in OpenSSL's words.
+
+    libcurl's own checks (the name) leave verify result 1 (unspecified) and their own message,
+    even where the chain is what is wrong: a single self-issued certificate is said to be one.
+    """
+    found = transfer.verify_result
+    if found > 1:
+        return _VERIFY_ERRORS.get(found, f"OpenSSL verify error {found}")
+    if len(transfer.chain) == 1:
+        try:
+            cert = x509.load_der_x509_certificate(transfer.chain[0])
+        except ValueError:
+            return message
+        if cert.subject == cert.issuer:
+            return f"self-signed certificate; {message}"
+    return message
+
+
 def _configure(curl: pycurl.Curl, request: CurlRequest, transfer: _Transfer) -> bool:
     """Set ``curl``'s options for ``request``; whether it speaks TLS."""
     url = URL(request.url)
-    headers = [f"{name}: {value}" for name, value in request.headers]
-    headers.append("Expect:")  # no 100-continue round trip before a body
+    # Bytes, UTF-8: pycurl takes a str only when it is ASCII.
+    headers = [f"{name}: {value}".encode() for name, value in request.headers]
+    headers.append(b"Expect:")  # no 100-continue round trip before a body
     tls = request.tls or TLSOptions()
     tls_used = url.scheme == "https"
     if tls_used and tls.server_name and url.host:
@@ -291,7 +427,7 @@ def _configure(curl: pycurl.Curl, request: CurlRequest, transfer: _Transfer) -> 
         host = f"[{url.host}]" if ":" in url.host else url.host
         curl.setopt(pycurl.CONNECT_TO, [f"{tls.server_name}:{port}:{host}:{port}"])
         if not any(name.lower() == "host" for name, _ in request.headers):
-            headers.append(f"Host: {host}" + (f":{url.explicit_port}" if url.explicit_port else ""))
+            headers.append(f"Host: {host}{f':{url.explicit_port}' if url.explicit_port else ''}".encode())
         url = url.with_host(tls.server_name)
     curl.setopt(pycurl.URL, str(url))
     method = request.method.upper()
@@ -308,12 +444,24 @@ def _configure(curl: pycurl.Curl, request: CurlRequest, transfer: _Transfer) -> 
     curl.setopt(pycurl.NOSIGNAL, 1)
     curl.setopt(pycurl.WRITEFUNCTION, transfer.write)
     curl.setopt(pycurl.HEADERFUNCTION, transfer.header)
+    curl.setopt(pycurl.ACCEPT_ENCODING, "")  # every encoding this libcurl decodes, decoded
+    # "" turns off the proxies of the environment too; only the check's own proxy is used.
+    curl.setopt(pycurl.PROXY, request.proxy or "")
+    if request.proxy:
+        curl.setopt(_SUPPRESS_CONNECT_HEADERS, 1)  # the proxy's CONNECT answer is not the response
+        if _SYSTEM_CA.cafile:
+            curl.setopt(pycurl.PROXY_CAINFO, _SYSTEM_CA.cafile)
+    if request.resolve:
+        curl.setopt(pycurl.RESOLVE, list(request.resolve))
+    curl.setopt(pycurl.IPRESOLVE, _IP_RESOLVE.get(request.ip_family, pycurl.IPRESOLVE_WHATEVER))
     if not request.pool:
         curl.setopt(pycurl.FORBID_REUSE, 1)
         curl.setopt(pycurl.FRESH_CONNECT, 1)
         curl.setopt(pycurl.DNS_CACHE_TIMEOUT, 0)
     if tls_used:
         curl.setopt(pycurl.OPT_CERTINFO, 1)
+        curl.setopt(pycurl.VERBOSE, 1)
+        curl.setopt(pycurl.DEBUGFUNCTION, transfer.debug)
         if tls.insecure:
             curl.setopt(pycurl.SSL_VERIFYPEER, 0)
             curl.setopt(pycurl.SSL_VERIFYHOST, 0)
@@ -329,6 +477,8 @@ def _configure(curl: pycurl.Curl, request: CurlRequest, transfer: _Transfer) -> 
             curl.setopt(pycurl.SSLKEY, str(tls.key_file))
         if tls.min_version:
             curl.setopt(pycurl.SSLVERSION, _TLS_VERSIONS[tls.min_version])
+            if tls.min_version in ("1.0", "1.1"):
+                curl.setopt(pycurl.SSL_CIPHER_LIST, _OLD_TLS_CIPHERS)
     return tls_used
 
 

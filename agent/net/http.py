@@ -1,45 +1,49 @@
-"""The HTTP client the agent hands to probes: fresh connections, timed phases, capped bodies.
+"""The HTTP client the agent hands to probes: libcurl underneath, timed phases, capped bodies.
 
-Each request is one or more hops (redirects are followed here, not inside aiohttp, so that every
-hop gets its own client span, its own phases and a loop check). Per hop the phases are cut at
-consecutive marks, so that they add up to the hop's total exactly::
+Each request is one or more hops (redirects are followed here, not inside libcurl, so that every
+hop gets its own client span, its own phases, its own ``RequestRecord`` and the agent's rules on
+credentials). One hop is one ``CurlMulti.perform`` (:mod:`agent.net.curl`), whose phases are
+libcurl's own timings, cut at consecutive marks so that they add up to the hop's total::
 
-    start ─resolve─► resolved ─connect─► tcp up ─tls─► handshake ─processing─► headers ─transfer─► end
+    start ─resolve─► looked up ─connect─► TCP up ─tls─► handshake ─processing─► first byte ─transfer─► end
 
-A phase that did not happen on a hop (no DNS for an IP literal, no TLS for http://) is zero.
-What a probe sees of it (``HttpExchange``, ``HttpFailure``, ``TLSOptions``, ``TLSInfo``, the
-``HttpClient`` protocol) is defined in ``agent/sdk/http.py``. Library exceptions are translated
-to a ``Reason`` by :mod:`agent.sdk.failures`.
+A phase that did not happen on a hop (no lookup for an IP literal, no TLS for http://, nothing
+but processing and transfer on a reused connection) is zero; a request's phases are the sums over
+its hops. What a probe sees of it (``HttpExchange``, ``HttpFailure``, ``TLSOptions``, ``TLSInfo``,
+the ``HttpClient`` protocol) is defined in ``agent/sdk/http.py``; libcurl's errors are translated
+to a ``Reason`` by :func:`agent.sdk.failures.map_curl_error`.
+
+Fresh-connection requests (the default) share the event loop's ``CurlMulti`` and keep nothing;
+``fresh=False`` clients share the factory's own ``CurlMulti`` per loop, whose connection and DNS
+caches are libcurl's, closed by ``aclose``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import socket
+import ipaddress
 import ssl
-from collections.abc import Mapping
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import SimpleNamespace, TracebackType
-from typing import TYPE_CHECKING, Any
+from types import TracebackType
+from typing import TYPE_CHECKING
 
-import aiohttp
-from aiohttp.abc import AbstractResolver
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from agent.net._aiohttp import TimedConnector
 from agent.net._ssl import sent_chain, verified_chain
+from agent.net.chains import build_verified_chain
+from agent.net.curl import CurlMulti, CurlRequest, CurlResult
 from agent.sdk.assertions import clip
-from agent.sdk.failures import cancellation, map_exception
-from agent.sdk.http import HttpExchange, HttpFailure, TLSInfo, TLSOptions, tls_context
+from agent.sdk.failures import cancellation
+from agent.sdk.http import HttpExchange, HttpFailure, TLSInfo, TLSOptions
 from agent.sdk.reasons import Reason
 from agent.sdk.urls import redact_url
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from agent.sdk.probe import Clock, ProbeContext
+    from agent.sdk.probe import ProbeContext
 
 __all__ = ["HttpClient", "HttpClientFactory", "RequestRecord", "tls_info"]
 
@@ -48,10 +52,15 @@ _REDIRECTS = {301, 302, 303, 307, 308}
 _MESSAGE_LIMIT = 500
 _TLS_VERSIONS = {
     "TLSv1": "TLS 1.0",
+    "TLSv1.0": "TLS 1.0",
     "TLSv1.1": "TLS 1.1",
     "TLSv1.2": "TLS 1.2",
     "TLSv1.3": "TLS 1.3",
 }
+_KEPT_CONNECTIONS = 256
+"""Idle connections the ``fresh=False`` clients keep in all (libcurl closes the oldest beyond)."""
+_KEPT_HANDSHAKES = 1024
+"""How many kept-alive connections' handshakes are remembered, for the hops that reuse them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,112 +77,76 @@ class RequestRecord:
     protocol_version: str | None
 
 
-@dataclass(slots=True)
-class _HopMarks:
-    """Times (and the handshake) of one hop, written by the trace hooks and the connector."""
-
-    start: float
-    resolved: float | None = None
-    connect_started: float | None = None
-    tcp_connected: float | None = None
-    connected: float | None = None
-    tls: TLSInfo | None = None
-
-
-_current_marks: contextvars.ContextVar[_HopMarks | None] = contextvars.ContextVar("vantage_hop", default=None)
-
-
-def _note_tcp_up(clock: Clock) -> None:
-    # The connector calls this and _note_handshake in the task of the request the connection is
-    # for, so the hop's marks are in reach through the context even though the session is shared.
-    marks = _current_marks.get()
-    if marks is not None:
-        marks.tcp_connected = clock.monotonic()
-
-
-def _note_handshake(transport: asyncio.Transport) -> None:
-    # Read the handshake now: a small response releases its connection before the caller looks.
-    marks = _current_marks.get()
-    ssl_object = transport.get_extra_info("ssl_object")
-    if marks is not None and ssl_object is not None:
-        marks.tls = tls_info(ssl_object)
-
-
-def _trace_config(clock: Clock) -> aiohttp.TraceConfig:
-    config = aiohttp.TraceConfig()
-
-    async def on_dns_end(_: Any, ctx: SimpleNamespace, __: Any) -> None:
-        ctx.trace_request_ctx.resolved = clock.monotonic()
-
-    async def on_create_start(_: Any, ctx: SimpleNamespace, __: Any) -> None:
-        ctx.trace_request_ctx.connect_started = clock.monotonic()
-
-    async def on_create_end(_: Any, ctx: SimpleNamespace, __: Any) -> None:
-        ctx.trace_request_ctx.connected = clock.monotonic()
-
-    config.on_dns_resolvehost_end.append(on_dns_end)
-    config.on_connection_create_start.append(on_create_start)
-    config.on_connection_create_end.append(on_create_end)
-    return config
-
-
 class HttpClientFactory:
-    """Makes the HTTP clients of probe runs and owns their sessions (the SDK's ``HttpClientFactory``).
+    """Makes the HTTP clients of probe runs (the SDK's ``HttpClientFactory``).
 
-    Fresh-connection clients share one session per TLS setting and address family, which closes
-    every connection after its request and caches no DNS: creating a session and connector per
-    run cost more CPU than the request itself. ``fresh=False`` checks get a pooled session each.
+    ``resolve`` maps names to addresses for tests (``{"vendor.test": "127.0.0.1"}``): with it, a
+    name it does not hold fails as a DNS failure and no query is ever sent; without it, libcurl
+    looks names up with the system's resolver. ``resolver`` was the aiohttp resolver hook and is
+    refused: give ``resolve``.
     """
 
     def __init__(
         self,
         *,
         user_agent: str,
-        resolver: Callable[[], AbstractResolver] | None = None,
+        resolve: Mapping[str, str] | None = None,
+        resolver: Callable[[], object] | None = None,
     ) -> None:
+        if resolver is not None:
+            raise TypeError("HttpClientFactory(resolver=...) is gone: give resolve={name: address}")
         self.user_agent = user_agent
-        self._resolver = resolver
-        self._sessions: dict[tuple[str | None, TLSOptions, str], aiohttp.ClientSession] = {}
-
-    def client(self, ctx: ProbeContext, *, tls: TLSOptions | None, fresh: bool, ip_family: str) -> HttpClient:
-        return HttpClient(self, ctx, tls or TLSOptions(), fresh=fresh, ip_family=ip_family)
-
-    def _session(
-        self, ctx: ProbeContext, tls: TLSOptions, fresh: bool, ip_family: str
-    ) -> aiohttp.ClientSession:
-        key = (None if fresh else ctx.check.name, tls, ip_family)
-        if (session := self._sessions.get(key)) is not None and not session.closed:
-            return session
-        clock = ctx.clock
-        connector = TimedConnector(
-            on_tcp_up=lambda: _note_tcp_up(clock),
-            on_connected=_note_handshake,
-            ssl=tls_context(tls),
-            family={"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(ip_family, 0),
-            use_dns_cache=not fresh,
-            force_close=fresh,
-            limit=0 if fresh else 10,
-            resolver=self._resolver() if self._resolver else None,
+        self.resolve: dict[str, str] | None = dict(resolve) if resolve is not None else None
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CurlMulti] = (
+            weakref.WeakKeyDictionary()
         )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            trace_configs=[_trace_config(ctx.clock)],
-            headers={"User-Agent": self.user_agent},
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=True,
+        # A reused connection makes no handshake: its hops report the one that opened it, found
+        # by the connection's addresses and ports.
+        self._handshakes: OrderedDict[tuple[str, int, str, int], TLSInfo] = OrderedDict()
+
+    def client(
+        self,
+        ctx: ProbeContext,
+        *,
+        tls: TLSOptions | None,
+        fresh: bool,
+        ip_family: str,
+        proxy_url: str | None = None,
+    ) -> HttpClient:
+        """A client for one run of ``ctx``'s check; ``proxy_url`` sends its requests through a proxy."""
+        return HttpClient(
+            self, ctx, tls or TLSOptions(), fresh=fresh, ip_family=ip_family, proxy_url=proxy_url
         )
-        self._sessions[key] = session
-        return session
 
     def tls_info(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TLSInfo:
         """Version, cipher and certificate chains of a finished handshake (``ctx.tls_info``)."""
         return tls_info(ssl_object)
 
     async def aclose(self) -> None:
-        """Close every session."""
-        sessions, self._sessions = list(self._sessions.values()), {}
-        for session in sessions:
-            await session.close()
+        """Close every kept-alive connection."""
+        pools = list(self._pools.values())
+        self._pools = weakref.WeakKeyDictionary()
+        self._handshakes.clear()
+        for multi in pools:
+            multi.close()
+
+    def _multi(self, pooled: bool) -> CurlMulti:
+        if not pooled:
+            return CurlMulti.of_running_loop()
+        loop = asyncio.get_running_loop()
+        multi = self._pools.get(loop)
+        if multi is None:
+            multi = self._pools[loop] = CurlMulti(loop, max_connections=_KEPT_CONNECTIONS)
+        return multi
+
+    def _remember(self, connection: tuple[str, int, str, int], info: TLSInfo) -> None:
+        self._handshakes[connection] = info
+        self._handshakes.move_to_end(connection)
+        while len(self._handshakes) > _KEPT_HANDSHAKES:
+            self._handshakes.popitem(last=False)
+
+    def _recall(self, connection: tuple[str, int, str, int]) -> TLSInfo | None:
+        return self._handshakes.get(connection)
 
 
 class HttpClient:
@@ -187,10 +160,14 @@ class HttpClient:
         *,
         fresh: bool,
         ip_family: str,
+        proxy_url: str | None = None,
     ) -> None:
+        self._factory = factory
         self._ctx = ctx
         self._tls = tls
-        self._session = factory._session(ctx, tls, fresh, ip_family)
+        self._pooled = not fresh
+        self._ip_family = ip_family
+        self._proxy_url = proxy_url
 
     async def __aenter__(self) -> HttpClient:
         return self
@@ -201,7 +178,7 @@ class HttpClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        # Sessions belong to the factory; a fresh connection was closed after its request.
+        # Kept-alive connections belong to the factory; a fresh one was closed after its request.
         return None
 
     async def request(
@@ -215,15 +192,28 @@ class HttpClient:
         follow_redirects: bool = True,
         max_redirects: int = 10,
         max_body: int = 1 << 20,
+        proxy_url: str | None = None,
     ) -> HttpExchange:
         """Send a request, following redirects, and read at most ``max_body`` bytes of the body.
 
-        Raises :class:`HttpFailure` when no response could be had; a response of any status,
-        even with a cut body, is an :class:`HttpExchange`.
+        ``proxy_url`` (``http://user:password@proxy:3128``) overrides the client's proxy for this
+        request; https targets are reached through a CONNECT tunnel. Raises :class:`HttpFailure`
+        when no response could be had; a response of any status, even with a cut body, is an
+        :class:`HttpExchange`.
         """
         ctx, clock = self._ctx, self._ctx.clock
         method = method.upper()
-        current = URL(url)
+        proxy = proxy_url or self._proxy_url
+        if proxy:
+            _learn_proxy_secrets(proxy, ctx)
+            try:
+                proxy = str(URL(proxy))  # percent-encoded: libcurl takes ASCII, and decodes user info
+            except ValueError:
+                raise HttpFailure(Reason.PROTOCOL, "invalid proxy URL") from None
+        try:
+            current = URL(url)
+        except ValueError:
+            raise HttpFailure(Reason.PROTOCOL, "invalid URL") from None
         if params:
             current = current.update_query(
                 [(k, v) for k, vs in params.items() for v in (vs if isinstance(vs, list) else [vs])]
@@ -235,24 +225,23 @@ class HttpClient:
         visited: list[URL] = []
         while True:
             visited.append(current)
-            response, hop_body, truncated, tls_info = await self._hop(
-                method, current, sent_headers, body, phases, max_body
-            )
-            location = response.headers.get("Location")
-            if not (follow_redirects and response.status in _REDIRECTS and location):
+            result, tls = await self._hop(method, current, sent_headers, body, phases, max_body, proxy)
+            response_headers = CIMultiDictProxy(CIMultiDict(result.headers))
+            location = response_headers.get("Location")
+            if not (follow_redirects and result.status in _REDIRECTS and location):
                 return HttpExchange(
                     method=method,
                     url=current,
-                    status=response.status,
-                    headers=response.headers,
-                    body=hop_body,
-                    truncated=truncated,
-                    http_version=_version(response),
+                    status=result.status,
+                    headers=response_headers,
+                    body=result.body,
+                    truncated=result.truncated,
+                    http_version=result.http_version,
                     redirects=len(visited) - 1,
                     phases=phases,
                     duration=clock.monotonic() - started,
-                    tls=tls_info,
-                    links=_links(response),
+                    tls=tls,
+                    links=_links(response_headers, current),
                 )
             if len(visited) > max_redirects:
                 loop = " → ".join(redact_url(str(u), ctx.redact) for u in visited[-3:])
@@ -267,7 +256,7 @@ class HttpClient:
                 raise HttpFailure(
                     Reason.PROTOCOL, f"redirect to unsupported scheme {target.scheme!r}", phases
                 )
-            if response.status == 303 or (response.status in (301, 302) and method == "POST"):
+            if result.status == 303 or (result.status in (301, 302) and method == "POST"):
                 method, body = ("HEAD" if method == "HEAD" else "GET"), None
                 for name in ("Content-Type", "Content-Length"):
                     sent_headers.popall(name, None)
@@ -285,8 +274,10 @@ class HttpClient:
         body: bytes | None,
         phases: dict[str, float],
         max_body: int,
-    ) -> tuple[aiohttp.ClientResponse, bytes, bool, TLSInfo | None]:
+        proxy: str | None,
+    ) -> tuple[CurlResult, TLSInfo | None]:
         ctx, clock = self._ctx, self._ctx.clock
+        host = url.host or ""
         port = url.port or (443 if url.scheme == "https" else 80)
         span = ctx.tracer.start_span(
             method,
@@ -295,103 +286,76 @@ class HttpClient:
                 "http.request.method": method,
                 "url.full": redact_url(str(url), ctx.redact),
                 "url.scheme": url.scheme,
-                "server.address": url.host or "",
+                "server.address": host,
                 "server.port": port,
             },
         )
         hop_headers = CIMultiDict(headers)
+        hop_headers.setdefault("User-Agent", self._factory.user_agent)
         span.inject(hop_headers)
-        marks = _HopMarks(start=clock.monotonic())
-        token = _current_marks.set(marks)
+        started = clock.monotonic()
         status: int | None = None
         version: str | None = None
         error_type: str | None = None
-        ctx.stage = f"waiting for the response of {method} {url.host}"
+        ctx.stage = f"waiting for the response of {method} {host}"
+
+        def headers_in() -> None:
+            ctx.stage = f"reading the body of {method} {host}"
+
         try:
             try:
-                response = await self._session.request(
-                    method,
-                    url,
-                    headers=hop_headers,
-                    data=body,
-                    allow_redirects=False,
-                    trace_request_ctx=marks,
-                    ssl=tls_context(self._tls),
-                    server_hostname=self._tls.server_name,
+                _check_headers(hop_headers)
+                resolve = self._resolve_entries(url, port, proxy)
+                result = await self._factory._multi(self._pooled).perform(
+                    CurlRequest(
+                        method,
+                        str(url),
+                        headers=list(hop_headers.items()),
+                        body=body,
+                        max_body=max_body,
+                        tls=self._tls,
+                        pool=self._pooled,
+                        resolve=resolve,
+                        ip_family=self._ip_family,
+                        proxy=proxy,
+                        on_headers=headers_in,
+                    )
                 )
-            except BaseException as exc:
-                self._close_phases(
-                    marks,
-                    url.scheme == "https",
-                    None,
-                    clock.monotonic(),
-                    phases,
-                )
-                if isinstance(exc, Exception):
-                    reason, message = map_exception(exc)
-                    error_type = reason.value
-                    # Redacted, then cut: the library's words may quote a whole line of the target's.
-                    message = clip(message, _MESSAGE_LIMIT, ctx.redact)
-                    span.fail(reason.value, message)
-                    raise HttpFailure(reason, message, phases) from exc
-                raise
-            headers_at = clock.monotonic()
-            status = response.status
-            version = _version(response)
-            tls_info = marks.tls if url.scheme == "https" else None
-            ctx.stage = f"reading the body of {method} {url.host}"
-            try:
-                chunks, size, truncated = [], 0, False
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    room = max_body - size
-                    if len(chunk) > room:
-                        chunks.append(chunk[:room])
-                        truncated = True
-                        break
-                    chunks.append(chunk)
-                    size += len(chunk)
-            except Exception as exc:
-                self._close_phases(
-                    marks,
-                    url.scheme == "https",
-                    headers_at,
-                    clock.monotonic(),
-                    phases,
-                )
-                reason, message = map_exception(exc)
-                error_type = reason.value
-                message = clip(message, _MESSAGE_LIMIT, ctx.redact)
-                span.fail(reason.value, message)
-                raise HttpFailure(reason, message, phases) from exc
-            finally:
-                response.release() if not truncated else response.close()
-            end = clock.monotonic()
-            hop_phases = self._close_phases(marks, url.scheme == "https", headers_at, end, phases)
+            except HttpFailure as failure:
+                for name in PHASES:
+                    phases[name] += failure.phases.get(name, 0.0)
+                error_type = failure.reason.value
+                # Redacted, then cut: libcurl's words may quote what the target or proxy sent.
+                message = clip(failure.message, _MESSAGE_LIMIT, ctx.redact)
+                span.fail(error_type, message)
+                raise HttpFailure(failure.reason, message, phases) from None
+            status, version = result.status, result.http_version
+            for name, seconds in result.phases.items():
+                phases[name] += seconds
+            tls = self._tls_info(result, url) if result.tls_used else None
             span.set_attribute("http.response.status_code", status)
             span.set_attribute("network.protocol.version", version)
-            for name, seconds in hop_phases.items():
+            for name, seconds in result.phases.items():
                 span.set_attribute(f"vantage.http.phase.{name}", round(seconds, 6))
-            if truncated:
+            if result.truncated:
                 span.add_event("body_truncated", {"vantage.http.body.read": max_body})
             if status >= 400:
                 error_type = str(status)
                 span.fail(str(status), f"HTTP {status}")
-            return response, b"".join(chunks), truncated, tls_info
+            return result, tls
         except BaseException as exc:
             if not isinstance(exc, Exception):  # cancelled: the run's timeout, or the agent stopping
                 error_type, message = cancellation()
                 span.fail(error_type, message)
             raise
         finally:
-            _current_marks.reset(token)
-            end_time = clock.monotonic()
             ctx.requests.append(
                 RequestRecord(
                     method,
                     url.scheme,
-                    url.host or "",
+                    host,
                     port,
-                    end_time - marks.start,
+                    clock.monotonic() - started,
                     status,
                     error_type,
                     version,
@@ -399,40 +363,96 @@ class HttpClient:
             )
             span.end()
 
-    @staticmethod
-    def _close_phases(
-        marks: _HopMarks,
-        tls: bool,
-        headers_at: float | None,
-        end: float,
-        total: dict[str, float],
-    ) -> dict[str, float]:
-        """Cut one hop into consecutive phases and add them to ``total``."""
-        resolved = marks.resolved or marks.connect_started or marks.start
-        if tls:
-            connected = min(marks.tcp_connected or marks.connected or resolved, end)
-        else:
-            connected = min(marks.connected or marks.tcp_connected or resolved, end)
-        handshake = min(marks.connected or connected, end) if tls else connected
-        headers = headers_at if headers_at is not None else end
-        cuts = [marks.start, min(resolved, end), connected, handshake, max(headers, handshake), end]
-        hop = {name: max(0.0, cuts[i + 1] - cuts[i]) for i, name in enumerate(PHASES)}
-        for name, seconds in hop.items():
-            total[name] += seconds
-        return hop
+    def _resolve_entries(self, url: URL, port: int, proxy: str | None) -> tuple[str, ...]:
+        """``CURLOPT_RESOLVE`` entries from the factory's map of names, when it has one.
+
+        A name the map does not hold fails here as a lookup would, so that a test never sends a
+        query off the machine. Through a proxy the proxy looks the target up: only the proxy's own
+        name is answered from the map.
+        """
+        names = self._factory.resolve
+        if names is None:
+            return ()
+        entries: list[str] = []
+        wanted = [(url.host or "", port)] if not proxy else []
+        if proxy:
+            proxy_url = URL(proxy)
+            wanted.append((proxy_url.host or "", proxy_url.port or 80))
+        for name, name_port in wanted:
+            if _is_address(name):
+                continue
+            address = names.get(name)
+            if address is None:
+                raise HttpFailure(Reason.DNS, f"DNS lookup of {name} failed: Name or service not known")
+            entries.append(f"{name}:{name_port}:{f'[{address}]' if ':' in address else address}")
+        return tuple(entries)
+
+    def _tls_info(self, result: CurlResult, url: URL) -> TLSInfo | None:
+        """The handshake behind an https hop: this hop's own, or the one that opened its connection."""
+        if result.tls_version is None and not result.cert_chain:
+            return self._factory._recall(result.connection)
+        tls = self._tls
+        version = result.tls_version or ""
+        info = TLSInfo(
+            version=_TLS_VERSIONS.get(version, version or "unknown"),
+            cipher=result.tls_cipher or "",
+            sent_chain=result.cert_chain,
+            verified_chain=()
+            if tls.insecure
+            else build_verified_chain(result.cert_chain, tls.ca_file, tls.server_name or url.host or ""),
+        )
+        if self._pooled:
+            self._factory._remember(result.connection, info)
+        return info
 
 
-def _links(response: aiohttp.ClientResponse) -> dict[str, str]:
+def _check_headers(headers: CIMultiDict[str]) -> None:
+    # libcurl sends header lines as given: a line break inside one would start a header (or a
+    # request) of the value's choosing.
+    for name, value in headers.items():
+        if any(c in name or c in value for c in "\r\n\0"):
+            raise HttpFailure(Reason.PROTOCOL, f"the header {name.strip()!r} holds a line break")
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _learn_proxy_secrets(proxy: str, ctx: ProbeContext) -> None:
+    """The credentials of a proxy URL are secrets, in every spelling they are sent in."""
+    try:
+        parsed = URL(proxy)
+    except ValueError:
+        return
+    password = parsed.password  # decoded by yarl, as libcurl decodes it before sending
+    if password:
+        user = parsed.user or ""
+        ctx.redact.add(password)
+        # Proxy-Authorization: Basic base64(user:password) does not contain base64(password).
+        ctx.redact.add(f"{user}:{password}")
+
+
+def _links(headers: CIMultiDictProxy[str], base: URL) -> dict[str, str]:
+    """``Link`` header targets by relation, resolved against the response's URL."""
+    values = headers.getall("Link", [])
+    if not values:
+        return {}
+    from requests.utils import parse_header_links  # only for responses that have the header
+
     out: dict[str, str] = {}
-    for rels, link in response.links.items():
-        for rel in str(rels).lower().split():  # rel="deprecation alternate" names two relations
-            out.setdefault(rel, str(link.get("url", "")))
+    for link in parse_header_links(", ".join(values)):
+        target = link.get("url", "")
+        try:
+            target = str(base.join(URL(target)))
+        except ValueError:
+            pass
+        for rel in link.get("rel", "").lower().split():  # rel="deprecation alternate" names two
+            out.setdefault(rel, target)
     return out
-
-
-def _version(response: aiohttp.ClientResponse) -> str:
-    version = response.version
-    return f"{version.major}.{version.minor}" if version is not None else "1.1"
 
 
 def tls_info(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TLSInfo:

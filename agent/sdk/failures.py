@@ -81,12 +81,15 @@ _CURL_CODES: dict[int, tuple[Reason, str]] = {
     # SSL_CONNECT_ERROR, crypto engine, cipher, USE_SSL, shutdown, client certificate needed.
     **dict.fromkeys((35, 53, 54, 59, 64, 66, 80, 98), (Reason.TLS, "TLS handshake failed")),
     **dict.fromkeys((1, 3), (Reason.PROTOCOL, "invalid URL")),  # UNSUPPORTED_PROTOCOL, URL_MALFORMAT
-    # Weird reply, HTTP/2 and /3, partial body, redirects, empty reply, encoding, size.
-    **dict.fromkeys((8, 16, 18, 47, 52, 61, 63, 92, 95), (Reason.PROTOCOL, "malformed HTTP response")),
+    # Weird reply, HTTP/2 and /3, partial body, redirects, empty reply, encoding, size, too large.
+    **dict.fromkeys((8, 16, 18, 47, 52, 61, 63, 92, 95, 100), (Reason.PROTOCOL, "malformed HTTP response")),
     # Init, not built in, our callbacks' write error or abort, memory, bad options: a bug here.
     **dict.fromkeys((2, 4, 23, 27, 42, 43, 48), (Reason.INTERNAL, "libcurl failed")),
 }
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+# libcurl's wrapping of OpenSSL's verification words ("SSL certificate problem: ...", or from 8.x
+# "SSL certificate OpenSSL verify result: ... (20)"), which "rejected: " says already.
+_CERT_PROBLEM = re.compile(r"^SSL certificate (?:problem|OpenSSL verify result): (.*?)(?: \(\d+\))?$", re.S)
 
 
 def map_curl_error(code: int, message: str, *, host: str | None = None) -> tuple[Reason, str]:
@@ -97,7 +100,12 @@ def map_curl_error(code: int, message: str, *, host: str | None = None) -> tuple
     in the message.
     """
     detail = _URL_IN_TEXT.sub(lambda found: redact_url(found.group(0)), message.strip())
+    detail = _CERT_PROBLEM.sub(r"\1", detail)
     reason, what = _CURL_CODES.get(code, (Reason.CONNECT, "cannot connect"))
+    if code == 1 and "HTTP/" in detail:  # UNSUPPORTED_PROTOCOL of a status line, not of a URL
+        what = "malformed HTTP response"
+    if code == 100 and not detail:  # TOO_LARGE, which libcurl leaves without words
+        detail = "a header larger than libcurl accepts (100 KiB a line, 300 KiB in all)"
     if host and reason is Reason.TLS:
         what = what.replace("certificate", f"certificate of {host}")
     return reason, f"{what}: {detail or f'libcurl error {code}'}"

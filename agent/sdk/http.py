@@ -10,6 +10,7 @@ private parts through the agent's adapter, so a probe asks its context: ``ctx.tl
 from __future__ import annotations
 
 import ssl
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -74,13 +75,19 @@ def tls_context(options: TLSOptions) -> ssl.SSLContext:
     if options.insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    if options.min_version:
-        context.minimum_version = {
-            "1.0": ssl.TLSVersion.TLSv1,
-            "1.1": ssl.TLSVersion.TLSv1_1,
-            "1.2": ssl.TLSVersion.TLSv1_2,
-            "1.3": ssl.TLSVersion.TLSv1_3,
-        }[options.min_version]
+    if options.min_version in ("1.0", "1.1"):
+        # Asked for on purpose: Python's deprecation of the old versions is not the user's to see,
+        # and OpenSSL 3 refuses their SHA-1 signatures above security level 0 (as the HTTP client).
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = (
+                ssl.TLSVersion.TLSv1 if options.min_version == "1.0" else ssl.TLSVersion.TLSv1_1
+            )
+    elif options.min_version:
+        context.minimum_version = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}[
+            options.min_version
+        ]
     return context
 
 
@@ -115,9 +122,11 @@ class HttpExchange:
     url: URL
     status: int
     headers: CIMultiDictProxy[str]
+    """Every header of the final response, a name that came more than once kept each time."""
     body: bytes
     truncated: bool
     http_version: str
+    """``1.0``, ``1.1``, ``2`` or ``3``."""
     redirects: int
     phases: dict[str, float]
     duration: float
@@ -167,9 +176,12 @@ class HttpClient(Protocol):
         follow_redirects: bool = True,
         max_redirects: int = 10,
         max_body: int = 1 << 20,
+        proxy_url: str | None = None,
     ) -> HttpExchange:
         """Send a request, following redirects, and read at most ``max_body`` bytes of the body.
 
+        ``proxy_url`` (``http://`` or ``https://``, credentials in it allowed and redacted) sends
+        this request through a proxy, CONNECT for https targets, instead of the client's own.
         Raises :class:`HttpFailure` when no response could be had; a response of any status,
         even with a cut body, is an :class:`HttpExchange`.
         """
@@ -180,8 +192,16 @@ class HttpClientFactory(Protocol):
     """Makes the HTTP clients of probe runs (``ProbeContext.http``) and reads TLS handshakes
     (``ProbeContext.tls_info``); the agent's is ``agent/net/http.py``."""
 
-    def client(self, ctx: ProbeContext, *, tls: TLSOptions | None, fresh: bool, ip_family: str) -> HttpClient:
-        """A client for one run of ``ctx``'s check."""
+    def client(
+        self,
+        ctx: ProbeContext,
+        *,
+        tls: TLSOptions | None,
+        fresh: bool,
+        ip_family: str,
+        proxy_url: str | None = None,
+    ) -> HttpClient:
+        """A client for one run of ``ctx``'s check; ``proxy_url`` sends its requests through a proxy."""
         ...
 
     def tls_info(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TLSInfo:

@@ -462,12 +462,17 @@ def test_the_secrets_were_really_sent(capture: Capture) -> None:
     # http.client sends a header value as Latin-1; the receiver read it as UTF-8, bad bytes escaped.
     sent = {key.encode("utf-8", "surrogateescape") for key in capture.otlp_keys}
     assert SECRETS["OTLP_KEY"].encode("latin-1") in sent
-    # ...and the agent had them to write: the echo and the garbage answers quote them back.
+    # ...and the agent had them to write: the echo answers quote them back.
     for fmt in ("json", "text"):
-        for name in ("bearer-echo", "basic-echo", "bearer-garbage", "basic-garbage", "oauth-garbage"):
+        for name in ("bearer-echo", "basic-echo"):
             state = capture.states[f"{fmt}:{name}"]["last"]
             shown = state["message"] + "".join(a["actual"] for a in state["assertions"])
             assert "<redacted>" in shown, (name, state)
+        # The garbage answers quote them too, but libcurl's words about a bad status line quote
+        # nothing of it: what the agent writes is only that the response was malformed.
+        for name in ("bearer-garbage", "basic-garbage", "oauth-garbage"):
+            state = capture.states[f"{fmt}:{name}"]["last"]
+            assert "malformed HTTP response" in state["message"], (name, state)
 
 
 @pytest.mark.parametrize("secret", sorted(SECRETS))
