@@ -25,7 +25,7 @@ import ipaddress
 import ssl
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -82,8 +82,7 @@ class HttpClientFactory:
 
     ``resolve`` maps names to addresses for tests (``{"vendor.test": "127.0.0.1"}``): with it, a
     name it does not hold fails as a DNS failure and no query is ever sent; without it, libcurl
-    looks names up with the system's resolver. ``resolver`` was the aiohttp resolver hook and is
-    refused: give ``resolve``.
+    looks names up with the system's resolver.
     """
 
     def __init__(
@@ -91,10 +90,7 @@ class HttpClientFactory:
         *,
         user_agent: str,
         resolve: Mapping[str, str] | None = None,
-        resolver: Callable[[], object] | None = None,
     ) -> None:
-        if resolver is not None:
-            raise TypeError("HttpClientFactory(resolver=...) is gone: give resolve={name: address}")
         self.user_agent = user_agent
         self.resolve: dict[str, str] | None = dict(resolve) if resolve is not None else None
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CurlMulti] = (

@@ -529,14 +529,20 @@ class ProbeContext:
         """What the run is doing now, so that a timeout can say where it hung."""
 
     def http(
-        self, tls: TLSOptions | None = None, *, fresh: bool = True, ip_family: str = "auto"
+        self,
+        tls: TLSOptions | None = None,
+        *,
+        fresh: bool = True,
+        ip_family: str = "auto",
+        proxy_url: str | None = None,
     ) -> HttpClient:
         """An HTTP client for this run.
 
         ``fresh`` (the default) opens a new connection with no DNS cache for every request, so every
-        run measures DNS, connect and TLS; ``fresh=False`` keeps one pooled client per check.
+        run measures DNS, connect and TLS; ``fresh=False`` reuses the connections libcurl keeps.
+        ``proxy_url`` sends the requests through an HTTP(S) proxy (CONNECT for https targets).
         """
-        return self._http.client(self, tls=tls, fresh=fresh, ip_family=ip_family)
+        return self._http.client(self, tls=tls, fresh=fresh, ip_family=ip_family, proxy_url=proxy_url)
 
     def tls_info(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TLSInfo:
         """Version, cipher and certificate chains of a handshake the probe made itself (the ``tls``

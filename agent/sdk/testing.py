@@ -74,8 +74,6 @@ from agent.server.inbox import Inbox
 from agent.state import ProbeStates
 
 if TYPE_CHECKING:
-    from aiohttp.abc import AbstractResolver
-
     from agent.net.http import RequestRecord
 
 __all__ = [
@@ -351,8 +349,9 @@ class ProbeTester:
 
     ``environ`` holds what the agent would read from its environment: the ``${NAME}`` secrets
     the checks refer to and ``VANTAGE_*`` settings (``VANTAGE_REGION``, ``VANTAGE_STATE_DIR``,
-    ``VANTAGE_PUBLIC_URL``). ``resolver`` replaces the HTTP client's name resolution (a map of
-    names to loopback). Use it as ``async with``, so that the HTTP sessions are closed.
+    ``VANTAGE_PUBLIC_URL``). ``resolve`` replaces the HTTP client's name resolution with a map of
+    names to (loopback) addresses; a name not in it fails as a DNS failure would. Use it as
+    ``async with``, so that the HTTP sessions are closed.
     """
 
     def __init__(
@@ -362,7 +361,7 @@ class ProbeTester:
         environ: Mapping[str, str] | None = None,
         clock: Clock | None = None,
         inbox: Inbox | None = None,
-        resolver: Callable[[], AbstractResolver] | None = None,
+        resolve: Mapping[str, str] | None = None,
     ) -> None:
         name = getattr(probe, "name", None)
         if not isinstance(name, str):
@@ -376,7 +375,7 @@ class ProbeTester:
         self.environ = dict(environ or {})
         self.clock: Clock = clock or SystemClock()
         self.inbox = inbox or Inbox()
-        self.http = HttpClientFactory(user_agent=f"Vantage/{__version__}", resolver=resolver)
+        self.http = HttpClientFactory(user_agent=f"Vantage/{__version__}", resolve=resolve)
         self.last: RecordedRun | None = None
         # The agent's start, for round-trip probes' grace periods: the tester's own, for every run.
         self.started, self.started_monotonic = self.clock.time(), self.clock.monotonic()
