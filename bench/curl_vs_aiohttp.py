@@ -1,11 +1,14 @@
-"""CPU per fresh-connection GET through the agent's aiohttp client and through libcurl, on one loop.
+"""CPU per fresh-connection GET through aiohttp, through libcurl, and through the agent's client.
 
 Run on demand (it prints figures; nothing asserts them):
 
     .venv/bin/python bench/curl_vs_aiohttp.py [N] [--concurrency C]
 
 Starts a local aiohttp server in a thread of its own (so that its CPU is not this loop's), then sends
-N GETs through each client on this process's event loop, each on a fresh TCP connection, C at a time,
+N GETs through each client on this process's event loop (a bare aiohttp session that closes every
+connection, as the agent's client did before it moved to libcurl; a bare libcurl transfer; and the
+agent's own client, ``ctx.http()``, which is libcurl plus the span, phases and redirect handling),
+each on a fresh TCP connection, C at a time,
 and prints the process CPU time (``time.process_time``: user + system, every thread of the process,
 the server's included, which is the same for both clients) per request, and the CPU time of the
 client loop's thread alone (``time.thread_time``, the client without the server). Bounded: N is at most 20,000
@@ -22,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -88,7 +92,17 @@ async def main(count: int, concurrency: int) -> None:
     check, _, config = tester.load({"name": "bench", "target": url, "interval": "10s", "timeout": "3s"})
     ctx = tester.context(check, config, RecordingTracer())
 
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True, use_dns_cache=False, limit=0),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
     async def through_aiohttp() -> None:
+        async with session.get(url) as response:
+            async for _ in response.content.iter_chunked(64 * 1024):
+                pass
+
+    async def through_agent() -> None:
         async with ctx.http() as client:
             await client.request("GET", url)
 
@@ -100,7 +114,9 @@ async def main(count: int, concurrency: int) -> None:
     try:
         await measure("aiohttp", count, concurrency, through_aiohttp)
         await measure("libcurl", count, concurrency, through_curl)
+        await measure("agent", count, concurrency, through_agent)
     finally:
+        await session.close()
         await tester.http.aclose()
 
 
