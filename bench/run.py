@@ -521,6 +521,8 @@ def scenario_big(out: Out, target: str, sink: int, checks: int, seconds: float, 
         "skipped_by_cause": skipped,
         "discarded": discarded,
         "failed_by_reason": failed,
+        "spans_dropped": w.delta("vantage_spans_dropped_total"),
+        "export_failures": w.delta("vantage_export_failures_total"),
         "cores": w.cores,
         "rss_mib": rss,
         "seconds": w.seconds,
@@ -542,6 +544,11 @@ def scenario_big(out: Out, target: str, sink: int, checks: int, seconds: float, 
             ),
             ("discarded (overload)", f"{discarded:,}"),
             ("failed, by reason", ", ".join(f"{r} {c:,}" for r, c in failed.items()) or "none"),
+            (
+                "OTLP",
+                f"{figures['spans_dropped']:,.0f} spans dropped, "
+                f"{figures['export_failures']:,.0f} exports failed",
+            ),
             ("agent CPU, RSS", f"{w.cores:.2f} cores, {rss:.1f} MiB"),
         ]
     )
@@ -628,6 +635,8 @@ def scenario_idle(out: Out, target: str, sink: int, checks: int, wait: float, sc
             "cores": window.cores,
             "probes_per_s": window.runs / window.seconds,
             "skipped": window.delta("vantage_runs_skipped_total"),
+            "spans_dropped": window.delta("vantage_spans_dropped_total"),
+            "export_failures": window.delta("vantage_export_failures_total"),
             "cardinality_overflow": window.overflowed,
         }
     scrape_cpu = statistics.median(m["cpu_s"] for m in measured) if measured else float("nan")
@@ -655,7 +664,9 @@ def scenario_idle(out: Out, target: str, sink: int, checks: int, wait: float, sc
             (
                 f"after {mark_at:g} s, over {second['seconds']:.0f} s",
                 f"{second['probes_per_s']:,.1f} probes/s (expected {checks / interval:,.1f}), "
-                f"{second['skipped']:,.0f} skipped, {second['cores']:.3f} cores",
+                f"{second['skipped']:,.0f} skipped, {second['cores']:.3f} cores; OTLP: "
+                f"{second['spans_dropped']:,.0f} spans dropped, {second['export_failures']:,.0f} "
+                "exports failed",
             )
         )
     if measured:
