@@ -200,7 +200,7 @@ def scrape_full(port: int, families: Iterable[str] | None = (), timeout: float =
             content_type = response.headers.get("Content-Type", "")
             encoding = response.headers.get("Content-Encoding", "identity")
     except urllib.error.HTTPError as exc:
-        said = exc.read()[:300].decode(errors="replace").strip()
+        said = " ".join(exc.read()[:300].decode(errors="replace").split())
         raise RuntimeError(
             f"/metrics answered {exc.code} after {time.monotonic() - started:.1f} s: {said}"
         ) from None

@@ -195,6 +195,14 @@ class Window:
         now, then = group(self.after), group(self.before)
         return {key: round(value - then.get(key, 0.0)) for key, value in sorted(now.items())}
 
+    def bucket(self, name: str, le: float) -> float:
+        """A histogram bucket's increase, its bound compared as a number ("0.01", "1.0e-02")."""
+
+        def count(samples: Samples) -> float:
+            return sum(value for labels, value in samples.get(name, []) if float(labels["le"]) == le)
+
+        return count(self.after) - count(self.before)
+
     @property
     def overflowed(self) -> bool:
         """Whether any of the agent's series hit the SDK's cardinality limit."""
@@ -507,7 +515,7 @@ def scenario_big(out: Out, target: str, sink: int, checks: int, seconds: float, 
         rss = rss_mib(pid)
     expected = checks * w.seconds / 1.0
     started = w.delta("vantage_scheduler_lateness_seconds_count")
-    on_time = w.delta("vantage_scheduler_lateness_seconds_bucket", le="0.01")
+    on_time = w.bucket("vantage_scheduler_lateness_seconds_bucket", 0.01)
     skipped = w.by_label("vantage_runs_skipped_total", "cause")
     discarded = skipped.pop("overload", 0)
     failed = {r: c for r, c in w.by_label("probe_runs_total", "reason", result="failure").items() if c}
@@ -732,12 +740,12 @@ def sizing(out: Out, results: Figures) -> Figures:
     }
 
     def predict(checks: int, interval: float) -> tuple[float | None, float | None]:
-        if None in (base_cores, per_probe, per_check_cores, base_mib, per_check_mib):
-            return None, None
-        assert base_cores is not None and per_probe is not None and per_check_cores is not None
-        assert base_mib is not None and per_check_mib is not None
-        cores = base_cores + checks / interval * per_probe + checks * per_check_cores
-        return cores, base_mib + checks * per_check_mib
+        cores = mib = None
+        if base_cores is not None and per_probe is not None and per_check_cores is not None:
+            cores = base_cores + checks / interval * per_probe + checks * per_check_cores
+        if base_mib is not None and per_check_mib is not None:
+            mib = base_mib + checks * per_check_mib
+        return cores, mib
 
     out.line("sizing, one agent process (VANTAGE_WORKERS=1), default telemetry:")
     out.table(
