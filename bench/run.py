@@ -340,7 +340,7 @@ def scenario_base(out: Out, target: str, sink: int, seconds: float, warmup: floa
         [
             (
                 "CPU",
-                f"{window.cores:.4f} cores  ({window.scrapes} /metrics scrapes in {window.seconds:.0f} s)",
+                f"{window.cores:.4f} cores  (/metrics scraped {window.scrapes}x in {window.seconds:.0f} s)",
             ),
             ("RSS", f"{rss:.1f} MiB"),
         ]
@@ -776,12 +776,15 @@ def sizing(out: Out, results: Figures) -> Figures:
             f"{num(mib, 0, ' MiB')}; measured {big['cores']:.2f} cores, {big['rss_mib']:.0f} MiB "
             f"(at {big['runs'] / big['seconds']:,.0f} runs/s)"
         )
-    out.line(
-        "  from: base = the base scenario; per 100 probes/s = (cpu-scenario agent cores, default "
-        "tracing - base) / probes/s x 100, median of repeats; per configured check memory = (idle RSS "
-        "- base RSS) / checks; per 1,000 configured checks CPU = (idle cores over its second interval "
-        "- base - idle probes/s x per-probe CPU) / checks x 1,000"
-    )
+    for text in (
+        "from: base = the base scenario;",
+        "      per 100 probes/s = (cpu scenario's agent cores, default tracing - base) / probes/s x 100,",
+        "      the median of the repeats;",
+        "      per configured check memory = (idle RSS - base RSS) / checks;",
+        "      per 1,000 configured checks CPU = (idle cores over its second interval - base",
+        "      - idle probes/s x CPU per probe) / checks x 1,000",
+    ):
+        out.line("  " + text)
     return figures
 
 
