@@ -50,7 +50,9 @@ what Prometheus asks (OpenMetrics first, gzip). OTLP goes with ``OTEL_BSP_MAX_QU
 span dropped at 1,000 runs/s; drops are shown) and ``OTEL_METRIC_EXPORT_INTERVAL=10000`` (three
 exports per 30 s window, not zero or one: it costs the agent more than the SDK's 60 s). A measured
 window runs from one /metrics scrape to another, with one every 15 s between: with ``--seconds``
-a multiple of 15 it holds exactly one scrape per 15 s (a shorter window holds more).
+a multiple of 15 it holds exactly one scrape per 15 s (otherwise a few more). The agent measured is
+this checkout's (``PYTHONPATH``); one without ``VANTAGE_TRACE_SUCCESS_RATIO`` traces every run in
+both agent runs of ``cpu``, and the output says so.
 
     make bench                  # bench/setup.sh, then every scenario with the defaults
     .venv/bin/python bench/run.py [--only start,base,cpu,big,idle] [--rate 300] [--seconds 30]
