@@ -22,7 +22,7 @@ import sys
 import time
 
 import aiohttp
-from run import (
+from harness import (
     agent_env,
     free_port,
     http_checks,
