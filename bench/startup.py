@@ -7,7 +7,9 @@ process is spawned:
 
 * ``listening``: the agent's "listening on port" log line read on its stderr (the server is up
   and the scheduler is about to start);
-* ``first probe``: the check's first request arriving at the target.
+* ``first probe``: the check's first request arriving at the target;
+* ``CPU at first probe``: the agent's user and system CPU time when that request arrived, less
+  sensitive than wall time to other work on the machine.
 
 The check's interval is the smallest allowed (100 ms): the scheduler starts a check on its own
 phase of the interval grid, so ``first probe`` includes 0-100 ms of waiting for that tick.
@@ -37,6 +39,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 MAX_RUNS = 50
 FIRST_PROBE_TIMEOUT = 30.0
 
@@ -88,14 +91,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def base_env() -> dict[str, str]:
+def base_env(source: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VANTAGE_", "OTEL_"))}
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(source)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
-def agent_env(target: Target, run: str, *, otlp: bool) -> dict[str, str]:
+def agent_env(target: Target, run: str, source: Path, *, otlp: bool) -> dict[str, str]:
     check = {
         "name": "startup",
         "type": "http",
@@ -103,7 +106,7 @@ def agent_env(target: Target, run: str, *, otlp: bool) -> dict[str, str]:
         "interval": "100ms",
         "timeout": "90ms",
     }
-    env = base_env()
+    env = base_env(source)
     env.update(
         VANTAGE_CHECKS=json.dumps({"checks": [check]}),
         VANTAGE_HOST="127.0.0.1",
@@ -116,8 +119,14 @@ def agent_env(target: Target, run: str, *, otlp: bool) -> dict[str, str]:
     return env
 
 
-def cold_start(target: Target, run: str, *, otlp: bool) -> tuple[float, float]:
-    """Seconds from spawn to the "listening" log line, and to the first probe request."""
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cold_start(target: Target, run: str, source: Path, *, otlp: bool) -> tuple[float, float, float]:
+    """Seconds from spawn to the "listening" log line and to the first probe request, and the
+    agent's CPU seconds then."""
     listening: list[float] = []
 
     def read(stream: object) -> None:
@@ -126,10 +135,14 @@ def cold_start(target: Target, run: str, *, otlp: bool) -> tuple[float, float]:
             if not listening and b"listening on port" in line:
                 listening.append(time.monotonic())
 
-    env = agent_env(target, run, otlp=otlp)
+    env = agent_env(target, run, source, otlp=otlp)
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [sys.executable, "-m", "agent"],
+        env=env,
+        cwd=source,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     reader = threading.Thread(target=read, args=(proc.stderr,), daemon=True)
     reader.start()
@@ -137,6 +150,7 @@ def cold_start(target: Target, run: str, *, otlp: bool) -> tuple[float, float]:
         arrived = target.wait_for_probe(run, FIRST_PROBE_TIMEOUT)
         if arrived is None:
             raise SystemExit(f"no probe within {FIRST_PROBE_TIMEOUT:.0f}s (exit status {proc.poll()})")
+        cpu = cpu_seconds(proc.pid)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -146,20 +160,25 @@ def cold_start(target: Target, run: str, *, otlp: bool) -> tuple[float, float]:
             proc.kill()
             proc.wait()
         reader.join(timeout=5)
-    return (listening[0] - started if listening else float("nan")), arrived - started
+    return (listening[0] - started if listening else float("nan")), arrived - started, cpu
 
 
-def import_time(statement: str) -> float:
+def import_time(statement: str, source: Path) -> float:
     code = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
     out = subprocess.run(
-        [sys.executable, "-c", code], env=base_env(), cwd=ROOT, check=True, capture_output=True, text=True
+        [sys.executable, "-c", code],
+        env=base_env(source),
+        cwd=source,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return float(out.stdout.strip())
 
 
-def interpreter_time() -> float:
+def interpreter_time(source: Path) -> float:
     started = time.monotonic()
-    subprocess.run([sys.executable, "-c", "pass"], env=base_env(), cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-c", "pass"], env=base_env(source), cwd=source, check=True)
     return time.monotonic() - started
 
 
@@ -171,27 +190,49 @@ def show(label: str, values: list[float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7, help=f"repetitions (at most {MAX_RUNS})")
-    runs = max(1, min(parser.parse_args().runs, MAX_RUNS))
+    parser.add_argument(
+        "--source",
+        type=Path,
+        action="append",
+        help="the agent's source tree to start (default: this checkout); given twice or more, "
+        "the trees take turns in every repetition, so that they share the machine's load alike",
+    )
+    args = parser.parse_args()
+    runs = max(1, min(args.runs, MAX_RUNS))
+    sources: list[Path] = [path.resolve() for path in args.source or [ROOT]]
 
     target = Target()
     threading.Thread(target=target.serve_forever, daemon=True).start()
+    figures: dict[tuple[Path, str], list[float]] = {}
+
+    def measure(source: Path, label: str, value: float) -> None:
+        figures.setdefault((source, label), []).append(value)
+
     try:
-        # One unmeasured start first: the bytecode caches are written and the page cache is warm.
-        cold_start(target, "warm-up", otlp=True)
-        print(f"{runs} runs each; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
-        show("python -c pass", [interpreter_time() for _ in range(runs)])
-        show("import agent.cli", [import_time("import agent.cli") for _ in range(runs)])
-        show(
-            "import agent.cli, agent.app, plugins.http",
-            [import_time("import agent.cli, agent.app, plugins.http") for _ in range(runs)],
-        )
-        for otlp in (False, True):
-            name, slug = ("with OTLP", "otlp") if otlp else ("no OTLP", "no-otlp")
-            figures = [cold_start(target, f"{slug}-{i}", otlp=otlp) for i in range(runs)]
-            show(f"spawn -> listening ({name})", [f[0] for f in figures])
-            show(f"spawn -> first probe ({name})", [f[1] for f in figures])
+        for k, source in enumerate(sources):
+            # One unmeasured start first: the bytecode caches are written and the page cache is warm.
+            cold_start(target, f"{k}-warm-up", source, otlp=True)
+        for i in range(runs):
+            for k, source in enumerate(sources):
+                measure(source, "python -c pass", interpreter_time(source))
+                measure(source, "import agent.cli", import_time("import agent.cli", source))
+                statement = "import agent.cli, agent.app, plugins.http"
+                measure(source, statement, import_time(statement, source))
+                for otlp in (False, True):
+                    name, slug = ("with OTLP", "otlp") if otlp else ("no OTLP", "no-otlp")
+                    listening, probe, cpu = cold_start(target, f"{k}-{slug}-{i}", source, otlp=otlp)
+                    measure(source, f"spawn -> listening ({name})", listening)
+                    measure(source, f"spawn -> first probe ({name})", probe)
+                    measure(source, f"CPU at first probe ({name})", cpu)
     finally:
         target.shutdown()
+    print(f"{runs} runs each; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
+    for source in sources:
+        if len(sources) > 1:
+            print(f"\n{source}")
+        for (where, label), values in figures.items():
+            if where == source:
+                show(label, values)
 
 
 if __name__ == "__main__":
