@@ -14,14 +14,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
-from referencing import Registry
-from referencing.jsonschema import DRAFT4, DRAFT202012
 
 from agent.sdk import clip
+
+if TYPE_CHECKING:
+    from referencing import Registry
 
 __all__ = ["OpenAPIDocument", "load_document"]
 
@@ -45,6 +45,10 @@ class OpenAPIDocument:
             raise ValueError(f"not an OpenAPI 3.x document (openapi: {version or 'missing'})")
         if not isinstance(self.document.get("paths"), dict):
             raise ValueError("the document has no 'paths'")
+        # jsonschema and referencing are loaded by the first check that names an OpenAPI document.
+        from referencing import Registry
+        from referencing.jsonschema import DRAFT4, DRAFT202012
+
         self._v31 = version.startswith("3.1")
         spec = DRAFT202012 if self._v31 else DRAFT4
         self._registry: Registry[Any] = Registry().with_resource(_URN, spec.create_resource(self.document))
@@ -79,6 +83,8 @@ class OpenAPIDocument:
             _escape(p) for p in ("paths", template, method.lower(), "responses", key, "content", media)
         )
         ref = f"{_URN}#/{pointer}/schema"
+        import jsonschema  # loaded on the first validation, not with the module
+
         validator = self._validators.get(ref)
         if validator is None:
             cls = jsonschema.Draft202012Validator if self._v31 else jsonschema.Draft4Validator
