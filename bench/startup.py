@@ -58,6 +58,9 @@ class Target(http.server.ThreadingHTTPServer):
     def port(self) -> int:
         return int(self.server_address[1])
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # an agent stopped mid-request (a broken pipe) is expected here, and not a figure
+
     def wait_for_probe(self, run: str, timeout: float) -> float | None:
         with self.changed:
             self.changed.wait_for(lambda: run in self.arrived, timeout)
