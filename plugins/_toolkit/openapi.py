@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from agent.sdk import clip
 
 if TYPE_CHECKING:
@@ -103,6 +101,8 @@ class OpenAPIDocument:
 
 
 def parse_document(text: str, source: str) -> OpenAPIDocument:
+    import yaml  # loaded with the first OpenAPI document, not with the http probe
+
     try:
         document = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
