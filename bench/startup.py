@@ -2,7 +2,8 @@
 
 Starts a loopback HTTP server (the probe's target, and an OTLP/HTTP sink that answers every export
 with an empty 200), then spawns the agent as a user would, with one ``http`` check against that
-server, N times, with and without OTLP configured. For each run it measures, from the moment the
+server (a YAML document in ``VANTAGE_CHECKS``, with a status assertion), N times, with and without
+OTLP configured. For each run it measures, from the moment the
 process is spawned:
 
 * ``listening``: the agent's "listening on port" log line read on its stderr (the server is up
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import http.server
-import json
 import os
 import signal
 import statistics
@@ -42,6 +42,17 @@ ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MAX_RUNS = 50
 FIRST_PROBE_TIMEOUT = 30.0
+CHECKS = """
+checks:
+  - name: startup
+    type: http
+    target: {target}
+    interval: 100ms
+    timeout: 90ms
+    settings:
+      assert:
+        - {{source: status, op: in, value: [200]}}
+"""
 
 
 class Target(http.server.ThreadingHTTPServer):
@@ -102,16 +113,11 @@ def base_env(source: Path) -> dict[str, str]:
 
 
 def agent_env(target: Target, run: str, source: Path, *, otlp: bool) -> dict[str, str]:
-    check = {
-        "name": "startup",
-        "type": "http",
-        "target": f"http://127.0.0.1:{target.port}/probe/{run}",
-        "interval": "100ms",
-        "timeout": "90ms",
-    }
+    # YAML, as a check file usually is (a JSON document would be read without loading PyYAML).
+    checks = CHECKS.format(target=f"http://127.0.0.1:{target.port}/probe/{run}")
     env = base_env(source)
     env.update(
-        VANTAGE_CHECKS=json.dumps({"checks": [check]}),
+        VANTAGE_CHECKS=checks,
         VANTAGE_HOST="127.0.0.1",
         VANTAGE_PORT="0",
         VANTAGE_LOG_FORMAT="text",
