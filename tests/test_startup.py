@@ -24,7 +24,6 @@ ONLY_WHEN_USED = {
     "jsonpath": "a JSONPath in an assertion, extraction or sync check",
     "jsonschema": "a schema assertion or an OpenAPI document",
     "referencing": "an OpenAPI document",
-    "http_sf": "a target that sends a structured RateLimit header",
     "dns": "a dns check",
     "icmplib": "an icmp check",
     "grpc": "a grpc check, or OTLP over gRPC",

@@ -14,6 +14,8 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import http_sf
+
 from agent.sdk import clip
 
 __all__ = ["Lifecycle", "RateLimit", "RateLimitNames", "http_date", "parse_lifecycle", "parse_ratelimit"]
@@ -99,8 +101,6 @@ def parse_lifecycle(
 
 def _sf(value: str, kind: str, redact: Callable[[str], str]) -> Any:
     """A structured field value (RFC 9651), or ``ValueError`` saying what is wrong."""
-    import http_sf  # loaded by the first target that sends a structured RateLimit header
-
     try:
         return http_sf.parse(value.encode("ascii"), tltype=kind)
     except (UnicodeEncodeError, http_sf.errors.StructuredFieldError, ValueError) as exc:

@@ -43,11 +43,14 @@ class OpenAPIDocument:
             raise ValueError(f"not an OpenAPI 3.x document (openapi: {version or 'missing'})")
         if not isinstance(self.document.get("paths"), dict):
             raise ValueError("the document has no 'paths'")
-        # jsonschema and referencing are loaded by the first check that names an OpenAPI document.
+        # jsonschema and referencing load with the first OpenAPI document (when the configuration
+        # is read), not with the http probe, nor during a run, whose duration they would lengthen.
+        import jsonschema
         from referencing import Registry
         from referencing.jsonschema import DRAFT4, DRAFT202012
 
         self._v31 = version.startswith("3.1")
+        self._validator_class = jsonschema.Draft202012Validator if self._v31 else jsonschema.Draft4Validator
         spec = DRAFT202012 if self._v31 else DRAFT4
         self._registry: Registry[Any] = Registry().with_resource(_URN, spec.create_resource(self.document))
         self._validators: dict[str, Any] = {}
@@ -81,12 +84,11 @@ class OpenAPIDocument:
             _escape(p) for p in ("paths", template, method.lower(), "responses", key, "content", media)
         )
         ref = f"{_URN}#/{pointer}/schema"
-        import jsonschema  # loaded on the first validation, not with the module
+        import jsonschema  # loaded already, with the document
 
         validator = self._validators.get(ref)
         if validator is None:
-            cls = jsonschema.Draft202012Validator if self._v31 else jsonschema.Draft4Validator
-            validator = cls({"$ref": ref}, registry=self._registry)
+            validator = self._validator_class({"$ref": ref}, registry=self._registry)
             self._validators[ref] = validator
         try:
             error = jsonschema.exceptions.best_match(validator.iter_errors(body))

@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
 from agent.sdk import MetricSpec, Sample, TLSInfo
 
 __all__ = ["TLS_METRICS", "Certificate", "describe", "tls_values"]
@@ -41,11 +44,6 @@ class Certificate:
 @lru_cache(maxsize=256)
 def describe(der: bytes) -> Certificate:
     """Read a DER certificate; ``ValueError`` when it cannot be parsed."""
-    # Only the tls probe reads certificates: an http check that imports the shared metrics above
-    # does not load cryptography's X.509 modules for them.
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-
     cert = x509.load_der_x509_certificate(der)
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
