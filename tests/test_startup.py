@@ -19,6 +19,7 @@ from .helpers import ROOT
 
 pytestmark = pytest.mark.slow  # each test starts an interpreter
 
+OTHER_TYPES = ("dns", "flow", "grpc", "heartbeat", "icmp", "sync", "tcp", "tls", "webhook")
 # Libraries, and the probe types' modules, that only some configurations need.
 ONLY_WHEN_USED = {
     "jsonpath": "a JSONPath in an assertion, extraction or sync check",
@@ -29,8 +30,7 @@ ONLY_WHEN_USED = {
     "grpc": "a grpc check, or OTLP over gRPC",
     "grpc_health": "a grpc check",
     "limits": "inbound endpoints (a webhook or heartbeat check)",
-    **{f"plugins.{name}": f"a {name} check" for name in ("dns", "flow", "grpc", "heartbeat", "icmp", "sync")},
-    **{f"plugins.{name}": f"a {name} check" for name in ("tcp", "tls", "webhook")},
+    **{f"plugins.{name}": f"a {name} check" for name in OTHER_TYPES},
 }
 WITHOUT_OTLP = {
     "opentelemetry.exporter.otlp": "an OTLP endpoint or exporter",
