@@ -11,14 +11,13 @@ import signal
 import sys
 from collections.abc import Sequence
 from enum import StrEnum
-
-import anyio
+from typing import TYPE_CHECKING
 
 from agent import __version__
-from agent.config.registry import Registry
-from agent.config.settings import load_config
 from agent.errors import ConfigError, PluginError
-from agent.logs import close_logging, configure_logging
+
+if TYPE_CHECKING:
+    from agent.config.settings import Config
 
 __all__ = ["main"]
 
@@ -71,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         status = _config_error(_first(matched))
     if command is Command.RUN:
+        from agent.logs import close_logging
+
         # Interpreter teardown would run the SDK's atexit hooks (another export, which a dead
         # backend makes wait) and join threads: a stopped agent ends here instead.
         close_logging(1.0)
@@ -80,6 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _command(command: Command) -> int:
+    # Imported here, not at the top: ``healthcheck`` and ``--version`` need none of it, and a
+    # container's health check runs every few seconds.
+    from agent.config.settings import load_config
+    from agent.logs import configure_logging
+
     config = load_config(os.environ)
     if command is Command.VALIDATE:
         from agent.telemetry.providers import build_resource, build_telemetry
@@ -106,6 +112,8 @@ def _command(command: Command) -> int:
 
         die_with_supervisor(os.environ)
     if config.settings.worker_count() > 1 and not config.settings.worker:
+        import anyio
+
         from agent.app import _backend
         from agent.process.workers import supervise
         from agent.telemetry.providers import validate_otel_env
@@ -132,11 +140,11 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return exc
 
 
-def _once(config: object) -> int:
-    from agent.app import _backend, build_agent, flush_telemetry
-    from agent.config.settings import Config
+def _once(config: Config) -> int:
+    import anyio
 
-    assert isinstance(config, Config)
+    from agent.app import _backend, build_agent, flush_telemetry
+
     agent = build_agent(config, os.environ, set_global_providers=True)
 
     async def go() -> None:
@@ -183,6 +191,8 @@ def _healthcheck() -> int:
 
 
 def _plugins() -> int:
+    from agent.config.registry import Registry
+
     registry = Registry()
     for name in registry.names():
         try:

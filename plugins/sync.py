@@ -30,7 +30,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import anyio
-import jsonpath
 from pydantic import Field, PrivateAttr, model_validator
 from yarl import URL
 
@@ -59,6 +58,8 @@ _MAX_BODY = 4 << 20
 
 
 def _compile(path: str, where: str) -> Any:
+    import jsonpath  # only sync checks with a JSONPath pay for loading it
+
     try:
         return jsonpath.compile(path)
     except jsonpath.JSONPathError as exc:

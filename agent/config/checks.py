@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.config.secrets import SecretResolver
@@ -92,10 +91,18 @@ def parse_checks(
 
 def _read_document(text: str, source: str) -> _CheckFile:
     """The document's ``defaults`` and raw ``checks``; a bare list is a list of checks."""
-    try:
-        document = yaml.safe_load(text) if not text.lstrip().startswith("{") else json.loads(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{source}: not valid YAML or JSON: {exc}") from None
+    if text.lstrip().startswith("{"):
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{source}: not valid YAML or JSON: {exc}") from None
+    else:
+        import yaml  # a JSON document (an inline VANTAGE_CHECKS) is read without it
+
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML or JSON: {exc}") from None
     if document is None:
         document = {}
     if isinstance(document, list):

@@ -1,15 +1,21 @@
-"""Finds probe types by entry point (group ``vantage.probes``) and loads only the ones in use."""
+"""Finds probe types by entry point (group ``vantage.probes``) and loads only the ones in use.
+
+An entry point names its module (``plugins.http:HttpProbe``) without importing it: a probe type's
+module, with what only it imports (grpcio for ``grpc``), is imported when a check of that type is
+configured, or when ``vantage plugins`` lists every type. The probe SDK itself is imported at the
+first ``load``, not with this module.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError, PluginError
-from agent.sdk.probe import Probe
+
+if TYPE_CHECKING:
+    from agent.sdk.probe import Probe
 
 __all__ = ["GROUP", "Registry"]
 
@@ -32,6 +38,10 @@ class Registry:
         """The probe for type ``name``; ConfigError for an unknown type, PluginError for a broken one."""
         if (probe := self._loaded.get(name)) is not None:
             return probe
+        from pydantic import BaseModel
+
+        from agent.sdk.probe import Probe
+
         point = self._points.get(name)
         if point is None:
             raise ConfigError(f"unknown probe type {name!r}; available: {', '.join(self.names()) or 'none'}")

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import limits
 from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -72,6 +71,8 @@ class AgentSettings(BaseSettings):
         value = value.strip()
         if value.lower() in ("off", "0", ""):
             return "off"
+        import limits  # loaded when the settings are read, not when this module is imported
+
         try:
             limits.parse_many(value)
         except ValueError:

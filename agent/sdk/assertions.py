@@ -22,8 +22,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import jsonpath
-import jsonschema
 from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
 
 from agent.sdk.durations import format_duration, parse_duration
@@ -175,6 +173,8 @@ class Assertion(BaseModel):
         if self.path is not None:
             if self.source != "body":
                 raise ValueError("'path' is only for body assertions")
+            import jsonpath  # only checks with a JSONPath assertion pay for loading it
+
             try:
                 self._path = jsonpath.compile(self.path)
             except jsonpath.JSONPathError as exc:
@@ -198,6 +198,8 @@ class Assertion(BaseModel):
                 raise ValueError("op 'schema' applies to the body only")
             if not isinstance(self.value, dict | bool):
                 raise ValueError("op 'schema' needs a JSON Schema object as its value")
+            import jsonschema  # only checks with a schema assertion pay for loading it
+
             try:
                 cls = jsonschema.validators.validator_for(self.value)
                 cls.check_schema(self.value)  # type: ignore[arg-type]
@@ -275,6 +277,8 @@ class Assertion(BaseModel):
     def _compare(self, actual: Any, redact: Callable[[str], str]) -> tuple[bool, str]:
         op, expected = self.op, self.value
         if op == "schema":
+            import jsonschema  # loaded already: _compile made the validator
+
             error = jsonschema.exceptions.best_match(self._validator.iter_errors(actual))
             if error is None:
                 return True, ""

@@ -14,14 +14,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import jsonschema
-import yaml
-from referencing import Registry
-from referencing.jsonschema import DRAFT4, DRAFT202012
+from typing import TYPE_CHECKING, Any
 
 from agent.sdk import clip
+
+if TYPE_CHECKING:
+    from referencing import Registry
 
 __all__ = ["OpenAPIDocument", "load_document"]
 
@@ -45,7 +43,14 @@ class OpenAPIDocument:
             raise ValueError(f"not an OpenAPI 3.x document (openapi: {version or 'missing'})")
         if not isinstance(self.document.get("paths"), dict):
             raise ValueError("the document has no 'paths'")
+        # jsonschema and referencing load with the first OpenAPI document (when the configuration
+        # is read), not with the http probe, nor during a run, whose duration they would lengthen.
+        import jsonschema
+        from referencing import Registry
+        from referencing.jsonschema import DRAFT4, DRAFT202012
+
         self._v31 = version.startswith("3.1")
+        self._validator_class = jsonschema.Draft202012Validator if self._v31 else jsonschema.Draft4Validator
         spec = DRAFT202012 if self._v31 else DRAFT4
         self._registry: Registry[Any] = Registry().with_resource(_URN, spec.create_resource(self.document))
         self._validators: dict[str, Any] = {}
@@ -79,10 +84,11 @@ class OpenAPIDocument:
             _escape(p) for p in ("paths", template, method.lower(), "responses", key, "content", media)
         )
         ref = f"{_URN}#/{pointer}/schema"
+        import jsonschema  # loaded already, with the document
+
         validator = self._validators.get(ref)
         if validator is None:
-            cls = jsonschema.Draft202012Validator if self._v31 else jsonschema.Draft4Validator
-            validator = cls({"$ref": ref}, registry=self._registry)
+            validator = self._validator_class({"$ref": ref}, registry=self._registry)
             self._validators[ref] = validator
         try:
             error = jsonschema.exceptions.best_match(validator.iter_errors(body))
@@ -97,6 +103,8 @@ class OpenAPIDocument:
 
 
 def parse_document(text: str, source: str) -> OpenAPIDocument:
+    import yaml  # loaded with the first OpenAPI document, not with the http probe
+
     try:
         document = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:

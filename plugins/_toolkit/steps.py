@@ -20,7 +20,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import jsonpath
 from pydantic import ByteSize, Field, PrivateAttr, field_validator, model_validator
 from yarl import URL
 
@@ -71,6 +70,8 @@ class Extraction(ProbeSettings):
         if self.path is not None:
             if self.source != "body":
                 raise ValueError("'path' is only for body extractions")
+            import jsonpath  # only flows that extract by JSONPath pay for loading it
+
             try:
                 self._path = jsonpath.compile(self.path)
             except jsonpath.JSONPathError as exc:

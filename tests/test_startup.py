@@ -1,0 +1,119 @@
+"""What the agent imports to start: the probe types its checks use and the libraries its
+configuration needs, nothing more (``bench/startup.py`` measures the time; no test here does).
+
+A fresh interpreter does what ``vantage run`` does before its first probe (load the configuration,
+build the agent) for a configuration with one http check, and reports its ``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from .helpers import ROOT
+
+pytestmark = pytest.mark.slow  # each test starts an interpreter
+
+OTHER_TYPES = ("dns", "flow", "grpc", "heartbeat", "icmp", "sync", "tcp", "tls", "webhook")
+# Libraries, and the probe types' modules, that only some configurations need.
+ONLY_WHEN_USED = {
+    "jsonpath": "a JSONPath in an assertion, extraction or sync check",
+    "jsonschema": "a schema assertion or an OpenAPI document",
+    "referencing": "an OpenAPI document",
+    "dns": "a dns check",
+    "icmplib": "an icmp check",
+    "grpc": "a grpc check, or OTLP over gRPC",
+    "grpc_health": "a grpc check",
+    "limits": "inbound endpoints (a webhook or heartbeat check)",
+    **{f"plugins.{name}": f"a {name} check" for name in OTHER_TYPES},
+}
+WITHOUT_OTLP = {
+    "opentelemetry.exporter.otlp": "an OTLP endpoint or exporter",
+    "requests": "an OTLP endpoint or exporter (the exporters' HTTP session)",
+}
+
+# Imported at start-up today although the configuration does not need them, by module. This is
+# debt, paid in the module named (an import at the use site), and the list may only shrink: a
+# module that is no longer imported fails the test until its entry goes.
+DEBT = {
+    "dns": "agent/sdk/failures.py imports dns.exception at the top to translate its errors",
+    "icmplib": "agent/sdk/failures.py imports icmplib at the top to translate its errors",
+    "limits": "agent/server/inbound.py imports it at the top, and AgentSettings (pydantic-settings "
+    "validates defaults) checks the default VANTAGE_INBOUND_RATE with it",
+    "requests": "agent/telemetry/providers.py subclasses requests.Session at the top (BoundedSession)",
+}
+
+HTTP_ONLY = {
+    "checks": [
+        {
+            "name": "charges",
+            "type": "http",
+            "target": "http://127.0.0.1:9/v1/charges",
+            "settings": {"assert": [{"source": "status", "op": "in", "value": [200]}]},
+        }
+    ]
+}
+
+START = """
+import json, os, sys
+import agent.cli
+from agent.app import build_agent
+from agent.config.settings import load_config
+
+build_agent(load_config(os.environ), os.environ)
+print(json.dumps(sorted(sys.modules)))
+sys.stdout.flush()
+os._exit(0)  # the exporters' threads are not stopped: nothing is left to wait for
+"""
+
+
+def imported(code: str, **env: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code``."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("VANTAGE_", "OTEL_"))}
+    environ.update(PYTHONPATH=str(ROOT), **env)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=environ, cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    return set(json.loads(out.stdout.splitlines()[-1]))
+
+
+def loaded(modules: set[str], name: str) -> bool:
+    return any(m == name or m.startswith(name + ".") for m in modules)
+
+
+def check(modules: set[str], lazy: dict[str, str]) -> None:
+    wrong = [
+        f"{name} (needed only for {why})"
+        for name, why in lazy.items()
+        if name not in DEBT and loaded(modules, name)
+    ]
+    assert not wrong, "imported at start-up without need:\n" + "\n".join(wrong)
+    paid = [name for name in lazy if name in DEBT and not loaded(modules, name)]
+    assert not paid, f"debt paid: remove {paid} from DEBT in tests/test_startup.py"
+
+
+@pytest.mark.parametrize("otlp", [False, True], ids=["no-otlp", "otlp"])
+def test_an_http_only_configuration_loads_only_what_it_uses(otlp: bool) -> None:
+    env = {"VANTAGE_CHECKS": yaml.safe_dump(HTTP_ONLY), "VANTAGE_PORT": "0"}
+    if otlp:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:9"
+    modules = imported(START, **env)
+    # Not vacuous: the agent was built, with its http probe and, when asked, OTLP.
+    assert {"agent.app", "plugins.http", "aiohttp.web"} <= modules
+    assert loaded(modules, "opentelemetry.exporter.otlp.proto.http") == otlp
+    check(modules, ONLY_WHEN_USED if otlp else {**ONLY_WHEN_USED, **WITHOUT_OTLP})
+
+
+def test_the_command_line_loads_the_agent_only_for_the_commands_that_run_it() -> None:
+    # ``vantage healthcheck`` runs every few seconds in a container: it needs none of the agent.
+    modules = imported("import json, sys, agent.cli; print(json.dumps(sorted(sys.modules)))")
+    assert "agent.cli" in modules
+    assert not {
+        m for m in ("pydantic", "aiohttp", "anyio", "agent.sdk", "agent.config") if loaded(modules, m)
+    }
