@@ -41,10 +41,6 @@ WITHOUT_OTLP = {
 # debt, paid in the module named (an import at the use site), and the list may only shrink: a
 # module that is no longer imported fails the test until its entry goes.
 DEBT = {
-    "dns": "agent/sdk/failures.py imports dns.exception at the top to translate its errors",
-    "icmplib": "agent/sdk/failures.py imports icmplib at the top to translate its errors",
-    "limits": "agent/server/inbound.py imports it at the top, and AgentSettings (pydantic-settings "
-    "validates defaults) checks the default VANTAGE_INBOUND_RATE with it",
     "requests": "agent/telemetry/providers.py subclasses requests.Session at the top (BoundedSession)",
 }
 

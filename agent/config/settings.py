@@ -49,7 +49,7 @@ class AgentSettings(BaseSettings):
     inbound_port: int | None = Field(None, ge=0, le=65535)
     """Serve ``/hooks`` and ``/heartbeat`` on this port only, apart from the status endpoints."""
     inbound_max_body: ByteSize = Field(ByteSize(256 * 1024), ge=1024, le=32 << 20)
-    inbound_rate: str = "20/second;600/minute"
+    inbound_rate: str = Field("20/second;600/minute", validate_default=False)
     """Inbound requests allowed per source address (``limits`` notation), or ``off``."""
     trusted_proxies: str = ""
     """Comma-separated networks whose ``X-Forwarded-For`` names the real source (an ingress)."""

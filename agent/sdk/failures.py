@@ -29,8 +29,6 @@ import sys
 from pathlib import Path
 
 import aiohttp
-import dns.exception
-import icmplib
 from aiohttp.http_exceptions import LineTooLong
 
 from agent.sdk.reasons import Reason
@@ -177,14 +175,18 @@ def _grpc(exc: BaseException, host: str | None, where: str | None) -> tuple[Reas
 
 
 def _dnspython(exc: BaseException, host: str | None, where: str | None) -> tuple[Reason, str] | None:
-    if not isinstance(exc, dns.exception.DNSException):
+    dns_exception = sys.modules.get("dns.exception")  # loaded if, and only if, dnspython can have raised
+    if dns_exception is None or not isinstance(exc, dns_exception.DNSException):
         return None
-    if isinstance(exc, dns.exception.Timeout):
+    if isinstance(exc, dns_exception.Timeout):
         return Reason.TIMEOUT, f"no answer from {where}: {exc}"
     return Reason.DNS, f"no answer from {where}: {exc}"
 
 
 def _icmplib(exc: BaseException, host: str | None, where: str | None) -> tuple[Reason, str] | None:
+    icmplib = sys.modules.get("icmplib")  # loaded if, and only if, icmplib can have raised
+    if icmplib is None:
+        return None
     if isinstance(exc, icmplib.SocketPermissionError):
         return Reason.CONNECT, _icmp_not_permitted()
     if isinstance(exc, icmplib.NameLookupError):

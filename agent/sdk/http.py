@@ -59,10 +59,13 @@ class TLSOptions(BaseModel):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"{name} {str(path)!r} does not exist or is not a file")
-        try:
-            tls_context(self)
-        except (ssl.SSLError, OSError) as exc:
-            raise ValueError(f"the TLS files cannot be loaded: {exc}") from None
+        if self.ca_file or self.cert_file:
+            # Loaded once here so that a bad file is a configuration error; without files there is
+            # nothing to check, and loading the system's CA bundle would cost every check ~50 ms.
+            try:
+                tls_context(self)
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(f"the TLS files cannot be loaded: {exc}") from None
         return self
 
 

@@ -27,10 +27,7 @@ from typing import Any
 
 import aiohttp
 import anyio
-import limits
 from aiohttp import web
-from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
 from multidict import CIMultiDict
 
 from agent.config.checks import CheckEntry
@@ -173,6 +170,11 @@ class Inbound:
         self._clock = clock
         self._trusted = trusted or []
         self._count = count
+        # limits (and the wrapt it brings) loads only when some check takes inbound requests.
+        import limits
+        from limits.aio.storage import MemoryStorage
+        from limits.aio.strategies import MovingWindowRateLimiter
+
         self._limits = limits.parse_many(rate) if rate != "off" else []
         self._limiter = MovingWindowRateLimiter(MemoryStorage()) if self._limits else None
         self._session: aiohttp.ClientSession | None = None
