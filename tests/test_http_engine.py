@@ -488,3 +488,24 @@ async def test_proxy_credentials_with_reserved_and_non_ascii_characters() -> Non
             exchange = await client.request("GET", f"http://127.0.0.1:{port}/hello", proxy_url=encoded)
             assert password not in ctx.redact(f"sent {password}")
     assert exchange.status == 200 and exchange.body == b"hello"
+
+
+async def test_fresh_connections_do_a_full_handshake_every_time(ca: trustme.CA, ca_file: Path) -> None:
+    """A fresh connection resumes no TLS session: every run pays (and times) a full handshake and
+    sees the certificates, as blackbox_exporter's new transport per probe does. A resumed session
+    would hide the chain (the server sends no certificate) and flatter the ``tls`` phase."""
+    leaf = ca.issue_cert("vendor.test")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    leaf.configure_cert(context)
+    names = {"vendor.test": "127.0.0.1"}
+    async with (
+        serve(text_app(hello=(b"hello", {})), ssl_context=context) as port,
+        probe_context(names) as ctx,
+    ):
+        exchanges = []
+        for _ in range(3):
+            async with ctx.http(TLSOptions(ca_file=ca_file)) as client:
+                exchanges.append(await client.request("GET", f"https://vendor.test:{port}/hello"))
+    sent = tuple(der(pem.bytes()) for pem in leaf.cert_chain_pems)
+    assert [e.tls.sent_chain if e.tls else None for e in exchanges] == [sent] * 3
+    assert all(e.phases["tls"] > 0 for e in exchanges)

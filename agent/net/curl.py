@@ -459,6 +459,9 @@ def _configure(curl: pycurl.Curl, request: CurlRequest, transfer: _Transfer) -> 
         curl.setopt(pycurl.FRESH_CONNECT, 1)
         curl.setopt(pycurl.DNS_CACHE_TIMEOUT, 0)
     if tls_used:
+        # libcurl keeps TLS sessions in the multi handle: a new connection resuming one would skip
+        # the full handshake (flattering the tls phase) and receive no certificates to read.
+        curl.setopt(pycurl.SSL_SESSIONID_CACHE, 0)
         curl.setopt(pycurl.OPT_CERTINFO, 1)
         curl.setopt(pycurl.VERBOSE, 1)
         curl.setopt(pycurl.DEBUGFUNCTION, transfer.debug)
