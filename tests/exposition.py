@@ -41,9 +41,10 @@ def scenario_checks() -> list[dict[str, Any]]:
     ]
 
 
-def build() -> Agent:
+def build(**environ: str) -> Agent:
+    """The scenario's agent; ``environ`` adds to (or overrides) its ``OTEL_*`` variables."""
     config = config_from(scenario_checks(), VANTAGE_REGION="eu-west-1")
-    return build_agent(config, ENVIRON)
+    return build_agent(config, {**ENVIRON, **environ})
 
 
 def record(agent: Agent) -> None:

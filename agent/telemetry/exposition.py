@@ -1,0 +1,369 @@
+"""``/metrics``: the metric tables written as Prometheus text (0.0.4) or OpenMetrics (1.0.0).
+
+The page is what OpenTelemetry's Prometheus exporter wrote from the same instruments before the
+agent kept its own tables (``PrometheusMetricReader`` into a ``prometheus_client`` registry, SDK
+1.45, exporter 0.66b2, prometheus_client 0.26), byte for byte; ``tests/golden/exposition*.txt``
+pin it. Its rules, as that exporter and ``prometheus_client`` have them:
+
+* names: characters outside ``[a-zA-Z0-9:]`` become ``_``; the unit, mapped (``s`` → ``seconds``;
+  an annotation in braces, ``{run}``, maps to nothing), is appended unless the name ends with it;
+  a counter's family is written ``<name>_total`` in text, ``<name>`` with ``_total`` samples in
+  OpenMetrics, which also writes ``# UNIT`` and ends with ``# EOF``;
+* labels: attribute names sanitised the same way (``[^a-zA-Z0-9]`` → ``_``); every sample of a
+  family has the union of its family's label names, sorted (a histogram's ``le`` among them), those
+  a series lacks written empty; non-string values are written as JSON (``443``, ``true``);
+* values: Go's float formatting (``1.0``, ``1.8e+09``, ``+Inf``);
+* ``target_info`` (OpenMetrics: the info ``target``) carries the resource's attributes.
+
+:class:`ExpositionCache` renders once per collection: a scrape gets the rendering that is in
+progress or younger than ``FRESH`` seconds, in its format and encoding; rendering (and gzip)
+runs in a worker thread, handing the interpreter back between slices.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agent.sdk.probe import MetricKind, MetricSpec
+from agent.telemetry.tables import MetricTables, Table
+
+__all__ = [
+    "FRESH",
+    "OPENMETRICS_TYPE",
+    "TEXT_TYPE",
+    "ExpositionCache",
+    "Rendering",
+    "family_name",
+    "negotiate",
+    "render",
+]
+
+TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+FRESH = 1.0
+"""Seconds a rendering serves the scrapes that come after it (a Prometheus pair scraping the agent
+at the same moment); a scrape during a rendering waits for it."""
+_SLICE = 512  # series rendered between two hand-overs of the interpreter lock
+
+_NAME = re.compile(r"[^a-zA-Z0-9:]+")
+_LABEL = re.compile(r"[^a-zA-Z0-9]+")
+_ANNOTATION = re.compile(r"{.*}")
+_UNITS = {
+    "d": "days",
+    "h": "hours",
+    "min": "minutes",
+    "s": "seconds",
+    "ms": "milliseconds",
+    "us": "microseconds",
+    "ns": "nanoseconds",
+    "By": "bytes",
+    "KiBy": "kibibytes",
+    "MiBy": "mebibytes",
+    "GiBy": "gibibytes",
+    "TiBy": "tibibytes",
+    "KBy": "kilobytes",
+    "MBy": "megabytes",
+    "GBy": "gigabytes",
+    "TBy": "terabytes",
+    "m": "meters",
+    "V": "volts",
+    "A": "amperes",
+    "J": "joules",
+    "W": "watts",
+    "g": "grams",
+    "Cel": "celsius",
+    "Hz": "hertz",
+    "1": "",
+    "%": "percent",
+}
+_PER_UNITS = {"s": "second", "m": "minute", "h": "hour", "d": "day", "w": "week", "mo": "month", "y": "year"}
+
+
+def _sanitize(name: str, pattern: re.Pattern[str]) -> str:
+    if name and name[0].isdigit():
+        name = "_" + name[1:]
+    return pattern.sub("_", name)
+
+
+def _unit(unit: str) -> str:
+    unit = _ANNOTATION.sub("", unit)
+    if unit in _UNITS:
+        return _UNITS[unit]
+    top, slash, bottom = unit.partition("/")
+    if slash and _NAME.sub("_", bottom):
+        bottom = _NAME.sub("_", bottom)
+        top = _NAME.sub("_", top)
+        top = _UNITS.get(top, top)
+        bottom = _PER_UNITS.get(bottom, bottom)
+        return f"{top}_per_{bottom}" if top else f"per_{bottom}"
+    return _NAME.sub("_", unit).strip("_")
+
+
+def family_name(spec: MetricSpec) -> tuple[str, str]:
+    """The family's name (without a counter's ``_total``) and its unit, as the exporter named them."""
+    name, unit = _sanitize(spec.name, _NAME), _unit(spec.unit)
+    if spec.kind is MetricKind.COUNTER and name.endswith("_total"):
+        name = name[:-6]
+    if unit and not name.endswith("_" + unit):
+        name += "_" + unit
+    return name, unit
+
+
+def _go(value: float) -> str:
+    """A number as Go (and prometheus_client) writes it."""
+    value = float(value)
+    if value == math.inf:
+        return "+Inf"
+    if value == -math.inf:
+        return "-Inf"
+    if value != value:
+        return "NaN"
+    text = repr(value)
+    dot = text.find(".")
+    if value > 0 and dot > 6:
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
+
+
+def _count(n: int) -> str:
+    return f"{n}.0" if n < 1_000_000 else _go(n)
+
+
+def _label_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if "\\" in text or "\n" in text or '"' in text:
+        text = text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return text
+
+
+def _help(text: str, openmetrics: bool) -> str:
+    text = text.replace("\\", r"\\").replace("\n", r"\n")
+    return text.replace('"', r"\"") if openmetrics else text
+
+
+def _labels(attrs: Mapping[str, Any]) -> str:
+    pairs = sorted((_sanitize(k, _LABEL), _label_value(v)) for k, v in attrs.items())
+    return ",".join(f'{k}="{v}"' for k, v in pairs)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """A family's label names, sorted, each with the attribute it comes from; for a histogram,
+    split where ``le`` goes."""
+
+    before: tuple[tuple[str, str], ...]
+    after: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, table: Table) -> _Layout:
+        names: dict[str, str] = {}
+        for key in sorted(table.keys):
+            names[_sanitize(key, _LABEL)] = key  # the last of two names that sanitise alike wins
+        ordered = tuple(sorted(names.items()))
+        if table.kind is not MetricKind.HISTOGRAM:
+            return cls(ordered, ())
+        return cls(tuple(p for p in ordered if p[0] < "le"), tuple(p for p in ordered if p[0] > "le"))
+
+
+def _text(pairs: Sequence[tuple[str, str]], attrs: Mapping[str, Any]) -> str:
+    get = attrs.get
+    return ",".join(
+        f'{label}="{_label_value(value)}"' if (value := get(key)) is not None else f'{label}=""'
+        for label, key in pairs
+    )
+
+
+class _Labels:
+    """Label texts of the series of one rendering: the series of a check share its attributes
+    (the same object), so each text is written once per layout, not once per series."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[Any, int], tuple[Mapping[str, Any], str]] = {}
+
+    def __call__(self, pairs: tuple[tuple[str, str], ...], attrs: Mapping[str, Any]) -> str:
+        key = (pairs, id(attrs))
+        known = self._memo.get(key)
+        if known is not None and known[0] is attrs:  # the entry keeps attrs alive: ids stay apart
+            return known[1]
+        text = _text(pairs, attrs)
+        self._memo[key] = (attrs, text)
+        return text
+
+
+def render(tables: MetricTables, resource: Mapping[str, Any], *, openmetrics: bool = False) -> Iterator[str]:
+    """The exposition of ``tables``, in pieces; ``resource`` is written as ``target_info``."""
+    tables.refresh()
+    info = _labels(resource)
+    if openmetrics:
+        yield f"# HELP target Target metadata\n# TYPE target info\ntarget_info{{{info}}} 1.0\n"
+    else:
+        yield f"# HELP target_info Target metadata\n# TYPE target_info gauge\ntarget_info{{{info}}} 1.0\n"
+    labels = _Labels()
+    for table in tables.collected():
+        yield from _family(table, labels, openmetrics)
+    if openmetrics:
+        yield "# EOF\n"
+
+
+def _family(table: Table, labels: _Labels, openmetrics: bool) -> Iterator[str]:
+    spec = table.spec
+    name, unit = family_name(spec)
+    kind = spec.kind.value
+    sample = name
+    if table.kind is MetricKind.COUNTER:
+        sample = name + "_total"
+        if not openmetrics:
+            name = sample
+    out = [f"# HELP {name} {_help(spec.description, openmetrics)}\n# TYPE {name} {kind}\n"]
+    if openmetrics and unit:
+        out.append(f"# UNIT {name} {unit}\n")
+    layout = _Layout.of(table)
+    before, after = layout.before, layout.after
+    if table.kind is MetricKind.HISTOGRAM:
+        les = [f"{bound}" for bound in table.bounds] + ["+Inf"]
+        bucket, count_name, sum_name = f"{sample}_bucket", f"{sample}_count", f"{sample}_sum"
+        for i, point in enumerate(table.points(), 1):
+            head, tail = labels(before, point.attrs), labels(after, point.attrs)
+            opening = f"{bucket}{{{head}," if head else f"{bucket}{{"
+            closing = f",{tail}}} " if tail else "} "
+            plain = f"{{{head},{tail}}}" if head and tail else f"{{{head}{tail}}}" if head or tail else ""
+            counts, total = list(point.counts), 0
+            for le, n in zip(les, counts, strict=True):
+                total += n
+                out.append(f'{opening}le="{le}"{closing}{_count(total)}\n')
+            out.append(f"{count_name}{plain} {_count(total)}\n{sum_name}{plain} {_go(point.sum)}\n")
+            if i % _SLICE == 0:
+                yield "".join(out)
+                out.clear()
+                time.sleep(0)  # hand the interpreter lock over (to the event loop)
+    else:
+        for i, point in enumerate(table.points(), 1):
+            text = labels(before, point.attrs)
+            out.append(
+                f"{sample}{{{text}}} {_go(point.value)}\n" if text else f"{sample} {_go(point.value)}\n"
+            )
+            if i % _SLICE == 0:
+                yield "".join(out)
+                out.clear()
+                time.sleep(0)
+    yield "".join(out)
+
+
+def negotiate(accept: str, accept_encoding: str) -> tuple[bool, bool]:
+    """Whether a scrape asks for OpenMetrics, and whether it takes gzip.
+
+    OpenMetrics when the Accept header names ``application/openmetrics-text`` (version 1.0.0, or no
+    version) with a quality above 0 and at least that of ``text/plain``; gzip when
+    ``Accept-Encoding`` names it (or ``*``) with a quality above 0."""
+    openmetrics = text = 0.0
+    for item in accept.split(","):
+        media, params = _media(item)
+        if media == "application/openmetrics-text" and params.get("version", "1.0.0") in ("1.0.0",):
+            openmetrics = max(openmetrics, _quality(params))
+        elif media in ("text/plain", "*/*", "text/*"):
+            text = max(text, _quality(params))
+    gzip = False
+    for item in accept_encoding.split(","):
+        coding, params = _media(item)
+        if coding in ("gzip", "*") and _quality(params) > 0:
+            gzip = True
+    return openmetrics > 0 and openmetrics >= text, gzip
+
+
+def _media(item: str) -> tuple[str, dict[str, str]]:
+    media, *rest = item.split(";")
+    params = {}
+    for param in rest:
+        key, _, value = param.partition("=")
+        params[key.strip().lower()] = value.strip().strip('"')
+    return media.strip().lower(), params
+
+
+def _quality(params: Mapping[str, str]) -> float:
+    try:
+        return float(params.get("q", "1"))
+    except ValueError:
+        return 0.0
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """One rendering of the page, in one format and encoding."""
+
+    body: bytes
+    content_type: str
+    gzipped: bool
+    done: float
+
+
+class ExpositionCache:
+    """Renders ``/metrics`` at most once per ``fresh`` seconds per format and encoding;
+    thread-safe.
+
+    :meth:`get` blocks (call it in a worker thread): a caller that finds a rendering of its kind in
+    progress waits for it; one that finds a rendering younger than ``fresh`` takes it. A gzipped
+    rendering is compressed as it is written, slice by slice, so the whole plain page is never in
+    memory; :meth:`expire` lets go of renderings older than ``fresh``."""
+
+    def __init__(
+        self,
+        tables: MetricTables,
+        resource: Mapping[str, Any],
+        *,
+        fresh: float = FRESH,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self._tables, self._resource = tables, dict(resource)
+        self.fresh, self._clock = fresh, clock
+        self._renderings: dict[tuple[bool, bool], Rendering] = {}
+        self._busy = {(om, gz): threading.Lock() for om in (False, True) for gz in (False, True)}
+        self.renders = 0
+        """How many renderings were made."""
+
+    def get(self, *, openmetrics: bool = False, gzip: bool = False) -> Rendering:
+        """The page in the format and encoding asked for."""
+        kind = (openmetrics, gzip)
+        with self._busy[kind]:  # one rendering of a kind at a time; the callers meanwhile wait for it
+            rendering = self._renderings.get(kind)
+            if rendering is None or self._clock() - rendering.done > self.fresh:
+                pieces = render(self._tables, self._resource, openmetrics=openmetrics)
+                body = _gzip(pieces) if gzip else _plain(pieces)
+                rendering = Rendering(
+                    body, OPENMETRICS_TYPE if openmetrics else TEXT_TYPE, gzip, self._clock()
+                )
+                self._renderings[kind] = rendering
+                self.renders += 1
+            return rendering
+
+    def expire(self) -> None:
+        """Let go of the renderings older than ``fresh`` (their memory)."""
+        now = self._clock()
+        for kind, rendering in list(self._renderings.items()):
+            if now - rendering.done > self.fresh:
+                self._renderings.pop(kind, None)
+
+
+def _plain(pieces: Iterator[str]) -> bytes:
+    body = bytearray()
+    for piece in pieces:
+        body += piece.encode()
+    return bytes(body)
+
+
+def _gzip(pieces: Iterator[str]) -> bytes:
+    """gzip (level 1: the page is highly repetitive, and speed matters more) as the pieces come."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    out = bytearray()
+    for piece in pieces:
+        out += compressor.compress(piece.encode())
+    out += compressor.flush()
+    return bytes(out)
