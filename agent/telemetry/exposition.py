@@ -28,8 +28,9 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 from agent.sdk.probe import MetricKind, MetricSpec
@@ -174,28 +175,43 @@ class _Layout:
         return cls(tuple(p for p in ordered if p[0] < "le"), tuple(p for p in ordered if p[0] > "le"))
 
 
-def _text(pairs: Sequence[tuple[str, str]], attrs: Mapping[str, Any]) -> str:
-    get = attrs.get
-    return ",".join(
-        f'{label}="{_label_value(value)}"' if (value := get(key)) is not None else f'{label}=""'
-        for label, key in pairs
-    )
-
-
 class _Labels:
-    """Label texts of the series of one rendering: the series of a check share its attributes
-    (the same object), so each text is written once per layout, not once per series."""
+    """Label texts of one rendering.
+
+    A family's samples are written with the same label names, so a series' label text depends on
+    its family's layout as well as its attributes. Two memos keep the work per series small: the
+    text of an attributes object in a layout (the series of a check share their check's
+    attributes, the same object, across families with the same layout), and each
+    ``name="value"`` pair (a check's name, target and labels recur in every family)."""
 
     def __init__(self) -> None:
-        self._memo: dict[tuple[Any, int], tuple[Mapping[str, Any], str]] = {}
+        self.texts: dict[tuple[int, int], tuple[Mapping[str, Any], str]] = {}
+        self._pairs: dict[tuple[str, str], str] = {}
+        self._layouts: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
 
-    def __call__(self, pairs: tuple[tuple[str, str], ...], attrs: Mapping[str, Any]) -> str:
-        key = (pairs, id(attrs))
-        known = self._memo.get(key)
+    def layout(self, pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        """The one object of the rendering for this layout: texts are remembered by its id."""
+        return self._layouts.setdefault(pairs, pairs)
+
+    def text(self, layout: tuple[tuple[str, str], ...], attrs: Mapping[str, Any]) -> str:
+        key = (id(layout), id(attrs))
+        known = self.texts.get(key)
         if known is not None and known[0] is attrs:  # the entry keeps attrs alive: ids stay apart
             return known[1]
-        text = _text(pairs, attrs)
-        self._memo[key] = (attrs, text)
+        pairs, get, parts = self._pairs, attrs.get, []
+        for label, name in layout:
+            value = get(name)
+            if value is None:
+                parts.append(f'{label}=""')
+            elif value.__class__ is str:
+                pair = pairs.get((label, value))
+                if pair is None:
+                    pair = pairs[(label, value)] = f'{label}="{_label_value(value)}"'
+                parts.append(pair)
+            else:  # numbers, booleans, sequences: rare, and 1, 1.0 and True are equal keys
+                parts.append(f'{label}="{_label_value(value)}"')
+        text = ",".join(parts)
+        self.texts[key] = (attrs, text)
         return text
 
 
@@ -207,39 +223,42 @@ def render(tables: MetricTables, resource: Mapping[str, Any], *, openmetrics: bo
         yield f"# HELP target Target metadata\n# TYPE target info\ntarget_info{{{info}}} 1.0\n"
     else:
         yield f"# HELP target_info Target metadata\n# TYPE target_info gauge\ntarget_info{{{info}}} 1.0\n"
-    labels = _Labels()
+    labels: _Labels = _Labels()
+    numbers: dict[float, str] = {}  # 0, 1 and 200 recur
     for table in tables.collected():
-        yield from _family(table, labels, openmetrics)
+        yield from _family(table, labels, numbers, openmetrics)
     if openmetrics:
         yield "# EOF\n"
 
 
-def _family(table: Table, labels: _Labels, openmetrics: bool) -> Iterator[str]:
+def _family(table: Table, labels: _Labels, numbers: dict[float, str], openmetrics: bool) -> Iterator[str]:
     spec = table.spec
     name, unit = family_name(spec)
-    kind = spec.kind.value
     sample = name
     if table.kind is MetricKind.COUNTER:
         sample = name + "_total"
         if not openmetrics:
             name = sample
-    out = [f"# HELP {name} {_help(spec.description, openmetrics)}\n# TYPE {name} {kind}\n"]
+    out = [f"# HELP {name} {_help(spec.description, openmetrics)}\n# TYPE {name} {spec.kind.value}\n"]
     if openmetrics and unit:
         out.append(f"# UNIT {name} {unit}\n")
     layout = _Layout.of(table)
-    before, after = layout.before, layout.after
+    before, after = labels.layout(layout.before), labels.layout(layout.after)
+    texts, text_of, id_before = labels.texts, labels.text, id(before)
     if table.kind is MetricKind.HISTOGRAM:
-        les = [f"{bound}" for bound in table.bounds] + ["+Inf"]
+        les = [f'le="{bound}"' for bound in table.bounds] + ['le="+Inf"']
         bucket, count_name, sum_name = f"{sample}_bucket", f"{sample}_count", f"{sample}_sum"
         for i, point in enumerate(table.points(), 1):
-            head, tail = labels(before, point.attrs), labels(after, point.attrs)
+            head, tail = text_of(before, point.attrs), text_of(after, point.attrs)
             opening = f"{bucket}{{{head}," if head else f"{bucket}{{"
             closing = f",{tail}}} " if tail else "} "
             plain = f"{{{head},{tail}}}" if head and tail else f"{{{head}{tail}}}" if head or tail else ""
-            counts, total = list(point.counts), 0
-            for le, n in zip(les, counts, strict=True):
-                total += n
-                out.append(f'{opening}le="{le}"{closing}{_count(total)}\n')
+            cumulative = list(accumulate(point.counts))
+            total = cumulative[-1]
+            if total < 1_000_000:
+                out += [f"{opening}{le}{closing}{n}.0\n" for le, n in zip(les, cumulative, strict=True)]
+            else:
+                out += [f"{opening}{le}{closing}{_go(n)}\n" for le, n in zip(les, cumulative, strict=True)]
             out.append(f"{count_name}{plain} {_count(total)}\n{sum_name}{plain} {_go(point.sum)}\n")
             if i % _SLICE == 0:
                 yield "".join(out)
@@ -247,10 +266,13 @@ def _family(table: Table, labels: _Labels, openmetrics: bool) -> Iterator[str]:
                 time.sleep(0)  # hand the interpreter lock over (to the event loop)
     else:
         for i, point in enumerate(table.points(), 1):
-            text = labels(before, point.attrs)
-            out.append(
-                f"{sample}{{{text}}} {_go(point.value)}\n" if text else f"{sample} {_go(point.value)}\n"
-            )
+            attrs, value = point.attrs, point.value
+            known = texts.get((id_before, id(attrs)))
+            text = known[1] if known is not None and known[0] is attrs else text_of(before, attrs)
+            number = numbers.get(value)
+            if number is None:
+                number = numbers[value] = _go(value)
+            out.append(f"{sample}{{{text}}} {number}\n" if text else f"{sample} {number}\n")
             if i % _SLICE == 0:
                 yield "".join(out)
                 out.clear()

@@ -827,7 +827,9 @@ def _entry_point(environ: Mapping[str, str], signal: str, name: str) -> Any:
     point_name = _point_name(environ, signal, name)
     points = {p.name: p for p in entry_points(group=group)}
     if point_name not in points:
-        choices = sorted({*points, "none"} - {"otlp_proto_http", "otlp_proto_grpc"})
+        # prometheus is the agent's own (/metrics), whether the SDK's package is installed or not.
+        ours = {"none", "prometheus"} if signal == "metrics" else {"none"}
+        choices = sorted({*points, *ours} - {"otlp_proto_http", "otlp_proto_grpc"})
         raise ConfigError(
             f"OTEL_{signal.upper()}_EXPORTER: unknown exporter {name!r}; installed: {', '.join(choices)}"
         )
