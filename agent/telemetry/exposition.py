@@ -182,10 +182,16 @@ class _Labels:
     its family's layout as well as its attributes. Two memos keep the work per series small: the
     text of an attributes object in a layout (the series of a check share their check's
     attributes, the same object, across families with the same layout), and each
-    ``name="value"`` pair (a check's name, target and labels recur in every family)."""
+    ``name="value"`` pair (a check's name, target and labels recur in every family).
+
+    The memos hold strings and tuples of numbers or strings only, which the cyclic garbage
+    collector stops tracking, and the attributes objects whose ids they use are kept alive in one
+    list (so no id is reused while they are in use): with 10,000 checks, memos holding tuples of
+    objects made the collector walk the agent's whole heap several times per rendering."""
 
     def __init__(self) -> None:
-        self.texts: dict[tuple[int, int], tuple[Mapping[str, Any], str]] = {}
+        self.texts: dict[tuple[int, int], str] = {}
+        self._seen: list[Mapping[str, Any]] = []
         self._pairs: dict[tuple[str, str], str] = {}
         self._layouts: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
 
@@ -194,10 +200,11 @@ class _Labels:
         return self._layouts.setdefault(pairs, pairs)
 
     def text(self, layout: tuple[tuple[str, str], ...], attrs: Mapping[str, Any]) -> str:
+        """The label text of ``attrs`` in ``layout`` (an object that :meth:`layout` gave)."""
         key = (id(layout), id(attrs))
-        known = self.texts.get(key)
-        if known is not None and known[0] is attrs:  # the entry keeps attrs alive: ids stay apart
-            return known[1]
+        text = self.texts.get(key)
+        if text is not None:
+            return text
         pairs, get, parts = self._pairs, attrs.get, []
         for label, name in layout:
             value = get(name)
@@ -210,8 +217,8 @@ class _Labels:
                 parts.append(pair)
             else:  # numbers, booleans, sequences: rare, and 1, 1.0 and True are equal keys
                 parts.append(f'{label}="{_label_value(value)}"')
-        text = ",".join(parts)
-        self.texts[key] = (attrs, text)
+        text = self.texts[key] = ",".join(parts)
+        self._seen.append(attrs)
         return text
 
 
@@ -267,8 +274,7 @@ def _family(table: Table, labels: _Labels, numbers: dict[float, str], openmetric
     else:
         for i, point in enumerate(table.points(), 1):
             attrs, value = point.attrs, point.value
-            known = texts.get((id_before, id(attrs)))
-            text = known[1] if known is not None and known[0] is attrs else text_of(before, attrs)
+            text = texts.get((id_before, id(attrs))) or text_of(before, attrs)
             number = numbers.get(value)
             if number is None:
                 number = numbers[value] = _go(value)
