@@ -406,11 +406,15 @@ class Recorder:
         self._success.set(name, None, attrs, 1.0 if result.success else 0.0)
         self._duration.set(name, None, attrs, duration)
         self._all_durations.record(name, None, attrs, duration)
-        self._runs.add(name, (outcome["result"], result.reason), {**attrs, **outcome}, 1)
+        self._runs.put_derived(name, (outcome["result"], result.reason), attrs, outcome, 1)
         phase_metric = entry.probe.phase_metric
         if phase_metric and result.phases:
-            for phase, seconds in result.phases.items():
-                self._set(phase_metric, name, phase, {**attrs, "phase": phase}, seconds)
+            phases = self._tables.tables.get(phase_metric)
+            if phases is None:
+                log.error("probe emitted %s, which is not among its metric specs; dropped", phase_metric)
+            else:
+                for phase, seconds in result.phases.items():
+                    phases.put_derived(name, phase, attrs, {"phase": phase}, seconds)
         for metric, value in result.values.items():
             self._set(metric, name, None, attrs, value)
         for sample in result.samples:

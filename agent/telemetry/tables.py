@@ -37,15 +37,18 @@ Observer = Callable[[], Iterable[tuple[Attributes, float]]]
 """Called at each collection: the current (attributes, value) of each series of an observed metric."""
 
 _order = itertools.count()
+_EMPTY: dict[Hashable, Any] = {}
 
 
 class Point:
     """One series of a gauge or counter."""
 
-    __slots__ = ("attrs", "raw", "sent", "start", "value")
+    __slots__ = ("attrs", "base", "raw", "sent", "start", "value")
 
     def __init__(self, raw: Attributes, attrs: Attributes, value: float, start: int) -> None:
         self.raw, self.attrs, self.value, self.start = raw, attrs, value, start
+        self.base: Attributes | None = None
+        """The check's attributes this series' were made from (see :meth:`Table.put_derived`)."""
         self.sent: dict[int, Any] | None = None
         """What each delta exporter last sent of this series (by exporter id)."""
 
@@ -159,6 +162,25 @@ class Table:
         if point.raw is not attrs and point.raw != attrs:
             point.raw, point.attrs = attrs, self._own(attrs)
         point.value += value
+
+    def put_derived(
+        self, check: str, key: Hashable, base: Attributes, extra: Attributes, value: float
+    ) -> None:
+        """Set or add (a gauge or a counter) ``value`` to a series whose attributes are ``base``
+        and ``extra``, where ``key`` alone decides ``extra`` (a phase, an outcome): the merged
+        attributes are made when the series is, not at every run."""
+        if self.kind is MetricKind.HISTOGRAM:
+            self.record(check, key, {**base, **extra}, value)
+            return
+        point = self.checks.get(check, _EMPTY).get(key)
+        if point is not None and point.base is base:
+            if self.kind is MetricKind.COUNTER:
+                point.value += value
+            else:
+                point.value = value
+            return
+        self.put(check, key, {**base, **extra}, value)
+        self.checks[check][key].base = base
 
     def record(self, check: str | None, key: Hashable, attrs: Attributes, value: float) -> None:
         """Count ``value`` in the series' histogram."""
