@@ -16,7 +16,7 @@ pin it. Its rules, as that exporter and ``prometheus_client`` have them:
 * ``target_info`` (OpenMetrics: the info ``target``) carries the resource's attributes.
 
 :class:`ExpositionCache` renders once per collection: a scrape gets the rendering that is in
-progress or younger than ``FRESH`` seconds, in its format and encoding; rendering (and gzip)
+progress or started less than ``FRESH`` seconds before, in its format and encoding; rendering (and gzip)
 runs in a worker thread, handing the interpreter back between slices.
 """
 
@@ -49,9 +49,10 @@ __all__ = [
 
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-FRESH = 1.0
-"""Seconds a rendering serves the scrapes that come after it (a Prometheus pair scraping the agent
-at the same moment); a scrape during a rendering waits for it."""
+FRESH = 0.5
+"""Seconds from the start of a rendering during which it serves the scrapes that come (a Prometheus
+pair scraping the agent at the same moment): a scrape during a rendering waits for it, one soon
+after takes it; a rendering is never more than this much older than its scrape's start."""
 _SLICE = 512  # series rendered between two hand-overs of the interpreter lock
 
 _NAME = re.compile(r"[^a-zA-Z0-9:]+")
@@ -330,7 +331,7 @@ class Rendering:
     body: bytes
     content_type: str
     gzipped: bool
-    done: float
+    started: float
 
 
 class ExpositionCache:
@@ -338,7 +339,7 @@ class ExpositionCache:
     thread-safe.
 
     :meth:`get` blocks (call it in a worker thread): a caller that finds a rendering of its kind in
-    progress waits for it; one that finds a rendering younger than ``fresh`` takes it. A gzipped
+    progress waits for it; one that finds a rendering started less than ``fresh`` ago takes it. A gzipped
     rendering is compressed as it is written, slice by slice, so the whole plain page is never in
     memory; :meth:`expire` lets go of renderings older than ``fresh``."""
 
@@ -362,12 +363,11 @@ class ExpositionCache:
         kind = (openmetrics, gzip)
         with self._busy[kind]:  # one rendering of a kind at a time; the callers meanwhile wait for it
             rendering = self._renderings.get(kind)
-            if rendering is None or self._clock() - rendering.done > self.fresh:
+            if rendering is None or self._clock() - rendering.started > self.fresh:
+                started = self._clock()
                 pieces = render(self._tables, self._resource, openmetrics=openmetrics)
                 body = _gzip(pieces) if gzip else _plain(pieces)
-                rendering = Rendering(
-                    body, OPENMETRICS_TYPE if openmetrics else TEXT_TYPE, gzip, self._clock()
-                )
+                rendering = Rendering(body, OPENMETRICS_TYPE if openmetrics else TEXT_TYPE, gzip, started)
                 self._renderings[kind] = rendering
                 self.renders += 1
             return rendering
@@ -376,7 +376,7 @@ class ExpositionCache:
         """Let go of the renderings older than ``fresh`` (their memory)."""
         now = self._clock()
         for kind, rendering in list(self._renderings.items()):
-            if now - rendering.done > self.fresh:
+            if now - rendering.started > self.fresh:
                 self._renderings.pop(kind, None)
 
 

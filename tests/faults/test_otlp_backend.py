@@ -443,8 +443,15 @@ def wait_for_failing(scenario: Scenario, signal: str, cause: str, at_least: int 
     assert state["failing"][signal]["endpoint"] == scenario.urls[signal]
     assert now - 60 < state["failing"][signal]["since"] <= now
     assert state["last_error"][signal]["cause"] == cause
-    counted = samples(scenario.agent, "vantage_export_failures")
-    assert counted[frozenset({("signal", signal)})] >= at_least
+    # /metrics may serve a rendering made up to a moment ago (agent/telemetry/exposition.py: FRESH).
+    wait_until(
+        lambda: (
+            samples(scenario.agent, "vantage_export_failures").get(frozenset({("signal", signal)}), 0)
+            >= at_least
+        ),
+        timeout=5,
+        interval=0.1,
+    )
     return state
 
 
