@@ -81,6 +81,12 @@ def fill(agent: Agent) -> None:
         agent.recorder.finish_run(run, RESULT, request_for(i))
 
 
+def rss() -> int:
+    """The process's resident set size, in bytes."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def cpu() -> float:
     return time.process_time()
 
@@ -184,6 +190,9 @@ def otlp(agent: Agent) -> None:
     took = cpu() - start
     batches, sent = export.exports - calls, _Sink.received - sent
     gc.collect()
+    rss_before = rss()
+    assert export.collect(300)
+    rss_after = rss()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     assert export.collect(300)
@@ -192,7 +201,8 @@ def otlp(agent: Agent) -> None:
     print(
         f"OTLP collection, {checks:,} checks ({series:,} data points, {batches} export() calls of at most "
         f"{export.batch}): {took * 1000:.0f} ms CPU, peak Python memory {peak / 2**20:.1f} MiB "
-        f"(tracemalloc), {sent / 1e6:.1f} MB of protobuf"
+        f"(tracemalloc), {sent / 1e6:.1f} MB of protobuf; process RSS {rss_before / 2**20:.0f} MiB before "
+        f"a collection, {rss_after / 2**20:.0f} MiB after"
     )
 
 

@@ -52,7 +52,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from agent.sdk.probe import MetricKind
-from agent.telemetry.tables import HistogramPoint, MetricTables, Point, Table
+from agent.telemetry.tables import HistogramPoint, MetricTables, Point, Table, attributes_of
 
 __all__ = ["BATCH", "CUMULATIVE", "MetricExport", "Temporality", "temporality_of"]
 
@@ -201,11 +201,11 @@ class MetricExport:
                 if built % _SLICE == 0:
                     time.sleep(0)
                 if kind is MetricKind.GAUGE:
-                    yield table, NumberDataPoint(point.attrs, point.start, now, point.value), None
+                    yield table, NumberDataPoint(attributes_of(point), point.start, now, point.value), None
                 elif kind is MetricKind.COUNTER:
                     value = point.value
                     if not delta:
-                        yield table, NumberDataPoint(point.attrs, point.start, now, value), None
+                        yield table, NumberDataPoint(attributes_of(point), point.start, now, value), None
                         continue
                     last = point.sent.get(self._id) if point.sent else None
                     since, before = last if last is not None else (point.start, 0)
@@ -213,7 +213,7 @@ class MetricExport:
                         continue
                     yield (
                         table,
-                        NumberDataPoint(point.attrs, since, now, value - before),
+                        NumberDataPoint(attributes_of(point), since, now, value - before),
                         (point, (now, value)),
                     )
                 else:
@@ -223,7 +223,7 @@ class MetricExport:
                         yield (
                             table,
                             HistogramDataPoint(
-                                point.attrs,
+                                attributes_of(point),
                                 point.start,
                                 now,
                                 count,
@@ -252,7 +252,7 @@ class MetricExport:
                     yield (
                         table,
                         HistogramDataPoint(
-                            point.attrs, since, now, changed, change, changes, bounds, low, high
+                            attributes_of(point), since, now, changed, change, changes, bounds, low, high
                         ),
                         (point, (now, counts, total)),
                     )

@@ -191,8 +191,8 @@ class _Labels:
     objects made the collector walk the agent's whole heap several times per rendering."""
 
     def __init__(self) -> None:
-        self.texts: dict[tuple[int, int], str] = {}
-        self._seen: list[Mapping[str, Any]] = []
+        self.texts: dict[tuple[int, int, int], str] = {}
+        self._seen: list[Mapping[str, Any] | None] = []
         self._pairs: dict[tuple[str, str], str] = {}
         self._layouts: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
 
@@ -200,15 +200,18 @@ class _Labels:
         """The one object of the rendering for this layout: texts are remembered by its id."""
         return self._layouts.setdefault(pairs, pairs)
 
-    def text(self, layout: tuple[tuple[str, str], ...], attrs: Mapping[str, Any]) -> str:
-        """The label text of ``attrs`` in ``layout`` (an object that :meth:`layout` gave)."""
-        key = (id(layout), id(attrs))
+    def text(
+        self, layout: tuple[tuple[str, str], ...], attrs: Mapping[str, Any], extra: Mapping[str, Any] | None
+    ) -> str:
+        """The label text of ``attrs`` and ``extra`` (a series' own attributes on top of its
+        check's) in ``layout`` (an object that :meth:`layout` gave)."""
+        key = (id(layout), id(attrs), id(extra))
         text = self.texts.get(key)
         if text is not None:
             return text
         pairs, get, parts = self._pairs, attrs.get, []
         for label, name in layout:
-            value = get(name)
+            value = get(name) if extra is None or name not in extra else extra[name]
             if value is None:
                 parts.append(f'{label}=""')
             elif value.__class__ is str:
@@ -219,7 +222,7 @@ class _Labels:
             else:  # numbers, booleans, sequences: rare, and 1, 1.0 and True are equal keys
                 parts.append(f'{label}="{_label_value(value)}"')
         text = self.texts[key] = ",".join(parts)
-        self._seen.append(attrs)
+        self._seen += (attrs, extra)
         return text
 
 
@@ -257,7 +260,7 @@ def _family(table: Table, labels: _Labels, numbers: dict[float, str], openmetric
         les = [f'le="{bound}"' for bound in table.bounds] + ['le="+Inf"']
         bucket, count_name, sum_name = f"{sample}_bucket", f"{sample}_count", f"{sample}_sum"
         for i, point in enumerate(table.points(), 1):
-            head, tail = text_of(before, point.attrs), text_of(after, point.attrs)
+            head, tail = text_of(before, point.attrs, None), text_of(after, point.attrs, None)
             opening = f"{bucket}{{{head}," if head else f"{bucket}{{"
             closing = f",{tail}}} " if tail else "} "
             plain = f"{{{head},{tail}}}" if head and tail else f"{{{head}{tail}}}" if head or tail else ""
@@ -274,8 +277,8 @@ def _family(table: Table, labels: _Labels, numbers: dict[float, str], openmetric
                 time.sleep(0)  # hand the interpreter lock over (to the event loop)
     else:
         for i, point in enumerate(table.points(), 1):
-            attrs, value = point.attrs, point.value
-            text = texts.get((id_before, id(attrs))) or text_of(before, attrs)
+            attrs, extra, value = point.attrs, point.extra, point.value
+            text = texts.get((id_before, id(attrs), id(extra))) or text_of(before, attrs, extra)
             number = numbers.get(value)
             if number is None:
                 number = numbers[value] = _go(value)

@@ -30,7 +30,7 @@ from typing import Any
 from agent.config.secrets import Redactor
 from agent.sdk.probe import AttributeValue, MetricKind, MetricSpec
 
-__all__ = ["Attributes", "HistogramPoint", "MetricTables", "Observer", "Point", "Table"]
+__all__ = ["Attributes", "HistogramPoint", "MetricTables", "Observer", "Point", "Table", "attributes_of"]
 
 Attributes = Mapping[str, AttributeValue]
 Observer = Callable[[], Iterable[tuple[Attributes, float]]]
@@ -43,12 +43,13 @@ _EMPTY: dict[Hashable, Any] = {}
 class Point:
     """One series of a gauge or counter."""
 
-    __slots__ = ("attrs", "base", "raw", "sent", "start", "value")
+    __slots__ = ("attrs", "extra", "raw", "sent", "start", "value")
 
     def __init__(self, raw: Attributes, attrs: Attributes, value: float, start: int) -> None:
         self.raw, self.attrs, self.value, self.start = raw, attrs, value, start
-        self.base: Attributes | None = None
-        """The check's attributes this series' were made from (see :meth:`Table.put_derived`)."""
+        self.extra: Attributes | None = None
+        """Attributes on top of ``attrs`` (a phase, an outcome), shared by the series of every
+        check that have them (see :meth:`Table.put_derived` and :func:`attributes_of`)."""
         self.sent: dict[int, Any] | None = None
         """What each delta exporter last sent of this series (by exporter id)."""
 
@@ -60,6 +61,7 @@ class HistogramPoint:
     __slots__ = (
         "attrs",
         "counts",
+        "extra",
         "max",
         "min",
         "raw",
@@ -72,6 +74,7 @@ class HistogramPoint:
 
     def __init__(self, raw: Attributes, attrs: Attributes, buckets: int, start: int) -> None:
         self.raw, self.attrs, self.start = raw, attrs, start
+        self.extra: Attributes | None = None  # always: histograms merge theirs
         self.counts = [0] * buckets
         self.sum = 0.0
         self.min = self.window_min = math.inf
@@ -92,6 +95,7 @@ class Table:
     __slots__ = (
         "bounds",
         "checks",
+        "extras",
         "first",
         "keys",
         "kind",
@@ -99,13 +103,24 @@ class Table:
         "put",
         "redact",
         "spec",
+        "starts",
         "version",
     )
 
-    def __init__(self, spec: MetricSpec, redact: Redactor, bounds: tuple[float, ...] = ()) -> None:
+    def __init__(
+        self,
+        spec: MetricSpec,
+        redact: Redactor,
+        bounds: tuple[float, ...] = (),
+        starts: dict[str | None, int] | None = None,
+    ) -> None:
         self.spec, self.kind, self.redact = spec, spec.kind, redact
         self.bounds = bounds
         self.checks: dict[str | None, dict[Hashable, Any]] = {}
+        self.starts: dict[str | None, int] = {} if starts is None else starts
+        """When each check got its first series (ns): the start of all its series, one number
+        shared by them (and by every table of :class:`MetricTables`)."""
+        self.extras: dict[Hashable, Attributes] = {}
         self.keys: set[str] = set()
         self.version = 0
         self.first = -1
@@ -139,6 +154,8 @@ class Table:
         series = self.checks.get(check)
         if series is None:
             series = self.checks[check] = {}
+            if check not in self.starts:
+                self.starts[check] = time.time_ns()
         return series
 
     def set(self, check: str | None, key: Hashable, attrs: Attributes, value: float) -> None:
@@ -146,7 +163,7 @@ class Table:
         series = self.checks.get(check) or self._series(check)
         point = series.get(key)
         if point is None:
-            series[key] = Point(attrs, self._own(attrs), value, time.time_ns())
+            series[key] = Point(attrs, self._own(attrs), value, self.starts[check])
             return
         if point.raw is not attrs and point.raw != attrs:
             point.raw, point.attrs = attrs, self._own(attrs)
@@ -157,7 +174,7 @@ class Table:
         series = self.checks.get(check) or self._series(check)
         point = series.get(key)
         if point is None:
-            series[key] = Point(attrs, self._own(attrs), float(value), time.time_ns())
+            series[key] = Point(attrs, self._own(attrs), float(value), self.starts[check])
             return
         if point.raw is not attrs and point.raw != attrs:
             point.raw, point.attrs = attrs, self._own(attrs)
@@ -166,21 +183,30 @@ class Table:
     def put_derived(
         self, check: str, key: Hashable, base: Attributes, extra: Attributes, value: float
     ) -> None:
-        """Set or add (a gauge or a counter) ``value`` to a series whose attributes are ``base``
-        and ``extra``, where ``key`` alone decides ``extra`` (a phase, an outcome): the merged
-        attributes are made when the series is, not at every run."""
+        """Set or add (a gauge or a counter) ``value`` to a series whose attributes are the check's
+        ``base`` and ``extra``, where ``key`` alone decides ``extra`` (a phase, an outcome): the
+        series keeps both as they are, ``extra`` shared by every check's series of that key, so
+        nothing is merged at a run or kept merged in memory."""
         if self.kind is MetricKind.HISTOGRAM:
             self.record(check, key, {**base, **extra}, value)
             return
-        point = self.checks.get(check, _EMPTY).get(key)
-        if point is not None and point.base is base:
+        series = self.checks.get(check) or self._series(check)
+        point = series.get(key)
+        if point is not None and point.raw is base:
             if self.kind is MetricKind.COUNTER:
                 point.value += value
             else:
                 point.value = value
             return
-        self.put(check, key, {**base, **extra}, value)
-        self.checks[check][key].base = base
+        shared = self.extras.get(key)
+        if shared is None or shared != extra:
+            shared = self.extras[key] = self._own(extra)
+        if point is None:
+            point = series[key] = Point(base, self._own(base), float(value), self.starts[check])
+        else:
+            point.raw, point.attrs = base, self._own(base)
+            point.value = point.value + value if self.kind is MetricKind.COUNTER else value
+        point.extra = shared
 
     def record(self, check: str | None, key: Hashable, attrs: Attributes, value: float) -> None:
         """Count ``value`` in the series' histogram."""
@@ -188,7 +214,7 @@ class Table:
         point = series.get(key)
         if point is None:
             point = series[key] = HistogramPoint(
-                attrs, self._own(attrs), len(self.bounds) + 1, time.time_ns()
+                attrs, self._own(attrs), len(self.bounds) + 1, self.starts[check]
             )
         elif point.raw is not attrs and point.raw != attrs:
             point.raw, point.attrs = attrs, self._own(attrs)
@@ -213,12 +239,19 @@ class Table:
         return sum(len(series) for series in list(self.checks.values()))
 
 
+def attributes_of(point: Point | HistogramPoint) -> Attributes:
+    """All the attributes of a series (merged when it has ``extra``: call it at collection)."""
+    extra = point.extra
+    return point.attrs if extra is None else {**point.attrs, **extra}
+
+
 class MetricTables:
     """The tables of every metric the agent may emit, in the order they were declared."""
 
     def __init__(self, redactor: Redactor | None = None) -> None:
         self.redactor = redactor or Redactor()
         self.tables: dict[str, Table] = {}
+        self._starts: dict[str | None, int] = {}
 
     def declare(self, spec: MetricSpec) -> Table:
         """The table of ``spec`` (made on first use; a second spec of the same name gets the first
@@ -226,7 +259,7 @@ class MetricTables:
         table = self.tables.get(spec.name)
         if table is None:
             bounds = tuple(spec.buckets or ()) if spec.kind is MetricKind.HISTOGRAM else ()
-            table = self.tables[spec.name] = Table(spec, self.redactor, bounds)
+            table = self.tables[spec.name] = Table(spec, self.redactor, bounds, self._starts)
         return table
 
     def observe(self, spec: MetricSpec, observer: Observer) -> Table:
@@ -239,6 +272,7 @@ class MetricTables:
         """Drop every series of ``check``, in every table."""
         for table in list(self.tables.values()):
             table.checks.pop(check, None)
+        self._starts.pop(check, None)
 
     def refresh(self) -> None:
         """Read the observed metrics into their tables; collections call it first."""
