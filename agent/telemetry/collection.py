@@ -156,7 +156,10 @@ class MetricExport:
     def _send(self, batch: _Batch, deadline: float) -> bool:
         left = deadline - time.monotonic()
         if left <= 0:
-            log.warning("metric export abandoned: OTEL_METRIC_EXPORT_TIMEOUT is spent")
+            log.warning(
+                "metric collection stopped before its end: its time (OTEL_METRIC_EXPORT_TIMEOUT, or what "
+                "is left of the shutdown budget) is spent"
+            )
             return False
         data = MetricsData(
             [ResourceMetrics(self._resource, [ScopeMetrics(self._scope, self._metrics(batch), "")], "")]
