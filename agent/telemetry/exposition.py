@@ -185,15 +185,15 @@ class _Labels:
     attributes, the same object, across families with the same layout), and each
     ``name="value"`` pair (a check's name, target and labels recur in every family).
 
-    The memos hold strings and tuples of numbers or strings only, which the cyclic garbage
-    collector stops tracking, and the attributes objects whose ids they use are kept alive in one
-    list (so no id is reused while they are in use): with 10,000 checks, memos holding tuples of
-    objects made the collector walk the agent's whole heap several times per rendering."""
+    The attributes objects whose ids the memos use are kept alive in one list while the rendering
+    lasts, so that no id is reused meanwhile."""
 
     def __init__(self) -> None:
         self.texts: dict[tuple[int, int, int], str] = {}
         self._seen: list[Mapping[str, Any] | None] = []
         self._pairs: dict[tuple[str, str], str] = {}
+        self._all: dict[tuple[int, int], list[str]] = {}
+        self._own: dict[tuple[int, int], list[tuple[int, str]]] = {}
         self._layouts: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
 
     def layout(self, pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
@@ -209,9 +209,31 @@ class _Labels:
         text = self.texts.get(key)
         if text is not None:
             return text
+        if extra is None:
+            text = self.texts[key] = ",".join(self.parts(layout, attrs))
+            self._seen.append(attrs)
+            return text
+        # The check's pairs, with the series' own in their places: a phase's text is its check's
+        # with one pair changed. Not remembered: a check has one series of each extra.
+        parts = self.parts(layout, attrs).copy()
+        own = self._own.get((id(layout), id(extra)))
+        if own is None:
+            own = self._own[(id(layout), id(extra))] = [
+                (i, pair) for i, pair in enumerate(self.parts(layout, extra)) if layout[i][1] in extra
+            ]
+        for i, pair in own:
+            parts[i] = pair
+        return ",".join(parts)
+
+    def parts(self, layout: tuple[tuple[str, str], ...], attrs: Mapping[str, Any]) -> list[str]:
+        """The ``name="value"`` pairs of ``attrs`` in ``layout``, empty for a name it lacks."""
+        key = (id(layout), id(attrs))
+        parts = self._all.get(key)
+        if parts is not None:
+            return parts
         pairs, get, parts = self._pairs, attrs.get, []
         for label, name in layout:
-            value = get(name) if extra is None or name not in extra else extra[name]
+            value = get(name)
             if value is None:
                 parts.append(f'{label}=""')
             elif value.__class__ is str:
@@ -221,9 +243,9 @@ class _Labels:
                 parts.append(pair)
             else:  # numbers, booleans, sequences: rare, and 1, 1.0 and True are equal keys
                 parts.append(f'{label}="{_label_value(value)}"')
-        text = self.texts[key] = ",".join(parts)
-        self._seen += (attrs, extra)
-        return text
+        self._all[key] = parts
+        self._seen.append(attrs)
+        return parts
 
 
 def render(tables: MetricTables, resource: Mapping[str, Any], *, openmetrics: bool = False) -> Iterator[str]:
@@ -254,13 +276,15 @@ def _family(table: Table, labels: _Labels, numbers: dict[float, str], openmetric
     if openmetrics and unit:
         out.append(f"# UNIT {name} {unit}\n")
     layout = _Layout.of(table)
-    before, after = labels.layout(layout.before), labels.layout(layout.after)
+    before = labels.layout(layout.before + layout.after)  # all of them: a histogram's le apart
     texts, text_of, id_before = labels.texts, labels.text, id(before)
     if table.kind is MetricKind.HISTOGRAM:
+        at, parts_of = len(layout.before), labels.parts
         les = [f'le="{bound}"' for bound in table.bounds] + ['le="+Inf"']
         bucket, count_name, sum_name = f"{sample}_bucket", f"{sample}_count", f"{sample}_sum"
         for i, point in enumerate(table.points(), 1):
-            head, tail = text_of(before, point.attrs, None), text_of(after, point.attrs, None)
+            parts = parts_of(before, point.attrs)  # histograms merge their attributes: no extra
+            head, tail = ",".join(parts[:at]), ",".join(parts[at:])
             opening = f"{bucket}{{{head}," if head else f"{bucket}{{"
             closing = f",{tail}}} " if tail else "} "
             plain = f"{{{head},{tail}}}" if head and tail else f"{{{head}{tail}}}" if head or tail else ""
