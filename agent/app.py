@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import anyio
 from anyio.abc import TaskStatus
-from opentelemetry import metrics, trace
+from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanProcessor
 
 from agent import __version__
@@ -85,9 +85,8 @@ def build_agent(
     telemetry = build_telemetry(environ, resource, span_processors, redactor=config.redactor)
     if set_global_providers:
         trace.set_tracer_provider(telemetry.tracer_provider)
-        metrics.set_meter_provider(telemetry.meter_provider)
     recorder = Recorder(
-        meter=telemetry.meter_provider.get_meter("vantage", __version__),
+        tables=telemetry.tables,
         tracer=telemetry.tracer_provider.get_tracer("vantage", __version__),
         redactor=config.redactor,
         region=settings.region,

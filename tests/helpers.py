@@ -368,11 +368,10 @@ def wait_until(condition: Callable[[], Any], timeout: float = 20.0, interval: fl
 
 
 def counter_values(agent: Any, family: str, label: str) -> dict[str, float]:
-    """A counter's totals by one label, from the agent's /metrics rendering; shuts its meters down."""
+    """A counter's totals by one label, from the agent's /metrics rendering."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = agent.telemetry.render_prometheus().decode()
-    agent.telemetry.meter_provider.shutdown()
     return {
         sample.labels[label]: sample.value
         for metric in text_string_to_metric_families(text)

@@ -66,4 +66,3 @@ async def running_agent(
             tg.cancel_scope.cancel()
     finally:
         await agent.http.aclose()
-        agent.telemetry.meter_provider.shutdown()

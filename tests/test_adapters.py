@@ -28,14 +28,9 @@ import trustme
 import urllib3
 from aiohttp import web
 from opentelemetry.sdk import metrics as instruments
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     ConsoleMetricExporter,
-    MetricExporter,
-    MetricExportResult,
-    MetricsData,
-    PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
 from opentelemetry.sdk.trace import TracerProvider
@@ -178,27 +173,9 @@ def test_spans_dropped_by_the_full_queue_are_counted_exactly(caplog: pytest.LogC
         provider.shutdown()
 
 
-class _Recording(MetricExporter):
-    def __init__(self, **preferences: Any) -> None:
-        super().__init__(**preferences)
-        self.batches: list[MetricsData] = []
-
-    def export(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **_: Any
-    ) -> MetricExportResult:
-        self.batches.append(metrics_data)
-        return MetricExportResult.SUCCESS
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return True
-
-    def shutdown(self, timeout_millis: float = 30_000, **_: Any) -> None:
-        return None
-
-
-def test_an_exporters_preferences_are_read_as_the_sdks_reader_reads_them() -> None:
+def test_an_exporters_preferences_are_read_as_it_was_built_with_them() -> None:
     """Pins ``metric_preferences``: what a third-party exporter was built with is what it reads
-    back, and the SDK's reader still takes an exporter's preferences from the same place."""
+    back (the agent takes its temporality from there)."""
     temporality = {instruments.Counter: AggregationTemporality.DELTA}
     aggregation = {instruments.Histogram: ExponentialBucketHistogramAggregation()}
     console = ConsoleMetricExporter(preferred_temporality=temporality, preferred_aggregation=aggregation)
@@ -207,29 +184,6 @@ def test_an_exporters_preferences_are_read_as_the_sdks_reader_reads_them() -> No
     except AttributeError as exc:
         pytest.fail(f"{OTEL_SDK}: MetricExporter.{exc.name} is gone")
     assert metric_preferences(ConsoleMetricExporter()) == (None, None)
-
-    exporter = _Recording(preferred_temporality=temporality)
-    provider = MeterProvider(
-        metric_readers=[PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)]
-    )
-    counter = provider.get_meter("test").create_counter("runs")
-    try:
-        for _ in range(2):
-            counter.add(1)
-            provider.force_flush()
-    finally:
-        provider.shutdown()
-    points = [
-        (metric.data.aggregation_temporality, point.value)
-        for batch in exporter.batches
-        for rm in batch.resource_metrics
-        for sm in rm.scope_metrics
-        for metric in sm.metrics
-        for point in metric.data.data_points
-    ]
-    assert points[:2] == [(AggregationTemporality.DELTA, 1)] * 2, (
-        f"{OTEL_SDK}: PeriodicExportingMetricReader no longer takes the exporter's preferred temporality"
-    )
 
 
 # ---------------------------------------------------------------- requests, urllib3 (_requests.py)

@@ -216,7 +216,6 @@ async def test_a_call_cut_by_the_run_timeout_ends_its_client_span() -> None:
         finally:
             hanging.release.set()
             await agent.http.aclose()
-            agent.telemetry.meter_provider.shutdown()
     result = agent.recorder.states["slow"].last
     assert result is not None and result.reason is Reason.TIMEOUT, result
     (client,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]

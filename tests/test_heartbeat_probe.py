@@ -209,7 +209,6 @@ async def test_a_wall_clock_step_raises_no_false_stale() -> None:
             tg.cancel_scope.cancel()
     finally:
         await agent.http.aclose()
-        agent.telemetry.meter_provider.shutdown()
     assert before["pinged"].success and before["silent"].success
     assert stepped["pinged"].success, stepped["pinged"].message
     assert stepped["pinged"].values["probe.heartbeat.age"] == 60.0

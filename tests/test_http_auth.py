@@ -119,7 +119,6 @@ async def runs(checks: list[dict[str, Any]], times: int = 1) -> tuple[Any, list[
             await agent.scheduler.run_once()
     finally:
         await agent.http.aclose()
-        agent.telemetry.meter_provider.shutdown()
     return agent, list(exporter.get_finished_spans())
 
 
@@ -189,7 +188,6 @@ async def test_tokens_are_refreshed_before_they_expire_and_after_a_401() -> None
             assert len(vendor.issued) == 3
         finally:
             await agent.http.aclose()
-            agent.telemetry.meter_provider.shutdown()
 
 
 async def test_401_and_403_are_auth_failures_with_distinct_messages() -> None:

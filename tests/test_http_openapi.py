@@ -125,7 +125,6 @@ async def test_a_document_url_is_fetched_once() -> None:
                 await agent.scheduler.run_once()
         finally:
             await agent.http.aclose()
-            agent.telemetry.meter_provider.shutdown()
         assert agent.recorder.states["good"].last.success
         assert vendor.document_fetches == 1
         results, _ = await run_checks(

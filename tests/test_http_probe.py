@@ -43,7 +43,6 @@ async def run_checks(
         await agent.scheduler.run_once()
     finally:
         await agent.http.aclose()
-        agent.telemetry.meter_provider.shutdown()
     results = {name: state.last for name, state in agent.recorder.states.items() if state.last}
     return results, list(exporter.get_finished_spans())
 
@@ -443,7 +442,6 @@ async def test_fresh_connection_per_run_unless_pooled() -> None:
                 await agent.scheduler.run_once()
         finally:
             await agent.http.aclose()
-            agent.telemetry.meter_provider.shutdown()
     by_check: dict[str, set[Any]] = {}
     for check, peer in peers:
         by_check.setdefault(check, set()).add(peer)
@@ -477,7 +475,6 @@ async def test_a_request_cut_by_the_run_timeout_ends_its_client_span_as_a_timeou
         finally:
             release.set()
             await agent.http.aclose()
-            agent.telemetry.meter_provider.shutdown()
     result = agent.recorder.states["slow"].last
     assert result is not None and result.reason is Reason.TIMEOUT, result
     (client,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]

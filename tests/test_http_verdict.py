@@ -69,7 +69,6 @@ async def test_a_401_in_a_flow_step_is_auth_and_drops_the_cached_token() -> None
             assert state.last.success, state.last.message
         finally:
             await agent.http.aclose()
-            agent.telemetry.meter_provider.shutdown()
 
 
 async def test_a_429_backs_off_a_flow_a_sync_and_a_webhook_trigger() -> None:

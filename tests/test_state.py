@@ -138,7 +138,6 @@ async def test_an_oauth_token_is_kept_per_check_and_goes_with_the_check() -> Non
             results = {name: state.last for name, state in agent.recorder.states.items()}
         finally:
             await agent.http.aclose()
-            agent.telemetry.meter_provider.shutdown()
     assert first == 2  # one token per check: the twin with the same client does not share it
     assert kept == 2  # the second run used the tokens kept in each check's state
     assert len(api.issued) == 3  # the dropped check fetched a new one; the twin did not
@@ -163,7 +162,6 @@ async def test_a_schema_baseline_goes_with_the_check() -> None:
             results = {name: state.last for name, state in agent.recorder.states.items()}
         finally:
             await agent.http.aclose()
-            agent.telemetry.meter_provider.shutdown()
     kept, dropped = results["kept"], results["dropped"]
     assert kept is not None and kept.reason is Reason.SCHEMA, kept
     assert kept.values["probe.schema.drift"] == 1.0
@@ -397,7 +395,6 @@ async def test_forgetting_a_check_drops_all_the_agent_holds_for_it() -> None:
             text = agent.telemetry.render_prometheus().decode()
         finally:
             await agent.http.aclose()
-            agent.telemetry.meter_provider.shutdown()
     series = {
         sample.labels.get("check")
         for family in text_string_to_metric_families(text)

@@ -18,6 +18,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AGGREGATION_TEMPORALITY_D
 from agent.config.secrets import Redactor
 from agent.config.settings import Shard
 from agent.errors import ConfigError
+from agent.sdk.probe import MetricKind, MetricSpec
 from agent.telemetry._otel_sdk import metric_preferences
 from agent.telemetry.providers import (
     ExportOutcome,
@@ -335,9 +336,11 @@ def test_the_otlp_metric_preferences_the_agent_passes_are_those_the_sdk_would_pi
     assert {k: type(v) for k, v in ours[1].items()} == {k: type(v) for k, v in sdk[1].items()}
 
 
-def test_the_temporality_preference_reaches_the_wire(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With ``DELTA``, a counter is exported as deltas: the preference the agent passed explicitly to
-    the exporter is the one its counting wrapper gave the reader."""
+def test_the_temporality_preference_reaches_the_wire(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With ``DELTA``, a counter is exported as deltas; an exponential histogram preference is
+    logged and the histogram goes with its explicit buckets (docs/metrics.md says why)."""
     with otlp_http_receiver() as (endpoint, received):
         environ = {
             "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
@@ -348,13 +351,17 @@ def test_the_temporality_preference_reaches_the_wire(monkeypatch: pytest.MonkeyP
         }
         _set_environ(monkeypatch, environ)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-        telemetry = build_telemetry(environ, build_resource(environ, region="l", version="0"))
-        meter = telemetry.meter_provider.get_meter("test")
-        counter, histogram = meter.create_counter("runs"), meter.create_histogram("took")
+        with caplog.at_level(logging.WARNING, logger="vantage.telemetry"):
+            telemetry = build_telemetry(environ, build_resource(environ, region="l", version="0"))
+        assert any("base2_exponential_bucket_histogram" in r.getMessage() for r in caplog.records)
+        counter = telemetry.tables.declare(MetricSpec("runs", MetricKind.COUNTER, "{run}", "Runs"))
+        histogram = telemetry.tables.declare(
+            MetricSpec("took", MetricKind.HISTOGRAM, "s", "Took", buckets=(0.1, 1.0))
+        )
         try:
             for value in (1, 2):
-                counter.add(value)
-                histogram.record(0.5)
+                counter.add(None, None, {}, value)
+                histogram.record(None, None, {}, 0.5)
                 assert telemetry.flush(10)
         finally:
             telemetry.shutdown(5)
@@ -366,8 +373,8 @@ def test_the_temporality_preference_reaches_the_wire(monkeypatch: pytest.MonkeyP
             for metric in sm.metrics
         ]
     runs = [m.sum for m in metrics if m.name == "runs"]
-    assert [(s.aggregation_temporality, s.data_points[0].as_int) for s in runs[:2]] == [
+    assert [(s.aggregation_temporality, s.data_points[0].as_double) for s in runs[:2]] == [
         (AGGREGATION_TEMPORALITY_DELTA, 1),
         (AGGREGATION_TEMPORALITY_DELTA, 2),
     ]
-    assert {m.WhichOneof("data") for m in metrics if m.name == "took"} == {"exponential_histogram"}
+    assert {m.WhichOneof("data") for m in metrics if m.name == "took"} == {"histogram"}

@@ -269,7 +269,6 @@ async def agent_on(clock: SteppingClock, checks: list[dict[str, Any]]) -> AsyncI
             tg.cancel_scope.cancel()
     finally:
         await agent.http.aclose()
-        agent.telemetry.meter_provider.shutdown()
 
 
 def passive(name: str) -> dict[str, Any]:

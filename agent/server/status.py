@@ -38,6 +38,7 @@ from anyio.abc import TaskStatus
 from agent.config.secrets import Redactor
 from agent.errors import ConfigError
 from agent.server.inbound import Inbound
+from agent.telemetry.exposition import negotiate
 from agent.telemetry.providers import Telemetry
 from agent.telemetry.recorder import Recorder
 
@@ -382,15 +383,24 @@ class Server:
         return web.json_response(body, status=200 if running else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        if self._telemetry.prometheus is None:
+        exposition = self._telemetry.exposition
+        if exposition is None:
             raise web.HTTPNotFound(
                 text="the prometheus metrics exporter is not enabled (OTEL_METRICS_EXPORTER)\n"
             )
-        # Collecting every instrument is synchronous work; keep it off the event loop.
-        body = await anyio.to_thread.run_sync(self._telemetry.render_prometheus)
-        return web.Response(
-            body=self._redact(body.decode()).encode(), headers={"Content-Type": PROMETHEUS_TYPE}
+        openmetrics, gzip = negotiate(
+            request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", "")
         )
+        # Rendering is synchronous work; keep it off the event loop. Scrapes within the cache's
+        # window share one rendering, which is let go of after it.
+        rendering = await anyio.to_thread.run_sync(
+            functools.partial(exposition.get, openmetrics=openmetrics, gzip=gzip)
+        )
+        asyncio.get_running_loop().call_later(exposition.fresh * 2, exposition.expire)
+        headers = {"Content-Type": rendering.content_type, "Vary": "Accept, Accept-Encoding"}
+        if rendering.gzipped:
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=rendering.body, headers=headers)
 
     async def checks(self, request: web.Request) -> web.Response:
         if not authorized(request, self._token):

@@ -7,11 +7,11 @@ It reaches into two places, for want of a public API (SDK 1.45):
   :class:`CountingBatchSpanProcessor` replaces it with a proxy that also counts them for the agent
   (``vantage.spans.dropped``); on an SDK without it, the agent logs a warning once and counts 0.
 * ``MetricExporter._preferred_temporality`` and ``_preferred_aggregation``: an exporter states its
-  preferences only to its constructor, and the SDK's ``PeriodicExportingMetricReader`` reads them
-  back from these attributes. The agent passes the OTLP exporters' preferences explicitly
-  (``agent/telemetry/providers.py``); :func:`metric_preferences` reads them only for an exporter
-  the agent knows nothing of (one installed by a third-party package), so that the wrapper that
-  counts its exports asks the reader for what the exporter itself asks for.
+  preferences only to its constructor, and the SDK's own ``PeriodicExportingMetricReader`` reads
+  them back from these attributes. The agent reads the OTLP exporters' preferences from the
+  environment itself (``agent/telemetry/providers.py``); :func:`metric_preferences` reads them only
+  for an exporter the agent knows nothing of (one installed by a third-party package), so that the
+  agent's own collection (``agent/telemetry/collection.py``) sends it the temporality it asks for.
 
 ``tests/test_adapters.py`` fails, naming the attribute, on an SDK that moves or changes either.
 """

@@ -4,6 +4,11 @@ The bare SDK exports nothing unless told; the agent's defaults work with no back
 
 * metrics: ``prometheus`` (served by the agent itself on ``/metrics``, not on a second port),
   plus ``otlp`` as soon as an OTLP endpoint is set;
+
+Metrics do not go through the SDK's ``MeterProvider``: the recorder keeps them in tables
+(agent/telemetry/tables.py), which ``/metrics`` renders (agent/telemetry/exposition.py) and a thread
+per metric exporter turns into the SDK's export data model for that exporter
+(agent/telemetry/collection.py).
 * traces: ``otlp`` as soon as an OTLP endpoint is set, else none.
 
 ``otlp`` means http/protobuf unless ``OTEL_EXPORTER_OTLP_PROTOCOL`` says ``grpc``, as the
@@ -48,14 +53,11 @@ import requests
 import requests.exceptions
 import urllib3.exceptions
 from opentelemetry.sdk import metrics as instruments
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     MetricExporter,
     MetricExportResult,
-    MetricReader,
     MetricsData,
-    PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.metrics.view import (
     Aggregation,
@@ -66,12 +68,17 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from agent import __version__
 from agent.config.secrets import Redactor
 from agent.errors import ConfigError
 from agent.sdk.urls import redact_url
 from agent.telemetry._otel_sdk import CountingBatchSpanProcessor, metric_preferences
 from agent.telemetry._requests import DeadlineAdapter, request_deadline
+from agent.telemetry.collection import MetricExport, temporality_of
+from agent.telemetry.exposition import ExpositionCache, render
+from agent.telemetry.tables import MetricTables
 
 __all__ = [
     "MAX_ANSWER",
@@ -499,8 +506,7 @@ class _CountingSpanExporter(SpanExporter):
 
 
 class _CountingMetricExporter(MetricExporter):
-    """Counts the exports of ``inner``; asks its reader for the ``preferences`` (temporality,
-    aggregation) that ``inner`` was built with, as the reader would have asked ``inner``."""
+    """Counts the exports of ``inner``."""
 
     def __init__(
         self,
@@ -509,9 +515,8 @@ class _CountingMetricExporter(MetricExporter):
         stats: ExportStats,
         endpoint: str = "",
         outcomes: _Outcomes | None = None,
-        preferences: _Preferences = (None, None),
     ) -> None:
-        super().__init__(preferred_temporality=preferences[0], preferred_aggregation=preferences[1])
+        super().__init__()
         self._inner, self._name, self._stats, self._endpoint = inner, name, stats, endpoint
         self._outcomes = outcomes or _Outcomes(None)
 
@@ -571,15 +576,20 @@ def _quiet_sdk_export_logs() -> None:
 
 @dataclass
 class Telemetry:
-    """The configured providers; the composition root makes them global."""
+    """The configured providers and metric exports; the composition root makes the tracer
+    provider global."""
 
     tracer_provider: TracerProvider
-    meter_provider: MeterProvider
+    tables: MetricTables
+    """What the recorder records metrics into, and every metric exporter reads."""
     stats: ExportStats
     trace_exporters: list[str]
     metric_exporters: list[str]
-    prometheus: Any = None
-    """The prometheus_client registry behind ``/metrics``, when the ``prometheus`` exporter is on."""
+    resource: Resource
+    exposition: ExpositionCache | None = None
+    """``/metrics``, when the ``prometheus`` exporter is on."""
+    exports: list[MetricExport] = field(default_factory=list)
+    """One per other metric exporter (OTLP, console, ...), each with its thread."""
     sessions: list[BoundedSession] = field(default_factory=list)
     """The OTLP/HTTP exporters' sessions, told the deadline when the agent stops."""
 
@@ -591,30 +601,37 @@ class Telemetry:
             self.stats.snapshot()
         )
 
-    def render_prometheus(self) -> bytes:
-        """The ``/metrics`` page; blocking (it collects every instrument), so call it in a thread."""
-        from prometheus_client import generate_latest
-
-        return generate_latest(self.prometheus) if self.prometheus is not None else b""
+    def render_prometheus(self, *, openmetrics: bool = False) -> bytes:
+        """The ``/metrics`` page, rendered now (not cached); blocking, call it in a thread."""
+        body = bytearray()
+        for piece in render(self.tables, self.resource.attributes, openmetrics=openmetrics):
+            body += piece.encode()
+        return bytes(body)
 
     def flush(self, timeout: float) -> bool:
-        """Push what is buffered; blocking, call it in a thread."""
-        millis = max(1, int(timeout * 1000))
-        ok = self.tracer_provider.force_flush(millis)
-        return self.meter_provider.force_flush(millis) and ok
+        """Push what is buffered (spans) and export the metrics now; blocking, call it in a
+        thread. Whether every export went through."""
+        deadline = time.monotonic() + timeout
+        ok = self.tracer_provider.force_flush(max(1, int(timeout * 1000)))
+        for export in self.exports:
+            ok = export.collect(max(0.0, deadline - time.monotonic())) and ok
+        return ok
 
     def shutdown(self, timeout: float) -> None:
-        """Flush and stop the exporters within ``timeout``; blocking, call it in a thread.
+        """Flush and stop the exporters within ``timeout``, with one last metric export;
+        blocking, call it in a thread.
 
         The OTLP/HTTP exporters get one try at what is buffered: requests end at the deadline and
         are not retried after it (the SDK would retry with back-off for its own export timeout)."""
         # A little before the caller gives up on this call: the exporters' threads note the outcome
         # and the providers return in time.
-        cutoff = time.monotonic() + timeout - min(0.5, timeout * 0.1)
+        deadline = time.monotonic() + timeout
+        cutoff = deadline - min(0.5, timeout * 0.1)
         for session in self.sessions:
             session.stop_by(cutoff)
         self.tracer_provider.shutdown()
-        self.meter_provider.shutdown(timeout_millis=max(1, int(timeout * 1000)))
+        for export in self.exports:
+            export.shutdown(max(0.0, cutoff - time.monotonic()))
 
 
 # ---------------------------------------------------------------- resource
@@ -810,7 +827,9 @@ def _entry_point(environ: Mapping[str, str], signal: str, name: str) -> Any:
     point_name = _point_name(environ, signal, name)
     points = {p.name: p for p in entry_points(group=group)}
     if point_name not in points:
-        choices = sorted({*points, "none"} - {"otlp_proto_http", "otlp_proto_grpc"})
+        # prometheus is the agent's own (/metrics), whether the SDK's package is installed or not.
+        ours = {"none", "prometheus"} if signal == "metrics" else {"none"}
+        choices = sorted({*points, *ours} - {"otlp_proto_http", "otlp_proto_grpc"})
         raise ConfigError(
             f"OTEL_{signal.upper()}_EXPORTER: unknown exporter {name!r}; installed: {', '.join(choices)}"
         )
@@ -1003,25 +1022,45 @@ def build_telemetry(
         )
         tracer_provider.add_span_processor(processor)
 
-    readers: list[MetricReader] = []
-    prometheus = None
+    tables = MetricTables(redactor)
+    exposition = None
+    exports: list[MetricExport] = []
+    interval = _number(environ, "OTEL_METRIC_EXPORT_INTERVAL", whole=False, unit="milliseconds") or 60_000.0
+    timeout = _number(environ, "OTEL_METRIC_EXPORT_TIMEOUT", whole=False, unit="milliseconds") or 30_000.0
+    scope = InstrumentationScope("vantage", __version__)
     for name in metric_names:
         if name == "prometheus":
             # The SDK's own entry point starts a second server on localhost:9464; the agent
-            # serves the same registry on its own port instead.
-            from opentelemetry.exporter.prometheus import PrometheusMetricReader
-            from prometheus_client import CollectorRegistry
-
-            prometheus = CollectorRegistry(auto_describe=True)
-            readers.append(PrometheusMetricReader(registry=prometheus, scope_info_enabled=False))
+            # serves /metrics on its own port instead.
+            exposition = ExpositionCache(tables, resource.attributes)
             continue
         exporter, target, outcomes = _exporter(environ, "metrics", name)
         sessions.extend([outcomes.session] if outcomes.session else [])
         preferences = _known_metric_preferences(environ, name) or metric_preferences(exporter)
-        readers.append(
-            PeriodicExportingMetricReader(
-                _CountingMetricExporter(exporter, name, stats, target, outcomes, preferences)
-            )
+        _note_histogram_aggregation(name, preferences[1])
+        export = MetricExport(
+            tables,
+            resource,
+            scope,
+            _CountingMetricExporter(exporter, name, stats, target, outcomes),
+            interval=interval / 1000,
+            timeout=timeout / 1000,
+            temporality=temporality_of(preferences[0]),
+            name=name,
         )
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-    return Telemetry(tracer_provider, meter_provider, stats, trace_names, metric_names, prometheus, sessions)
+        export.start()
+        exports.append(export)
+    return Telemetry(
+        tracer_provider, tables, stats, trace_names, metric_names, resource, exposition, exports, sessions
+    )
+
+
+def _note_histogram_aggregation(name: str, aggregation: Mapping[type, Aggregation] | None) -> None:
+    """Histograms are explicit-bucket tables: say so when an exporter asks for exponential ones."""
+    if isinstance((aggregation or {}).get(instruments.Histogram), ExponentialBucketHistogramAggregation):
+        log.warning(
+            "metrics exporter %s: OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION asks for "
+            "base2_exponential_bucket_histogram; the agent's histograms are exported with their "
+            "explicit buckets (docs/metrics.md)",
+            name,
+        )

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import propagate, trace
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from agent.config.checks import CheckEntry
@@ -20,6 +19,7 @@ from agent.sdk.durations import format_duration
 from agent.sdk.probe import AttributeValue, Clock, MetricKind, MetricSpec, ProbeResult, SpanHandle
 from agent.sdk.urls import redact_url
 from agent.telemetry.providers import ExportStats
+from agent.telemetry.tables import Attributes, MetricTables, Table
 
 __all__ = ["CORE_METRICS", "CheckState", "Recorder", "Run"]
 
@@ -264,17 +264,21 @@ class Run:
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
 
 
-# Tables of the agent as a whole, not keyed by check name.
-_AGENT_WIDE = frozenset({INBOUND.name, LOOP_LAG.name})
+_NO_ATTRIBUTES: Attributes = {}
 
 
 class Recorder:
-    """Turns runs into telemetry, keeps each check's last state and logs state changes."""
+    """Turns runs into telemetry, keeps each check's last state and logs state changes.
+
+    Metric points are written into the metric tables (agent/telemetry/tables.py) in place: the
+    series of a check are keyed by its name, the agent's own series (inbound requests, loop lag,
+    lateness, ``http.client.request.duration``, which has one series per server) by none.
+    """
 
     def __init__(
         self,
         *,
-        meter: Meter,
+        tables: MetricTables,
         tracer: trace.Tracer,
         redactor: Redactor,
         region: str,
@@ -282,69 +286,33 @@ class Recorder:
         log_runs: bool = False,
         export_stats: ExportStats | None = None,
     ) -> None:
-        self._meter, self._tracer, self._redact = meter, tracer, redactor
+        self._tables, self._tracer, self._redact = tables, tracer, redactor
         self.region, self._clock, self._log_runs = region, clock, log_runs
-        self._instruments: dict[str, tuple[MetricSpec, Any]] = {}
         self._attrs: dict[str, dict[str, AttributeValue]] = {}
         self.states: dict[str, CheckState] = {}
         self.in_flight = 0
         self._export_stats = export_stats or ExportStats()
-        # Handles to the agent's own instruments: the hot path records through them, not by name.
-        self._success = self._instrument(SUCCESS)
-        self._duration = self._instrument(DURATION)
-        self._all_durations = self._instrument(ALL_DURATIONS)
-        self._runs = self._instrument(RUNS)
-        self._http_request_duration = self._instrument(HTTP_REQUEST_DURATION)
-        self._lateness = self._instrument(LATENESS)
-        self._skipped = self._instrument(SKIPPED)
-        self._loop_lag = self._instrument(LOOP_LAG)
-        self._inbound = self._instrument(INBOUND)
+        # Handles to the agent's own tables: the hot path records through them, not by name.
+        self._success = tables.declare(SUCCESS)
+        self._duration = tables.declare(DURATION)
+        self._all_durations = tables.declare(ALL_DURATIONS)
+        self._runs = tables.declare(RUNS)
+        self._http_request_duration = tables.declare(HTTP_REQUEST_DURATION)
+        self._lateness = tables.declare(LATENESS)
+        self._skipped = tables.declare(SKIPPED)
+        self._loop_lag = tables.declare(LOOP_LAG)
+        self._inbound = tables.declare(INBOUND)
         # Observed at collection time from what the agent already counts.
-        observed = (
-            (IN_FLIGHT, meter.create_observable_gauge, self._observe_in_flight),
-            (CHECKS, meter.create_observable_gauge, self._observe_checks),
-            (EXPORT_FAILURES, meter.create_observable_counter, self._observe_export_failures),
-            (SPANS_DROPPED, meter.create_observable_counter, self._observe_spans_dropped),
-        )
-        for spec, create, callback in observed:
-            create(spec.name, [callback], spec.unit, spec.description)
-
-    def _instrument(self, spec: MetricSpec) -> Any:
-        known = self._instruments.get(spec.name)
-        if known is not None:
-            return known[1]
-        meter = self._meter
-        if spec.kind in (MetricKind.GAUGE, MetricKind.COUNTER):
-            # Gauges (last values) and counters (running totals) are observed at collection time
-            # from a table the runs update: a dict write per run instead of an SDK measurement,
-            # which costs tens of microseconds each.
-            table: dict[Hashable, tuple[Mapping[str, AttributeValue], float]] = {}
-
-            def observe(_: CallbackOptions, table: dict[Hashable, Any] = table) -> list[Observation]:
-                return [Observation(value, attrs) for attrs, value in list(table.values())]
-
-            create = (
-                meter.create_observable_gauge
-                if spec.kind is MetricKind.GAUGE
-                else meter.create_observable_counter
-            )
-            create(spec.name, [observe], spec.unit, spec.description)
-            instrument: Any = table
-        else:
-            instrument = meter.create_histogram(
-                spec.name,
-                spec.unit,
-                spec.description,
-                explicit_bucket_boundaries_advisory=list(spec.buckets) if spec.buckets else None,
-            )
-        self._instruments[spec.name] = (spec, instrument)
-        return instrument
+        tables.observe(IN_FLIGHT, lambda: [(_NO_ATTRIBUTES, self.in_flight)])
+        tables.observe(CHECKS, lambda: [(_NO_ATTRIBUTES, len(self.states))])
+        tables.observe(EXPORT_FAILURES, self._observe_export_failures)
+        tables.observe(SPANS_DROPPED, lambda: [(_NO_ATTRIBUTES, self._export_stats.dropped.get("traces", 0))])
 
     def register(self, entries: Sequence[CheckEntry]) -> None:
-        """Prepare the instruments and label sets of the checks this agent runs."""
+        """Prepare the metric tables and label sets of the checks this agent runs."""
         for entry in entries:
             for spec in entry.probe.metrics:
-                self._instrument(spec)
+                self._tables.declare(spec)
             check = entry.check
             target = redact_url(check.target, self._redact)
             self._attrs[check.name] = {
@@ -357,50 +325,33 @@ class Recorder:
             self.states[check.name] = CheckState(entry, target)
 
     def forget(self, name: str) -> None:
-        """Drop a removed check: its state, its labels and its series in the metric tables that
-        the recorder keeps (the SDK's histograms keep theirs; the engine's own tables will not)."""
+        """Drop a removed check: its state, its labels and every series of it in the metric
+        tables, histograms included."""
         self.states.pop(name, None)
         self._attrs.pop(name, None)
-        for spec, table in self._instruments.values():
-            if spec.kind is MetricKind.HISTOGRAM or spec.name in _AGENT_WIDE:
-                continue
-            for slot in [slot for slot in table if isinstance(slot, tuple) and slot[:1] == (name,)]:
-                del table[slot]
+        self._tables.forget(name)
 
-    def _observe_in_flight(self, _: CallbackOptions) -> list[Observation]:
-        return [Observation(self.in_flight)]
-
-    def _observe_checks(self, _: CallbackOptions) -> list[Observation]:
-        return [Observation(len(self.states))]
-
-    def _observe_export_failures(self, _: CallbackOptions) -> list[Observation]:
+    def _observe_export_failures(self) -> list[tuple[Attributes, float]]:
         failed = self._export_stats.failed
-        return [Observation(failed.get(signal, 0), {"signal": signal}) for signal in ("traces", "metrics")]
-
-    def _observe_spans_dropped(self, _: CallbackOptions) -> list[Observation]:
-        return [Observation(self._export_stats.dropped.get("traces", 0))]
+        return [({"signal": signal}, failed.get(signal, 0)) for signal in ("traces", "metrics")]
 
     def loop_lag(self, seconds: float) -> None:
         """The scheduler's measure of how starved the event loop is."""
-        self._loop_lag[None] = ({}, seconds)
+        self._loop_lag.set(None, None, _NO_ATTRIBUTES, seconds)
 
     def lateness(self, seconds: float) -> None:
-        self._lateness.record(max(0.0, seconds))
+        self._lateness.record(None, None, _NO_ATTRIBUTES, max(0.0, seconds))
 
     def skipped(self, entry: CheckEntry, cause: str) -> None:
         """A tick that did not run; see the scheduler's timeline for why."""
-        state = self.states[entry.check.name]
+        name = entry.check.name
+        state = self.states[name]
         state.skipped += 1
-        attrs = {**self._attrs[entry.check.name], "cause": cause}
-        self._put(SKIPPED, self._skipped, 1, attrs, cause)
+        self._skipped.add(name, cause, {**self._attrs[name], "cause": cause}, 1)
 
     def inbound(self, endpoint: str, outcome: str) -> None:
         """Count a request to ``/hooks`` or ``/heartbeat`` by what became of it."""
-        previous = self._inbound.get((endpoint, outcome))
-        self._inbound[(endpoint, outcome)] = (
-            {"endpoint": endpoint, "outcome": outcome},
-            (previous[1] if previous else 0.0) + 1,
-        )
+        self._inbound.add(None, (endpoint, outcome), {"endpoint": endpoint, "outcome": outcome}, 1)
 
     def start_run(self, entry: CheckEntry) -> Run:
         """Open the root span of a run."""
@@ -449,22 +400,27 @@ class Recorder:
         outcome: Mapping[str, str],
         requests: Sequence[RequestRecord],
     ) -> None:
-        attrs = self._attrs[entry.check.name]
+        name = entry.check.name
+        attrs = self._attrs[name]
         duration = result.duration or 0.0
-        self._put(SUCCESS, self._success, 1.0 if result.success else 0.0, attrs)
-        self._put(DURATION, self._duration, duration, attrs)
-        self._all_durations.record(duration, attrs)
-        self._put(RUNS, self._runs, 1, {**attrs, **outcome}, (outcome["result"], result.reason))
+        self._success.set(name, None, attrs, 1.0 if result.success else 0.0)
+        self._duration.set(name, None, attrs, duration)
+        self._all_durations.record(name, None, attrs, duration)
+        self._runs.put_derived(name, (outcome["result"], result.reason), attrs, outcome, 1)
         phase_metric = entry.probe.phase_metric
         if phase_metric and result.phases:
-            for phase, seconds in result.phases.items():
-                self._set(phase_metric, seconds, {**attrs, "phase": phase}, phase)
-        for name, value in result.values.items():
-            self._set(name, value, attrs)
+            phases = self._tables.tables.get(phase_metric)
+            if phases is None:
+                log.error("probe emitted %s, which is not among its metric specs; dropped", phase_metric)
+            else:
+                for phase, seconds in result.phases.items():
+                    phases.put_derived(name, phase, attrs, {"phase": phase}, seconds)
+        for metric, value in result.values.items():
+            self._set(metric, name, None, attrs, value)
         for sample in result.samples:
             # One series per label set, unless the sample names its series (see Sample.series).
             series = sample.series if sample.series is not None else tuple(sorted(sample.labels.items()))
-            self._set(sample.metric, sample.value, {**attrs, **sample.labels}, series)
+            self._set(sample.metric, name, series, {**attrs, **sample.labels}, sample.value)
         request_duration = self._http_request_duration
         for request in requests:
             # The semantic convention's attributes only: one series per server, not per check.
@@ -480,7 +436,16 @@ class Recorder:
                 labels["network.protocol.version"] = request.protocol_version
             if request.error_type:
                 labels["error.type"] = request.error_type
-            request_duration.record(request.duration, labels)
+            key = (
+                request.method,
+                request.host,
+                request.port,
+                request.scheme,
+                request.status,
+                request.protocol_version,
+                request.error_type,
+            )
+            request_duration.record(None, key, labels, request.duration)
 
     def _end_span(
         self, span: trace.Span, result: ProbeResult, outcome: Mapping[str, str], message: str
@@ -561,30 +526,11 @@ class Recorder:
     def _clean(self, attributes: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
         return {k: self._redact(v) if isinstance(v, str) else v for k, v in attributes.items()}
 
-    def _set(
-        self, name: str, value: float, attrs: Mapping[str, AttributeValue], key: Hashable = None
-    ) -> None:
-        """Record a value of a metric (a counter adds it); ``key`` tells apart the series of a check."""
-        known = self._instruments.get(name)
-        if known is None:
-            log.error("probe emitted %s, which is not among its metric specs; dropped", name)
+    def _set(self, metric: str, check: str, key: Hashable, attrs: Attributes, value: float) -> None:
+        """Record a value of a probe's metric (a counter adds it, a histogram counts it); ``key``
+        tells apart the series of a check."""
+        table: Table | None = self._tables.tables.get(metric)
+        if table is None:
+            log.error("probe emitted %s, which is not among its metric specs; dropped", metric)
             return
-        self._put(*known, value, attrs, key)
-
-    @staticmethod
-    def _put(
-        spec: MetricSpec,
-        instrument: Any,
-        value: float,
-        attrs: Mapping[str, AttributeValue],
-        key: Hashable = None,
-    ) -> None:
-        """Record a value through an instrument's handle: a gauge's table keeps it, a counter's adds it."""
-        if spec.kind is MetricKind.GAUGE:
-            instrument[(attrs["check"], key)] = (attrs, value)
-        elif spec.kind is MetricKind.COUNTER:
-            slot = (attrs["check"], key)
-            previous = instrument.get(slot)
-            instrument[slot] = (attrs, value + (previous[1] if previous else 0.0))
-        else:
-            instrument.record(value, attrs)
+        table.put(check, key, attrs, value)

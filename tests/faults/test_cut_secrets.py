@@ -134,7 +134,6 @@ async def run_with_api(
             tg.cancel_scope.cancel()
     finally:
         await agent.http.aclose()
-        agent.telemetry.meter_provider.shutdown()
     results = {name: state.last for name, state in agent.recorder.states.items() if state.last}
     return results, list(spans.get_finished_spans()), {c["name"]: c for c in api["checks"]}
 

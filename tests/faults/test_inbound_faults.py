@@ -87,7 +87,6 @@ async def agent_ports(checks: list[dict[str, Any]], **env: str) -> AsyncIterator
             tg.cancel_scope.cancel()
     finally:
         await agent.http.aclose()
-        agent.telemetry.meter_provider.shutdown()
 
 
 async def exchange(port: int, request: bytes) -> bytes:
@@ -339,7 +338,6 @@ async def test_a_port_in_use_is_a_config_error_naming_the_variable() -> None:
                         await tg.start(agent.server.serve)
             finally:
                 await agent.http.aclose()
-                agent.telemetry.meter_provider.shutdown()
 
 
 async def test_an_address_that_cannot_be_bound_says_why() -> None:

@@ -208,7 +208,6 @@ async def test_a_state_dir_that_cannot_be_written_is_warned_once_and_probing_goe
                     results.append(agent.recorder.states["watch"].last)
         finally:
             await agent.http.aclose()
-            agent.telemetry.meter_provider.shutdown()
     assert all(r is not None and r.success for r in results[:3]), [r and r.message for r in results]
     # The baseline lived in memory all along: the drift is still caught against it.
     assert results[3] is not None and results[3].reason is Reason.SCHEMA
@@ -306,7 +305,6 @@ async def test_a_targets_control_characters_reach_the_api_and_log_escaped(
                     tg.cancel_scope.cancel()
         finally:
             await agent.http.aclose()
-            agent.telemetry.meter_provider.shutdown()
     last = json.loads(text)["checks"][0]["last"]
     assert last["reason"] == "assertion"
     assert ESCAPED in last["message"] and ESCAPED in last["assertions"][0]["actual"]

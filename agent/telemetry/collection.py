@@ -1,0 +1,289 @@
+"""OTLP (and any other OpenTelemetry metric exporter): the tables turned into the SDK's export data
+model at each interval, and handed to the exporter in bounded batches.
+
+The exporter is whatever ``OTEL_METRICS_EXPORTER`` names (``otlp``, ``console``, an installed
+package's entry point); it gets what the SDK's ``PeriodicExportingMetricReader`` would give it:
+``MetricsData`` with the agent's resource and one scope (``vantage``), with ``Gauge``, ``Sum``
+(monotonic) and ``Histogram`` (explicit buckets) metrics. The differences from the SDK's reader:
+
+* there is no ``MeterProvider``: each collection reads the tables (agent/telemetry/tables.py);
+* a collection goes out in batches of at most ``batch`` data points, one ``export()`` each, so
+  that memory stays flat however many checks there are; between two batches, and every few
+  hundred points while one is built, the thread sleeps, handing the interpreter lock back to the
+  event loop. A failed batch ends the collection: the next one sends the totals again
+  (cumulative), or the differences since what went through (delta);
+* temporality: counters follow the exporter's preference for ``Counter``, histograms for
+  ``Histogram``, gauges have none. Delta keeps, per series, what was last sent and when: a point
+  is the difference since then, starting then; a series that did not change is not sent; a
+  histogram's min and max are those of the values since it was last sent;
+* histograms are always explicit-bucket, with the buckets of their ``MetricSpec`` (the same as on
+  ``/metrics``): ``base2_exponential_bucket_histogram`` is not honoured (see docs/metrics.md).
+
+The interval and timeout are ``OTEL_METRIC_EXPORT_INTERVAL`` (60000 ms) and
+``OTEL_METRIC_EXPORT_TIMEOUT`` (30000 ms), as the SDK reads them; the timeout bounds a whole
+collection, each batch getting what is left of it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from agent.sdk.probe import MetricKind
+from agent.telemetry.tables import HistogramPoint, MetricTables, Point, Table, attributes_of
+
+__all__ = ["BATCH", "CUMULATIVE", "MetricExport", "Temporality", "temporality_of"]
+
+log = logging.getLogger("vantage.telemetry")
+
+BATCH = 2000
+"""Data points per ``export()`` call at most."""
+_SLICE = 256  # data points built between two hand-overs of the interpreter lock
+_PAUSE = 0.001  # the sleep between two batches
+
+_ids = itertools.count()
+
+Temporality = tuple[AggregationTemporality, AggregationTemporality]
+"""The temporality of counters and of histograms."""
+CUMULATIVE: Temporality = (AggregationTemporality.CUMULATIVE, AggregationTemporality.CUMULATIVE)
+
+
+class _Batch:
+    """Data points on their way to one ``export()``, by table, and the delta state that is kept
+    once they went through."""
+
+    def __init__(self) -> None:
+        self.points: dict[Table, list[Any]] = {}
+        self.size = 0
+        self.sent: list[tuple[Point | HistogramPoint, Any]] = []
+
+    def add(self, table: Table, point: Any) -> None:
+        points = self.points.get(table)
+        if points is None:
+            points = self.points[table] = []
+        points.append(point)
+        self.size += 1
+
+
+class MetricExport:
+    """Collects the tables every ``interval`` seconds in a thread of its own and exports them."""
+
+    def __init__(
+        self,
+        tables: MetricTables,
+        resource: Resource,
+        scope: InstrumentationScope,
+        exporter: MetricExporter,
+        *,
+        interval: float = 60.0,
+        timeout: float = 30.0,
+        temporality: Temporality = CUMULATIVE,
+        batch: int = BATCH,
+        name: str = "",
+    ) -> None:
+        self._tables, self._resource, self._scope = tables, resource, scope
+        self.exporter = exporter
+        self.interval, self.timeout, self.batch = interval, timeout, batch
+        self._delta_counters = temporality[0] is AggregationTemporality.DELTA
+        self._delta_histograms = temporality[1] is AggregationTemporality.DELTA
+        self._temporality = temporality
+        self._id = next(_ids)
+        self._lock = threading.Lock()  # one collection at a time: the thread's, a flush's
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"vantage-metrics-{name or self._id}", daemon=True
+        )
+        self._started = False
+        self.exports = 0
+        """``export()`` calls made, for tests and the benchmark."""
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.collect(self.timeout)
+            except Exception:  # a bug here must not end the exports for good
+                log.exception("metric collection failed")
+
+    def collect(self, timeout: float) -> bool:
+        """Collect and export now, within ``timeout`` seconds; blocking. Whether every batch went
+        through."""
+        deadline = time.monotonic() + timeout
+        if not self._lock.acquire(timeout=max(0.0, timeout)):
+            return False  # a collection that is still going (a backend that hangs) has the time
+        try:
+            batch = _Batch()
+            for built in self._points():
+                table, point, sent = built
+                batch.add(table, point)
+                if sent is not None:
+                    batch.sent.append(sent)
+                if batch.size >= self.batch:
+                    if not self._send(batch, deadline):
+                        return False
+                    batch = _Batch()
+                    time.sleep(_PAUSE)
+            return self._send(batch, deadline) if batch.size else True
+        finally:
+            self._lock.release()
+
+    def _send(self, batch: _Batch, deadline: float) -> bool:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            log.warning(
+                "metric collection stopped before its end: its time (OTEL_METRIC_EXPORT_TIMEOUT, or what "
+                "is left of the shutdown budget) is spent"
+            )
+            return False
+        data = MetricsData(
+            [ResourceMetrics(self._resource, [ScopeMetrics(self._scope, self._metrics(batch), "")], "")]
+        )
+        self.exports += 1
+        result = self.exporter.export(data, timeout_millis=left * 1000)
+        if result is not MetricExportResult.SUCCESS:
+            return False
+        for point, state in batch.sent:
+            if point.sent is None:
+                point.sent = {}
+            point.sent[self._id] = state
+            if isinstance(point, HistogramPoint):
+                point.window_min, point.window_max = math.inf, -math.inf
+        return True
+
+    def _metrics(self, batch: _Batch) -> list[Metric]:
+        metrics = []
+        counters, histograms = self._temporality
+        for table, points in batch.points.items():
+            spec = table.spec
+            data: Any
+            if table.kind is MetricKind.GAUGE:
+                data = Gauge(points)
+            elif table.kind is MetricKind.COUNTER:
+                data = Sum(points, counters, True)
+            else:
+                data = Histogram(points, histograms)
+            metrics.append(Metric(spec.name, spec.description, spec.unit, data))
+        return metrics
+
+    def _points(self) -> Iterator[tuple[Table, Any, tuple[Any, Any] | None]]:
+        """Each data point to send, with the delta state to keep once it went through."""
+        self._tables.refresh()
+        now = time.time_ns()
+        built = 0
+        for table in self._tables.collected():
+            kind, bounds = table.kind, table.bounds
+            delta = self._delta_counters if kind is MetricKind.COUNTER else self._delta_histograms
+            for point in table.points():
+                built += 1
+                if built % _SLICE == 0:
+                    time.sleep(0)
+                if kind is MetricKind.GAUGE:
+                    yield table, NumberDataPoint(attributes_of(point), point.start, now, point.value), None
+                elif kind is MetricKind.COUNTER:
+                    value = point.value
+                    if not delta:
+                        yield table, NumberDataPoint(attributes_of(point), point.start, now, value), None
+                        continue
+                    last = point.sent.get(self._id) if point.sent else None
+                    since, before = last if last is not None else (point.start, 0)
+                    if last is not None and value == before:
+                        continue
+                    yield (
+                        table,
+                        NumberDataPoint(attributes_of(point), since, now, value - before),
+                        (point, (now, value)),
+                    )
+                else:
+                    counts, total = list(point.counts), point.sum
+                    count = sum(counts)
+                    if not delta:
+                        yield (
+                            table,
+                            HistogramDataPoint(
+                                attributes_of(point),
+                                point.start,
+                                now,
+                                count,
+                                total,
+                                counts,
+                                bounds,
+                                point.min,
+                                point.max,
+                            ),
+                            None,
+                        )
+                        continue
+                    last = point.sent.get(self._id) if point.sent else None
+                    if last is None:
+                        since, changes, change = point.start, counts, total
+                    else:
+                        since, before, before_sum = last
+                        changes = [c - b for c, b in zip(counts, before, strict=True)]
+                        change = total - before_sum
+                    changed = sum(changes)
+                    if changed == 0:
+                        continue
+                    low, high = point.window_min, point.window_max
+                    if math.isinf(low) or math.isinf(high):  # read between a record's updates
+                        low, high = point.min, point.max
+                    yield (
+                        table,
+                        HistogramDataPoint(
+                            attributes_of(point), since, now, changed, change, changes, bounds, low, high
+                        ),
+                        (point, (now, counts, total)),
+                    )
+
+    def shutdown(self, timeout: float) -> None:
+        """Stop the thread, export one last time and shut the exporter down, within ``timeout``;
+        blocking."""
+        deadline = time.monotonic() + timeout
+        self._stop.set()
+        if self._started:
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        left = deadline - time.monotonic()
+        if left > 0:
+            try:
+                self.collect(left)
+            except Exception:
+                log.exception("the last metric collection failed")
+        self.exporter.shutdown(timeout_millis=max(1.0, (deadline - time.monotonic()) * 1000))
+
+
+def temporality_of(preferred: Mapping[type, AggregationTemporality] | None) -> Temporality:
+    """Counters' and histograms' temporality from an exporter's preferences (by SDK instrument
+    class); cumulative unless it says otherwise."""
+    from opentelemetry.sdk.metrics import Counter
+    from opentelemetry.sdk.metrics import Histogram as HistogramInstrument
+
+    preferred = preferred or {}
+    return (
+        preferred.get(Counter, AggregationTemporality.CUMULATIVE),
+        preferred.get(HistogramInstrument, AggregationTemporality.CUMULATIVE),
+    )

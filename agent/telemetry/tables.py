@@ -1,0 +1,292 @@
+"""The agent's metrics, kept as tables that runs update in place.
+
+One :class:`Table` per metric (a ``MetricSpec``): gauges keep the last value of each series,
+counters a running total, histograms their explicit bucket counts, sum, min and max. A series is
+found by the check it belongs to (``None`` for the agent's own, agent-wide series) and a key that
+tells apart the series of one check (a phase, a label set). Recording a run is a few dict look-ups
+and in-place updates on the event loop; nothing is aggregated, copied or allocated for an existing
+series. The tables become export data only when something collects them: the ``/metrics``
+renderer (agent/telemetry/exposition.py) and the OTLP collection (agent/telemetry/collection.py),
+each in a thread of its own.
+
+Readers run in other threads than the writer. They take ``list(...)`` copies of the dicts they walk
+(one C call under the interpreter lock, so never a dict that changes size under them) and read each
+series' fields once; a histogram's count is the sum of its buckets, so ``+Inf`` and ``_count``
+always agree, even when a reader sees a series in the middle of an update.
+
+Attribute values are redacted once, when a series is created or its attributes change, not at
+each collection.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from typing import Any
+
+from agent.config.secrets import Redactor
+from agent.sdk.probe import AttributeValue, MetricKind, MetricSpec
+
+__all__ = ["Attributes", "HistogramPoint", "MetricTables", "Observer", "Point", "Table", "attributes_of"]
+
+Attributes = Mapping[str, AttributeValue]
+Observer = Callable[[], Iterable[tuple[Attributes, float]]]
+"""Called at each collection: the current (attributes, value) of each series of an observed metric."""
+
+_order = itertools.count()
+_EMPTY: dict[Hashable, Any] = {}
+
+
+class Point:
+    """One series of a gauge or counter."""
+
+    __slots__ = ("attrs", "extra", "raw", "sent", "start", "value")
+
+    def __init__(self, raw: Attributes, attrs: Attributes, value: float, start: int) -> None:
+        self.raw, self.attrs, self.value, self.start = raw, attrs, value, start
+        self.extra: Attributes | None = None
+        """Attributes on top of ``attrs`` (a phase, an outcome), shared by the series of every
+        check that have them (see :meth:`Table.put_derived` and :func:`attributes_of`)."""
+        self.sent: dict[int, Any] | None = None
+        """What each delta exporter last sent of this series (by exporter id)."""
+
+
+class HistogramPoint:
+    """One series of an explicit-bucket histogram: ``counts[i]`` holds the values in
+    ``(bounds[i-1], bounds[i]]``, the last one those above every bound."""
+
+    __slots__ = (
+        "attrs",
+        "counts",
+        "extra",
+        "max",
+        "min",
+        "raw",
+        "sent",
+        "start",
+        "sum",
+        "window_max",
+        "window_min",
+    )
+
+    def __init__(self, raw: Attributes, attrs: Attributes, buckets: int, start: int) -> None:
+        self.raw, self.attrs, self.start = raw, attrs, start
+        self.extra: Attributes | None = None  # always: histograms merge theirs
+        self.counts = [0] * buckets
+        self.sum = 0.0
+        self.min = self.window_min = math.inf
+        self.max = self.window_max = -math.inf
+        """``min`` and ``max`` since the start; the ``window_`` ones since a delta exporter last
+        sent the series."""
+        self.sent: dict[int, Any] | None = None
+
+
+class Table:
+    """The series of one metric, by check and key.
+
+    ``label_names`` is the union of the attribute names of every series, as the exposition writes
+    a family's samples with the same label names (a series without one has it empty), and
+    ``version`` changes when it grows.
+    """
+
+    __slots__ = (
+        "bounds",
+        "checks",
+        "extras",
+        "first",
+        "keys",
+        "kind",
+        "observer",
+        "put",
+        "redact",
+        "spec",
+        "starts",
+        "version",
+    )
+
+    def __init__(
+        self,
+        spec: MetricSpec,
+        redact: Redactor,
+        bounds: tuple[float, ...] = (),
+        starts: dict[str | None, int] | None = None,
+    ) -> None:
+        self.spec, self.kind, self.redact = spec, spec.kind, redact
+        self.bounds = bounds
+        self.checks: dict[str | None, dict[Hashable, Any]] = {}
+        self.starts: dict[str | None, int] = {} if starts is None else starts
+        """When each check got its first series (ns): the start of all its series, one number
+        shared by them (and by every table of :class:`MetricTables`)."""
+        self.extras: dict[Hashable, Attributes] = {}
+        self.keys: set[str] = set()
+        self.version = 0
+        self.first = -1
+        """When the table got its first series (an ordinal): the exposition writes histograms in
+        that order, as the SDK's exporter did."""
+        self.observer: Observer | None = None
+        self.put: Callable[[str | None, Hashable, Attributes, float], None] = {
+            MetricKind.GAUGE: self.set,
+            MetricKind.COUNTER: self.add,
+            MetricKind.HISTOGRAM: self.record,
+        }[spec.kind]
+        """Record a value as the metric's kind has it: a gauge keeps it, a counter adds it, a
+        histogram counts it."""
+
+    def _own(self, attrs: Attributes) -> Attributes:
+        """The attributes a series keeps: redacted (the same object when there was nothing to
+        redact, so that the series of a check share their check's attributes), and their names in
+        ``keys``."""
+        redact = self.redact
+        clean: Attributes = {k: redact(v) if isinstance(v, str) else v for k, v in attrs.items()}
+        if clean == attrs:
+            clean = attrs
+        if not self.keys.issuperset(clean):
+            self.keys.update(clean)
+            self.version += 1
+        if self.first < 0:
+            self.first = next(_order)
+        return clean
+
+    def _series(self, check: str | None) -> dict[Hashable, Any]:
+        series = self.checks.get(check)
+        if series is None:
+            series = self.checks[check] = {}
+            if check not in self.starts:
+                self.starts[check] = time.time_ns()
+        return series
+
+    def set(self, check: str | None, key: Hashable, attrs: Attributes, value: float) -> None:
+        """Keep ``value`` as the series' last value (a gauge, or an observed total)."""
+        series = self.checks.get(check) or self._series(check)
+        point = series.get(key)
+        if point is None:
+            series[key] = Point(attrs, self._own(attrs), value, self.starts[check])
+            return
+        if point.raw is not attrs and point.raw != attrs:
+            point.raw, point.attrs = attrs, self._own(attrs)
+        point.value = value
+
+    def add(self, check: str | None, key: Hashable, attrs: Attributes, value: float) -> None:
+        """Add ``value`` to the series' running total."""
+        series = self.checks.get(check) or self._series(check)
+        point = series.get(key)
+        if point is None:
+            series[key] = Point(attrs, self._own(attrs), float(value), self.starts[check])
+            return
+        if point.raw is not attrs and point.raw != attrs:
+            point.raw, point.attrs = attrs, self._own(attrs)
+        point.value += value
+
+    def put_derived(
+        self, check: str, key: Hashable, base: Attributes, extra: Attributes, value: float
+    ) -> None:
+        """Set or add (a gauge or a counter) ``value`` to a series whose attributes are the check's
+        ``base`` and ``extra``, where ``key`` alone decides ``extra`` (a phase, an outcome): the
+        series keeps both as they are, ``extra`` shared by every check's series of that key, so
+        nothing is merged at a run or kept merged in memory."""
+        if self.kind is MetricKind.HISTOGRAM:
+            self.record(check, key, {**base, **extra}, value)
+            return
+        series = self.checks.get(check) or self._series(check)
+        point = series.get(key)
+        if point is not None and point.raw is base:
+            if self.kind is MetricKind.COUNTER:
+                point.value += value
+            else:
+                point.value = value
+            return
+        shared = self.extras.get(key)
+        if shared is None or shared != extra:
+            shared = self.extras[key] = self._own(extra)
+        if point is None:
+            point = series[key] = Point(base, self._own(base), float(value), self.starts[check])
+        else:
+            point.raw, point.attrs = base, self._own(base)
+            point.value = point.value + value if self.kind is MetricKind.COUNTER else value
+        point.extra = shared
+
+    def record(self, check: str | None, key: Hashable, attrs: Attributes, value: float) -> None:
+        """Count ``value`` in the series' histogram."""
+        series = self.checks.get(check) or self._series(check)
+        point = series.get(key)
+        if point is None:
+            point = series[key] = HistogramPoint(
+                attrs, self._own(attrs), len(self.bounds) + 1, self.starts[check]
+            )
+        elif point.raw is not attrs and point.raw != attrs:
+            point.raw, point.attrs = attrs, self._own(attrs)
+        point.sum += value
+        if value < point.min:
+            point.min = value
+        if value > point.max:
+            point.max = value
+        if value < point.window_min:
+            point.window_min = value
+        if value > point.window_max:
+            point.window_max = value
+        # Last, so that a reader never counts more values than the sum holds.
+        point.counts[bisect_left(self.bounds, value)] += 1
+
+    def points(self) -> Iterator[Any]:
+        """Every series (``Point`` or ``HistogramPoint``), safe to call from another thread."""
+        for series in list(self.checks.values()):
+            yield from list(series.values())
+
+    def __len__(self) -> int:
+        return sum(len(series) for series in list(self.checks.values()))
+
+
+def attributes_of(point: Point | HistogramPoint) -> Attributes:
+    """All the attributes of a series (merged when it has ``extra``: call it at collection)."""
+    extra = point.extra
+    return point.attrs if extra is None else {**point.attrs, **extra}
+
+
+class MetricTables:
+    """The tables of every metric the agent may emit, in the order they were declared."""
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        self.redactor = redactor or Redactor()
+        self.tables: dict[str, Table] = {}
+        self._starts: dict[str | None, int] = {}
+
+    def declare(self, spec: MetricSpec) -> Table:
+        """The table of ``spec`` (made on first use; a second spec of the same name gets the first
+        one's table)."""
+        table = self.tables.get(spec.name)
+        if table is None:
+            bounds = tuple(spec.buckets or ()) if spec.kind is MetricKind.HISTOGRAM else ()
+            table = self.tables[spec.name] = Table(spec, self.redactor, bounds, self._starts)
+        return table
+
+    def observe(self, spec: MetricSpec, observer: Observer) -> Table:
+        """Declare a metric whose values ``observer`` gives at each collection (agent-wide)."""
+        table = self.declare(spec)
+        table.observer = observer
+        return table
+
+    def forget(self, check: str) -> None:
+        """Drop every series of ``check``, in every table."""
+        for table in list(self.tables.values()):
+            table.checks.pop(check, None)
+        self._starts.pop(check, None)
+
+    def refresh(self) -> None:
+        """Read the observed metrics into their tables; collections call it first."""
+        for table in list(self.tables.values()):
+            if table.observer is not None:
+                for attrs, value in table.observer():
+                    table.set(None, tuple(sorted(attrs.items())), attrs, value)
+
+    def collected(self) -> list[Table]:
+        """The tables that hold series, in the order an exposition writes them: histograms in
+        the order they got their first series, then the others in the order they were declared."""
+        tables = [t for t in list(self.tables.values()) if t.checks]
+        histograms = sorted((t for t in tables if t.kind is MetricKind.HISTOGRAM), key=lambda t: t.first)
+        return [*histograms, *(t for t in tables if t.kind is not MetricKind.HISTOGRAM)]
+
+    def series_count(self) -> int:
+        return sum(len(t) for t in list(self.tables.values()))

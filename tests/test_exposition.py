@@ -1,0 +1,182 @@
+"""``/metrics`` rendered from the metric tables: the golden bytes the SDK's Prometheus exporter wrote,
+both formats read back by ``prometheus_client``'s parsers and ``promtool``, content negotiation and
+gzip over real HTTP, one rendering shared by the scrapes of a window."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import aiohttp
+import anyio
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.app import serve as serve_agent
+from agent.sdk.probe import ProbeResult
+from agent.telemetry.exposition import OPENMETRICS_TYPE, TEXT_TYPE, ExpositionCache, negotiate
+
+from .exposition import GOLDEN_OPENMETRICS, GOLDEN_TEXT, build, record
+
+OPENMETRICS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)  # what Prometheus 2.x sends
+
+
+def test_the_page_is_what_the_sdks_exporter_wrote() -> None:
+    agent = build()
+    record(agent)
+    assert agent.telemetry.render_prometheus().decode() == GOLDEN_TEXT.read_text()
+    assert agent.telemetry.render_prometheus(openmetrics=True).decode() == GOLDEN_OPENMETRICS.read_text()
+
+
+def test_both_formats_parse() -> None:
+    agent = build()
+    record(agent)
+    text = agent.telemetry.render_prometheus().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["probe_runs"].type == "counter"
+    runs = {(s.labels["check"], s.labels["result"]): s.value for s in families["probe_runs"].samples}
+    assert runs[("api", "success")] == 2 and runs[("db", "failure")] == 3
+    buckets = [s for s in families["probe_all_duration_seconds"].samples if s.name.endswith("_bucket")]
+    assert {s.labels["le"] for s in buckets} >= {"0.005", "60.0", "+Inf"}
+    om = {
+        f.name: f for f in openmetrics_families(agent.telemetry.render_prometheus(openmetrics=True).decode())
+    }
+    assert om["probe_duration_seconds"].unit == "seconds"
+    assert om["target"].type == "info"
+    assert om["probe_runs"].type == "counter"
+    assert [s.name for s in om["probe_runs"].samples][:1] == ["probe_runs_total"]
+
+
+def test_promtool_accepts_the_page() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (tests/setup.sh)")
+    agent = build()
+    record(agent)
+    checked = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=agent.telemetry.render_prometheus(),
+        capture_output=True,
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_forgetting_a_check_drops_its_series_histograms_included() -> None:
+    agent = build()
+    record(agent)
+    agent.forget("db")
+    text = agent.telemetry.render_prometheus().decode()
+    assert 'check="db"' not in text
+    assert 'probe_all_duration_seconds_count{check="api"' in text
+    assert "vantage_scheduler_lateness_seconds_count 4.0" in text  # the agent's own stay
+    for name in ("hook", "api"):
+        agent.forget(name)
+    text = agent.telemetry.render_prometheus().decode()
+    assert "probe_all_duration_seconds" not in text and "probe_webhook_delivery" not in text
+
+
+@pytest.mark.parametrize(
+    ("accept", "encoding", "expected"),
+    [
+        ("", "", (False, False)),
+        ("*/*", "gzip, deflate", (False, True)),
+        (OPENMETRICS_ACCEPT, "gzip", (True, True)),
+        ("application/openmetrics-text; version=1.0.0", "identity", (True, False)),
+        ("application/openmetrics-text;version=2.0.0", "", (False, False)),
+        ("text/plain;q=1,application/openmetrics-text;q=0.5", "gzip;q=0", (False, False)),
+        ("application/openmetrics-text;q=0", "*", (False, True)),
+    ],
+)
+def test_negotiation(accept: str, encoding: str, expected: tuple[bool, bool]) -> None:
+    assert negotiate(accept, encoding) == expected
+
+
+def test_scrapes_within_the_window_share_one_rendering() -> None:
+    agent = build()
+    record(agent)
+    now = [100.0]
+    cache = ExpositionCache(agent.telemetry.tables, agent.telemetry.resource.attributes, clock=lambda: now[0])
+    bodies = []
+
+    def scrape() -> None:
+        bodies.append(cache.get().body)
+
+    threads = [threading.Thread(target=scrape) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert cache.renders == 1 and len(set(bodies)) == 1 and bodies[0] == GOLDEN_TEXT.read_bytes()
+    now[0] += cache.fresh / 2
+    cache.get()
+    assert cache.renders == 1
+    cache.get(openmetrics=True)
+    cache.get(gzip=True)
+    assert cache.renders == 3
+    now[0] += cache.fresh * 2
+    cache.expire()
+    cache.get()
+    assert cache.renders == 4
+
+
+@pytest.mark.anyio
+async def test_negotiation_and_gzip_over_http(tmp_path: Path) -> None:
+    agent = build()
+    record(agent)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(
+            lambda task_status: serve_agent(agent, handle_signals=False, task_status=task_status)
+        )
+        url = f"http://127.0.0.1:{port}/metrics"
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            async with session.get(url, headers={"Accept-Encoding": "identity"}) as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"] == TEXT_TYPE
+                assert "Content-Encoding" not in response.headers
+                plain = await response.read()
+            async with session.get(url, headers={"Accept-Encoding": "gzip"}) as response:
+                assert response.headers["Content-Encoding"] == "gzip"
+                assert response.headers["Content-Type"] == TEXT_TYPE
+                zipped = await response.read()
+            async with session.get(
+                url, headers={"Accept": OPENMETRICS_ACCEPT, "Accept-Encoding": "gzip"}
+            ) as response:
+                assert response.headers["Content-Type"] == OPENMETRICS_TYPE
+                assert "Accept" in response.headers["Vary"]
+                openmetrics = gzip.decompress(await response.read()).decode()
+        tg.cancel_scope.cancel()
+    # The agent's own checks ran meanwhile: compare the families, not the values.
+    assert gzip.decompress(zipped).decode().split("\n")[:3] == plain.decode().split("\n")[:3]
+    assert len(zipped) < len(plain) / 3
+    assert {f.name for f in text_string_to_metric_families(plain.decode())} >= {
+        "probe_success",
+        "target_info",
+    }
+    assert openmetrics.endswith("# EOF\n")
+    assert {f.name for f in openmetrics_families(openmetrics)} >= {"probe_runs", "target"}
+
+
+def test_a_probe_label_with_a_secret_is_redacted_once_stored() -> None:
+    agent = build()
+    secret = "s3cr3t-label-value"
+    agent.config.redactor.add(secret)
+    entry = next(e for e in agent.entries if e.check.name == "api")
+    from agent.sdk.probe import Sample
+
+    run = agent.recorder.start_run(entry)
+    result = ProbeResult(
+        success=True,
+        duration=0.1,
+        samples=(Sample("probe.tls.version_info", 1, {"version": secret}, "version"),),
+    )
+    agent.recorder.finish_run(run, result)
+    text = agent.telemetry.render_prometheus().decode()
+    assert secret not in text and 'version="<redacted>"' in text

@@ -1,0 +1,86 @@
+"""The metric tables themselves: what a record does to a series, without any exporter."""
+
+from __future__ import annotations
+
+from agent.config.secrets import Redactor
+from agent.sdk.probe import MetricKind, MetricSpec
+from agent.telemetry.tables import MetricTables, attributes_of
+
+BASE = {"check": "a", "type": "http", "target": "https://x.test/", "region": "eu"}
+
+
+def test_histogram_buckets_are_upper_inclusive_and_min_max_follow() -> None:
+    tables = MetricTables()
+    table = tables.declare(MetricSpec("took", MetricKind.HISTOGRAM, "s", "", buckets=(0.1, 1.0)))
+    for value in (0.1, 0.5, 1.0, 2.0, 0.0):
+        table.record("a", None, BASE, value)
+    (point,) = table.points()
+    assert point.counts == [2, 2, 1]  # (-inf, 0.1], (0.1, 1.0], (1.0, +inf)
+    assert point.sum == 3.6 and point.min == 0.0 and point.max == 2.0
+    assert point.window_min == 0.0 and point.window_max == 2.0
+
+
+def test_gauges_keep_the_last_value_and_counters_add() -> None:
+    tables = MetricTables()
+    gauge = tables.declare(MetricSpec.gauge("up", "", ""))
+    counter = tables.declare(MetricSpec("runs", MetricKind.COUNTER, "{run}", ""))
+    for value in (1.0, 0.0):
+        gauge.put("a", None, BASE, value)
+        counter.put("a", None, BASE, 1)
+    assert [p.value for p in gauge.points()] == [0.0]
+    assert [p.value for p in counter.points()] == [2.0]
+    # A series named by its key takes its new attributes (a new TLS version replaces the old).
+    gauge.set("a", "version", {**BASE, "version": "TLS 1.2"}, 1)
+    gauge.set("a", "version", {**BASE, "version": "TLS 1.3"}, 1)
+    assert [attributes_of(p).get("version") for p in gauge.points()] == [None, "TLS 1.3"]
+    assert gauge.keys >= {"check", "version"}
+
+
+def test_derived_series_share_their_extra_attributes_and_merge_only_when_collected() -> None:
+    tables = MetricTables()
+    phases = tables.declare(MetricSpec.gauge("phase", "s", "", "phase"))
+    other = {**BASE, "check": "b"}
+    for base in (BASE, other):
+        for run in range(2):
+            phases.put_derived(base["check"], "connect", base, {"phase": "connect"}, 0.1 * (run + 1))
+    a, b = phases.points()
+    assert a.extra is b.extra and a.attrs is BASE and b.attrs is other
+    assert a.value == 0.2
+    assert attributes_of(a) == {**BASE, "phase": "connect"}
+    assert attributes_of(a) is not a.attrs  # merged at collection only
+    assert "phase" in phases.keys
+
+
+def test_forget_drops_a_checks_series_in_every_table_and_keeps_the_agents() -> None:
+    tables = MetricTables()
+    gauge = tables.declare(MetricSpec.gauge("up", "", ""))
+    histogram = tables.declare(MetricSpec("took", MetricKind.HISTOGRAM, "s", "", buckets=(1.0,)))
+    for check in ("a", "b"):
+        gauge.put(check, None, {**BASE, "check": check}, 1)
+        histogram.put(check, None, {**BASE, "check": check}, 0.5)
+    histogram.put(None, None, {}, 0.5)
+    tables.forget("a")
+    assert [attributes_of(p).get("check") for p in gauge.points()] == ["b"]
+    assert [attributes_of(p).get("check") for p in histogram.points()] == ["b", None]
+    assert tables.series_count() == 3
+
+
+def test_attributes_are_redacted_when_a_series_is_made() -> None:
+    redactor = Redactor(["hunter2-secret"])
+    tables = MetricTables(redactor)
+    gauge = tables.declare(MetricSpec.gauge("up", "", ""))
+    gauge.set("a", "k", {**BASE, "detail": "token hunter2-secret"}, 1)
+    gauge.set("a", None, BASE, 1)
+    with_secret, plain = gauge.points()
+    assert with_secret.attrs["detail"] == "token <redacted>"
+    assert plain.attrs is BASE  # nothing to redact: the check's own attributes, shared
+
+
+def test_observed_metrics_are_read_at_each_refresh() -> None:
+    tables = MetricTables()
+    seen = [3]
+    table = tables.observe(MetricSpec.gauge("checks", "{check}", ""), lambda: [({}, seen[0])])
+    tables.refresh()
+    seen[0] = 4
+    tables.refresh()
+    assert [p.value for p in table.points()] == [4]
