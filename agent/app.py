@@ -82,7 +82,13 @@ def build_agent(
     settings = config.settings
     clock = clock or SystemClock()
     resource = build_resource(environ, region=settings.region, version=__version__, worker=config.worker)
-    telemetry = build_telemetry(environ, resource, span_processors, redactor=config.redactor)
+    telemetry = build_telemetry(
+        environ,
+        resource,
+        span_processors,
+        redactor=config.redactor,
+        trace_success_ratio=settings.trace_success_ratio,
+    )
     if set_global_providers:
         trace.set_tracer_provider(telemetry.tracer_provider)
     recorder = Recorder(

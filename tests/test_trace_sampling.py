@@ -24,7 +24,7 @@ from agent.config.settings import AgentSettings, load_settings
 from agent.errors import ConfigError
 from agent.telemetry.sampling import RUN_ROOT, STATE_CHANGED, RunSamplingProcessor
 
-from .helpers import config_from, otlp_http_receiver, serve
+from .helpers import attributes, config_from, otlp_http_receiver, serve
 
 TELEMETRY_ENV = {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
 
@@ -360,7 +360,6 @@ async def test_through_the_agent_to_an_otlp_receiver(receiver: tuple[str, Any]) 
                 await agent.scheduler.run_once()
         finally:
             await agent.http.aclose()
-            agent.telemetry.meter_provider.shutdown()
             agent.telemetry.tracer_provider.shutdown()
 
     assert len(sent["ok"]) == len(sent["broken"]) == 3
@@ -379,3 +378,45 @@ async def test_through_the_agent_to_an_otlp_receiver(receiver: tuple[str, Any]) 
     counts = sampling.counts()
     assert counts.kept_failed == 3 and counts.dropped >= 2
     assert counts.kept + counts.dropped == 6 and counts.waiting_runs == 0
+
+
+@pytest.mark.anyio
+async def test_the_agent_samples_what_its_exporters_send(
+    receiver: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """build_telemetry puts the sampling in front of the OTLP exporter: at ratio 0, failures and
+    the first run of each check (a state change) reach the receiver, other successes do not."""
+    endpoint, received = receiver
+    sent: dict[str, list[int]] = {"ok": [], "broken": []}
+
+    async def answer(request: web.Request) -> web.Response:
+        sent[request.match_info["name"]].append(int(request.headers["traceparent"].split("-")[1], 16))
+        return web.Response(status=200 if request.match_info["name"] == "ok" else 500)
+
+    environ = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "none"}
+    environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"{endpoint}/v1/traces"
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)  # the SDK's exporters read os.environ
+    app = web.Application()
+    app.router.add_get("/{name}", answer)
+    async with serve(app) as port:
+        checks = [
+            {"name": name, "type": "http", "target": f"http://127.0.0.1:{port}/{name}", "interval": "10s"}
+            for name in ("ok", "broken")
+        ]
+        agent = build_agent(config_from(checks, VANTAGE_TRACE_SUCCESS_RATIO="0", **environ), environ)
+        try:
+            for _ in range(3):
+                await agent.scheduler.run_once()
+            assert agent.telemetry.flush(5)
+        finally:
+            await agent.http.aclose()
+            agent.telemetry.shutdown(2)
+    traces = {int.from_bytes(span.trace_id, "big") for _, span in received.spans()}
+    assert traces == {sent["ok"][0], *sent["broken"]}
+    first = [s for _, s in received.spans() if s.name == "check ok"]
+    assert [attributes(s.attributes).get("vantage.state.changed") for s in first] == [True]
+    assert agent.telemetry.sampling is not None
+    counts = agent.telemetry.sampling.counts()
+    assert (counts.kept_failed, counts.kept_changed, counts.dropped) == (3, 1, 2)
+    assert agent.telemetry.health()["sampling"]["dropped"] == 2

@@ -44,7 +44,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 from urllib.parse import unquote
@@ -78,6 +78,7 @@ from agent.telemetry._otel_sdk import CountingBatchSpanProcessor, metric_prefere
 from agent.telemetry._requests import DeadlineAdapter, request_deadline
 from agent.telemetry.collection import MetricExport, temporality_of
 from agent.telemetry.exposition import ExpositionCache, render
+from agent.telemetry.sampling import RunSamplingProcessor
 from agent.telemetry.tables import MetricTables
 
 __all__ = [
@@ -592,13 +593,18 @@ class Telemetry:
     """One per other metric exporter (OTLP, console, ...), each with its thread."""
     sessions: list[BoundedSession] = field(default_factory=list)
     """The OTLP/HTTP exporters' sessions, told the deadline when the agent stops."""
+    sampling: RunSamplingProcessor | None = None
+    """What decides at the end of each run which traces the exporters get (None: no trace exporter)."""
 
     def health(self) -> dict[str, Any]:
         """The exporters' state for ``/readyz``, by signal: what is configured, how many exports
         went through and failed, spans dropped, the last error with its cause, and, for a signal
         failing now, since when (epoch seconds), how many exports in a row and why."""
-        return {"exporters": {"traces": self.trace_exporters, "metrics": self.metric_exporters}} | (
-            self.stats.snapshot()
+        sampling = {"sampling": asdict(self.sampling.counts())} if self.sampling else {}
+        return (
+            {"exporters": {"traces": self.trace_exporters, "metrics": self.metric_exporters}}
+            | self.stats.snapshot()
+            | sampling
         )
 
     def render_prometheus(self, *, openmetrics: bool = False) -> bytes:
@@ -983,12 +989,15 @@ def build_telemetry(
     span_processors: Sequence[SpanProcessor] = (),
     *,
     redactor: Redactor | None = None,
+    trace_success_ratio: float = 1.0,
 ) -> Telemetry:
     """Providers with the exporters the environment asks for (see the module docstring).
 
     Validates the environment first (:func:`validate_otel_env`). ``redactor`` learns the values
     of the OTLP headers as secrets. ``span_processors`` are added as they are (tests use it to read
-    spans in memory).
+    spans in memory). The trace exporters get the traces of the runs that
+    :class:`~agent.telemetry.sampling.RunSamplingProcessor` keeps, successful runs at
+    ``trace_success_ratio`` (``VANTAGE_TRACE_SUCCESS_RATIO``).
     """
     validate_otel_env(environ)
     if redactor is not None:
@@ -1011,6 +1020,7 @@ def build_telemetry(
         or min(_SPAN_BATCH, queue)
     )
     sessions: list[BoundedSession] = []
+    exporting: list[SpanProcessor] = []
     for name in trace_names:
         exporter, target, outcomes = _exporter(environ, "traces", name)
         sessions.extend([outcomes.session] if outcomes.session else [])
@@ -1020,7 +1030,11 @@ def build_telemetry(
             max_queue_size=queue,
             max_export_batch_size=batch,
         )
-        tracer_provider.add_span_processor(processor)
+        exporting.append(processor)
+    # Each run's spans wait in front of the exporters until the run ends and is decided.
+    sampling = RunSamplingProcessor(exporting, success_ratio=trace_success_ratio) if exporting else None
+    if sampling is not None:
+        tracer_provider.add_span_processor(sampling)
 
     tables = MetricTables(redactor)
     exposition = None
@@ -1051,7 +1065,16 @@ def build_telemetry(
         export.start()
         exports.append(export)
     return Telemetry(
-        tracer_provider, tables, stats, trace_names, metric_names, resource, exposition, exports, sessions
+        tracer_provider,
+        tables,
+        stats,
+        trace_names,
+        metric_names,
+        resource,
+        exposition,
+        exports,
+        sessions,
+        sampling,
     )
 
 

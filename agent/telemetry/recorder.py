@@ -19,6 +19,7 @@ from agent.sdk.durations import format_duration
 from agent.sdk.probe import AttributeValue, Clock, MetricKind, MetricSpec, ProbeResult, SpanHandle
 from agent.sdk.urls import redact_url
 from agent.telemetry.providers import ExportStats
+from agent.telemetry.sampling import STATE_CHANGED
 from agent.telemetry.tables import Attributes, MetricTables, Table
 
 __all__ = ["CORE_METRICS", "CheckState", "Recorder", "Run"]
@@ -379,8 +380,9 @@ class Recorder:
         run.span.end()
 
     def finish_run(self, run: Run, result: ProbeResult, requests: Sequence[RequestRecord] = ()) -> None:
-        """Record a run's result, in this order: metric points, the root span's attributes and
-        status, the check's state, and a log line when the state changed."""
+        """Record a run's result, in this order: metric points, the check's state, the root span's
+        attributes and status (with ``vantage.state.changed`` when the state changed, which keeps
+        the run's trace), and a log line when the state changed."""
         self.in_flight -= 1
         state = run.state
         outcome = {"result": "success" if result.success else "failure"}
@@ -388,9 +390,9 @@ class Recorder:
             outcome["reason"] = result.reason.value
         message = self._redact(result.message)
         self._record_metrics(state.entry, result, outcome, requests)
-        self._end_span(run.span, result, outcome, message)
         previous = state.last
         changed = self._update_state(state, result)
+        self._end_span(run.span, result, outcome, message, changed)
         self._log_run(state.entry, result, outcome, message, previous, changed)
 
     def _record_metrics(
@@ -448,9 +450,12 @@ class Recorder:
             request_duration.record(None, key, labels, request.duration)
 
     def _end_span(
-        self, span: trace.Span, result: ProbeResult, outcome: Mapping[str, str], message: str
+        self, span: trace.Span, result: ProbeResult, outcome: Mapping[str, str], message: str, changed: bool
     ) -> None:
         span.set_attribute("vantage.result", outcome["result"])
+        if changed:
+            # Read by the trace sampling (agent/telemetry/sampling.py) when the span ends.
+            span.set_attribute(STATE_CHANGED, True)
         span.set_attribute("vantage.duration", result.duration or 0.0)
         for key, attribute in result.attributes.items():
             span.set_attribute(key, self._redact(attribute) if isinstance(attribute, str) else attribute)
