@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -200,6 +201,9 @@ def test_two_workers_split_the_checks_behind_one_port(target: int) -> None:
         owners = {s.labels["check"]: s.labels["worker"] for s in families["probe_success"].samples}
         assert sorted(owners) == [f"c{i}" for i in range(8)]
         assert set(owners.values()) == {"0", "1"}  # both workers have a share
+        with urlopen(Request(agent.url("/metrics"), headers={"Accept-Encoding": "gzip"})) as answer:
+            assert answer.headers["Content-Encoding"] == "gzip"
+            assert gzip.decompress(answer.read()).decode().count("probe_success{") == 8
         assert agent.stop() == 0, agent.output
     finally:
         agent.kill()

@@ -186,7 +186,11 @@ class _Supervisor:
             "# TYPE vantage_worker_restarts_total counter\n"
             f"vantage_worker_restarts_total {self.restarts}\n"
         )
-        return web.Response(text=text, headers={"Content-Type": PROMETHEUS_TYPE})
+        response = web.Response(text=text, headers={"Content-Type": PROMETHEUS_TYPE})
+        # The merged page is text 0.0.4 (OpenMetrics is negotiated by each worker, not here); it
+        # is compressed when the scraper accepts it, as a worker's own page is.
+        response.enable_compression()
+        return response
 
     def _authorization(self, request: web.Request) -> dict[str, str] | None:
         if not authorized(request, self._token):
