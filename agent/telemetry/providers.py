@@ -997,8 +997,9 @@ def build_telemetry(
     """Providers with the exporters the environment asks for (see the module docstring).
 
     Validates the environment first (:func:`validate_otel_env`). ``redactor`` learns the values
-    of the OTLP headers as secrets. ``span_processors`` are added as they are (tests use it to read
-    spans in memory). The trace exporters get the traces of the runs that
+    of the OTLP headers as secrets. ``span_processors`` get every span of every run (tests use it to
+    read spans in memory), and are added to the tracer provider as they are. The trace exporters get
+    the traces of the runs that
     :class:`~agent.telemetry.sampling.RunSamplingProcessor` keeps, successful runs at
     ``trace_success_ratio`` (``VANTAGE_TRACE_SUCCESS_RATIO``).
     """

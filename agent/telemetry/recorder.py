@@ -269,6 +269,7 @@ class Run:
 
 
 _NO_ATTRIBUTES: Attributes = {}
+_OK = Status(StatusCode.OK)
 
 
 class Recorder:
@@ -474,7 +475,7 @@ class Recorder:
                     },
                 )
         if result.success:
-            span.set_status(Status(StatusCode.OK))
+            span.set_status(_OK)
         else:
             assert result.reason is not None
             span.set_attribute("error.type", result.reason.value)

@@ -1,8 +1,8 @@
-"""Traces decided at the end of a run: a span processor in front of the export processors.
+"""Traces decided at the end of a run, in front of the export processors.
 
-Every span of a run is recorded as usual (the probe cannot know yet whether the run will fail), but
-instead of going to the export processors as it ends, it waits in a buffer with the other spans of
-its trace. When the run's root span ends, last, the whole trace is decided at once:
+Every span of a run is recorded (the probe cannot know yet whether the run will fail), but instead
+of going to the export processors as it ends, it waits with the other spans of its trace. When the
+run's root span ends, last, the whole trace is decided at once:
 
 * kept when the run failed (the root's status is ERROR: a failed or abandoned run);
 * kept when the run changed the check's state, which the recorder says by setting
@@ -15,6 +15,11 @@ its trace. When the run's root span ends, last, the whole trace is decided at on
 Kept spans go on to the export processors in the order they ended, the root last; dropped ones are
 discarded and counted (:meth:`RunSamplingProcessor.counts`). Encoding and exporting a run's spans
 costs far more CPU than buffering them (a list append), so a dropped run saves nearly all of it.
+
+The runs' spans are the recorder's own light ones (agent/telemetry/spans.py), which call
+:meth:`RunSamplingProcessor.open_run` and :meth:`RunSamplingProcessor.settle` and build the SDK's
+spans only for what is passed on; as a SpanProcessor in the tracer provider it decides the same way
+for spans started through the SDK's API.
 
 What this does not change:
 
