@@ -284,3 +284,29 @@ async def test_the_agent_builds_its_spans_with_its_resource_and_scope() -> None:
     assert root.resource is agent.telemetry.resource
     assert root.instrumentation_scope is not None and root.instrumentation_scope.name == "vantage"
     assert root.status.status_code is StatusCode.ERROR
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("sampler", ["always_off", "always_on"])
+async def test_otel_traces_sampler_and_limits_from_the_environment(
+    sampler: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK reads OTEL_TRACES_SAMPLER and the OTEL_* limits from os.environ; the runs' spans
+    follow them."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "5")
+    memory = InMemorySpanExporter()
+    checks = [{"name": "limited", "type": "tcp", "target": "127.0.0.1:1", "interval": "10s"}]
+    extra = SimpleSpanProcessor(memory)
+    agent = build_agent(config_from(checks), {"OTEL_TRACES_EXPORTER": "none"}, span_processors=[extra])
+    try:
+        await agent.scheduler.run_once()
+    finally:
+        await agent.http.aclose()
+        agent.telemetry.shutdown(2)
+    roots = [s for s in memory.get_finished_spans() if s.parent is None]
+    if sampler == "always_off":
+        assert roots == []
+        return
+    (root,) = roots
+    assert (root.attributes or {})["vantage.check.name"] == "limit"  # cut at 5 characters
