@@ -93,7 +93,7 @@ def build_agent(
         trace.set_tracer_provider(telemetry.tracer_provider)
     recorder = Recorder(
         tables=telemetry.tables,
-        tracer=telemetry.tracer_provider.get_tracer("vantage", __version__),
+        spans=telemetry.spans,
         redactor=config.redactor,
         region=settings.region,
         clock=clock,

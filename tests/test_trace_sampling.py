@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 from opentelemetry import propagate, trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, Sampler, TraceIdRatioBased
@@ -335,16 +334,25 @@ def receiver() -> Iterator[tuple[str, Any]]:
 
 
 @pytest.mark.anyio
-async def test_through_the_agent_to_an_otlp_receiver(receiver: tuple[str, Any]) -> None:
-    """Real runs of the http probe; the kept traces decoded at the wire; every request carried its
-    run's ids, kept or not."""
+async def test_through_the_agent_to_an_otlp_receiver(
+    receiver: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real runs of the http probe at ratio 0: the kept traces decoded at the wire; an extra span
+    processor sees every span of every run; every request carried its run's ids and its own span's
+    id, kept or not."""
     endpoint, received = receiver
-    sent: dict[str, list[int]] = {"ok": [], "broken": []}
+    sent: dict[str, list[tuple[int, int, str]]] = {"ok": [], "broken": []}
 
     async def answer(request: web.Request) -> web.Response:
-        sent[request.match_info["name"]].append(int(request.headers["traceparent"].split("-")[1], 16))
+        _, trace_id, span_id, flags = request.headers["traceparent"].split("-")
+        sent[request.match_info["name"]].append((int(trace_id, 16), int(span_id, 16), flags))
         return web.Response(status=200 if request.match_info["name"] == "ok" else 500)
 
+    environ = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "none"}
+    environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"{endpoint}/v1/traces"
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)  # the SDK's exporters read os.environ
+    memory = InMemorySpanExporter()
     app = web.Application()
     app.router.add_get("/{name}", answer)
     async with serve(app) as port:
@@ -352,32 +360,45 @@ async def test_through_the_agent_to_an_otlp_receiver(receiver: tuple[str, Any]) 
             {"name": name, "type": "http", "target": f"http://127.0.0.1:{port}/{name}", "interval": "10s"}
             for name in ("ok", "broken")
         ]
-        exporter = OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces", timeout=5)
-        sampling = RunSamplingProcessor([BatchSpanProcessor(exporter)], success_ratio=0.0)
-        agent = build_agent(config_from(checks), TELEMETRY_ENV, span_processors=[sampling])
+        config = config_from(checks, VANTAGE_TRACE_SUCCESS_RATIO="0", **environ)
+        agent = build_agent(config, environ, span_processors=[SimpleSpanProcessor(memory)])
         try:
             for _ in range(3):
                 await agent.scheduler.run_once()
+            assert agent.telemetry.flush(5)
         finally:
             await agent.http.aclose()
-            agent.telemetry.tracer_provider.shutdown()
+            agent.telemetry.shutdown(2)
 
     assert len(sent["ok"]) == len(sent["broken"]) == 3
+    assert {flags for _, _, flags in sent["ok"] + sent["broken"]} == {"03"}  # sampled, random id
+    # The extra processor saw every span of every run, with the ids sent.
+    seen = list(memory.get_finished_spans())
+    assert len(seen) == 12
+    clients = {(s.context.trace_id, s.context.span_id) for s in seen if s.kind is SpanKind.CLIENT}
+    assert clients == {(t, s) for t, s, _ in sent["ok"] + sent["broken"]}
+    for span in seen:
+        assert span.instrumentation_scope is not None and span.instrumentation_scope.name == "vantage"
+        if span.kind is SpanKind.CLIENT:
+            assert span.parent is not None and span.parent.span_id != span.context.span_id
     spans = [span for _, span in received.spans()]
     traces = {int.from_bytes(span.trace_id, "big") for span in spans}
+    broken = {t for t, _, _ in sent["broken"]}
     # Every failed run arrived whole: its root with status ERROR and its client span.
-    assert set(sent["broken"]) <= traces
-    for trace_id in sent["broken"]:
+    assert broken <= traces
+    for trace_id in broken:
         mine = [s for s in spans if int.from_bytes(s.trace_id, "big") == trace_id]
         assert sorted(s.name for s in mine) == ["GET", "check broken"]
         root = next(s for s in mine if s.name == "check broken")
         assert root.status.code == root.status.STATUS_CODE_ERROR
-    # Successful runs at ratio 0 are dropped; the first may be kept as a state change (the first
-    # run of a check) once the recorder marks it.
-    assert not set(sent["ok"][1:]) & traces
-    counts = sampling.counts()
-    assert counts.kept_failed == 3 and counts.dropped >= 2
-    assert counts.kept + counts.dropped == 6 and counts.waiting_runs == 0
+        client = next(s for s in mine if s.name == "GET")
+        assert client.parent_span_id == root.span_id
+    # Successful runs at ratio 0 are dropped, but the first (a state change).
+    assert traces == broken | {sent["ok"][0][0]}
+    assert agent.telemetry.sampling is not None
+    counts = agent.telemetry.sampling.counts()
+    assert (counts.kept_failed, counts.kept_changed, counts.dropped) == (3, 1, 2)
+    assert (counts.spans_kept, counts.spans_dropped, counts.waiting_runs) == (8, 4, 0)
 
 
 @pytest.mark.anyio

@@ -65,7 +65,7 @@ from opentelemetry.sdk.metrics.view import (
     ExponentialBucketHistogramAggregation,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -79,6 +79,7 @@ from agent.telemetry._requests import DeadlineAdapter, request_deadline
 from agent.telemetry.collection import MetricExport, temporality_of
 from agent.telemetry.exposition import ExpositionCache, render
 from agent.telemetry.sampling import RunSamplingProcessor
+from agent.telemetry.spans import RunSpans
 from agent.telemetry.tables import MetricTables
 
 __all__ = [
@@ -587,6 +588,8 @@ class Telemetry:
     trace_exporters: list[str]
     metric_exporters: list[str]
     resource: Resource
+    spans: RunSpans
+    """The recorder's tracer for runs: its spans become the SDK's only for those who read them."""
     exposition: ExpositionCache | None = None
     """``/metrics``, when the ``prometheus`` exporter is on."""
     exports: list[MetricExport] = field(default_factory=list)
@@ -994,8 +997,9 @@ def build_telemetry(
     """Providers with the exporters the environment asks for (see the module docstring).
 
     Validates the environment first (:func:`validate_otel_env`). ``redactor`` learns the values
-    of the OTLP headers as secrets. ``span_processors`` are added as they are (tests use it to read
-    spans in memory). The trace exporters get the traces of the runs that
+    of the OTLP headers as secrets. ``span_processors`` get every span of every run (tests use it to
+    read spans in memory), and are added to the tracer provider as they are. The trace exporters get
+    the traces of the runs that
     :class:`~agent.telemetry.sampling.RunSamplingProcessor` keeps, successful runs at
     ``trace_success_ratio`` (``VANTAGE_TRACE_SUCCESS_RATIO``).
     """
@@ -1011,7 +1015,10 @@ def build_telemetry(
     # With no trace exporter, spans are not recorded at all (the sampler drops them at the start),
     # but their context still travels in each probe request's traceparent.
     recording = bool(trace_names or span_processors)
-    tracer_provider = TracerProvider(resource=resource, sampler=None if recording else ALWAYS_OFF)
+    limits = SpanLimits()  # OTEL_SPAN_* and OTEL_ATTRIBUTE_*, read as the SDK reads them
+    tracer_provider = TracerProvider(
+        resource=resource, sampler=None if recording else ALWAYS_OFF, span_limits=limits
+    )
     for extra in span_processors:
         tracer_provider.add_span_processor(extra)
     queue = int(_number(environ, "OTEL_BSP_MAX_QUEUE_SIZE", whole=True, unit="spans") or _SPAN_QUEUE)
@@ -1031,17 +1038,28 @@ def build_telemetry(
             max_export_batch_size=batch,
         )
         exporting.append(processor)
-    # Each run's spans wait in front of the exporters until the run ends and is decided.
+    # Each run's spans wait in front of the exporters until the run ends and is decided. The runs'
+    # spans are the recorder's own (RunSpans), built as SDK spans only when kept; the provider (and
+    # the same sampling in it) serves any span started through the SDK's API.
     sampling = RunSamplingProcessor(exporting, success_ratio=trace_success_ratio) if exporting else None
     if sampling is not None:
         tracer_provider.add_span_processor(sampling)
+    scope = InstrumentationScope("vantage", __version__)
+    spans = RunSpans(
+        sampler=tracer_provider.sampler,
+        id_generator=tracer_provider.id_generator,
+        resource=resource,
+        scope=scope,
+        limits=limits,
+        sampling=sampling,
+        extras=span_processors,
+    )
 
     tables = MetricTables(redactor)
     exposition = None
     exports: list[MetricExport] = []
     interval = _number(environ, "OTEL_METRIC_EXPORT_INTERVAL", whole=False, unit="milliseconds") or 60_000.0
     timeout = _number(environ, "OTEL_METRIC_EXPORT_TIMEOUT", whole=False, unit="milliseconds") or 30_000.0
-    scope = InstrumentationScope("vantage", __version__)
     for name in metric_names:
         if name == "prometheus":
             # The SDK's own entry point starts a second server on localhost:9464; the agent
@@ -1071,6 +1089,7 @@ def build_telemetry(
         trace_names,
         metric_names,
         resource,
+        spans,
         exposition,
         exports,
         sessions,

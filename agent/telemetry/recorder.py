@@ -9,7 +9,6 @@ from collections.abc import Hashable, Iterator, Mapping, MutableMapping, Sequenc
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from agent.config.checks import CheckEntry
@@ -20,6 +19,7 @@ from agent.sdk.probe import AttributeValue, Clock, MetricKind, MetricSpec, Probe
 from agent.sdk.urls import redact_url
 from agent.telemetry.providers import ExportStats
 from agent.telemetry.sampling import STATE_CHANGED
+from agent.telemetry.spans import RunSpan, RunSpans
 from agent.telemetry.tables import Attributes, MetricTables, Table
 
 __all__ = ["CORE_METRICS", "CheckState", "Recorder", "Run"]
@@ -125,34 +125,33 @@ SPANS_DROPPED = MetricSpec(
 )
 AGENT_METRICS = (LATENESS, SKIPPED, IN_FLIGHT, LOOP_LAG, CHECKS, INBOUND, EXPORT_FAILURES, SPANS_DROPPED)
 
-_current_span: contextvars.ContextVar[trace.Span | None] = contextvars.ContextVar(
-    "vantage_span", default=None
-)
+_current_span: contextvars.ContextVar[RunSpan | None] = contextvars.ContextVar("vantage_span", default=None)
 
 
 class _Span:
-    """A SpanHandle backed by an OpenTelemetry span; every text it is given is redacted."""
+    """A SpanHandle backed by a span of the run (agent/telemetry/spans.py); every text it is given
+    is redacted."""
 
     __slots__ = ("_redact", "_span")
 
-    def __init__(self, span: trace.Span, redact: Redactor) -> None:
+    def __init__(self, span: RunSpan, redact: Redactor) -> None:
         self._span, self._redact = span, redact
-
-    def _clean(self, attributes: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
-        return {k: self._redact(v) if isinstance(v, str) else v for k, v in attributes.items()}
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
         self._span.set_attribute(key, self._redact(value) if isinstance(value, str) else value)
 
     def add_event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:
-        self._span.add_event(name, self._clean(attributes or {}))
+        redact = self._redact
+        self._span.add_event(
+            name, {k: redact(v) if isinstance(v, str) else v for k, v in (attributes or {}).items()}
+        )
 
     def fail(self, error_type: str, message: str) -> None:
         self._span.set_attribute("error.type", error_type)
         self._span.set_status(Status(StatusCode.ERROR, self._redact(message)))
 
     def inject(self, headers: MutableMapping[str, str]) -> None:
-        propagate.inject(headers, context=trace.set_span_in_context(self._span))
+        self._span.inject(headers)
 
     def end(self, end_time: float | None = None) -> None:
         self._span.end(None if end_time is None else int(end_time * 1e9))
@@ -161,8 +160,10 @@ class _Span:
 class _RunTracer:
     """The Tracer of one run: child spans hang under the innermost span in use."""
 
-    def __init__(self, tracer: trace.Tracer, root: trace.Span, redact: Redactor) -> None:
-        self._tracer, self._root, self._redact = tracer, root, redact
+    __slots__ = ("_redact", "_root", "_spans")
+
+    def __init__(self, spans: RunSpans, root: RunSpan, redact: Redactor) -> None:
+        self._spans, self._root, self._redact = spans, root, redact
 
     def start_span(
         self,
@@ -174,12 +175,14 @@ class _RunTracer:
     ) -> SpanHandle:
         parent = _current_span.get() or self._root
         redact = self._redact
-        span = self._tracer.start_span(
+        span = self._spans.start_span(
+            parent,
             name,
-            context=trace.set_span_in_context(parent),
-            kind=SpanKind.CLIENT if client else SpanKind.INTERNAL,
-            attributes={k: redact(v) if isinstance(v, str) else v for k, v in (attributes or {}).items()},
-            start_time=None if start_time is None else int(start_time * 1e9),
+            SpanKind.CLIENT if client else SpanKind.INTERNAL,
+            {k: redact(v) if isinstance(v, str) else v for k, v in (attributes or {}).items()}
+            if parent.recording
+            else {},
+            None if start_time is None else int(start_time * 1e9),
         )
         return _Span(span, redact)
 
@@ -260,12 +263,13 @@ class Run:
     """One run in progress: its root span and the tracer its probe uses."""
 
     state: CheckState
-    span: trace.Span
+    span: RunSpan
     tracer: _RunTracer
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
 
 
 _NO_ATTRIBUTES: Attributes = {}
+_OK = Status(StatusCode.OK)
 
 
 class Recorder:
@@ -280,14 +284,14 @@ class Recorder:
         self,
         *,
         tables: MetricTables,
-        tracer: trace.Tracer,
+        spans: RunSpans,
         redactor: Redactor,
         region: str,
         clock: Clock,
         log_runs: bool = False,
         export_stats: ExportStats | None = None,
     ) -> None:
-        self._tables, self._tracer, self._redact = tables, tracer, redactor
+        self._tables, self._spans, self._redact = tables, spans, redactor
         self.region, self._clock, self._log_runs = region, clock, log_runs
         self._attrs: dict[str, dict[str, AttributeValue]] = {}
         self.states: dict[str, CheckState] = {}
@@ -358,11 +362,9 @@ class Recorder:
         """Open the root span of a run."""
         check = entry.check
         attrs = self._attrs[check.name]
-        span = self._tracer.start_span(
+        span = self._spans.start_run(
             f"check {check.name}",
-            context=trace.set_span_in_context(trace.INVALID_SPAN),
-            kind=SpanKind.INTERNAL,
-            attributes={
+            {
                 "vantage.check.name": check.name,
                 "vantage.check.type": check.type,
                 "vantage.check.target": attrs["target"],
@@ -371,7 +373,7 @@ class Recorder:
             },
         )
         self.in_flight += 1
-        return Run(self.states[check.name], span, _RunTracer(self._tracer, span, self._redact))
+        return Run(self.states[check.name], span, _RunTracer(self._spans, span, self._redact))
 
     def abandon_run(self, run: Run, why: str) -> None:
         """End a run that was cancelled before it had a result; it records no metric points."""
@@ -450,8 +452,10 @@ class Recorder:
             request_duration.record(None, key, labels, request.duration)
 
     def _end_span(
-        self, span: trace.Span, result: ProbeResult, outcome: Mapping[str, str], message: str, changed: bool
+        self, span: RunSpan, result: ProbeResult, outcome: Mapping[str, str], message: str, changed: bool
     ) -> None:
+        if not span.recording:
+            return  # a run the sampler did not sample, or no one reads traces
         span.set_attribute("vantage.result", outcome["result"])
         if changed:
             # Read by the trace sampling (agent/telemetry/sampling.py) when the span ends.
@@ -471,7 +475,7 @@ class Recorder:
                     },
                 )
         if result.success:
-            span.set_status(Status(StatusCode.OK))
+            span.set_status(_OK)
         else:
             assert result.reason is not None
             span.set_attribute("error.type", result.reason.value)

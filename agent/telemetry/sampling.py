@@ -1,8 +1,8 @@
-"""Traces decided at the end of a run: a span processor in front of the export processors.
+"""Traces decided at the end of a run, in front of the export processors.
 
-Every span of a run is recorded as usual (the probe cannot know yet whether the run will fail), but
-instead of going to the export processors as it ends, it waits in a buffer with the other spans of
-its trace. When the run's root span ends, last, the whole trace is decided at once:
+Every span of a run is recorded (the probe cannot know yet whether the run will fail), but instead
+of going to the export processors as it ends, it waits with the other spans of its trace. When the
+run's root span ends, last, the whole trace is decided at once:
 
 * kept when the run failed (the root's status is ERROR: a failed or abandoned run);
 * kept when the run changed the check's state, which the recorder says by setting
@@ -15,6 +15,11 @@ its trace. When the run's root span ends, last, the whole trace is decided at on
 Kept spans go on to the export processors in the order they ended, the root last; dropped ones are
 discarded and counted (:meth:`RunSamplingProcessor.counts`). Encoding and exporting a run's spans
 costs far more CPU than buffering them (a list append), so a dropped run saves nearly all of it.
+
+The runs' spans are the recorder's own light ones (agent/telemetry/spans.py), which call
+:meth:`RunSamplingProcessor.open_run` and :meth:`RunSamplingProcessor.settle` and build the SDK's
+spans only for what is passed on; as a SpanProcessor in the tracer provider it decides the same way
+for spans started through the SDK's API.
 
 What this does not change:
 
@@ -45,7 +50,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from time import time_ns
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
@@ -72,6 +77,7 @@ _LOW_64_BITS = TraceIdRatioBased.TRACE_ID_LIMIT
 
 _Kept = Literal["failed", "changed", "ratio"]
 _T = TypeVar("_T")
+_S = TypeVar("_S")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +115,7 @@ class _Run:
 
     def __init__(self, root: int) -> None:
         self.root = root
-        self.spans: list[ReadableSpan] = []
+        self.spans: list[Any] = []  # the SDK's ReadableSpans, or the recorder's own spans
 
 
 class RunSamplingProcessor(SpanProcessor):
@@ -152,16 +158,69 @@ class RunSamplingProcessor(SpanProcessor):
         """Whether a successful run with this trace id, not a state change, keeps its trace."""
         return trace_id & _LOW_64_BITS < self._bound
 
+    @property
+    def downstream(self) -> tuple[SpanProcessor, ...]:
+        """The export processors that get the kept traces."""
+        return self._downstream
+
+    def open_run(self, trace_id: int, root_span_id: int) -> None:
+        """A run starts (sampled at its start): its spans wait for its decision from now on."""
+        with self._lock:
+            self._waiting[trace_id] = _Run(root_span_id)
+            while len(self._waiting) > self._max_traces:
+                self._evict_oldest()
+
+    def settle(
+        self, trace_id: int, span_id: int, span: _S, *, failed: bool = False, changed: bool = False
+    ) -> Sequence[_S]:
+        """A span of a run has ended: what to pass on now, in order (often nothing).
+
+        The span waits when its run is in progress; the run's root (``span_id`` the root's) decides
+        the whole trace from ``failed`` and ``changed``; a span that ends after its run was decided
+        follows that decision; a span of no run known passes straight on. The recorder calls this
+        with its own spans (agent/telemetry/spans.py), :meth:`on_end` with the SDK's."""
+        with self._lock:
+            run = self._waiting.get(trace_id)
+            if run is not None and span_id != run.root:
+                # The hot path: a span of a run in progress.
+                run.spans.append(span)
+                self._waiting_spans += 1
+                while self._waiting_spans > self._max_spans:
+                    self._evict_oldest()
+                return ()
+            if run is None:
+                kept = self._decided.get(trace_id)
+                if kept is True:
+                    self._spans_kept += 1
+                elif kept is False:
+                    self._spans_dropped += 1
+                    return ()
+                elif trace_id in self._gone:
+                    self._spans_evicted += 1
+                    return ()
+                else:
+                    self._spans_passed += 1
+                return (span,)
+            del self._waiting[trace_id]
+            self._waiting_spans -= len(run.spans)
+            run.spans.append(span)
+            why = self._decide(trace_id, failed, changed)
+            self._remember(self._decided, trace_id, why is not None)
+            if why is None:
+                self._dropped += 1
+                self._spans_dropped += len(run.spans)
+                return ()
+            self._kept[why] += 1
+            self._spans_kept += len(run.spans)
+            return run.spans
+
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         if span.parent is None:
             context = span.get_span_context()
             # A span the sampler recorded but did not sample (RECORD_ONLY) is not exported anyway.
             attributes = span.attributes  # a read-only view, empty rather than None
             if context.trace_flags.sampled and attributes is not None and RUN_ROOT in attributes:
-                with self._lock:
-                    self._waiting[context.trace_id] = _Run(context.span_id)
-                    while len(self._waiting) > self._max_traces:
-                        self._evict_oldest()
+                self.open_run(context.trace_id, context.span_id)
         for processor in self._downstream:
             processor.on_start(span, parent_context)
 
@@ -170,50 +229,21 @@ class RunSamplingProcessor(SpanProcessor):
         if context is None:
             self._forward((span,))
             return
-        trace_id = context.trace_id
-        with self._lock:
-            run = self._waiting.get(trace_id)
-            if run is not None and context.span_id != run.root:
-                # The hot path: a span of a run in progress.
-                run.spans.append(span)
-                self._waiting_spans += 1
-                while self._waiting_spans > self._max_spans:
-                    self._evict_oldest()
-                return
-            if run is None:
-                kept = self._decided.get(trace_id)
-                if kept is True:
-                    self._spans_kept += 1
-                elif kept is False:
-                    self._spans_dropped += 1
-                    return
-                elif trace_id in self._gone:
-                    self._spans_evicted += 1
-                    return
-                else:
-                    self._spans_passed += 1
-                spans: Sequence[ReadableSpan] = (span,)
-            else:
-                del self._waiting[trace_id]
-                self._waiting_spans -= len(run.spans)
-                run.spans.append(span)
-                why = self._decide(span, trace_id)
-                self._remember(self._decided, trace_id, why is not None)
-                if why is None:
-                    self._dropped += 1
-                    self._spans_dropped += len(run.spans)
-                    return
-                self._kept[why] += 1
-                self._spans_kept += len(run.spans)
-                spans = run.spans
+        attributes = span.attributes
+        spans = self.settle(
+            context.trace_id,
+            context.span_id,
+            span,
+            failed=span.status.status_code is StatusCode.ERROR,
+            changed=attributes is not None and attributes.get(STATE_CHANGED) is True,
+        )
         self._forward(spans)
 
-    def _decide(self, root: ReadableSpan, trace_id: int) -> _Kept | None:
-        """Why the run whose root this is keeps its trace, or None to discard it."""
-        if root.status.status_code is StatusCode.ERROR:
+    def _decide(self, trace_id: int, failed: bool, changed: bool) -> _Kept | None:
+        """Why the run keeps its trace, or None to discard it."""
+        if failed:
             return "failed"
-        attributes = root.attributes
-        if attributes is not None and attributes.get(STATE_CHANGED) is True:
+        if changed:
             return "changed"
         return "ratio" if trace_id & _LOW_64_BITS < self._bound else None
 
