@@ -168,8 +168,12 @@ def parse_ratelimit(
     ``used/limit`` call-limit headers (``X-Shopify-Shop-Api-Call-Limit``); and ``Retry-After``
     (seconds or an HTTP date).
     """
-    if (names is None or names == _NO_NAMES) and not any(name in headers for name in _RATELIMIT_HEADERS):
-        return RateLimit()
+    if names is None or names == _NO_NAMES:
+        for name in _RATELIMIT_HEADERS:
+            if name in headers:
+                break
+        else:
+            return RateLimit()
     names = names or _NO_NAMES
     reader = _HeaderReader(headers, now, redact)
     remaining, limit, reset = reader.counts(names)
