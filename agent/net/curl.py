@@ -365,16 +365,17 @@ class CurlMulti:
         if not changed:
             return
         loop = self._loop
-        if changed & _POLL_IN:
-            if event & _POLL_IN:
-                loop.add_reader(fd, self._on_ready, fd, _CSELECT_IN)
-            else:
-                loop.remove_reader(fd)
-        if changed & _POLL_OUT:
-            if event & _POLL_OUT:
-                loop.add_writer(fd, self._on_ready, fd, _CSELECT_OUT)
-            else:
-                loop.remove_writer(fd)
+        # Additions before removals: a socket that goes from writing to reading keeps the loop's
+        # poll handle for its descriptor instead of closing it and opening another.
+        added, removed = changed & event, changed & old
+        if added & _POLL_IN:
+            loop.add_reader(fd, self._on_ready, fd, _CSELECT_IN)
+        if added & _POLL_OUT:
+            loop.add_writer(fd, self._on_ready, fd, _CSELECT_OUT)
+        if removed & _POLL_IN:
+            loop.remove_reader(fd)
+        if removed & _POLL_OUT:
+            loop.remove_writer(fd)
 
     def _on_timer(self, msecs: int) -> None:
         if self._timer is not None:
