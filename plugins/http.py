@@ -444,10 +444,11 @@ class _Response:
         if credential.expires_at is not None:
             values["probe.auth.token_expiry_timestamp"] = credential.expires_at
         names = settings.ratelimit_headers
+        own = (names.remaining, names.limit, names.reset, names.used_of_limit)
         quota = parse_ratelimit(
             exchange.headers,
             ctx.clock.time(),
-            RateLimitNames(names.remaining, names.limit, names.reset, names.used_of_limit),
+            RateLimitNames(*own) if any(own) else None,
             redact=ctx.redact,
         )
         for name, value in (("remaining", quota.remaining), ("limit", quota.limit), ("reset", quota.reset)):
@@ -523,8 +524,10 @@ def _proxied(client: HttpClient, settings: HttpSettings) -> HttpClient:
 
 def _version_finding(settings: HttpSettings, exchange: HttpExchange) -> _Finding | None:
     """``assertion`` when the response's HTTP version is not one of ``valid_http_versions``."""
+    if not settings.valid_http_versions:
+        return None
     allowed = {_HTTP_VERSIONS[version.upper()] for version in settings.valid_http_versions}
-    if not allowed or exchange.http_version in allowed:
+    if exchange.http_version in allowed:
         return None
     got = _VERSION_NAMES.get(exchange.http_version, f"HTTP/{exchange.http_version}")
     return Reason.ASSERTION, (

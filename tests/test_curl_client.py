@@ -227,7 +227,33 @@ async def test_fifty_concurrent_requests_on_one_loop_all_complete() -> None:
             for _ in range(50):
                 tg.start_soon(one)
     assert statuses == [200] * 50
-    assert multi.transfers == 0
+    assert multi.transfers == 0 and multi.watched_sockets == 0
+
+
+async def test_transfers_cancelled_among_running_ones_leave_the_others_to_complete() -> None:
+    # Finished transfers are collected when libcurl's count of running ones falls below ours:
+    # cancelled ones, removed from both, must not hide a finished one or leave one waiting.
+    async def hang(request: web.Request) -> web.Response:
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    app = plain_app()
+    app.router.add_get("/hang", hang)
+    multi = CurlMulti.of_running_loop()
+    statuses: list[int] = []
+    async with serve(app) as port:
+
+        async def one(path: str) -> None:
+            with anyio.move_on_after(0.3):
+                statuses.append(
+                    (await multi.perform(CurlRequest("GET", f"http://127.0.0.1:{port}{path}"))).status
+                )
+
+        async with anyio.create_task_group() as tg:
+            for i in range(30):
+                tg.start_soon(one, "/hang" if i % 3 == 0 else "/")
+    assert statuses == [200] * 20
+    assert multi.transfers == 0 and multi.watched_sockets == 0
 
 
 async def aiohttp_phases(url: str) -> tuple[dict[str, float], float, bytes]:

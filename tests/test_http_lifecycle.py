@@ -119,3 +119,19 @@ async def test_malformed_header_counts_add_up_per_header() -> None:
             await agent.http.aclose()
     counts = counter_values(agent, "probe_http_malformed_headers", "header")
     assert counts == {"Deprecation": 3.0, "Sunset": 3.0}
+
+
+def test_a_response_without_lifecycle_headers_reports_nothing_and_any_spelling_is_read() -> None:
+    # parse_lifecycle answers a response with no Deprecation, Sunset or links at once; names are
+    # looked up case-insensitively all the same.
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from plugins._toolkit.headers import Lifecycle, parse_lifecycle
+
+    assert parse_lifecycle(CIMultiDictProxy(CIMultiDict({"Server": "nginx"})), {}) == Lifecycle()
+    sunset = "Sat, 31 Dec 2044 23:59:59 GMT"
+    spelled = CIMultiDictProxy(CIMultiDict({"sunset": sunset, "deprecation": "true"}))
+    found = parse_lifecycle(spelled, {})
+    assert found.deprecated and found.sunset_at == datetime(2044, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+    linked = parse_lifecycle(CIMultiDictProxy(CIMultiDict()), {"sunset": "https://docs.example/sunset"})
+    assert linked.links == {"sunset": "https://docs.example/sunset"}

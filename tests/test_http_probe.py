@@ -483,3 +483,20 @@ async def test_a_request_cut_by_the_run_timeout_ends_its_client_span_as_a_timeou
     # The run's own span says the same.
     (root,) = [s for s in exporter.get_finished_spans() if s.parent is None]
     assert root.attributes is not None and root.attributes["error.type"] == "timeout"
+
+
+async def test_a_header_holding_a_line_break_is_not_sent() -> None:
+    # libcurl sends header lines as given: a CR, LF or NUL inside a name or value would start a
+    # line of the header's choosing, so the request is refused before anything is sent.
+    seen: list[web.Request] = []
+    async with serve(vendor_app(seen)) as port:
+        target = f"http://127.0.0.1:{port}/"
+        checks = [
+            http_check(f"evil-{i}", target, headers={"X-Note": f"a{char}Injected: 1"})
+            for i, char in enumerate(("\r\n", "\n", "\0"))
+        ]
+        results, _ = await run_checks(checks)
+    for i in range(3):
+        result = results[f"evil-{i}"]
+        assert result.reason is Reason.PROTOCOL and "'X-Note' holds a line break" in result.message
+    assert seen == []

@@ -132,3 +132,22 @@ async def test_the_probe_reports_429_thresholds_and_bad_headers() -> None:
     assert [s.labels["header"] for s in bad.samples if s.metric == "probe.http.malformed_headers"] == [
         "X-RateLimit-Remaining"
     ]
+
+
+def test_a_response_without_rate_limit_headers_reports_nothing_and_any_spelling_is_read() -> None:
+    # parse_ratelimit answers a response with none of the headers at once; names are looked up
+    # case-insensitively all the same.
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from plugins._toolkit.headers import RateLimit
+
+    plain = CIMultiDictProxy(CIMultiDict({"Server": "nginx", "Content-Length": "11"}))
+    assert parse_ratelimit(plain, 0.0) == RateLimit()
+    assert parse_ratelimit(plain, 0.0, RateLimitNames()) == RateLimit()
+    spelled = CIMultiDictProxy(CIMultiDict({"x-ratelimit-remaining": "5", "x-ratelimit-limit": "10"}))
+    quota = parse_ratelimit(spelled, 0.0)
+    assert (quota.remaining, quota.limit) == (5.0, 10.0)
+    assert parse_ratelimit(CIMultiDictProxy(CIMultiDict({"retry-after": "7"})), 0.0).retry_after == 7.0
+    vendor = CIMultiDictProxy(CIMultiDict({"Calls-Left": "3"}))
+    own = parse_ratelimit(vendor, 0.0, RateLimitNames("Calls-Left"))
+    assert own.remaining == 3.0

@@ -175,3 +175,12 @@ def test_a_bad_status_line_is_one_line() -> None:
         map_exception(exc)[1]
         == "malformed HTTP response: Bad status line: Invalid status code: b'HTTP/1.1 abc'"
     )
+
+
+def test_a_url_seen_before_is_still_redacted_with_the_secrets_learnt_since() -> None:
+    # redact_url keeps the stripped form of a URL it has seen; the redactor runs on every call.
+    url = "https://api.example/tenant-7f3a/v1?key=x"
+    redact = Redactor()
+    assert redact_url(url, redact) == "https://api.example/tenant-7f3a/v1?key="
+    redact.add("tenant-7f3a")
+    assert redact_url(url, redact) == f"https://api.example/{REDACTED}/v1?key="

@@ -75,6 +75,10 @@ _VERIFY_ERRORS = {
     26: "unsupported certificate purpose",
 }
 _PEER_FAILED_VERIFICATION = 60
+# pycurl's constants as module globals: the socket callback runs several times per transfer.
+_POLL_IN, _POLL_OUT, _POLL_REMOVE = pycurl.POLL_IN, pycurl.POLL_OUT, pycurl.POLL_REMOVE
+_CSELECT_IN, _CSELECT_OUT = pycurl.CSELECT_IN, pycurl.CSELECT_OUT
+_NO_TLS = TLSOptions()
 # libcurl's informational line after an OpenSSL handshake (vtls/openssl.c), e.g.
 # "SSL connection using TLSv1.3 / TLS_AES_256_GCM_SHA384 / X25519 / RSASSA-PSS".
 _HANDSHAKE_LINE = re.compile(rb"^SSL connection using (\S+) / (\S+)")
@@ -182,15 +186,15 @@ class _Transfer:
 
     def header(self, line: bytes) -> None:
         text = line.decode("iso-8859-1").rstrip("\r\n")
-        if text.startswith("HTTP/"):
+        name, colon, value = text.partition(":")
+        if colon and not name.startswith("HTTP/"):  # the common case first: one header line
+            self.headers.append((name.strip(), value.strip()))
+        elif text.startswith("HTTP/"):
             self.headers.clear()  # a new response (after a 1xx): only the last one's headers count
             self.informational = text[text.find(" ") + 1 : text.find(" ") + 2] == "1"
         elif not text:
             if not self.informational and self.on_headers is not None:
                 self.on_headers()
-        elif ":" in text:
-            name, _, value = text.partition(":")
-            self.headers.append((name.strip(), value.strip()))
 
     def debug(self, kind: int, text: bytes) -> None:
         # Called for every header and data chunk while VERBOSE is on (https hops only): the type
@@ -201,14 +205,15 @@ class _Transfer:
                 self.tls_version, self.cipher = found.group(1).decode(), found.group(2).decode()
 
     def read_info(self, curl: pycurl.Curl, tls_used: bool) -> None:
-        self.status = int(curl.getinfo(pycurl.RESPONSE_CODE))
-        self.version = _HTTP_VERSIONS.get(curl.getinfo(pycurl.INFO_HTTP_VERSION), "1.1")
+        getinfo = curl.getinfo
+        self.status = int(getinfo(pycurl.RESPONSE_CODE))
+        self.version = _HTTP_VERSIONS.get(getinfo(pycurl.INFO_HTTP_VERSION), "1.1")
         self.phases, self.total = _phases(curl)
         self.connection = (
-            curl.getinfo(pycurl.LOCAL_IP) or "",
-            int(curl.getinfo(pycurl.LOCAL_PORT) or 0),
-            curl.getinfo(pycurl.PRIMARY_IP) or "",
-            int(curl.getinfo(pycurl.PRIMARY_PORT) or 0),
+            getinfo(pycurl.LOCAL_IP) or "",
+            int(getinfo(pycurl.LOCAL_PORT) or 0),
+            getinfo(pycurl.PRIMARY_IP) or "",
+            int(getinfo(pycurl.PRIMARY_PORT) or 0),
         )
         if tls_used:
             self.verify_result = int(curl.getinfo(pycurl.SSL_VERIFYRESULT) or 0)
@@ -237,7 +242,7 @@ class CurlMulti:
         self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
         self._watched: dict[int, int] = {}
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._transfers: dict[pycurl.Curl, tuple[_Transfer, bool]] = {}
         # Easy handles are reset and used again, as Tornado's client does: making one per request
         # cost about a third of libcurl's own CPU for a small request.
@@ -349,26 +354,37 @@ class CurlMulti:
     # libcurl's callbacks. They run inside socket_action, so they only (un)register and schedule.
 
     def _on_socket(self, event: int, fd: int, multi: object, data: object) -> None:
-        old = self._watched.get(fd, 0)
-        if event == pycurl.POLL_REMOVE:
-            self._watched.pop(fd, None)
+        watched = self._watched
+        old = watched.get(fd, 0)
+        if event == _POLL_REMOVE:
+            watched.pop(fd, None)
             event = 0
         else:
-            self._watched[fd] = event
-        if old & pycurl.POLL_IN and not event & pycurl.POLL_IN:
-            self._loop.remove_reader(fd)
-        if old & pycurl.POLL_OUT and not event & pycurl.POLL_OUT:
-            self._loop.remove_writer(fd)
-        if event & pycurl.POLL_IN and not old & pycurl.POLL_IN:
-            self._loop.add_reader(fd, self._on_ready, fd, pycurl.CSELECT_IN)
-        if event & pycurl.POLL_OUT and not old & pycurl.POLL_OUT:
-            self._loop.add_writer(fd, self._on_ready, fd, pycurl.CSELECT_OUT)
+            watched[fd] = event
+        changed = old ^ event
+        if not changed:
+            return
+        loop = self._loop
+        # Additions before removals: a socket that goes from writing to reading keeps the loop's
+        # poll handle for its descriptor instead of closing it and opening another.
+        added, removed = changed & event, changed & old
+        if added & _POLL_IN:
+            loop.add_reader(fd, self._on_ready, fd, _CSELECT_IN)
+        if added & _POLL_OUT:
+            loop.add_writer(fd, self._on_ready, fd, _CSELECT_OUT)
+        if removed & _POLL_IN:
+            loop.remove_reader(fd)
+        if removed & _POLL_OUT:
+            loop.remove_writer(fd)
 
     def _on_timer(self, msecs: int) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if msecs >= 0:
+        if msecs == 0:
+            # "Act now", asked once per transfer added: the next turn of the loop, no loop timer.
+            self._timer = self._loop.call_soon(self._on_timeout)
+        elif msecs > 0:
             self._timer = self._loop.call_later(msecs / 1000.0, self._on_timeout)
 
     def _on_ready(self, fd: int, action: int) -> None:
@@ -380,10 +396,13 @@ class CurlMulti:
 
     def _act(self, fd: int, action: int) -> None:
         while True:
-            code, _ = self._multi.socket_action(fd, action)
+            code, running = self._multi.socket_action(fd, action)
             if code != pycurl.E_CALL_MULTI_PERFORM:
                 break
-        self._collect()
+        # Every transfer of ours is counted as running until libcurl is done with it: while the
+        # counts agree, no message waits for info_read.
+        if running != len(self._transfers):
+            self._collect()
 
     def _collect(self) -> None:
         while True:
@@ -427,12 +446,16 @@ def _verification_problem(message: str, transfer: _Transfer) -> str:
 
 
 def _configure(curl: pycurl.Curl, request: CurlRequest, transfer: _Transfer) -> bool:
-    """Set ``curl``'s options for ``request``; whether it speaks TLS."""
+    """Set ``curl``'s options for ``request``; whether it speaks TLS.
+
+    The handle comes reset: an option left at libcurl's default is not set again.
+    """
+    setopt = curl.setopt
     url = URL(request.url)
     # Bytes, UTF-8: pycurl takes a str only when it is ASCII.
     headers = [f"{name}: {value}".encode() for name, value in request.headers]
     headers.append(b"Expect:")  # no 100-continue round trip before a body
-    tls = request.tls or TLSOptions()
+    tls = request.tls or _NO_TLS
     tls_used = url.scheme == "https"
     if tls_used and tls.server_name and url.host:
         # SNI and the hostname check follow the URL's host: put server_name there, connect to the
@@ -443,35 +466,37 @@ def _configure(curl: pycurl.Curl, request: CurlRequest, transfer: _Transfer) -> 
         if not any(name.lower() == "host" for name, _ in request.headers):
             headers.append(f"Host: {host}{f':{url.explicit_port}' if url.explicit_port else ''}".encode())
         url = url.with_host(tls.server_name)
-    curl.setopt(pycurl.URL, str(url))
+    setopt(pycurl.URL, str(url))
     method = request.method.upper()
     if method == "HEAD":
-        curl.setopt(pycurl.NOBODY, 1)
+        setopt(pycurl.NOBODY, 1)
     elif request.body is not None:
-        curl.setopt(pycurl.POSTFIELDS, request.body)
+        setopt(pycurl.POSTFIELDS, request.body)
         if method != "POST":
-            curl.setopt(pycurl.CUSTOMREQUEST, method)
+            setopt(pycurl.CUSTOMREQUEST, method)
     elif method != "GET":
-        curl.setopt(pycurl.CUSTOMREQUEST, method)
-    curl.setopt(pycurl.HTTPHEADER, headers)
-    curl.setopt(pycurl.FOLLOWLOCATION, 0)
-    curl.setopt(pycurl.NOSIGNAL, 1)
-    curl.setopt(pycurl.WRITEFUNCTION, transfer.write)
-    curl.setopt(pycurl.HEADERFUNCTION, transfer.header)
-    curl.setopt(pycurl.ACCEPT_ENCODING, "")  # every encoding this libcurl decodes, decoded
+        setopt(pycurl.CUSTOMREQUEST, method)
+    setopt(pycurl.HTTPHEADER, headers)
+    # FOLLOWLOCATION stays at its default, 0: the agent follows redirects itself.
+    setopt(pycurl.NOSIGNAL, 1)
+    setopt(pycurl.WRITEFUNCTION, transfer.write)
+    setopt(pycurl.HEADERFUNCTION, transfer.header)
+    setopt(pycurl.ACCEPT_ENCODING, "")  # every encoding this libcurl decodes, decoded
     # "" turns off the proxies of the environment too; only the check's own proxy is used.
-    curl.setopt(pycurl.PROXY, request.proxy or "")
+    setopt(pycurl.PROXY, request.proxy or "")
     if request.proxy:
         curl.setopt(_SUPPRESS_CONNECT_HEADERS, 1)  # the proxy's CONNECT answer is not the response
         if _SYSTEM_CA.cafile:
             curl.setopt(pycurl.PROXY_CAINFO, _SYSTEM_CA.cafile)
     if request.resolve:
-        curl.setopt(pycurl.RESOLVE, list(request.resolve))
-    curl.setopt(pycurl.IPRESOLVE, _IP_RESOLVE.get(request.ip_family, pycurl.IPRESOLVE_WHATEVER))
+        setopt(pycurl.RESOLVE, list(request.resolve))
+    family = _IP_RESOLVE.get(request.ip_family)
+    if family is not None:  # else IPRESOLVE_WHATEVER, the default
+        setopt(pycurl.IPRESOLVE, family)
     if not request.pool:
-        curl.setopt(pycurl.FORBID_REUSE, 1)
-        curl.setopt(pycurl.FRESH_CONNECT, 1)
-        curl.setopt(pycurl.DNS_CACHE_TIMEOUT, 0)
+        setopt(pycurl.FORBID_REUSE, 1)
+        setopt(pycurl.FRESH_CONNECT, 1)
+        setopt(pycurl.DNS_CACHE_TIMEOUT, 0)
     if tls_used:
         # libcurl keeps TLS sessions in the multi handle: a new connection resuming one would skip
         # the full handshake (flattering the tls phase) and receive no certificates to read.
@@ -499,23 +524,36 @@ def _configure(curl: pycurl.Curl, request: CurlRequest, transfer: _Transfer) -> 
     return tls_used
 
 
+_MARKS = (
+    pycurl.NAMELOOKUP_TIME_T,
+    pycurl.CONNECT_TIME_T,
+    pycurl.APPCONNECT_TIME_T,
+    pycurl.STARTTRANSFER_TIME_T,
+)
+
+
 def _phases(curl: pycurl.Curl) -> tuple[dict[str, float], float]:
     """libcurl's cumulative timings (µs from the start) as five consecutive phases and the total.
 
     ``APPCONNECT`` is 0 without TLS; a timing libcurl did not reach is 0; so the boundaries are made
     monotonic, and each phase is the difference of two, so that the phases add up to the total.
     """
-    marks = [
-        curl.getinfo(pycurl.NAMELOOKUP_TIME_T),
-        curl.getinfo(pycurl.CONNECT_TIME_T),
-        curl.getinfo(pycurl.APPCONNECT_TIME_T),
-        curl.getinfo(pycurl.STARTTRANSFER_TIME_T),
-    ]
-    total = curl.getinfo(pycurl.TOTAL_TIME_T)
+    getinfo = curl.getinfo
+    total = getinfo(pycurl.TOTAL_TIME_T)
     bounds = [0]
-    for mark in [*marks, total]:
-        bounds.append(max(bounds[-1], min(mark, total)) if mark else bounds[-1])
-    bounds[-1] = max(bounds[-2], total)
-    names = ("resolve", "connect", "tls", "processing", "transfer")
-    phases = {name: (bounds[i + 1] - bounds[i]) / 1e6 for i, name in enumerate(names)}
-    return phases, bounds[-1] / 1e6
+    last = 0
+    for option in _MARKS:
+        mark = getinfo(option)
+        if mark:
+            last = max(last, min(mark, total))
+        bounds.append(last)
+    bounds.append(max(last, total))
+    resolved, connected, shaken, first, end = bounds[1:]
+    phases = {
+        "resolve": resolved / 1e6,
+        "connect": (connected - resolved) / 1e6,
+        "tls": (shaken - connected) / 1e6,
+        "processing": (first - shaken) / 1e6,
+        "transfer": (end - first) / 1e6,
+    }
+    return phases, end / 1e6

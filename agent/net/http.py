@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import ssl
 import weakref
 from collections import OrderedDict
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
 __all__ = ["HttpClient", "HttpClientFactory", "RequestRecord", "tls_info"]
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
+_PHASE_ATTRIBUTES = {name: f"vantage.http.phase.{name}" for name in PHASES}
+_LINE_BREAK = re.compile("[\r\n\0]")
 _REDIRECTS = {301, 302, 303, 307, 308}
 _MESSAGE_LIMIT = 500
 _TLS_VERSIONS = {
@@ -57,6 +60,7 @@ _TLS_VERSIONS = {
     "TLSv1.2": "TLS 1.2",
     "TLSv1.3": "TLS 1.3",
 }
+_NO_TLS = TLSOptions()  # frozen: one instance serves every client given none
 _KEPT_CONNECTIONS = 256
 """Idle connections the ``fresh=False`` clients keep in all (libcurl closes the oldest beyond)."""
 _KEPT_HANDSHAKES = 1024
@@ -110,9 +114,7 @@ class HttpClientFactory:
         proxy_url: str | None = None,
     ) -> HttpClient:
         """A client for one run of ``ctx``'s check; ``proxy_url`` sends its requests through a proxy."""
-        return HttpClient(
-            self, ctx, tls or TLSOptions(), fresh=fresh, ip_family=ip_family, proxy_url=proxy_url
-        )
+        return HttpClient(self, ctx, tls or _NO_TLS, fresh=fresh, ip_family=ip_family, proxy_url=proxy_url)
 
     def tls_info(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TLSInfo:
         """Version, cipher and certificate chains of a finished handshake (``ctx.tls_info``)."""
@@ -273,15 +275,17 @@ class HttpClient:
         proxy: str | None,
     ) -> tuple[CurlResult, TLSInfo | None]:
         ctx, clock = self._ctx, self._ctx.clock
+        text = str(url)
+        scheme = url.scheme
         host = url.host or ""
-        port = url.port or (443 if url.scheme == "https" else 80)
+        port = url.port or (443 if scheme == "https" else 80)
         span = ctx.tracer.start_span(
             method,
             client=True,
             attributes={
                 "http.request.method": method,
-                "url.full": redact_url(str(url), ctx.redact),
-                "url.scheme": url.scheme,
+                "url.full": redact_url(text, ctx.redact),
+                "url.scheme": scheme,
                 "server.address": host,
                 "server.port": port,
             },
@@ -305,7 +309,7 @@ class HttpClient:
                 result = await self._factory._multi(self._pooled).perform(
                     CurlRequest(
                         method,
-                        str(url),
+                        text,
                         headers=list(hop_headers.items()),
                         body=body,
                         max_body=max_body,
@@ -332,7 +336,7 @@ class HttpClient:
             span.set_attribute("http.response.status_code", status)
             span.set_attribute("network.protocol.version", version)
             for name, seconds in result.phases.items():
-                span.set_attribute(f"vantage.http.phase.{name}", round(seconds, 6))
+                span.set_attribute(_PHASE_ATTRIBUTES[name], round(seconds, 6))
             if result.truncated:
                 span.add_event("body_truncated", {"vantage.http.body.read": max_body})
             if status >= 400:
@@ -348,7 +352,7 @@ class HttpClient:
             ctx.requests.append(
                 RequestRecord(
                     method,
-                    url.scheme,
+                    scheme,
                     host,
                     port,
                     clock.monotonic() - started,
@@ -405,8 +409,9 @@ class HttpClient:
 def _check_headers(headers: CIMultiDict[str]) -> None:
     # libcurl sends header lines as given: a line break inside one would start a header (or a
     # request) of the value's choosing.
+    search = _LINE_BREAK.search
     for name, value in headers.items():
-        if any(c in name or c in value for c in "\r\n\0"):
+        if search(name) or search(value):
             raise HttpFailure(Reason.PROTOCOL, f"the header {name.strip()!r} holds a line break")
 
 

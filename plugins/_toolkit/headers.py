@@ -23,6 +23,17 @@ __all__ = ["Lifecycle", "RateLimit", "RateLimitNames", "http_date", "parse_lifec
 _EPOCH_FLOOR = 1e9  # a reset above this is a timestamp (2001 onwards), below it a number of seconds
 _MAX_WAIT = 86400.0  # never believe a vendor that asks for a back-off longer than a day
 _SHOWN = 100  # characters of a malformed header quoted in its note
+# Every header parse_ratelimit reads without a vendor's own names: a response with none of them
+# (most responses) reports nothing, and is answered without a reader.
+_RATELIMIT_HEADERS = (
+    "RateLimit",
+    "RateLimit-Remaining",
+    "RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Limit",
+    "X-Shopify-Shop-Api-Call-Limit",
+    "Retry-After",
+)
 
 
 def _unchanged(text: str) -> str:
@@ -65,6 +76,8 @@ def parse_lifecycle(
     """Read ``Deprecation`` (RFC 9745 ``@epoch``, or the drafts' ``true`` and HTTP-date),
     ``Sunset`` (RFC 8594 HTTP-date) and the ``deprecation`` and ``sunset`` link relations."""
     get = headers.get
+    if not links and "Deprecation" not in headers and "Sunset" not in headers:
+        return Lifecycle()
     malformed: list[tuple[str, str]] = []
     deprecated, deprecated_at, sunset_at = False, None, None
     raw = get("Deprecation")
@@ -117,6 +130,9 @@ class RateLimitNames:
     used_of_limit: str | None = None
 
 
+_NO_NAMES = RateLimitNames()
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimit:
     """The rate-limit state a response reports; times are seconds from now."""
@@ -152,7 +168,13 @@ def parse_ratelimit(
     ``used/limit`` call-limit headers (``X-Shopify-Shop-Api-Call-Limit``); and ``Retry-After``
     (seconds or an HTTP date).
     """
-    names = names or RateLimitNames()
+    if names is None or names == _NO_NAMES:
+        for name in _RATELIMIT_HEADERS:
+            if name in headers:
+                break
+        else:
+            return RateLimit()
+    names = names or _NO_NAMES
     reader = _HeaderReader(headers, now, redact)
     remaining, limit, reset = reader.counts(names)
     if remaining is None:
