@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -287,13 +285,15 @@ class HttpProbe(Probe[HttpSettings]):
         self, settings: HttpSettings, response: _Response, ctx: ProbeContext
     ) -> _Finding | None:
         exchange = response.exchange
-        async with ctx.http(settings.tls, fresh=settings.fresh_connection) as client:
+        async with ctx.http(
+            settings.tls, fresh=settings.fresh_connection, proxy_url=settings.proxy_url
+        ) as client:
             problem = await self._openapi_problem(
                 settings,
                 exchange.method,
                 exchange.url.path,
                 response.subject,
-                _proxied(client, settings),
+                client,
                 ctx,
             )
         return (Reason.SCHEMA, problem) if problem else None
@@ -373,9 +373,11 @@ async def _send(
         data = json.dumps(settings.json_body)
         headers.setdefault("Content-Type", "application/json")
     async with ctx.http(
-        settings.tls, fresh=settings.fresh_connection, ip_family=settings.ip_family
-    ) as opened:
-        client = _proxied(opened, settings)
+        settings.tls,
+        fresh=settings.fresh_connection,
+        ip_family=settings.ip_family,
+        proxy_url=settings.proxy_url,
+    ) as client:
         try:
             credential = await authorize(settings.auth, client, ctx, tokens)
         except AuthFailure as failure:
@@ -472,54 +474,6 @@ class _Response:
         )
         events = _lifecycle_events(lifecycle, malformed)
         return cls(exchange, subject, quota, lifecycle, values, samples, attributes, events)
-
-
-class _Proxied:
-    """A run's client whose every request (the token request and the OpenAPI document's too)
-    goes through the check's ``proxy_url``."""
-
-    def __init__(self, client: HttpClient, proxy_url: str) -> None:
-        self._client, self._proxy_url = client, proxy_url
-
-    async def __aenter__(self) -> _Proxied:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-    async def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        params: Mapping[str, str | list[str]] | None = None,
-        data: bytes | str | None = None,
-        follow_redirects: bool = True,
-        max_redirects: int = 10,
-        max_body: int = 1 << 20,
-        proxy_url: str | None = None,
-    ) -> HttpExchange:
-        return await self._client.request(
-            method,
-            url,
-            headers=headers,
-            params=params,
-            data=data,
-            follow_redirects=follow_redirects,
-            max_redirects=max_redirects,
-            max_body=max_body,
-            proxy_url=proxy_url or self._proxy_url,
-        )
-
-
-def _proxied(client: HttpClient, settings: HttpSettings) -> HttpClient:
-    return _Proxied(client, settings.proxy_url) if settings.proxy_url else client
 
 
 def _version_finding(settings: HttpSettings, exchange: HttpExchange) -> _Finding | None:
