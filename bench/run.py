@@ -47,22 +47,22 @@ above (any it lacks are shown as n/a):
 
 CPU is a process's user + system time from /proc; RSS is VmRSS. Every scraper of /metrics here asks
 what Prometheus asks (OpenMetrics first, gzip). OTLP goes with ``OTEL_BSP_MAX_QUEUE_SIZE=8192`` (no
-span dropped at 1,000 runs/s; drops are shown) and ``OTEL_METRIC_EXPORT_INTERVAL=10000`` (three
-exports per 30 s window, not zero or one: it costs the agent more than the SDK's 60 s). A measured
-window runs from one /metrics scrape to another, with one every 15 s between: with ``--seconds``
+span dropped at 1,000 runs/s; drops are shown) and metric exports every ``--metric-interval``
+seconds (60, the SDK's default: the default telemetry; a window as long as the interval holds
+exactly one export, so ``--seconds`` and ``--big-seconds`` default to 60). A measured window runs from one /metrics scrape to another, with one every 15 s between: with ``--seconds``
 a multiple of 15 it holds exactly one scrape per 15 s (otherwise a few more). The agent measured is
 this checkout's (``PYTHONPATH``); one without ``VANTAGE_TRACE_SUCCESS_RATIO`` traces every run in
 both agent runs of ``cpu``, and the output says so.
 
     make bench                  # bench/setup.sh, then every scenario with the defaults
-    .venv/bin/python bench/run.py [--only start,base,cpu,big,idle] [--rate 300] [--seconds 30]
-        [--warmup 5] [--repeat 3] [--big 1000] [--big-seconds 30] [--idle 10000]
+    .venv/bin/python bench/run.py [--only start,base,cpu,big,idle] [--rate 300] [--seconds 60]
+        [--metric-interval 60] [--warmup 5] [--repeat 3] [--big 1000] [--big-seconds 60] [--idle 10000]
         [--idle-wait 130] [--idle-scrapes 3] [--starts 5] [--base-seconds 30] [--json [FILE]]
     .venv/bin/python bench/run.py --only cpu --seconds 15 --repeat 1   # one scenario, short
 
 ``--json`` writes every figure as JSON to FILE, or with no FILE to stdout (the tables then go to
-stderr). With the defaults, the whole run takes about 11 minutes of wall time (cpu 6, idle 3,
-big 1, base and start 1; an overloaded agent takes longer to scrape and to stop).
+stderr). With the defaults, the whole run takes about 17 minutes of wall time (cpu 11, idle 3,
+big 1.5, base and start 1; an overloaded agent takes longer to scrape and to stop).
 
 Needs Debian's nginx-light and prometheus-blackbox-exporter (bench/setup.sh installs them). Every
 load loop is bounded in count and time; all traffic stays on 127.0.0.1. The figures are of this
@@ -89,6 +89,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import harness
 from harness import (
     ROOT,
     Samples,
@@ -842,11 +843,17 @@ def main() -> int:
     )
     parser.add_argument("--only", default=",".join(SCENARIOS), help="scenarios, comma-separated")
     parser.add_argument("--rate", type=int, default=300, help="cpu: probes per second")
-    parser.add_argument("--seconds", type=float, default=30, help="cpu: measured seconds per run")
+    parser.add_argument("--seconds", type=float, default=60, help="cpu: measured seconds per run")
+    parser.add_argument(
+        "--metric-interval",
+        type=float,
+        default=60,
+        help="seconds between OTLP metric exports (OTEL_METRIC_EXPORT_INTERVAL; 60 is the default)",
+    )
     parser.add_argument("--warmup", type=float, default=5, help="seconds before a window starts")
     parser.add_argument("--repeat", type=int, default=3, help="cpu: repeats")
     parser.add_argument("--big", type=int, default=1000, help="big: checks at 1 s")
-    parser.add_argument("--big-seconds", type=float, default=30, help="big: measured seconds")
+    parser.add_argument("--big-seconds", type=float, default=60, help="big: measured seconds")
     parser.add_argument("--idle", type=int, default=10_000, help="idle: checks at 60 s")
     parser.add_argument("--idle-wait", type=float, default=130, help="idle: seconds before RSS is read")
     parser.add_argument("--idle-scrapes", type=int, default=3, help="idle: scrapes measured")
@@ -856,6 +863,7 @@ def main() -> int:
         "--json", nargs="?", const="-", metavar="FILE", help="write every figure as JSON (stdout: -)"
     )
     args = parser.parse_args()
+    harness.METRIC_INTERVAL = args.metric_interval
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(only) - set(SCENARIOS)
     if unknown:
