@@ -49,7 +49,8 @@ CPU is a process's user + system time from /proc; RSS is VmRSS. Every scraper of
 what Prometheus asks (OpenMetrics first, gzip). OTLP goes with ``OTEL_BSP_MAX_QUEUE_SIZE=8192`` (no
 span dropped at 1,000 runs/s; drops are shown) and metric exports every ``--metric-interval``
 seconds (60, the SDK's default: the default telemetry; a window as long as the interval holds
-exactly one export, so ``--seconds`` and ``--big-seconds`` default to 60). A measured window runs from one /metrics scrape to another, with one every 15 s between: with ``--seconds``
+exactly one export, so ``--seconds`` and ``--big-seconds`` default to 60). A measured window
+runs from one /metrics scrape to another, with one every 15 s between: with ``--seconds``
 a multiple of 15 it holds exactly one scrape per 15 s (otherwise a few more). The agent measured is
 this checkout's (``PYTHONPATH``); one without ``VANTAGE_TRACE_SUCCESS_RATIO`` traces every run in
 both agent runs of ``cpu``, and the output says so.
