@@ -123,6 +123,7 @@ class MetricExport:
         self._temporality = temporality
         self._send_encoded = send
         self._envelope = Encoder.envelope(resource, scope) if send is not None else None
+        self._encoder: Encoder | None = None
         self._id = next(_ids)
         self._lock = threading.Lock()  # one collection at a time: the thread's, a flush's
         self._stop = threading.Event()
@@ -155,6 +156,8 @@ class MetricExport:
             self._tables.refresh()
             now = time.time_ns()
             batch = _Batch(now)
+            # One encoder for the whole collection: a check's attributes recur in every table.
+            self._encoder = Encoder(*self._envelope) if self._envelope is not None else None
             for built in self._points(now):
                 table, point, sent = built
                 batch.add(table, point)
@@ -167,6 +170,7 @@ class MetricExport:
                     time.sleep(_PAUSE)
             return self._send(batch, deadline) if batch.size else True
         finally:
+            self._encoder = None
             self._lock.release()
 
     def _send(self, batch: _Batch, deadline: float) -> bool:
@@ -222,8 +226,8 @@ class MetricExport:
 
     def _encode(self, batch: _Batch) -> bytes:
         """The batch as an encoded ``ExportMetricsServiceRequest``."""
-        assert self._envelope is not None
-        encoder = Encoder(*self._envelope)
+        encoder = self._encoder
+        assert encoder is not None
         counters, histograms = self._temporality
         now, metrics = batch.now, []
         for built, (table, points) in enumerate(batch.points.items()):

@@ -43,6 +43,7 @@ _AS_DOUBLE, _AS_INT = b"\x21", b"\x31"  # NumberDataPoint.as_double = 4, as_int 
 _COUNT, _SUM = b"\x21", b"\x29"  # HistogramDataPoint.count = 4 (fixed64), sum = 5 (double)
 _BUCKETS, _BOUNDS = b"\x32", b"\x3a"  # bucket_counts = 6, explicit_bounds = 7 (packed)
 _MIN, _MAX = b"\x59", b"\x61"  # min = 11, max = 12 (double)
+_PAIRS = 100_000  # attribute pairs remembered at most (a check's name and target are its own)
 GAUGE, SUM, HISTOGRAM = b"\x2a", b"\x3a", b"\x4a"  # Metric.gauge = 5, sum = 7, histogram = 9
 
 
@@ -78,26 +79,26 @@ def _any(value: Any) -> AnyValue:
     raise TypeError(f"an attribute value of type {type(value).__name__}")
 
 
-def _pairs(attrs: Mapping[str, Any]) -> list[bytes]:
-    """Each attribute as an encoded ``KeyValue`` with its length (the tag goes in front)."""
-    out = []
-    for key, value in attrs.items():
-        try:
-            encoded = KeyValue(key=key, value=_any(value)).SerializeToString()
-        except (TypeError, ValueError):
-            continue  # as the SDK's encoder does: the attribute is left out
-        out.append(_varint(len(encoded)) + encoded)
-    return out
+def _pair(key: str, value: Any) -> bytes:
+    """An attribute as an encoded ``KeyValue`` with its length in front (the tag goes before)."""
+    if value.__class__ is str:  # most of them: written directly
+        name, text = key.encode(), value.encode()
+        any_value = b"\x0a" + _varint(len(text)) + text  # AnyValue.string_value = 1
+        encoded = b"\x0a" + _varint(len(name)) + name + b"\x12" + _varint(len(any_value)) + any_value
+    else:
+        encoded = KeyValue(key=key, value=_any(value)).SerializeToString()
+    return _varint(len(encoded)) + encoded
 
 
 class Encoder:
-    """Writes one export request per batch; keep one per batch (it remembers the attribute
-    mappings it encoded, by identity, and keeps them alive so that an identity is not reused)."""
+    """Writes export requests; keep one per collection (it remembers the attribute mappings it
+    encoded, by identity, keeping them alive so that an identity is not reused, and each pair)."""
 
     def __init__(self, resource: bytes, scope: bytes, resource_schema: str, scope_schema: str) -> None:
         self._resource, self._scope = resource, scope
         self._resource_schema, self._scope_schema = resource_schema, scope_schema
         self._attrs: dict[tuple[int, bytes], tuple[Mapping[str, Any], bytes]] = {}
+        self._pairs: dict[tuple[str, Any], bytes] = {}
 
     @classmethod
     def envelope(cls, resource: Resource, scope: InstrumentationScope) -> tuple[bytes, bytes, str, str]:
@@ -114,7 +115,7 @@ class Encoder:
 
     def _attributes(self, tag: bytes, attrs: Mapping[str, Any], extra: Mapping[str, Any] | None) -> bytes:
         if extra is not None and not attrs.keys().isdisjoint(extra):
-            return b"".join(tag + pair for pair in _pairs({**attrs, **extra}))  # extra's win
+            return self._encode(tag, {**attrs, **extra})  # extra's win
         out = self._encoded(tag, attrs)
         return out if extra is None else out + self._encoded(tag, extra)
 
@@ -122,9 +123,30 @@ class Encoder:
         known = self._attrs.get((id(attrs), tag))
         if known is not None and known[0] is attrs:
             return known[1]
-        encoded = b"".join(tag + pair for pair in _pairs(attrs))
+        encoded = self._encode(tag, attrs)
         self._attrs[(id(attrs), tag)] = (attrs, encoded)
         return encoded
+
+    def _encode(self, tag: bytes, attrs: Mapping[str, Any]) -> bytes:
+        out = []
+        pairs = self._pairs
+        for item in attrs.items():
+            try:
+                pair = pairs.get(item)
+            except TypeError:  # a sequence: not kept
+                pair = None
+            if pair is None:
+                try:
+                    pair = _pair(*item)
+                except (TypeError, ValueError):
+                    continue  # as the SDK's encoder does: the attribute is left out
+                if len(pairs) < _PAIRS:
+                    try:
+                        pairs[item] = pair
+                    except TypeError:
+                        pass
+            out.append(tag + pair)
+        return b"".join(out)
 
     def number(
         self,
