@@ -155,13 +155,6 @@ class Table:
             self.first = next(_order)
         return clean
 
-    def _find(self, check: str | None, key: Hashable) -> Any:
-        """The series of ``check`` and ``key``, or ``None``."""
-        entry = self.checks.get(check)
-        if entry.__class__ is dict:
-            return entry.get(key)
-        return entry if key is None else None
-
     def _start(self, check: str | None) -> int:
         start = self.starts.get(check)
         if start is None:
@@ -181,7 +174,8 @@ class Table:
 
     def set(self, check: str | None, key: Hashable, attrs: Attributes, value: float) -> None:
         """Keep ``value`` as the series' last value (a gauge, or an observed total)."""
-        point = self._find(check, key)
+        entry = self.checks.get(check)  # the check's lone series (key None), or a dict of them
+        point = entry.get(key) if entry.__class__ is dict else entry if key is None else None
         if point is None:
             self._add(check, key, Point(attrs, self._own(attrs), value, self._start(check)))
             return
@@ -191,7 +185,8 @@ class Table:
 
     def add(self, check: str | None, key: Hashable, attrs: Attributes, value: float) -> None:
         """Add ``value`` to the series' running total."""
-        point = self._find(check, key)
+        entry = self.checks.get(check)  # the check's lone series (key None), or a dict of them
+        point = entry.get(key) if entry.__class__ is dict else entry if key is None else None
         if point is None:
             self._add(check, key, Point(attrs, self._own(attrs), float(value), self._start(check)))
             return
@@ -209,7 +204,8 @@ class Table:
         if self.kind is MetricKind.HISTOGRAM:
             self.record(check, key, {**base, **extra}, value)
             return
-        point = self._find(check, key)
+        entry = self.checks.get(check)  # the check's lone series (key None), or a dict of them
+        point = entry.get(key) if entry.__class__ is dict else entry if key is None else None
         if point is not None and point.raw is base:
             if self.kind is MetricKind.COUNTER:
                 point.value += value
@@ -247,7 +243,8 @@ class Table:
                 self.labelled.clear()  # label sets that come and go: the series keep theirs
             shared = self.labelled[known] = self._own(labels)
         counter = self.kind is MetricKind.COUNTER
-        point = self._find(check, key)
+        entry = self.checks.get(check)  # the check's lone series (key None), or a dict of them
+        point = entry.get(key) if entry.__class__ is dict else entry if key is None else None
         if point is None:
             point = Point(base, self._own(base), float(value) if counter else value, self._start(check))
             point.extra = shared
@@ -262,7 +259,8 @@ class Table:
 
     def record(self, check: str | None, key: Hashable, attrs: Attributes, value: float) -> None:
         """Count ``value`` in the series' histogram."""
-        point = self._find(check, key)
+        entry = self.checks.get(check)  # the check's lone series (key None), or a dict of them
+        point = entry.get(key) if entry.__class__ is dict else entry if key is None else None
         if point is None:
             point = HistogramPoint(attrs, self._own(attrs), len(self.bounds) + 1, self._start(check))
             self._add(check, key, point)
