@@ -32,7 +32,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -52,8 +52,10 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from agent.sdk.probe import MetricKind
-from agent.telemetry.otlp_wire import GAUGE, HISTOGRAM, SUM, Encoder
 from agent.telemetry.tables import HistogramPoint, MetricTables, Point, Table, attributes_of
+
+if TYPE_CHECKING:
+    from agent.telemetry.otlp_wire import Encoder
 
 __all__ = ["BATCH", "CUMULATIVE", "MetricExport", "Send", "Temporality", "temporality_of"]
 
@@ -122,7 +124,12 @@ class MetricExport:
         self._delta_histograms = temporality[1] is AggregationTemporality.DELTA
         self._temporality = temporality
         self._send_encoded = send
-        self._envelope = Encoder.envelope(resource, scope) if send is not None else None
+        self._envelope: tuple[bytes, bytes, str, str] | None = None
+        if send is not None:
+            # Imported only for an OTLP exporter (start-up imports what the exporters need).
+            from agent.telemetry.otlp_wire import Encoder
+
+            self._envelope = Encoder.envelope(resource, scope)
         self._encoder: Encoder | None = None
         self._id = next(_ids)
         self._lock = threading.Lock()  # one collection at a time: the thread's, a flush's
@@ -157,7 +164,10 @@ class MetricExport:
             now = time.time_ns()
             batch = _Batch(now)
             # One encoder for the whole collection: a check's attributes recur in every table.
-            self._encoder = Encoder(*self._envelope) if self._envelope is not None else None
+            if self._envelope is not None:
+                from agent.telemetry.otlp_wire import Encoder
+
+                self._encoder = Encoder(*self._envelope)
             for built in self._points(now):
                 table, point, sent = built
                 batch.add(table, point)
@@ -226,6 +236,8 @@ class MetricExport:
 
     def _encode(self, batch: _Batch) -> bytes:
         """The batch as an encoded ``ExportMetricsServiceRequest``."""
+        from agent.telemetry.otlp_wire import GAUGE, HISTOGRAM, SUM
+
         encoder = self._encoder
         assert encoder is not None
         counters, histograms = self._temporality
