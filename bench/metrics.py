@@ -5,6 +5,7 @@ Prints:
 * the CPU microseconds per run of recording a typical HTTP run's metric points into the tables
   (5 phases, 7 values, a TLS version sample, one ``http.client.request.duration`` point), and of
   the whole ``finish_run`` (with spans off);
+* the Python memory the tables hold once every check ran (tracemalloc);
 * the CPU of one ``/metrics`` rendering with 1,000 and 10,000 checks (text, text gzipped,
   OpenMetrics), and the page's size;
 * the peak Python memory (tracemalloc) and the CPU of one OTLP collection with the most checks, sent
@@ -176,7 +177,17 @@ def exporting(checks: int, endpoint: str) -> Agent:
             "OTEL_METRIC_EXPORT_INTERVAL": "3600000",
         },
     )
+    gc.collect()
+    tracemalloc.start()
     fill(agent)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    series = agent.telemetry.tables.series_count()
+    print(
+        f"the tables, {checks:>6,} checks ({series:,} series): {held / 2**20:.1f} MiB of Python memory "
+        f"(tracemalloc, one run of each check), {held / series:.0f} bytes a series"
+    )
     return agent
 
 

@@ -41,10 +41,10 @@ from agent.net import _ssl as ssl_adapter
 from agent.net.curl import CurlMulti, CurlRequest
 from agent.sdk.http import TLSOptions
 from agent.telemetry import _requests as requests_adapter
-from agent.telemetry._otel_sdk import CountingBatchSpanProcessor, metric_preferences
+from agent.telemetry._otel_sdk import CountingBatchSpanProcessor, metric_preferences, otlp_http_sender
 from agent.telemetry.providers import ExportStats
 
-from .helpers import serve, thread_server
+from .helpers import otlp_http_receiver, serve, thread_server
 
 PYTHON = f"Python {sys.version_info.major}.{sys.version_info.minor}"
 LIBCURL = pycurl.version
@@ -184,6 +184,27 @@ def test_an_exporters_preferences_are_read_as_it_was_built_with_them() -> None:
     except AttributeError as exc:
         pytest.fail(f"{OTEL_SDK}: MetricExporter.{exc.name} is gone")
     assert metric_preferences(ConsoleMetricExporter()) == (None, None)
+
+
+def test_encoded_metrics_go_through_the_otlp_http_exporters_client(caplog: pytest.LogCaptureFixture) -> None:
+    """Pins ``otlp_http_sender``: the OTLP/HTTP metric exporter's ``_client.export(bytes)`` sends
+    the bytes as they are to its endpoint, and nothing goes once the exporter is shut down."""
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+    from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric, ResourceMetrics, ScopeMetrics
+
+    request = ExportMetricsServiceRequest(
+        resource_metrics=[ResourceMetrics(scope_metrics=[ScopeMetrics(metrics=[Metric(name="m")])])]
+    )
+    with otlp_http_receiver() as (endpoint, received):
+        exporter = OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics")
+        with caplog.at_level(logging.WARNING, logger="vantage.telemetry"):
+            send = otlp_http_sender(exporter)
+        assert send is not None, f"{OTEL_SDK}: OTLPMetricExporter._client.export is gone"
+        assert send(request.SerializeToString())
+        assert received.metrics == [request], f"{OTEL_SDK}: _client.export(bytes) sent something else"
+        exporter.shutdown()
+        assert not send(request.SerializeToString()) and len(received.metrics) == 1
 
 
 # ---------------------------------------------------------------- requests, urllib3 (_requests.py)

@@ -230,6 +230,20 @@ def test_defaults_merge_and_short_intervals_get_a_fitting_timeout() -> None:
     assert c.regions == ("us",) and c.labels == {"team": "growth"}
 
 
+def test_checks_with_the_same_settings_share_them() -> None:
+    document = checks(
+        HTTP,
+        {**HTTP, "name": "b"},
+        {**HTTP, "name": "c", "settings": {"method": "HEAD", "headers": {"A": "1", "B": "2"}}},
+        {**HTTP, "name": "d", "settings": {"method": "HEAD", "headers": {"A": "1", "B": "2"}}},
+        {**HTTP, "name": "e", "settings": {"method": "POST"}},
+    )
+    a, b, c, d, e = (entry.settings for entry in load_config({"VANTAGE_CHECKS": document}).entries)
+    assert a is b and c is d
+    assert e is not a and e is not c and a is not c
+    assert c.model_dump()["method"] == "HEAD" and e.model_dump()["method"] == "POST"
+
+
 def test_checks_from_file_and_json(tmp_path: Path) -> None:
     path = tmp_path / "checks.json"
     path.write_text('{"checks": [{"name": "a", "type": "http", "target": "http://x"}]}')

@@ -8,11 +8,22 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.metrics.v1 import metrics_pb2
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+)
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from agent import __version__
 from agent.app import Agent
 from agent.sdk.probe import ProbeResult
 from agent.sdk.reasons import Reason
+from agent.telemetry.collection import MetricExport
 
 from .exposition import build, record
 from .helpers import Received, attributes, otlp_http_receiver
@@ -207,3 +218,87 @@ def test_shutdown_exports_one_last_time(
     record(agent)
     agent.telemetry.shutdown(5)
     assert points(received, "probe.success") and not agent.telemetry.exports[0]._thread.is_alive()
+
+
+class _Keeping(MetricExporter):
+    """Keeps what the SDK's encoder makes of each ``export()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Any] = []
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        self.requests.append(encode_metrics(metrics_data))
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        pass
+
+
+def _timeless(request: Any) -> Any:
+    """The request with every time set to 1 (0 where it is absent): two collections' times differ."""
+    for rm in request.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                for point in getattr(metric, metric.WhichOneof("data")).data_points:
+                    point.time_unix_nano = 1 if point.time_unix_nano else 0
+                    point.start_time_unix_nano = 1 if point.start_time_unix_nano else 0
+    return request
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["cumulative", "delta"])
+def test_the_agents_own_encoding_decodes_as_the_sdks(delta: bool) -> None:
+    """The requests the agent encodes for the OTLP/HTTP exporter (agent/telemetry/otlp_wire.py),
+    decoded with the official messages, are those the SDK's encoder makes of the same batches."""
+    agent = build(OTEL_METRICS_EXPORTER="prometheus")
+    tables, resource = agent.telemetry.tables, agent.telemetry.resource
+    scope = InstrumentationScope("vantage", __version__)
+    kind = AggregationTemporality.DELTA if delta else AggregationTemporality.CUMULATIVE
+    sdk, ours = _Keeping(), _Keeping()
+    encoded: list[bytes] = []
+
+    def send(data: bytes, timeout_millis: float) -> bool:
+        encoded.append(data)
+        return True
+
+    exports = [
+        MetricExport(tables, resource, scope, sdk, temporality=(kind, kind), batch=5),
+        MetricExport(tables, resource, scope, ours, temporality=(kind, kind), batch=5, send=send),
+    ]
+    for _ in range(2):  # the second: differences since the first (delta), or totals again
+        record(agent)
+        for export in exports:
+            assert export.collect(10)
+    assert not ours.requests and len(encoded) == len(sdk.requests) > 4
+    decoded = [_timeless(ExportMetricsServiceRequest.FromString(data)) for data in encoded]
+    assert decoded == [_timeless(request) for request in sdk.requests]
+    # What tells them apart survived: ints as ints, a gauge without a start, histogram's min/max.
+    kinds = {m.name: m for r in decoded for _, _, m in metrics_of(r)}
+    assert kinds["probe.http.status_code"].gauge.data_points[0].WhichOneof("value") == "as_int"
+    assert kinds["probe.http.status_code"].gauge.data_points[0].start_time_unix_nano == 0
+    assert kinds["probe.all.duration"].histogram.data_points[0].HasField("min")
+    expected = metrics_pb2.AGGREGATION_TEMPORALITY_DELTA if delta else CUMULATIVE
+    assert (
+        kinds["probe.runs"].sum.aggregation_temporality == expected and kinds["probe.runs"].sum.is_monotonic
+    )
+
+
+def test_the_otlp_http_exporter_gets_the_agents_encoding(
+    receiver: tuple[str, Received], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint, received = receiver
+    agent = exporting(endpoint, monkeypatch)
+    try:
+        record(agent)
+        export = agent.telemetry.exports[0]
+        assert export._send_encoded is not None
+        assert agent.telemetry.flush(10)
+        assert agent.telemetry.health()["exported"] == {"metrics": export.exports}
+        assert points(received, "probe.success")["api"][1].as_double == 1.0
+    finally:
+        agent.telemetry.shutdown(5)

@@ -84,3 +84,34 @@ def test_observed_metrics_are_read_at_each_refresh() -> None:
     seen[0] = 4
     tables.refresh()
     assert [p.value for p in table.points()] == [4]
+
+
+def test_a_checks_lone_series_and_then_keyed_ones_keep_their_order() -> None:
+    tables = MetricTables()
+    gauge = tables.declare(MetricSpec.gauge("up", "", ""))
+    gauge.set("a", None, BASE, 1)
+    gauge.set("b", "k", {**BASE, "check": "b"}, 2)
+    gauge.set("a", "k", {**BASE, "k": "v"}, 3)  # a's lone series gets a sibling
+    gauge.set("a", None, BASE, 4)
+    assert [(attributes_of(p)["check"], p.value) for p in gauge.points()] == [("a", 4), ("a", 3), ("b", 2)]
+    assert len(gauge) == 3
+    tables.forget("a")
+    assert [p.value for p in gauge.points()] == [2]
+
+
+def test_samples_label_sets_are_shared_by_the_checks_that_have_them() -> None:
+    tables = MetricTables()
+    gauge = tables.declare(MetricSpec.gauge("tls", "", ""))
+    other = {**BASE, "check": "b"}
+    for base in (BASE, other):
+        gauge.put_labelled(base["check"], "version", base, {"version": "TLS 1.3"}, 1)
+    a, b = gauge.points()
+    assert a.extra is b.extra and a.attrs is BASE and b.attrs is other
+    gauge.put_labelled("a", "version", BASE, {"version": "TLS 1.2"}, 1)  # the series takes the new
+    assert [attributes_of(p)["version"] for p in gauge.points()] == ["TLS 1.2", "TLS 1.3"]
+    assert gauge.keys >= {"check", "version"}
+    counter = tables.declare(MetricSpec("errors", MetricKind.COUNTER, "{error}", ""))
+    for _ in range(2):
+        counter.put_labelled("a", ("kind", "x"), BASE, {"kind": "x", "check": "mine"}, 1)
+    (point,) = counter.points()
+    assert point.value == 2.0 and attributes_of(point) == {**BASE, "kind": "x", "check": "mine"}

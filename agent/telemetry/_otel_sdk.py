@@ -1,6 +1,6 @@
 """The adapter to the OpenTelemetry SDK's private parts: the one module that reaches into them.
 
-It reaches into two places, for want of a public API (SDK 1.45):
+It reaches into three places, for want of a public API (SDK 1.45):
 
 * ``BatchSpanProcessor._batch_processor._metrics``: the SDK counts the spans a full queue drops
   only in its opt-in self-metrics, by calling ``drop_items`` on that private metrics object.
@@ -12,6 +12,12 @@ It reaches into two places, for want of a public API (SDK 1.45):
   environment itself (``agent/telemetry/providers.py``); :func:`metric_preferences` reads them only
   for an exporter the agent knows nothing of (one installed by a third-party package), so that the
   agent's own collection (``agent/telemetry/collection.py``) sends it the temporality it asks for.
+* ``OTLPMetricExporter._client.export(bytes)`` (and ``_shutdown``): the OTLP/HTTP metric exporter
+  sends only what its own encoder made of the SDK's data model; the agent encodes its tables
+  itself (``agent/telemetry/otlp_wire.py``) and :func:`otlp_http_sender` hands the bytes to the
+  exporter's client, which sends them as the exporter would (endpoint, headers, compression,
+  timeout, retries, its session). On an SDK without it, the agent logs a warning once and
+  exports through ``export()``.
 
 ``tests/test_adapters.py`` fails, naming the attribute, on an SDK that moves or changes either.
 """
@@ -26,7 +32,7 @@ from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExpor
 from opentelemetry.sdk.metrics.view import Aggregation
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-__all__ = ["CountingBatchSpanProcessor", "DropSink", "metric_preferences"]
+__all__ = ["CountingBatchSpanProcessor", "DropSink", "metric_preferences", "otlp_http_sender"]
 
 log = logging.getLogger("vantage.telemetry")
 
@@ -78,3 +84,21 @@ def metric_preferences(
     """The temporality and aggregation ``exporter`` asks its reader for, as the SDK's own reader
     reads them (None: the reader's defaults)."""
     return exporter._preferred_temporality, exporter._preferred_aggregation
+
+
+def otlp_http_sender(exporter: MetricExporter) -> Callable[[bytes], bool] | None:
+    """Sends an encoded ``ExportMetricsServiceRequest`` through the OTLP/HTTP metric exporter's
+    own client, as its ``export()`` sends what its encoder made; whether it went through. None
+    (and a warning) on an SDK whose exporter has no such client."""
+    client = getattr(exporter, "_client", None)
+    export = getattr(client, "export", None)
+    if not callable(export) or not hasattr(exporter, "_shutdown"):
+        log.warning("this OpenTelemetry SDK's OTLP/HTTP metric exporter cannot send encoded requests")
+        return None
+
+    def send(data: bytes) -> bool:
+        if exporter._shutdown:
+            return False
+        return bool(export(data).success)
+
+    return send

@@ -74,7 +74,7 @@ from agent import __version__
 from agent.config.secrets import Redactor
 from agent.errors import ConfigError
 from agent.sdk.urls import redact_url
-from agent.telemetry._otel_sdk import CountingBatchSpanProcessor, metric_preferences
+from agent.telemetry._otel_sdk import CountingBatchSpanProcessor, metric_preferences, otlp_http_sender
 from agent.telemetry._requests import DeadlineAdapter, request_deadline
 from agent.telemetry.collection import MetricExport, temporality_of
 from agent.telemetry.exposition import ExpositionCache, render
@@ -517,10 +517,12 @@ class _CountingMetricExporter(MetricExporter):
         stats: ExportStats,
         endpoint: str = "",
         outcomes: _Outcomes | None = None,
+        sender: Callable[[bytes], bool] | None = None,
     ) -> None:
         super().__init__()
         self._inner, self._name, self._stats, self._endpoint = inner, name, stats, endpoint
         self._outcomes = outcomes or _Outcomes(None)
+        self._sender = sender
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
@@ -536,6 +538,22 @@ class _CountingMetricExporter(MetricExporter):
         else:
             self._stats.failed_with("metrics", self._outcomes.failure(), self._name, self._endpoint)
         return result
+
+    def export_encoded(self, data: bytes, timeout_millis: float = 10_000) -> bool:
+        """Send an encoded request through ``send`` (see :func:`otlp_http_sender`), counted as an
+        ``export()`` is; whether it went through."""
+        assert self._sender is not None
+        self._outcomes.begin()
+        try:
+            ok = self._sender(data)
+        except Exception as exc:
+            self._stats.failed_with("metrics", self._outcomes.failure(exc), self._name, self._endpoint)
+            return False
+        if ok:
+            self._stats.succeeded("metrics", self._name, self._endpoint)
+        else:
+            self._stats.failed_with("metrics", self._outcomes.failure(), self._name, self._endpoint)
+        return ok
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         return self._inner.force_flush(timeout_millis)
@@ -1070,15 +1088,24 @@ def build_telemetry(
         sessions.extend([outcomes.session] if outcomes.session else [])
         preferences = _known_metric_preferences(environ, name) or metric_preferences(exporter)
         _note_histogram_aggregation(name, preferences[1])
+        # The OTLP/HTTP exporter's own encoder is most of a collection's cost: the agent encodes
+        # for it (agent/telemetry/otlp_wire.py) and sends through its client.
+        sender = (
+            otlp_http_sender(exporter)
+            if _entry_point(environ, "metrics", name).name == "otlp_proto_http"
+            else None
+        )
+        counting = _CountingMetricExporter(exporter, name, stats, target, outcomes, sender)
         export = MetricExport(
             tables,
             resource,
             scope,
-            _CountingMetricExporter(exporter, name, stats, target, outcomes),
+            counting,
             interval=interval / 1000,
             timeout=timeout / 1000,
             temporality=temporality_of(preferences[0]),
             name=name,
+            send=counting.export_encoded if sender is not None else None,
         )
         export.start()
         exports.append(export)

@@ -421,10 +421,15 @@ class Recorder:
                     phases.put_derived(name, phase, attrs, {"phase": phase}, seconds)
         for metric, value in result.values.items():
             self._set(metric, name, None, attrs, value)
+        tables = self._tables.tables
         for sample in result.samples:
             # One series per label set, unless the sample names its series (see Sample.series).
             series = sample.series if sample.series is not None else tuple(sorted(sample.labels.items()))
-            self._set(sample.metric, name, series, {**attrs, **sample.labels}, sample.value)
+            table = tables.get(sample.metric)
+            if table is None:
+                log.error("probe emitted %s, which is not among its metric specs; dropped", sample.metric)
+                continue
+            table.put_labelled(name, series, attrs, sample.labels, sample.value)
         request_duration = self._http_request_duration
         for request in requests:
             # The semantic convention's attributes only: one series per server, not per check.

@@ -37,7 +37,7 @@ Observer = Callable[[], Iterable[tuple[Attributes, float]]]
 """Called at each collection: the current (attributes, value) of each series of an observed metric."""
 
 _order = itertools.count()
-_EMPTY: dict[Hashable, Any] = {}
+_LABELLED = 1024  # label sets of samples shared at most, per table
 
 
 class Point:
@@ -99,6 +99,7 @@ class Table:
         "first",
         "keys",
         "kind",
+        "labelled",
         "observer",
         "put",
         "redact",
@@ -116,11 +117,15 @@ class Table:
     ) -> None:
         self.spec, self.kind, self.redact = spec, spec.kind, redact
         self.bounds = bounds
-        self.checks: dict[str | None, dict[Hashable, Any]] = {}
+        self.checks: dict[str | None, Any] = {}
+        """Each check's series: its only series when that is of key ``None``, else a dict of
+        them by key."""
         self.starts: dict[str | None, int] = {} if starts is None else starts
         """When each check got its first series (ns): the start of all its series, one number
         shared by them (and by every table of :class:`MetricTables`)."""
         self.extras: dict[Hashable, Attributes] = {}
+        self.labelled: dict[tuple[tuple[str, AttributeValue], ...], Attributes] = {}
+        """Samples' own label sets, by their pairs (see :meth:`put_labelled`)."""
         self.keys: set[str] = set()
         self.version = 0
         self.first = -1
@@ -150,20 +155,29 @@ class Table:
             self.first = next(_order)
         return clean
 
-    def _series(self, check: str | None) -> dict[Hashable, Any]:
-        series = self.checks.get(check)
-        if series is None:
-            series = self.checks[check] = {}
-            if check not in self.starts:
-                self.starts[check] = time.time_ns()
-        return series
+    def _start(self, check: str | None) -> int:
+        start = self.starts.get(check)
+        if start is None:
+            start = self.starts[check] = time.time_ns()
+        return start
+
+    def _add(self, check: str | None, key: Hashable, point: Any) -> None:
+        """Keep a new series: a check's only series, of key ``None`` (most of them), is kept as
+        it is, not in a dict of one (some 80 bytes a series saved)."""
+        entry = self.checks.get(check)
+        if entry is None:
+            self.checks[check] = point if key is None else {key: point}
+        elif entry.__class__ is dict:
+            entry[key] = point
+        else:
+            self.checks[check] = {None: entry, key: point}
 
     def set(self, check: str | None, key: Hashable, attrs: Attributes, value: float) -> None:
         """Keep ``value`` as the series' last value (a gauge, or an observed total)."""
-        series = self.checks.get(check) or self._series(check)
-        point = series.get(key)
+        entry = self.checks.get(check)  # the check's lone series (key None), or a dict of them
+        point = entry.get(key) if entry.__class__ is dict else entry if key is None else None
         if point is None:
-            series[key] = Point(attrs, self._own(attrs), value, self.starts[check])
+            self._add(check, key, Point(attrs, self._own(attrs), value, self._start(check)))
             return
         if point.raw is not attrs and point.raw != attrs:
             point.raw, point.attrs = attrs, self._own(attrs)
@@ -171,10 +185,10 @@ class Table:
 
     def add(self, check: str | None, key: Hashable, attrs: Attributes, value: float) -> None:
         """Add ``value`` to the series' running total."""
-        series = self.checks.get(check) or self._series(check)
-        point = series.get(key)
+        entry = self.checks.get(check)  # the check's lone series (key None), or a dict of them
+        point = entry.get(key) if entry.__class__ is dict else entry if key is None else None
         if point is None:
-            series[key] = Point(attrs, self._own(attrs), float(value), self.starts[check])
+            self._add(check, key, Point(attrs, self._own(attrs), float(value), self._start(check)))
             return
         if point.raw is not attrs and point.raw != attrs:
             point.raw, point.attrs = attrs, self._own(attrs)
@@ -190,8 +204,8 @@ class Table:
         if self.kind is MetricKind.HISTOGRAM:
             self.record(check, key, {**base, **extra}, value)
             return
-        series = self.checks.get(check) or self._series(check)
-        point = series.get(key)
+        entry = self.checks.get(check)  # the check's lone series (key None), or a dict of them
+        point = entry.get(key) if entry.__class__ is dict else entry if key is None else None
         if point is not None and point.raw is base:
             if self.kind is MetricKind.COUNTER:
                 point.value += value
@@ -202,20 +216,54 @@ class Table:
         if shared is None or shared != extra:
             shared = self.extras[key] = self._own(extra)
         if point is None:
-            point = series[key] = Point(base, self._own(base), float(value), self.starts[check])
+            point = Point(base, self._own(base), float(value), self._start(check))
+            self._add(check, key, point)
         else:
             point.raw, point.attrs = base, self._own(base)
             point.value = point.value + value if self.kind is MetricKind.COUNTER else value
         point.extra = shared
 
+    def put_labelled(
+        self, check: str, key: Hashable, base: Attributes, labels: Attributes, value: float
+    ) -> None:
+        """Record ``value`` as the metric's kind has it in a series whose attributes are the
+        check's ``base`` and a sample's own ``labels`` (a TLS version): the series keeps both as
+        they are, ``labels`` shared by the series of every check that has the same, so that
+        nothing merged is kept per check (histograms merge theirs)."""
+        try:
+            known = tuple(labels.items())
+            shared = self.labelled.get(known)
+        except TypeError:  # a sequence among the values: merged, as a histogram's
+            known, shared = (), None
+        if self.kind is MetricKind.HISTOGRAM or not known:
+            self.put(check, key, {**base, **labels} if labels else base, value)
+            return
+        if shared is None:
+            if len(self.labelled) >= _LABELLED:
+                self.labelled.clear()  # label sets that come and go: the series keep theirs
+            shared = self.labelled[known] = self._own(labels)
+        counter = self.kind is MetricKind.COUNTER
+        entry = self.checks.get(check)  # the check's lone series (key None), or a dict of them
+        point = entry.get(key) if entry.__class__ is dict else entry if key is None else None
+        if point is None:
+            point = Point(base, self._own(base), float(value) if counter else value, self._start(check))
+            point.extra = shared
+            self._add(check, key, point)
+            return
+        if point.raw is not base or point.extra is not shared:
+            point.raw, point.attrs, point.extra = base, self._own(base), shared
+        if counter:
+            point.value += value
+        else:
+            point.value = value
+
     def record(self, check: str | None, key: Hashable, attrs: Attributes, value: float) -> None:
         """Count ``value`` in the series' histogram."""
-        series = self.checks.get(check) or self._series(check)
-        point = series.get(key)
+        entry = self.checks.get(check)  # the check's lone series (key None), or a dict of them
+        point = entry.get(key) if entry.__class__ is dict else entry if key is None else None
         if point is None:
-            point = series[key] = HistogramPoint(
-                attrs, self._own(attrs), len(self.bounds) + 1, self.starts[check]
-            )
+            point = HistogramPoint(attrs, self._own(attrs), len(self.bounds) + 1, self._start(check))
+            self._add(check, key, point)
         elif point.raw is not attrs and point.raw != attrs:
             point.raw, point.attrs = attrs, self._own(attrs)
         point.sum += value
@@ -232,11 +280,14 @@ class Table:
 
     def points(self) -> Iterator[Any]:
         """Every series (``Point`` or ``HistogramPoint``), safe to call from another thread."""
-        for series in list(self.checks.values()):
-            yield from list(series.values())
+        for entry in list(self.checks.values()):
+            if entry.__class__ is dict:
+                yield from list(entry.values())
+            else:
+                yield entry
 
     def __len__(self) -> int:
-        return sum(len(series) for series in list(self.checks.values()))
+        return sum(len(e) if e.__class__ is dict else 1 for e in list(self.checks.values()))
 
 
 def attributes_of(point: Point | HistogramPoint) -> Attributes:
