@@ -337,6 +337,11 @@ def run_agent(config: Config, environ: Mapping[str, str]) -> NoReturn:
     # walking it again and again (full collections were the agent's longest pauses).
     gc.collect()
     gc.freeze()
+    # Each run allocates a few hundred objects, nearly all freed by reference counting; at the
+    # interpreter's default (a young collection every 700 allocations) the agent ran over a
+    # thousand young collections a second at 1,000 probes/s. 20,000 cut the agent's CPU there by
+    # about a tenth (docs/design-notes.md).
+    gc.set_threshold(20_000, 10, 10)
     # Telemetry threads (rendering /metrics, encoding OTLP) share the interpreter lock with the
     # event loop; handing it back every millisecond rather than every five keeps probe starts
     # on time while they work.
