@@ -415,7 +415,25 @@ class RaisesOwnCancelled(Probe[ProbeSettings]):
         raise asyncio.CancelledError("the plugin's own")
 
 
-LOCAL_PROBES = {"nested": "NestedProbe", "own_cancel": "RaisesOwnCancelled"}
+class CleanupRaises(Probe[ProbeSettings]):
+    """Cancelled, its cleanup fails with an exception of its own (a session that cannot close)."""
+
+    name = "cleanup_raises"
+    Settings = ProbeSettings
+
+    async def run(self, check: Check, settings: ProbeSettings, ctx: ProbeContext) -> ProbeResult:
+        try:
+            await ctx.clock.sleep(3600)
+        except asyncio.CancelledError:
+            raise ConnectionResetError("closing the session failed") from None
+        return ProbeResult(success=True)
+
+
+LOCAL_PROBES = {
+    "nested": "NestedProbe",
+    "own_cancel": "RaisesOwnCancelled",
+    "cleanup_raises": "CleanupRaises",
+}
 
 
 def nested_check(name: str, timeout: float = 1.0, **settings: Any) -> dict[str, Any]:
@@ -493,6 +511,34 @@ async def test_shutdown_cancels_a_run_through_a_plugins_task_group() -> None:
     assert len([e for e in probe.events if e.startswith("child")]) == 2
     assert "cleaning up" in probe.events and "cleaned up" not in probe.events  # cut there too
     assert agent.recorder.in_flight == 0
+
+
+async def test_a_plugin_whose_cleanup_fails_at_shutdown_does_not_end_the_scheduler_with_it() -> None:
+    """At shutdown a run is abandoned whatever its plugin raises while it is cut: the scheduler
+    returns from run() (so the agent goes on to flush its telemetry) instead of raising it."""
+    clock = FakeClock()
+    checks = [{"name": "c", "type": "cleanup_raises", "target": "x", "interval": 10, "timeout": 9.0}]
+    agent, _ = agent_with(checks, clock)
+    outcome: list[str] = []
+
+    async def run() -> None:
+        try:
+            await agent.scheduler.run(drain_timeout=0.5)
+            outcome.append("returned")
+        except BaseException as exc:
+            outcome.append(repr(exc))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        while agent.recorder.in_flight == 0:
+            await clock.advance(0.5)
+        agent.scheduler.stop()
+        await clock.advance(1)
+        with anyio.fail_after(10):
+            while not outcome:
+                await anyio.sleep(0.01)
+    assert outcome == ["returned"]
+    assert agent.recorder.states["c"].runs == 0 and agent.recorder.in_flight == 0  # abandoned
 
 
 async def test_a_cancelled_error_nobody_asked_for_is_the_plugins_crash(

@@ -360,7 +360,11 @@ class Scheduler:
             return result
         except BaseException as exc:
             if item.cut == "shutdown":
-                raise
+                # The agent is stopping: the run is abandoned, whatever the plugin's cleanup raised
+                # on its way out (a session that failed to close must not end the scheduler).
+                if _is_cancellation(exc):
+                    raise
+                raise asyncio.CancelledError() from exc
             if not (item.cut == "timeout" and _is_cancellation(exc)):
                 return self._crashed_result(check.name, check.type, ctx, exc)
             # This run's timeout, as our CancelledError or as one the plugin made of it.
