@@ -3,6 +3,7 @@ headers, TLS from trustme, cancellation, failures mapped to reasons, many transf
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import ssl
@@ -356,3 +357,34 @@ async def test_client_certificate_and_minimum_version(ca: trustme.CA, ca_file: P
     assert without_cert.value.reason is Reason.TLS, without_cert.value.message
     assert too_old.value.reason is Reason.TLS, too_old.value.message
     assert "handshake" in too_old.value.message
+
+
+async def test_a_transfer_whose_figures_cannot_be_read_fails_its_request_and_frees_its_handle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reading a finished transfer's figures is the client's own code: when it raises, the request
+    fails with that error at once (no wait for a timeout), the handle leaves the multi handle, and
+    the next request (which reuses the handle) is served."""
+    import agent.net.curl as curl_module
+
+    original = curl_module._Transfer.read_info
+    calls = 0
+
+    def broken_once(self: Any, curl: Any, tls_used: bool) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("a certificate that will not decode")
+        original(self, curl, tls_used)
+
+    monkeypatch.setattr(curl_module._Transfer, "read_info", broken_once)
+    multi = CurlMulti(asyncio.get_running_loop())
+    try:
+        async with serve(plain_app()) as port:
+            with anyio.fail_after(10), pytest.raises(ValueError, match="will not decode"):
+                await multi.perform(CurlRequest("GET", f"http://127.0.0.1:{port}/"))
+            assert multi.transfers == 0
+            result = await multi.perform(CurlRequest("GET", f"http://127.0.0.1:{port}/"))
+        assert (result.status, result.body) == (200, b"hello")
+    finally:
+        multi.close()

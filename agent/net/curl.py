@@ -28,6 +28,7 @@ pycurl has no ``CURLINFO_TLS_SSL_PTR``), and the certificates the server sent fr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 import weakref
@@ -247,6 +248,7 @@ class CurlMulti:
         # Easy handles are reset and used again, as Tornado's client does: making one per request
         # cost about a third of libcurl's own CPU for a small request.
         self._idle: list[pycurl.Curl] = []
+        self._closed = False
 
     @property
     def _loop(self) -> asyncio.AbstractEventLoop:
@@ -288,9 +290,9 @@ class CurlMulti:
             # An option libcurl refused (a proxy URL that is not ASCII, say): nothing was sent.
             self._release(curl)
             raise HttpFailure(Reason.PROTOCOL, f"the request cannot be made: {type(exc).__name__}") from None
-        self._transfers[curl] = (transfer, tls_used)
-        self._multi.add_handle(curl)
         try:
+            self._transfers[curl] = (transfer, tls_used)
+            self._multi.add_handle(curl)
             await transfer.future
         except asyncio.CancelledError:
             self._abandon(curl)
@@ -320,7 +322,11 @@ class CurlMulti:
         )
 
     def _release(self, curl: pycurl.Curl) -> None:
-        if len(self._idle) < _IDLE_HANDLES:
+        if self._transfers.pop(curl, None) is not None:
+            # Neither finished nor abandoned (add_handle failed, or the wait ended some other way).
+            with contextlib.suppress(pycurl.error):
+                self._multi.remove_handle(curl)
+        if len(self._idle) < _IDLE_HANDLES and not self._closed:
             curl.reset()  # every option back to its default; the connection was left to the multi
             self._idle.append(curl)
         else:
@@ -328,6 +334,7 @@ class CurlMulti:
 
     def close(self) -> None:
         """Stop every transfer and close every connection this multi handle keeps."""
+        self._closed = True  # a request still finishing closes its handle rather than keep it
         for idle in self._idle:
             idle.close()
         self._idle.clear()
@@ -416,14 +423,20 @@ class CurlMulti:
 
     def _finish(self, curl: pycurl.Curl, error: pycurl.error | None) -> None:
         transfer, tls_used = self._transfers.pop(curl)
-        transfer.read_info(curl, tls_used)
+        # Detached first: whatever reading the transfer's figures raises, the handle is libcurl's
+        # no more, and the failure reaches the request that waits for it (not this callback).
         self._multi.remove_handle(curl)
+        failure: BaseException | None = error
+        try:
+            transfer.read_info(curl, tls_used)
+        except Exception as exc:  # a certificate that will not decode, say: the request fails
+            failure = failure or exc
         if transfer.future.done():
             return
-        if error is None:
+        if failure is None:
             transfer.future.set_result(None)
         else:
-            transfer.future.set_exception(error)
+            transfer.future.set_exception(failure)
 
 
 def _verification_problem(message: str, transfer: _Transfer) -> str:
