@@ -7,15 +7,18 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 from typing import Any, Literal
 
-from agent.sdk import Reason, cancellation, map_exception
+from agent.sdk import MetricSpec, Reason, cancellation, map_exception
 
 __all__ = [
+    "IP_METRICS",
     "IpFamily",
     "ResolveFailed",
     "cancellation",
+    "ip_values",
     "map_exception",
     "resolve",
     "socket_family",
@@ -23,6 +26,36 @@ __all__ = [
 ]
 
 IpFamily = Literal["auto", "ipv4", "ipv6"]
+
+IP_METRICS = (
+    MetricSpec.gauge("probe.ip_protocol", "", "IP protocol of the address probed: 4 or 6"),
+    MetricSpec.gauge(
+        "probe.ip_addr_hash",
+        "",
+        "FNV-1a (32 bit) hash of the address probed, as blackbox_exporter computes it: "
+        "it changes when the address does",
+    ),
+)
+"""blackbox_exporter's ``probe_ip_protocol`` and ``probe_ip_addr_hash``, same meaning."""
+
+
+def ip_values(address: str) -> dict[str, float]:
+    """``probe.ip_protocol`` and ``probe.ip_addr_hash`` for the address a probe connected to.
+
+    The hash is FNV-1a over the address's bytes (4 for IPv4, 16 for IPv6), as blackbox_exporter
+    hashes ``net.IP``, so the two agents give the same number for the same address. An address
+    that does not parse (a Unix socket, an empty string) gives no values.
+    """
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return {}
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    digest = 0x811C9DC5
+    for byte in ip.packed:
+        digest = ((digest ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return {"probe.ip_protocol": float(ip.version), "probe.ip_addr_hash": float(digest)}
 
 
 class ResolveFailed(Exception):
@@ -54,12 +87,27 @@ def split_host_port(target: str, default_port: int | None = None) -> tuple[str, 
 
 
 async def resolve(
-    host: str, port: int | None, ip_family: IpFamily, kind: int = socket.SOCK_STREAM
+    host: str,
+    port: int | None,
+    ip_family: IpFamily,
+    kind: int = socket.SOCK_STREAM,
+    *,
+    fallback: bool = False,
 ) -> list[tuple[Any, Any, int, str, Any]]:
-    """The addresses of ``host``, in the resolver's order; ``ResolveFailed`` when there are none."""
+    """The addresses of ``host``, in the resolver's order; ``ResolveFailed`` when there are none.
+
+    With ``fallback``, a name that has no address of ``ip_family`` resolves in the other family
+    (blackbox_exporter's ``ip_protocol_fallback``); without it the family is a requirement.
+    """
+    loop = asyncio.get_running_loop()
     try:
-        return await asyncio.get_running_loop().getaddrinfo(
-            host, port, family=socket_family(ip_family), type=kind
-        )
+        return await loop.getaddrinfo(host, port, family=socket_family(ip_family), type=kind)
     except socket.gaierror as exc:
-        raise ResolveFailed(*map_exception(exc, host=host)) from None
+        failure = map_exception(exc, host=host)
+    if fallback and ip_family != "auto":
+        other: IpFamily = "ipv6" if ip_family == "ipv4" else "ipv4"
+        try:
+            return await loop.getaddrinfo(host, port, family=socket_family(other), type=kind)
+        except socket.gaierror:
+            pass
+    raise ResolveFailed(*failure) from None
