@@ -40,6 +40,7 @@ def http(
     marks: tuple[pytest.MarkDecorator, ...] = (),
     ignore: tuple[str, ...] = (),
     timeout: float = 2.0,
+    reason: str | None = None,
 ) -> ParameterSet:
     scheme = "https" if port.startswith("https") else "http"
     url = f"{scheme}://127.0.0.1:{{{port}}}{path}"
@@ -55,6 +56,7 @@ def http(
         url,
         timeout,
         frozenset(ignore),
+        reason,
     )
     return case.param(*marks)
 
@@ -329,8 +331,8 @@ HTTP = [
         marks=(pending("options / http fail_if_not_ssl"),),
     ),
     # timeouts and refusals
-    http("timeout", "/hang", timeout=1.0),
-    http("refused", "/ok", port="closed"),
+    http("timeout", "/hang", timeout=1.0, reason="timeout"),
+    http("refused", "/ok", port="closed", reason="connect"),
 ]
 
 # ---------------------------------------------------------------- tls over http (blackbox's tls_config)
@@ -361,7 +363,7 @@ HTTPS = [
         {"tls": {**CA, "min_version": "1.0"}},
         port="https12",
     ),
-    http("tls_untrusted", "/ok", {"tls_config": {}}, {"tls": {}}, port="https_untrusted"),
+    http("tls_untrusted", "/ok", {"tls_config": {}}, {"tls": {}}, port="https_untrusted", reason="tls"),
     http("tls_self_signed_ca_unknown", "/ok", port="https_untrusted"),
     http(
         "tls_untrusted_insecure",
@@ -370,7 +372,7 @@ HTTPS = [
         {"tls": {"insecure": True}},
         port="https_untrusted",
     ),
-    http("tls_expired", "/ok", port="https_expired"),
+    http("tls_expired", "/ok", port="https_expired", reason="tls"),
     http(
         "tls_expired_insecure",
         "/ok",
@@ -432,6 +434,7 @@ def tcp(
     marks: tuple[pytest.MarkDecorator, ...] = (),
     ignore: tuple[str, ...] = (),
     timeout: float = 2.0,
+    reason: str | None = None,
 ) -> ParameterSet:
     target = f"127.0.0.1:{{{port}}}"
     case = Case(
@@ -442,6 +445,7 @@ def tcp(
         target,
         timeout,
         frozenset(ignore),
+        reason,
     )
     return case.param(*marks)
 
@@ -480,7 +484,7 @@ E, S = "expect", "send"
 
 TCP = [
     tcp("connect", "echo"),
-    tcp("connect_refused", "closed"),
+    tcp("connect_refused", "closed", reason="connect"),
     tcp("connect_banner_server", "ssh"),
     tcp_dialogue("ssh_banner", "ssh", (E, "^SSH-2.0-")),
     tcp_dialogue("ssh_banner_version", "ssh", (E, r"^SSH-2\.0-OpenSSH_9")),
@@ -587,6 +591,7 @@ def dns(
     marks: tuple[pytest.MarkDecorator, ...] = (),
     ignore: tuple[str, ...] = (),
     timeout: float = 2.0,
+    reason: str | None = None,
 ) -> ParameterSet:
     server = f"127.0.0.1:{{{port}}}"
     case = Case(
@@ -597,6 +602,7 @@ def dns(
         server,
         timeout,
         frozenset(ignore),
+        reason,
     )
     return case.param(*marks)
 
@@ -738,7 +744,7 @@ DNS = [
         port="dns_tls",
         marks=(pending("options / dns transport: tls"),),
     ),
-    dns("closed_udp_port", V, "A", port="closed", marks=(pending("class 10"),)),
+    dns("closed_udp_port", V, "A", port="closed", reason="connect", marks=(pending("class 10"),)),
     dns(
         "source_ip_address",
         V,

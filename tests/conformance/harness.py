@@ -59,6 +59,9 @@ class Case:
     timeout: float = 2.0
     ignore: frozenset[str] = field(default_factory=frozenset)
     """Families not compared in this case, each named in DIFFERENCES.md."""
+    reason: str | None = None
+    """The agent's own failure reason for the run (``probe_runs_total{reason}``), where blackbox's
+    metrics cannot tell two failures apart (refused at once, or waited out: ``connect``/``timeout``)."""
 
     def param(self, *marks: Any) -> ParameterSet:
         return pytest.param(self, id=self.name, marks=marks)
@@ -277,6 +280,9 @@ NO_VERIFIED_CHAIN = -62135596800.0
 time): the agent leaves the family out instead (DIFFERENCES.md)."""
 
 NO_RESPONSE_ZEROS = {
+    "probe_dns_answer_rrs",
+    "probe_dns_authority_rrs",
+    "probe_dns_additional_rrs",
     "probe_http_status_code",
     "probe_http_content_length",
     "probe_http_uncompressed_body_length",
@@ -286,8 +292,8 @@ NO_RESPONSE_ZEROS = {
     "probe_http_duration_seconds",
     "probe_failed_due_to_regex",
 }
-"""Families blackbox writes as 0 when a failed run got no response; the agent may leave them out
-(DIFFERENCES.md)."""
+"""Families blackbox writes as 0 (or, for timings, as far as it got) when a failed run got no
+response; the agent may leave them out (DIFFERENCES.md)."""
 
 
 def _absent_alike(name: str, blackbox: Series, failed: bool) -> bool:
@@ -325,6 +331,11 @@ def differences(blackbox: Series, vantage: Series, ignore: frozenset[str] = froz
         if name not in v_names and name not in PENDING and not name.startswith(("go_", "process_")):
             found.append(f"{name}: not in the comparison tables (add it to TIMINGS or EXACT)")
     return found
+
+
+def reasons(series: Series) -> set[str]:
+    """The agent's failure reasons in a run's ``probe_runs_total``."""
+    return {dict(labels).get("reason", "") for (name, labels) in series if name == "probe_runs_total"} - {""}
 
 
 def _of(series: Series, name: str) -> dict[frozenset[tuple[str, str]], float]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from .cases import CASES
-from .harness import Blackbox, Case, VantageLoop, differences, fill, parse
+from .harness import PENDING, Blackbox, Case, VantageLoop, differences, fill, parse, reasons
 from .targets import Targets
 
 pytestmark = pytest.mark.slow
@@ -19,6 +19,8 @@ def test_case(case: Case, blackbox: Blackbox, targets: Targets, vantage: Vantage
     ours = vantage.run(case, targets.values)
     assert ("probe_success", frozenset()) in theirs, "blackbox gave no verdict"
     found = differences(theirs, ours, case.ignore)
+    if case.reason is not None and reasons(ours) != {case.reason}:
+        found.append(f"the agent's reason: {sorted(reasons(ours))}, not {case.reason!r}")
     if found:
         log = blackbox.probe(case.name, target, debug=True)
         said = [
@@ -27,3 +29,57 @@ def test_case(case: Case, blackbox: Blackbox, targets: Targets, vantage: Vantage
             if " msg=" in line
         ]
         pytest.fail("\n".join(["Vantage and blackbox disagree:", *found, "blackbox's log:", *said]))
+
+
+CASE_BY_NAME = {param.values[0].name: param.values[0] for param in CASES}  # type: ignore[union-attr]
+
+EXPORTS = [
+    # (case, blackbox family, label that must be there too): what blackbox exports that the agent
+    # must export as well; a case's comparison skips a PENDING family the agent does not have yet.
+    *(
+        (case, family, None)
+        for case in ("http_ok", "tcp_connect", "icmp_loopback", "grpc_overall")
+        for family in ("probe_ip_protocol", "probe_ip_addr_hash", "probe_dns_lookup_time_seconds")
+    ),
+    ("dns_a_record", "probe_ip_protocol", None),
+    ("dns_a_record", "probe_ip_addr_hash", None),
+    ("http_ok", "probe_failed_due_to_regex", None),
+    ("http_ok", "probe_http_uncompressed_body_length", None),
+    ("http_last_modified", "probe_http_last_modified_timestamp_seconds", None),
+    ("http_tls_ok", "probe_ssl_last_chain_info", None),
+    ("icmp_loopback", "probe_icmp_reply_hop_limit", None),
+    ("dns_a_record", "probe_dns_duration_seconds", ("phase", "connect")),
+    ("icmp_loopback", "probe_icmp_duration_seconds", ("phase", "setup")),
+]
+
+PHASES_PENDING = {
+    "probe_dns_duration_seconds": "issue 13 options / dns phase connect: pending",
+    "probe_icmp_duration_seconds": "issue 13 options / icmp phase setup: pending",
+}
+
+
+def _export_param(case: str, family: str, label: tuple[str, str] | None) -> object:
+    why = PHASES_PENDING.get(family) if label else PENDING.get(family)
+    marks = [pytest.mark.xfail(strict=True, reason=why)] if why else []
+    name = f"{case}-{family}" + (f"-{label[1]}" if label else "")
+    return pytest.param(case, family, label, id=name, marks=marks)
+
+
+@pytest.mark.parametrize(("name", "family", "label"), [_export_param(*row) for row in EXPORTS])
+def test_exports(
+    name: str,
+    family: str,
+    label: tuple[str, str] | None,
+    blackbox: Blackbox,
+    targets: Targets,
+    vantage: VantageLoop,
+) -> None:
+    case = CASE_BY_NAME[name]
+    theirs = parse(blackbox.probe(case.name, fill(case.bb_target, targets.values)))
+    ours = vantage.run(case, targets.values)
+
+    def has(series: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> bool:
+        return any(n == family and (label is None or label in labels) for n, labels in series)
+
+    assert has(theirs), f"blackbox does not export {family} {label or ''} in {name}: fix the table"
+    assert has(ours), f"the agent does not export {family} {label or ''} in {name}"
