@@ -266,6 +266,19 @@ HTTP = [
     http("gzip_chunked", "/gzip-chunked"),
     # body size
     http("size_1k", "/size/1024"),
+    http("size_2mib", "/big"),
+    http(
+        "size_2mib_regex_at_end",
+        "/big",
+        {"fail_if_body_not_matches_regexp": ["END-OF-EXPORT"]},
+        {"assert": [body("matches", "END-OF-EXPORT")], "max_body": "4MiB"},
+    ),
+    http(
+        "body_multiline_regex",
+        "/lines",
+        {"fail_if_body_not_matches_regexp": ["(?s)line 0.*line 4: ok"]},
+        {"assert": [body("matches", "(?s)line 0.*line 4: ok")]},
+    ),
     http(
         "body_size_limit_over",
         "/size/4096",
@@ -296,6 +309,24 @@ HTTP = [
         {"follow_redirects": False, "assert": [status_in(302)]},
     ),
     http("redirect_cookie_login", "/login"),
+    http(
+        "redirect_303_post_becomes_get",
+        "/redirect-to?code=303&to=/ok",
+        {"method": "POST", "body": '{"ping": true}'},
+        {"method": "POST", "body": '{"ping": true}'},
+    ),
+    http(
+        "redirect_307_keeps_post",
+        "/redirect-to?code=307&to=/method",
+        {"method": "POST", "body": '{"ping": true}'},
+        {"method": "POST", "body": '{"ping": true}'},
+    ),
+    http(
+        "redirect_then_valid_200",
+        "/redirect/2",
+        {"valid_status_codes": [200]},
+        {"assert": [status_in(200)]},
+    ),
     http(
         "redirect_to_https",
         "/redirect-to?to=https://127.0.0.1:{https}/ok",
@@ -485,6 +516,13 @@ E, S = "expect", "send"
 TCP = [
     tcp("connect", "echo"),
     tcp("connect_refused", "closed", reason="connect"),
+    Case(
+        "tcp_localhost_name",
+        "tcp",
+        {"tcp": {"preferred_ip_protocol": "ip4"}},
+        {"type": "tcp", "target": "localhost:{echo}", "settings": {"ip_family": "ipv4"}},
+        "localhost:{echo}",
+    ).param(),
     tcp("connect_banner_server", "ssh"),
     tcp_dialogue("ssh_banner", "ssh", (E, "^SSH-2.0-")),
     tcp_dialogue("ssh_banner_version", "ssh", (E, r"^SSH-2\.0-OpenSSH_9")),
@@ -616,6 +654,28 @@ V = "vendor.test"
 DNS = [
     *(dns(f"{t.lower()}_record", V, t) for t in ("A", "AAAA", "MX", "TXT", "NS", "SOA", "CAA")),
     dns("cname", f"www.{V}", "CNAME"),
+    dns("cname_chased_for_a", f"www.{V}", "A"),
+    dns(
+        "cname_chased_regex",
+        f"www.{V}",
+        "A",
+        rrs(fail_if_none_matches_regexp=[r"127\.0\.0\.2"]),
+        {"answers": [{"op": "contains", "value": r"127\.0\.0\.2"}]},
+    ),
+    dns(
+        "rcodes_noerror_or_nxdomain",
+        f"missing.{V}",
+        "A",
+        {"valid_rcodes": ["NOERROR", "NXDOMAIN"]},
+        {"valid_rcodes": ["NOERROR", "NXDOMAIN"]},
+    ),
+    dns(
+        "soa_serial_exact",
+        V,
+        "SOA",
+        rrs(fail_if_none_matches_regexp=["2026112901"]),
+        {"answers": [{"op": "contains", "value": "2026112901"}]},
+    ),
     dns("srv", f"_sip._tcp.{V}", "SRV"),
     dns("nodata", V, "PTR"),
     dns("nxdomain", f"missing.{V}", "A"),
@@ -782,6 +842,8 @@ def icmp(
 ICMP = [
     icmp("loopback", "127.0.0.1"),
     icmp("loopback_other", "127.0.0.2"),
+    icmp("localhost_name", "localhost", {"preferred_ip_protocol": "ip4"}, {"ip_family": "ipv4"}),
+    icmp("localhost_name_fallback", "localhost"),
     icmp("ipv4_preferred", "127.0.0.1", {"preferred_ip_protocol": "ip4"}, {"ip_family": "ipv4"}),
     icmp("payload_size", "127.0.0.1", {"payload_size": 512}, {"payload_size": 512}),
     icmp("ttl", "127.0.0.1", {"ttl": 8}, {"ttl": 8}, marks=(pending("options / icmp ttl"),)),
@@ -834,6 +896,8 @@ GRPC = [
     ),
     grpc("service_unknown", "grpc", {"service": "payments.v1.Nope"}, {"service": "payments.v1.Nope"}),
     grpc("refused", "closed"),
+    grpc("not_grpc_server", "http"),
+    grpc("tls_to_plain_server", "grpc", {"tls": True, "tls_config": CA}, {"tls": True, "tls_options": CA}),
     grpc("tls", "grpc_tls", {"tls": True, "tls_config": CA}, {"tls": True, "tls_options": CA}),
     grpc(
         "tls_service",
@@ -879,11 +943,13 @@ DISAGREEMENTS: dict[str, str] = {
     "grpc_tls": "class 8",
     "grpc_tls_service": "class 8",
     "grpc_tls_untrusted": "class 8 (probe_grpc_ssl from the connection)",
+    "grpc_tls_to_plain_server": "class 8 (probe_grpc_ssl from the connection)",
     "grpc_tls_insecure": "options / grpc tls_options.insecure",
     # Found by this suite, in none of issue 13's classes: for the lead to decide.
     "dns_nodata": NEW_SERIAL,
     "dns_nxdomain": NEW_SERIAL,
     "dns_nxdomain_valid": NEW_SERIAL,
+    "dns_rcodes_noerror_or_nxdomain": NEW_SERIAL,
     "grpc_service_unknown": "(new) NOT_FOUND reported as serving_status SERVICE_UNKNOWN=1; blackbox: none",
 }
 

@@ -157,6 +157,13 @@ def http_app() -> web.Application:
     async def size(request: web.Request) -> web.Response:
         return web.Response(body=b"x" * int(request.match_info["n"]))
 
+    async def big(request: web.Request) -> web.Response:
+        # Past the agent's default max_body (1 MiB), with what a regex looks for at the end.
+        return web.Response(body=b"x" * (2 << 20) + b"\nEND-OF-EXPORT\n")
+
+    async def lines(request: web.Request) -> web.Response:
+        return web.Response(body=b"".join(f"line {n}: ok\n".encode() for n in range(5)))
+
     async def empty(request: web.Request) -> web.Response:
         return web.Response(status=204)
 
@@ -196,7 +203,9 @@ def http_app() -> web.Application:
     app.router.add_get("/chunked", chunked)
     app.router.add_get("/gzip-chunked", gzip_chunked)
     app.router.add_get("/redirect/{n}", redirect)
-    app.router.add_get("/redirect-to", redirect_to)
+    app.router.add_route("*", "/redirect-to", redirect_to)
+    app.router.add_get("/big", big)
+    app.router.add_get("/lines", lines)
     app.router.add_get("/login", login)
     app.router.add_get("/session", session)
     app.router.add_get("/cookies", cookies)
@@ -320,6 +329,14 @@ def dns_answer(wire: bytes, over_tcp: bool) -> bytes:
         response.set_rcode(dns.rcode.REFUSED)
         return response.to_wire()
     records = ZONE.get((name, kind))
+    alias = ZONE.get((name, "CNAME"))
+    if records is None and alias and kind != "CNAME":
+        # A CNAME to a name of the zone: the alias, then the target's records (RFC 1034 §4.3.2).
+        response.answer.append(dns.rrset.from_text_list(question.name, 300, "IN", "CNAME", alias))
+        target_records = ZONE.get((alias[0], kind), [])
+        if target_records:
+            response.answer.append(dns.rrset.from_text_list(alias[0], 300, "IN", kind, target_records))
+        return response.to_wire()
     owner_known = any(owner == name for owner, _ in ZONE)
     if records is None:
         if not owner_known:
