@@ -905,6 +905,20 @@ GRPC = [
         {"tls": True, "tls_config": CA, "service": "payments.v1.Charges"},
         {"tls": True, "tls_options": CA, "service": "payments.v1.Charges"},
     ),
+    grpc(
+        "tls_service_unknown",
+        "grpc_tls",
+        {"tls": True, "tls_config": CA, "service": "payments.v1.Nope"},
+        {"tls": True, "tls_options": CA, "service": "payments.v1.Nope"},
+        # blackbox 0.23 reads the connection's TLS state only from a call that succeeded
+        ignore=(
+            "probe_grpc_ssl",
+            "probe_ssl_earliest_cert_expiry",
+            "probe_ssl_last_chain_expiry_timestamp_seconds",
+            "probe_ssl_last_chain_info",
+            "probe_tls_version_info",
+        ),
+    ),
     grpc("tls_untrusted", "grpc_tls", {"tls": True}, {"tls": True}),
     grpc(
         "tls_insecure",
@@ -915,6 +929,7 @@ GRPC = [
     grpc("ipv4_preferred", "grpc", {"preferred_ip_protocol": "ip4"}, {"ip_family": "ipv4"}),
 ]
 
+NEW_NOT_FOUND = "(new) NOT_FOUND reported as serving_status SERVICE_UNKNOWN=1; blackbox: none"
 NEW_SERIAL = "(new) probe_dns_serial from the authority section's SOA; blackbox reads the answer's only"
 
 DISAGREEMENTS: dict[str, str] = {
@@ -950,7 +965,8 @@ DISAGREEMENTS: dict[str, str] = {
     "dns_nxdomain": NEW_SERIAL,
     "dns_nxdomain_valid": NEW_SERIAL,
     "dns_rcodes_noerror_or_nxdomain": NEW_SERIAL,
-    "grpc_service_unknown": "(new) NOT_FOUND reported as serving_status SERVICE_UNKNOWN=1; blackbox: none",
+    "grpc_tls_service_unknown": NEW_NOT_FOUND,
+    "grpc_service_unknown": NEW_NOT_FOUND,
 }
 
 

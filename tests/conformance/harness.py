@@ -286,6 +286,9 @@ BLACKBOX_NAMES = TIMINGS | EXACT
 disagreement unless the case ignores it (DIFFERENCES.md)."""
 
 
+EXTRA_LABELS: dict[str, set[str]] = {"probe_ssl_last_chain_info": {"serialnumber"}}
+"""Labels the agent adds to a blackbox family, left out of the comparison (DIFFERENCES.md)."""
+
 NO_VERIFIED_CHAIN = -62135596800.0
 """blackbox's probe_ssl_last_chain_expiry_timestamp_seconds when no chain was verified (Go's zero
 time): the agent leaves the family out instead (DIFFERENCES.md)."""
@@ -335,7 +338,7 @@ def differences(blackbox: Series, vantage: Series, ignore: frozenset[str] = froz
         elif name not in v_names:
             found.append(f"{name}: only blackbox exports it ({_show(blackbox, name)})")
         elif name in EXACT:
-            ours, theirs = _of(vantage, name), _of(blackbox, name)
+            ours, theirs = _of(vantage, name, drop=EXTRA_LABELS.get(name, set())), _of(blackbox, name)
             if not _same(ours, theirs):
                 found.append(f"{name}: blackbox {_fmt(theirs)} != Vantage {_fmt(ours)}")
     for name in sorted(bb_names - BLACKBOX_NAMES - ignore):
@@ -349,8 +352,12 @@ def reasons(series: Series) -> set[str]:
     return {dict(labels).get("reason", "") for (name, labels) in series if name == "probe_runs_total"} - {""}
 
 
-def _of(series: Series, name: str) -> dict[frozenset[tuple[str, str]], float]:
-    return {labels: value for (n, labels), value in series.items() if n == name}
+def _of(series: Series, name: str, drop: set[str] | None = None) -> dict[frozenset[tuple[str, str]], float]:
+    return {
+        frozenset((k, v) for k, v in labels if k not in (drop or ())): value
+        for (n, labels), value in series.items()
+        if n == name
+    }
 
 
 def _same(a: dict[Any, float], b: dict[Any, float]) -> bool:
