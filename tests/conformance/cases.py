@@ -361,6 +361,25 @@ HTTP = [
         {"fail_if_not_ssl": True},
         marks=(pending("options / http fail_if_not_ssl"),),
     ),
+    # a forward proxy
+    http(
+        "proxy", "/via", {"proxy_url": "http://127.0.0.1:{proxy}"}, {"proxy_url": "http://127.0.0.1:{proxy}"}
+    ),
+    http("no_proxy_refused", "/via"),
+    http(
+        "proxy_skip_resolve",
+        "/via",
+        {"proxy_url": "http://127.0.0.1:{proxy}", "skip_resolve_phase_with_proxy": True},
+        {"proxy_url": "http://127.0.0.1:{proxy}", "proxy_skip_resolve": True},
+        marks=(pending("options / http proxy_skip_resolve"),),
+    ),
+    http(
+        "proxy_connect_tls",
+        "/ok",
+        {"proxy_url": "http://127.0.0.1:{proxy}"},
+        {"proxy_url": "http://127.0.0.1:{proxy}"},
+        port="https",
+    ),
     # timeouts and refusals
     http("timeout", "/hang", timeout=1.0, reason="timeout"),
     http("refused", "/ok", port="closed", reason="connect"),

@@ -9,6 +9,7 @@ templates refer to (``{http}``, ``{ca_file}``, ...).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import gzip
 import socket
@@ -20,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from concurrent import futures
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dns.flags
 import dns.message
@@ -188,6 +190,11 @@ def http_app() -> web.Application:
         await asyncio.sleep(30)
         return web.Response()
 
+    async def via(request: web.Request) -> web.Response:
+        if request.headers.get("X-Via-Proxy") != "1":
+            return web.Response(status=403, body=b"through the proxy only\n")
+        return web.Response(body=BODY)
+
     async def html(request: web.Request) -> web.Response:
         return web.Response(
             body=b"<html><title>Maintenance</title><body>We are down for maintenance</body></html>\n",
@@ -216,6 +223,7 @@ def http_app() -> web.Application:
     app.router.add_get("/basic", basic)
     app.router.add_get("/hang", hang)
     app.router.add_get("/html", html)
+    app.router.add_get("/via", via)
     return app
 
 
@@ -285,6 +293,41 @@ async def banner_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 async def rude(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     writer.write(b"554 5.7.1 no service for you\r\n")
     await writer.drain()
+
+
+async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A forward proxy: absolute-form requests (plain HTTP, marked with ``X-Via-Proxy``) and
+    ``CONNECT`` tunnels. Every name it is asked for is 127.0.0.1: it never leaves loopback."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    line, *headers = head.split("\r\n")
+    method, target, version = line.split(" ")
+    if method == "CONNECT":
+        upstream_reader, upstream = await asyncio.open_connection("127.0.0.1", int(target.rsplit(":", 1)[1]))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    else:
+        url = urlsplit(target)
+        upstream_reader, upstream = await asyncio.open_connection("127.0.0.1", url.port or 80)
+        kept = [h for h in headers if h and not h.lower().startswith(("proxy-", "connection:"))]
+        path = url.path + (f"?{url.query}" if url.query else "")
+        request = [f"{method} {path} {version}", *kept, "X-Via-Proxy: 1", "Connection: close", "", ""]
+        upstream.write("\r\n".join(request).encode("latin-1"))
+
+    async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            if sink.can_write_eof():
+                with contextlib.suppress(OSError):
+                    sink.write_eof()
+
+    try:
+        await asyncio.gather(pipe(reader, upstream), pipe(upstream_reader, writer))
+    finally:
+        upstream.close()
 
 
 async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -527,6 +570,7 @@ class Targets:
         self._run(self._line("ssh", banner_only))
         self._run(self._line("rude", rude))
         self._run(self._line("silent", silent))
+        self._run(self._line("proxy", proxy))
         self._run(self._dns())
         self._grpc_server("grpc", None)
         self._grpc_server("grpc_tls", grpc.ssl_server_credentials([self._grpc_pair]))
