@@ -86,3 +86,41 @@ def test_exports(
 
     assert has(theirs), f"blackbox does not export {family} {label or ''} in {name}: fix the table"
     assert has(ours), f"the agent does not export {family} {label or ''} in {name}"
+
+
+RESOLVE_PHASE = {
+    "http": "probe_http_duration_seconds",
+    "dns": "probe_dns_duration_seconds",
+    "icmp": "probe_icmp_duration_seconds",
+    "grpc": "probe_grpc_duration_seconds",
+}
+
+LOOKUP_PENDING = {
+    "http_ok": "issue 13 class 9: pending in http",
+    "dns_a_record": "issue 13 class 9: pending in dns",
+    "icmp_loopback": "issue 13 class 9: pending in icmp",
+    "grpc_overall": "issue 13 class 9: pending in grpc",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=[pytest.mark.xfail(strict=True, reason=why)] if why else [])
+        for name, why in LOOKUP_PENDING.items()
+    ],
+)
+def test_lookup_time_is_the_resolve_phase(
+    name: str, blackbox: Blackbox, targets: Targets, vantage: VantageLoop
+) -> None:
+    """blackbox's probe_dns_lookup_time_seconds is the time to resolve the target's name: in every
+    prober the same number as its ``resolve`` phase. A timing compared by its meaning, not its value."""
+    case = CASE_BY_NAME[name]
+    family = RESOLVE_PHASE[case.prober]
+    resolve = (family, frozenset({("phase", "resolve")}))
+    lookup = ("probe_dns_lookup_time_seconds", frozenset())
+    theirs = parse(blackbox.probe(case.name, fill(case.bb_target, targets.values)))
+    assert theirs[lookup] == theirs[resolve], "blackbox's own rule does not hold: fix the test"
+    ours = vantage.run(case, targets.values)
+    assert lookup in ours and resolve in ours, "the agent exports no lookup time or no resolve phase"
+    assert ours[lookup] == ours[resolve]
