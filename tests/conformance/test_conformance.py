@@ -118,7 +118,7 @@ def test_lookup_time_is_the_resolve_phase(
     case = CASE_BY_NAME[name]
     family = RESOLVE_PHASE[case.prober]
     resolve = (family, frozenset({("phase", "resolve")}))
-    lookup = ("probe_dns_lookup_time_seconds", frozenset())
+    lookup: tuple[str, frozenset[tuple[str, str]]] = ("probe_dns_lookup_time_seconds", frozenset())
     theirs = parse(blackbox.probe(case.name, fill(case.bb_target, targets.values)))
     assert theirs[lookup] == theirs[resolve], "blackbox's own rule does not hold: fix the test"
     ours = vantage.run(case, targets.values)
