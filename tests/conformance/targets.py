@@ -195,6 +195,11 @@ def http_app() -> web.Application:
             return web.Response(status=403, body=b"through the proxy only\n")
         return web.Response(body=BODY)
 
+    async def host(request: web.Request) -> web.Response:
+        if request.headers.get("Host", "").split(":")[0] != "api.vendor.test":
+            return web.Response(status=421, body=b"misdirected\n")
+        return web.Response(body=BODY)
+
     async def html(request: web.Request) -> web.Response:
         return web.Response(
             body=b"<html><title>Maintenance</title><body>We are down for maintenance</body></html>\n",
@@ -224,6 +229,7 @@ def http_app() -> web.Application:
     app.router.add_get("/hang", hang)
     app.router.add_get("/html", html)
     app.router.add_get("/via", via)
+    app.router.add_get("/host", host)
     return app
 
 
