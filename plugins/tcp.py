@@ -33,6 +33,7 @@ from agent.sdk import (
 )
 
 from ._toolkit.net import IpFamily, map_exception, socket_family, split_host_port
+from ._toolkit.tls import TLS_METRICS, handshake_values
 
 __all__ = ["TcpProbe", "TcpSettings"]
 
@@ -82,6 +83,7 @@ class TcpProbe(Probe[TcpSettings]):
         MetricSpec(
             "probe.tcp.duration", MetricKind.GAUGE, "s", "Duration of the TCP probe by phase", ("phase",)
         ),
+        *TLS_METRICS,
     )
 
     def validate_target(self, target: str) -> None:
@@ -106,6 +108,8 @@ class TcpProbe(Probe[TcpSettings]):
         except OSError as exc:  # DNS, connect and TLS failures alike
             return ProbeResult.failure(*map_exception(exc, host=host, port=port))
         phases["connect"] = clock.monotonic() - started
+        # The handshake's figures, as blackbox_exporter records them: right after it, whatever follows.
+        tls_figures, tls_samples = handshake_values(ctx, writer.get_extra_info("ssl_object"))
         try:
             for index, turn in enumerate(settings.dialogue):
                 if turn.send is not None:
@@ -117,7 +121,11 @@ class TcpProbe(Probe[TcpSettings]):
                     line = await reader.readuntil(b"\n")
                 except asyncio.LimitOverrunError:
                     return ProbeResult.failure(
-                        Reason.PROTOCOL, f"a line longer than {_MAX_LINE} bytes", phases=phases
+                        Reason.PROTOCOL,
+                        f"a line longer than {_MAX_LINE} bytes",
+                        phases=phases,
+                        values=tls_figures,
+                        samples=tls_samples,
                     )
                 except asyncio.IncompleteReadError as exc:
                     got = clip(exc.partial.decode("utf-8", "replace"), _SHOWN, ctx.redact)
@@ -128,6 +136,8 @@ class TcpProbe(Probe[TcpSettings]):
                             f"{turn.expect!r} (got {got!r})"
                         ),
                         phases=phases,
+                        values=tls_figures,
+                        samples=tls_samples,
                     )
                 text = line.decode("utf-8", "replace").rstrip("\r\n")
                 assert turn._pattern is not None
@@ -139,8 +149,10 @@ class TcpProbe(Probe[TcpSettings]):
                             f"got {clip(text, _SHOWN, ctx.redact)!r}"
                         ),
                         phases=phases,
+                        values=tls_figures,
+                        samples=tls_samples,
                     )
         finally:
             writer.close()
         phases["dialogue"] = clock.monotonic() - started - phases["connect"]
-        return ProbeResult(success=True, phases=phases)
+        return ProbeResult(success=True, phases=phases, values=tls_figures, samples=tls_samples)

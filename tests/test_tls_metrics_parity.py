@@ -1,0 +1,143 @@
+"""The shared TLS metrics read the same in every probe that completes a handshake (http, tcp, tls,
+grpc) against the same server, and say nothing verified-looking of a chain that was not verified."""
+
+from __future__ import annotations
+
+import ssl
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from agent.sdk import ProbeResult, Reason
+
+from .helpers import serve
+from .test_http_probe import http_check, run_checks
+from .test_tls_probe import blocking_tls_server
+
+pytestmark = pytest.mark.anyio
+
+LAST_CHAIN = "probe.ssl.last_chain_expiry_timestamp"
+EARLIEST = "probe.ssl.earliest_cert_expiry"
+
+
+def check(kind: str, name: str, port: int, tls_options: dict[str, Any]) -> dict[str, Any]:
+    target = f"127.0.0.1:{port}"
+    settings: dict[str, Any] = {"tls": True, "tls_options": tls_options}
+    if kind == "http":
+        return http_check(name, f"https://{target}/", tls=tls_options)
+    if kind == "tls":
+        settings = {"tls": tls_options}
+    return {
+        "name": name,
+        "type": kind,
+        "target": target,
+        "interval": "10s",
+        "timeout": "3s",
+        "settings": settings,
+    }
+
+
+def leaf_labels(result: ProbeResult) -> dict[str, str]:
+    (sample,) = [s for s in result.samples if s.metric == "probe.ssl.last_chain_info"]
+    return dict(sample.labels)
+
+
+def version(result: ProbeResult) -> str:
+    (sample,) = [s for s in result.samples if s.metric == "probe.tls.version_info"]
+    return sample.labels["version"]
+
+
+def server_context(cert: trustme.LeafCert) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    return context
+
+
+async def hello(_: web.Request) -> web.Response:
+    return web.Response(text="hello")
+
+
+async def test_http_tcp_and_tls_report_the_same_handshake(ca: trustme.CA, ca_file: Path) -> None:
+    cert = ca.issue_cert("127.0.0.1", "vendor.test")
+    app = web.Application()
+    app.router.add_get("/", hello)
+    verified = {"ca_file": str(ca_file)}
+    insecure = {"insecure": True}
+    async with serve(app, ssl_context=server_context(cert)) as port:
+        results, _ = await run_checks(
+            [check(kind, f"{kind}-verified", port, verified) for kind in ("http", "tcp", "tls")]
+            + [check(kind, f"{kind}-insecure", port, insecure) for kind in ("http", "tcp", "tls")]
+        )
+    leaf = x509.load_pem_x509_certificate(cert.cert_chain_pems[0].bytes())
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    expected_leaf = {
+        "fingerprint_sha256": leaf.fingerprint(hashes.SHA256()).hex(),
+        "subject": leaf.subject.rfc4514_string(),
+        "issuer": leaf.issuer.rfc4514_string(),
+        "subjectalternative": "vendor.test,127.0.0.1",
+        "serialnumber": format(leaf.serial_number, "x"),
+    }
+    chain_expiry = min(leaf.not_valid_after_utc, ca_cert.not_valid_after_utc).timestamp()
+    for kind in ("http", "tcp", "tls"):
+        good, blind = results[f"{kind}-verified"], results[f"{kind}-insecure"]
+        assert good.success and blind.success, (kind, good.message, blind.message)
+        for result in (good, blind):
+            assert result.values[EARLIEST] == leaf.not_valid_after_utc.timestamp(), kind
+            assert leaf_labels(result) == expected_leaf, kind
+            assert version(result) == "TLS 1.3", kind
+        assert good.values[LAST_CHAIN] == chain_expiry, kind
+        # Not verified: no value at all, never one that looks like a verified chain's.
+        assert LAST_CHAIN not in blind.values, (kind, blind.values)
+
+
+async def test_an_untrusted_self_signed_leaf_has_no_verified_chain_in_insecure_mode(
+    tmp_path: Path,
+) -> None:
+    """OpenSSL builds a "verified" chain of the lone leaf even with verification off; it must not
+    become probe_ssl_last_chain_expiry_timestamp_seconds."""
+    stranger = trustme.CA()  # its root is in no trust store the probes use
+    cert = stranger.issue_cert("127.0.0.1")
+    app = web.Application()
+    app.router.add_get("/", hello)
+    async with serve(app, ssl_context=server_context(cert)) as port:
+        results, _ = await run_checks(
+            [check(kind, kind, port, {"insecure": True}) for kind in ("http", "tcp", "tls")]
+            + [check("tcp", "tcp-verifying", port, {})]
+        )
+    for kind in ("http", "tcp", "tls"):
+        assert results[kind].success, (kind, results[kind].message)
+        assert EARLIEST in results[kind].values, kind
+        assert LAST_CHAIN not in results[kind].values, (kind, results[kind].values)
+    assert results["tcp-verifying"].reason is Reason.TLS
+
+
+def tls10_context(cert: trustme.LeafCert) -> ssl.SSLContext:
+    context = server_context(cert)
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1
+    return context
+
+
+async def test_an_old_version_is_allowed_when_asked_for(ca: trustme.CA, ca_file: Path) -> None:
+    """This machine's OpenSSL serves TLS 1.0 on loopback at security level 0; the socket probes
+    reach it when ``min_version`` asks for 1.0, and refuse it otherwise."""
+    cert = ca.issue_cert("127.0.0.1")
+    with blocking_tls_server(tls10_context(cert)) as port:
+        old = {"ca_file": str(ca_file), "min_version": "1.0"}
+        results, _ = await run_checks(
+            [check(kind, f"{kind}-old", port, old) for kind in ("tcp", "tls")]
+            + [check(kind, f"{kind}-default", port, {"ca_file": str(ca_file)}) for kind in ("tcp", "tls")]
+        )
+    for kind in ("tcp", "tls"):
+        assert results[f"{kind}-old"].success, (kind, results[f"{kind}-old"].message)
+        assert version(results[f"{kind}-old"]) == "TLS 1.0", kind
+        assert results[f"{kind}-old"].values[LAST_CHAIN] > 0, kind
+        assert results[f"{kind}-default"].reason is Reason.TLS, (kind, results[f"{kind}-default"].message)
