@@ -141,3 +141,24 @@ async def test_an_old_version_is_allowed_when_asked_for(ca: trustme.CA, ca_file:
         assert version(results[f"{kind}-old"]) == "TLS 1.0", kind
         assert results[f"{kind}-old"].values[LAST_CHAIN] > 0, kind
         assert results[f"{kind}-default"].reason is Reason.TLS, (kind, results[f"{kind}-default"].message)
+
+
+async def test_grpc_reports_the_handshake_as_the_tls_probe_does(ca: trustme.CA, ca_file: Path) -> None:
+    grpc = pytest.importorskip("grpc")
+    from .test_grpc_probe import grpc_check, health_server
+
+    cert = ca.issue_cert("127.0.0.1")
+    credentials = grpc.ssl_server_credentials(
+        [(cert.private_key_pem.bytes(), cert.cert_chain_pems[0].bytes())]
+    )
+    options = {"ca_file": str(ca_file)}
+    with health_server(credentials) as port:
+        results, _ = await run_checks(
+            [grpc_check("grpc", port, tls=True, tls_options=options), check("tls", "tls", port, options)]
+        )
+    grpc_result, tls_result = results["grpc"], results["tls"]
+    assert grpc_result.success and tls_result.success, (grpc_result.message, tls_result.message)
+    for name in (EARLIEST, LAST_CHAIN, "probe.ip_protocol", "probe.ip_addr_hash"):
+        assert grpc_result.values[name] == tls_result.values[name], name
+    assert leaf_labels(grpc_result) == leaf_labels(tls_result)
+    assert version(grpc_result) == version(tls_result)
