@@ -247,7 +247,7 @@ async def _health_check(
             (":authority", f"[{name}]:{port}" if ":" in name else f"{name}:{port}"),
             ("content-type", "application/grpc"),
             ("te", "trailers"),
-            ("grpc-timeout", f"{max(1, int(deadline * 1000))}m"),
+            ("grpc-timeout", _timeout(deadline)),
             ("user-agent", "vantage-grpc"),
             *metadata,
         ]
@@ -316,6 +316,12 @@ def _message(response: dict[str, str], trailers: dict[str, str], body: bytes) ->
     if len(body) < 5 or body[0] != 0 or int.from_bytes(body[1:5], "big") != len(body) - 5:
         raise _status(grpc.StatusCode.INTERNAL, "the response is not one uncompressed gRPC message")
     return body[5:]
+
+
+def _timeout(seconds: float) -> str:
+    """A ``grpc-timeout`` value: at most 8 digits, in milliseconds or, past that, seconds."""
+    millis = max(1, int(seconds * 1000))
+    return f"{millis}m" if millis < 10**8 else f"{min(int(seconds), 10**8 - 1)}S"
 
 
 def _status(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:

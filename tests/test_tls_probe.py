@@ -141,7 +141,9 @@ async def test_chains_good_and_bad(ca: trustme.CA, ca_file: Path) -> None:
     leaf = next(s for s in good.samples if s.metric == "probe.ssl.last_chain_info")
     assert "CN=good.test" in leaf.labels["subject"]
     assert "O=trustme" in leaf.labels["issuer"]
-    assert leaf.labels["subjectalternative"] == "127.0.0.1"
+    assert leaf.labels["subjectalternative"] == ""  # DNS names only, as blackbox: this one has an IP
+    assert good.values["probe.ip_protocol"] == 4 and good.values["probe.ip_addr_hash"] == 3668918509
+    assert good.values["probe.dns.lookup_time"] == good.phases["resolve"]
     assert leaf.labels["fingerprint_sha256"] == fingerprint(certs["good"])
     version = next(s for s in good.samples if s.metric == "probe.tls.version_info")
     assert version.labels["version"] == "TLS 1.3"

@@ -60,6 +60,9 @@ class Certificate:
     subject: str
     issuer: str
     sans: tuple[str, ...]
+    """Every subjectAltName: DNS names, then IP addresses."""
+    dns_names: tuple[str, ...]
+    """The DNS names among them: what blackbox_exporter's ``subjectalternative`` label lists."""
     serial: str
     fingerprint_sha256: str
     not_before: float
@@ -72,16 +75,15 @@ def describe(der: bytes) -> Certificate:
     cert = x509.load_der_x509_certificate(der)
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        sans = tuple(
-            [*names.get_values_for_type(x509.DNSName)]
-            + [str(ip) for ip in names.get_values_for_type(x509.IPAddress)]
-        )
+        dns_names = tuple(names.get_values_for_type(x509.DNSName))
+        sans = dns_names + tuple(str(ip) for ip in names.get_values_for_type(x509.IPAddress))
     except x509.ExtensionNotFound:
-        sans = ()
+        sans = dns_names = ()
     return Certificate(
         subject=cert.subject.rfc4514_string(),
         issuer=cert.issuer.rfc4514_string(),
         sans=sans,
+        dns_names=dns_names,
         serial=format(cert.serial_number, "x"),
         fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
         not_before=cert.not_valid_before_utc.timestamp(),
@@ -90,12 +92,14 @@ def describe(der: bytes) -> Certificate:
 
 
 def chain_info(leaf: Certificate) -> Sample:
-    """``probe.ssl.last_chain_info`` of the leaf the server sent, labelled as blackbox_exporter 0.23."""
+    """``probe.ssl.last_chain_info`` of the leaf the server sent, labelled as blackbox_exporter:
+    ``subjectalternative`` is the DNS names (Go's ``DNSNames``, no IP addresses), and
+    ``serialnumber`` (hex), which blackbox 0.23 does not have yet and later versions add."""
     labels = {
         "fingerprint_sha256": leaf.fingerprint_sha256,
         "subject": leaf.subject,
         "issuer": leaf.issuer,
-        "subjectalternative": ",".join(leaf.sans),
+        "subjectalternative": ",".join(leaf.dns_names),
         "serialnumber": leaf.serial,
     }
     return Sample("probe.ssl.last_chain_info", 1.0, labels, series="leaf")
