@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
+import random
 import re
 import socket
 import statistics
@@ -21,6 +21,7 @@ import struct
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import icmplib
 from pydantic import Field, IPvAnyAddress
@@ -135,7 +136,7 @@ class IcmpProbe(Probe[IcmpSettings]):
         ctx.stage = f"opening an ICMP socket for {address}"
         mark = clock.monotonic()
         try:
-            pinger = self._open(address, settings)
+            pinger = self._open(address, infos[0][4], settings)
         except icmplib.ICMPLibError as exc:
             return ProbeResult.failure(*map_exception(exc, host=address), phases=phases, values=values)
         phases["setup"] = clock.monotonic() - mark
@@ -150,7 +151,7 @@ class IcmpProbe(Probe[IcmpSettings]):
             return ProbeResult.failure(reason, message, phases=phases, values=values)
         return _judged(echoes, address, settings, phases, values, self._privileged)
 
-    def _open(self, address: str, settings: IcmpSettings) -> _Pinger:
+    def _open(self, address: str, destination: tuple[Any, ...], settings: IcmpSettings) -> _Pinger:
         """A socket of the kind this process may open, ``SocketPermissionError`` when none."""
         kinds = [self._privileged] if self._privileged is not None else [False, True]
         ip = ipaddress.ip_address(address)
@@ -170,7 +171,7 @@ class IcmpProbe(Probe[IcmpSettings]):
             except OSError:
                 sock.close()
                 raise
-            return _Pinger(icmp, sock, address, bool(privileged))
+            return _Pinger(icmp, sock, address, destination, bool(privileged))
         raise AssertionError("unreachable")
 
 
@@ -215,19 +216,20 @@ class _Pinger:
     """icmplib's socket, which closes ``sock`` when it goes: kept while ``sock`` is used."""
     sock: socket.socket
     address: str
+    destination: tuple[Any, ...]
+    """The socket address to send to (an IPv6 one carries its scope)."""
     privileged: bool
 
     async def ping(self, settings: IcmpSettings) -> _Echoes:
         echoes = _Echoes()
-        ident = (os.getpid() ^ id(self)) & 0xFFFF
+        ident = random.getrandbits(16)  # a raw socket sees every echo reply: ours carry this
         payload = (_PAYLOAD * (settings.payload_size // len(_PAYLOAD) + 1))[: settings.payload_size]
-        destination = (self.address, 0)
         for sequence in range(settings.count):
             if sequence:
                 await asyncio.sleep(settings.interval)
             packet = _echo_request(self.sock.family, ident, sequence, payload)
             sent = time.perf_counter()
-            self.sock.sendto(packet, destination)
+            self.sock.sendto(packet, self.destination)
             echoes.sent += 1
             hop_limit = await self._wait_for_reply(ident, sequence, sent + settings.reply_timeout)
             if hop_limit is not None:

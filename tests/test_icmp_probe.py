@@ -161,9 +161,10 @@ def failure_detail(completed: subprocess.CompletedProcess[str]) -> dict[str, Any
 
 @pytest.mark.slow  # runs the agent in a network namespace, as a subprocess
 def test_datagram_sockets_without_privilege() -> None:
-    completed = in_namespace(OPEN_GROUPS, raw=False, checks=[ping("unprivileged")])
+    checks = [ping("unprivileged"), ping("unprivileged-v6", "::1", ttl=5, dont_fragment=True)]
+    completed = in_namespace(OPEN_GROUPS, raw=False, checks=checks)
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    assert "1 passed, 0 failed" in completed.stdout
+    assert "2 passed, 0 failed" in completed.stdout
 
 
 @pytest.mark.slow  # runs the agent in a network namespace, as a subprocess
