@@ -14,6 +14,7 @@ listed as unavailable by ``vantage plugins`` and a check that uses it fails vali
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from dataclasses import dataclass
 from enum import StrEnum
@@ -21,7 +22,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from agent.sdk import (
     AttributeValue,
@@ -66,6 +67,8 @@ except ImportError as exc:  # pragma: no cover - exercised by a test in a proces
 __all__ = ["GrpcProbe", "GrpcSettings"]
 
 _PATH = "/grpc.health.v1.Health/Check"
+_METADATA_KEY = re.compile(r"[0-9a-z_.-]+")
+_METADATA_VALUE = re.compile(r"[\x20-\x7e]*")  # printable ASCII: what a metadata value may be
 _MAX_MESSAGE = 64 * 1024  # a health response is a few bytes; more is not a health server
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 # gRPC's mapping of an HTTP status that came without a grpc-status (doc/http-grpc-status-mapping.md).
@@ -106,6 +109,19 @@ class GrpcSettings(ProbeSettings):
     """CA, client certificate (mTLS), ``server_name``, ``insecure`` (blackbox's ``insecure_skip_verify``)."""
     metadata: dict[str, str] = Field(default_factory=dict)
     """Request metadata (``authorization: Bearer ${TOKEN}``); keys in lower case."""
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            if not _METADATA_KEY.fullmatch(key.lower()) or key.lower().startswith("grpc-"):
+                raise ValueError(
+                    f"metadata key {key!r} is not a gRPC metadata name (0-9 a-z _ . -, not grpc-*)"
+                )
+            if not _METADATA_VALUE.fullmatch(item):
+                raise ValueError(f"the value of metadata {key!r} holds a character headers cannot carry")
+        return value
+
     ip_family: IpFamily = "auto"
     ip_fallback: bool = False
     """Resolve in the other IP family when the name has no address in ``ip_family``
@@ -284,12 +300,14 @@ async def _exchange(
             elif isinstance(event, h2.events.DataReceived):
                 body += event.data or b""
                 if len(body) > _MAX_MESSAGE:
-                    raise _status(grpc.StatusCode.RESOURCE_EXHAUSTED, "the response is larger than 64 KiB")
+                    raise _status(grpc.StatusCode.INTERNAL, "the response is larger than 64 KiB")
                 conn.acknowledge_received_data(event.flow_controlled_length or 0, stream)
             elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream:
                 code = _RESET_CODES.get(int(event.error_code or 0), grpc.StatusCode.INTERNAL)
                 raise _status(code, f"the server reset the stream ({event.error_code!s})")
             elif isinstance(event, h2.events.ConnectionTerminated):
+                if event.error_code == 0 and (event.last_stream_id or 0) >= stream:
+                    continue  # a graceful GOAWAY that lets this call finish
                 raise _status(
                     grpc.StatusCode.UNAVAILABLE,
                     f"the server closed the connection (GOAWAY {event.error_code!s})",

@@ -224,6 +224,10 @@ def test_without_the_extra_the_type_is_unavailable() -> None:
 
 def test_settings_are_checked_at_load() -> None:
     config_from([grpc_check("a", 1, tls=True, tls_options={"insecure": True})])  # now honoured
+    with pytest.raises(ConfigError, match="'x-token' holds a character headers cannot carry"):
+        config_from([grpc_check("a", 1, metadata={"x-token": "abc\r\nx-evil: 1"})])
+    with pytest.raises(ConfigError, match="is not a gRPC metadata name"):
+        config_from([grpc_check("a", 1, metadata={"grpc-timeout": "1S"})])
     with pytest.raises(ConfigError, match="is not host:port"):
         config_from([{"name": "a", "type": "grpc", "target": "health.example"}])
 
