@@ -272,3 +272,17 @@ async def test_a_call_cut_by_the_run_timeout_ends_its_client_span() -> None:
     assert client.name == "grpc.health.v1.Health/Check"
     assert client.attributes is not None and client.attributes["error.type"] == "timeout"
     assert client.status.status_code is StatusCode.ERROR
+
+
+async def test_ip_fallback() -> None:
+    with health_server() as port:
+        results, _ = await run_checks(
+            [
+                grpc_check("strict", port, ip_family="ipv6"),
+                grpc_check("fallback", port, ip_family="ipv6", ip_fallback=True),
+            ]
+        )
+    assert results["strict"].reason is Reason.DNS, results["strict"].message
+    assert results["strict"].values["probe.grpc.ssl"] == 0
+    assert results["fallback"].success, results["fallback"].message
+    assert results["fallback"].values["probe.ip_protocol"] == 4

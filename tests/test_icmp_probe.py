@@ -216,3 +216,17 @@ def test_dont_fragment_refuses_a_request_over_the_mtu() -> None:
     assert detail["check"] == "whole", detail
     assert detail["reason"] == "connect"
     assert detail["detail"] == "cannot send ICMP to 127.0.0.1: Message too long"
+
+
+async def test_ip_fallback() -> None:
+    if icmp_allowed() is None:
+        pytest.skip("this process may open neither ICMP datagram nor raw sockets")
+    results, _ = await run_checks(
+        [
+            ping("strict", ip_family="ipv6", count=1),
+            ping("fallback", ip_family="ipv6", ip_fallback=True, count=1),
+        ]
+    )
+    assert results["strict"].reason is Reason.DNS, results["strict"].message
+    assert results["fallback"].success, results["fallback"].message
+    assert results["fallback"].values["probe.ip_protocol"] == 4

@@ -307,3 +307,20 @@ def test_settings_are_checked_at_load() -> None:
     with pytest.raises(ConfigError, match="is not host:port"):
         config_from([{"name": "a", "type": "tls", "target": "mail.example:smtp"}])
     config_from([{"name": "a", "type": "tls", "target": "example.com"}])
+
+
+async def test_ip_family_is_a_requirement_unless_it_may_fall_back(ca: trustme.CA, ca_file: Path) -> None:
+    """blackbox's preferred_ip_protocol with ip_protocol_fallback: 127.0.0.1 has no IPv6 address."""
+    async with tls_server(server_context(ca.issue_cert("127.0.0.1"))) as port:
+        results, _ = await run_checks(
+            [
+                tls("strict", port, ca_file, ip_family="ipv6"),
+                tls("fallback", port, ca_file, ip_family="ipv6", ip_fallback=True),
+            ]
+        )
+    strict, fallback = results["strict"], results["fallback"]
+    assert strict.reason is Reason.DNS, strict.message
+    assert error(strict) == "dns"
+    assert "probe.dns.lookup_time" in strict.values and "probe.ip_protocol" not in strict.values
+    assert fallback.success, fallback.message
+    assert fallback.values["probe.ip_protocol"] == 4
