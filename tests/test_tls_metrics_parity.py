@@ -48,7 +48,7 @@ def leaf_labels(result: ProbeResult) -> dict[str, str]:
     return dict(sample.labels)
 
 
-def version(result: ProbeResult) -> str:
+def negotiated(result: ProbeResult) -> str:
     (sample,) = [s for s in result.samples if s.metric == "probe.tls.version_info"]
     return sample.labels["version"]
 
@@ -90,7 +90,7 @@ async def test_http_tcp_and_tls_report_the_same_handshake(ca: trustme.CA, ca_fil
         for result in (good, blind):
             assert result.values[EARLIEST] == leaf.not_valid_after_utc.timestamp(), kind
             assert leaf_labels(result) == expected_leaf, kind
-            assert version(result) == "TLS 1.3", kind
+            assert negotiated(result) == "TLS 1.3", kind
         assert good.values[LAST_CHAIN] == chain_expiry, kind
         # Not verified: no value at all, never one that looks like a verified chain's.
         assert LAST_CHAIN not in blind.values, (kind, blind.values)
@@ -117,28 +117,34 @@ async def test_an_untrusted_self_signed_leaf_has_no_verified_chain_in_insecure_m
     assert results["tcp-verifying"].reason is Reason.TLS
 
 
-def tls10_context(cert: trustme.LeafCert) -> ssl.SSLContext:
+def old_context(cert: trustme.LeafCert, version: ssl.TLSVersion) -> ssl.SSLContext:
+    """A server of one old TLS version; OpenSSL 3 serves it only at security level 0."""
     context = server_context(cert)
     context.set_ciphers("DEFAULT:@SECLEVEL=0")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1
+        context.minimum_version = context.maximum_version = version
     return context
 
 
-async def test_an_old_version_is_allowed_when_asked_for(ca: trustme.CA, ca_file: Path) -> None:
-    """This machine's OpenSSL serves TLS 1.0 on loopback at security level 0; the socket probes
-    reach it when ``min_version`` asks for 1.0, and refuse it otherwise."""
+@pytest.mark.parametrize(
+    ("wanted", "version"), [("1.0", ssl.TLSVersion.TLSv1), ("1.1", ssl.TLSVersion.TLSv1_1)]
+)
+async def test_an_old_version_is_allowed_when_asked_for(
+    ca: trustme.CA, ca_file: Path, wanted: str, version: ssl.TLSVersion
+) -> None:
+    """This machine's OpenSSL serves TLS 1.0 and 1.1 on loopback at security level 0; the socket
+    probes reach it when ``min_version`` asks for that version, and refuse it otherwise."""
     cert = ca.issue_cert("127.0.0.1")
-    with blocking_tls_server(tls10_context(cert)) as port:
-        old = {"ca_file": str(ca_file), "min_version": "1.0"}
+    with blocking_tls_server(old_context(cert, version)) as port:
+        old = {"ca_file": str(ca_file), "min_version": wanted}
         results, _ = await run_checks(
             [check(kind, f"{kind}-old", port, old) for kind in ("tcp", "tls")]
             + [check(kind, f"{kind}-default", port, {"ca_file": str(ca_file)}) for kind in ("tcp", "tls")]
         )
     for kind in ("tcp", "tls"):
         assert results[f"{kind}-old"].success, (kind, results[f"{kind}-old"].message)
-        assert version(results[f"{kind}-old"]) == "TLS 1.0", kind
+        assert negotiated(results[f"{kind}-old"]) == f"TLS {wanted}", kind
         assert results[f"{kind}-old"].values[LAST_CHAIN] > 0, kind
         assert results[f"{kind}-default"].reason is Reason.TLS, (kind, results[f"{kind}-default"].message)
 
@@ -161,4 +167,4 @@ async def test_grpc_reports_the_handshake_as_the_tls_probe_does(ca: trustme.CA, 
     for name in (EARLIEST, LAST_CHAIN, "probe.ip_protocol", "probe.ip_addr_hash"):
         assert grpc_result.values[name] == tls_result.values[name], name
     assert leaf_labels(grpc_result) == leaf_labels(tls_result)
-    assert version(grpc_result) == version(tls_result)
+    assert negotiated(grpc_result) == negotiated(tls_result)
