@@ -288,11 +288,16 @@ async def _exchange(
     response: dict[str, str] = {}
     trailers: dict[str, str] = {}
     body = bytearray()
+    opening = b""  # what the server sent first, while none of it made an HTTP/2 frame
     while True:
         data = await reader.read(_MAX_MESSAGE)
         if not data:
+            if opening:
+                raise h2.exceptions.ProtocolError(f"it answered {opening[:40]!r}")
             raise ConnectionResetError("the server closed the connection before answering the call")
-        for event in conn.receive_data(data):
+        events = conn.receive_data(data)
+        opening = b"" if events else (opening + data)[:64]
+        for event in events:
             if isinstance(event, h2.events.ResponseReceived):
                 response = dict(event.headers)  # type: ignore[arg-type]
             elif isinstance(event, h2.events.TrailersReceived):

@@ -286,3 +286,25 @@ async def test_ip_fallback() -> None:
     assert results["strict"].values["probe.grpc.ssl"] == 0
     assert results["fallback"].success, results["fallback"].message
     assert results["fallback"].values["probe.ip_protocol"] == 4
+
+
+async def test_a_server_that_does_not_speak_grpc() -> None:
+    """An HTTP/1.1 server's answer to the HTTP/2 preface."""
+    import asyncio
+
+    async def http1(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(24)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(http1, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        results, _ = await run_checks([grpc_check("http1", port)])
+    finally:
+        server.close()
+        await server.wait_closed()
+    result = results["http1"]
+    assert result.reason is Reason.PROTOCOL, result.message
+    assert result.message.startswith(f"the server at 127.0.0.1:{port} does not speak gRPC's HTTP/2")

@@ -96,11 +96,11 @@ async def test_http_tcp_and_tls_report_the_same_handshake(ca: trustme.CA, ca_fil
         assert LAST_CHAIN not in blind.values, (kind, blind.values)
 
 
-async def test_an_untrusted_self_signed_leaf_has_no_verified_chain_in_insecure_mode(
+async def test_an_untrusted_leaf_has_no_verified_chain_in_insecure_mode(
     tmp_path: Path,
 ) -> None:
-    """OpenSSL builds a "verified" chain of the lone leaf even with verification off; it must not
-    become probe_ssl_last_chain_expiry_timestamp_seconds."""
+    """OpenSSL builds a "verified" chain even with verification off (here of a leaf from a CA nobody
+    trusts); it must not become probe_ssl_last_chain_expiry_timestamp_seconds."""
     stranger = trustme.CA()  # its root is in no trust store the probes use
     cert = stranger.issue_cert("127.0.0.1")
     app = web.Application()
