@@ -227,7 +227,8 @@ class _Call:
     values: dict[str, float]
     samples: tuple[Sample, ...] = ()
     handshaking: bool = False
-    """The TLS handshake is running: a close now is a TLS failure, not a connect failure."""
+    """The TLS handshake is running, as far as the client can tell: a close now is a TLS failure,
+    not a connect failure."""
 
 
 async def _health_check(
@@ -248,12 +249,12 @@ async def _health_check(
         name = host
         if settings.tls:
             name = settings.tls_options.server_name or host
+            # Until the server's first HTTP/2 frame: with TLS 1.3 a server judges the client's
+            # certificate after the client has finished, and a refusal arrives as a close.
             call.handshaking = True
             await writer.start_tls(_grpc_context(settings.tls_options), server_hostname=name)
-            call.handshaking = False
             figures, call.samples = handshake_values(ctx, writer.get_extra_info("ssl_object"))
             call.values.update(figures)
-            call.values["probe.grpc.ssl"] = 1.0
         request = health_pb2.HealthCheckRequest(service=settings.service).SerializeToString()
         metadata = [(key.lower(), value) for key, value in settings.metadata.items()]
         headers = [
@@ -267,14 +268,19 @@ async def _health_check(
             ("user-agent", "vantage-grpc"),
             *metadata,
         ]
-        body = await _exchange(reader, writer, headers, b"\x00" + len(request).to_bytes(4, "big") + request)
+        message = b"\x00" + len(request).to_bytes(4, "big") + request
+        body = await _exchange(call, reader, writer, headers, message)
     finally:
         writer.close()
     return health_pb2.HealthCheckResponse.FromString(body)
 
 
 async def _exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, headers: list[tuple[str, str]], message: bytes
+    call: _Call,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    headers: list[tuple[str, str]],
+    message: bytes,
 ) -> bytes:
     """Send one unary request on a new HTTP/2 connection and return the response message, or raise
     ``grpc.aio.AioRpcError`` with the status the server (or its HTTP/2) gave."""
@@ -297,6 +303,9 @@ async def _exchange(
             raise ConnectionResetError("the server closed the connection before answering the call")
         events = conn.receive_data(data)
         opening = b"" if events else (opening + data)[:64]
+        if events and call.handshaking:
+            call.handshaking = False
+            call.values["probe.grpc.ssl"] = 1.0  # the server speaks over the TLS it accepted
         for event in events:
             if isinstance(event, h2.events.ResponseReceived):
                 response = dict(event.headers)  # type: ignore[arg-type]

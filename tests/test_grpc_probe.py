@@ -308,3 +308,29 @@ async def test_a_server_that_does_not_speak_grpc() -> None:
     result = results["http1"]
     assert result.reason is Reason.PROTOCOL, result.message
     assert result.message.startswith(f"the server at 127.0.0.1:{port} does not speak gRPC's HTTP/2")
+
+
+async def test_client_certificate(ca: trustme.CA, ca_file: Path, tmp_path: Path) -> None:
+    """mTLS: the server requires a certificate from the client's CA."""
+    server_cert = ca.issue_cert("health.test")
+    client = ca.issue_cert("vantage.client")
+    client.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "client.pem"))
+    credentials = grpc.ssl_server_credentials(
+        [(server_cert.private_key_pem.bytes(), server_cert.cert_chain_pems[0].bytes())],
+        root_certificates=ca.cert_pem.bytes(),
+        require_client_auth=True,
+    )
+    options = {"ca_file": str(ca_file), "server_name": "health.test"}
+    with health_server(credentials) as port:
+        results, _ = await run_checks(
+            [
+                grpc_check(
+                    "mtls", port, tls=True, tls_options={**options, "cert_file": str(tmp_path / "client.pem")}
+                ),
+                grpc_check("anonymous", port, tls=True, tls_options=options),
+            ]
+        )
+    assert results["mtls"].success, results["mtls"].message
+    assert not results["anonymous"].success
+    assert results["anonymous"].reason is Reason.TLS, results["anonymous"].message
+    assert results["anonymous"].values["probe.grpc.ssl"] == 0  # the server did not accept the handshake
