@@ -205,18 +205,18 @@ class DnsProbe(Probe[DnsSettings]):
                 message = f"cannot resolve the DNS server {host} ({exc.message})"
             return ProbeResult.failure(exc.reason, message, values=values)
         phases["resolve"] = values["probe.dns.lookup_time"] = clock.monotonic() - mark
+        # As blackbox_exporter, the address metrics say which address was asked, answered or not.
+        values.update(ip_values(str(infos[0][4][0])))
         exchange = _Exchange(query, host, port, settings, ctx, phases)
         try:
             response, used_tcp = await exchange.run(infos)
         except _Unanswered as exc:
-            values.update(ip_values(exchange.address or ""))
             message = f"no answer from {exchange.where}: {exc}"
             return ProbeResult.failure(Reason.DNS, message, values=values, phases=phases)
         except (OSError, EOFError, asyncio.IncompleteReadError, dns.exception.DNSException) as exc:
             reason, message = map_exception(exc, host=host, port=port, handshake=exchange.handshaking)
-            values.update(ip_values(exchange.address or ""))
             return ProbeResult.failure(reason, message, values=values, phases=phases)
-        values.update(ip_values(exchange.address or ""))
+        values.update(ip_values(exchange.address or ""))  # the address that answered
         sections = {
             "answer": _records(response.answer),
             "authority": _records(response.authority),

@@ -146,11 +146,13 @@ class TcpProbe(Probe[TcpSettings]):
         mark = clock.monotonic()
         ctx.stage = f"connecting to {host}:{port}"
         try:
-            sock, address = await connect(
-                for_source(addresses, settings.source_ip_address, host), settings.source_ip_address
-            )
+            usable = for_source(addresses, settings.source_ip_address, host)
         except ConnectFailed as exc:
             return ProbeResult.failure(exc.reason, exc.message, values=values, phases=phases)
+        # As blackbox_exporter, the address metrics say which address was tried, connected or not.
+        values.update(ip_values(str(usable[0][4][0])))
+        try:
+            sock, address = await connect(usable, settings.source_ip_address)
         except OSError as exc:
             return ProbeResult.failure(
                 *map_exception(exc, host=host, port=port), values=values, phases=phases

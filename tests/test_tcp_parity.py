@@ -266,6 +266,7 @@ async def test_source_address_family_fallback_and_address_metrics() -> None:
     )
     assert results["not-local"].reason is Reason.CONNECT
     assert results["not-local"].message.startswith(f"cannot connect to 127.0.0.1:{port}: ")
+    assert results["not-local"].values["probe.ip_addr_hash"] == 3668918509  # tried, if not connected
     assert results["v6-only"].reason is Reason.DNS
     assert "probe.ip_protocol" not in results["v6-only"].values
     assert "probe.dns.lookup_time" in results["v6-only"].values
