@@ -235,8 +235,8 @@ async def _expect(
     wanted = f"a line matching {turn.expect!r}"
     lines = read = 0
     last = None
+    ctx.stage = f"turn {number}: waiting for {wanted} (nothing read yet)"
     while lines < _MAX_LINES and read < _MAX_BYTES:
-        ctx.stage = f"turn {number}: waiting for {wanted} ({lines} lines read)"
         try:
             raw = await reader.readuntil(b"\n")
         except asyncio.LimitOverrunError:
@@ -250,6 +250,9 @@ async def _expect(
         found = pattern.search(last)
         if found is not None:
             return found
+        # What a timeout will say: the line read last, redacted and cut like any quoted line.
+        seen = f"{_lines(lines)} read, the last {clip(last, _SHOWN, ctx.redact)!r}"
+        ctx.stage = f"turn {number}: waiting for {wanted} ({seen})"
         if not raw.endswith(b"\n"):
             break
     if last is None:
@@ -269,9 +272,13 @@ async def _expect(
     return _Failed(
         Reason.ASSERTION,
         ctx.redact(
-            f"turn {number}: the connection closed before {wanted} ({lines} lines read, the last {shown!r})"
+            f"turn {number}: the connection closed before {wanted} ({_lines(lines)} read, the last {shown!r})"
         ),
     )
+
+
+def _lines(count: int) -> str:
+    return f"{count} line" if count == 1 else f"{count} lines"
 
 
 def expand(template: str, match: re.Match[str]) -> str:

@@ -152,7 +152,10 @@ async def test_an_expect_is_bounded_in_lines_in_bytes_and_by_the_timeout() -> No
     assert "expected a line matching '^220 ' within 1024 KiB" in results["bytes"].message
     timed_out = results["timeout"]
     assert timed_out.reason is Reason.TIMEOUT
-    assert "turn 1: waiting for a line matching '^220 ' (1 lines read)" in timed_out.message
+    assert (
+        "turn 1: waiting for a line matching '^220 ' (1 line read, the last '554 go away'))"
+        in timed_out.message
+    )
 
 
 async def test_a_send_uses_the_groups_the_expect_before_it_captured() -> None:
