@@ -217,44 +217,46 @@ class DnsProbe(Probe[DnsSettings]):
             reason, message = map_exception(exc, host=host, port=port, handshake=exchange.handshaking)
             return ProbeResult.failure(reason, message, values=values, phases=phases)
         values.update(ip_values(exchange.address or ""))  # the address that answered
-        sections = {
-            "answer": _records(response.answer),
-            "authority": _records(response.authority),
-            "additional": _records(response.additional),
-        }
-        values.update(
-            {
-                "probe.dns.query_succeeded": 1.0,
-                "probe.dns.answer_rrs": float(len(sections["answer"])),
-                "probe.dns.authority_rrs": float(len(sections["authority"])),
-                "probe.dns.additional_rrs": float(len(sections["additional"])),
-            }
-        )
-        for rrset in response.answer:  # blackbox reads the serial from the answer section only
-            if rrset.rdtype == dns.rdatatype.SOA:
-                values["probe.dns.serial"] = float(rrset[0].serial)
-        rcode = dns.rcode.to_text(response.rcode())
-        attributes: dict[str, AttributeValue] = {"vantage.dns.rcode": rcode, "vantage.dns.tcp": used_tcp}
-        if rcode not in settings.valid_rcodes:
+        return _judged(settings, response, used_tcp, values, phases)
+
+
+def _judged(
+    settings: DnsSettings,
+    response: dns.message.Message,
+    used_tcp: bool,
+    values: dict[str, float],
+    phases: dict[str, float],
+) -> ProbeResult:
+    """A response held to the check, in blackbox_exporter's order: the rcode, then the rules on the
+    answer, authority and additional sections; the first that fails decides."""
+    sections = {
+        "answer": _records(response.answer),
+        "authority": _records(response.authority),
+        "additional": _records(response.additional),
+    }
+    values["probe.dns.query_succeeded"] = 1.0
+    for section, records in sections.items():
+        values[f"probe.dns.{section}_rrs"] = float(len(records))
+    for rrset in response.answer:  # blackbox reads the serial from the answer section only
+        if rrset.rdtype == dns.rdatatype.SOA:
+            values["probe.dns.serial"] = float(rrset[0].serial)
+    rcode = dns.rcode.to_text(response.rcode())
+    attributes: dict[str, AttributeValue] = {"vantage.dns.rcode": rcode, "vantage.dns.tcp": used_tcp}
+    if rcode not in settings.valid_rcodes:
+        message = f"rcode {rcode} (expected {', '.join(settings.valid_rcodes)})"
+        return ProbeResult.failure(Reason.DNS, message, values=values, attributes=attributes, phases=phases)
+    rules = (
+        *(("answer", rule) for rule in settings.answers),
+        *(("authority", rule) for rule in settings.authority),
+        *(("additional", rule) for rule in settings.additional),
+    )
+    for section, rule in rules:
+        problem = _judge(rule, section, sections[section])
+        if problem:
             return ProbeResult.failure(
-                Reason.DNS,
-                f"rcode {rcode} (expected {', '.join(settings.valid_rcodes)})",
-                values=values,
-                attributes=attributes,
-                phases=phases,
+                Reason.ASSERTION, problem, values=values, attributes=attributes, phases=phases
             )
-        for section, rules in (
-            ("answer", settings.answers),
-            ("authority", settings.authority),
-            ("additional", settings.additional),
-        ):
-            for rule in rules:
-                problem = _judge(rule, section, sections[section])
-                if problem:
-                    return ProbeResult.failure(
-                        Reason.ASSERTION, problem, values=values, attributes=attributes, phases=phases
-                    )
-        return ProbeResult(success=True, values=values, attributes=attributes, phases=phases)
+    return ProbeResult(success=True, values=values, attributes=attributes, phases=phases)
 
 
 class _Unanswered(Exception):
@@ -278,8 +280,7 @@ class _Exchange:
         self.settings, self.ctx, self.phases = settings, ctx, phases
         self.address: str | None = None
         self.handshaking = False
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.where = where
+        self.where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def run(self, infos: Sequence[AddrInfo]) -> tuple[dns.message.Message, bool]:
         """The response, and whether it came over TCP (or TLS)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from dataclasses import dataclass
 
 from pydantic import Field, PrivateAttr, model_validator
 
@@ -185,11 +186,12 @@ class TcpProbe(Probe[TcpSettings]):
         return ProbeResult.failure(problem.reason, problem.message, values=values, phases=phases)
 
 
+@dataclass(frozen=True, slots=True)
 class _Failed:
     """Why a dialogue stopped: a reason and a redacted message."""
 
-    def __init__(self, reason: Reason, message: str) -> None:
-        self.reason, self.message = reason, message
+    reason: Reason
+    message: str
 
 
 async def _talk(
