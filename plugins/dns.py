@@ -65,7 +65,8 @@ class AnswerOp(StrEnum):
 
     CONTAINS = "contains"
     """Each value (a regular expression) is found in some record (blackbox's
-    ``fail_if_none_matches_regexp``, one value per rule)."""
+    ``fail_if_none_matches_regexp``, which passes when any of its regexes is found: one value
+    joining them, ``(?:a)|(?:b)``)."""
     EQUALS = "equals"
     """The records are exactly the values, in any order, compared literally."""
     MATCHES = "matches"
