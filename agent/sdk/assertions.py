@@ -15,7 +15,8 @@ for most ops, a ``value``::
 ``not_contains``, ``not_matches``, ``not_in``) only when every value does. A header rule with
 ``allow_missing: true`` passes when the header is absent (blackbox's ``allow_missing``).
 
-Every assertion is compiled when the configuration loads, so a bad regex, path or schema is a configuration error, not a failed run.
+Every assertion is compiled when the configuration loads, so a bad regex, path or schema is a
+configuration error, not a failed run.
 """
 
 from __future__ import annotations
