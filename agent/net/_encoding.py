@@ -155,7 +155,11 @@ def _zstd() -> _Stage:
                 raise _Full
             return len(data)
 
-    writer = zstandard.ZstdDecompressor().stream_writer(_Sink(), write_size=16384, write_return_read=True)
+    writer = zstandard.ZstdDecompressor().stream_writer(
+        _Sink(),  # type: ignore[arg-type]  # write() is all it calls
+        write_size=16384,
+        write_return_read=True,
+    )
 
     def decode(data: bytes, limit: int) -> bytes:
         sink.clear()
