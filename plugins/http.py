@@ -496,6 +496,8 @@ async def _send_in(
     if looked_up is not None:
         exchange.phases["resolve"] += looked_up.seconds
         exchange.lookup_time, exchange.address = looked_up.seconds, looked_up.address
+    elif settings.proxy_url:
+        exchange.address = ""  # the proxy's, not the target's
     return exchange, credential
 
 
@@ -553,9 +555,10 @@ def _exchange_values(exchange: HttpExchange) -> dict[str, float]:
         "probe.http.version": float(exchange.http_version),
         "probe.http.redirects": exchange.redirects,
         "probe.http.ssl": 1.0 if exchange.tls else 0.0,
-        "probe.dns.lookup_time": exchange.lookup_time,
-        **ip_values(exchange.address),
     }
+    if exchange.address:  # no address of the target's through a proxy that looked it up itself
+        values["probe.dns.lookup_time"] = exchange.lookup_time
+        values |= ip_values(exchange.address)
     modified = exchange.headers.get("Last-Modified")
     if modified is not None:
         try:
