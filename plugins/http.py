@@ -211,6 +211,14 @@ class HttpSettings(ProbeSettings):
             raise ValueError("give 'body' or 'json', not both")
         if self.fail_if_ssl and self.fail_if_not_ssl:
             raise ValueError("give 'fail_if_ssl' or 'fail_if_not_ssl', not both: every run would fail")
+        accepted = next((v for k, v in self.headers.items() if k.lower() == "accept-encoding"), None)
+        if self.compression and accepted is not None:
+            # As blackbox_exporter checks it: asking not to get the encoding required makes no sense.
+            codings = {part.split(";", 1)[0].strip().lower() for part in accepted.split(",")}
+            if self.compression not in codings and "*" not in codings:
+                raise ValueError(
+                    f"the Accept-Encoding header does not accept compression {self.compression!r}"
+                )
         return self
 
     @property

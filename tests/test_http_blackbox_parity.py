@@ -422,10 +422,21 @@ async def test_proxy_skip_resolve() -> None:
     assert [line for line, _ in proxy.seen] == [f"GET {target}"] * 2  # the proxy was given the name
 
 
-def test_fail_if_ssl_and_fail_if_not_ssl_together_are_refused() -> None:
+def test_contradictory_settings_are_refused() -> None:
     from agent.errors import ConfigError
 
     from .helpers import config_from
 
     with pytest.raises(ConfigError, match="not both"):
         config_from([http_check("c", "http://127.0.0.1/", fail_if_ssl=True, fail_if_not_ssl=True)])
+    with pytest.raises(ConfigError, match="does not accept compression 'gzip'"):
+        config_from(
+            [
+                http_check(
+                    "c", "http://127.0.0.1/", compression="gzip", headers={"Accept-Encoding": "br, identity"}
+                )
+            ]
+        )
+    # Accepted at a lower quality is still accepted (testing that the server prefers another).
+    lower = {"accept-encoding": "br;q=1.0, gzip;q=0.9"}
+    config_from([http_check("c", "http://127.0.0.1/", compression="gzip", headers=lower)])
