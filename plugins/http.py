@@ -500,13 +500,28 @@ async def _send_in(
                 max_body=settings.body_cap,
             )
         except HttpFailure as failure:
-            return _failed(failure, looked_up)
+            if not _accepted_at_the_limit(settings, failure.response):
+                return _failed(failure, looked_up)
+            assert failure.response is not None
+            exchange = failure.response
     if looked_up is not None:
         exchange.phases["resolve"] += looked_up.seconds
         exchange.lookup_time, exchange.address = looked_up.seconds, looked_up.address
     elif settings.proxy_url:
         exchange.address = ""  # the proxy's, not the target's
     return exchange, credential
+
+
+def _accepted_at_the_limit(settings: HttpSettings, response: HttpExchange | None) -> bool:
+    """Whether the redirect the limit stopped at is the response the check asks for: it has
+    ``status`` rules and the 3xx passes them all (``valid_status_codes: [302]`` in blackbox_exporter,
+    which judges the last response it got); then the run goes on with it, else it fails with
+    reason ``redirects``."""
+    if response is None:
+        return False
+    rules = [a for a in settings.assertions if AssertionSource(a.source) is AssertionSource.STATUS]
+    subject = Subject(response.status, response.headers, b"", response.duration)
+    return bool(rules) and all(rule.evaluate(subject).passed for rule in rules)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,10 @@ TEXT = b'{"status": "healthy", "padding": "' + b"abc" * 100 + b'"}'
 LOOPBACK_HASH = 3668918509.0  # blackbox_exporter 0.23's probe_ip_addr_hash for 127.0.0.1
 
 
+def status(code: int) -> dict[str, Any]:
+    return {"source": "status", "op": "eq", "value": code}
+
+
 def body_assertion(op: str, value: str) -> dict[str, Any]:
     return {"source": "body", "op": op, "value": value}
 
@@ -167,6 +171,9 @@ async def test_the_redirect_limit_reports_the_last_status_and_the_redirects() ->
                 http_check("loop", f"http://127.0.0.1:{port}/loop/0"),
                 http_check("short", f"http://127.0.0.1:{port}/loop/0", max_redirects=2),
                 http_check("nofollow", f"http://127.0.0.1:{port}/loop/0", follow_redirects=False),
+                # blackbox judges the last response it got: valid_status_codes [302] passes a loop.
+                http_check("loop-302", f"http://127.0.0.1:{port}/loop/0", **{"assert": [status(302)]}),
+                http_check("loop-200", f"http://127.0.0.1:{port}/loop/0", **{"assert": [status(200)]}),
             ]
         )
     loop = results["loop"]
@@ -178,6 +185,9 @@ async def test_the_redirect_limit_reports_the_last_status_and_the_redirects() ->
     assert results["nofollow"].reason is Reason.HTTP_STATUS
     assert results["nofollow"].values["probe.http.status_code"] == 302
     assert results["nofollow"].values["probe.http.redirects"] == 1
+    assert results["loop-302"].success, results["loop-302"].message
+    assert results["loop-302"].values["probe.http.redirects"] == 11
+    assert results["loop-200"].reason is Reason.REDIRECTS
 
 
 # ------------------------------------------------- 3. cookies along the redirect chain
