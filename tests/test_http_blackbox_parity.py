@@ -161,6 +161,39 @@ async def test_the_body_cap_counts_decoded_bytes() -> None:
     assert results["zstd"].attributes["vantage.http.body_truncated"] is True
 
 
+def test_a_br_or_zstd_bomb_is_decoded_only_up_to_the_limit() -> None:
+    """Kilobytes that decode to 64 MiB: each decoder stops at its limit, whatever is left."""
+    from agent.net._encoding import BodyDecoder
+
+    zeros = bytes(64 << 20)
+    bombs = {
+        "zstd": zstandard.ZstdCompressor(level=3).compress(zeros),
+        "br": brotli.compress(zeros, quality=4),
+        "gzip": gzip.compress(zeros, compresslevel=1),
+    }
+    for coding, bomb in bombs.items():
+        assert len(bomb) < 2 << 20, coding
+        decoder = BodyDecoder([coding], 1000)
+        decoded = decoder.feed(bomb[: 64 << 10])
+        assert decoded == bytes(1000) and decoder.full, coding
+
+
+async def test_a_zstd_bomb_is_cut_at_max_body() -> None:
+    bomb = zstandard.ZstdCompressor(level=3).compress(bytes(64 << 20))
+
+    async def send(_: web.Request) -> web.Response:
+        return web.Response(body=bomb, headers={"Content-Encoding": "zstd"})
+
+    app = web.Application()
+    app.router.add_get("/bomb", send)
+    async with serve(app) as port:
+        results, _ = await run_checks([http_check("bomb", f"http://127.0.0.1:{port}/bomb", max_body="1MiB")])
+    assert results["bomb"].success, results["bomb"].message
+    assert results["bomb"].values["probe.http.uncompressed_body_length"] == 1 << 20
+    assert results["bomb"].values["probe.http.content_length"] == len(bomb)
+    assert results["bomb"].attributes["vantage.http.body_truncated"] is True
+
+
 # ------------------------------------------------- 2. the redirect limit
 
 
