@@ -556,6 +556,7 @@ def _failed(failure: HttpFailure, looked_up: _LookedUp | None) -> ProbeResult:
         "probe.http.content_length": 0,
         "probe.http.uncompressed_body_length": 0,
         "probe.http.redirects": 0,
+        "probe.http.version": 0,
         "probe.failed_due_to_regex": 0,
     }
     if failure.response is not None:

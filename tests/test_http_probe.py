@@ -241,7 +241,11 @@ async def test_connection_refused_and_dns_failure() -> None:
         names={},
     )
     assert results["refused"].reason is Reason.CONNECT
-    assert results["refused"].values["probe.http.status_code"] == 0
+    # As blackbox_exporter reports a run that got no response: zeros, not absent figures.
+    refused = results["refused"].values
+    for name in ("status_code", "content_length", "uncompressed_body_length", "redirects", "version", "ssl"):
+        assert refused[f"probe.http.{name}"] == 0, name
+    assert refused["probe.failed_due_to_regex"] == 0
     assert results["nxdomain"].reason is Reason.DNS
     assert "no-such-vendor.test" in results["nxdomain"].message
 
