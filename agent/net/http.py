@@ -244,9 +244,11 @@ class HttpClient:
         """Send a request, following redirects, and read at most ``max_body`` bytes of the body.
 
         ``proxy_url`` (``http://user:password@proxy:3128``) overrides the client's proxy for this
-        request; https targets are reached through a CONNECT tunnel. Raises :class:`HttpFailure`
-        when no response could be had; a response of any status, even with a cut body, is an
-        :class:`HttpExchange`.
+        request; https targets are reached through a CONNECT tunnel. A cookie a response sets along
+        the redirect chain goes on to the hops its rules allow. At ``max_redirects`` the
+        :class:`HttpFailure` (reason ``redirects``) carries the last response as ``response``.
+        Raises :class:`HttpFailure` when no response could be had; a response of any status, even
+        with a cut body, is an :class:`HttpExchange`.
         """
         ctx, clock = self._ctx, self._ctx.clock
         method = method.upper()
