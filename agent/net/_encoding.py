@@ -64,6 +64,9 @@ class BodyDecoder:
     def feed(self, chunk: bytes) -> bytes:
         data = chunk
         room = self.limit - self.produced
+        if room <= 0:  # zlib reads a max_length of 0 as no limit at all
+            self.full = True
+            return b""
         for stage in self._stages:
             if not data:
                 break
