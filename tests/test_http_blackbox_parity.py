@@ -342,6 +342,29 @@ async def test_content_length_is_the_header_or_minus_one_and_the_bytes_are_count
     assert plain["probe.failed_due_to_regex"] == 0
 
 
+async def test_the_address_reported_is_the_targets_not_a_redirects() -> None:
+    """blackbox_exporter's probe_ip_* describe the target's address, wherever redirects lead."""
+    from plugins._toolkit.net import ip_values
+
+    runner = web.AppRunner(vendor(), handle_signals=False, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.2", 0)
+    await site.start()
+    other = int(runner.addresses[0][1])
+    try:
+        async with serve(vendor()) as port:
+            results, _ = await run_checks(
+                [http_check("moved", f"http://127.0.0.1:{port}/login?to=http://127.0.0.2:{other}/plain")]
+            )
+    finally:
+        await runner.cleanup()
+    moved = results["moved"]
+    assert moved.success, moved.message
+    assert moved.values["probe.http.redirects"] == 1
+    assert moved.values["probe.ip_addr_hash"] == LOOPBACK_HASH
+    assert ip_values("127.0.0.2")["probe.ip_addr_hash"] != LOOPBACK_HASH
+
+
 # ------------------------------------------------- blackbox options
 
 

@@ -273,13 +273,13 @@ class HttpClient:
         started = clock.monotonic()
         visited: list[URL] = []
         cookies = _CookieJar()
-        lookup_time = 0.0
+        lookup_time, address = 0.0, ""
         while True:
             visited.append(current)
             hop_headers = cookies.headers_for(current, sent_headers)
             result, tls = await self._hop(method, current, hop_headers, body, phases, max_body, proxy)
-            if len(visited) == 1:
-                lookup_time = result.phases.get("resolve", 0.0)
+            if len(visited) == 1:  # the target's own name and address, as blackbox_exporter reports
+                lookup_time, address = result.phases.get("resolve", 0.0), result.connection[2]
             response_headers = CIMultiDictProxy(CIMultiDict(result.headers))
             location = response_headers.get("Location")
             redirected = result.status in _REDIRECTS and bool(location)
@@ -300,7 +300,7 @@ class HttpClient:
                     duration=clock.monotonic() - started,
                     tls=tls,
                     links=_links(response_headers, current),
-                    address=result.connection[2],
+                    address=address,
                     lookup_time=lookup_time,
                 )
                 if not (follow_redirects and redirected):

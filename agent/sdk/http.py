@@ -137,8 +137,8 @@ class HttpExchange:
     links: dict[str, str] = field(default_factory=dict)
     """``Link`` header targets by relation (``rel="deprecation"`` → URL)."""
     address: str = ""
-    """The IP address the final response came from (libcurl's primary IP); empty through a proxy's
-    tunnel it is the proxy's."""
+    """The IP address the first hop connected to, the target's (libcurl's primary IP; through a
+    proxy, the proxy's)."""
     lookup_time: float = 0.0
     """Seconds spent resolving the first hop's host name (0 for an IP literal)."""
 
