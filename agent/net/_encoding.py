@@ -19,7 +19,7 @@ from typing import Any
 __all__ = ["ENCODINGS", "BodyDecoder", "DecodeError", "content_encodings"]
 
 ENCODINGS = ("gzip", "deflate", "br", "zstd")
-"""The encodings the agent asks for (``Accept-Encoding``) and decodes."""
+"""The encodings the agent decodes."""
 
 _ALIASES = {"x-gzip": "gzip"}
 _MAX_LAYERS = 4  # "gzip, gzip, gzip, ...": a body is not encoded more than a few times for real

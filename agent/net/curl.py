@@ -16,9 +16,10 @@ span per hop. Connections are fresh unless ``pool`` is asked for. libcurl times 
 the socket; ``CurlResult.phases`` turns its cumulative timings into the agent's five consecutive
 phases, which add up to ``CurlResult.duration``.
 
-Bodies are asked for in every content encoding the agent decodes (gzip, deflate, br, zstd) and
-decoded here as they arrive (:mod:`agent.net._encoding`), not by libcurl, which refuses the ones
-it was not built with (zstd in the wheel's build); the body cap counts decoded bytes. libcurl speaks
+A body in any content encoding the agent decodes (gzip, deflate, br, zstd) is decoded here as it
+arrives (:mod:`agent.net._encoding`), not by libcurl, which refuses the ones it was not built with
+(zstd in the wheel's build); the body cap counts decoded bytes. No ``Accept-Encoding`` is sent
+unless the request has one, as blackbox_exporter sends none. libcurl speaks
 HTTP/2 over TLS when ALPN offers it, and goes through an http(s) proxy when one is given (CONNECT
 for https targets); proxies from the environment (``http_proxy``...) are not used. For an https hop
 the TLS version and cipher come from libcurl's one informational line about the handshake
@@ -41,7 +42,7 @@ import pycurl
 from cryptography import x509
 from yarl import URL
 
-from agent.net._encoding import ENCODINGS, BodyDecoder, DecodeError, content_encodings
+from agent.net._encoding import BodyDecoder, DecodeError, content_encodings
 from agent.sdk.failures import map_curl_error
 from agent.sdk.http import HttpFailure, TLSOptions
 from agent.sdk.reasons import Reason
@@ -88,7 +89,6 @@ _NO_TLS = TLSOptions()
 _HANDSHAKE_LINE = re.compile(rb"^SSL connection using (\S+) / (\S+)")
 # The wheel's libcurl looks for a CA bundle at its build machine's path; use this system's.
 _SYSTEM_CA = ssl.get_default_verify_paths()
-_ACCEPT_ENCODING = ", ".join(ENCODINGS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -528,8 +528,10 @@ def _configure(curl: pycurl.Curl, request: CurlRequest, transfer: _Transfer) -> 
     setopt(pycurl.NOSIGNAL, 1)
     setopt(pycurl.WRITEFUNCTION, transfer.write)
     setopt(pycurl.HEADERFUNCTION, transfer.header)
-    # Asked for (an Accept-Encoding of the request's own wins) and decoded by _Transfer.write.
-    setopt(pycurl.ACCEPT_ENCODING, _ACCEPT_ENCODING)
+    # No Accept-Encoding unless the request has its own (as blackbox_exporter's Go client asks:
+    # the server's answer to a plain request is what it measures); whatever encoding comes anyway
+    # is decoded by _Transfer.write. ACCEPT_ENCODING unset keeps libcurl from decoding (or
+    # refusing the encodings it was not built with).
     setopt(pycurl.HTTP_CONTENT_DECODING, 0)
     # "" turns off the proxies of the environment too; only the check's own proxy is used.
     setopt(pycurl.PROXY, request.proxy or "")
