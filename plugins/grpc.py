@@ -148,7 +148,9 @@ class GrpcProbe(Probe[GrpcSettings]):
         ),
         *TLS_METRICS,
         *IP_METRICS,
-        MetricSpec.gauge("probe.dns.lookup_time", "s", "Time taken to resolve the target's name"),
+        MetricSpec.gauge(
+            "probe.dns.lookup_time", "s", "Time taken to resolve the target's name (the server's, for dns)"
+        ),
     )
 
     def validate_target(self, target: str) -> None:

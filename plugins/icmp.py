@@ -97,7 +97,9 @@ class IcmpProbe(Probe[IcmpSettings]):
         MetricSpec.gauge("probe.icmp.packet_loss_ratio", "", "Share of echo requests left unanswered"),
         MetricSpec.gauge("probe.icmp.reply_hop_limit", "", "Hop limit (IPv4 TTL) of the last echo reply"),
         *IP_METRICS,
-        MetricSpec.gauge("probe.dns.lookup_time", "s", "Time taken to resolve the target's name"),
+        MetricSpec.gauge(
+            "probe.dns.lookup_time", "s", "Time taken to resolve the target's name (the server's, for dns)"
+        ),
     )
 
     def __init__(self) -> None:

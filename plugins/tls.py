@@ -178,7 +178,9 @@ class TlsProbe(Probe[TlsSettings]):
     metrics = (
         *TLS_METRICS,
         *IP_METRICS,
-        MetricSpec.gauge("probe.dns.lookup_time", "s", "Time taken to resolve the target's name"),
+        MetricSpec.gauge(
+            "probe.dns.lookup_time", "s", "Time taken to resolve the target's name (the server's, for dns)"
+        ),
         MetricSpec.gauge("probe.tls.duration", "s", "Duration of the TLS probe by phase", "phase"),
         MetricSpec.gauge("probe.tls.cipher_info", "", "The negotiated cipher suite", "cipher"),
         MetricSpec.gauge(

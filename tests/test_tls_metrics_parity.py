@@ -168,3 +168,58 @@ async def test_grpc_reports_the_handshake_as_the_tls_probe_does(ca: trustme.CA, 
         assert grpc_result.values[name] == tls_result.values[name], name
     assert leaf_labels(grpc_result) == leaf_labels(tls_result)
     assert negotiated(grpc_result) == negotiated(tls_result)
+
+
+async def test_a_tcp_starttls_turn_reports_its_handshake(ca: trustme.CA, ca_file: Path) -> None:
+    import asyncio
+
+    context = server_context(ca.issue_cert("127.0.0.1"))
+
+    async def smtp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(b"220 ready\r\n")
+            await reader.readline()  # STARTTLS
+            writer.write(b"220 go ahead\r\n")
+            await writer.drain()
+            await writer.start_tls(context)
+            writer.write(b"250 secret ok\r\n")
+            await writer.drain()
+            await reader.read()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(smtp, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    dialogue = [
+        {"expect": "^220 "},
+        {"send": "STARTTLS\r\n"},
+        {"expect": "^220 "},
+        {"starttls": True},
+        {"expect": "^250 "},
+    ]
+    plain = {"name": "x", "type": "tcp", "target": f"127.0.0.1:{port}", "interval": "10s", "timeout": "3s"}
+    try:
+        results, _ = await run_checks(
+            [
+                {
+                    **plain,
+                    "name": "starttls",
+                    "settings": {"tls_options": {"ca_file": str(ca_file)}, "dialogue": dialogue},
+                },
+                {**plain, "name": "plain", "settings": {"dialogue": dialogue[:3]}},
+            ]
+        )
+    finally:
+        server.close()
+        await server.wait_closed()
+    upgraded = results["starttls"]
+    assert upgraded.success, upgraded.message
+    assert EARLIEST in upgraded.values and LAST_CHAIN in upgraded.values
+    assert negotiated(upgraded) == "TLS 1.3"
+    assert leaf_labels(upgraded)["serialnumber"]
+    # No handshake, no TLS metrics.
+    assert results["plain"].success, results["plain"].message
+    assert EARLIEST not in results["plain"].values
+    assert not [s for s in results["plain"].samples if s.metric.startswith(("probe.tls", "probe.ssl"))]
