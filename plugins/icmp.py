@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import icmplib
-from pydantic import Field, IPvAnyAddress
+from pydantic import Field
 
 from agent.sdk import (
     AttributeValue,
@@ -40,6 +40,7 @@ from agent.sdk import (
 )
 
 from ._toolkit.net import IP_METRICS, IpFamily, ResolveFailed, ip_values, map_exception, resolve
+from ._toolkit.sockets import ConnectFailed, SourceAddress, for_source
 
 __all__ = ["IcmpProbe", "IcmpSettings"]
 
@@ -68,7 +69,7 @@ class IcmpSettings(ProbeSettings):
     ip_fallback: bool = False
     """Resolve in the other IP family when the name has no address in ``ip_family``
     (blackbox_exporter's ``ip_protocol_fallback``)."""
-    source_ip_address: IPvAnyAddress | None = None
+    source_ip_address: SourceAddress | None = None
     """The local address to send from (blackbox's ``source_ip_address``)."""
     ttl: int | None = Field(default=None, ge=1, le=255)
     """IPv4 TTL / IPv6 hop limit of the requests (blackbox's ``ttl``); the system's default without it."""
@@ -117,24 +118,21 @@ class IcmpProbe(Probe[IcmpSettings]):
         clock = ctx.clock
         started = clock.monotonic()
         ctx.stage = f"resolving {check.target}"
-        family = settings.ip_family
-        source = settings.source_ip_address
-        if family == "auto" and source is not None:
-            family = "ipv4" if source.version == 4 else "ipv6"  # the source decides the family
-            if _literal_version(check.target) not in (None, source.version):
-                message = (
-                    f"{check.target} cannot be reached from source_ip_address {source}: "
-                    "not the same IP version"
-                )
-                return ProbeResult.failure(Reason.CONNECT, message)
         try:
-            infos = await resolve(check.target, None, family, socket.SOCK_RAW, fallback=settings.ip_fallback)
+            infos = await resolve(
+                check.target, None, settings.ip_family, socket.SOCK_RAW, fallback=settings.ip_fallback
+            )
         except ResolveFailed as exc:
             lookup = {"probe.dns.lookup_time": clock.monotonic() - started}
             return ProbeResult.failure(exc.reason, exc.message, values=lookup)
-        address = str(infos[0][4][0])
         phases = {"resolve": clock.monotonic() - started}
-        values = {"probe.dns.lookup_time": phases["resolve"], **ip_values(address)}
+        values = {"probe.dns.lookup_time": phases["resolve"]}
+        try:
+            infos = for_source(infos, settings.source_ip_address, check.target)
+        except ConnectFailed as exc:
+            return ProbeResult.failure(exc.reason, exc.message, phases=phases, values=values)
+        address = str(infos[0][4][0])
+        values.update(ip_values(address))
         ctx.stage = f"opening an ICMP socket for {address}"
         mark = clock.monotonic()
         try:
@@ -157,7 +155,7 @@ class IcmpProbe(Probe[IcmpSettings]):
         """A socket of the kind this process may open, ``SocketPermissionError`` when none."""
         kinds = [self._privileged] if self._privileged is not None else [False, True]
         ip = ipaddress.ip_address(address)
-        source = str(settings.source_ip_address) if settings.source_ip_address else None
+        source = settings.source_ip_address
         for privileged in kinds:
             opener = icmplib.ICMPv4Socket if ip.version == 4 else icmplib.ICMPv6Socket
             try:
@@ -175,13 +173,6 @@ class IcmpProbe(Probe[IcmpSettings]):
                 raise
             return _Pinger(icmp, sock, address, destination, bool(privileged))
         raise AssertionError("unreachable")
-
-
-def _literal_version(target: str) -> int | None:
-    try:
-        return ipaddress.ip_address(target).version
-    except ValueError:
-        return None
 
 
 def _configure(sock: socket.socket, settings: IcmpSettings) -> None:

@@ -120,7 +120,9 @@ async def test_ttl_source_address_and_ipv6_hop_limit() -> None:
     assert results["v6"].values["probe.ip_protocol"] == 6
     # A source address pins the family.
     assert results["wrong-family"].reason is Reason.CONNECT
-    assert results["wrong-family"].message.endswith("127.0.0.2: not the same IP version")
+    assert results["wrong-family"].message == (
+        "source_ip_address 127.0.0.2 is IPv4, and ::1 has no address of that family (::1)"
+    )
     assert results["foreign-source"].reason is Reason.CONNECT, results["foreign-source"].message
 
 
@@ -199,6 +201,10 @@ def test_targets_are_checked_at_load() -> None:
     with pytest.raises(ConfigError, match="count"):
         config_from([ping("a", count=0)])
     config_from([ping("a", "::1"), ping("b", "vendor.example.")])
+    with pytest.raises(ConfigError, match="'gw.local' is not an IP address"):
+        config_from([ping("a", source_ip_address="gw.local")])
+    with pytest.raises(ConfigError, match="ttl"):
+        config_from([ping("a", ttl=0)])
 
 
 @pytest.mark.slow  # runs the agent in a network namespace, as a subprocess
