@@ -335,6 +335,8 @@ async def _handshake(
         raise _HandshakeFailed(exc.reason, TlsError.DNS, exc.message) from None
     phases["resolve"], mark = clock.monotonic() - mark, clock.monotonic()
     net["probe.dns.lookup_time"] = phases["resolve"]
+    # As blackbox_exporter: the address tried, also when it refuses; then the one that answered.
+    net.update(ip_values(str(addresses[0][4][0])))
     ctx.stage = f"connecting to {host}:{port}"
     reader, writer = await _connect(addresses, host, port)
     try:

@@ -294,6 +294,8 @@ async def test_not_tls_at_all_and_refused(ca_file: Path) -> None:
     assert results["plain"].reason is Reason.TLS
     assert error(results["plain"]) == "handshake"
     assert results["closed"].reason is Reason.CONNECT
+    # The address tried is reported also when it refused, as blackbox_exporter does.
+    assert results["closed"].values["probe.ip_protocol"] == 4
 
 
 def test_settings_are_checked_at_load() -> None:
