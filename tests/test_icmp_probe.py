@@ -201,7 +201,7 @@ def test_targets_are_checked_at_load() -> None:
     with pytest.raises(ConfigError, match="count"):
         config_from([ping("a", count=0)])
     config_from([ping("a", "::1"), ping("b", "vendor.example.")])
-    with pytest.raises(ConfigError, match="'gw.local' is not an IP address"):
+    with pytest.raises(ConfigError, match=r"'gw\.local' is not an IP address"):
         config_from([ping("a", source_ip_address="gw.local")])
     with pytest.raises(ConfigError, match="ttl"):
         config_from([ping("a", ttl=0)])
