@@ -6,6 +6,7 @@ Metric names follow blackbox_exporter's http prober so that its dashboards keep 
 from __future__ import annotations
 
 import json
+import time
 import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +18,9 @@ from pydantic import ByteSize, Field, PrivateAttr, field_validator, model_valida
 
 from agent.sdk import (
     Assertion,
+    AssertionOp,
+    AssertionOutcome,
+    AssertionSource,
     AttributeValue,
     Check,
     Duration,
@@ -39,7 +43,15 @@ from agent.sdk import (
 )
 
 from ._toolkit.auth import TOKEN_EXPIRY, Auth, AuthFailure, Credential, TokenCache, authorize
-from ._toolkit.headers import Lifecycle, RateLimit, RateLimitNames, parse_lifecycle, parse_ratelimit
+from ._toolkit.headers import (
+    Lifecycle,
+    RateLimit,
+    RateLimitNames,
+    http_date,
+    parse_lifecycle,
+    parse_ratelimit,
+)
+from ._toolkit.net import IP_METRICS, ResolveFailed, ip_values, resolve
 from ._toolkit.openapi import OpenAPIDocument, load_document, parse_document
 from ._toolkit.schema import DriftTracker
 from ._toolkit.tls import TLS_METRICS, tls_values
@@ -57,6 +69,11 @@ _HTTP_VERSIONS = {
     "HTTP/3.0": "3",
 }
 _VERSION_NAMES = {"1.0": "HTTP/1.0", "1.1": "HTTP/1.1", "2": "HTTP/2.0", "3": "HTTP/3.0"}
+_OTHER_FAMILY = {"ipv4": "ipv6", "ipv6": "ipv4"}
+# The rules blackbox_exporter calls regular expressions (fail_if_body_matches_regexp, ...): a run
+# they fail reports probe_failed_due_to_regex 1.
+_REGEX_OPS = {AssertionOp.MATCHES, AssertionOp.NOT_MATCHES}
+_REGEX_SOURCES = {AssertionSource.HEADER, AssertionSource.BODY}
 
 
 class RateLimitHeaderNames(ProbeSettings):
@@ -121,6 +138,9 @@ class HttpSettings(ProbeSettings):
     max_redirects: int = Field(10, ge=0, le=50)
     fresh_connection: bool = True
     ip_family: Literal["auto", "ipv4", "ipv6"] = "auto"
+    ip_fallback: bool = False
+    """blackbox_exporter's ``ip_protocol_fallback``: a name with no address of ``ip_family`` is
+    tried in the other family; off, the family is a requirement."""
     tls: TLSOptions = Field(default_factory=TLSOptions)
     max_body: ByteSize = Field(ByteSize(1 << 20), ge=0, le=1 << 30)
     """Read at most this much of the body; the rest is cut, never buffered."""
@@ -143,6 +163,20 @@ class HttpSettings(ProbeSettings):
     proxy_url: str | None = None
     """An ``http://`` or ``https://`` proxy for every request of the check (CONNECT for https
     targets); credentials in it are secrets."""
+    proxy_skip_resolve: bool = False
+    """blackbox_exporter's ``skip_resolve_phase_with_proxy``: with a proxy, do not look the target's
+    name up here first (the proxy does); off, a name that does not resolve here fails the run."""
+    compression: Literal["gzip", "br", "deflate", "zstd", "identity"] | None = None
+    """blackbox_exporter's ``compression``: ask for this encoding (``Accept-Encoding``, unless the
+    check sets that header) and fail (``assertion``) when the response comes in another."""
+    fail_if_body_over: ByteSize | None = Field(None, ge=0, le=1 << 30)
+    """blackbox_exporter's ``body_size_limit``: a decoded body longer than this fails the run
+    (``assertion``); the body is read up to it, whatever ``max_body`` says."""
+    fail_if_ssl: bool = False
+    """Fail (``assertion``) when the final response came over TLS (blackbox ``fail_if_ssl``)."""
+    fail_if_not_ssl: bool = False
+    """Fail (``assertion``) when the final response did not come over TLS (blackbox
+    ``fail_if_not_ssl``)."""
 
     @field_validator("valid_http_versions")
     @classmethod
@@ -175,7 +209,23 @@ class HttpSettings(ProbeSettings):
     def _one_body(self) -> HttpSettings:
         if self.body is not None and self.json_body is not None:
             raise ValueError("give 'body' or 'json', not both")
+        if self.fail_if_ssl and self.fail_if_not_ssl:
+            raise ValueError("give 'fail_if_ssl' or 'fail_if_not_ssl', not both: every run would fail")
+        accepted = next((v for k, v in self.headers.items() if k.lower() == "accept-encoding"), None)
+        if self.compression and accepted is not None:
+            # As blackbox_exporter checks it: asking not to get the encoding required makes no sense.
+            codings = {part.split(";", 1)[0].strip().lower() for part in accepted.split(",")}
+            if self.compression not in codings and "*" not in codings:
+                raise ValueError(
+                    f"the Accept-Encoding header does not accept compression {self.compression!r}"
+                )
         return self
+
+    @property
+    def body_cap(self) -> int:
+        """How much of the body a run reads: up to ``fail_if_body_over`` when set, to know it was
+        passed; else ``max_body``."""
+        return int(self.fail_if_body_over if self.fail_if_body_over is not None else self.max_body)
 
 
 class HttpProbe(Probe[HttpSettings]):
@@ -195,11 +245,30 @@ class HttpProbe(Probe[HttpSettings]):
         MetricSpec.gauge(
             "probe.http.content_length",
             "{byte}",
-            "Length of the HTTP response body as declared or read",
+            "Length of the HTTP response body as its Content-Length header declares it, -1 without one",
+        ),
+        MetricSpec.gauge(
+            "probe.http.uncompressed_body_length",
+            "{byte}",
+            "Length of the response body read, decoded from its Content-Encoding",
         ),
         MetricSpec.gauge("probe.http.version", "", "HTTP version of the response"),
-        MetricSpec.gauge("probe.http.redirects", "", "The number of redirects followed"),
+        MetricSpec.gauge(
+            "probe.http.redirects", "", "The number of redirects received, an unfollowed one included"
+        ),
         MetricSpec.gauge("probe.http.ssl", "", "1 if TLS was used for the final hop, else 0"),
+        MetricSpec.gauge(
+            "probe.http.last_modified_timestamp",
+            "s",
+            "The Last-Modified header of the response, epoch seconds",
+        ),
+        MetricSpec.gauge(
+            "probe.failed_due_to_regex",
+            "",
+            "1 if the run failed because a header or body regular-expression rule failed, else 0",
+        ),
+        MetricSpec.gauge("probe.dns.lookup_time", "s", "Time taken to resolve the target's name"),
+        *IP_METRICS,
         *TLS_METRICS,
         TOKEN_EXPIRY,
         MetricSpec(
@@ -242,7 +311,9 @@ class HttpProbe(Probe[HttpSettings]):
 
         1. no credentials (``auth``, or ``rate_limited`` from the token endpoint), no response;
         2. the shared verdict on status, credentials, 429 and assertions (``_toolkit/verdict.py``);
-        3. an HTTP version outside ``valid_http_versions`` (``assertion``);
+        3. blackbox_exporter's order after that (``assertion``): the ``compression``, the body
+           over ``fail_if_body_over``, an HTTP version outside ``valid_http_versions``,
+           ``fail_if_ssl`` / ``fail_if_not_ssl``;
         4. the rate-limit quota under ``fail_if_ratelimit_below`` (``rate_limited``);
         5. the OpenAPI schema (``schema``), fetched and checked only while nothing failed;
         6. schema drift (``schema`` when ``fail``), counted and noted whatever came before;
@@ -258,9 +329,13 @@ class HttpProbe(Probe[HttpSettings]):
         judged = judge(
             exchange, ctx, tokens, assertions=settings.assertions, outcomes=outcomes, quota=response.quota
         )
+        response.values["probe.failed_due_to_regex"] = _failed_due_to_regex(judged.reason, outcomes)
         finding = (
             _found(judged.reason, judged.message)
+            or _compression_finding(settings, exchange)
+            or _body_size_finding(settings, exchange)
             or _version_finding(settings, exchange)
+            or _ssl_finding(settings, exchange)
             or _quota_finding(settings, response.quota)
         )
         if finding is None and settings.openapi is not None:
@@ -363,7 +438,26 @@ class _HeldDocument:
 async def _send(
     check: Check, settings: HttpSettings, ctx: ProbeContext, tokens: TokenCache
 ) -> tuple[HttpExchange, Credential] | ProbeResult:
-    """The response and the credential it was asked with, or the result of a run that got none."""
+    """The response and the credential it was asked with, or the result of a run that got none.
+
+    With ``ip_fallback``, a target whose name has no address of ``ip_family`` is asked again in the
+    other family (the lookup failed: nothing was sent).
+    """
+    sent = await _send_in(check, settings, ctx, tokens, settings.ip_family)
+    other = _OTHER_FAMILY.get(settings.ip_family)
+    if (
+        settings.ip_fallback
+        and other is not None
+        and isinstance(sent, ProbeResult)
+        and sent.reason is Reason.DNS
+    ):
+        sent = await _send_in(check, settings, ctx, tokens, other)
+    return sent
+
+
+async def _send_in(
+    check: Check, settings: HttpSettings, ctx: ProbeContext, tokens: TokenCache, ip_family: str
+) -> tuple[HttpExchange, Credential] | ProbeResult:
     headers = dict(settings.headers)
     params: dict[str, str | list[str]] = dict(settings.query)
     if settings.origin:
@@ -372,10 +466,18 @@ async def _send(
     if settings.json_body is not None:
         data = json.dumps(settings.json_body)
         headers.setdefault("Content-Type", "application/json")
+    if settings.compression and not any(name.lower() == "accept-encoding" for name in headers):
+        headers["Accept-Encoding"] = settings.compression
+    looked_up: _LookedUp | None = None
+    if settings.proxy_url and not settings.proxy_skip_resolve:
+        found = await _look_up(check.target, ip_family)
+        if isinstance(found, ProbeResult):
+            return found
+        looked_up = found
     async with ctx.http(
         settings.tls,
         fresh=settings.fresh_connection,
-        ip_family=settings.ip_family,
+        ip_family=ip_family,
         proxy_url=settings.proxy_url,
     ) as client:
         try:
@@ -395,17 +497,99 @@ async def _send(
                 data=data,
                 follow_redirects=settings.follow_redirects,
                 max_redirects=settings.max_redirects,
-                max_body=int(settings.max_body),
+                max_body=settings.body_cap,
             )
         except HttpFailure as failure:
-            # As blackbox_exporter does: no response means status code 0, not the last one seen.
-            return ProbeResult.failure(
-                failure.reason,
-                failure.message,
-                phases=failure.phases,
-                values={"probe.http.status_code": 0, "probe.http.ssl": 0},
-            )
+            if not _accepted_at_the_limit(settings, failure.response):
+                return _failed(failure, looked_up)
+            assert failure.response is not None
+            exchange = failure.response
+    if looked_up is not None:
+        exchange.phases["resolve"] += looked_up.seconds
+        exchange.lookup_time, exchange.address = looked_up.seconds, looked_up.address
+    elif settings.proxy_url:
+        exchange.address = ""  # the proxy's, not the target's
     return exchange, credential
+
+
+def _accepted_at_the_limit(settings: HttpSettings, response: HttpExchange | None) -> bool:
+    """Whether the redirect the limit stopped at is the response the check asks for: it has
+    ``status`` rules and the 3xx passes them all (``valid_status_codes: [302]`` in blackbox_exporter,
+    which judges the last response it got); then the run goes on with it, else it fails with
+    reason ``redirects``."""
+    if response is None:
+        return False
+    rules = [a for a in settings.assertions if AssertionSource(a.source) is AssertionSource.STATUS]
+    subject = Subject(response.status, response.headers, b"", response.duration)
+    return bool(rules) and all(rule.evaluate(subject).passed for rule in rules)
+
+
+@dataclass(frozen=True, slots=True)
+class _LookedUp:
+    """The target's name looked up here before a request through a proxy (blackbox_exporter's
+    resolve phase when ``skip_resolve_phase_with_proxy`` is off)."""
+
+    address: str
+    seconds: float
+
+
+async def _look_up(target: str, ip_family: str) -> _LookedUp | ProbeResult:
+    host = urlsplit(target).hostname or ""
+    started = time.perf_counter()
+    try:
+        found = await resolve(host, None, ip_family)  # type: ignore[arg-type]
+    except ResolveFailed as failed:
+        return ProbeResult.failure(
+            failed.reason, failed.message, phases={"resolve": time.perf_counter() - started}
+        )
+    return _LookedUp(str(found[0][4][0]), time.perf_counter() - started)
+
+
+def _failed(failure: HttpFailure, looked_up: _LookedUp | None) -> ProbeResult:
+    """A run that got no usable response. As blackbox_exporter reports one: status code 0 and
+    empty figures when nothing came; the last response's status and redirect count when the
+    redirect limit stopped the run."""
+    phases = dict(failure.phases)
+    values: dict[str, float] = {
+        "probe.http.status_code": 0,
+        "probe.http.ssl": 0,
+        "probe.http.content_length": 0,
+        "probe.http.uncompressed_body_length": 0,
+        "probe.http.redirects": 0,
+        "probe.http.version": 0,
+        "probe.failed_due_to_regex": 0,
+    }
+    if failure.response is not None:
+        values |= _exchange_values(failure.response)
+    elif "resolve" in phases:
+        values["probe.dns.lookup_time"] = phases["resolve"]
+    if looked_up is not None:
+        phases["resolve"] = phases.get("resolve", 0.0) + looked_up.seconds
+        values["probe.dns.lookup_time"] = looked_up.seconds
+        values |= ip_values(looked_up.address)
+    return ProbeResult.failure(failure.reason, failure.message, phases=phases, values=values)
+
+
+def _exchange_values(exchange: HttpExchange) -> dict[str, float]:
+    """The blackbox_exporter metrics of a response."""
+    values: dict[str, float] = {
+        "probe.http.status_code": exchange.status,
+        "probe.http.content_length": exchange.content_length,
+        "probe.http.uncompressed_body_length": exchange.body_length,
+        "probe.http.version": float(exchange.http_version),
+        "probe.http.redirects": exchange.redirects,
+        "probe.http.ssl": 1.0 if exchange.tls else 0.0,
+    }
+    if exchange.address:  # no address of the target's through a proxy that looked it up itself
+        values["probe.dns.lookup_time"] = exchange.lookup_time
+        values |= ip_values(exchange.address)
+    modified = exchange.headers.get("Last-Modified")
+    if modified is not None:
+        try:
+            values["probe.http.last_modified_timestamp"] = float(int(http_date(modified)))
+        except ValueError:
+            pass  # blackbox_exporter leaves the metric out for a date it cannot read
+    return values
 
 
 @dataclass(slots=True)
@@ -426,13 +610,7 @@ class _Response:
     def read(
         cls, exchange: HttpExchange, credential: Credential, settings: HttpSettings, ctx: ProbeContext
     ) -> _Response:
-        values: dict[str, float] = {
-            "probe.http.status_code": exchange.status,
-            "probe.http.content_length": exchange.content_length,
-            "probe.http.version": float(exchange.http_version),
-            "probe.http.redirects": exchange.redirects,
-            "probe.http.ssl": 1.0 if exchange.tls else 0.0,
-        }
+        values = _exchange_values(exchange)
         samples: tuple[Sample, ...] = ()
         if exchange.tls:
             tls_metrics, samples = tls_values(exchange.tls)
@@ -488,6 +666,53 @@ def _version_finding(settings: HttpSettings, exchange: HttpExchange) -> _Finding
         f"the response came over {got}, not one of valid_http_versions "
         f"({', '.join(settings.valid_http_versions)})"
     )
+
+
+def _failed_due_to_regex(reason: Reason | None, outcomes: tuple[AssertionOutcome, ...]) -> float:
+    """blackbox_exporter's ``probe_failed_due_to_regex``: 1 when the status passed and a header
+    or body regular-expression rule failed (its only kind of header and body rule), else 0."""
+    if reason is not Reason.ASSERTION:
+        return 0.0
+    return float(
+        any(
+            not outcome.passed and outcome.op in _REGEX_OPS and outcome.source in _REGEX_SOURCES
+            for outcome in outcomes
+        )
+    )
+
+
+def _compression_finding(settings: HttpSettings, exchange: HttpExchange) -> _Finding | None:
+    """``assertion`` when the response is not in the encoding ``compression`` requires."""
+    wanted = settings.compression
+    if wanted is None:
+        return None
+    codings = [
+        token
+        for value in exchange.headers.getall("Content-Encoding", [])
+        for token in (part.strip().lower() for part in value.split(","))
+        if token and token != "identity"
+    ]
+    got = ", ".join(codings) or "identity"
+    if got == wanted:
+        return None
+    return Reason.ASSERTION, f"the response came in {got}, not in {wanted} (compression)"
+
+
+def _body_size_finding(settings: HttpSettings, exchange: HttpExchange) -> _Finding | None:
+    """``assertion`` when the decoded body is longer than ``fail_if_body_over``."""
+    limit = settings.fail_if_body_over
+    if limit is None or not exchange.truncated:
+        return None
+    return Reason.ASSERTION, f"the body is longer than fail_if_body_over ({limit.human_readable()})"
+
+
+def _ssl_finding(settings: HttpSettings, exchange: HttpExchange) -> _Finding | None:
+    """``assertion`` when the final response's use of TLS is what ``fail_if_(not_)ssl`` refuses."""
+    if settings.fail_if_ssl and exchange.tls is not None:
+        return Reason.ASSERTION, "the final response came over TLS (fail_if_ssl)"
+    if settings.fail_if_not_ssl and exchange.tls is None:
+        return Reason.ASSERTION, "the final response did not come over TLS (fail_if_not_ssl)"
+    return None
 
 
 def _quota_finding(settings: HttpSettings, quota: RateLimit) -> _Finding | None:

@@ -51,8 +51,16 @@ from agent.sdk import (
     tls_context,
 )
 
-from ._toolkit.net import IpFamily, ResolveFailed, map_exception, resolve, split_host_port
-from ._toolkit.tls import TLS_METRICS, Certificate, describe, tls_values
+from ._toolkit.net import (
+    IP_METRICS,
+    IpFamily,
+    ResolveFailed,
+    ip_values,
+    map_exception,
+    resolve,
+    split_host_port,
+)
+from ._toolkit.tls import TLS_METRICS, Certificate, describe, socket_tls_info, tls_values
 
 __all__ = ["TlsProbe", "TlsSettings"]
 
@@ -118,6 +126,9 @@ class TlsSettings(ProbeSettings):
     """Speak the protocol's plaintext opening and upgrade with STARTTLS (STLS for POP3)."""
     tls: TLSOptions = Field(default_factory=TLSOptions)
     ip_family: IpFamily = "auto"
+    ip_fallback: bool = False
+    """Resolve in the other IP family when the name has no address in ``ip_family``
+    (blackbox_exporter's ``ip_protocol_fallback``)."""
     min_days_left: float | None = Field(default=None, ge=0)
     """Fail (reason ``assertion``) when a certificate the server sent expires within this many days."""
     min_version: Literal["1.0", "1.1", "1.2", "1.3"] | None = None
@@ -166,18 +177,12 @@ class TlsProbe(Probe[TlsSettings]):
     phase_metric = "probe.tls.duration"
     metrics = (
         *TLS_METRICS,
+        *IP_METRICS,
+        MetricSpec.gauge(
+            "probe.dns.lookup_time", "s", "Time taken to resolve the target's name (the server's, for dns)"
+        ),
         MetricSpec.gauge("probe.tls.duration", "s", "Duration of the TLS probe by phase", "phase"),
         MetricSpec.gauge("probe.tls.cipher_info", "", "The negotiated cipher suite", "cipher"),
-        MetricSpec.gauge(
-            "probe.ssl.last_chain_info",
-            "",
-            "The leaf certificate the server sent",
-            "fingerprint_sha256",
-            "subject",
-            "issuer",
-            "subjectalternative",
-            "serialnumber",
-        ),
         MetricSpec.gauge(
             "probe.tls.error_info",
             "",
@@ -193,13 +198,16 @@ class TlsProbe(Probe[TlsSettings]):
         host, port = split_host_port(check.target, 443)
         server_name = settings.tls.server_name or host
         phases: dict[str, float] = {}
+        net: dict[str, float] = {}
         try:
-            info = await _handshake(host, port, server_name, tls_context(settings.tls), settings, ctx, phases)
+            info = await _handshake(
+                host, port, server_name, tls_context(settings.tls), settings, ctx, phases, net
+            )
         except _HandshakeFailed as failed:
             failed = await _deeper_failure(failed, host, port, server_name, settings, ctx)
             rejected = await _rejected_chain(failed.kind, host, port, server_name, settings, ctx)
-            return _failed(failed, _Seen.of(rejected), phases, ctx.clock.time())
-        return _judged(settings, info, _Seen.of(info), phases, ctx.clock.time())
+            return _failed(failed, _Seen.of(rejected, net), phases, ctx.clock.time())
+        return _judged(settings, info, _Seen.of(info, net), phases, ctx.clock.time())
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,20 +221,18 @@ class _Seen:
     chain: list[Certificate] = field(default_factory=list)
 
     @classmethod
-    def of(cls, info: TLSInfo | None) -> _Seen:
+    def of(cls, info: TLSInfo | None, net: dict[str, float]) -> _Seen:
+        """What ``info`` showed, with ``net``: the run's lookup time and the address probed."""
         if info is None:
-            return cls()
+            return cls(dict(net))
         values, tls_samples = tls_values(info)
-        samples = [
+        samples = (
             *tls_samples,
             Sample("probe.tls.cipher_info", 1.0, {"cipher": info.cipher}, series="cipher"),
-        ]
+        )
         chain = [describe(der) for der in info.sent_chain]
-        attributes: dict[str, AttributeValue] = {}
-        if chain:
-            samples.append(_chain_info(chain[0]))
-            attributes = _attributes(chain[0], info)
-        return cls(dict(values), tuple(samples), attributes, chain)
+        attributes = _attributes(chain[0], info) if chain else {}
+        return cls({**net, **values}, samples, attributes, chain)
 
     def result(
         self,
@@ -259,7 +265,7 @@ async def _deeper_failure(
     if failed.kind is not TlsError.HOSTNAME_MISMATCH:
         return failed
     try:
-        await _handshake(host, port, server_name, _relaxed(settings.tls, True), settings, ctx, {})
+        await _handshake(host, port, server_name, _relaxed(settings.tls, True), settings, ctx, {}, {})
     except _HandshakeFailed as deeper:
         if deeper.kind in _VERIFY_FAILURES:
             also = failed.message.split(": ", 1)[-1]
@@ -276,7 +282,7 @@ async def _rejected_chain(
     ctx.stage = "reading the rejected certificate chain"
     try:
         unverified = await _handshake(
-            host, port, server_name, _relaxed(settings.tls, False), settings, ctx, {}
+            host, port, server_name, _relaxed(settings.tls, False), settings, ctx, {}, {}
         )
     except _HandshakeFailed:
         return None
@@ -315,18 +321,26 @@ async def _handshake(
     settings: TlsSettings,
     ctx: ProbeContext,
     phases: dict[str, float],
+    net: dict[str, float],
 ) -> TLSInfo:
+    """One handshake; ``phases`` gets its phases and ``net`` the lookup time and the address probed
+    (blackbox_exporter's ``probe_dns_lookup_time_seconds``, ``probe_ip_protocol``, ``probe_ip_addr_hash``)."""
     clock = ctx.clock
     mark = clock.monotonic()
     ctx.stage = f"resolving {host}"
     try:
-        addresses = await resolve(host, port, settings.ip_family)
+        addresses = await resolve(host, port, settings.ip_family, fallback=settings.ip_fallback)
     except ResolveFailed as exc:
+        net["probe.dns.lookup_time"] = clock.monotonic() - mark
         raise _HandshakeFailed(exc.reason, TlsError.DNS, exc.message) from None
     phases["resolve"], mark = clock.monotonic() - mark, clock.monotonic()
+    net["probe.dns.lookup_time"] = phases["resolve"]
+    # As blackbox_exporter: the address tried, also when it refuses; then the one that answered.
+    net.update(ip_values(str(addresses[0][4][0])))
     ctx.stage = f"connecting to {host}:{port}"
     reader, writer = await _connect(addresses, host, port)
     try:
+        net.update(ip_values(str(writer.get_extra_info("peername")[0])))
         phases["connect"], mark = clock.monotonic() - mark, clock.monotonic()
         if settings.starttls:
             ctx.stage = f"negotiating STARTTLS ({settings.starttls})"
@@ -350,8 +364,7 @@ async def _handshake(
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             raise _mapped(exc, TlsError.HANDSHAKE, server_name, handshake=True) from None
         phases["handshake"] = clock.monotonic() - mark
-        ssl_object = writer.get_extra_info("ssl_object")
-        return ctx.tls_info(ssl_object)
+        return socket_tls_info(ctx, writer.get_extra_info("ssl_object"))
     finally:
         writer.close()
 
@@ -548,17 +561,6 @@ def _judge(
             )
         )
     return outcomes
-
-
-def _chain_info(leaf: Certificate) -> Sample:
-    labels = {
-        "fingerprint_sha256": leaf.fingerprint_sha256,
-        "subject": leaf.subject,
-        "issuer": leaf.issuer,
-        "subjectalternative": ",".join(leaf.sans),
-        "serialnumber": leaf.serial,
-    }
-    return Sample("probe.ssl.last_chain_info", 1.0, labels, series="leaf")
 
 
 def _attributes(leaf: Certificate, info: TLSInfo) -> dict[str, AttributeValue]:

@@ -125,7 +125,7 @@ async def test_answers_rcodes_serial_and_tcp_fallback() -> None:
     assert big.success and big.values["probe.dns.answer_rrs"] == 10
     assert big.attributes["vantage.dns.tcp"] is True
     # The server's own name is resolved first, and timed as its own phase.
-    assert set(results["by-name"].phases) == {"resolve", "request"}, results["by-name"].message
+    assert set(results["by-name"].phases) == {"resolve", "connect", "request"}, results["by-name"].message
     assert results["by-name"].success
     assert results["no-server"].reason is Reason.DNS
     assert results["no-server"].message.startswith("cannot resolve the DNS server nowhere.invalid")

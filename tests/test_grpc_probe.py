@@ -17,6 +17,7 @@ import anyio
 import grpc
 import pytest
 import trustme
+from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -98,7 +99,15 @@ async def test_health_plaintext() -> None:
     for name in ("server", "charges", "token"):
         assert results[name].success, (name, results[name].message)
     charges = results["charges"]
-    assert charges.values == {"probe.grpc.ssl": 0, "probe.grpc.status_code": 0}
+    assert {
+        k: charges.values[k] for k in ("probe.grpc.ssl", "probe.grpc.status_code", "probe.ip_protocol")
+    } == {
+        "probe.grpc.ssl": 0,
+        "probe.grpc.status_code": 0,
+        "probe.ip_protocol": 4,
+    }
+    assert charges.values["probe.dns.lookup_time"] >= 0
+    assert not [s for s in charges.samples if s.metric.startswith(("probe.tls", "probe.ssl"))]
     assert statuses(charges) == {"UNKNOWN": 0, "SERVING": 1, "NOT_SERVING": 0, "SERVICE_UNKNOWN": 0}
     assert set(charges.phases) == {"resolve", "check"}
     refunds = results["refunds"]
@@ -135,7 +144,45 @@ async def test_health_over_tls(ca: trustme.CA, ca_file: Path) -> None:
     assert results["tls"].success, results["tls"].message
     assert results["tls"].values["probe.grpc.ssl"] == 1
     assert results["untrusted"].reason is Reason.TLS, results["untrusted"].message
-    assert results["plaintext-to-tls"].reason in (Reason.CONNECT, Reason.PROTOCOL)
+    assert results["untrusted"].values["probe.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert results["untrusted"].values["probe.grpc.ssl"] == 0  # the handshake did not complete
+    plain = results["plaintext-to-tls"]
+    assert plain.reason in (Reason.CONNECT, Reason.PROTOCOL), plain.message
+    assert plain.values["probe.grpc.ssl"] == 0  # the connection did no TLS, whatever was configured
+    # The handshake's own figures, as the tls probe reads them.
+    leaf = x509.load_pem_x509_certificate(cert.cert_chain_pems[0].bytes())
+    good = results["tls"]
+    assert good.values["probe.ssl.earliest_cert_expiry"] == leaf.not_valid_after_utc.timestamp()
+    assert "probe.ssl.last_chain_expiry_timestamp" in good.values
+    labels = {
+        s.metric: dict(s.labels) for s in good.samples if s.metric.startswith(("probe.tls", "probe.ssl"))
+    }
+    assert labels["probe.tls.version_info"] == {"version": "TLS 1.3"}
+    assert labels["probe.ssl.last_chain_info"]["subjectalternative"] == "health.test"
+    assert labels["probe.ssl.last_chain_info"]["serialnumber"] == format(leaf.serial_number, "x")
+
+
+async def test_insecure_skips_verification(tmp_path: Path) -> None:
+    """blackbox's insecure_skip_verify: an untrusted certificate for another name is accepted, and
+    its chain is read but never reported as verified."""
+    stranger = trustme.CA()  # trusted by nobody
+    cert = stranger.issue_cert("elsewhere.test")
+    credentials = grpc.ssl_server_credentials(
+        [(cert.private_key_pem.bytes(), cert.cert_chain_pems[0].bytes())]
+    )
+    with health_server(credentials) as port:
+        results, _ = await run_checks(
+            [
+                grpc_check("insecure", port, tls=True, tls_options={"insecure": True}),
+                grpc_check("verifying", port, tls=True),
+            ]
+        )
+    insecure = results["insecure"]
+    assert insecure.success, insecure.message
+    assert insecure.values["probe.grpc.ssl"] == 1
+    assert "probe.ssl.earliest_cert_expiry" in insecure.values
+    assert "probe.ssl.last_chain_expiry_timestamp" not in insecure.values
+    assert results["verifying"].reason is Reason.TLS, results["verifying"].message
 
 
 async def test_refused() -> None:
@@ -176,8 +223,11 @@ def test_without_the_extra_the_type_is_unavailable() -> None:
 
 
 def test_settings_are_checked_at_load() -> None:
-    with pytest.raises(ConfigError, match="gRPC cannot skip certificate verification"):
-        config_from([grpc_check("a", 1, tls=True, tls_options={"insecure": True})])
+    config_from([grpc_check("a", 1, tls=True, tls_options={"insecure": True})])  # now honoured
+    with pytest.raises(ConfigError, match="'x-token' holds a character headers cannot carry"):
+        config_from([grpc_check("a", 1, metadata={"x-token": "abc\r\nx-evil: 1"})])
+    with pytest.raises(ConfigError, match="is not a gRPC metadata name"):
+        config_from([grpc_check("a", 1, metadata={"grpc-timeout": "1S"})])
     with pytest.raises(ConfigError, match="is not host:port"):
         config_from([{"name": "a", "type": "grpc", "target": "health.example"}])
 
@@ -222,3 +272,65 @@ async def test_a_call_cut_by_the_run_timeout_ends_its_client_span() -> None:
     assert client.name == "grpc.health.v1.Health/Check"
     assert client.attributes is not None and client.attributes["error.type"] == "timeout"
     assert client.status.status_code is StatusCode.ERROR
+
+
+async def test_ip_fallback() -> None:
+    with health_server() as port:
+        results, _ = await run_checks(
+            [
+                grpc_check("strict", port, ip_family="ipv6"),
+                grpc_check("fallback", port, ip_family="ipv6", ip_fallback=True),
+            ]
+        )
+    assert results["strict"].reason is Reason.DNS, results["strict"].message
+    assert results["strict"].values["probe.grpc.ssl"] == 0
+    assert results["fallback"].success, results["fallback"].message
+    assert results["fallback"].values["probe.ip_protocol"] == 4
+
+
+async def test_a_server_that_does_not_speak_grpc() -> None:
+    """An HTTP/1.1 server's answer to the HTTP/2 preface."""
+    import asyncio
+
+    async def http1(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(24)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(http1, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        results, _ = await run_checks([grpc_check("http1", port)])
+    finally:
+        server.close()
+        await server.wait_closed()
+    result = results["http1"]
+    assert result.reason is Reason.PROTOCOL, result.message
+    assert result.message.startswith(f"the server at 127.0.0.1:{port} does not speak gRPC's HTTP/2")
+
+
+async def test_client_certificate(ca: trustme.CA, ca_file: Path, tmp_path: Path) -> None:
+    """mTLS: the server requires a certificate from the client's CA."""
+    server_cert = ca.issue_cert("health.test")
+    client = ca.issue_cert("vantage.client")
+    client.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "client.pem"))
+    credentials = grpc.ssl_server_credentials(
+        [(server_cert.private_key_pem.bytes(), server_cert.cert_chain_pems[0].bytes())],
+        root_certificates=ca.cert_pem.bytes(),
+        require_client_auth=True,
+    )
+    options = {"ca_file": str(ca_file), "server_name": "health.test"}
+    with health_server(credentials) as port:
+        results, _ = await run_checks(
+            [
+                grpc_check(
+                    "mtls", port, tls=True, tls_options={**options, "cert_file": str(tmp_path / "client.pem")}
+                ),
+                grpc_check("anonymous", port, tls=True, tls_options=options),
+            ]
+        )
+    assert results["mtls"].success, results["mtls"].message
+    assert not results["anonymous"].success
+    assert results["anonymous"].reason is Reason.TLS, results["anonymous"].message
+    assert results["anonymous"].values["probe.grpc.ssl"] == 0  # the server did not accept the handshake

@@ -241,7 +241,11 @@ async def test_connection_refused_and_dns_failure() -> None:
         names={},
     )
     assert results["refused"].reason is Reason.CONNECT
-    assert results["refused"].values["probe.http.status_code"] == 0
+    # As blackbox_exporter reports a run that got no response: zeros, not absent figures.
+    refused = results["refused"].values
+    for name in ("status_code", "content_length", "uncompressed_body_length", "redirects", "version", "ssl"):
+        assert refused[f"probe.http.{name}"] == 0, name
+    assert refused["probe.failed_due_to_regex"] == 0
     assert results["nxdomain"].reason is Reason.DNS
     assert "no-such-vendor.test" in results["nxdomain"].message
 
@@ -266,7 +270,8 @@ async def test_redirects_followed_counted_or_not_followed() -> None:
     assert results["follow"].success
     assert results["follow"].values["probe.http.redirects"] == 2
     assert results["nofollow"].success
-    assert results["nofollow"].values["probe.http.redirects"] == 0
+    # As blackbox_exporter counts (Go's CheckRedirect): the redirect received and not followed.
+    assert results["nofollow"].values["probe.http.redirects"] == 1
     # Same origin: the credential is kept on every hop. Three client spans for the followed check.
     assert seen[0].headers["Authorization"] == "Bearer t0ken"
     follow_root = next(s for s in spans if s.name == "check follow")
@@ -307,7 +312,9 @@ async def test_huge_body_is_cut_not_buffered() -> None:
             ]
         )
     assert results["huge-ok"].success
-    assert results["huge-ok"].values["probe.http.content_length"] == 64 * 1024
+    # No Content-Length (chunked): -1, as blackbox_exporter says; the bytes read are the cut.
+    assert results["huge-ok"].values["probe.http.content_length"] == -1
+    assert results["huge-ok"].values["probe.http.uncompressed_body_length"] == 64 * 1024
     assert results["huge-ok"].attributes["vantage.http.body_truncated"] is True
     assert results["huge"].reason is Reason.ASSERTION
     assert "cut at 65536 bytes" in results["huge"].message

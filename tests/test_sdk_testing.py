@@ -88,7 +88,7 @@ async def test_a_builtin_probe_runs_once_with_the_agents_defaults() -> None:
         result = await tester.run(tcp(port, settings={"dialogue": [{"expect": "^220 "}]}))
         last = tester.last
     assert result.success, result.message
-    assert set(result.phases) == {"connect", "dialogue"}
+    assert set(result.phases) == {"resolve", "connect", "dialogue"}
     assert result.duration is not None and result.duration >= result.phases["connect"]
     assert last is not None
     # The check was loaded the way the agent loads a check file: type and defaults filled in.
@@ -98,7 +98,7 @@ async def test_a_builtin_probe_runs_once_with_the_agents_defaults() -> None:
 
 async def test_settings_are_validated_by_the_probes_model() -> None:
     async with ProbeTester(TcpProbe) as tester:
-        with pytest.raises(ConfigError, match=r"field 'settings.dialogue.0': .*either 'send' or 'expect'"):
+        with pytest.raises(ConfigError, match=r"field 'settings.dialogue.0': .*one of 'send', 'expect'"):
             await tester.run(tcp(1, settings={"dialogue": [{}]}))
         with pytest.raises(ConfigError, match=r"field 'settings.tls_verify': Extra inputs"):
             await tester.run(tcp(1, settings={"tls_verify": False}))
@@ -113,12 +113,13 @@ async def test_secrets_are_resolved_from_environ_and_redacted() -> None:
     dialogue = [{"expect": "^220 "}, {"send": "AUTH ${LINE_TOKEN}\r\n"}, {"expect": "^OK"}]
     environ = {"LINE_TOKEN": TOKEN, "VANTAGE_REGION": "eu-west-1"}
     async with running(b"220 ready\r\n") as port, ProbeTester(TcpProbe, environ=environ) as tester:
-        result = await tester.run(tcp(port, settings={"dialogue": dialogue}))
+        result = await tester.run(tcp(port, interval="1s", timeout="300ms", settings={"dialogue": dialogue}))
         last = tester.last
-    # The server quoted the token back: the message says so without showing it.
+    # The server quoted the token back (and went on waiting): the message says so without showing it.
     assert (result.reason, result.message) == (
-        Reason.ASSERTION,
-        "turn 3: expected a line matching '^OK', got 'ERR unknown AUTH <redacted>'",
+        Reason.TIMEOUT,
+        "no result within the timeout of 300ms (turn 3: waiting for a line matching '^OK' "
+        "(1 line read, the last 'ERR unknown AUTH <redacted>'))",
     )
     assert last is not None and last.context.region == "eu-west-1"
     assert last.context.redact(f"x {TOKEN} y") == "x <redacted> y"
@@ -133,7 +134,8 @@ async def test_the_checks_timeout_cuts_the_run_and_says_where() -> None:
         result = await tester.run(check)
     assert (result.reason, result.message) == (
         Reason.TIMEOUT,
-        "no result within the timeout of 150ms (waiting for a line matching '^220 ')",
+        "no result within the timeout of 150ms "
+        "(turn 1: waiting for a line matching '^220 ' (nothing read yet))",
     )
 
 

@@ -30,7 +30,7 @@ async def smtp_server(
         try:
             writer.write(banner)
             await writer.drain()
-            if close_early:
+            if close_early or not banner.startswith(b"220"):
                 return
             while line := await reader.readline():
                 if line.startswith(b"EHLO"):
@@ -79,11 +79,16 @@ async def test_a_banner_dialogue() -> None:
             ]
         )
     assert results["good"].success, results["good"].message
-    assert set(results["good"].phases) == {"connect", "dialogue"}
+    assert set(results["good"].phases) == {"resolve", "connect", "dialogue"}
+    assert results["good"].values["probe.failed_due_to_regex"] == 0
     assert results["rude"].reason is Reason.ASSERTION
     assert results["rude"].message == "turn 1: expected a line matching '^220 ', got '554 go away'"
     assert results["short"].reason is Reason.ASSERTION
-    assert "turn 3: the connection closed before a line matching '^250'" in results["short"].message
+    assert results["rude"].values["probe.failed_due_to_regex"] == 1
+    assert (
+        results["short"].message
+        == "turn 3: the connection closed before a line matching '^250' (got nothing)"
+    )
 
 
 async def test_refused() -> None:
@@ -114,7 +119,9 @@ def test_targets_and_dialogues_are_checked_at_load() -> None:
 
     with pytest.raises(ConfigError, match=r"field 'target': 'smtp\.example' is not host:port"):
         config_from([{"name": "a", "type": "tcp", "target": "smtp.example"}])
-    with pytest.raises(ConfigError, match="each dialogue turn has either 'send' or 'expect'"):
+    with pytest.raises(
+        ConfigError, match="each dialogue turn has one of 'send', 'expect' or 'starttls: true'"
+    ):
         config_from(
             [
                 {

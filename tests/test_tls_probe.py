@@ -141,7 +141,9 @@ async def test_chains_good_and_bad(ca: trustme.CA, ca_file: Path) -> None:
     leaf = next(s for s in good.samples if s.metric == "probe.ssl.last_chain_info")
     assert "CN=good.test" in leaf.labels["subject"]
     assert "O=trustme" in leaf.labels["issuer"]
-    assert leaf.labels["subjectalternative"] == "127.0.0.1"
+    assert leaf.labels["subjectalternative"] == ""  # DNS names only, as blackbox: this one has an IP
+    assert good.values["probe.ip_protocol"] == 4 and good.values["probe.ip_addr_hash"] == 3668918509
+    assert good.values["probe.dns.lookup_time"] == good.phases["resolve"]
     assert leaf.labels["fingerprint_sha256"] == fingerprint(certs["good"])
     version = next(s for s in good.samples if s.metric == "probe.tls.version_info")
     assert version.labels["version"] == "TLS 1.3"
@@ -292,6 +294,8 @@ async def test_not_tls_at_all_and_refused(ca_file: Path) -> None:
     assert results["plain"].reason is Reason.TLS
     assert error(results["plain"]) == "handshake"
     assert results["closed"].reason is Reason.CONNECT
+    # The address tried is reported also when it refused, as blackbox_exporter does.
+    assert results["closed"].values["probe.ip_protocol"] == 4
 
 
 def test_settings_are_checked_at_load() -> None:
@@ -305,3 +309,20 @@ def test_settings_are_checked_at_load() -> None:
     with pytest.raises(ConfigError, match="is not host:port"):
         config_from([{"name": "a", "type": "tls", "target": "mail.example:smtp"}])
     config_from([{"name": "a", "type": "tls", "target": "example.com"}])
+
+
+async def test_ip_family_is_a_requirement_unless_it_may_fall_back(ca: trustme.CA, ca_file: Path) -> None:
+    """blackbox's preferred_ip_protocol with ip_protocol_fallback: 127.0.0.1 has no IPv6 address."""
+    async with tls_server(server_context(ca.issue_cert("127.0.0.1"))) as port:
+        results, _ = await run_checks(
+            [
+                tls("strict", port, ca_file, ip_family="ipv6"),
+                tls("fallback", port, ca_file, ip_family="ipv6", ip_fallback=True),
+            ]
+        )
+    strict, fallback = results["strict"], results["fallback"]
+    assert strict.reason is Reason.DNS, strict.message
+    assert error(strict) == "dns"
+    assert "probe.dns.lookup_time" in strict.values and "probe.ip_protocol" not in strict.values
+    assert fallback.success, fallback.message
+    assert fallback.values["probe.ip_protocol"] == 4

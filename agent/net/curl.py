@@ -16,7 +16,10 @@ span per hop. Connections are fresh unless ``pool`` is asked for. libcurl times 
 the socket; ``CurlResult.phases`` turns its cumulative timings into the agent's five consecutive
 phases, which add up to ``CurlResult.duration``.
 
-libcurl decodes every content encoding it was built with (``CURLOPT_ACCEPT_ENCODING`` ""), speaks
+A body in any content encoding the agent decodes (gzip, deflate, br, zstd) is decoded here as it
+arrives (:mod:`agent.net._encoding`), not by libcurl, which refuses the ones it was not built with
+(zstd in the wheel's build); the body cap counts decoded bytes. No ``Accept-Encoding`` is sent
+unless the request has one, as blackbox_exporter sends none. libcurl speaks
 HTTP/2 over TLS when ALPN offers it, and goes through an http(s) proxy when one is given (CONNECT
 for https targets); proxies from the environment (``http_proxy``...) are not used. For an https hop
 the TLS version and cipher come from libcurl's one informational line about the handshake
@@ -39,6 +42,7 @@ import pycurl
 from cryptography import x509
 from yarl import URL
 
+from agent.net._encoding import BodyDecoder, DecodeError, content_encodings
 from agent.sdk.failures import map_curl_error
 from agent.sdk.http import HttpFailure, TLSOptions
 from agent.sdk.reasons import Reason
@@ -141,6 +145,8 @@ class _Transfer:
         "chain",
         "cipher",
         "connection",
+        "decode_error",
+        "decoder",
         "future",
         "headers",
         "informational",
@@ -173,8 +179,19 @@ class _Transfer:
         self.phases: dict[str, float] = {}
         self.total = 0.0
         self.chain: tuple[bytes, ...] = ()
+        self.decoder: BodyDecoder | None = None
+        self.decode_error: str | None = None
 
     def write(self, chunk: bytes) -> int | None:
+        decoder = self.decoder
+        if decoder is not None:
+            try:
+                chunk = decoder.feed(chunk)
+            except DecodeError as exc:
+                self.decode_error = str(exc)
+                return 0  # CURLE_WRITE_ERROR, read by perform() as the decoding failure it is
+        elif self.decode_error is not None:
+            return 0
         room = self.cap - len(self.body)
         if len(chunk) > room:
             # Stop here: returning a short count makes libcurl abort the transfer (and close the
@@ -193,9 +210,24 @@ class _Transfer:
         elif text.startswith("HTTP/"):
             self.headers.clear()  # a new response (after a 1xx): only the last one's headers count
             self.informational = text[text.find(" ") + 1 : text.find(" ") + 2] == "1"
-        elif not text:
-            if not self.informational and self.on_headers is not None:
+        elif not text and not self.informational:
+            self._start_body()
+            if self.on_headers is not None:
                 self.on_headers()
+
+    def _start_body(self) -> None:
+        """The final response's headers are in: decode its body as its Content-Encoding says."""
+        self.decoder, self.decode_error = None, None
+        encoded = [value for name, value in self.headers if name.lower() == "content-encoding"]
+        if not encoded:
+            return
+        try:
+            decoder = BodyDecoder(content_encodings(encoded), self.cap + 1)
+        except DecodeError as exc:
+            self.decode_error = str(exc)
+            return
+        if decoder.active:
+            self.decoder = decoder
 
     def debug(self, kind: int, text: bytes) -> None:
         # Called for every header and data chunk while VERBOSE is on (https hops only): the type
@@ -301,6 +333,8 @@ class CurlMulti:
             code, message = exc.args
             if code == _PEER_FAILED_VERIFICATION:
                 message = _verification_problem(message, transfer)
+            if code == _WRITE_ERROR and transfer.decode_error is not None:
+                raise HttpFailure(Reason.PROTOCOL, transfer.decode_error, transfer.phases) from None
             if not (code == _WRITE_ERROR and transfer.truncated):
                 reason, text = map_curl_error(code, message, host=URL(request.url).host)
                 raise HttpFailure(reason, text, transfer.phases) from None
@@ -494,7 +528,11 @@ def _configure(curl: pycurl.Curl, request: CurlRequest, transfer: _Transfer) -> 
     setopt(pycurl.NOSIGNAL, 1)
     setopt(pycurl.WRITEFUNCTION, transfer.write)
     setopt(pycurl.HEADERFUNCTION, transfer.header)
-    setopt(pycurl.ACCEPT_ENCODING, "")  # every encoding this libcurl decodes, decoded
+    # No Accept-Encoding unless the request has its own (as blackbox_exporter's Go client asks:
+    # the server's answer to a plain request is what it measures); whatever encoding comes anyway
+    # is decoded by _Transfer.write. ACCEPT_ENCODING unset keeps libcurl from decoding (or
+    # refusing the encodings it was not built with).
+    setopt(pycurl.HTTP_CONTENT_DECODING, 0)
     # "" turns off the proxies of the environment too; only the check's own proxy is used.
     setopt(pycurl.PROXY, request.proxy or "")
     if request.proxy:

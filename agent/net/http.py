@@ -21,9 +21,11 @@ caches are libcurl's, closed by ``aclose``.
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
 import ipaddress
 import re
 import ssl
+import urllib.request
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -147,6 +149,53 @@ class HttpClientFactory:
         return self._handshakes.get(connection)
 
 
+class _CookieJar:
+    """The cookies of one request's redirect chain, as blackbox_exporter keeps a jar per probe:
+    a cookie set on a redirect is sent on to the target when its domain and path rules allow
+    (the standard library's ``http.cookiejar``, made only once a response sets one)."""
+
+    __slots__ = ("_jar",)
+
+    def __init__(self) -> None:
+        self._jar: http.cookiejar.CookieJar | None = None
+
+    def take(self, url: URL, headers: CIMultiDictProxy[str]) -> None:
+        if "Set-Cookie" not in headers and "Set-Cookie2" not in headers:
+            return
+        if self._jar is None:
+            self._jar = http.cookiejar.CookieJar()
+        self._jar.extract_cookies(_CookieResponse(headers), urllib.request.Request(str(url)))  # type: ignore[arg-type]
+
+    def headers_for(self, url: URL, headers: CIMultiDict[str]) -> CIMultiDict[str]:
+        """``headers``, with the jar's cookies for ``url`` added to the request's own."""
+        if self._jar is None or not len(self._jar):
+            return headers
+        request = urllib.request.Request(str(url))
+        self._jar.add_cookie_header(request)
+        found = request.get_header("Cookie")
+        if not found:
+            return headers
+        merged = CIMultiDict(headers)
+        own = merged.popall("Cookie", [])
+        merged["Cookie"] = "; ".join([*own, found])
+        return merged
+
+
+class _CookieResponse:
+    """What ``http.cookiejar`` reads of a response: its headers, through ``info().get_all``."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: CIMultiDictProxy[str]) -> None:
+        self._headers = headers
+
+    def info(self) -> _CookieResponse:
+        return self
+
+    def get_all(self, name: str, default: list[str] | None = None) -> list[str] | None:
+        return self._headers.getall(name, default)
+
+
 class HttpClient:
     """An HTTP client for one run (the SDK's ``HttpClient``); use as ``async with ctx.http() as client``."""
 
@@ -195,9 +244,11 @@ class HttpClient:
         """Send a request, following redirects, and read at most ``max_body`` bytes of the body.
 
         ``proxy_url`` (``http://user:password@proxy:3128``) overrides the client's proxy for this
-        request; https targets are reached through a CONNECT tunnel. Raises :class:`HttpFailure`
-        when no response could be had; a response of any status, even with a cut body, is an
-        :class:`HttpExchange`.
+        request; https targets are reached through a CONNECT tunnel. A cookie a response sets along
+        the redirect chain goes on to the hops its rules allow. At ``max_redirects`` the
+        :class:`HttpFailure` (reason ``redirects``) carries the last response as ``response``.
+        Raises :class:`HttpFailure` when no response could be had; a response of any status, even
+        with a cut body, is an :class:`HttpExchange`.
         """
         ctx, clock = self._ctx, self._ctx.clock
         method = method.upper()
@@ -221,13 +272,20 @@ class HttpClient:
         phases = dict.fromkeys(PHASES, 0.0)
         started = clock.monotonic()
         visited: list[URL] = []
+        cookies = _CookieJar()
+        lookup_time, address = 0.0, ""
         while True:
             visited.append(current)
-            result, tls = await self._hop(method, current, sent_headers, body, phases, max_body, proxy)
+            hop_headers = cookies.headers_for(current, sent_headers)
+            result, tls = await self._hop(method, current, hop_headers, body, phases, max_body, proxy)
+            if len(visited) == 1:  # the target's own name and address, as blackbox_exporter reports
+                lookup_time, address = result.phases.get("resolve", 0.0), result.connection[2]
             response_headers = CIMultiDictProxy(CIMultiDict(result.headers))
             location = response_headers.get("Location")
-            if not (follow_redirects and result.status in _REDIRECTS and location):
-                return HttpExchange(
+            redirected = result.status in _REDIRECTS and bool(location)
+            cookies.take(current, response_headers)
+            if not (follow_redirects and redirected) or len(visited) > max_redirects:
+                exchange = HttpExchange(
                     method=method,
                     url=current,
                     status=result.status,
@@ -235,17 +293,26 @@ class HttpClient:
                     body=result.body,
                     truncated=result.truncated,
                     http_version=result.http_version,
-                    redirects=len(visited) - 1,
+                    # As blackbox_exporter (Go's CheckRedirect) counts: every redirect received, the
+                    # one not followed (follow_redirects off, or the limit reached) included.
+                    redirects=len(visited) if redirected else len(visited) - 1,
                     phases=phases,
                     duration=clock.monotonic() - started,
                     tls=tls,
                     links=_links(response_headers, current),
+                    address=address,
+                    lookup_time=lookup_time,
                 )
-            if len(visited) > max_redirects:
+                if not (follow_redirects and redirected):
+                    return exchange
                 loop = " → ".join(redact_url(str(u), ctx.redact) for u in visited[-3:])
                 raise HttpFailure(
-                    Reason.REDIRECTS, f"gave up after {max_redirects} redirects (… {loop})", phases
+                    Reason.REDIRECTS,
+                    f"gave up after {max_redirects} redirects (… {loop})",
+                    phases,
+                    response=exchange,
                 )
+            assert location is not None
             try:
                 target = current.join(URL(location))
             except ValueError:

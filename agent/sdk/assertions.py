@@ -9,8 +9,14 @@ for most ops, a ``value``::
     - {source: body, op: schema, value: {type: object, required: [data]}}
     - {source: response_time, op: lt, value: 800ms}
 
-``path`` is an RFC 9535 JSONPath into the JSON body. Every assertion is compiled when the
-configuration loads, so a bad regex, path or schema is a configuration error, not a failed run.
+``path`` is an RFC 9535 JSONPath into the JSON body. A header that came more than once (two
+``Set-Cookie``) is judged on every value, as blackbox_exporter judges it: a positive op (``eq``,
+``contains``, ``matches``, ...) passes when one value passes, a negative one (``ne``,
+``not_contains``, ``not_matches``, ``not_in``) only when every value does. A header rule with
+``allow_missing: true`` passes when the header is absent (blackbox's ``allow_missing``).
+
+Every assertion is compiled when the configuration loads, so a bad regex, path or schema is a
+configuration error, not a failed run.
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ class AssertionOp(enum.StrEnum):
 
 
 _ORDER_OPS = {"lt", "le", "gt", "ge"}
+_NEGATIVE_OPS = {"ne", "not_in", "not_contains", "not_matches"}
 _NO_VALUE_OPS = {"exists", "not_exists"}
 _MAX_ACTUAL = 200
 _MISSING = object()
@@ -159,6 +166,8 @@ class Assertion(BaseModel):
     value: Any = None
     path: str | None = None
     name: str | None = None
+    allow_missing: bool = False
+    """A header rule that passes when the header is absent (blackbox_exporter's ``allow_missing``)."""
 
     _regex: re.Pattern[str] | None = PrivateAttr(default=None)
     _path: Any = PrivateAttr(default=None)
@@ -170,6 +179,10 @@ class Assertion(BaseModel):
             raise ValueError("a header assertion needs the header's 'name'")
         if self.name and self.source != "header":
             raise ValueError("'name' is only for header assertions")
+        if self.allow_missing and self.source != "header":
+            raise ValueError("'allow_missing' is only for header assertions")
+        if self.allow_missing and self.op in _NO_VALUE_OPS:
+            raise ValueError(f"'allow_missing' makes no sense with op '{self.op}'")
         if self.path is not None:
             if self.source != "body":
                 raise ValueError("'path' is only for body assertions")
@@ -243,12 +256,29 @@ class Assertion(BaseModel):
         if self.op == "not_exists":
             return self._outcome(not present, _show(actual, redact), "present" if present else "")
         if not present:
+            if self.allow_missing:
+                return self._outcome(True, "", "")
             return self._outcome(False, "", "not present")
+        if isinstance(actual, _Values):
+            return self._judge_values(actual, redact)
         try:
             passed, message = self._compare(actual, redact)
         except (TypeError, ValueError) as exc:
             passed, message = False, f"cannot compare: {exc}"
         return self._outcome(passed, _show(actual, redact), message)
+
+    def _judge_values(self, values: _Values, redact: Callable[[str], str]) -> AssertionOutcome:
+        """Every value of a repeated header: one passing is enough for a positive op; a negative
+        op fails on the first value that fails it (the one quoted)."""
+        negative = self.op in _NEGATIVE_OPS
+        for value in values:
+            try:
+                passed, message = self._compare(value, redact)
+            except (TypeError, ValueError) as exc:
+                passed, message = False, f"cannot compare: {exc}"
+            if passed != negative:  # decided: a positive op passed, or a negative one failed
+                return self._outcome(passed, _show(value, redact), message)
+        return self._outcome(negative, _show(", ".join(values), redact), "")
 
     def _outcome(self, passed: bool, actual: str, message: str) -> AssertionOutcome:
         if not passed and not message:
@@ -263,6 +293,12 @@ class Assertion(BaseModel):
         if self.source == "response_time":
             return True, subject.duration
         if self.source == "header":
+            getall = getattr(subject.headers, "getall", None)
+            if getall is not None:
+                values = getall(self.name or "", ())
+                if len(values) > 1:
+                    return True, _Values(values)
+                return bool(values), values[0] if values else None
             value = subject.headers.get(self.name or "")
             return value is not None, value
         if self._path is None:
@@ -301,6 +337,12 @@ class Assertion(BaseModel):
             return found == (op == "matches"), ""
         a, b = _number(actual), _number(expected)
         return {"lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b}[op], ""
+
+
+class _Values(tuple[str, ...]):
+    """The values of a header that came more than once, in the order they came."""
+
+    __slots__ = ()
 
 
 def _number(value: Any) -> float:

@@ -136,21 +136,50 @@ class HttpExchange:
     tls: TLSInfo | None = None
     links: dict[str, str] = field(default_factory=dict)
     """``Link`` header targets by relation (``rel="deprecation"`` → URL)."""
+    address: str = ""
+    """The IP address the first hop connected to, the target's (libcurl's primary IP; through a
+    proxy, the proxy's)."""
+    lookup_time: float = 0.0
+    """Seconds spent resolving the first hop's host name (0 for an IP literal)."""
 
     @property
     def content_length(self) -> int:
-        declared = self.headers.get("Content-Length", "")
-        return int(declared) if declared.isdigit() else len(self.body)
+        """The body's length as the ``Content-Length`` header declares it, as Go's client (and so
+        blackbox_exporter) reads it: -1 when there is none or the body is chunked, 0 for a status
+        that has no body (1xx, 204, 304)."""
+        if self.status < 200 or self.status in (204, 304):
+            return 0
+        if "Transfer-Encoding" in self.headers:
+            return -1
+        declared = self.headers.get("Content-Length", "").strip()
+        return int(declared) if declared.isdigit() else -1
+
+    @property
+    def body_length(self) -> int:
+        """Bytes of the body read, decoded from its Content-Encoding (up to the body cap)."""
+        return len(self.body)
 
 
 class HttpFailure(Exception):
-    """A request that produced no usable response; carries its reason and the phases so far."""
+    """A request that produced no usable response; carries its reason and the phases so far.
 
-    def __init__(self, reason: Reason, message: str, phases: Mapping[str, float] | None = None) -> None:
+    ``response`` is the last response received when there was one that could not be used: the
+    redirect that was not followed once ``max_redirects`` were.
+    """
+
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        phases: Mapping[str, float] | None = None,
+        *,
+        response: HttpExchange | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.phases = dict(phases or {})
+        self.response = response
 
 
 class HttpClient(Protocol):

@@ -4,5 +4,6 @@
 ``flow``, a ``webhook``'s trigger), ``auth`` (credentials and OAuth tokens),
 ``headers`` (rate-limit and lifecycle headers), ``inbound`` and ``signatures`` (push endpoints),
 ``openapi`` and ``schema`` (response shapes), ``tls`` (certificate metrics), ``net`` (targets,
-resolution and the failure map). Private to ``plugins/``: third-party probes use ``agent.sdk``.
+resolution and the failure map), ``sockets`` (a local address to send from, the first address that
+answers). Private to ``plugins/``: third-party probes use ``agent.sdk``.
 """
