@@ -13,7 +13,8 @@ from .targets import Targets
 
 
 @pytest.fixture(scope="session")
-def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Targets]:
+def targets(tmp_path_factory: pytest.TempPathFactory, vantage: VantageLoop) -> Iterator[Targets]:
+    # Set up after the agent's loop, and so stopped before it: the loop sees its connections end.
     started = Targets(tmp_path_factory.mktemp("conformance-targets")).start()
     try:
         yield started

@@ -198,13 +198,18 @@ class VantageLoop:
         return self.start(case, values)()
 
     def stop(self) -> None:
-        def close() -> None:
+        """Close the loop, after the targets have stopped (the fixtures see to it): a TLS connection
+        the agent closed without waiting (its TLS shutdown) ends when the server goes; a moment is
+        given to see it."""
+
+        async def close() -> None:
             multi = CurlMulti._by_loop.get(self.loop)
             if multi is not None:  # its cached connections, before the loop they are watched by goes
                 multi.close()
-            self.loop.stop()
+            await asyncio.sleep(0.2)
 
-        self.loop.call_soon_threadsafe(close)
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
 
@@ -267,15 +272,7 @@ EXACT = {
 """Compared exactly, labels and values."""
 
 PENDING: dict[str, str] = {
-    # blackbox family -> why Vantage does not export it on main yet (issue 13's helpers add it).
-    "probe_dns_lookup_time_seconds": "issue 13 class 9: pending in http, tcp, icmp and grpc",
-    "probe_ip_protocol": "issue 13 options / IP_METRICS: pending in every network probe",
-    "probe_ip_addr_hash": "issue 13 options / IP_METRICS: pending in every network probe",
-    "probe_http_uncompressed_body_length": "issue 13 class 11: pending",
-    "probe_http_last_modified_timestamp_seconds": "issue 13 options / http metrics: pending",
-    "probe_failed_due_to_regex": "issue 13 options / http metrics: pending",
-    "probe_ssl_last_chain_info": "issue 13 class 8 / probe_ssl_last_chain_info: pending",
-    "probe_icmp_reply_hop_limit": "issue 13 options / icmp reply hop limit: pending",
+    # blackbox family -> why the agent does not export it yet (an issue and its class or option).
 }
 """Families blackbox exports that the agent may still lack: compared when the agent has them.
 tests/conformance/test_conformance.py asserts (strict xfail) that each is exported; when a helper's

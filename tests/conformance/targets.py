@@ -297,8 +297,12 @@ async def banner_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 
 
 async def rude(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Refuses service and ends its side at once: a clean end of stream for the client (the server
+    reads what the client still sends until it closes, so that no reset races the client's read)."""
     writer.write(b"554 5.7.1 no service for you\r\n")
-    await writer.drain()
+    writer.write_eof()
+    while await reader.read(1024):
+        pass
 
 
 async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
