@@ -31,6 +31,14 @@ def pending(what: str) -> pytest.MarkDecorator:
 
 CA = {"ca_file": "{ca_file}"}
 UNCOMPRESSED = "probe_http_uncompressed_body_length"
+IP6_ONLY = (
+    {"preferred_ip_protocol": "ip6", "ip_protocol_fallback": False},
+    {"ip_family": "ipv6", "ip_fallback": False},
+)
+IP6_FALLBACK = (
+    {"preferred_ip_protocol": "ip6", "ip_protocol_fallback": True},
+    {"ip_family": "ipv6", "ip_fallback": True},
+)
 CHAIN = "probe_ssl_last_chain_expiry_timestamp_seconds"
 
 
@@ -405,6 +413,9 @@ HTTP = [
         {"proxy_url": "http://127.0.0.1:{proxy}"},
         port="https",
     ),
+    # preferred_ip_protocol / ip_protocol_fallback on an IPv4 literal
+    http("ip6_required_v4_target", "/ok", *IP6_ONLY),
+    http("ip6_preferred_fallback", "/ok", *IP6_FALLBACK),
     # timeouts and refusals
     http("timeout", "/hang", timeout=1.0, reason="timeout"),
     http("refused", "/ok", port="closed", reason="connect"),
@@ -650,6 +661,8 @@ TCP = [
         {"source_ip_address": "127.0.0.1"},
         {"source_ip_address": "127.0.0.1"},
     ),
+    tcp("ip6_required_v4_target", "echo", *IP6_ONLY),
+    tcp("ip6_preferred_fallback", "echo", *IP6_FALLBACK),
     tcp(
         "ipv4_preferred",
         "echo",
@@ -740,6 +753,8 @@ DNS = [
         "TXT",
         ignore=("probe_dns_answer_rrs", "probe_dns_authority_rrs", "probe_dns_additional_rrs"),
     ),
+    dns("ip6_required_v4_server", V, "A", *IP6_ONLY),
+    dns("ip6_preferred_fallback", V, "A", *IP6_FALLBACK),
     dns("no_recursion", V, "A", {"recursion_desired": False}, {"recursion": False}),
     dns(
         "answer_not_matches_regexp",
@@ -921,6 +936,8 @@ ICMP = [
     icmp("localhost_name", "localhost", {"preferred_ip_protocol": "ip4"}, {"ip_family": "ipv4"}),
     icmp("localhost_name_fallback", "localhost"),
     icmp("ipv4_preferred", "127.0.0.1", {"preferred_ip_protocol": "ip4"}, {"ip_family": "ipv4"}),
+    icmp("ip6_required_v4_target", "127.0.0.1", *IP6_ONLY),
+    icmp("ip6_preferred_fallback", "127.0.0.1", *IP6_FALLBACK),
     icmp("payload_size", "127.0.0.1", {"payload_size": 512}, {"payload_size": 512}),
     icmp("ttl", "127.0.0.1", {"ttl": 8}, {"ttl": 8}),
     icmp(
@@ -1003,6 +1020,8 @@ GRPC = [
         {"tls": True, "tls_config": {"insecure_skip_verify": True}},
         {"tls": True, "tls_options": {"insecure": True}},
     ),
+    grpc("ip6_required_v4_target", "grpc", *IP6_ONLY),
+    grpc("ip6_preferred_fallback", "grpc", *IP6_FALLBACK),
     grpc("ipv4_preferred", "grpc", {"preferred_ip_protocol": "ip4"}, {"ip_family": "ipv4"}),
 ]
 
@@ -1038,6 +1057,8 @@ DISAGREEMENTS: dict[str, str] = {
         "(new) a run cut by its timeout keeps no values (probe_ip_*, probe_dns_lookup_time_seconds); "
         "blackbox reports what it resolved",
     ),
+    "http_ip6_required_v4_target": "(new) http: ip_family ipv6 without ip_fallback still connects to an IPv4 "
+    "literal; blackbox fails it (no address of the family)",
     "grpc_not_grpc_server": "(new) an HTTP/1.1 answer is status 13 INTERNAL; blackbox: 14 UNAVAILABLE",
 }
 

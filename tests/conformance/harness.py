@@ -291,6 +291,12 @@ NO_VERIFIED_CHAIN = -62135596800.0
 time): the agent leaves the family out instead (DIFFERENCES.md)."""
 
 NO_RESPONSE_ZEROS = {
+    "probe_ip_protocol",
+    "probe_ip_addr_hash",
+    "probe_grpc_status_code",
+    "probe_dns_duration_seconds",
+    "probe_icmp_duration_seconds",
+    "probe_grpc_duration_seconds",
     "probe_dns_answer_rrs",
     "probe_dns_authority_rrs",
     "probe_dns_additional_rrs",
