@@ -213,9 +213,9 @@ def _import_blackbox(config: str, targets: str, output: str | None) -> int:
     else:
         sys.stdout.write(imported.text)
     where = f" to {output}" if output else ""
-    print(f"vantage: wrote {imported.checks} checks{where}", file=sys.stderr)
+    print(f"vantage: wrote {imported.checks} check(s){where}", file=sys.stderr)
     if imported.skipped:
-        print(f"vantage: {imported.skipped} targets not imported (see NOT IMPORTED)", file=sys.stderr)
+        print(f"vantage: {imported.skipped} target(s) not imported (see NOT IMPORTED)", file=sys.stderr)
     if imported.variables:
         print("vantage: set " + ", ".join(imported.variables) + " (secrets not copied)", file=sys.stderr)
     return 0

@@ -380,7 +380,7 @@ class _Builder:
             self.skipped += 1
             return [*(f"  # - {n}" for n in notes), f"  # NOT IMPORTED: target {shown}: {exc}"]
         check: dict[str, Any] = {
-            "name": self._name(job, module_name, raw_target),
+            "name": self._name(job, module_name, target if module.type == "http" else raw_target),
             "type": module.type,
             "target": target,
             "interval": _duration(interval),
@@ -430,9 +430,11 @@ class _Builder:
         if module.type == "dns":
             if not _host_port(target) and not re.fullmatch(r"[\w.-]+|[0-9a-fA-F:]+", target):
                 raise _Unsupported("not a DNS server address (host, host:port or [v6]:port)")
-            settings["server"] = target
-            query = settings.pop("_query_name")
-            return str(query)
+            query = str(settings.pop("_query_name"))
+            rest = dict(settings)
+            settings.clear()
+            settings.update({"server": target, **rest})  # the server first, as blackbox's target
+            return query
         if module.type == "icmp":
             if not re.fullmatch(r"[\w.-]+|[0-9a-fA-F:]+", target):
                 raise _Unsupported("not a host name or an IP address")
@@ -469,6 +471,9 @@ class _Builder:
         return urlunsplit((parts.scheme, netloc, _text(parts.path), query, _text(parts.fragment)))
 
     def _name(self, job: str, module: str, target: str) -> str:
+        """``job-module-target``, made of what the check file shows anyway: a URL's credentials
+        (now references) are left out of it."""
+        target = re.sub(r"//[^/@]*@", "//", _REFERENCE.sub("", target))
         name = "-".join(s for s in (_slug(job), _slug(module), _slug(target)) if s) or "check"
         digest = hashlib.sha256(f"{job}\0{module}\0{target}".encode()).hexdigest()[:8]
         if len(name) > _NAME_LIMIT:
@@ -487,8 +492,12 @@ def _header(builder: _Builder, blackbox_source: str, prometheus_source: str) -> 
     lines = [
         "# Vantage checks imported from blackbox_exporter by `vantage import blackbox`",
         f"#   modules: {blackbox_source}; scrape jobs: {prometheus_source}",
-        f"#   {builder.written} checks"
-        + (f"; {builder.skipped} targets not imported (see NOT IMPORTED below)" if builder.skipped else ""),
+        f"#   {_count(builder.written, 'check')}"
+        + (
+            f"; {_count(builder.skipped, 'target')} not imported (see NOT IMPORTED below)"
+            if builder.skipped
+            else ""
+        ),
         "# Lines starting with '# -' name what has no equivalent in Vantage, and why.",
     ]
     if builder.secrets.names:
@@ -1250,6 +1259,10 @@ def _shown_target(target: str) -> str:
     netloc = parts.netloc.rpartition("@")[2]
     shown = (f"{parts.scheme}://" if parts.scheme else "") + netloc + parts.path
     return _text(shown + ("?…" if parts.query else ""))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _why(exc: BaseException) -> str:
