@@ -474,7 +474,13 @@ def test_tcp_dialogues_keep_blackbox_line_endings_and_groups() -> None:
 
 def test_icmp_sends_one_request_as_blackbox_does() -> None:
     check = one_check({"prober": "icmp", "icmp": {"payload_size": 64}}, "gw.example")
-    assert check["settings"] == {"count": 1, "ip_family": "ipv6", "ip_fallback": True, "payload_size": 64}
+    assert check["settings"] == {
+        "count": 1,
+        "ip_family": "ipv6",
+        "ip_fallback": True,
+        "payload_size": 64,
+        "reply_timeout": "9s",  # blackbox waits for its one reply until the timeout (9.5s here)
+    }
     load(without_pending(yaml.safe_dump({"checks": [check]})))
 
 
@@ -755,3 +761,145 @@ def test_broken_scrape_configs_are_comments() -> None:
     assert "a scrape_configs entry that is not a mapping was left out" in text
     assert checks_of(text) == []
     assert "no scrape_configs" in import_blackbox("", "").text
+
+
+# --- blackbox_exporter's example configuration, module by module -----------------------------------
+
+EXAMPLE_TARGETS = {
+    "http": "https://www.example.com/",
+    "tcp": "mail.example.com:993",
+    "icmp": "gw.example.com",
+    "dns": "9.9.9.9",
+}
+EXAMPLE_PENDING = {
+    "http_2xx_example": "allow_missing",
+    "http_with_proxy": "proxy_skip_resolve",
+    "http_gzip": "compression",
+    "http_gzip_with_accept_encoding": "compression",
+    "imap_starttls": "starttls",
+    "smtp_starttls": "starttls",
+    "icmp_example": "source_ip_address",
+    "dns_udp_example": "dns authority/additional, not_all_match, match_on",
+    "dns_tcp_example": "dns transport",
+}
+EXAMPLE_MODULES = yaml.safe_load((FIXTURES / "example_modules.yml").read_text())["modules"]
+
+
+def example_import(name: str, ca_file: Path) -> str:
+    module = yaml.safe_load(yaml.safe_dump(EXAMPLE_MODULES[name]).replace("CA_FILE", str(ca_file)))
+    target = EXAMPLE_TARGETS[module["prober"]]
+    return imported({name: module}, [probe_job(name, target, name="examples")])
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            name, marks=pytest.mark.xfail(strict=True, reason=f"pending option {EXAMPLE_PENDING[name]}")
+        )
+        if name in EXAMPLE_PENDING
+        else name
+        for name in EXAMPLE_MODULES
+    ],
+)
+def test_each_example_module_imports_and_validates(name: str, ca_file: Path) -> None:
+    text = example_import(name, ca_file)
+    assert len(checks_of(text)) == 1, text
+    load(
+        without_pending(text),
+        HTTP_BASIC_AUTH_EXAMPLE_PASSWORD="x" * 8,
+        HTTP_2XX_OAUTH_CLIENT_CREDENTIALS_OAUTH2_CLIENT_SECRET="y" * 8,
+    )
+
+
+def test_the_example_modules_say_what_has_no_equivalent(ca_file: Path) -> None:
+    texts = {name: example_import(name, ca_file) for name in EXAMPLE_MODULES}
+    assert "body_file: Vantage takes the body inline" in texts["http_post_body_file"]
+    assert "proxy_connect_header: no equivalent" in texts["http_with_proxy_and_headers"]
+    assert "connect-header-secret" not in texts["http_with_proxy_and_headers"]
+    assert "example-basic-secret" not in texts["http_basic_auth_example"]
+    assert "example-oauth-secret" not in texts["http_2xx_oauth_client_credentials"]
+    (check,) = checks_of(texts["http_any_response_example"])
+    assert check["settings"]["assert"] == [{"source": "status", "op": "ge", "value": 100}]
+    (check,) = checks_of(texts["irc_banner_example"])
+    assert [turn for turn in check["settings"]["dialogue"] if "send" in turn][2] == {"send": "PONG ${1}\n"}
+    (check,) = checks_of(texts["smtp_starttls"])
+    assert check["settings"]["dialogue"][5:7] == [{"starttls": True}, {"send": "EHLO prober\r\n"}]
+
+
+def test_a_comment_never_ends_early() -> None:
+    """A line break in a name the input chose would end the comment and start YAML of its making."""
+    text = imported(
+        {"m\nchecks: [injected]": {"prober": "nope"}},
+        [probe_job("m\nchecks: [injected]", "https://a.example/\n- name: injected")],
+    )
+    assert yaml.safe_load(text) == {"checks": None}
+    assert "injected" in text  # shown, on a comment line
+
+
+def test_a_custom_instance_label_is_kept_under_another_name() -> None:
+    job = probe_job("m", "https://a.example/")
+    job["relabel_configs"][1] = {"target_label": "instance", "replacement": "vendor-a"}
+    (check,) = checks_of(imported({"m": {"prober": "http"}}, [job]))
+    assert check["labels"] == {"target_instance": "vendor-a"}
+    (check,) = checks_of(imported({"m": {"prober": "http"}}, [probe_job("m", "https://a.example/")]))
+    assert "labels" not in check  # instance is the target: the check's own target label
+
+
+JOB_KEYS = sorted(
+    {
+        "job_name",
+        "metrics_path",
+        "params",
+        "static_configs",
+        "file_sd_configs",
+        "relabel_configs",
+        "targets",
+        "labels",
+        "module",
+        "source_labels",
+        "target_label",
+        "regex",
+        "action",
+        "replacement",
+        "files",
+        "scrape_interval",
+        "modulus",
+    }
+)
+JOB_SHAPES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 5)
+    | st.sampled_from(
+        [
+            "/probe",
+            "__address__",
+            "__param_target",
+            "(.*)",
+            "m",
+            "a.example:1",
+            "[",
+            "$1",
+            "hashmod",
+            "keep",
+            "drop",
+            "labelmap",
+            "replace",
+            "*.json",
+            "1d",
+        ]
+    ),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(JOB_KEYS), inner, max_size=4),
+    max_leaves=14,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(JOB_SHAPES)
+def test_any_scrape_config_shape_imports_without_crashing(job: Any) -> None:
+    prometheus = yaml.safe_dump(
+        {"global": {"scrape_interval": "10s"}, "scrape_configs": [job, probe_job("m", "a.example:1")]}
+    )
+    text = import_blackbox("modules: {m: {prober: tcp}}", prometheus, prometheus_dir=FIXTURES).text
+    assert isinstance(yaml.safe_load(text), dict)

@@ -250,7 +250,8 @@ class _Builder:
         relabel = job.get("relabel_configs") or []
         for group in groups:
             group_labels = {str(k): str(v) for k, v in (group.get("labels") or {}).items()}
-            for address in group.get("targets") or []:
+            addresses = group.get("targets") or []
+            for address in [addresses] if isinstance(addresses, str) else addresses:
                 labels = _initial_labels(str(address), group_labels, job, name, interval, scrape_timeout)
                 notes: list[str] = []
                 result = _relabel(labels, relabel, notes)
@@ -318,19 +319,17 @@ class _Builder:
     ) -> None:
         self.used_modules.add(module_name)
         module = self._module(module_name)
-        lines = [
-            f"\n  # job {job}, module {module_name}"
-            + (f" ({module.type})" if isinstance(module, _Module) else "")
-        ]
-        lines += [f"  # - {note}" for note in job_notes]
+        kind = f" ({module.type})" if isinstance(module, _Module) else ""
+        lines = ["", _comment(f"job {job}, module {module_name}{kind}")]
+        lines += [_comment(f"- {note}") for note in job_notes]
         if isinstance(module, str):
-            lines.append(f"  # NOT IMPORTED: {module}")
+            lines.append(_comment(f"NOT IMPORTED: {module}"))
             for labels, _ in targets:
-                lines.append(f"  #   target {_shown_target(labels.get('__param_target', ''))}")
+                lines.append(_comment(f"  target {_shown_target(labels.get('__param_target', ''))}"))
                 self.skipped += 1
             self.sections.append("\n".join(lines) + "\n")
             return
-        lines += [f"  # - {note}" for note in module.notes]
+        lines += [_comment(f"- {note}") for note in module.notes]
         timeout = max(0.001, scrape_timeout - _SCRAPE_TIMEOUT_OFFSET)
         if module.timeout:
             timeout = min(module.timeout, timeout)
@@ -376,9 +375,12 @@ class _Builder:
                 raise _Unsupported("no __param_target after relabelling: blackbox_exporter would refuse it")
             settings = json.loads(json.dumps(module.settings))  # a copy per check
             target = self._target(module, raw_target, settings, labels, notes, key)
-        except _Unsupported as exc:
+        except (_Unsupported, ValueError) as exc:  # urlsplit's ValueError: a URL it cannot read
             self.skipped += 1
-            return [*(f"  # - {n}" for n in notes), f"  # NOT IMPORTED: target {shown}: {exc}"]
+            return [*(_comment(f"- {n}") for n in notes), _comment(f"NOT IMPORTED: target {shown}: {exc}")]
+        if module.type == "icmp":
+            # blackbox_exporter waits for its one reply until the probe's timeout.
+            settings["reply_timeout"] = _duration(max(timeout - _SCRAPE_TIMEOUT_OFFSET, timeout * 0.8))
         check: dict[str, Any] = {
             "name": self._name(job, module_name, target if module.type == "http" else raw_target),
             "type": module.type,
@@ -395,7 +397,10 @@ class _Builder:
         body = yaml.safe_dump(
             [check], sort_keys=False, allow_unicode=True, width=4096, default_flow_style=False
         )
-        return [*(f"  # - {n}" for n in notes), *("  " + line for line in body.rstrip("\n").splitlines())]
+        return [
+            *(_comment(f"- {n}") for n in notes),
+            *("  " + line for line in body.rstrip("\n").splitlines()),
+        ]
 
     def _target(
         self,
@@ -510,6 +515,7 @@ def _header(builder: _Builder, blackbox_source: str, prometheus_source: str) -> 
         lines += [f"#   {name.ljust(width)}  {what}" for name, what in builder.secrets.names.items()]
     if builder.general:
         lines += ["#", *(f"# - {note}" for note in builder.general)]
+    lines = [_comment(line[2:], "") if line.startswith("# ") else line for line in lines]
     return "\n".join(lines) + "\nchecks:" + ("" if builder.written or builder.skipped else " []") + "\n"
 
 
@@ -540,6 +546,7 @@ def _initial_labels(
     params = job.get("params") or {}
     if isinstance(params, dict):
         for key, values in params.items():
+            values = [values] if isinstance(values, str) else values
             if isinstance(values, list) and values and not labels.get(f"__param_{key}"):
                 labels[f"__param_{key}"] = str(values[0])
     return labels
@@ -629,12 +636,14 @@ def _check_labels(labels: Mapping[str, str], notes: list[str]) -> dict[str, str]
     """The target's Prometheus labels that can be check labels; the others are named in a note."""
     out: dict[str, str] = {}
     for name, value in sorted(labels.items()):
-        if name.startswith("__") or name in ("job", "instance"):
-            continue  # the check's name and target stand for job and instance
+        if name.startswith("__") or name == "job":
+            continue  # the check's name starts with the job's
+        if name == "instance" and value in (labels.get("__param_target"), labels.get("__address__")):
+            continue  # the check's own target label carries it
         if not _LABEL_NAME.fullmatch(name):
             notes.append(f"label {name}: not a valid label name; left out")
             continue
-        if name in _RESERVED_LABELS:
+        if name in _RESERVED_LABELS or name == "instance":
             notes.append(f"label {name}: Vantage uses that name itself; written as target_{name}")
             name = f"target_{name}"
         out[name] = _text(value)
@@ -1259,6 +1268,12 @@ def _shown_target(target: str) -> str:
     netloc = parts.netloc.rpartition("@")[2]
     shown = (f"{parts.scheme}://" if parts.scheme else "") + netloc + parts.path
     return _text(shown + ("?…" if parts.query else ""))
+
+
+def _comment(text: str, indent: str = "  ") -> str:
+    """A YAML comment line: a line break in what it quotes (a module name, a key) would end the
+    comment and start YAML of the input's making, so control characters are shown as ``?``."""
+    return f"{indent}# " + re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]", "?", text)
 
 
 def _count(n: int, noun: str) -> str:
