@@ -143,11 +143,18 @@ def test_the_fixture_imports_every_probe_target_and_validates() -> None:
         "SOA",
     )
     # Target labels from static_configs and file_sd become check labels.
-    assert by_name["websites-http-2xx-http-shop.example.net"].check.labels == {"env": "prod", "team": "web"}
+    assert by_name["websites-http-2xx-http-shop.example.net"].check.labels == {
+        "env": "prod",
+        "team": "web",
+        "prometheus_job": "websites",
+        "prometheus_instance": "shop.example.net",
+    }
     assert by_name["apis-http-2xx-strict-https-api.payments.example-v1-health"].check.labels == {
         "module": "http_2xx_strict",
         "target_region": "eu",
         "vendor": "payments",
+        "prometheus_job": "apis",
+        "prometheus_instance": "https://api.payments.example/v1/health",
     }
 
 
@@ -258,6 +265,7 @@ def test_secrets_in_a_proxy_url_or_a_target_url_become_references() -> None:
     )
     for secret in ("proxy-pass-123", "url-pass-456", "qk-789"):
         assert secret not in text
+    assert "prometheus_instance: https://api.example/x?api_key=&n=1" in text
     (check,) = checks_of(text)
     assert check["settings"]["proxy_url"] == "http://probe:${M_PROXY_PASSWORD}@proxy:3128"
     assert check["target"] == (
@@ -314,7 +322,11 @@ def test_the_module_may_come_from_a_label_or_a_relabel_rule_and_defaults_to_http
         ("tcp", "b.example:22"),
         ("icmp", "c.example"),
     ]
-    assert checks[2]["labels"] == {"kind": "ping"}
+    assert checks[2]["labels"] == {
+        "kind": "ping",
+        "prometheus_job": "mixed",
+        "prometheus_instance": "exporter:9115",
+    }
 
 
 def test_relabelling_follows_prometheus() -> None:
@@ -342,7 +354,7 @@ def test_relabelling_follows_prometheus() -> None:
     ]
     (check,) = checks_of(imported({"m": {"prober": "http"}}, [job]))
     assert check["target"] == "https://b.example:443/health"
-    assert set(check["labels"]) == {"shard", "site_copy"}
+    assert set(check["labels"]) == {"shard", "site_copy", "prometheus_job", "prometheus_instance"}
     assert check["labels"]["site_copy"] == "https://b.example:443/health"
     # Prometheus: the md5 of the value, its last 8 bytes big-endian, modulo 4.
     digest = hashlib.md5(b"b.example:443", usedforsecurity=False).digest()
@@ -837,13 +849,15 @@ def test_a_comment_never_ends_early() -> None:
     assert "injected" in text  # shown, on a comment line
 
 
-def test_a_custom_instance_label_is_kept_under_another_name() -> None:
+def test_job_and_instance_are_kept_for_the_dashboards() -> None:
     job = probe_job("m", "https://a.example/")
     job["relabel_configs"][1] = {"target_label": "instance", "replacement": "vendor-a"}
     (check,) = checks_of(imported({"m": {"prober": "http"}}, [job]))
-    assert check["labels"] == {"target_instance": "vendor-a"}
-    (check,) = checks_of(imported({"m": {"prober": "http"}}, [probe_job("m", "https://a.example/")]))
-    assert "labels" not in check  # instance is the target: the check's own target label
+    assert check["labels"] == {"prometheus_instance": "vendor-a", "prometheus_job": "probes"}
+    # Without a rule for it, Prometheus's instance is the exporter's address.
+    del job["relabel_configs"][1]
+    (check,) = checks_of(imported({"m": {"prober": "http"}}, [job]))
+    assert check["labels"]["prometheus_instance"] == "127.0.0.1:9115"
 
 
 JOB_KEYS = sorted(

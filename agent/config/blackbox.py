@@ -633,21 +633,25 @@ def _expand(match: re.Match[str], template: str) -> str:
 
 
 def _check_labels(labels: Mapping[str, str], notes: list[str]) -> dict[str, str]:
-    """The target's Prometheus labels that can be check labels; the others are named in a note."""
-    out: dict[str, str] = {}
+    """The target's Prometheus labels as check labels: ``job`` and ``instance``, which Vantage
+    reserves for the scrape of the agent itself, as ``prometheus_job`` and ``prometheus_instance``
+    (so that dashboards can be given them back, docs/migrating-from-blackbox.md); a name Vantage
+    uses itself is prefixed with ``target_``; an invalid one is named in a note."""
+    out = {
+        "prometheus_job": labels.get("job", ""),
+        "prometheus_instance": _scrub_url(labels.get("instance") or labels.get("__address__", "")),
+    }
     for name, value in sorted(labels.items()):
-        if name.startswith("__") or name == "job":
-            continue  # the check's name starts with the job's
-        if name == "instance" and value in (labels.get("__param_target"), labels.get("__address__")):
-            continue  # the check's own target label carries it
+        if name.startswith("__") or name in ("job", "instance"):
+            continue
         if not _LABEL_NAME.fullmatch(name):
             notes.append(f"label {name}: not a valid label name; left out")
             continue
-        if name in _RESERVED_LABELS or name == "instance":
+        if name in _RESERVED_LABELS or name in out:
             notes.append(f"label {name}: Vantage uses that name itself; written as target_{name}")
             name = f"target_{name}"
-        out[name] = _text(value)
-    return out
+        out[name] = value
+    return {name: _text(value) for name, value in out.items() if value}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1268,6 +1272,24 @@ def _shown_target(target: str) -> str:
     netloc = parts.netloc.rpartition("@")[2]
     shown = (f"{parts.scheme}://" if parts.scheme else "") + netloc + parts.path
     return _text(shown + ("?…" if parts.query else ""))
+
+
+def _scrub_url(value: str) -> str:
+    """A URL without its password and without the values of credential-looking query parameters
+    (the instance label of a target that carried them)."""
+    if "://" not in value:
+        return value
+    try:
+        parts = urlsplit(value)
+        netloc = parts.netloc.rpartition("@")[2] if parts.password is not None else parts.netloc
+        pairs = [
+            (k, "" if _SECRET_QUERY.search(k) else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+    except ValueError:
+        return _shown_target(value)
+    query = urlencode(pairs) if any(_SECRET_QUERY.search(k) for k, _ in pairs) else parts.query
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _comment(text: str, indent: str = "  ") -> str:
