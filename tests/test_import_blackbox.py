@@ -917,3 +917,27 @@ def test_any_scrape_config_shape_imports_without_crashing(job: Any) -> None:
     )
     text = import_blackbox("modules: {m: {prober: tcp}}", prometheus, prometheus_dir=FIXTURES).text
     assert isinstance(yaml.safe_load(text), dict)
+
+
+def test_the_migration_guide_names_every_option_the_import_reads() -> None:
+    from agent.config.blackbox import _HTTP_OPTIONS
+
+    guide = (Path(__file__).parent.parent / "docs" / "migrating-from-blackbox.md").read_text()
+    others = {
+        *("query_response", "starttls", "source_ip_address", "query_name", "query_type", "query_class"),
+        *("transport_protocol", "dns_over_tls", "recursion_desired", "valid_rcodes", "validate_answer_rrs"),
+        *("validate_authority_rrs", "validate_additional_rrs", "fail_if_all_match_regexp"),
+        *(
+            "fail_if_none_matches_regexp",
+            "payload_size",
+            "dont_fragment",
+            "ttl",
+            "service",
+            "insecure_skip_verify",
+        ),
+        *("min_version", "max_version", "password_file", "credentials_file", "client_secret_file"),
+    }
+    missing = sorted(
+        name for name in {*_HTTP_OPTIONS, *others} if f"`{name}" not in guide and f"{name}`" not in guide
+    )
+    assert not missing, missing
