@@ -941,3 +941,15 @@ def test_the_migration_guide_names_every_option_the_import_reads() -> None:
         name for name in {*_HTTP_OPTIONS, *others} if f"`{name}" not in guide and f"{name}`" not in guide
     )
     assert not missing, missing
+
+
+def test_a_relabelling_rule_prometheus_would_refuse_is_named_once_per_job() -> None:
+    job = probe_job("m", "https://a.example/", "https://b.example/")
+    job["relabel_configs"].insert(
+        0, {"source_labels": ["__address__"], "regex": "(unclosed", "target_label": "x"}
+    )
+    job["relabel_configs"].append({"action": "teleport"})
+    text = imported({"m": {"prober": "http"}}, [job])
+    assert text.count("relabel_configs[0]: regex not usable here") == 1
+    assert text.count("relabel_configs[4]: action 'teleport' is not one Prometheus has; rule skipped") == 1
+    assert len(checks_of(text)) == 2

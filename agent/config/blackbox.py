@@ -255,12 +255,13 @@ class _Builder:
                 labels = _initial_labels(str(address), group_labels, job, name, interval, scrape_timeout)
                 notes: list[str] = []
                 result = _relabel(labels, relabel, notes)
+                job_notes += [note for note in notes if note not in job_notes]  # the same for each target
                 if result is None:
                     continue  # dropped by the job's relabelling, as Prometheus would
                 path = result.get("__metrics_path__", "")
                 if not path.rstrip("/").endswith("/probe") and "__param_target" not in result:
                     continue  # a job scraping an exporter's own metrics, not a probe
-                probes.setdefault(result.get("__param_module", _DEFAULT_MODULE), []).append((result, notes))
+                probes.setdefault(result.get("__param_module", _DEFAULT_MODULE), []).append((result, []))
         if not probes:
             if job.get("metrics_path", "/metrics").rstrip("/").endswith("/probe") or job_notes:
                 self.general.append(
