@@ -845,7 +845,7 @@ def test_a_comment_never_ends_early() -> None:
         {"m\nchecks: [injected]": {"prober": "nope"}},
         [probe_job("m\nchecks: [injected]", "https://a.example/\n- name: injected")],
     )
-    assert yaml.safe_load(text) == {"checks": None}
+    assert yaml.safe_load(text) == {"checks": []}
     assert "injected" in text  # shown, on a comment line
 
 
@@ -953,3 +953,9 @@ def test_a_relabelling_rule_prometheus_would_refuse_is_named_once_per_job() -> N
     assert text.count("relabel_configs[0]: regex not usable here") == 1
     assert text.count("relabel_configs[4]: action 'teleport' is not one Prometheus has; rule skipped") == 1
     assert len(checks_of(text)) == 2
+
+
+def test_a_file_with_nothing_imported_still_loads() -> None:
+    text = imported({"m": {"prober": "unix"}}, [probe_job("m", "/run/x.sock")])
+    assert "NOT IMPORTED" in text
+    assert load(text).entries == []

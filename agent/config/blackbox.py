@@ -486,10 +486,10 @@ class _Builder:
             name = name[: _NAME_LIMIT - 9].rstrip("-.") + "-" + digest
         if name in self.names:
             name = name[: _NAME_LIMIT - 9].rstrip("-.") + "-" + digest
-        n = 1
-        while name in self.names:
+        base, n = name[: _NAME_LIMIT - 12], 1
+        while name in self.names:  # two targets with the same digest: all but impossible
             n += 1
-            name = f"{name[: _NAME_LIMIT - 12]}-{n}"
+            name = f"{base}-{n}"
         self.names.add(name)
         return name
 
@@ -517,7 +517,7 @@ def _header(builder: _Builder, blackbox_source: str, prometheus_source: str) -> 
     if builder.general:
         lines += ["#", *(f"# - {note}" for note in builder.general)]
     lines = [_comment(line[2:], "") if line.startswith("# ") else line for line in lines]
-    return "\n".join(lines) + "\nchecks:" + ("" if builder.written or builder.skipped else " []") + "\n"
+    return "\n".join(lines) + "\nchecks:" + ("" if builder.written else " []") + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
