@@ -564,7 +564,7 @@ def _relabel(labels: dict[str, str], configs: Iterable[Any], notes: list[str]) -
         value = separator.join(labels.get(str(s), "") for s in config.get("source_labels") or [])
         try:
             regex = _anchored(str(config.get("regex", "(.*)")))
-        except re.error as exc:
+        except (re.error, _Unsupported) as exc:
             notes.append(f"relabel_configs[{index}]: regex not usable here ({exc}); rule skipped")
             continue
         target = str(config.get("target_label", ""))
@@ -614,7 +614,7 @@ def _relabel(labels: dict[str, str], configs: Iterable[Any], notes: list[str]) -
 def _anchored(pattern: str) -> re.Pattern[str]:
     """Prometheus anchors a relabelling regex at both ends (RE2 syntax, read as Python's)."""
     flags, body = re.fullmatch(r"((?:\(\?[imsU]+\))*)(.*)", pattern, re.S).groups()  # type: ignore[union-attr]
-    return _compile(flags.replace("U", "") + "^(?:" + body + r")\Z")
+    return _compile(flags + "^(?:" + _go_regex(body) + r")\Z")
 
 
 def _expand(match: re.Match[str], template: str) -> str:
