@@ -36,7 +36,6 @@ __all__ = ["Imported", "import_blackbox"]
 _DEFAULT_MODULE = "http_2xx"  # what blackbox_exporter probes with when no module is given
 _SCRAPE_TIMEOUT_OFFSET = 0.5  # blackbox_exporter's --timeout-offset default
 _NAME_LIMIT = 128
-_RECORD_TYPES = {"A", "AAAA", "CNAME", "MX", "TXT", "NS", "SOA", "SRV", "CAA", "PTR"}
 _TLS_VERSIONS = {"TLS10": "1.0", "TLS11": "1.1", "TLS12": "1.2", "TLS13": "1.3"}
 _IP_FAMILIES = {"ip4": "ipv4", "ip6": "ipv6", "": "ipv6"}
 _RESERVED_LABELS = frozenset(
@@ -1002,7 +1001,6 @@ def _tcp(options: Mapping[str, Any], ctx: _Context) -> dict[str, Any]:
     if tls:
         settings["tls_options"] = tls
     dialogue: list[dict[str, Any]] = []
-    expected = False  # whether an expect came before: a later send expands its groups
     for i, turn in enumerate(options.get("query_response") or []):
         if not isinstance(turn, dict):
             ctx.notes.append(f"query_response[{i}]: not a mapping; left out")
@@ -1013,11 +1011,11 @@ def _tcp(options: Mapping[str, Any], ctx: _Context) -> dict[str, Any]:
                 regex = ".*"  # keeps the turn, so that the dialogue still waits for a line there
                 ctx.notes.append(f"query_response[{i}].expect: replaced by '.*' (waits for any line)")
             dialogue.append({"expect": regex})
-            expected = True
         if turn.get("send") not in (None, ""):
             send = str(turn["send"])
-            if not turn.get("expect") and expected:
-                # blackbox_exporter expands groups only in the send of the expect's own turn.
+            if not turn.get("expect") and dialogue and "expect" in dialogue[-1]:
+                # Vantage expands a send right after an expect; blackbox only the send of the
+                # expect's own turn, so this one's dollars are literal.
                 send = send.replace("$", "$$")
             dialogue.append({"send": _text(send) + "\n"})  # blackbox_exporter ends each send with \n
         if turn.get("starttls"):
@@ -1057,19 +1055,10 @@ def _dns(options: Mapping[str, Any], ctx: _Context) -> dict[str, Any]:
     if not query:
         raise _Unsupported("the dns module has no query_name (blackbox_exporter refuses it too)")
     settings: dict[str, Any] = {"_query_name": _text(query)}
-    query_type = str(options.get("query_type") or "ANY").upper()
-    if query_type == "ANY":
-        ctx.notes.append(
-            "query_type ANY (blackbox_exporter's default) is not asked by Vantage (RFC 8482 lets "
-            "servers refuse it); this check asks for A: set the type you mean"
-        )
-        query_type = "A"
-    elif query_type not in _RECORD_TYPES:
-        raise _Unsupported(
-            f"query_type {query_type} has no equivalent (Vantage asks {', '.join(sorted(_RECORD_TYPES))})"
-        )
-    if query_type != "A":
-        settings["type"] = query_type
+    query_type = str(options.get("query_type") or "ANY").upper()  # blackbox's default: ANY
+    if not re.fullmatch(r"[A-Z][A-Z0-9-]*", query_type):
+        raise _Unsupported(f"query_type {query_type!r} is not a record type")
+    settings["type"] = query_type
     query_class = str(options.get("query_class") or "IN").upper()
     if query_class != "IN":
         settings["query_class"] = query_class
@@ -1100,11 +1089,17 @@ def _dns(options: Mapping[str, Any], ctx: _Context) -> dict[str, Any]:
             continue
         rules: list[dict[str, Any]] = []
         for name, op in _RRS_RULES:
-            for i, pattern in enumerate(validator.get(name) or []):
-                regex = ctx.regex(pattern, f"{key}.{name}[{i}]")
-                if regex is not None:
-                    # blackbox_exporter matches the whole record text: owner, TTL, class, type, data.
-                    rules.append({"op": op, "value": regex, "match_on": "record"})
+            regexes = [
+                regex
+                for i, pattern in enumerate(validator.get(name) or [])
+                if (regex := ctx.regex(pattern, f"{key}.{name}[{i}]")) is not None
+            ]
+            if name == "fail_if_none_matches_regexp" and len(regexes) > 1:
+                # It passes when any one of its regexes is found: one rule, one value joining them.
+                regexes = ["|".join(f"(?:{regex})" for regex in regexes)]
+            # One rule per regex; blackbox matches the whole record text (owner, TTL, class,
+            # type, data), hence match_on: record.
+            rules += [{"op": op, "value": regex, "match_on": "record"} for regex in regexes]
         ctx.unknown(validator, [n for n, _ in _RRS_RULES], f"{key}.")
         if rules:
             settings[section] = rules
