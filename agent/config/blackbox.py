@@ -394,8 +394,10 @@ class _Builder:
         if settings:
             check["settings"] = settings
         self.written += 1
-        body = yaml.safe_dump(
-            [check], sort_keys=False, allow_unicode=True, width=4096, default_flow_style=False
+        # libyaml's emitter where PyYAML has it: the pure-Python one takes ~4 ms a check.
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+        body = yaml.dump(
+            [check], Dumper=dumper, sort_keys=False, allow_unicode=True, width=4096, default_flow_style=False
         )
         return [
             *(_comment(f"- {n}") for n in notes),
