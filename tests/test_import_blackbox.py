@@ -965,3 +965,23 @@ def test_a_file_with_nothing_imported_still_loads() -> None:
     text = imported({"m": {"prober": "unix"}}, [probe_job("m", "/run/x.sock")])
     assert "NOT IMPORTED" in text
     assert load(text).entries == []
+
+
+def test_scrape_config_files_parameters_and_target_forms(tmp_path: Path) -> None:
+    (tmp_path / "jobs").mkdir()
+    extra = {"scrape_configs": [probe_job("grpc", "https://grpc.example:8443", name="extra")]}
+    (tmp_path / "jobs" / "extra.yml").write_text(yaml.safe_dump(extra))
+    vhost = probe_job("web", "https://10.0.0.7/", "ftp://files.example/", name="vhost")
+    vhost["params"]["hostname"] = ["www.example.com"]
+    prometheus = {"scrape_config_files": ["jobs/*.yml"], "scrape_configs": [vhost]}
+    modules = {"web": {"prober": "http"}, "grpc": {"prober": "grpc"}}
+    text = import_blackbox(
+        yaml.safe_dump({"modules": modules}), yaml.safe_dump(prometheus), prometheus_dir=tmp_path
+    ).text
+    web, grpc = checks_of(text)
+    # blackbox's hostname parameter is the Host header of the request.
+    assert web["settings"]["headers"] == {"Host": "www.example.com"}
+    assert "NOT IMPORTED: target ftp://files.example/: not an http:// or https:// URL" in text
+    # A gRPC target may be a URL; https means TLS.
+    assert (grpc["target"], grpc["settings"]["tls"]) == ("grpc.example:8443", True)
+    assert "an https:// target means TLS: tls: true" in text
