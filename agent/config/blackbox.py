@@ -423,7 +423,14 @@ class _Builder:
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise _Unsupported("not an http:// or https:// URL")
             if hostname:
-                settings.setdefault("headers", {})["Host"] = _text(hostname)
+                headers = settings.setdefault("headers", {})
+                set_host = [name for name in headers if name.lower() == "host"]
+                if set_host and headers[set_host[0]] != _text(hostname):
+                    raise _Unsupported(
+                        "the module's Host header and the hostname parameter differ "
+                        "(blackbox_exporter refuses the probe too)"
+                    )
+                headers[set_host[0] if set_host else "Host"] = _text(hostname)
             return self._url_without_secrets(target, key)
         if module.type in ("tcp", "grpc"):
             if module.type == "grpc" and target.startswith(("http://", "https://")):
