@@ -982,10 +982,10 @@ def test_scrape_config_files_parameters_and_target_forms(tmp_path: Path) -> None
     # blackbox's hostname parameter is the Host header of the request.
     assert web["settings"]["headers"] == {"Host": "www.example.com"}
     modules["web"] = {"prober": "http", "http": {"headers": {"host": "other.example"}}}
-    text = import_blackbox(
+    refused = import_blackbox(
         yaml.safe_dump({"modules": modules}), yaml.safe_dump({"scrape_configs": [vhost]})
     ).text
-    assert "the module's Host header and the hostname parameter differ" in text
+    assert "the module's Host header and the hostname parameter differ" in refused
     assert "NOT IMPORTED: target ftp://files.example/: not an http:// or https:// URL" in text
     # A gRPC target may be a URL; https means TLS.
     assert (grpc["target"], grpc["settings"]["tls"]) == ("grpc.example:8443", True)
