@@ -990,3 +990,13 @@ def test_scrape_config_files_parameters_and_target_forms(tmp_path: Path) -> None
     # A gRPC target may be a URL; https means TLS.
     assert (grpc["target"], grpc["settings"]["tls"]) == ("grpc.example:8443", True)
     assert "an https:// target means TLS: tls: true" in text
+
+
+def test_the_migration_guide_shows_what_the_import_writes() -> None:
+    guide = (Path(__file__).parent.parent / "docs" / "migrating-from-blackbox.md").read_text()
+    example = re.findall(r"```yaml\n(.*?)```", guide, re.S)[0]
+    written = fixture_import()
+    # Every line of the example (the header, the check) is a line the fixture's import writes.
+    shown = [line for line in example.splitlines() if line and not line.endswith("...")]
+    assert [line for line in shown if line not in written.splitlines()] == []
+    load(without_pending(example))
