@@ -18,18 +18,26 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import subprocess
+import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+import anyio
 import pytest
 import yaml
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.app import build_agent
 from agent.cli import main
 from agent.config.blackbox import import_blackbox
 from agent.config.settings import Config, load_config
 from agent.errors import ConfigError
+
+from .helpers import free_port, thread_server, wait_until
 
 FIXTURES = Path(__file__).parent / "fixtures" / "blackbox"
 PENDING = {"http": {"ip_fallback"}, "icmp": {"ip_fallback"}, "grpc": {"ip_fallback"}}
@@ -1000,3 +1008,178 @@ def test_the_migration_guide_shows_what_the_import_writes() -> None:
     shown = [line for line in example.splitlines() if line and not line.endswith("...")]
     assert [line for line in shown if line not in written.splitlines()] == []
     load(without_pending(example))
+
+
+# --- the same verdicts as blackbox_exporter, side by side --------------------------------------------
+
+SIDE_BY_SIDE_MODULES = {
+    "http_2xx": {"prober": "http", "timeout": "3s", "http": {"preferred_ip_protocol": "ip4"}},
+    "http_body": {
+        "prober": "http",
+        "timeout": "3s",
+        "http": {
+            "preferred_ip_protocol": "ip4",
+            "fail_if_body_matches_regexp": ["Could not connect to database"],
+            "fail_if_body_not_matches_regexp": ["status: (ok|degraded)"],
+        },
+    },
+    "http_created": {
+        "prober": "http",
+        "timeout": "3s",
+        "http": {"preferred_ip_protocol": "ip4", "method": "POST", "valid_status_codes": [201]},
+    },
+    "http_header": {
+        "prober": "http",
+        "timeout": "3s",
+        "http": {
+            "preferred_ip_protocol": "ip4",
+            "fail_if_header_not_matches": [{"header": "X-Served-By", "regexp": "^edge-[0-9]+$"}],
+        },
+    },
+    "tcp_connect": {"prober": "tcp", "timeout": "3s", "tcp": {"preferred_ip_protocol": "ip4"}},
+}
+
+
+def _side_by_side_app() -> web.Application:
+    async def page(request: web.Request) -> web.Response:
+        body, status, headers = {
+            "/ok": ("status: ok", 200, {"X-Served-By": "edge-7"}),
+            "/degraded": ("status: degraded", 200, {"X-Served-By": "origin"}),
+            "/db": ("status: ok\nCould not connect to database", 200, {}),
+            "/hello": ("hello", 200, {}),
+            "/down": ("status: ok", 503, {}),
+            "/created": ("status: ok", 201 if request.method == "POST" else 405, {}),
+        }[request.path]
+        return web.Response(text=body, status=status, headers=headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", page)
+    return app
+
+
+def _blackbox_success(exporter: str, module: str, target: str) -> bool:
+    query = urlencode({"module": module, "target": target})
+    with urllib.request.urlopen(f"{exporter}/probe?{query}", timeout=10) as response:
+        text = response.read().decode()
+    (value,) = re.findall(r"^probe_success (\S+)$", text, re.M)
+    return float(value) == 1.0
+
+
+@pytest.mark.slow
+def test_imported_checks_get_blackbox_exporters_verdicts(tmp_path: Path) -> None:
+    """blackbox_exporter (Debian's, as tests/setup.sh installs it) and the imported checks probe the
+    same local targets; every target gets the same verdict from both."""
+    binary = shutil.which("prometheus-blackbox-exporter") or shutil.which("blackbox_exporter")
+    assert binary, "prometheus-blackbox-exporter is not installed (tests/setup.sh installs it)"
+    with thread_server(_side_by_side_app()) as port:
+        base = f"http://127.0.0.1:{port}"
+        targets = {
+            "http_2xx": [f"{base}/ok", f"{base}/down", f"{base}/hello"],
+            "http_body": [f"{base}/ok", f"{base}/degraded", f"{base}/db", f"{base}/hello", f"{base}/down"],
+            "http_created": [f"{base}/created", f"{base}/ok"],
+            "http_header": [f"{base}/ok", f"{base}/degraded", f"{base}/hello"],
+            "tcp_connect": [f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}"],
+        }
+        config = tmp_path / "blackbox.yml"
+        config.write_text(yaml.safe_dump({"modules": SIDE_BY_SIDE_MODULES}))
+        exporter_port = free_port()
+        exporter = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{exporter_port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            exporter_url = f"http://127.0.0.1:{exporter_port}"
+            wait_until(lambda: _answers(f"{exporter_url}/-/healthy"))
+            expected = {
+                (module, target): _blackbox_success(exporter_url, module, target)
+                for module, module_targets in targets.items()
+                for target in module_targets
+            }
+        finally:
+            exporter.terminate()
+            exporter.wait(timeout=10)
+        # One job per module: each check's prometheus_job names its module.
+        jobs = [probe_job(module, *module_targets, name=module) for module, module_targets in targets.items()]
+        text = imported(SIDE_BY_SIDE_MODULES, jobs)
+        checks = load_config({"VANTAGE_CHECKS": without_pending(text), "OTEL_TRACES_EXPORTER": "none"})
+        agent = build_agent(checks, {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "prometheus"})
+
+        async def run() -> None:
+            try:
+                await agent.scheduler.run_once()
+            finally:
+                await agent.http.aclose()
+
+        anyio.run(run)
+    got = {}
+    for state in agent.recorder.states.values():
+        assert state.last is not None
+        labels = state.entry.check.labels
+        got[(labels["prometheus_job"], labels["prometheus_instance"])] = state.last.success
+    assert len(got) == len(expected) == 15
+    assert got == expected
+    # Not vacuous: both verdicts occur.
+    assert set(expected.values()) == {True, False}
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+# Options newer than the blackbox_exporter 0.23 these tests run beside; the importer reads them too.
+NEWER_THAN_0_23 = {
+    "fail_if_body_json_matches_cel",
+    "fail_if_body_json_not_matches_cel",
+    "accept_any_response",
+    "body_file",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fixture", ["blackbox.yml", "example_modules.yml"])
+def test_the_module_fixtures_are_what_blackbox_exporter_accepts(
+    fixture: str, tmp_path: Path, ca_file: Path
+) -> None:
+    binary = shutil.which("prometheus-blackbox-exporter") or shutil.which("blackbox_exporter")
+    assert binary, "prometheus-blackbox-exporter is not installed (tests/setup.sh installs it)"
+    modules = yaml.safe_load((FIXTURES / fixture).read_text().replace("CA_FILE", str(ca_file)))["modules"]
+    older = {name: m for name, m in modules.items() if not NEWER_THAN_0_23 & set(m.get(m["prober"]) or {})}
+    assert len(older) >= len(modules) - 4
+    config = tmp_path / "blackbox.yml"
+    config.write_text(yaml.safe_dump({"modules": older}))
+    result = subprocess.run(
+        [binary, "--config.check", f"--config.file={config}"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_the_prometheus_fixture_and_the_guides_relabelling_are_what_prometheus_accepts(
+    tmp_path: Path,
+) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is not installed (tests/setup.sh installs it)"
+    result = subprocess.run(
+        [promtool, "check", "config", str(FIXTURES / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    guide = (Path(__file__).parent.parent / "docs" / "migrating-from-blackbox.md").read_text()
+    snippet = next(
+        block for block in re.findall(r"```yaml\n(.*?)```", guide, re.S) if "metric_relabel_configs" in block
+    )
+    (tmp_path / "prometheus.yml").write_text(snippet)
+    result = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
