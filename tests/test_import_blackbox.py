@@ -15,6 +15,7 @@ until they are merged, the loader refuses them:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import shutil
@@ -37,7 +38,8 @@ from agent.config.blackbox import import_blackbox
 from agent.config.settings import Config, load_config
 from agent.errors import ConfigError
 
-from .helpers import free_port, thread_server, wait_until
+from .helpers import free_port, serve, wait_until
+from .test_dns_probe import dns_server
 
 FIXTURES = Path(__file__).parent / "fixtures" / "blackbox"
 PENDING = {"http": {"ip_fallback"}, "icmp": {"ip_fallback"}, "grpc": {"ip_fallback"}}
@@ -1065,62 +1067,174 @@ def _blackbox_success(exporter: str, module: str, target: str) -> bool:
     return float(value) == 1.0
 
 
+async def _line_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An SMTP-like server: a banner, a multi-line EHLO answer, QUIT; it hangs up after a second of
+    silence, so that an expect that never matches ends at the connection's close."""
+    try:
+        writer.write(b"220 mail.example ESMTP ready\r\n")
+        for _ in range(10):
+            try:
+                with anyio.fail_after(1):
+                    line = (await reader.readline()).decode().rstrip("\r\n")
+            except TimeoutError:
+                break
+            if line.startswith("EHLO "):
+                writer.write(f"250-hello {line[5:]}\r\n250-STARTTLS\r\n250 OK\r\n".encode())
+            elif line == "QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            elif not line:
+                break
+            else:
+                writer.write(b"500 what\r\n")
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+SIDE_BY_SIDE_MODULES.update(
+    {
+        "smtp": {
+            "prober": "tcp",
+            "timeout": "3s",
+            "tcp": {
+                "preferred_ip_protocol": "ip4",
+                "query_response": [
+                    {"expect": "^220 ([^ ]+) ESMTP", "send": "EHLO ${1}\r"},
+                    {"expect": "^250-hello mail\\.example$"},  # the group, sent back
+                    {"expect": "^250 OK"},  # after the other lines of the answer
+                    {"send": "QUIT\r"},
+                    {"expect": "^221"},
+                ],
+            },
+        },
+        "smtp_refused": {
+            "prober": "tcp",
+            "timeout": "3s",
+            "tcp": {"preferred_ip_protocol": "ip4", "query_response": [{"expect": "^554"}]},
+        },
+        "dns_a": {
+            "prober": "dns",
+            "timeout": "3s",
+            "dns": {
+                "preferred_ip_protocol": "ip4",
+                "query_name": "vendor.test",
+                "query_type": "A",
+                "validate_answer_rrs": {
+                    "fail_if_not_matches_regexp": ["^vendor\\.test\\.\t60\tIN\tA\t127\\.0\\.0\\.[12]$"]
+                },
+            },
+        },
+        "dns_none": {
+            "prober": "dns",
+            "timeout": "3s",
+            "dns": {
+                "preferred_ip_protocol": "ip4",
+                "query_name": "vendor.test",
+                "query_type": "A",
+                "validate_answer_rrs": {
+                    "fail_if_none_matches_regexp": ["127\\.0\\.0\\.9", "127\\.0\\.0\\.2"]
+                },
+            },
+        },
+        "dns_none_missing": {
+            "prober": "dns",
+            "timeout": "3s",
+            "dns": {
+                "preferred_ip_protocol": "ip4",
+                "query_name": "vendor.test",
+                "query_type": "A",
+                "validate_answer_rrs": {"fail_if_none_matches_regexp": ["127\\.0\\.0\\.9", "10\\."]},
+            },
+        },
+        "dns_all_match": {
+            "prober": "dns",
+            "timeout": "3s",
+            "dns": {
+                "preferred_ip_protocol": "ip4",
+                "query_name": "vendor.test",
+                "query_type": "A",
+                "validate_answer_rrs": {"fail_if_all_match_regexp": ["127\\.0\\.0\\.1"]},
+            },
+        },
+        "dns_soa": {
+            "prober": "dns",
+            "timeout": "3s",
+            "dns": {"preferred_ip_protocol": "ip4", "query_name": "example.test", "query_type": "SOA"},
+        },
+        "dns_nxdomain": {
+            "prober": "dns",
+            "timeout": "3s",
+            "dns": {"preferred_ip_protocol": "ip4", "query_name": "missing.test", "query_type": "A"},
+        },
+    }
+)
+
+
 @pytest.mark.slow
-def test_imported_checks_get_blackbox_exporters_verdicts(tmp_path: Path) -> None:
+@pytest.mark.anyio
+async def test_imported_checks_get_blackbox_exporters_verdicts(tmp_path: Path) -> None:
     """blackbox_exporter (Debian's, as tests/setup.sh installs it) and the imported checks probe the
-    same local targets; every target gets the same verdict from both."""
+    same local targets (HTTP, a line protocol, DNS); every target gets the same verdict from both."""
     binary = shutil.which("prometheus-blackbox-exporter") or shutil.which("blackbox_exporter")
     assert binary, "prometheus-blackbox-exporter is not installed (tests/setup.sh installs it)"
-    with thread_server(_side_by_side_app()) as port:
+    config = tmp_path / "blackbox.yml"
+    config.write_text(yaml.safe_dump({"modules": SIDE_BY_SIDE_MODULES}))
+    line_server = await asyncio.start_server(_line_server, "127.0.0.1", 0)
+    line_port = line_server.sockets[0].getsockname()[1]
+    async with serve(_side_by_side_app()) as port, dns_server() as dns_port:
         base = f"http://127.0.0.1:{port}"
+        dns = f"127.0.0.1:{dns_port}"
         targets = {
             "http_2xx": [f"{base}/ok", f"{base}/down", f"{base}/hello"],
             "http_body": [f"{base}/ok", f"{base}/degraded", f"{base}/db", f"{base}/hello", f"{base}/down"],
             "http_created": [f"{base}/created", f"{base}/ok"],
             "http_header": [f"{base}/ok", f"{base}/degraded", f"{base}/hello"],
             "tcp_connect": [f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}"],
+            "smtp": [f"127.0.0.1:{line_port}"],
+            "smtp_refused": [f"127.0.0.1:{line_port}"],
+            **{name: [dns] for name in SIDE_BY_SIDE_MODULES if name.startswith("dns_")},
         }
-        config = tmp_path / "blackbox.yml"
-        config.write_text(yaml.safe_dump({"modules": SIDE_BY_SIDE_MODULES}))
         exporter_port = free_port()
-        exporter = subprocess.Popen(
+        exporter = await anyio.open_process(
             [binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{exporter_port}"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         try:
-            exporter_url = f"http://127.0.0.1:{exporter_port}"
-            wait_until(lambda: _answers(f"{exporter_url}/-/healthy"))
-            expected = {
-                (module, target): _blackbox_success(exporter_url, module, target)
-                for module, module_targets in targets.items()
-                for target in module_targets
-            }
+            url = f"http://127.0.0.1:{exporter_port}"
+            await anyio.to_thread.run_sync(wait_until, lambda: _answers(f"{url}/-/healthy"))
+            expected = {}
+            for module, module_targets in targets.items():
+                for target in module_targets:
+                    success = await anyio.to_thread.run_sync(_blackbox_success, url, module, target)
+                    expected[(module, target)] = success
         finally:
             exporter.terminate()
-            exporter.wait(timeout=10)
+            with anyio.CancelScope(shield=True), anyio.fail_after(10):
+                await exporter.wait()
         # One job per module: each check's prometheus_job names its module.
         jobs = [probe_job(module, *module_targets, name=module) for module, module_targets in targets.items()]
         text = imported(SIDE_BY_SIDE_MODULES, jobs)
         checks = load_config({"VANTAGE_CHECKS": without_pending(text), "OTEL_TRACES_EXPORTER": "none"})
         agent = build_agent(checks, {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "prometheus"})
-
-        async def run() -> None:
-            try:
-                await agent.scheduler.run_once()
-            finally:
-                await agent.http.aclose()
-
-        anyio.run(run)
+        try:
+            await agent.scheduler.run_once()
+        finally:
+            await agent.http.aclose()
+    line_server.close()
     got = {}
     for state in agent.recorder.states.values():
         assert state.last is not None
         labels = state.entry.check.labels
         got[(labels["prometheus_job"], labels["prometheus_instance"])] = state.last.success
-    assert len(got) == len(expected) == 15
+    assert len(got) == len(expected) == 23
     assert got == expected
-    # Not vacuous: both verdicts occur.
-    assert set(expected.values()) == {True, False}
+    # Not vacuous: both verdicts occur, for each kind of probe.
+    for prefix in ("http", "tcp", "smtp", "dns"):
+        assert {v for (module, _), v in expected.items() if module.startswith(prefix)} == {True, False}, (
+            prefix
+        )
 
 
 def _answers(url: str) -> bool:
