@@ -1,16 +1,19 @@
 """``vantage import blackbox``: blackbox_exporter modules and Prometheus scrape jobs → a check file.
 
 The output is loaded with the agent's own loader (``load_config``, what ``vantage validate`` runs).
-Some settings the importer writes are being added by other branches of issue 13 (docs/CONTRACT);
-until they are merged, the loader refuses them:
+Some settings the importer writes (the names issue 13 agreed on) are not in every probe yet; until
+they are, the loader refuses them:
 
 - ``ip_fallback`` is on every network check (blackbox_exporter's ``ip_protocol_fallback``, default
   true, is written explicitly); the ``tcp`` and ``dns`` probes have it, ``http``, ``icmp`` and
   ``grpc`` not yet. The tests that validate whole files remove just that key from those types
   first (``PENDING``), so that everything else is validated now; ``test_the_whole_fixture_validates``
   validates it too and is expected to fail until it is merged.
-- Each other pending option has a case in ``NEW_OPTIONS``: its YAML structure is asserted now,
-  and its validation is an ``xfail(strict=True)`` for the lead to flip after the merge.
+- Each new option has a case in ``NEW_OPTIONS``: its YAML structure is asserted, and its
+  validation too, as an ``xfail(strict=True)`` while it is in ``STILL_PENDING`` (and in
+  ``EXAMPLE_PENDING`` for blackbox's example modules): remove it there once the option is merged.
+
+The slow tests run blackbox_exporter itself beside the imported checks, on local targets.
 """
 
 from __future__ import annotations
