@@ -1,17 +1,7 @@
 """``vantage import blackbox``: blackbox_exporter modules and Prometheus scrape jobs → a check file.
 
-The output is loaded with the agent's own loader (``load_config``, what ``vantage validate`` runs).
-Some settings the importer writes (the names issue 13 agreed on) are not in every probe yet; until
-they are, the loader refuses them:
-
-- ``ip_fallback`` is on every network check (blackbox_exporter's ``ip_protocol_fallback``, default
-  true, is written explicitly); the ``tcp`` and ``dns`` probes have it, ``http``, ``icmp`` and
-  ``grpc`` not yet. The tests that validate whole files remove just that key from those types
-  first (``PENDING``), so that everything else is validated now; ``test_the_whole_fixture_validates``
-  validates it too and is expected to fail until it is merged.
-- Each new option has a case in ``NEW_OPTIONS``: its YAML structure is asserted, and its
-  validation too, as an ``xfail(strict=True)`` while it is in ``STILL_PENDING`` (and in
-  ``EXAMPLE_PENDING`` for blackbox's example modules): remove it there once the option is merged.
+The output is loaded with the agent's own loader (``load_config``, what ``vantage validate`` runs),
+every option issue 13 added included (``NEW_OPTIONS`` has a case for each).
 
 The slow tests run blackbox_exporter itself beside the imported checks, on local targets.
 """
@@ -45,9 +35,6 @@ from .helpers import free_port, serve, wait_until
 from .test_dns_probe import dns_server
 
 FIXTURES = Path(__file__).parent / "fixtures" / "blackbox"
-PENDING = {"http": {"ip_fallback"}, "icmp": {"ip_fallback"}, "grpc": {"ip_fallback"}}
-"""Keys the loader on this branch does not know yet, by check type (``*``: every type)."""
-
 SECRETS = {
     "HTTP_POST_JSON_HEADER_AUTHORIZATION": "env-header-token-0001",
     "HTTP_BASIC_AUTH_PASSWORD": "env-basic-password-0002",
@@ -102,14 +89,6 @@ def one_check(module: dict[str, Any], target: str) -> dict[str, Any]:
     return check
 
 
-def without_pending(text: str, pending: dict[str, set[str]] = PENDING) -> str:
-    document = yaml.safe_load(text)
-    for check in document["checks"] or []:
-        for key in pending.get("*", set()) | pending.get(check["type"], set()):
-            check.get("settings", {}).pop(key, None)
-    return yaml.safe_dump(document)
-
-
 def load(text: str, **env: str) -> Config:
     return load_config({"VANTAGE_CHECKS": text, **SECRETS, **env})
 
@@ -119,7 +98,7 @@ def load(text: str, **env: str) -> Config:
 
 def test_the_fixture_imports_every_probe_target_and_validates() -> None:
     text = fixture_import()
-    config = load(without_pending(text))
+    config = load(text)
     names = [entry.check.name for entry in config.entries]
     assert names == [
         "websites-http-2xx-https-www.example.com",
@@ -181,11 +160,6 @@ def test_the_fixture_leaves_out_what_is_no_probe_and_says_what_it_could_not_impo
     assert "label region: Vantage uses that name itself; written as target_region" in text
 
 
-@pytest.mark.xfail(strict=True, reason="pending option ip_fallback (http, icmp, grpc)")
-def test_the_whole_fixture_validates() -> None:
-    load(fixture_import())
-
-
 def test_the_fixture_through_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``vantage import blackbox`` writes the file that ``vantage validate`` accepts."""
     output = tmp_path / "checks.yml"
@@ -203,9 +177,7 @@ def test_the_fixture_through_the_command_line(tmp_path: Path, monkeypatch: pytes
     )
     assert status == 0
     assert output.read_text() == fixture_import()
-    loadable = tmp_path / "loadable.yml"
-    loadable.write_text(without_pending(output.read_text()))
-    for name, value in {**SECRETS, "VANTAGE_CHECKS_FILE": str(loadable)}.items():
+    for name, value in {**SECRETS, "VANTAGE_CHECKS_FILE": str(output)}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("VANTAGE_CHECKS", raising=False)
     assert main(["validate"]) == 0
@@ -249,7 +221,7 @@ def test_no_secret_of_the_module_file_reaches_the_check_file() -> None:
 
 
 def test_the_references_carry_the_secrets_from_the_environment() -> None:
-    by_name = {e.check.name: e for e in load(without_pending(fixture_import())).entries}
+    by_name = {e.check.name: e for e in load(fixture_import()).entries}
     basic = by_name["apis-http-basic-auth-https-crm.example-api-ping"].settings
     assert (basic.auth.username, basic.auth.password) == ("monitor", SECRETS["HTTP_BASIC_AUTH_PASSWORD"])  # type: ignore[attr-defined]
     bearer = by_name["apis-http-bearer-https-erp.example-status"].settings
@@ -267,7 +239,7 @@ def test_secret_files_stay_file_references(tmp_path: Path) -> None:
     module = {"prober": "http", "http": {"basic_auth": {"username": "u", "password_file": str(secret)}}}
     check = one_check(module, "https://api.example/")
     assert check["settings"]["auth"]["password"] == "${file:" + str(secret) + "}"
-    config = load(without_pending(yaml.safe_dump({"checks": [check]})))
+    config = load(yaml.safe_dump({"checks": [check]}))
     assert config.entries[0].settings.auth.password == "from-a-mounted-file"  # type: ignore[attr-defined]
 
 
@@ -286,7 +258,7 @@ def test_secrets_in_a_proxy_url_or_a_target_url_become_references() -> None:
     )
     env = {name: "value-0123456" for name in re.findall(r"^#   ([A-Z][A-Z0-9_]+) ", text, re.M)}
     assert set(env) == {"M_PROXY_PASSWORD", "PROBES_M_API_EXAMPLE_PASSWORD", "PROBES_M_API_EXAMPLE_API_KEY"}
-    load(without_pending(text), **env)
+    load((text), **env)
 
 
 def test_text_that_reads_as_a_reference_stays_literal() -> None:
@@ -296,7 +268,7 @@ def test_text_that_reads_as_a_reference_stays_literal() -> None:
     }
     check = one_check(module, "https://api.example/")
     assert check["settings"]["headers"]["X-Template"] == "$${NOT_A_VARIABLE}"
-    settings = load(without_pending(yaml.safe_dump({"checks": [check]}))).entries[0].settings
+    settings = load(yaml.safe_dump({"checks": [check]})).entries[0].settings
     assert settings.headers["X-Template"] == "${NOT_A_VARIABLE}"  # type: ignore[attr-defined]
     assert settings.body == "$${X} ${file:/etc/x}"  # type: ignore[attr-defined]
 
@@ -468,7 +440,7 @@ def test_http_options_map_to_their_settings(ca_file: Path) -> None:
             {"source": "header", "name": "Server", "op": "not_matches", "value": "nginx/1\\.0"},
         ],
     }
-    (entry,) = load(without_pending(yaml.safe_dump({"checks": [check]}))).entries
+    (entry,) = load(yaml.safe_dump({"checks": [check]})).entries
     assert entry.settings.tls.min_version == "1.3"  # type: ignore[attr-defined]
 
 
@@ -510,7 +482,7 @@ def test_icmp_sends_one_request_as_blackbox_does() -> None:
         "payload_size": 64,
         "reply_timeout": "9s",  # blackbox waits for its one reply until the timeout (9.5s here)
     }
-    load(without_pending(yaml.safe_dump({"checks": [check]})))
+    load(yaml.safe_dump({"checks": [check]}))
 
 
 def test_dns_asks_blackbox_default_query_type_any() -> None:
@@ -523,14 +495,14 @@ def test_dns_asks_blackbox_default_query_type_any() -> None:
         "9.9.9.9",
         "ANY",
     )
-    (entry,) = load(without_pending(text)).entries
+    (entry,) = load(text).entries
     assert entry.settings.type == "ANY"  # type: ignore[attr-defined]
 
 
 def test_grpc_options_map_to_their_settings() -> None:
     check = one_check({"prober": "grpc", "grpc": {"service": "health", "tls": True}}, "grpc.example:443")
     assert check["settings"] == {"service": "health", "tls": True, "ip_family": "ipv6", "ip_fallback": True}
-    load(without_pending(yaml.safe_dump({"checks": [check]})))
+    load(yaml.safe_dump({"checks": [check]}))
 
 
 # Options issue 13 adds (CONTRACT.md): the structure is asserted here; validated where merged.
@@ -685,27 +657,15 @@ def test_new_options_are_written_as_the_contract_names_them(
     assert {key: settings.get(key) for key in expected} == expected
 
 
-STILL_PENDING = {
-    *("compression", "fail_if_body_over", "fail_if_ssl", "fail_if_not_ssl", "allow_missing"),
-    *("proxy_skip_resolve", "icmp ttl and dont_fragment", "grpc insecure"),
-}
-"""The cases whose option this branch does not have yet (the tcp and dns ones are merged)."""
-
-
 @pytest.mark.parametrize(
     ("option", "module", "target", "expected"),
-    [
-        pytest.param(*case, marks=pytest.mark.xfail(strict=True, reason=f"pending option {case[0]}"))
-        if case[0] in STILL_PENDING
-        else pytest.param(*case)
-        for case in NEW_OPTIONS
-    ],
+    NEW_OPTIONS,
     ids=[c[0] for c in NEW_OPTIONS],
 )
 def test_new_options_validate(
     option: str, module: dict[str, Any], target: str, expected: dict[str, Any]
 ) -> None:
-    load(without_pending(yaml.safe_dump({"checks": [one_check(module, target)]})))
+    load(yaml.safe_dump({"checks": [one_check(module, target)]}))
 
 
 # --- what has no equivalent ------------------------------------------------------------------------
@@ -749,7 +709,7 @@ def test_what_has_no_equivalent_is_a_comment_with_the_reason() -> None:
     assert "fail_if_body_matches_regexp[0]: the regular expression cannot be read by Python's re" in text
     assert "NOT IMPORTED: query_type 'NOT A TYPE' is not a record type" in text
     assert "query_response[0].labels: no equivalent" in text
-    load(without_pending(text))
+    load(text)
 
 
 OPTION_NAMES = sorted(
@@ -806,13 +766,6 @@ EXAMPLE_TARGETS = {
     "icmp": "gw.example.com",
     "dns": "9.9.9.9",
 }
-EXAMPLE_PENDING = {
-    "http_2xx_example": "allow_missing",
-    "http_with_proxy": "proxy_skip_resolve",
-    "http_gzip": "compression",
-    "http_gzip_with_accept_encoding": "compression",
-    "icmp_example": "source_ip_address",
-}
 EXAMPLE_MODULES = yaml.safe_load((FIXTURES / "example_modules.yml").read_text())["modules"]
 
 
@@ -822,22 +775,12 @@ def example_import(name: str, ca_file: Path) -> str:
     return imported({name: module}, [probe_job(name, target, name="examples")])
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name, marks=pytest.mark.xfail(strict=True, reason=f"pending option {EXAMPLE_PENDING[name]}")
-        )
-        if name in EXAMPLE_PENDING
-        else name
-        for name in EXAMPLE_MODULES
-    ],
-)
+@pytest.mark.parametrize("name", list(EXAMPLE_MODULES))
 def test_each_example_module_imports_and_validates(name: str, ca_file: Path) -> None:
     text = example_import(name, ca_file)
     assert len(checks_of(text)) == 1, text
     load(
-        without_pending(text),
+        text,
         HTTP_BASIC_AUTH_EXAMPLE_PASSWORD="x" * 8,
         HTTP_2XX_OAUTH_CLIENT_CREDENTIALS_OAUTH2_CLIENT_SECRET="y" * 8,
     )
@@ -1012,13 +955,13 @@ def test_the_migration_guide_shows_what_the_import_writes() -> None:
     # Every line of the example (the header, the check) is a line the fixture's import writes.
     shown = [line for line in example.splitlines() if line and not line.endswith("...")]
     assert [line for line in shown if line not in written.splitlines()] == []
-    load(without_pending(example))
+    load(example)
 
 
 # --- the same verdicts as blackbox_exporter, side by side --------------------------------------------
 
 SIDE_BY_SIDE_MODULES = {
-    "http_2xx": {"prober": "http", "timeout": "3s", "http": {"preferred_ip_protocol": "ip4"}},
+    "http_2xx": {"prober": "http", "timeout": "3s"},  # blackbox's default: ip6 preferred, ip4 as fallback
     "http_body": {
         "prober": "http",
         "timeout": "3s",
@@ -1041,7 +984,7 @@ SIDE_BY_SIDE_MODULES = {
             "fail_if_header_not_matches": [{"header": "X-Served-By", "regexp": "^edge-[0-9]+$"}],
         },
     },
-    "tcp_connect": {"prober": "tcp", "timeout": "3s", "tcp": {"preferred_ip_protocol": "ip4"}},
+    "tcp_connect": {"prober": "tcp", "timeout": "3s"},
 }
 
 
@@ -1219,7 +1162,7 @@ async def test_imported_checks_get_blackbox_exporters_verdicts(tmp_path: Path) -
         # One job per module: each check's prometheus_job names its module.
         jobs = [probe_job(module, *module_targets, name=module) for module, module_targets in targets.items()]
         text = imported(SIDE_BY_SIDE_MODULES, jobs)
-        checks = load_config({"VANTAGE_CHECKS": without_pending(text), "OTEL_TRACES_EXPORTER": "none"})
+        checks = load_config({"VANTAGE_CHECKS": (text), "OTEL_TRACES_EXPORTER": "none"})
         agent = build_agent(checks, {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "prometheus"})
         try:
             await agent.scheduler.run_once()
