@@ -33,6 +33,7 @@ from agent.errors import ConfigError
 
 from .helpers import free_port, serve, wait_until
 from .test_dns_probe import dns_server
+from .test_grpc_probe import health_server
 
 FIXTURES = Path(__file__).parent / "fixtures" / "blackbox"
 SECRETS = {
@@ -1108,6 +1109,9 @@ SIDE_BY_SIDE_MODULES.update(
             "timeout": "3s",
             "dns": {"preferred_ip_protocol": "ip4", "query_name": "example.test", "query_type": "SOA"},
         },
+        "grpc_serving": {"prober": "grpc", "timeout": "3s", "grpc": {"service": "payments.v1.Charges"}},
+        "grpc_not_serving": {"prober": "grpc", "timeout": "3s", "grpc": {"service": "payments.v1.Refunds"}},
+        "grpc_unknown": {"prober": "grpc", "timeout": "3s", "grpc": {"service": "payments.v1.Nope"}},
         "dns_nxdomain": {
             "prober": "dns",
             "timeout": "3s",
@@ -1117,67 +1121,96 @@ SIDE_BY_SIDE_MODULES.update(
 )
 
 
+async def _blackbox_verdicts(config: Path, targets: dict[str, list[str]]) -> dict[tuple[str, str], bool]:
+    """probe_success of every (module, target), from blackbox_exporter itself."""
+    binary = shutil.which("prometheus-blackbox-exporter") or shutil.which("blackbox_exporter")
+    assert binary, "prometheus-blackbox-exporter is not installed (tests/setup.sh installs it)"
+    port = free_port()
+    exporter = await anyio.open_process(
+        [binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await anyio.to_thread.run_sync(wait_until, lambda: _answers(f"{url}/-/healthy"))
+        verdicts = {}
+        for module, module_targets in targets.items():
+            for target in module_targets:
+                verdicts[module, target] = await anyio.to_thread.run_sync(
+                    _blackbox_success, url, module, target
+                )
+        return verdicts
+    finally:
+        exporter.terminate()
+        with anyio.CancelScope(shield=True), anyio.fail_after(10):
+            await exporter.wait()
+
+
+async def _vantage_verdicts(text: str) -> dict[tuple[str, str], bool]:
+    """The success of every imported check, run once, by (its job, its instance)."""
+    checks = load_config({"VANTAGE_CHECKS": text, "OTEL_TRACES_EXPORTER": "none"})
+    agent = build_agent(checks, {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "prometheus"})
+    try:
+        await agent.scheduler.run_once()
+    finally:
+        await agent.http.aclose()
+    verdicts = {}
+    for state in agent.recorder.states.values():
+        assert state.last is not None
+        labels = state.entry.check.labels
+        verdicts[labels["prometheus_job"], labels["prometheus_instance"]] = state.last.success
+    return verdicts
+
+
 @pytest.mark.slow
 @pytest.mark.anyio
 async def test_imported_checks_get_blackbox_exporters_verdicts(tmp_path: Path) -> None:
     """blackbox_exporter (Debian's, as tests/setup.sh installs it) and the imported checks probe the
-    same local targets (HTTP, a line protocol, DNS); every target gets the same verdict from both."""
-    binary = shutil.which("prometheus-blackbox-exporter") or shutil.which("blackbox_exporter")
-    assert binary, "prometheus-blackbox-exporter is not installed (tests/setup.sh installs it)"
+    same local targets (HTTP, a line protocol, DNS, gRPC health); each gets the same verdict."""
     config = tmp_path / "blackbox.yml"
     config.write_text(yaml.safe_dump({"modules": SIDE_BY_SIDE_MODULES}))
     line_server = await asyncio.start_server(_line_server, "127.0.0.1", 0)
-    line_port = line_server.sockets[0].getsockname()[1]
-    async with serve(_side_by_side_app()) as port, dns_server() as dns_port:
-        base = f"http://127.0.0.1:{port}"
-        dns = f"127.0.0.1:{dns_port}"
-        targets = {
-            "http_2xx": [f"{base}/ok", f"{base}/down", f"{base}/hello"],
-            "http_body": [f"{base}/ok", f"{base}/degraded", f"{base}/db", f"{base}/hello", f"{base}/down"],
-            "http_created": [f"{base}/created", f"{base}/ok"],
-            "http_header": [f"{base}/ok", f"{base}/degraded", f"{base}/hello"],
-            "tcp_connect": [f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}"],
-            "smtp": [f"127.0.0.1:{line_port}"],
-            "smtp_refused": [f"127.0.0.1:{line_port}"],
-            **{name: [dns] for name in SIDE_BY_SIDE_MODULES if name.startswith("dns_")},
-        }
-        exporter_port = free_port()
-        exporter = await anyio.open_process(
-            [binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{exporter_port}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            url = f"http://127.0.0.1:{exporter_port}"
-            await anyio.to_thread.run_sync(wait_until, lambda: _answers(f"{url}/-/healthy"))
-            expected = {}
-            for module, module_targets in targets.items():
-                for target in module_targets:
-                    success = await anyio.to_thread.run_sync(_blackbox_success, url, module, target)
-                    expected[(module, target)] = success
-        finally:
-            exporter.terminate()
-            with anyio.CancelScope(shield=True), anyio.fail_after(10):
-                await exporter.wait()
-        # One job per module: each check's prometheus_job names its module.
-        jobs = [probe_job(module, *module_targets, name=module) for module, module_targets in targets.items()]
-        text = imported(SIDE_BY_SIDE_MODULES, jobs)
-        checks = load_config({"VANTAGE_CHECKS": (text), "OTEL_TRACES_EXPORTER": "none"})
-        agent = build_agent(checks, {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "prometheus"})
-        try:
-            await agent.scheduler.run_once()
-        finally:
-            await agent.http.aclose()
-    line_server.close()
-    got = {}
-    for state in agent.recorder.states.values():
-        assert state.last is not None
-        labels = state.entry.check.labels
-        got[(labels["prometheus_job"], labels["prometheus_instance"])] = state.last.success
-    assert len(got) == len(expected) == 23
+    line = f"127.0.0.1:{line_server.sockets[0].getsockname()[1]}"
+    try:
+        with health_server() as grpc_port:
+            async with serve(_side_by_side_app()) as port, dns_server() as dns_port:
+                base = f"http://127.0.0.1:{port}"
+                pages = {
+                    page: f"{base}/{page}" for page in ("ok", "degraded", "db", "hello", "down", "created")
+                }
+                targets = {
+                    "http_2xx": [pages["ok"], pages["down"], pages["hello"]],
+                    "http_body": [pages[p] for p in ("ok", "degraded", "db", "hello", "down")],
+                    "http_created": [pages["created"], pages["ok"]],
+                    "http_header": [pages["ok"], pages["degraded"], pages["hello"]],
+                    "tcp_connect": [f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}"],
+                    "smtp": [line],
+                    "smtp_refused": [line],
+                    **{
+                        name: [f"127.0.0.1:{dns_port}"]
+                        for name in SIDE_BY_SIDE_MODULES
+                        if name.startswith("dns_")
+                    },
+                    **{
+                        name: [f"127.0.0.1:{grpc_port}"]
+                        for name in SIDE_BY_SIDE_MODULES
+                        if name.startswith("grpc_")
+                    },
+                }
+                expected = await _blackbox_verdicts(config, targets)
+                # One job per module: each check's prometheus_job names its module.
+                jobs = [
+                    probe_job(module, *module_targets, name=module)
+                    for module, module_targets in targets.items()
+                ]
+                got = await _vantage_verdicts(imported(SIDE_BY_SIDE_MODULES, jobs))
+    finally:
+        line_server.close()
+    assert len(got) == len(expected) == 26
     assert got == expected
     # Not vacuous: both verdicts occur, for each kind of probe.
-    for prefix in ("http", "tcp", "smtp", "dns"):
+    for prefix in ("http", "tcp", "smtp", "dns", "grpc"):
         assert {v for (module, _), v in expected.items() if module.startswith(prefix)} == {True, False}, (
             prefix
         )
