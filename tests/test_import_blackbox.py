@@ -1276,3 +1276,13 @@ def test_the_prometheus_fixture_and_the_guides_relabelling_are_what_prometheus_a
         timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_metric_the_migration_guide_names_is_one_the_agent_documents() -> None:
+    docs = Path(__file__).parent.parent / "docs"
+    guide = (docs / "migrating-from-blackbox.md").read_text()
+    metrics = (docs / "metrics.md").read_text()
+    kept = guide.split("## Metric names kept", 1)[1].split("\n## ", 1)[0]
+    names = set(re.findall(r"`(probe_[a-z_]+)", kept))
+    assert len(names) >= 30
+    assert sorted(name for name in names if f"`{name}" not in metrics) == []
