@@ -209,7 +209,10 @@ def _import_blackbox(config: str, targets: str, output: str | None) -> int:
     except ConfigError as exc:
         return _config_error(exc)
     if output:
-        Path(output).write_text(imported.text, encoding="utf-8")
+        try:
+            Path(output).write_text(imported.text, encoding="utf-8")
+        except OSError as exc:
+            return _config_error(ConfigError(f"cannot write {output}: {exc.strerror}"))
     else:
         sys.stdout.write(imported.text)
     where = f" to {output}" if output else ""

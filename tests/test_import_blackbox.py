@@ -204,6 +204,9 @@ def test_unreadable_or_broken_input_is_a_configuration_error(
     missing = str(tmp_path / "nope.yml")
     assert main(["import", "blackbox", "--config", missing, "--targets", prometheus]) == 2
     assert "cannot read the input" in capsys.readouterr().err
+    args = ["--config", str(FIXTURES / "blackbox.yml"), "--targets", prometheus]
+    assert main(["import", "blackbox", *args, "--output", str(tmp_path / "no" / "such" / "dir.yml")]) == 2
+    assert "cannot write" in capsys.readouterr().err
     broken.write_text("- a list")
     with pytest.raises(ConfigError, match="expected a mapping at the top"):
         import_blackbox(broken.read_text(), "")
