@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import re
 import shutil
+import ssl
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -20,6 +21,7 @@ from urllib.parse import urlencode
 
 import anyio
 import pytest
+import trustme
 import yaml
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
@@ -1166,19 +1168,52 @@ async def _vantage_verdicts(text: str) -> dict[tuple[str, str], bool]:
     return verdicts
 
 
+def _tls_modules(ca_file: Path) -> dict[str, Any]:
+    """Modules on TLS: the CA given or not, verification skipped, a name that does not match."""
+    http = {"prober": "http", "timeout": "3s"}
+    return {
+        "https_ca": {**http, "http": {"tls_config": {"ca_file": str(ca_file)}}},
+        "https_untrusted": http,
+        "https_insecure": {**http, "http": {"tls_config": {"insecure_skip_verify": True}}},
+        "https_wrong_name": {
+            **http,
+            "http": {"tls_config": {"ca_file": str(ca_file), "server_name": "other.example"}},
+        },
+        "https_required": {
+            **http,
+            "http": {"fail_if_not_ssl": True, "tls_config": {"ca_file": str(ca_file)}},
+        },
+        "tls_ca": {
+            "prober": "tcp",
+            "timeout": "3s",
+            "tcp": {"tls": True, "tls_config": {"ca_file": str(ca_file)}},
+        },
+    }
+
+
 @pytest.mark.slow
 @pytest.mark.anyio
-async def test_imported_checks_get_blackbox_exporters_verdicts(tmp_path: Path) -> None:
+async def test_imported_checks_get_blackbox_exporters_verdicts(
+    tmp_path: Path, ca: trustme.CA, ca_file: Path
+) -> None:
     """blackbox_exporter (Debian's, as tests/setup.sh installs it) and the imported checks probe the
-    same local targets (HTTP, a line protocol, DNS, gRPC health); each gets the same verdict."""
+    same local targets (HTTP, HTTPS, TLS, a line protocol, DNS, gRPC health); each gets the same
+    verdict."""
+    modules = {**SIDE_BY_SIDE_MODULES, **_tls_modules(ca_file)}
     config = tmp_path / "blackbox.yml"
-    config.write_text(yaml.safe_dump({"modules": SIDE_BY_SIDE_MODULES}))
+    config.write_text(yaml.safe_dump({"modules": modules}))
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_tls)
     line_server = await asyncio.start_server(_line_server, "127.0.0.1", 0)
     line = f"127.0.0.1:{line_server.sockets[0].getsockname()[1]}"
     try:
         with health_server() as grpc_port:
-            async with serve(_side_by_side_app()) as port, dns_server() as dns_port:
-                base = f"http://127.0.0.1:{port}"
+            async with (
+                serve(_side_by_side_app()) as port,
+                serve(_side_by_side_app(), ssl_context=server_tls) as tls_port,
+                dns_server() as dns_port,
+            ):
+                base, secure = f"http://127.0.0.1:{port}", f"https://127.0.0.1:{tls_port}"
                 pages = {
                     page: f"{base}/{page}" for page in ("ok", "degraded", "db", "hello", "down", "created")
                 }
@@ -1190,16 +1225,11 @@ async def test_imported_checks_get_blackbox_exporters_verdicts(tmp_path: Path) -
                     "tcp_connect": [f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}"],
                     "smtp": [line],
                     "smtp_refused": [line],
-                    **{
-                        name: [f"127.0.0.1:{dns_port}"]
-                        for name in SIDE_BY_SIDE_MODULES
-                        if name.startswith("dns_")
-                    },
-                    **{
-                        name: [f"127.0.0.1:{grpc_port}"]
-                        for name in SIDE_BY_SIDE_MODULES
-                        if name.startswith("grpc_")
-                    },
+                    **{name: [f"127.0.0.1:{dns_port}"] for name in modules if name.startswith("dns_")},
+                    **{name: [f"127.0.0.1:{grpc_port}"] for name in modules if name.startswith("grpc_")},
+                    **{name: [f"{secure}/ok"] for name in modules if name.startswith("https_")},
+                    "https_required": [f"{secure}/ok", pages["ok"]],
+                    "tls_ca": [f"127.0.0.1:{tls_port}", f"127.0.0.1:{port}"],
                 }
                 expected = await _blackbox_verdicts(config, targets)
                 # One job per module: each check's prometheus_job names its module.
@@ -1207,13 +1237,13 @@ async def test_imported_checks_get_blackbox_exporters_verdicts(tmp_path: Path) -
                     probe_job(module, *module_targets, name=module)
                     for module, module_targets in targets.items()
                 ]
-                got = await _vantage_verdicts(imported(SIDE_BY_SIDE_MODULES, jobs))
+                got = await _vantage_verdicts(imported(modules, jobs))
     finally:
         line_server.close()
-    assert len(got) == len(expected) == 26
+    assert len(got) == len(expected) == 34
     assert got == expected
     # Not vacuous: both verdicts occur, for each kind of probe.
-    for prefix in ("http", "tcp", "smtp", "dns", "grpc"):
+    for prefix in ("http_", "https", "tcp", "tls", "smtp", "dns", "grpc"):
         assert {v for (module, _), v in expected.items() if module.startswith(prefix)} == {True, False}, (
             prefix
         )
