@@ -1169,7 +1169,8 @@ async def _vantage_verdicts(text: str) -> dict[tuple[str, str], bool]:
 
 
 def _tls_modules(ca_file: Path) -> dict[str, Any]:
-    """Modules on TLS: the CA given or not, verification skipped, a name that does not match."""
+    """Modules on TLS (the CA given or not, verification skipped, a name that does not match), and
+    an echo request."""
     http = {"prober": "http", "timeout": "3s"}
     return {
         "https_ca": {**http, "http": {"tls_config": {"ca_file": str(ca_file)}}},
@@ -1188,6 +1189,7 @@ def _tls_modules(ca_file: Path) -> dict[str, Any]:
             "timeout": "3s",
             "tcp": {"tls": True, "tls_config": {"ca_file": str(ca_file)}},
         },
+        "icmp": {"prober": "icmp", "timeout": "3s"},  # without ICMP sockets allowed both fail alike
     }
 
 
@@ -1197,7 +1199,7 @@ async def test_imported_checks_get_blackbox_exporters_verdicts(
     tmp_path: Path, ca: trustme.CA, ca_file: Path
 ) -> None:
     """blackbox_exporter (Debian's, as tests/setup.sh installs it) and the imported checks probe the
-    same local targets (HTTP, HTTPS, TLS, a line protocol, DNS, gRPC health); each gets the same
+    same local targets (HTTP, HTTPS, TLS, a line protocol, DNS, gRPC health, ICMP); each gets the same
     verdict."""
     modules = {**SIDE_BY_SIDE_MODULES, **_tls_modules(ca_file)}
     config = tmp_path / "blackbox.yml"
@@ -1230,6 +1232,7 @@ async def test_imported_checks_get_blackbox_exporters_verdicts(
                     **{name: [f"{secure}/ok"] for name in modules if name.startswith("https_")},
                     "https_required": [f"{secure}/ok", pages["ok"]],
                     "tls_ca": [f"127.0.0.1:{tls_port}", f"127.0.0.1:{port}"],
+                    "icmp": ["127.0.0.1"],  # loopback only, where every address answers: no failing case
                 }
                 expected = await _blackbox_verdicts(config, targets)
                 # One job per module: each check's prometheus_job names its module.
@@ -1240,7 +1243,7 @@ async def test_imported_checks_get_blackbox_exporters_verdicts(
                 got = await _vantage_verdicts(imported(modules, jobs))
     finally:
         line_server.close()
-    assert len(got) == len(expected) == 34
+    assert len(got) == len(expected) == 35
     assert got == expected
     # Not vacuous: both verdicts occur, for each kind of probe.
     for prefix in ("http_", "https", "tcp", "tls", "smtp", "dns", "grpc"):
