@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import yaml
 
 from agent.errors import ConfigError
+from agent.sdk.types import RESERVED_LABELS
 
 __all__ = ["Imported", "import_blackbox"]
 
@@ -38,22 +39,6 @@ _SCRAPE_TIMEOUT_OFFSET = 0.5  # blackbox_exporter's --timeout-offset default
 _NAME_LIMIT = 128
 _TLS_VERSIONS = {"TLS10": "1.0", "TLS11": "1.1", "TLS12": "1.2", "TLS13": "1.3"}
 _IP_FAMILIES = {"ip4": "ipv4", "ip6": "ipv6", "": "ipv6"}
-_RESERVED_LABELS = frozenset(
-    {
-        "check",
-        "type",
-        "target",
-        "region",
-        "result",
-        "reason",
-        "phase",
-        "version",
-        "step",
-        "le",
-        "cause",
-        "signal",
-    }
-)
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # A header whose value is a credential: moved to an environment variable, never copied.
 _SECRET_HEADER = re.compile(
@@ -656,7 +641,7 @@ def _check_labels(labels: Mapping[str, str], notes: list[str]) -> dict[str, str]
         if not _LABEL_NAME.fullmatch(name):
             notes.append(f"label {name}: not a valid label name; left out")
             continue
-        if name in _RESERVED_LABELS or name in out:
+        if name in RESERVED_LABELS or name in out:
             notes.append(f"label {name}: Vantage uses that name itself; written as target_{name}")
             name = f"target_{name}"
         out[name] = value
