@@ -609,7 +609,7 @@ NEW_OPTIONS = [
         {"type": "TXT", "query_class": "CH"},
     ),
     (
-        "dns rules with match_on, authority, additional, not_all_match",
+        "dns rules with match_on, authority, additional, all_match",
         {
             "prober": "dns",
             "dns": {
@@ -632,7 +632,7 @@ NEW_OPTIONS = [
                 {"op": "matches", "value": "example.com.\t300\tIN\tA\t.*", "match_on": "record"},
                 # Passes when any one of them is found: one value joining them.
                 {"op": "contains", "value": "(?:93\\.184)|(?:IN\tAAAA)", "match_on": "record"},
-                {"op": "not_all_match", "value": ".*127.0.0.1", "match_on": "record"},
+                {"op": "all_match", "value": ".*127.0.0.1", "match_on": "record"},
             ],
             "authority": [{"op": "not_matches", "value": ".*127.0.0.1", "match_on": "record"}],
             "additional": [{"op": "not_matches", "value": ".*127.0.0.1", "match_on": "record"}],

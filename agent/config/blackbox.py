@@ -1040,7 +1040,7 @@ _RRS_RULES = (
     ("fail_if_matches_regexp", "not_matches"),
     ("fail_if_not_matches_regexp", "matches"),
     ("fail_if_none_matches_regexp", "contains"),
-    ("fail_if_all_match_regexp", "not_all_match"),
+    ("fail_if_all_match_regexp", "all_match"),
 )
 
 
