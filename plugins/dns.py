@@ -44,6 +44,7 @@ from agent.sdk import (
 
 from ._toolkit.net import (
     IP_METRICS,
+    LOOKUP_TIME,
     IpFamily,
     ResolveFailed,
     ip_values,
@@ -143,11 +144,6 @@ class DnsSettings(ProbeSettings):
         if value is not None:
             _server(value)  # ValueError names the value when it is not host, host:port or [v6]:port
         return value
-
-
-LOOKUP_TIME = MetricSpec.gauge(
-    "probe.dns.lookup_time", "s", "Time taken to resolve the target's name (the server's, for dns)"
-)
 
 
 class DnsProbe(Probe[DnsSettings]):
