@@ -1,4 +1,4 @@
-"""The ``vantage`` command: ``run``, ``once``, ``validate`` and ``plugins``.
+"""The ``vantage`` command: ``run``, ``once``, ``validate``, ``plugins`` and ``import``.
 
 Exit status: 0 on success, 1 when ``once`` saw a failing check, 2 for a configuration error.
 """
@@ -32,6 +32,7 @@ class Command(StrEnum):
     VALIDATE = "validate"
     PLUGINS = "plugins"
     HEALTHCHECK = "healthcheck"
+    IMPORT = "import"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,9 +49,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         Command.HEALTHCHECK,
         help="exit 0 if the agent on VANTAGE_PORT answers /healthz (for a container HEALTHCHECK)",
     )
+    importer = commands.add_parser(
+        Command.IMPORT, help="write a check file from another tool's configuration"
+    )
+    sources = importer.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    blackbox = sources.add_parser(
+        "blackbox", help="blackbox_exporter modules and the Prometheus scrape jobs that use them"
+    )
+    blackbox.add_argument("--config", required=True, help="blackbox_exporter's module file (blackbox.yml)")
+    blackbox.add_argument("--targets", required=True, help="the Prometheus configuration (prometheus.yml)")
+    blackbox.add_argument("--output", help="where to write the check file (default: standard output)")
     args = parser.parse_args(argv)
     command = Command(args.command or Command.RUN)
 
+    if command is Command.IMPORT:
+        return _import_blackbox(args.config, args.targets, args.output)
     if command is Command.PLUGINS:
         return _plugins()
     if command is Command.HEALTHCHECK:
@@ -175,6 +188,40 @@ def _once(config: Config) -> int:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
     print(f"\n{len(rows) - 1 - failed} passed, {failed} failed")
     return EXIT_FAILED if failed else 0
+
+
+def _import_blackbox(config: str, targets: str, output: str | None) -> int:
+    # Imported here: only this command needs the importer.
+    from pathlib import Path
+
+    from agent.config.blackbox import import_blackbox
+
+    try:
+        texts = [Path(path).read_text(encoding="utf-8") for path in (config, targets)]
+        imported = import_blackbox(
+            *texts,
+            prometheus_dir=Path(targets).parent,
+            blackbox_source=Path(config).name,
+            prometheus_source=Path(targets).name,
+        )
+    except (OSError, UnicodeDecodeError) as exc:
+        return _config_error(ConfigError(f"cannot read the input: {exc}"))
+    except ConfigError as exc:
+        return _config_error(exc)
+    if output:
+        try:
+            Path(output).write_text(imported.text, encoding="utf-8")
+        except OSError as exc:
+            return _config_error(ConfigError(f"cannot write {output}: {exc.strerror}"))
+    else:
+        sys.stdout.write(imported.text)
+    where = f" to {output}" if output else ""
+    print(f"vantage: wrote {imported.checks} check(s){where}", file=sys.stderr)
+    if imported.skipped:
+        print(f"vantage: {imported.skipped} target(s) not imported (see NOT IMPORTED)", file=sys.stderr)
+    if imported.variables:
+        print("vantage: set " + ", ".join(imported.variables) + " (secrets not copied)", file=sys.stderr)
+    return 0
 
 
 def _healthcheck() -> int:

@@ -44,6 +44,7 @@ from agent.sdk import (
 
 from ._toolkit.net import (
     IP_METRICS,
+    LOOKUP_TIME,
     IpFamily,
     ResolveFailed,
     ip_values,
@@ -74,7 +75,7 @@ class AnswerOp(StrEnum):
     value per rule, blackbox's ``fail_if_not_matches_regexp``."""
     NOT_MATCHES = "not_matches"
     """No record is found by any value (blackbox's ``fail_if_matches_regexp``)."""
-    NOT_ALL_MATCH = "not_all_match"
+    ALL_MATCH = "all_match"
     """blackbox's ``fail_if_all_match_regexp``, with blackbox's verdict: the rule fails when some
     record is not found by every value ("Not all RRs matched regexp"); no records pass."""
 
@@ -143,11 +144,6 @@ class DnsSettings(ProbeSettings):
         if value is not None:
             _server(value)  # ValueError names the value when it is not host, host:port or [v6]:port
         return value
-
-
-LOOKUP_TIME = MetricSpec.gauge(
-    "probe.dns.lookup_time", "s", "Time taken to resolve the target's name (the server's, for dns)"
-)
 
 
 class DnsProbe(Probe[DnsSettings]):
@@ -410,6 +406,6 @@ def _judge(rule: AnswerRule, section: str, records: list[_Record]) -> str | None
             return f"not every one of {records_are} matches {values}"
         case AnswerOp.NOT_MATCHES if any(re.search(v, t) for v in values for t in texts):
             return f"one of {records_are} matches {values}"
-        case AnswerOp.NOT_ALL_MATCH if not all(re.search(v, t) for v in values for t in texts):
-            return f"not all of {records_are} match {values} (not_all_match)"
+        case AnswerOp.ALL_MATCH if not all(re.search(v, t) for v in values for t in texts):
+            return f"not all of {records_are} match {values} (all_match)"
     return None

@@ -41,6 +41,7 @@ from agent.sdk import (
 
 from ._toolkit.net import (
     IP_METRICS,
+    LOOKUP_TIME,
     IpFamily,
     ResolveFailed,
     cancellation,
@@ -148,9 +149,7 @@ class GrpcProbe(Probe[GrpcSettings]):
         ),
         *TLS_METRICS,
         *IP_METRICS,
-        MetricSpec.gauge(
-            "probe.dns.lookup_time", "s", "Time taken to resolve the target's name (the server's, for dns)"
-        ),
+        LOOKUP_TIME,
     )
 
     def validate_target(self, target: str) -> None:

@@ -51,7 +51,7 @@ from ._toolkit.headers import (
     parse_lifecycle,
     parse_ratelimit,
 )
-from ._toolkit.net import IP_METRICS, ResolveFailed, ip_values, resolve
+from ._toolkit.net import IP_METRICS, LOOKUP_TIME, ResolveFailed, ip_values, resolve
 from ._toolkit.openapi import OpenAPIDocument, load_document, parse_document
 from ._toolkit.schema import DriftTracker
 from ._toolkit.tls import TLS_METRICS, tls_values
@@ -267,7 +267,7 @@ class HttpProbe(Probe[HttpSettings]):
             "",
             "1 if the run failed because a header or body regular-expression rule failed, else 0",
         ),
-        MetricSpec.gauge("probe.dns.lookup_time", "s", "Time taken to resolve the target's name"),
+        LOOKUP_TIME,
         *IP_METRICS,
         *TLS_METRICS,
         TOKEN_EXPIRY,

@@ -39,7 +39,7 @@ from agent.sdk import (
     Sample,
 )
 
-from ._toolkit.net import IP_METRICS, IpFamily, ResolveFailed, ip_values, map_exception, resolve
+from ._toolkit.net import IP_METRICS, LOOKUP_TIME, IpFamily, ResolveFailed, ip_values, map_exception, resolve
 from ._toolkit.sockets import ConnectFailed, SourceAddress, for_source
 
 __all__ = ["IcmpProbe", "IcmpSettings"]
@@ -98,9 +98,7 @@ class IcmpProbe(Probe[IcmpSettings]):
         MetricSpec.gauge("probe.icmp.packet_loss_ratio", "", "Share of echo requests left unanswered"),
         MetricSpec.gauge("probe.icmp.reply_hop_limit", "", "Hop limit (IPv4 TTL) of the last echo reply"),
         *IP_METRICS,
-        MetricSpec.gauge(
-            "probe.dns.lookup_time", "s", "Time taken to resolve the target's name (the server's, for dns)"
-        ),
+        LOOKUP_TIME,
     )
 
     def __init__(self) -> None:

@@ -43,6 +43,7 @@ from agent.sdk import (
 
 from ._toolkit.net import (
     IP_METRICS,
+    LOOKUP_TIME,
     IpFamily,
     ResolveFailed,
     ip_values,
@@ -109,11 +110,6 @@ class TcpSettings(ProbeSettings):
         if upgrades > 1:
             raise ValueError("a dialogue has at most one 'starttls' turn")
         return self
-
-
-LOOKUP_TIME = MetricSpec.gauge(
-    "probe.dns.lookup_time", "s", "Time taken to resolve the target's name (the server's, for dns)"
-)
 
 
 class TcpProbe(Probe[TcpSettings]):

@@ -53,6 +53,7 @@ from agent.sdk import (
 
 from ._toolkit.net import (
     IP_METRICS,
+    LOOKUP_TIME,
     IpFamily,
     ResolveFailed,
     ip_values,
@@ -178,9 +179,7 @@ class TlsProbe(Probe[TlsSettings]):
     metrics = (
         *TLS_METRICS,
         *IP_METRICS,
-        MetricSpec.gauge(
-            "probe.dns.lookup_time", "s", "Time taken to resolve the target's name (the server's, for dns)"
-        ),
+        LOOKUP_TIME,
         MetricSpec.gauge("probe.tls.duration", "s", "Duration of the TLS probe by phase", "phase"),
         MetricSpec.gauge("probe.tls.cipher_info", "", "The negotiated cipher suite", "cipher"),
         MetricSpec.gauge(

@@ -137,9 +137,9 @@ async def test_rules_on_every_section_as_blackbox_judges_them() -> None:
         "additional": ({"additional": [record("matches", "^ns.*.isp")]}, True),
         "additional-not": ({"additional": [record("not_matches", "^ns.*.isp")]}, False),
         # "Not all RRs matched regexp": the AAAA record of ns1 is not 127.0.0.*.
-        "all-match": ({"additional": [record("not_all_match", ".*127.0.0.*")]}, False),
-        "all-match-ok": ({"additional": [record("not_all_match", "^ns.\\.isp\\.net\\.\t7200\tIN\t")]}, True),
-        "all-match-empty": ({"answers": [record("not_all_match", "nothing")], "type": "MX"}, True),
+        "all-match": ({"additional": [record("all_match", ".*127.0.0.*")]}, False),
+        "all-match-ok": ({"additional": [record("all_match", "^ns.\\.isp\\.net\\.\t7200\tIN\t")]}, True),
+        "all-match-empty": ({"answers": [record("all_match", "nothing")], "type": "MX"}, True),
         "none-match": ({"additional": [record("contains", ".*127.0.0.3.*")]}, False),
         "none-match-ok": ({"additional": [record("contains", ".*127.0.0.2.*")]}, True),
     }
@@ -157,7 +157,7 @@ async def test_rules_on_every_section_as_blackbox_judges_them() -> None:
     assert results["all-match"].message == (
         "not all of the additional records ('ns1.isp.net.\\t7200\\tIN\\tA\\t127.0.0.1', "
         "'ns1.isp.net.\\t7200\\tIN\\tAAAA\\t::1', 'ns2.isp.net.\\t7200\\tIN\\tA\\t127.0.0.2') "
-        "match ['.*127.0.0.*'] (not_all_match)"
+        "match ['.*127.0.0.*'] (all_match)"
     )
     assert results["none-match"].reason is Reason.ASSERTION
 
@@ -286,7 +286,7 @@ def test_new_settings_are_checked_at_load() -> None:
     with pytest.raises(ConfigError, match="is not an IP address"):
         config_from(check(source_ip_address="ns.example"))
     with pytest.raises(ConfigError, match="is not a valid regular expression"):
-        config_from(check(authority=[{"op": "not_all_match", "value": "(x"}]))
+        config_from(check(authority=[{"op": "all_match", "value": "(x"}]))
     with pytest.raises(ConfigError, match=r"field 'settings\.additional\.0\.match_on'"):
         config_from(check(additional=[{"op": "matches", "value": "x", "match_on": "owner"}]))
     config_from(

@@ -15,6 +15,7 @@ from agent.sdk import MetricSpec, Reason, cancellation, map_exception
 
 __all__ = [
     "IP_METRICS",
+    "LOOKUP_TIME",
     "IpFamily",
     "ResolveFailed",
     "cancellation",
@@ -37,6 +38,12 @@ IP_METRICS = (
     ),
 )
 """blackbox_exporter's ``probe_ip_protocol`` and ``probe_ip_addr_hash``, same meaning."""
+
+LOOKUP_TIME = MetricSpec.gauge(
+    "probe.dns.lookup_time", "s", "Time taken to resolve the target's name (the server's, for dns)"
+)
+"""blackbox_exporter's ``probe_dns_lookup_time_seconds``: in every prober, resolving the target's
+name (for the dns probe, the server's), never the query itself."""
 
 
 def ip_values(address: str) -> dict[str, float]:
