@@ -828,7 +828,7 @@ DNS = [
         V,
         "A",
         rrs(fail_if_all_match_regexp=[r"127\."]),
-        {"answers": [{"op": "not_all_match", "value": r"127\."}]},
+        {"answers": [{"op": "all_match", "value": r"127\."}]},
     ),
     # blackbox 0.23's fail_if_all_match_regexp fails unless every record matches (prober/dns.go),
     # whatever its name says: this case and the one above pin what it does.
@@ -837,7 +837,7 @@ DNS = [
         V,
         "A",
         rrs(fail_if_all_match_regexp=[r"127\.0\.0\.1$"]),
-        {"answers": [{"op": "not_all_match", "value": r"127\.0\.0\.1$"}]},
+        {"answers": [{"op": "all_match", "value": r"127\.0\.0\.1$"}]},
     ),
     dns(
         "nodata_not_matches_regexp",
