@@ -255,7 +255,7 @@ HTTP = [
     # blackbox reads these bodies as they came (no compression set): its "uncompressed" length is
     # the encoded one; the agent's is the decoded body's (DIFFERENCES.md)
     *(
-        http(f"encoding_{coding}", f"/encoded/{coding}", ignore=(UNCOMPRESSED,))
+        http(f"encoding_{coding.replace('-', '_')}", f"/encoded/{coding}", ignore=(UNCOMPRESSED,))
         for coding in ("gzip", "deflate", "br", "zstd", "deflate-raw")
     ),
     # blackbox reads the body as it came unless told its encoding; the agent always decodes it

@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from _pytest.mark.structures import ParameterSet
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.app import build_agent
+from agent.config.blackbox import import_blackbox
 from agent.net.curl import CurlMulti
 
 from ..helpers import config_from, free_port
@@ -83,18 +84,17 @@ def fill(value: Any, values: dict[str, str]) -> Any:
     return value
 
 
-def parse(text: str, *, check: str | None = None) -> Series:
+def parse(text: str, *, check: str | None = None, own_labels: Iterable[str] = ()) -> Series:
     """The samples of a Prometheus text page; for the agent's page, one check's, without the labels
-    every agent series carries (and without empty label values, which the agent's exposition gives
-    a family's series that lack one of its labels)."""
+    every agent series carries and the check's own ``labels`` (and without empty label values,
+    which the agent's exposition gives a family's series that lack one of its labels)."""
     series: Series = {}
+    dropped = AGENT_LABELS | set(own_labels) if check else set()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if check is not None and sample.labels.get("check") != check:
                 continue
-            labels = frozenset(
-                (k, v) for k, v in sample.labels.items() if v != "" and not (check and k in AGENT_LABELS)
-            )
+            labels = frozenset((k, v) for k, v in sample.labels.items() if v != "" and k not in dropped)
             series[(sample.name, labels)] = sample.value
     return series
 
@@ -161,6 +161,14 @@ class Blackbox:
             page: bytes = response.read()
         return page.decode()
 
+    def probe_logged(self, module: str, target: str) -> tuple[str, list[str]]:
+        """One probe with blackbox's debug output: its metrics page, and what it logged (messages)."""
+        page = self.probe(module, target, debug=True)
+        log, _, rest = page.partition("Metrics that would have been returned:")
+        metrics = rest.partition("Module configuration:")[0]
+        said = [line.split(" msg=", 1)[-1] for line in log.splitlines() if " msg=" in line]
+        return metrics, said
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
@@ -197,6 +205,10 @@ class VantageLoop:
     def run(self, case: Case, values: dict[str, str]) -> Series:
         return self.start(case, values)()
 
+    def run_check(self, check: dict[str, Any], timeout: float) -> Callable[[], Series]:
+        future = asyncio.run_coroutine_threadsafe(run_check(check), self.loop)
+        return lambda: future.result(timeout=timeout + 10)
+
     def stop(self) -> None:
         """Close the loop, after the targets have stopped (the fixtures see to it): a TLS connection
         the agent closed without waiting (its TLS shutdown) ends when the server goes; a moment is
@@ -222,12 +234,38 @@ async def run_vantage(case: Case, values: dict[str, str]) -> Series:
         "timeout": f"{case.timeout}s",
         **fill(case.check, values),
     }
+    return await run_check(check)
+
+
+async def run_check(check: dict[str, Any]) -> Series:
+    """One run of ``check`` (a check file's entry) through the agent's scheduler; its series."""
     agent = build_agent(config_from([check]), TELEMETRY_ENV)
     try:
         await agent.scheduler.run_once()
     finally:
         await agent.http.aclose()
-    return parse(agent.telemetry.render_prometheus().decode(), check=case.name)
+    page = agent.telemetry.render_prometheus().decode()
+    return parse(page, check=check["name"], own_labels=check.get("labels") or {})
+
+
+def imported(case: Case, values: dict[str, str]) -> dict[str, Any] | None:
+    """The check ``vantage import blackbox`` writes for the case's module and target (a scrape job
+    as the blackbox documentation writes one), or None when it writes none."""
+    blackbox = yaml.safe_dump({"modules": {case.name: module_of(case, values)}})
+    job = {
+        "job_name": case.name,
+        "metrics_path": "/probe",
+        "params": {"module": [case.name]},
+        "static_configs": [{"targets": [fill(case.bb_target, values)]}],
+        "relabel_configs": [
+            {"source_labels": ["__address__"], "target_label": "__param_target"},
+            {"source_labels": ["__param_target"], "target_label": "instance"},
+            {"target_label": "__address__", "replacement": "127.0.0.1:9115"},
+        ],
+    }
+    result = import_blackbox(blackbox, yaml.safe_dump({"scrape_configs": [job]}))
+    checks = (yaml.safe_load(result.text) or {}).get("checks") or []
+    return {**checks[0], "name": case.name} if checks else None
 
 
 # ---------------------------------------------------------------- comparison
