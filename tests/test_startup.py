@@ -58,6 +58,9 @@ HTTP_ONLY = {
 START = """
 import json, os, sys
 import agent.cli
+from agent.server._aiohttp import import_aiohttp
+
+import_aiohttp()  # as ``vantage run`` does first
 from agent.app import build_agent
 from agent.config.settings import load_config
 
@@ -113,3 +116,47 @@ def test_the_command_line_loads_the_agent_only_for_the_commands_that_run_it() ->
     assert not {
         m for m in ("pydantic", "aiohttp", "anyio", "agent.sdk", "agent.config") if loaded(modules, m)
     }
+
+
+def test_aiohttp_is_imported_without_loading_certificates() -> None:
+    # aiohttp builds its client's SSL contexts when imported, each loading the system's CA
+    # certificates; ``vantage run`` defers the loading until an aiohttp client needs them
+    # (agent/server/_aiohttp.py). When an aiohttp stops building them at import, this test fails
+    # (nothing deferred) and the adapter can go.
+    code = """
+import json, ssl
+import anyio
+from agent.server._aiohttp import deferred, import_aiohttp, wait_for_certificates
+
+import_aiohttp()
+import aiohttp.connector
+
+contexts = [aiohttp.connector._SSL_CONTEXT_VERIFIED, aiohttp.connector._SSL_CONTEXT_UNVERIFIED]
+found = {
+    "deferred": deferred(),
+    "restored": "set_default_verify_paths" not in vars(ssl.SSLContext),
+    "before": [c.cert_store_stats()["x509_ca"] for c in contexts],
+}
+anyio.run(wait_for_certificates)
+found |= {
+    "left": deferred(),
+    "after": [c.cert_store_stats()["x509_ca"] for c in contexts],
+    "system": ssl.create_default_context().cert_store_stats()["x509_ca"],
+}
+print(json.dumps(found))
+"""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("VANTAGE_", "OTEL_"))}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout.splitlines()[-1])
+    assert found["system"] > 0  # not vacuous: the system has CA certificates to load
+    assert found["deferred"] == 2 and found["before"] == [0, 0]
+    assert found["restored"]  # ssl.SSLContext loads certificates again for everyone else
+    assert found["left"] == 0 and found["after"] == [found["system"]] * 2
