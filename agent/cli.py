@@ -59,11 +59,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Until the agent's own handler is installed, a hangup must not kill it (the default
         # action): SIGHUP is logged and ignored once the agent runs.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        # First, while no other thread runs: aiohttp's client contexts without their CA
-        # certificates until a client needs them (agent/server/_aiohttp.py).
-        from agent.server._aiohttp import import_aiohttp
-
-        import_aiohttp()
     try:
         status = _command(command)
     except (ConfigError, PluginError) as exc:
@@ -88,6 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _command(command: Command) -> int:
     # Imported here, not at the top: ``healthcheck`` and ``--version`` need none of it, and a
     # container's health check runs every few seconds.
+    from agent.server._aiohttp import import_aiohttp
+
+    # First, while no other thread runs: aiohttp's client contexts without their CA certificates
+    # until a client needs them (agent/server/_aiohttp.py).
+    import_aiohttp()
     from agent.config.settings import load_config
     from agent.logs import configure_logging
 

@@ -1,6 +1,7 @@
-"""``vantage run`` builds its OTLP/HTTP exporters when they first export, not before the first probe
-(``build_agent(..., defer_exporters=True)``): what they send, and when, is what the exporters built
-at start-up send, checked at a real OTLP receiver with the official protobuf messages."""
+"""``vantage run`` builds its OTLP/HTTP exporters after its start-up, in a thread, or when they are
+first used, not before the first probe (``build_agent(..., defer_exporters=True)``): what they
+send, and when, is what the exporters built at start-up send, checked at a real OTLP receiver with
+the official protobuf messages."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from agent.app import Agent, build_agent
+from agent.telemetry import providers
 from agent.telemetry.providers import _DeferredMetricExport, _Sessions
 from agent.telemetry.session import BoundedSession
 
@@ -19,6 +21,8 @@ from .helpers import Received, config_from, otlp_http_receiver, wait_until
 
 @pytest.fixture
 def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Received]]:
+    # Not built after the start-up unless a test says so: each test decides what builds them.
+    monkeypatch.setattr(providers, "_BUILD_AFTER", 3600.0)
     with otlp_http_receiver() as (endpoint, received):
         monkeypatch.delenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", raising=False)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)  # the SDK's exporters read it
@@ -81,6 +85,19 @@ def test_the_metric_export_keeps_its_interval(receiver: tuple[str, Received]) ->
         (export,) = agent.telemetry.exports
         assert isinstance(export, _DeferredMetricExport) and export.export is not None
         assert export.export._thread.is_alive()
+    finally:
+        agent.telemetry.shutdown(5)
+
+
+def test_the_exporters_are_built_after_the_start_up(
+    receiver: tuple[str, Received], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint, received = receiver
+    monkeypatch.setattr(providers, "_BUILD_AFTER", 0.05)
+    agent = deferred(endpoint)
+    try:
+        wait_until(lambda: built(agent) == (True, 2), timeout=20)
+        assert not received.metrics and not received.traces  # built, nothing sent before its time
     finally:
         agent.telemetry.shutdown(5)
 

@@ -69,6 +69,9 @@ import_aiohttp()  # as ``vantage run`` does first
 from agent.app import build_agent
 from agent.config.settings import load_config
 
+from agent.telemetry import providers
+
+providers._BUILD_AFTER = 3600  # what the start-up imports, not the exporters built a second later
 agent = build_agent(load_config(os.environ), os.environ, defer_exporters=True)  # as ``vantage run``
 print(json.dumps(sorted(sys.modules)))
 print(json.dumps([agent.telemetry.trace_exporters, agent.telemetry.metric_exporters]))

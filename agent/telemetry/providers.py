@@ -330,8 +330,8 @@ class _Sessions:
 
 
 class _DeferredSpanExporter(SpanExporter):
-    """An OTLP/HTTP span exporter built by the batch processor's thread when it first exports (or
-    by a flush or shutdown with spans to send), with its session."""
+    """An OTLP/HTTP span exporter built, with its session, after the start-up (:func:`_build_later`)
+    or when it first exports, whichever comes first."""
 
     def __init__(
         self, environ: Mapping[str, str], name: str, outcomes: _Outcomes, sessions: _Sessions
@@ -339,6 +339,12 @@ class _DeferredSpanExporter(SpanExporter):
         self._environ, self._name, self._outcomes, self._sessions = dict(environ), name, outcomes, sessions
         self._inner: SpanExporter | None = None
         self._lock = threading.Lock()
+        self._closed = False
+
+    def warm(self) -> None:
+        """Build the exporter now, unless it was shut down."""
+        if not self._closed:
+            self._built()
 
     def _built(self) -> SpanExporter:
         with self._lock:
@@ -354,6 +360,7 @@ class _DeferredSpanExporter(SpanExporter):
         return self._built().export(spans)
 
     def shutdown(self) -> None:
+        self._closed = True
         if self._inner is not None:
             self._inner.shutdown()
 
@@ -362,9 +369,10 @@ class _DeferredSpanExporter(SpanExporter):
 
 
 class _DeferredMetricExport:
-    """A metric export whose exporter and collection are built at its first collection: by its
-    own thread one interval after the start, or by a flush or the shutdown if one comes first.
-    From then on the export runs as it would have (its thread collects every interval).
+    """A metric export whose exporter and collection are built after the start-up
+    (:func:`_build_later`) or at its first collection (by its own thread one interval after the
+    start, or by a flush or the shutdown), whichever comes first. From then on the export runs as
+    it would have (its thread collects every interval).
 
     A build that fails (a bug: the environment was validated) is logged and counted as a failed
     export, and tried again at the next interval."""
@@ -389,6 +397,11 @@ class _DeferredMetricExport:
                     outcome = ExportOutcome("error", f"the exporter cannot be started: {type(exc).__name__}")
                     self._stats.failed_with("metrics", outcome, self._name, self._target)
             return self.export
+
+    def warm(self) -> None:
+        """Build the export now, unless it was shut down."""
+        if not self._stop.is_set():
+            self._built()
 
     def start(self) -> None:
         self._thread.start()
@@ -900,9 +913,10 @@ def build_telemetry(
     :class:`~agent.telemetry.sampling.RunSamplingProcessor` keeps, successful runs at
     ``trace_success_ratio`` (``VANTAGE_TRACE_SUCCESS_RATIO``).
 
-    With ``defer_exporters`` (``vantage run``), the OTLP/HTTP exporters are built when they first
-    export (in their threads), not before the first probe: what they import (protobuf, the OTLP
-    encoders, ``requests``, the SDK's metric data model) is a fifth of the agent's start-up.
+    With ``defer_exporters`` (``vantage run``), the OTLP/HTTP exporters are built in a thread a
+    second after this returns, or when first used if that comes first, not before the first probe:
+    what they import (protobuf, the OTLP encoders, ``requests``, the SDK's metric data model) is a
+    fifth of the agent's start-up.
     """
     validate_otel_env(environ)
     if redactor is not None:
@@ -928,12 +942,14 @@ def build_telemetry(
         or min(_SPAN_BATCH, queue)
     )
     sessions = _Sessions()
+    deferred: list[_DeferredSpanExporter | _DeferredMetricExport] = []
     exporting: list[SpanProcessor] = []
     for name in trace_names:
         exporter: SpanExporter
         if defer_exporters and _deferrable(environ, "traces", name):
             outcomes = _Outcomes(None)
             exporter = _DeferredSpanExporter(environ, name, outcomes, sessions)
+            deferred.append(exporter)
             target = _target(environ, "traces", name)
         else:
             exporter, target, outcomes = _exporter(environ, "traces", name)
@@ -993,10 +1009,13 @@ def build_telemetry(
             export = _DeferredMetricExport(
                 partial(build, note=False), interval / 1000, name, stats, _target(environ, "metrics", name)
             )
+            deferred.append(export)
         else:
             export = build()
         export.start()
         exports.append(export)
+    if deferred:
+        _build_later(deferred)
     return Telemetry(
         tracer_provider,
         tables,
@@ -1026,6 +1045,28 @@ def _warn_exponential_histograms(name: str) -> None:
         "explicit buckets (docs/metrics.md)",
         name,
     )
+
+
+_BUILD_AFTER = 1.0
+"""Seconds after the telemetry is built that its deferred exporters are: after the first probe of
+a check with a short interval, well before a shutdown needs them (building them then would spend
+the shutdown budget on imports)."""
+
+
+def _build_later(deferred: Sequence[_DeferredSpanExporter | _DeferredMetricExport]) -> None:
+    """Build the deferred exporters in a thread of their own, ``_BUILD_AFTER`` seconds from now.
+    Their imports hold the interpreter lock a millisecond at a time (``sys.setswitchinterval``),
+    so the event loop starts its runs on time meanwhile."""
+
+    def build() -> None:
+        time.sleep(_BUILD_AFTER)
+        for exporter in deferred:
+            try:
+                exporter.warm()
+            except Exception:  # the exporter tries again when it is used, and says why then
+                log.exception("an exporter could not be built after start-up")
+
+    threading.Thread(target=build, name="vantage-exporters", daemon=True).start()
 
 
 def __getattr__(name: str) -> Any:
