@@ -17,8 +17,9 @@ entry-point groups, so any installed exporter package can be chosen.
 
 A telemetry backend cannot hurt the agent:
 
-* the OTLP/HTTP exporters send through a :class:`BoundedSession`: each request ends by its
-  deadline however the backend trickles, and an answer is read up to 64 KiB, no further;
+* the OTLP/HTTP exporters send through a :class:`~agent.telemetry.session.BoundedSession`: each
+  request ends by its deadline however the backend trickles, and an answer is read up to 64 KiB,
+  no further;
 * every exporter is wrapped so that exports are counted with the cause of each failure
   (``refused``, ``timeout``, ``http 503``, ``oversized``, ``tls``, ``garbage``, ...): the SDK's
   ``force_flush`` says True even when an export failed. ``/readyz`` shows them
@@ -28,6 +29,11 @@ A telemetry backend cannot hurt the agent:
 
 Every ``OTEL_*`` variable the agent or the SDK reads is checked first (:func:`validate_otel_env`):
 a value the SDK would silently replace by its default, or print, is a :class:`ConfigError`.
+
+What only an exporter needs is imported when one is built: the OTLP/HTTP session with ``requests``
+(agent/telemetry/session.py), the metric exporters with the SDK's metric data model
+(agent/telemetry/metric_exports.py). ``vantage run`` builds its OTLP/HTTP exporters after its
+start-up (``build_telemetry(defer_exporters=True)``), so that none of it delays the first probe.
 """
 
 from __future__ import annotations
