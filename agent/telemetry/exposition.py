@@ -194,6 +194,7 @@ class _Labels:
         self._pairs: dict[tuple[str, str], str] = {}
         self._all: dict[tuple[int, int], list[str]] = {}
         self._own: dict[tuple[int, int], list[tuple[int, str]]] = {}
+        self._around: dict[tuple[int, int, int], tuple[str, str]] = {}
         self._layouts: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
 
     def layout(self, pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
@@ -215,12 +216,25 @@ class _Labels:
             return text
         # The check's pairs, with the series' own in their places: a phase's text is its check's
         # with one pair changed. Not remembered: a check has one series of each extra.
-        parts = self.parts(layout, attrs).copy()
         own = self._own.get((id(layout), id(extra)))
         if own is None:
             own = self._own[(id(layout), id(extra))] = [
                 (i, pair) for i, pair in enumerate(self.parts(layout, extra)) if layout[i][1] in extra
             ]
+        if len(own) == 1:
+            # One pair of its own (a phase, a version): the check's text around that place is
+            # cut once, and each of the check's series of the family is one concatenation.
+            i, pair = own[0]
+            around = self._around.get((id(layout), id(attrs), i))
+            if around is None:
+                parts = self.parts(layout, attrs)
+                head, tail = ",".join(parts[:i]), ",".join(parts[i + 1 :])
+                around = self._around[(id(layout), id(attrs), i)] = (
+                    f"{head}," if head else "",
+                    f",{tail}" if tail else "",
+                )
+            return f"{around[0]}{pair}{around[1]}"
+        parts = self.parts(layout, attrs).copy()
         for i, pair in own:
             parts[i] = pair
         return ",".join(parts)
