@@ -195,7 +195,7 @@ class _RunTracer:
             _current_span.reset(token)
 
 
-@dataclass
+@dataclass(slots=True)
 class CheckState:
     """What the status API shows of one check."""
 
