@@ -314,8 +314,7 @@ def _family(table: Table, labels: _Labels, numbers: dict[float, str], openmetric
                 out.clear()
                 time.sleep(0)  # hand the interpreter lock over (to the event loop)
     else:
-        for i, point in enumerate(table.points(), 1):
-            attrs, extra, value = point.attrs, point.extra, point.value
+        for i, (attrs, extra, value) in enumerate(table.samples(), 1):
             text = texts.get((id_before, id(attrs), id(extra))) or text_of(before, attrs, extra)
             number = numbers.get(value)
             if number is None:

@@ -327,6 +327,7 @@ class Recorder:
                 "target": target,
                 "region": self.region,
             }
+            self._tables.bind(check.name, self._attrs[check.name])
             self.states[check.name] = CheckState(entry, target)
 
     def forget(self, name: str) -> None:
