@@ -54,6 +54,7 @@ FRESH = 0.5
 pair scraping the agent at the same moment): a scrape during a rendering waits for it, one soon
 after takes it; a rendering is never more than this much older than its scrape's start."""
 _SLICE = 512  # series rendered between two hand-overs of the interpreter lock
+_NUMBERS = 4096  # numbers' texts remembered from one family to the next, at most
 
 _NAME = re.compile(r"[^a-zA-Z0-9:]+")
 _LABEL = re.compile(r"[^a-zA-Z0-9]+")
@@ -180,17 +181,21 @@ class _Labels:
     """Label texts of one rendering.
 
     A family's samples are written with the same label names, so a series' label text depends on
-    its family's layout as well as its attributes. Two memos keep the work per series small: the
-    text of an attributes object in a layout (the series of a check share their check's
-    attributes, the same object, across families with the same layout), and each
-    ``name="value"`` pair (a check's name, target and labels recur in every family).
+    its family's layout as well as its attributes. Two memos kept through the rendering keep the
+    work per series small: the text of an attributes object in a layout (the series of a check
+    share their check's attributes, the same object, across families with the same layout), and
+    each ``name="value"`` pair (a check's name, target and labels recur in every family). What
+    serves one family only (a check's pairs in its layout, its text cut around a phase) is let go
+    of after it (:meth:`next_family`): the memory a rendering holds at once is the process's RSS.
 
-    The attributes objects whose ids the memos use are kept alive in one list while the rendering
-    lasts, so that no id is reused meanwhile."""
+    The attributes objects whose ids the memos use are kept alive in lists as long as the memos,
+    so that no id is reused meanwhile."""
 
     def __init__(self) -> None:
-        self.texts: dict[tuple[int, int, int], str] = {}
+        self.texts: dict[int, dict[int, str]] = {}
+        """By layout (its id): by attributes object (its id), their text in it."""
         self._seen: list[Mapping[str, Any] | None] = []
+        self._family_seen: list[Mapping[str, Any] | None] = []
         self._pairs: dict[tuple[str, str], str] = {}
         self._all: dict[tuple[int, int], list[str]] = {}
         self._own: dict[tuple[int, int], list[tuple[int, str]]] = {}
@@ -201,18 +206,35 @@ class _Labels:
         """The one object of the rendering for this layout: texts are remembered by its id."""
         return self._layouts.setdefault(pairs, pairs)
 
+    def texts_in(self, layout: tuple[tuple[str, str], ...]) -> dict[int, str]:
+        """The texts remembered in ``layout``, by the id of their attributes object."""
+        texts = self.texts.get(id(layout))
+        if texts is None:
+            texts = self.texts[id(layout)] = {}
+        return texts
+
+    def remember(self, layout: tuple[tuple[str, str], ...], attrs: Mapping[str, Any], text: str) -> None:
+        """Keep ``text`` as the text of ``attrs`` in ``layout`` for the rest of the rendering."""
+        self.texts_in(layout)[id(attrs)] = text
+        self._seen.append(attrs)
+
+    def next_family(self) -> None:
+        """Let go of what served the family just written."""
+        self._all.clear()
+        self._around.clear()
+        self._family_seen.clear()
+
     def text(
         self, layout: tuple[tuple[str, str], ...], attrs: Mapping[str, Any], extra: Mapping[str, Any] | None
     ) -> str:
         """The label text of ``attrs`` and ``extra`` (a series' own attributes on top of its
         check's) in ``layout`` (an object that :meth:`layout` gave)."""
-        key = (id(layout), id(attrs), id(extra))
-        text = self.texts.get(key)
-        if text is not None:
-            return text
         if extra is None:
-            text = self.texts[key] = ",".join(self.parts(layout, attrs))
-            self._seen.append(attrs)
+            texts = self.texts_in(layout)
+            text = texts.get(id(attrs))
+            if text is None:
+                text = ",".join(self.parts(layout, attrs))
+                self.remember(layout, attrs, text)
             return text
         # The check's pairs, with the series' own in their places: a phase's text is its check's
         # with one pair changed. Not remembered: a check has one series of each extra.
@@ -229,7 +251,7 @@ class _Labels:
             if around is None:
                 parts = self.parts(layout, attrs)
                 head, tail = ",".join(parts[:i]), ",".join(parts[i + 1 :])
-                around = self._around[(id(layout), id(attrs), i)] = (
+                around = self._around[(id(layout), id(attrs), i)] = (  # attrs: seen by parts()
                     f"{head}," if head else "",
                     f",{tail}" if tail else "",
                 )
@@ -258,7 +280,7 @@ class _Labels:
             else:  # numbers, booleans, sequences: rare, and 1, 1.0 and True are equal keys
                 parts.append(f'{label}="{_label_value(value)}"')
         self._all[key] = parts
-        self._seen.append(attrs)
+        self._family_seen.append(attrs)
         return parts
 
 
@@ -274,6 +296,9 @@ def render(tables: MetricTables, resource: Mapping[str, Any], *, openmetrics: bo
     numbers: dict[float, str] = {}  # 0, 1 and 200 recur
     for table in tables.collected():
         yield from _family(table, labels, numbers, openmetrics)
+        labels.next_family()
+        if len(numbers) > _NUMBERS:
+            numbers.clear()  # durations: each its own, unlike 0, 1 and 200
     if openmetrics:
         yield "# EOF\n"
 
@@ -291,14 +316,17 @@ def _family(table: Table, labels: _Labels, numbers: dict[float, str], openmetric
         out.append(f"# UNIT {name} {unit}\n")
     layout = _Layout.of(table)
     before = labels.layout(layout.before + layout.after)  # all of them: a histogram's le apart
-    texts, text_of, id_before = labels.texts, labels.text, id(before)
+    texts, text_of = labels.texts_in(before), labels.text
     if table.kind is MetricKind.HISTOGRAM:
         at, parts_of = len(layout.before), labels.parts
         les = [f'le="{bound}"' for bound in table.bounds] + ['le="+Inf"']
         bucket, count_name, sum_name = f"{sample}_bucket", f"{sample}_count", f"{sample}_sum"
         for i, point in enumerate(table.points(), 1):
-            parts = parts_of(before, point.attrs)  # histograms merge their attributes: no extra
+            attrs = point.attrs
+            parts = parts_of(before, attrs)  # histograms merge their attributes: no extra
             head, tail = ",".join(parts[:at]), ",".join(parts[at:])
+            if id(attrs) not in texts:  # the check's text in the families of the same labels
+                labels.remember(before, attrs, f"{head},{tail}" if head and tail else head or tail)
             opening = f"{bucket}{{{head}," if head else f"{bucket}{{"
             closing = f",{tail}}} " if tail else "} "
             plain = f"{{{head},{tail}}}" if head and tail else f"{{{head}{tail}}}" if head or tail else ""
@@ -315,7 +343,7 @@ def _family(table: Table, labels: _Labels, numbers: dict[float, str], openmetric
                 time.sleep(0)  # hand the interpreter lock over (to the event loop)
     else:
         for i, (attrs, extra, value) in enumerate(table.samples(), 1):
-            text = texts.get((id_before, id(attrs), id(extra))) or text_of(before, attrs, extra)
+            text = (texts.get(id(attrs)) if extra is None else None) or text_of(before, attrs, extra)
             number = numbers.get(value)
             if number is None:
                 number = numbers[value] = _go(value)
