@@ -413,8 +413,8 @@ class Recorder:
         self._success.set(name, None, attrs, 1.0 if result.success else 0.0)
         self._duration.set(name, None, attrs, duration)
         self._all_durations.record(name, None, attrs, duration)
-        key = (outcome["result"], result.reason)
-        self._runs.put_derived(name, self._outcomes.setdefault(key, key), attrs, outcome, 1)
+        ran = (outcome["result"], result.reason)
+        self._runs.put_derived(name, self._outcomes.setdefault(ran, ran), attrs, outcome, 1)
         phase_metric = entry.probe.phase_metric
         if phase_metric and result.phases:
             phases = self._tables.tables.get(phase_metric)
