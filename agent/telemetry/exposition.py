@@ -185,8 +185,10 @@ class _Labels:
     work per series small: the text of an attributes object in a layout (the series of a check
     share their check's attributes, the same object, across families with the same layout), and
     each ``name="value"`` pair (a check's name, target and labels recur in every family). What
-    serves one family only (a check's pairs in its layout, its text cut around a phase) is let go
-    of after it (:meth:`next_family`): the memory a rendering holds at once is the process's RSS.
+    serves one family only (a check's text cut around its phase) is let go of after it
+    (:meth:`next_family`), and a family with a label of its own takes its check's pairs from the
+    layout without it (made once for the families without one): the memory a rendering holds at
+    once is the process's RSS.
 
     The attributes objects whose ids the memos use are kept alive in lists as long as the memos,
     so that no id is reused meanwhile."""
@@ -195,11 +197,11 @@ class _Labels:
         self.texts: dict[int, dict[int, str]] = {}
         """By layout (its id): by attributes object (its id), their text in it."""
         self._seen: list[Mapping[str, Any] | None] = []
-        self._family_seen: list[Mapping[str, Any] | None] = []
         self._pairs: dict[tuple[str, str], str] = {}
         self._all: dict[tuple[int, int], list[str]] = {}
         self._own: dict[tuple[int, int], list[tuple[int, str]]] = {}
         self._around: dict[tuple[int, int, int], tuple[str, str]] = {}
+        self._rest: dict[tuple[int, int], tuple[tuple[str, str], ...]] = {}
         self._layouts: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
 
     def layout(self, pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
@@ -220,9 +222,7 @@ class _Labels:
 
     def next_family(self) -> None:
         """Let go of what served the family just written."""
-        self._all.clear()
         self._around.clear()
-        self._family_seen.clear()
 
     def text(
         self, layout: tuple[tuple[str, str], ...], attrs: Mapping[str, Any], extra: Mapping[str, Any] | None
@@ -249,9 +249,14 @@ class _Labels:
             i, pair = own[0]
             around = self._around.get((id(layout), id(attrs), i))
             if around is None:
-                parts = self.parts(layout, attrs)
-                head, tail = ",".join(parts[:i]), ",".join(parts[i + 1 :])
-                around = self._around[(id(layout), id(attrs), i)] = (  # attrs: seen by parts()
+                # The check's pairs in the layout without that place: the one of the families
+                # without a label of their own, whose pairs for the check are made already.
+                rest = self._rest.get((id(layout), i))
+                if rest is None:
+                    rest = self._rest[(id(layout), i)] = self.layout(layout[:i] + layout[i + 1 :])
+                parts = self.parts(rest, attrs)
+                head, tail = ",".join(parts[:i]), ",".join(parts[i:])
+                around = self._around[(id(layout), id(attrs), i)] = (
                     f"{head}," if head else "",
                     f",{tail}" if tail else "",
                 )
@@ -280,7 +285,7 @@ class _Labels:
             else:  # numbers, booleans, sequences: rare, and 1, 1.0 and True are equal keys
                 parts.append(f'{label}="{_label_value(value)}"')
         self._all[key] = parts
-        self._family_seen.append(attrs)
+        self._seen.append(attrs)
         return parts
 
 
