@@ -184,8 +184,14 @@ class Table:
         entry = self.checks.get(check)  # the check's lone series (key None), or a dict of them
         point = entry.get(key) if entry.__class__ is dict else entry if key is None else None
         if point.__class__ is not Point:  # none yet, or a bare value
-            if key is None and self.kind is MetricKind.GAUGE and attrs is self.bound.get(check):
-                if point is not None or self._own(attrs) is attrs:  # (else there was something to redact)
+            if key is None and attrs is self.bound.get(check) and self.kind is MetricKind.GAUGE:
+                if point is not None:  # the bare value of the check's lone series: replaced
+                    if entry.__class__ is dict:
+                        entry[None] = value
+                    else:
+                        self.checks[check] = value
+                    return
+                if self._own(attrs) is attrs:  # (else there was something to redact)
                     self._start(check)
                     self._keep(check, key, value)
                     return
@@ -228,7 +234,11 @@ class Table:
                     point.value += value
                 return
         elif point is not None and gauge and base is self.bound.get(check):
-            self._keep(check, key, value)  # a bare value: its extra is the table's for its key
+            # A bare value (its extra is the table's for its key): replaced.
+            if entry.__class__ is dict:
+                entry[key] = value
+            else:
+                self.checks[check] = value
             return
         shared = self.extras.get(key)
         if shared is None or shared != extra:
