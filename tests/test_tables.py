@@ -135,7 +135,7 @@ def test_a_bound_checks_gauges_are_kept_bare_and_read_as_points() -> None:
     assert point.start == tables._starts["a"] > 0
     (phase,) = phases.points()
     assert attributes_of(phase) == {**BASE, "phase": "connect"} and phase.value == 0.5
-    assert list(phases.samples()) == [(BASE, {"phase": "connect"}, 0.5)]
+    assert list(phases.samples()) == [(BASE, {"phase": "connect"}, 0.5, tables._starts["a"])]
     assert "check" in gauge.keys and "phase" in phases.keys
     # Another check's attributes, or the check's own that changed: a Point again.
     other = {**BASE, "detail": "x"}

@@ -347,7 +347,7 @@ def _family(table: Table, labels: _Labels, numbers: dict[float, str], openmetric
                 out.clear()
                 time.sleep(0)  # hand the interpreter lock over (to the event loop)
     else:
-        for i, (attrs, extra, value) in enumerate(table.samples(), 1):
+        for i, (attrs, extra, value, _) in enumerate(table.samples(), 1):
             text = (texts.get(id(attrs)) if extra is None else None) or text_of(before, attrs, extra)
             number = numbers.get(value)
             if number is None:

@@ -328,21 +328,22 @@ class Table:
             elif (made := self._point(check, None, entry)) is not None:
                 yield made
 
-    def samples(self) -> Iterator[tuple[Attributes, Attributes | None, float]]:
-        """Every series of a gauge or counter as (attributes, extra, value): :meth:`points`
+    def samples(self) -> Iterator[tuple[Attributes, Attributes | None, float, int]]:
+        """Every series of a gauge or counter as (attributes, extra, value, start): :meth:`points`
         without making a ``Point`` of a bare value."""
-        bound, extras = self.bound, self.extras
+        bound, extras, starts = self.bound, self.extras, self.starts
         for check, entry in list(self.checks.items()):
             if entry.__class__ is dict:
                 for key, point in list(entry.items()):
                     if point.__class__ is Point:
-                        yield point.attrs, point.extra, point.value
+                        yield point.attrs, point.extra, point.value, point.start
                     elif (attrs := bound.get(check)) is not None:
-                        yield attrs, None if key is None else extras.get(key), point
+                        extra = None if key is None else extras.get(key)
+                        yield attrs, extra, point, starts.get(check, 0)
             elif entry.__class__ is Point:
-                yield entry.attrs, entry.extra, entry.value
+                yield entry.attrs, entry.extra, entry.value, entry.start
             elif (attrs := bound.get(check)) is not None:
-                yield attrs, None, entry
+                yield attrs, None, entry, starts.get(check, 0)
 
     def _point(self, check: str | None, key: Hashable, value: float) -> Point | None:
         attrs = self.bound.get(check)
