@@ -15,7 +15,6 @@ Each check's ``settings`` block is validated by the ``Settings`` model of its pr
 from __future__ import annotations
 
 import json
-import pickle
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,7 +146,9 @@ def _load_yaml(text: str, source: str) -> Any:
     process then keeps as its RSS. A copy made once the original is gone lies packed; pickle, a
     C round trip through one buffer, copies every type YAML's safe loader makes. (The loaded
     document has no other reference when it is dropped here: that is what frees its memory.)"""
-    import yaml  # a JSON document (an inline VANTAGE_CHECKS) is read without it
+    import pickle
+
+    import yaml  # a JSON document (an inline VANTAGE_CHECKS) is read without either
 
     try:
         # libyaml's safe loader where PyYAML has it: the pure-Python one peaks at some 60 MiB
