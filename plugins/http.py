@@ -10,6 +10,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -474,6 +475,7 @@ async def _send_in(
         if isinstance(found, ProbeResult):
             return found
         looked_up = found
+        ctx.keep_values({"probe.dns.lookup_time": found.seconds, **ip_values(found.address)})
     async with ctx.http(
         settings.tls,
         fresh=settings.fresh_connection,
@@ -498,6 +500,7 @@ async def _send_in(
                 follow_redirects=settings.follow_redirects,
                 max_redirects=settings.max_redirects,
                 max_body=settings.body_cap,
+                on_cut=None if settings.proxy_url else partial(_keep_found, ctx),
             )
         except HttpFailure as failure:
             if not _accepted_at_the_limit(settings, failure.response):
@@ -510,6 +513,11 @@ async def _send_in(
     elif settings.proxy_url:
         exchange.address = ""  # the proxy's, not the target's
     return exchange, credential
+
+
+def _keep_found(ctx: ProbeContext, address: str, lookup_time: float) -> None:
+    """What a request cut by the run's timeout had found, for the timeout's failure to report."""
+    ctx.keep_values({"probe.dns.lookup_time": lookup_time, **ip_values(address)})
 
 
 def _accepted_at_the_limit(settings: HttpSettings, response: HttpExchange | None) -> bool:
@@ -547,8 +555,8 @@ async def _look_up(target: str, ip_family: str) -> _LookedUp | ProbeResult:
 
 def _failed(failure: HttpFailure, looked_up: _LookedUp | None) -> ProbeResult:
     """A run that got no usable response. As blackbox_exporter reports one: status code 0 and
-    empty figures when nothing came; the last response's status and redirect count when the
-    redirect limit stopped the run."""
+    empty figures when nothing came, with the address tried when a connection was; the last
+    response's status and redirect count when the redirect limit stopped the run."""
     phases = dict(failure.phases)
     values: dict[str, float] = {
         "probe.http.status_code": 0,
@@ -561,8 +569,11 @@ def _failed(failure: HttpFailure, looked_up: _LookedUp | None) -> ProbeResult:
     }
     if failure.response is not None:
         values |= _exchange_values(failure.response)
-    elif "resolve" in phases:
-        values["probe.dns.lookup_time"] = phases["resolve"]
+    else:
+        if "resolve" in phases:
+            values["probe.dns.lookup_time"] = phases["resolve"]
+        # The address a refused connection or failed handshake was made to, as blackbox reports.
+        values |= ip_values(failure.address) if failure.address else {}
     if looked_up is not None:
         phases["resolve"] = phases.get("resolve", 0.0) + looked_up.seconds
         values["probe.dns.lookup_time"] = looked_up.seconds

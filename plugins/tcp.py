@@ -136,6 +136,7 @@ class TcpProbe(Probe[TcpSettings]):
         mark = clock.monotonic()
         phases: dict[str, float] = {}
         values: dict[str, float] = {"probe.failed_due_to_regex": 0.0}
+        ctx.keep_values(values)  # what a run cut by its timeout found: filled as the run goes
         samples: list[Sample] = []
         ctx.stage = f"resolving {host}"
         try:

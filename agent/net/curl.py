@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import re
 import ssl
 import weakref
@@ -111,6 +112,9 @@ class CurlRequest:
     """An ``http://`` or ``https://`` proxy URL (credentials in it are sent to the proxy)."""
     on_headers: Callable[[], None] | None = None
     """Called once the final response's headers are in, before its body is read."""
+    on_cut: Callable[[str, float], None] | None = None
+    """Called when the request is cancelled, with the address it connected to or tried ("" if
+    none yet) and the seconds its name lookup took: what a run cut by its timeout still reports."""
 
 
 @dataclass(slots=True)
@@ -327,7 +331,11 @@ class CurlMulti:
             self._multi.add_handle(curl)
             await transfer.future
         except asyncio.CancelledError:
-            self._abandon(curl)
+            try:
+                if request.on_cut is not None:
+                    request.on_cut(*_found_so_far(curl, request))
+            finally:
+                self._abandon(curl)
             raise
         except pycurl.error as exc:
             code, message = exc.args
@@ -336,8 +344,10 @@ class CurlMulti:
             if code == _WRITE_ERROR and transfer.decode_error is not None:
                 raise HttpFailure(Reason.PROTOCOL, transfer.decode_error, transfer.phases) from None
             if not (code == _WRITE_ERROR and transfer.truncated):
-                reason, text = map_curl_error(code, message, host=URL(request.url).host)
-                raise HttpFailure(reason, text, transfer.phases) from None
+                host = URL(request.url).host
+                reason, text = map_curl_error(code, message, host=host)
+                tried = _address_tried(transfer.connection[2], host, request)
+                raise HttpFailure(reason, text, transfer.phases, address=tried) from None
         finally:
             self._release(curl)
         return CurlResult(
@@ -471,6 +481,33 @@ class CurlMulti:
             transfer.future.set_result(None)
         else:
             transfer.future.set_exception(failure)
+
+
+def _found_so_far(curl: pycurl.Curl, request: CurlRequest) -> tuple[str, float]:
+    """The address a transfer still running connected to or is trying, and its name lookup's
+    seconds (0 before the lookup ended)."""
+    try:
+        connected = curl.getinfo(pycurl.PRIMARY_IP) or ""
+        looked_up = curl.getinfo(pycurl.NAMELOOKUP_TIME_T) / 1e6
+    except pycurl.error:
+        connected, looked_up = "", 0.0
+    return _address_tried(connected, URL(request.url).host, request), looked_up
+
+
+def _address_tried(connected: str, host: str | None, request: CurlRequest) -> str:
+    """The address a failed hop connected to or tried: libcurl's primary IP once a connection was
+    made (a handshake failed), else the host when it is an IP literal (libcurl leaves the primary
+    IP empty when connect() was refused); "" through a proxy, which connected in its place."""
+    if request.proxy:
+        return ""
+    if connected:
+        return connected
+    literal = (host or "").strip("[]")
+    try:
+        ipaddress.ip_address(literal)
+    except ValueError:
+        return ""
+    return literal
 
 
 def _verification_problem(message: str, transfer: _Transfer) -> str:

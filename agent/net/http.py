@@ -28,7 +28,7 @@ import ssl
 import urllib.request
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -240,9 +240,12 @@ class HttpClient:
         max_redirects: int = 10,
         max_body: int = 1 << 20,
         proxy_url: str | None = None,
+        on_cut: Callable[[str, float], None] | None = None,
     ) -> HttpExchange:
         """Send a request, following redirects, and read at most ``max_body`` bytes of the body.
 
+        ``on_cut`` is told, when the first hop is cancelled, the address it connected to or tried
+        and the seconds of its name lookup (as the protocol says).
         ``proxy_url`` (``http://user:password@proxy:3128``) overrides the client's proxy for this
         request; https targets are reached through a CONNECT tunnel. A cookie a response sets along
         the redirect chain goes on to the hops its rules allow. At ``max_redirects`` the
@@ -277,7 +280,21 @@ class HttpClient:
         while True:
             visited.append(current)
             hop_headers = cookies.headers_for(current, sent_headers)
-            result, tls = await self._hop(method, current, hop_headers, body, phases, max_body, proxy)
+            try:
+                result, tls = await self._hop(
+                    method,
+                    current,
+                    hop_headers,
+                    body,
+                    phases,
+                    max_body,
+                    proxy,
+                    on_cut if len(visited) == 1 else None,
+                )
+            except HttpFailure as failure:
+                if len(visited) > 1:  # a redirect's hop failed: the target's address stays the one
+                    failure.address = address
+                raise
             if len(visited) == 1:  # the target's own name and address, as blackbox_exporter reports
                 lookup_time, address = result.phases.get("resolve", 0.0), result.connection[2]
             response_headers = CIMultiDictProxy(CIMultiDict(result.headers))
@@ -340,6 +357,7 @@ class HttpClient:
         phases: dict[str, float],
         max_body: int,
         proxy: str | None,
+        on_cut: Callable[[str, float], None] | None = None,
     ) -> tuple[CurlResult, TLSInfo | None]:
         ctx, clock = self._ctx, self._ctx.clock
         text = str(url)
@@ -372,6 +390,8 @@ class HttpClient:
         try:
             try:
                 _check_headers(hop_headers)
+                if not proxy:
+                    _check_family(host, self._ip_family)
                 resolve = self._resolve_entries(url, port, proxy)
                 result = await self._factory._multi(self._pooled).perform(
                     CurlRequest(
@@ -386,6 +406,7 @@ class HttpClient:
                         ip_family=self._ip_family,
                         proxy=proxy,
                         on_headers=headers_in,
+                        on_cut=on_cut,
                     )
                 )
             except HttpFailure as failure:
@@ -395,7 +416,7 @@ class HttpClient:
                 # Redacted, then cut: libcurl's words may quote what the target or proxy sent.
                 message = clip(failure.message, _MESSAGE_LIMIT, ctx.redact)
                 span.fail(error_type, message)
-                raise HttpFailure(failure.reason, message, phases) from None
+                raise HttpFailure(failure.reason, message, phases, address=failure.address) from None
             status, version = result.status, result.http_version
             for name, seconds in result.phases.items():
                 phases[name] += seconds
@@ -480,6 +501,21 @@ def _check_headers(headers: CIMultiDict[str]) -> None:
     for name, value in headers.items():
         if search(name) or search(value):
             raise HttpFailure(Reason.PROTOCOL, f"the header {name.strip()!r} holds a line break")
+
+
+def _check_family(host: str, ip_family: str) -> None:
+    """Fail as a lookup would when ``host`` is an IP literal of the other family than ``ip_family``
+    requires: libcurl's ``IPRESOLVE`` applies to names only, and would connect to it anyway
+    (blackbox_exporter finds no address of the family and fails the run)."""
+    if ip_family == "auto":
+        return
+    try:
+        version = ipaddress.ip_address(host.strip("[]")).version
+    except ValueError:
+        return
+    wanted = 6 if ip_family == "ipv6" else 4
+    if version != wanted:
+        raise HttpFailure(Reason.DNS, f"{host} is an IPv{version} address; ip_family is {ip_family}")
 
 
 def _is_address(host: str) -> bool:

@@ -389,7 +389,7 @@ class Scheduler:
                     format_duration(round(lag, 3)),
                 )
             return None
-        return ProbeResult.timed_out(timeout, ctx.stage)
+        return ProbeResult.timed_out(timeout, ctx.stage, ctx.kept_values)
 
     def _run_lag(self, timeout: float, elapsed: float, loop_started: float) -> float:
         """How long the agent kept a run that timed out from its time; above a share of the

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ssl
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -164,7 +164,9 @@ class HttpFailure(Exception):
     """A request that produced no usable response; carries its reason and the phases so far.
 
     ``response`` is the last response received when there was one that could not be used: the
-    redirect that was not followed once ``max_redirects`` were.
+    redirect that was not followed once ``max_redirects`` were. ``address`` is the IP address of
+    the target's the first hop tried (refused, or a handshake that failed), "" when none is known
+    (the name did not resolve, a proxy connected in its place).
     """
 
     def __init__(
@@ -174,12 +176,14 @@ class HttpFailure(Exception):
         phases: Mapping[str, float] | None = None,
         *,
         response: HttpExchange | None = None,
+        address: str = "",
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.phases = dict(phases or {})
         self.response = response
+        self.address = address
 
 
 class HttpClient(Protocol):
@@ -209,11 +213,15 @@ class HttpClient(Protocol):
         max_redirects: int = 10,
         max_body: int = 1 << 20,
         proxy_url: str | None = None,
+        on_cut: Callable[[str, float], None] | None = None,
     ) -> HttpExchange:
         """Send a request, following redirects, and read at most ``max_body`` bytes of the body.
 
         ``proxy_url`` (``http://`` or ``https://``, credentials in it allowed and redacted) sends
         this request through a proxy, CONNECT for https targets, instead of the client's own.
+        ``on_cut`` is called when the request is cancelled (the run's timeout) on its first hop,
+        with what it had found: the address connected to or tried ("" if none) and the seconds
+        of its name lookup.
         Raises :class:`HttpFailure` when no response could be had; a response of any status,
         even with a cut body, is an :class:`HttpExchange`.
         """

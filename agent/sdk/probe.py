@@ -264,10 +264,13 @@ class ProbeResult:
         return cls(success=False, reason=reason, message=message, **kwargs)
 
     @classmethod
-    def timed_out(cls, timeout: float, stage: str) -> ProbeResult:
-        """The result of a run the check's timeout cut, saying what it was doing (``ctx.stage``)."""
+    def timed_out(cls, timeout: float, stage: str, values: Mapping[str, float] | None = None) -> ProbeResult:
+        """The result of a run the check's timeout cut, saying what it was doing (``ctx.stage``),
+        with the values it had found (``ctx.kept_values``)."""
         return cls.failure(
-            Reason.TIMEOUT, f"no result within the timeout of {format_duration(timeout)} ({stage})"
+            Reason.TIMEOUT,
+            f"no result within the timeout of {format_duration(timeout)} ({stage})",
+            values=dict(values) if values else {},
         )
 
 
@@ -527,6 +530,16 @@ class ProbeContext:
         """The physical HTTP requests of this run (``RequestRecord``), for the request-duration metric."""
         self.stage = "starting"
         """What the run is doing now, so that a timeout can say where it hung."""
+        self.kept_values: Mapping[str, float] | None = None
+        """What the run has found so far (``keep_values``), for the result of a run its timeout cuts."""
+
+    def keep_values(self, values: Mapping[str, float]) -> None:
+        """Keep ``values`` (the address resolved, the lookup time) for the run's result should its
+        timeout cut it: that failure then reports them, as blackbox_exporter reports what it found
+        before the deadline. The mapping is kept as it is, not copied: a probe may hand over the
+        dictionary it goes on filling, and a run that keeps nothing costs nothing. The values go
+        through the probe's ``metrics`` as a result's do."""
+        self.kept_values = values
 
     def http(
         self,

@@ -1035,32 +1035,6 @@ DISAGREEMENTS: dict[str, str] = {
     # the classes: for the lead to decide (fix, or a line in DIFFERENCES.md).
     "grpc_tls_service_unknown": NEW_NOT_FOUND,
     "grpc_service_unknown": NEW_NOT_FOUND,
-    **dict.fromkeys(
-        (
-            "http_refused",
-            "http_tls_min_version_13_vs_12_server",
-            "http_tls_untrusted",
-            "http_tls_self_signed_ca_unknown",
-            "http_tls_expired",
-            "http_tls_wrong_name",
-            "http_tls_mtls_no_cert",
-        ),
-        "(new) http: no probe_ip_protocol/probe_ip_addr_hash when the connection or handshake fails; "
-        "blackbox reports the address it tried",
-    ),
-    **dict.fromkeys(
-        (
-            "http_timeout",
-            "tcp_ssh_banner_mismatch_eof",
-            "tcp_echo_mismatch_timeout",
-            "tcp_silent_server_expect",
-            "tcp_tls_to_plain_server",
-        ),
-        "(new) a run cut by its timeout keeps no values (probe_ip_*, probe_dns_lookup_time_seconds); "
-        "blackbox reports what it resolved",
-    ),
-    "http_ip6_required_v4_target": "(new) http: ip_family ipv6 without ip_fallback still connects to an IPv4 "
-    "literal; blackbox fails it (no address of the family)",
     "grpc_not_grpc_server": "(new) an HTTP/1.1 answer is status 13 INTERNAL; blackbox: 14 UNAVAILABLE",
 }
 
