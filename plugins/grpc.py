@@ -14,6 +14,7 @@ listed as unavailable by ``vantage plugins`` and a check that uses it fails vali
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 from dataclasses import dataclass
@@ -180,7 +181,6 @@ class GrpcProbe(Probe[GrpcSettings]):
         }
         ctx.stage = f"waiting for the health of {settings.service or 'the server'} from {host}:{port}"
         span = ctx.tracer.start_span("grpc.health.v1.Health/Check", client=True, attributes=attributes)
-        known: ServingStatus | None = None
         try:
             response = await _health_check(call, address, host, port, settings, check.timeout, ctx)
         except (OSError, EOFError) as exc:
@@ -188,7 +188,8 @@ class GrpcProbe(Probe[GrpcSettings]):
             reason, message = map_exception(exc, host=host, port=port, handshake=call.handshaking)
             code, error_type = grpc.StatusCode.UNAVAILABLE, reason.value
         except h2.exceptions.ProtocolError as exc:
-            code, error_type, reason = grpc.StatusCode.INTERNAL, "protocol", Reason.PROTOCOL
+            # No HTTP/2 connection to call on: UNAVAILABLE, as gRPC's libraries (and blackbox) say.
+            code, error_type, reason = grpc.StatusCode.UNAVAILABLE, "protocol", Reason.PROTOCOL
             message = (
                 f"the server at {host}:{port} does not speak gRPC's HTTP/2 ({type(exc).__name__}: {exc})"
             )
@@ -196,7 +197,6 @@ class GrpcProbe(Probe[GrpcSettings]):
             code, error_type = exc.code(), exc.code().name
             reason, message = map_exception(exc, host=host, port=port)
             span.set_attribute("rpc.grpc.status_code", code.value[0])
-            known = ServingStatus.SERVICE_UNKNOWN if code is grpc.StatusCode.NOT_FOUND else None
         except BaseException as exc:
             _end_interrupted(span, exc)
             raise
@@ -212,7 +212,7 @@ class GrpcProbe(Probe[GrpcSettings]):
                 ctx.redact(message),
                 phases=phases,
                 values=call.values,
-                samples=(*_statuses(known), *call.samples),
+                samples=(*_statuses(None), *call.samples),  # a failed call has no serving status
                 attributes=attributes,
             )
         span.set_attribute("rpc.grpc.status_code", 0)
@@ -245,6 +245,7 @@ async def _health_check(
 
     Raises what the socket, TLS or HTTP/2 raised, or ``grpc.aio.AioRpcError`` for a call the server
     answered with another status than ``OK``."""
+    opened = ctx.clock.monotonic()
     reader, writer = await asyncio.open_connection(address, port, limit=_MAX_MESSAGE)
     try:
         name = host
@@ -272,7 +273,15 @@ async def _health_check(
         message = b"\x00" + len(request).to_bytes(4, "big") + request
         body = await _exchange(call, reader, writer, headers, message)
     finally:
-        writer.close()
+        writer.close()  # with TLS, sends the close_notify
+        if settings.tls:
+            # asyncio would wait for the server's close_notify, which a server need not send
+            # (Go's does not): the call is over, the socket goes now.
+            writer.transport.abort()
+        # Waited for, so that no socket is left to the garbage collector; within the run's timeout.
+        left = deadline - (ctx.clock.monotonic() - opened)
+        with contextlib.suppress(OSError), ctx.clock.move_on_after(left):
+            await writer.wait_closed()
     return health_pb2.HealthCheckResponse.FromString(body)
 
 

@@ -36,6 +36,7 @@ __all__ = ["Imported", "import_blackbox"]
 
 _DEFAULT_MODULE = "http_2xx"  # what blackbox_exporter probes with when no module is given
 _SCRAPE_TIMEOUT_OFFSET = 0.5  # blackbox_exporter's --timeout-offset default
+_MAX_BODY = 1 << 30  # the http probe's largest max_body
 _NAME_LIMIT = 128
 _TLS_VERSIONS = {"TLS10": "1.0", "TLS11": "1.1", "TLS12": "1.2", "TLS13": "1.3"}
 _IP_FAMILIES = {"ip4": "ipv4", "ip6": "ipv6", "": "ipv6"}
@@ -867,6 +868,11 @@ def _http(options: Mapping[str, Any], ctx: _Context) -> dict[str, Any]:
             regex = ctx.regex(pattern, f"{key}[{i}]")
             if regex is not None:
                 assertions.append({"source": "body", "op": op, "value": regex})
+    if "fail_if_body_over" not in settings and any(a["source"] == "body" for a in assertions):
+        # blackbox_exporter matches its regexes against the whole body (up to body_size_limit,
+        # which fail_if_body_over reads up to): the default max_body of 1 MiB would cut a larger
+        # one short of a match. Bounded by the largest max_body, as nothing bounds blackbox.
+        settings["max_body"] = _MAX_BODY
     for key, op in (("fail_if_header_matches", "not_matches"), ("fail_if_header_not_matches", "matches")):
         for i, spec in enumerate(options.get(key) or []):
             if not isinstance(spec, dict) or not spec.get("header"):

@@ -1026,16 +1026,10 @@ GRPC = [
     grpc("ipv4_preferred", "grpc", {"preferred_ip_protocol": "ip4"}, {"ip_family": "ipv4"}),
 ]
 
-NEW_NOT_FOUND = "(new) NOT_FOUND reported as serving_status SERVICE_UNKNOWN=1; blackbox: none"
-NEW_SERIAL = "(new) probe_dns_serial from the authority section's SOA; blackbox reads the answer's only"
 
 DISAGREEMENTS: dict[str, str] = {
     # case -> what the agent still says differently (strict xfail until the fix is on main). Every
-    # class and option of issue 13 has landed; what is left was found by this suite, in none of
-    # the issue's classes: for the lead to decide (fix, or a line in DIFFERENCES.md).
-    "grpc_tls_service_unknown": NEW_NOT_FOUND,
-    "grpc_service_unknown": NEW_NOT_FOUND,
-    "grpc_not_grpc_server": "(new) an HTTP/1.1 answer is status 13 INTERNAL; blackbox: 14 UNAVAILABLE",
+    # disagreement this suite found is fixed or, where intended, a line in DIFFERENCES.md.
 }
 
 

@@ -120,10 +120,7 @@ SECRETS = {"http_bearer_header", "http_bearer_token", "http_basic_auth", "http_b
 """Cases whose module holds a credential: the import refers to an environment variable instead."""
 
 
-IMPORT_DISAGREEMENTS = {
-    "http_size_2mib_regex_at_end": "the import keeps the default max_body (1 MiB) for a module with "
-    "body regexes and no body_size_limit; blackbox matches the whole body",
-}
+IMPORT_DISAGREEMENTS: dict[str, str] = {}
 """case -> where the imported check still says something else than blackbox (strict xfail)."""
 
 
