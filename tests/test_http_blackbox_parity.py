@@ -458,9 +458,18 @@ async def test_ip_fallback_tries_the_other_family() -> None:
             [
                 http_check("required", url, ip_family="ipv6"),
                 http_check("fallback", url, ip_family="ipv6", ip_fallback=True),
+                # An IP literal of the other family is no address of the family either.
+                http_check("literal", f"http://127.0.0.1:{port}/plain", ip_family="ipv6"),
+                http_check(
+                    "literal-fallback", f"http://127.0.0.1:{port}/plain", ip_family="ipv6", ip_fallback=True
+                ),
             ],
             names=names,
         )
+    assert results["literal"].reason is Reason.DNS, results["literal"].message
+    assert "probe.ip_protocol" not in results["literal"].values
+    assert results["literal-fallback"].success, results["literal-fallback"].message
+    assert results["literal-fallback"].values["probe.ip_protocol"] == 4
     assert results["required"].reason is Reason.DNS
     assert results["fallback"].success, results["fallback"].message
     assert results["fallback"].values["probe.ip_protocol"] == 4

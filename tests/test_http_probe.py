@@ -26,6 +26,8 @@ pytestmark = pytest.mark.anyio
 
 TELEMETRY_ENV = {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "prometheus"}
 
+LOOPBACK_HASH = 3668918509.0  # blackbox_exporter 0.23's probe_ip_addr_hash for 127.0.0.1
+
 
 async def run_checks(
     checks: list[dict[str, Any]], names: dict[str, str] | None = None, **env: str
@@ -246,6 +248,9 @@ async def test_connection_refused_and_dns_failure() -> None:
     for name in ("status_code", "content_length", "uncompressed_body_length", "redirects", "version", "ssl"):
         assert refused[f"probe.http.{name}"] == 0, name
     assert refused["probe.failed_due_to_regex"] == 0
+    # The address the refused connection was tried on, as blackbox_exporter reports it.
+    assert (refused["probe.ip_protocol"], refused["probe.ip_addr_hash"]) == (4, LOOPBACK_HASH)
+    assert "probe.ip_protocol" not in results["nxdomain"].values
     assert results["nxdomain"].reason is Reason.DNS
     assert "no-such-vendor.test" in results["nxdomain"].message
 
@@ -484,6 +489,9 @@ async def test_a_request_cut_by_the_run_timeout_ends_its_client_span_as_a_timeou
             await agent.http.aclose()
     result = agent.recorder.states["slow"].last
     assert result is not None and result.reason is Reason.TIMEOUT, result
+    # What the cut request had found stays in the timeout's result (blackbox reports it too).
+    assert (result.values["probe.ip_protocol"], result.values["probe.ip_addr_hash"]) == (4, LOOPBACK_HASH)
+    assert "probe.dns.lookup_time" in result.values
     (client,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
     assert client.attributes is not None and client.attributes["error.type"] == "timeout"
     assert client.status.status_code is StatusCode.ERROR

@@ -439,6 +439,7 @@ def test_http_options_map_to_their_settings(ca_file: Path) -> None:
         "ip_fallback": False,
         "tls": {"ca_file": str(ca_file), "server_name": "api.example", "min_version": "1.3"},
         "valid_http_versions": ["HTTP/2.0"],
+        "max_body": 1 << 30,  # blackbox matches body regexes against the whole body
         "assert": [
             {"source": "status", "op": "in", "value": [200, 401]},
             {"source": "body", "op": "not_matches", "value": "(?i)error"},
@@ -524,6 +525,12 @@ NEW_OPTIONS = [
         {"prober": "http", "http": {"body_size_limit": "1MB"}},
         "https://a.example/",
         {"fail_if_body_over": 1 << 20},
+    ),
+    (
+        "fail_if_body_over_with_a_body_regex",  # the body is read up to the limit: no max_body
+        {"prober": "http", "http": {"body_size_limit": "1MB", "fail_if_body_not_matches_regexp": ["ok"]}},
+        "https://a.example/",
+        {"fail_if_body_over": 1 << 20, "max_body": None},
     ),
     (
         "fail_if_ssl",

@@ -19,7 +19,16 @@ from agent.config.settings import Shard, load_config
 from agent.errors import ConfigError
 from agent.schedule.scheduler import Scheduler
 from agent.schedule.sharding import offset, owner, select
-from agent.sdk import Check, Probe, ProbeContext, ProbeResult, ProbeSettings, Reason, SystemClock
+from agent.sdk import (
+    Check,
+    MetricSpec,
+    Probe,
+    ProbeContext,
+    ProbeResult,
+    ProbeSettings,
+    Reason,
+    SystemClock,
+)
 
 from .fakes import SleepProbe, entry_points
 from .helpers import FakeClock
@@ -367,6 +376,8 @@ class NestedSettings(ProbeSettings):
     """Above zero: first wait an hour under a deadline of the probe's own, this long."""
     cleanup: bool = False
     """Catch the cancellation and wait again, as a 'graceful close' would."""
+    keep: bool = False
+    """Keep a value found before the wait (``ctx.keep_values``), filled after it was handed over."""
 
 
 class NestedProbe(Probe[NestedSettings]):
@@ -374,6 +385,7 @@ class NestedProbe(Probe[NestedSettings]):
 
     name = "nested"
     Settings = NestedSettings
+    metrics = (MetricSpec.gauge("nested.found", "", "what the run found before it waited"),)
 
     def __init__(self) -> None:
         self.events: list[str] = []
@@ -386,6 +398,10 @@ class NestedProbe(Probe[NestedSettings]):
                 self.events.append(f"child {index} ended at {ctx.clock.monotonic() - started:g}")
 
         started = ctx.clock.monotonic()
+        if settings.keep:
+            found: dict[str, float] = {}
+            ctx.keep_values(found)
+            found["nested.found"] = 6.0  # kept as handed over: what is added later counts too
         if settings.own_timeout:
             with ctx.clock.move_on_after(settings.own_timeout) as scope:
                 await ctx.clock.sleep(3600)
@@ -632,3 +648,15 @@ def test_shard_auto_reads_the_statefulset_ordinal() -> None:
         load_config({**base, "HOSTNAME": "laptop", "VANTAGE_REPLICAS": "3"}, registry=registry)
     with pytest.raises(ConfigError, match="not below VANTAGE_REPLICAS=2"):
         load_config({**base, "HOSTNAME": "vantage-2", "VANTAGE_REPLICAS": "2"}, registry=registry)
+
+
+async def test_a_run_cut_by_its_timeout_reports_the_values_it_kept() -> None:
+    # blackbox_exporter reports what it resolved before its deadline; so does a cut run here.
+    clock = FakeClock()
+    agent, _ = agent_with([nested_check("kept", keep=True), nested_check("bare")], clock)
+    await run_for(agent, clock, 9.99)
+    kept, bare = agent.recorder.states["kept"].last, agent.recorder.states["bare"].last
+    assert kept is not None and kept.reason is Reason.TIMEOUT
+    assert dict(kept.values) == {"nested.found": 6.0}
+    assert "no result within the timeout of 1s" in kept.message
+    assert bare is not None and bare.reason is Reason.TIMEOUT and not bare.values

@@ -156,6 +156,9 @@ async def test_an_expect_is_bounded_in_lines_in_bytes_and_by_the_timeout() -> No
         "turn 1: waiting for a line matching '^220 ' (1 line read, the last '554 go away'))"
         in timed_out.message
     )
+    # What the run found before its timeout cut it, as blackbox_exporter reports it.
+    assert timed_out.values["probe.ip_protocol"] == 4 and timed_out.values["probe.ip_addr_hash"] == 3668918509
+    assert "probe.dns.lookup_time" in timed_out.values
 
 
 async def test_a_send_uses_the_groups_the_expect_before_it_captured() -> None:
