@@ -171,6 +171,7 @@ class GrpcProbe(Probe[GrpcSettings]):
         call = _Call(
             values={"probe.dns.lookup_time": phases["resolve"], **ip_values(address), "probe.grpc.ssl": 0.0}
         )
+        ctx.keep_values(call.values)  # for a run its timeout cuts: filled as the call goes
         attributes: dict[str, AttributeValue] = {
             "rpc.system": "grpc",
             "rpc.service": "grpc.health.v1.Health",

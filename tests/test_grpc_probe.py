@@ -269,6 +269,8 @@ async def test_a_call_cut_by_the_run_timeout_ends_its_client_span() -> None:
             await agent.http.aclose()
     result = agent.recorder.states["slow"].last
     assert result is not None and result.reason is Reason.TIMEOUT, result
+    # What the run had found before the cut, as blackbox_exporter reports it.
+    assert result.values["probe.ip_protocol"] == 4 and "probe.dns.lookup_time" in result.values
     (client,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
     assert client.name == "grpc.health.v1.Health/Check"
     assert client.attributes is not None and client.attributes["error.type"] == "timeout"
