@@ -276,8 +276,8 @@ async def _health_check(
     finally:
         writer.close()  # with TLS, sends the close_notify
         if settings.tls:
-            # asyncio would wait for the server's close_notify, which a server need not send
-            # (Go's does not): the call is over, the socket goes now.
+            # asyncio would wait up to 30 s for the server's close_notify, which a server may never
+            # send: the call is over, the socket goes now.
             writer.transport.abort()
         # Waited for, so that no socket is left to the garbage collector; within the run's timeout.
         left = deadline - (ctx.clock.monotonic() - opened)

@@ -573,7 +573,7 @@ def _failed(failure: HttpFailure, looked_up: _LookedUp | None) -> ProbeResult:
         if "resolve" in phases:
             values["probe.dns.lookup_time"] = phases["resolve"]
         # The address a refused connection or failed handshake was made to, as blackbox reports.
-        values |= ip_values(failure.address) if failure.address else {}
+        values |= ip_values(failure.address)  # none for "" (nothing tried, or through a proxy)
     if looked_up is not None:
         phases["resolve"] = phases.get("resolve", 0.0) + looked_up.seconds
         values["probe.dns.lookup_time"] = looked_up.seconds

@@ -164,9 +164,9 @@ class HttpFailure(Exception):
     """A request that produced no usable response; carries its reason and the phases so far.
 
     ``response`` is the last response received when there was one that could not be used: the
-    redirect that was not followed once ``max_redirects`` were. ``address`` is the IP address of
-    the target's the first hop tried (refused, or a handshake that failed), "" when none is known
-    (the name did not resolve, a proxy connected in its place).
+    redirect that was not followed once ``max_redirects`` were. ``address`` is the IP address
+    the first hop tried (a refused connection, a failed handshake), "" when none is known (the name
+    did not resolve, a proxy connected in its place).
     """
 
     def __init__(
