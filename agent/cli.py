@@ -109,6 +109,10 @@ def _command(command: Command) -> int:
         from agent.schedule.sharding import select
 
         mine = select(config.entries, config.settings.region, config.shard)
+        from agent.once import hook_url_problems
+
+        if problems := hook_url_problems(mine, config.settings.public_url, config.source):
+            raise ConfigError("\n".join(problems))
         print(
             f"configuration OK: {len(config.entries)} checks from {config.source}; "
             f"{len(mine)} run in region {config.settings.region} "
@@ -230,11 +234,12 @@ def _once(args: argparse.Namespace) -> int:
     from agent.logs import configure_logging
     from agent.once import Options, run
 
-    environ = dict(os.environ)
     if args.checks:
-        # The flag names the check set for this command: it replaces both variables.
-        environ.pop("VANTAGE_CHECKS", None)
-        environ["VANTAGE_CHECKS_FILE"] = args.checks
+        # The flag names the check set for this command: it replaces both variables (in the
+        # process's own environment, which the settings read as well as the mapping given).
+        os.environ.pop("VANTAGE_CHECKS", None)
+        os.environ["VANTAGE_CHECKS_FILE"] = args.checks
+    environ = dict(os.environ)
     config = load_config(environ)
     configure_logging(config.settings.log_level, config.settings.log_format, config.redactor)
     options = Options(

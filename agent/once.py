@@ -185,7 +185,7 @@ def _some(names: Sequence[str], shown: int = 8) -> str:
     return ", ".join(names[:shown]) + more
 
 
-def hook_url_problems(entries: Iterable[CheckEntry], public_url: str | None) -> list[str]:
+def hook_url_problems(entries: Iterable[CheckEntry], public_url: str | None, source: str) -> list[str]:
     """Where a check uses ``${hook_url}`` while ``VANTAGE_PUBLIC_URL`` is unset, one line each.
 
     ``${hook_url}`` is built from that URL when a run sends it to the vendor; without it every run
@@ -196,7 +196,8 @@ def hook_url_problems(entries: Iterable[CheckEntry], public_url: str | None) -> 
     for entry in entries:
         for path in _template_paths(entry.check.settings, "settings"):
             problems.append(
-                f"check {entry.check.name!r}, field '{path}': ${{hook_url}} needs VANTAGE_PUBLIC_URL, "
+                f"{source}: check {entry.check.name!r}, field '{path}': ${{hook_url}} needs "
+                "VANTAGE_PUBLIC_URL, "
                 "the address at which senders reach this agent's /hooks endpoint"
             )
     return problems
@@ -265,6 +266,20 @@ class Journal:
         with the agent's secrets redacted."""
         shown = "<redacted>" if _SENSITIVE.search(name) else clip(value, 500, self.redact)
         return visible(name), visible(shown)
+
+    def learn(self, headers: Mapping[str, str]) -> None:
+        """Take the values of credential headers a check sends as secrets: one written in the
+        check file itself (not through ``${...}``) is unknown to the redactor, and a vendor may
+        echo it back in a body or header that -v shows."""
+        for name, value in headers.items():
+            if not _SENSITIVE.search(name):
+                continue
+            self.redact.add(value, ephemeral=True)
+            scheme = re.match(r"^[A-Za-z][\w-]*\s+(\S.*)$", value)  # Bearer <token>, Basic <pair>
+            if scheme:
+                self.redact.add(scheme.group(1), ephemeral=True)
+            for cookie in value.split(";"):
+                self.redact.add(cookie.partition("=")[2].strip(), ephemeral=True)
 
     def text(self, data: bytes | str | None) -> str:
         if not data:
@@ -348,6 +363,7 @@ class _RecordingClient:
     async def request(self, method: str, url: str, **kwargs: Any) -> HttpExchange:
         journal = self._journal
         headers: Mapping[str, str] = kwargs.get("headers") or {}
+        journal.learn(headers)
         params = kwargs.get("params")
         shown_url = url
         if params:
@@ -597,7 +613,7 @@ def run(
         message = f"vantage once: no check selected: {nothing}"
         _report_nothing(config, options, message, out, err)
         return Exit.NOTHING_SELECTED
-    problems = hook_url_problems(selected, config.settings.public_url)
+    problems = hook_url_problems(selected, config.settings.public_url, config.source)
     if problems:
         raise ConfigError("\n".join(problems))
 
@@ -946,7 +962,9 @@ def debug_text(outcome: Outcome, journal: Journal) -> str:
         for a in result.assertions:
             mark = "pass" if a.passed else "FAIL"
             actual = f"; actual: {redact(a.actual)}" if a.actual else ""
-            message = f"; {redact(a.message)}" if a.message and not a.passed else ""
+            # The message, where it says more than the assertion and the actual value do.
+            told = a.message and not a.passed and (not a.actual or a.actual not in a.message)
+            message = f"; {redact(a.message)}" if told else ""
             lines.append(f"  {mark}  expected: {redact(a.assertion)}{actual}{message}")
     if result is not None and result.steps:
         lines.append("--- steps")
