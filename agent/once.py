@@ -789,14 +789,14 @@ _RESULT_WORDS = {Verdict.PASSED: "ok", Verdict.FAILED: "FAIL", Verdict.NOT_JUDGE
 
 
 def table(outcomes: Sequence[Outcome]) -> str:
-    """The table: one row per check, messages whole (the last column is not padded)."""
-    rows = [("CHECK", "TYPE", "REGION", "RESULT", "REASON", "DURATION", "MESSAGE")]
+    """The table: one row per check (all of one region, which the summary names), messages
+    whole (the last column is not padded)."""
+    rows = [("CHECK", "TYPE", "RESULT", "REASON", "DURATION", "MESSAGE")]
     for outcome in outcomes:
         rows.append(
             (
                 outcome.name,
                 outcome.entry.check.type,
-                outcome.region,
                 _RESULT_WORDS[outcome.verdict],
                 outcome.reason,
                 f"{outcome.duration * 1000:.0f}ms" if outcome.result is not None else "",
@@ -825,7 +825,8 @@ def summary(outcomes: Sequence[Outcome], took: float) -> str:
     text = f"{tally['passed']} passed, {tally['failed']} failed"
     if tally["not_judged"]:
         text += f", {tally['not_judged']} not judged"
-    return f"{text} in {format_duration(took)}"
+    region = f" in region {outcomes[0].region}" if outcomes else ""
+    return f"{text}{region} ({format_duration(took)})"
 
 
 def _assertions(result: ProbeResult | None, redact: Redactor) -> list[dict[str, Any]]:
