@@ -951,7 +951,10 @@ def debug_text(outcome: Outcome, journal: Journal) -> str:
             )
             lines.extend(f"< {k}: {v}" for k, v in exchange.response_headers)
             cut = " (cut at the probe's max_body)" if exchange.truncated else ""
-            lines.append(f"< (body, {_count(exchange.body_size, 'byte')}{cut}) {exchange.response_body}")
+            if exchange.body_size:
+                lines.append(f"< (body, {_count(exchange.body_size, 'byte')}{cut}) {exchange.response_body}")
+            else:
+                lines.append("< (no body)")
         if exchange.error:
             lines.append(f"! {exchange.error}")
         if exchange.phases:
