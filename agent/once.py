@@ -587,7 +587,8 @@ class _HeldLogs(logging.Handler):
             if record.levelno >= target.level:
                 target.handle(record)
 
-    def release(self) -> None:
+    def hand_over(self) -> None:
+        """Pass the held records on (not ``release``: that is ``logging.Handler``'s lock)."""
         held, self._held = self._held, []
         for record in held:
             self._pass(record)
@@ -730,7 +731,7 @@ def _unhook_logs(
 ) -> None:
     root.handlers[:] = handlers
     if held is not None:
-        held.release()
+        held.hand_over()
 
 
 def _flush_logs() -> None:

@@ -511,3 +511,52 @@ def test_debug_shows_the_exchange_with_every_secret_redacted(vendor: tuple[int, 
     assert len(item["trace_id"]) == 32 and item["spans"][0]["name"] == "check echo"
     for spelling in spellings(SECRET) + spellings(LITERAL):
         assert spelling not in result.stdout + result.stderr
+
+
+def test_on_a_terminal_the_progress_line_is_redrawn_and_logs_wait_for_it(vendor: tuple[int, Any]) -> None:
+    import os
+    import pty
+
+    port, _ = vendor
+    inbound = free_port()
+    env = checks_env(
+        [http("down", port, "/status/500"), heartbeat()],
+        VANTAGE_PORT=str(inbound),
+        VANTAGE_HOST="127.0.0.1",
+        VANTAGE_LOG_FORMAT="text",
+        PING_TOKEN=PING_TOKEN,
+    )
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "once", "--wait-passive", "2s"],
+            env={"PATH": "", **QUIET, **env},
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            text=True,
+        )
+        os.close(follower)
+        follower = -1
+        out, _ = proc.communicate(timeout=60)
+        terminal = b""
+        while True:  # bounded: the child has exited, and the pty ends with it
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            terminal += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    assert proc.returncode == 1, out
+    text = terminal.decode()
+    drawn = [i for i in range(len(text)) if text.startswith("\r\x1b[Kvantage once: ", i)]
+    assert len(drawn) >= 2, text  # redrawn in place, twice a second
+    assert "\n" not in text[drawn[0] : drawn[-1]]  # never a line of its own
+    # The failing check's log line came during the run, and was held until the line was cleared.
+    assert text.index("check down is failing") > drawn[-1], text
+    assert "0 passed, 2 failed" in out
