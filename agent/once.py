@@ -197,8 +197,7 @@ def hook_url_problems(entries: Iterable[CheckEntry], public_url: str | None, sou
         for path in _template_paths(entry.check.settings, "settings"):
             problems.append(
                 f"{source}: check {entry.check.name!r}, field '{path}': ${{hook_url}} needs "
-                "VANTAGE_PUBLIC_URL, "
-                "the address at which senders reach this agent's /hooks endpoint"
+                "VANTAGE_PUBLIC_URL, the address at which senders reach this agent's /hooks endpoint"
             )
     return problems
 
@@ -622,7 +621,7 @@ def run(
 
     journal = Journal(config.redactor) if options.verbose else None
     root = logging.getLogger()
-    handlers = list(root.handlers)
+    handlers, level = list(root.handlers), root.level
     extra: dict[str, Any] = {}
     if journal is not None:
         extra = {
@@ -641,7 +640,7 @@ def run(
         waited = anyio.run(_judge, agent, options, progress, err, **_backend())
     finally:
         progress.clear()
-        _unhook_logs(root, handlers, held, capture)
+        _unhook_logs(root, handlers, held, capture, level)
     outcomes = [_outcome(agent, entry, options, waited) for entry in agent.entries]
     status = exit_status(outcomes)
     _flush_logs()
@@ -728,8 +727,10 @@ def _unhook_logs(
     handlers: list[logging.Handler],
     held: _HeldLogs | None,
     capture: _CheckLogs | None,
+    level: int,
 ) -> None:
     root.handlers[:] = handlers
+    root.setLevel(level)
     if held is not None:
         held.hand_over()
 
@@ -886,7 +887,7 @@ def report_json(
             trace_id = journal.runs.get(check.name)
             item["trace_id"] = f"{trace_id:032x}" if trace_id else None
             item["exchanges"] = [e.as_json() for e in journal.exchanges.get(check.name, [])]
-            item["spans"] = [_span_json(s, trace_id) for s in _ordered(journal, check.name)]
+            item["spans"] = [_span_json(s) for s in _ordered(journal, check.name)]
             item["log"] = journal.logs.get(check.name, [])
         results.append(item)
     return {
@@ -906,7 +907,7 @@ def _ordered(journal: Journal, name: str) -> list[ReadableSpan]:
     return sorted(journal.spans.get(trace_id, []), key=lambda s: (s.start_time or 0, s.end_time or 0))
 
 
-def _span_json(span: ReadableSpan, trace_id: int | None) -> dict[str, Any]:
+def _span_json(span: ReadableSpan) -> dict[str, Any]:
     return {
         "name": span.name,
         "start": (span.start_time or 0) / 1e9,
