@@ -560,3 +560,44 @@ def test_on_a_terminal_the_progress_line_is_redrawn_and_logs_wait_for_it(vendor:
     # The failing check's log line came during the run, and was held until the line was cleared.
     assert text.index("check down is failing") > drawn[-1], text
     assert "0 passed, 2 failed" in out
+
+
+def test_which_checks_are_passive() -> None:
+    from agent.once import passive
+
+    from .helpers import config_from
+
+    hook = webhook("active-hook", 1, "ok")
+    quiet = {
+        **hook,
+        "name": "passive-hook",
+        "settings": {"mode": "passive", "window": "1h", "token": "${HOOK_TOKEN}"},
+    }
+    config = config_from(
+        [hook, quiet, heartbeat(), http("api", 1)],
+        HOOK_TOKEN=HOOK_TOKEN,
+        PING_TOKEN=PING_TOKEN,
+        VANTAGE_PUBLIC_URL="http://127.0.0.1:1",
+    )
+    assert {entry.check.name: passive(entry) for entry in config.entries} == {
+        "active-hook": False,
+        "passive-hook": True,
+        "nightly-sync": True,
+        "api": False,
+    }
+
+
+def test_every_exit_status_is_documented() -> None:
+    from agent.once import Exit
+
+    help_text = subprocess.run(
+        [sys.executable, "-m", "agent", "once", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    docs = (ROOT / "docs" / "ci.md").read_text()
+    for status in Exit:
+        assert f"\n  {status.value}  " in help_text, status
+        assert f"\n| {status.value} | " in docs, status
