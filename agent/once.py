@@ -57,7 +57,7 @@ from agent.schedule.sharding import select
 from agent.sdk.assertions import clip
 from agent.sdk.durations import format_duration
 from agent.sdk.http import HttpExchange, HttpFailure, TLSOptions
-from agent.sdk.probe import ProbeResult, Reason, visible
+from agent.sdk.probe import Delivery, ProbeResult, Reason, visible
 from agent.sdk.urls import redact_url
 
 if TYPE_CHECKING:
@@ -247,6 +247,23 @@ class Exchange:
         return dataclasses.asdict(self)
 
 
+@dataclass(slots=True)
+class Received:
+    """One request to a check's inbound endpoint (a webhook delivery, a ping), as -v shows it."""
+
+    method: str
+    remote: str
+    headers: list[tuple[str, str]]
+    query: list[tuple[str, str]]
+    body: str
+    body_size: int
+    problem: str | None
+    """Why the check rejected it (its signature, its token), or None."""
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 class Journal:
     """What -v shows of each check's run: its HTTP exchanges, spans and log lines, by check name."""
 
@@ -258,7 +275,23 @@ class Journal:
         self.runs: dict[str, int] = {}
         """The trace id of each check's run."""
         self.logs: dict[str, list[str]] = {}
+        self.received: dict[str, list[Received]] = {}
         self._lock = threading.Lock()
+
+    def note_deliveries(self, name: str, deliveries: Iterable[Delivery]) -> None:
+        """Keep what reached a check's inbound endpoint during the run."""
+        self.received[name] = [
+            Received(
+                method=d.request.method,
+                remote=d.request.remote,
+                headers=[self.header(k, v) for k, v in d.request.headers.items()],
+                query=[self.header(k, v) for k, v in d.request.query.items()],
+                body=self.text(d.request.body),
+                body_size=len(d.request.body),
+                problem=visible(self.redact(d.problem)) if d.problem is not None else None,
+            )
+            for d in deliveries
+        ]
 
     def header(self, name: str, value: str) -> tuple[str, str]:
         """A header as -v shows it: a credential's value withheld by its name, every other value
@@ -642,6 +675,10 @@ def run(
         progress.clear()
         _unhook_logs(root, handlers, held, capture, level)
     outcomes = [_outcome(agent, entry, options, waited) for entry in agent.entries]
+    if journal is not None:
+        for entry in agent.entries:
+            if entry.probe.inbound is not None:
+                journal.note_deliveries(entry.check.name, agent.inbox.after(entry.check.name, 0))
     status = exit_status(outcomes)
     _flush_logs()
     took = time.monotonic() - started
@@ -889,6 +926,7 @@ def report_json(
             item["exchanges"] = [e.as_json() for e in journal.exchanges.get(check.name, [])]
             item["spans"] = [_span_json(s) for s in _ordered(journal, check.name)]
             item["log"] = journal.logs.get(check.name, [])
+            item["received"] = [r.as_json() for r in journal.received.get(check.name, [])]
         results.append(item)
     return {
         "version": __version__,
@@ -963,6 +1001,17 @@ def debug_text(outcome: Outcome, journal: Journal) -> str:
             lines.append(
                 "  phases: " + ", ".join(f"{k} {format_duration(v)}" for k, v in exchange.phases.items())
             )
+    if outcome.entry.probe.inbound is not None:
+        received = journal.received.get(check.name, [])
+        lines.append(f"--- received at /{outcome.entry.probe.inbound}/{check.name}: {len(received)}")
+        for index, request in enumerate(received, 1):
+            verdict = f"rejected: {request.problem}" if request.problem is not None else "accepted"
+            lines.append(f"<< {index}. {request.method} from {request.remote} ({verdict})")
+            lines.extend(f"<< {k}: {v}" for k, v in request.headers)
+            if request.query:
+                lines.append("<< (query) " + "&".join(f"{k}={v}" for k, v in request.query))
+            if request.body_size:
+                lines.append(f"<< (body, {_count(request.body_size, 'byte')}) {request.body}")
     if result is not None and result.assertions:
         lines.append("--- assertions")
         for a in result.assertions:

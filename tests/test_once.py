@@ -261,9 +261,17 @@ def test_an_active_webhook_waits_for_its_delivery(vendor: tuple[int, Any]) -> No
     ]
     assert f"serving /hooks and /heartbeat on port {inbound}" in result.stderr
 
-    result = once("--check", "payments-webhook", env=env)
+    result = once("--check", "payments-webhook", "-v", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed, 0 failed" in result.stdout
+    # -v shows the trigger's request and the delivery that came back, the token withheld.
+    out = result.stdout
+    assert f"> POST http://127.0.0.1:{port}/v1/events" in out
+    assert "--- received at /hooks/payments-webhook: 1" in out
+    assert "(accepted)" in out and "<< Authorization: <redacted>" in out
+    assert "<< (body, " in out and '{"data": {"run": "' in out
+    for spelling in spellings(HOOK_TOKEN):
+        assert spelling not in out + result.stderr
 
 
 def test_hook_url_without_a_public_url_is_a_configuration_error(vendor: tuple[int, Any]) -> None:
