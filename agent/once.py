@@ -708,7 +708,7 @@ async def _judge(agent: Agent, options: Options, progress: Progress, err: TextIO
     waited = False
     try:
         async with anyio.create_task_group() as tg:
-            if agent.server._inbound is not None:
+            if any(entry.probe.inbound is not None for entry in agent.entries):
                 port = await tg.start(agent.server.serve)
                 inbound_port = agent.server.inbound_port or port
                 where = f" (senders use {settings.public_url})" if settings.public_url else ""
