@@ -67,6 +67,9 @@ def vendor() -> Iterator[tuple[int, dict[str, list[str]]]]:
         headers = {"X-Echo": token, "Set-Cookie": f"session={token}", "X-Trace": "abc"}
         return web.json_response(body, headers=headers)
 
+    async def ansi(request: web.Request) -> web.Response:
+        return web.Response(text="\x1b[2J\x1b[31mall good\r\nX-Forged: line")
+
     async def long(request: web.Request) -> web.Response:
         return web.json_response({"state": "degraded " + "x" * 300})
 
@@ -93,6 +96,7 @@ def vendor() -> Iterator[tuple[int, dict[str, list[str]]]]:
     app.router.add_get("/status/{code}", status)
     app.router.add_get("/echo", echo)
     app.router.add_get("/long", long)
+    app.router.add_get("/ansi", ansi)
     app.router.add_post("/v1/events", events)
     with thread_server(app) as port:
         yield port, seen
@@ -489,11 +493,15 @@ def test_debug_shows_the_exchange_with_every_secret_redacted(vendor: tuple[int, 
             ],
         },
     )
-    env = checks_env([check], API_KEY=SECRET, VANTAGE_LOG_LEVEL="debug", VANTAGE_LOG_FORMAT="text")
+    hostile = http("hostile", port, "/ansi")
+    env = checks_env([check, hostile], API_KEY=SECRET, VANTAGE_LOG_LEVEL="debug", VANTAGE_LOG_FORMAT="text")
     report = tmp_path / "junit.xml"
     result = once("-v", "--junit", str(report), env=env)
     assert result.returncode == 1, result.stdout + result.stderr
     out = result.stdout
+    # What a target sent cannot drive the terminal or forge a line of the report.
+    assert "\x1b" not in out and "\r" not in out
+    assert "\\x1b[2J\\x1b[31mall good\\r\\nX-Forged: line" in out
     # The request, the response (headers and a body excerpt), the assertions, the waterfall.
     assert f"> GET http://127.0.0.1:{port}/echo" in out
     assert "> Authorization: <redacted>" in out and "> X-Api-Key: <redacted>" in out
@@ -512,7 +520,7 @@ def test_debug_shows_the_exchange_with_every_secret_redacted(vendor: tuple[int, 
             assert spelling not in written, spelling
 
     # --json -v carries the same, as data.
-    result = once("-v", "--json", env=env)
+    result = once("-v", "--json", "--check", "echo", env=env)
     item = results(result.stdout)["echo"]
     exchange = item["exchanges"][0]
     assert exchange["status"] == 200 and ["X-Api-Key", "<redacted>"] in exchange["request_headers"]
