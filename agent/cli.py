@@ -242,12 +242,11 @@ def _once(args: argparse.Namespace) -> int:
     from agent.logs import configure_logging
     from agent.once import Options, run
 
-    if args.checks:
-        # The flag names the check set for this command: it replaces both variables (in the
-        # process's own environment, which the settings read as well as the mapping given).
-        os.environ.pop("VANTAGE_CHECKS", None)
-        os.environ["VANTAGE_CHECKS_FILE"] = args.checks
     environ = dict(os.environ)
+    if args.checks:
+        # The flag names the check set for this command: it replaces both variables.
+        environ.pop("VANTAGE_CHECKS", None)
+        environ["VANTAGE_CHECKS_FILE"] = args.checks
     config = load_config(environ)
     configure_logging(config.settings.log_level, config.settings.log_format, config.redactor)
     options = Options(
