@@ -75,12 +75,15 @@ def build_agent(
     set_global_providers: bool = False,
     span_processors: Sequence[SpanProcessor] = (),
     defer_exporters: bool = False,
+    http: HttpClientFactory | None = None,
 ) -> Agent:
     """Wire the parts together; nothing runs yet.
 
     ``resolve`` maps names to addresses for the HTTP client (tests: names for TLS on loopback);
     with it, any other name fails as a DNS failure without a query. ``defer_exporters``: the
-    OTLP/HTTP exporters are built when they first export (see :func:`build_telemetry`)."""
+    OTLP/HTTP exporters are built when they first export (see :func:`build_telemetry`). ``http``
+    replaces the HTTP client factory (``vantage once -v`` passes one that keeps each exchange for
+    its report)."""
     settings = config.settings
     clock = clock or SystemClock()
     resource = build_resource(environ, region=settings.region, version=__version__, worker=config.worker)
@@ -105,7 +108,7 @@ def build_agent(
     )
     entries = select(config.entries, settings.region, config.shard, config.worker)
     recorder.register(entries)
-    http = HttpClientFactory(user_agent=f"Vantage/{__version__}", resolve=resolve)
+    http = http or HttpClientFactory(user_agent=f"Vantage/{__version__}", resolve=resolve)
     check_log = logging.getLogger("vantage.probe")
     inbox = Inbox()
     # Per-check state lives here, not in the probes (one instance per type serves every check);

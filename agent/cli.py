@@ -1,6 +1,7 @@
 """The ``vantage`` command: ``run``, ``once``, ``validate``, ``plugins`` and ``import``.
 
-Exit status: 0 on success, 1 when ``once`` saw a failing check, 2 for a configuration error.
+Exit status: 0 on success, 2 for a configuration error; ``once`` has its own, from 0 to 4
+(``agent.once.Exit``: 1 a check failed, 3 a check not judged, 4 nothing selected).
 """
 
 from __future__ import annotations
@@ -11,13 +12,10 @@ import signal
 import sys
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import Any
 
 from agent import __version__
 from agent.errors import ConfigError, PluginError
-
-if TYPE_CHECKING:
-    from agent.config.settings import Config
 
 __all__ = ["main"]
 
@@ -42,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"vantage {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser(Command.RUN, help="run the agent (the default)")
-    commands.add_parser(Command.ONCE, help="run every check once now, print a table, exit 1 if any failed")
+    _once_parser(commands)
     commands.add_parser(Command.VALIDATE, help="check the configuration and exit")
     commands.add_parser(Command.PLUGINS, help="list the installed probe types and their settings")
     commands.add_parser(
@@ -73,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # action): SIGHUP is logged and ignored once the agent runs.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        status = _command(command)
+        status = _once(args) if command is Command.ONCE else _command(command)
     except (ConfigError, PluginError) as exc:
         status = _config_error(exc)
     except BaseExceptionGroup as group:
@@ -116,6 +114,10 @@ def _command(command: Command) -> int:
         from agent.schedule.sharding import select
 
         mine = select(config.entries, config.settings.region, config.shard)
+        from agent.once import hook_url_problems
+
+        if problems := hook_url_problems(mine, config.settings.public_url, config.source):
+            raise ConfigError("\n".join(problems))
         print(
             f"configuration OK: {len(config.entries)} checks from {config.source}; "
             f"{len(mine)} run in region {config.settings.region} "
@@ -123,8 +125,6 @@ def _command(command: Command) -> int:
         )
         return 0
     configure_logging(config.settings.log_level, config.settings.log_format, config.redactor)
-    if command is Command.ONCE:
-        return _once(config)
     if config.settings.worker:
         from agent.process.workers import die_with_supervisor
 
@@ -158,41 +158,106 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return exc
 
 
-def _once(config: Config) -> int:
-    import anyio
+_ONCE_EXIT = """exit status (agent.once.Exit):
+  0  every selected check ran and passed
+  1  at least one check failed
+  2  the configuration or the command line is wrong (nothing ran)
+  3  nothing failed, but a check was not judged: a passive webhook or heartbeat check, which
+     one run cannot judge (see --wait-passive)
+  4  no check was selected (none in the file, none matching --check/--label, or none of
+     them runs in this region or shard)"""
 
-    from agent.app import _backend, build_agent, flush_telemetry
 
-    agent = build_agent(config, os.environ, set_global_providers=True)
+def _once_parser(commands: Any) -> None:
+    # Nothing of agent.once is imported here: every command builds this parser, `healthcheck` too.
+    def label(text: str) -> tuple[str, str]:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. --label team=payments)")
+        return key.strip(), value.strip()
 
-    async def go() -> None:
-        await agent.scheduler.run_once()
-        await agent.http.aclose()
-        await flush_telemetry(agent.telemetry, config.settings.shutdown_timeout, shutdown=True)
+    def duration(text: str) -> float:
+        from agent.sdk.durations import parse_duration
 
-    anyio.run(go, **_backend())
-    rows = [("CHECK", "TYPE", "RESULT", "REASON", "DURATION", "MESSAGE")]
-    failed = 0
-    for state in agent.recorder.states.values():
-        result = state.last
-        if result is None:
-            continue
-        failed += not result.success
-        rows.append(
-            (
-                state.entry.check.name,
-                state.entry.check.type,
-                "ok" if result.success else "FAIL",
-                result.reason.value if result.reason else "",
-                f"{(result.duration or 0) * 1000:.0f}ms",
-                config.redactor(result.message)[:100],
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
-    print(f"\n{len(rows) - 1 - failed} passed, {failed} failed")
-    return EXIT_FAILED if failed else 0
+        try:
+            seconds = parse_duration(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if seconds <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a duration above zero, e.g. 30s")
+        return seconds
+
+    once = commands.add_parser(
+        Command.ONCE,
+        help="run the checks once now, report, and exit non-zero unless every one passed (a CI gate)",
+        description="Run the selected checks once, judge them as `vantage run` does (inbound endpoints "
+        "included), print a report and exit with a status a CI pipeline can trust.",
+        epilog=_ONCE_EXIT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    once.add_argument(
+        "--check",
+        dest="check_patterns",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run the checks whose name matches NAME, a glob ('stripe-*'); repeatable; "
+        "a NAME that matches no check is an error",
+    )
+    once.add_argument(
+        "--label",
+        dest="labels",
+        action="append",
+        type=label,
+        default=[],
+        metavar="KEY=VALUE",
+        help="run the checks with this label (the value may be a glob); repeatable, all must match",
+    )
+    once.add_argument(
+        "--checks", metavar="FILE", help="the check file (instead of VANTAGE_CHECKS_FILE or VANTAGE_CHECKS)"
+    )
+    once.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    once.add_argument("--junit", metavar="PATH", help="also write the report as JUnit XML to PATH")
+    once.add_argument(
+        "-v",
+        "--debug",
+        dest="verbose",
+        action="store_true",
+        help="per check, the requests and responses (redacted), assertions, log lines and waterfall",
+    )
+    once.add_argument(
+        "--wait-passive",
+        type=duration,
+        metavar="DURATION",
+        help="wait up to DURATION (30s, 2m) for passive webhook and heartbeat checks to receive a "
+        "delivery, and fail those that get none; without it they are reported as not judged",
+    )
+
+
+def _once(args: argparse.Namespace) -> int:
+    from agent.server._aiohttp import import_aiohttp
+
+    import_aiohttp()  # first, as in _command
+    from agent.config.settings import load_config
+    from agent.logs import configure_logging
+    from agent.once import Options, run
+
+    environ = dict(os.environ)
+    if args.checks:
+        # The flag names the check set for this command: it replaces both variables.
+        environ.pop("VANTAGE_CHECKS", None)
+        environ["VANTAGE_CHECKS_FILE"] = args.checks
+    config = load_config(environ)
+    configure_logging(config.settings.log_level, config.settings.log_format, config.redactor)
+    options = Options(
+        checks=tuple(args.check_patterns),
+        labels=tuple(args.labels),
+        json=args.json,
+        junit=args.junit,
+        verbose=args.verbose,
+        wait_passive=args.wait_passive,
+    )
+    return run(config, environ, options)
 
 
 def _import_blackbox(config: str, targets: str, output: str | None) -> int:

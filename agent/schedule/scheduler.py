@@ -58,7 +58,7 @@ import heapq
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -412,11 +412,13 @@ class Scheduler:
             ctx.redact(f"the probe crashed: {type(exc).__name__}{': ' + detail if detail else ''}"),
         )
 
-    async def run_once(self) -> None:
-        """Run every check once now, concurrently within the bound (``vantage once``)."""
+    async def run_once(self, names: Container[str] | None = None) -> None:
+        """Run every check (or those in ``names``) once now, concurrently within the bound
+        (``vantage once``)."""
         now = self._clock.monotonic()
         for item in self._items:
-            self._admit(item, now)
+            if names is None or item.entry.check.name in names:
+                self._admit(item, now)
         try:
             await self._wait_for_idle()
         finally:
