@@ -43,8 +43,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser(Command.RUN, help="run the agent (the default)")
     commands.add_parser(Command.ONCE, help="run every check once now, print a table, exit 1 if any failed")
-    commands.add_parser(Command.VALIDATE, help="check the configuration and exit")
-    commands.add_parser(Command.PLUGINS, help="list the installed probe types and their settings")
+    validate = commands.add_parser(
+        Command.VALIDATE,
+        help="check the configuration and exit (2 on any problem, each named)",
+        description="Check the settings (VANTAGE_*, OTEL_*) and the checks; exit 0 if all is well, "
+        "2 with every problem named otherwise.",
+    )
+    validate.add_argument(
+        "--offline",
+        action="store_true",
+        help="check without the production secrets and files (in CI): references are checked for "
+        "their form, not resolved, and files that settings name need not exist",
+    )
+    validate.add_argument(
+        "--checks", metavar="FILE", help="the checks file (instead of VANTAGE_CHECKS or VANTAGE_CHECKS_FILE)"
+    )
+    plugins = commands.add_parser(
+        Command.PLUGINS, help="list the installed probe types and their settings, with defaults"
+    )
+    plugins.add_argument("--json", action="store_true", help="as one JSON document, for tools")
     commands.add_parser(
         Command.HEALTHCHECK,
         help="exit 0 if the agent on VANTAGE_PORT answers /healthz (for a container HEALTHCHECK)",
@@ -65,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is Command.IMPORT:
         return _import_blackbox(args.config, args.targets, args.output)
     if command is Command.PLUGINS:
-        return _plugins()
+        return _plugins(as_json=args.json)
     if command is Command.HEALTHCHECK:
         return _healthcheck()
     if command is Command.RUN:
@@ -73,7 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # action): SIGHUP is logged and ignored once the agent runs.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        status = _command(command)
+        if command is Command.VALIDATE:
+            status = _validate(offline=args.offline, checks_file=args.checks)
+        else:
+            status = _command(command)
     except (ConfigError, PluginError) as exc:
         status = _config_error(exc)
     except BaseExceptionGroup as group:
@@ -99,25 +119,10 @@ def _command(command: Command) -> int:
     from agent.config.settings import load_config
     from agent.logs import configure_logging
 
-    config = load_config(os.environ)
-    if command is Command.VALIDATE:
-        from agent.telemetry.providers import build_resource, build_telemetry
-
-        build_telemetry(
-            os.environ,
-            build_resource(os.environ, region=config.settings.region, version=__version__),
-            redactor=config.redactor,
-        )
-        from agent.schedule.sharding import select
-
-        mine = select(config.entries, config.settings.region, config.shard)
-        print(
-            f"configuration OK: {len(config.entries)} checks from {config.source}; "
-            f"{len(mine)} run in region {config.settings.region} "
-            f"(shard {config.shard.index}/{config.shard.count})"
-        )
-        return 0
+    config = load_config(os.environ, progress=_progress)
     configure_logging(config.settings.log_level, config.settings.log_format, config.redactor)
+    if not config.settings.worker:  # a worker's supervisor has said it
+        _warn_unknown_variables()
     if command is Command.ONCE:
         return _once(config)
     if config.settings.worker:
@@ -139,6 +144,56 @@ def _command(command: Command) -> int:
     from agent.app import run_agent
 
     run_agent(config, os.environ)
+
+
+def _validate(*, offline: bool, checks_file: str | None) -> int:
+    """``vantage validate``: every problem of the settings and the checks, or a summary."""
+    from agent.config.settings import load_config, unknown_variables
+    from agent.telemetry.providers import build_resource, build_telemetry, validate_otel_env
+
+    environ = dict(os.environ)
+    if checks_file is not None:
+        environ.pop("VANTAGE_CHECKS", None)
+        environ["VANTAGE_CHECKS_FILE"] = checks_file
+    problems = unknown_variables(environ)
+    try:
+        config = load_config(environ, offline=offline, progress=_progress)
+        if offline:  # the production OTLP headers and certificates are not here either
+            validate_otel_env(environ)
+        else:
+            build_telemetry(
+                environ,
+                build_resource(environ, region=config.settings.region, version=__version__),
+                redactor=config.redactor,
+            )
+    except (ConfigError, PluginError) as exc:
+        raise type(exc)("\n".join([*problems, str(exc)])) from None
+    if problems:
+        raise ConfigError("\n".join(problems))
+    from agent.schedule.sharding import select
+
+    mine = select(config.entries, config.settings.region, config.shard)
+    print(
+        f"configuration OK{' (offline: references not resolved)' if offline else ''}: "
+        f"{len(config.entries)} checks from {config.source}; "
+        f"{len(mine)} run in region {config.settings.region} "
+        f"(shard {config.shard.index}/{config.shard.count})"
+    )
+    return 0
+
+
+def _progress(done: int, total: int) -> None:
+    """A line on stderr while a large check set is validated (every 5,000 checks)."""
+    print(f"vantage: validated {done:,} of {total:,} checks", file=sys.stderr, flush=True)
+
+
+def _warn_unknown_variables() -> None:
+    import logging
+
+    from agent.config.settings import unknown_variables
+
+    for line in unknown_variables(os.environ):
+        logging.getLogger("vantage.config").warning(line)
 
 
 def _config_error(exc: BaseException) -> int:
@@ -237,22 +292,22 @@ def _healthcheck() -> int:
         return 1
 
 
-def _plugins() -> int:
+def _plugins(*, as_json: bool) -> int:
+    """``vantage plugins``: each installed probe type and its settings (``--json`` for tools)."""
+    import json
+
+    from agent.config._describe import describe_probe, render_text
     from agent.config.registry import Registry
 
     registry = Registry()
-    for name in registry.names():
+    described = []
+    for name in registry.names():  # each type is imported here, as a check of it would
         try:
-            probe = registry.load(name)
+            described.append(describe_probe(name, registry.load(name)))
         except (ConfigError, PluginError) as exc:
-            print(f"{name}: unavailable: {exc}")
-            continue
-        print(f"{name}  ({type(probe).__module__}.{type(probe).__name__})")
-        for field_name, field in probe.Settings.model_fields.items():
-            shown = field.alias or field_name
-            annotation = getattr(field.annotation, "__name__", None) or str(field.annotation).replace(
-                "typing.", ""
-            )
-            default = "" if field.is_required() else f" = {field.get_default(call_default_factory=True)!r}"
-            print(f"    {shown}: {annotation}{default}")
+            described.append({"name": name, "error": str(exc)})
+    if as_json:
+        print(json.dumps({"probe_types": described}, indent=2))
+    else:
+        sys.stdout.write(render_text(described))
     return 0

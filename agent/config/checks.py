@@ -15,12 +15,13 @@ Each check's ``settings`` block is validated by the ``Settings`` model of its pr
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agent.config._explain import Problem, did_you_mean, explain, field_path
 from agent.config.secrets import SecretResolver
 from agent.errors import ConfigError, PluginError
 from agent.sdk.durations import Duration, parse_duration
@@ -63,31 +64,131 @@ class _Rejected(Exception):
     """One check's problem, worded for the operator: that check is left out, the others go on."""
 
 
+Progress = Callable[[int, int], None]
+"""Told ``(done, total)`` while a large check set is validated."""
+
+
 def parse_checks(
     text: str,
     *,
     source: str,
     resolver: SecretResolver,
     load_probe: Callable[[str], Probe[Any]],
+    probe_types: Sequence[str] = (),
+    offline: bool = False,
+    locate: bool = False,
+    progress: Progress | None = None,
 ) -> list[CheckEntry]:
-    """Parse a check document into entries, or raise one ConfigError listing every problem."""
+    """Parse a check document into entries, or raise one ConfigError listing every problem.
+
+    Every problem of a check is reported, its settings' included, in the user's words.
+    ``offline``: secret references are checked for their form but not resolved, and files that
+    settings name need not exist (``vantage validate --offline``, in CI). ``locate``: the text is
+    a file, and each problem names its line. ``probe_types`` are the installed types, for a
+    "did you mean" when a check names another.
+    """
     parsed = _read_document(text, source)
     errors: list[str] = []
     entries: list[CheckEntry] = []
     seen: dict[str, int] = {}
     settings: dict[tuple[str, str], BaseModel] = {}
+    lines = _Lines(text) if locate else None
+    total = len(parsed.checks)
     for index, raw in enumerate(parsed.checks):
-        where = f"check {raw.get('name')!r} (checks[{index}])" if "name" in raw else f"checks[{index}]"
+        if progress is not None and index and index % _PROGRESS_EVERY == 0:
+            progress(index, total)
+        name = raw.get("name")
+        where = f"check {name!r} (checks[{index}])" if isinstance(name, str) else f"checks[{index}]"
+        problems: list[Problem] = []
         try:
-            # In this order: the check's own fields, its name, then what its probe type says.
-            check = _validate_check(_with_defaults(raw, parsed.defaults), resolver, source, where)
-            _claim_name(check, index, seen, source, where)
-            entries.append(_bind_probe(check, load_probe, source, where, settings))
+            # In this order: the check's own fields, its name, then what its probe type says;
+            # every problem found is reported, not only the first.
+            merged = _with_defaults(raw, parsed.defaults)
+            check, fields, references = _validate_check(merged, resolver, problems, offline=offline)
+            if check is not None:
+                _claim_name(check, index, seen, source, where)
+            entry = _bind_probe(
+                check,
+                fields,
+                load_probe,
+                problems,
+                settings,
+                references=references,
+                offline=offline,
+                probe_types=probe_types,
+            )
+            if entry is not None:
+                entries.append(entry)
         except _Rejected as exc:
             errors.append(str(exc))
+        errors += [_line(source, where, problem, lines, index) for problem in problems]
+    if progress is not None and total >= _PROGRESS_EVERY:
+        progress(total, total)
     if errors:
         raise ConfigError("\n".join(errors))
     return entries
+
+
+_PROGRESS_EVERY = 5000
+
+
+class _Lines:
+    """Where each check's fields are in the file, found only when a problem must be located: the
+    document is composed again into nodes, which carry their line (libyaml's composer where
+    PyYAML has it; the fast loader that built the checks keeps no marks)."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._checks: list[Any] | None = None
+
+    def line(self, index: int, path: Sequence[str | int]) -> int | None:
+        if self._checks is None:
+            self._checks = self._compose()
+        if index >= len(self._checks):
+            return None
+        node = self._checks[index]
+        line: int = node.start_mark.line + 1
+        for part in path:
+            found = _child(node, part)
+            if found is None:
+                break
+            key, node = found
+            line = int((key or node).start_mark.line) + 1
+        return line
+
+    def _compose(self) -> list[Any]:
+        import yaml
+
+        try:
+            root = yaml.compose(self._text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        except yaml.YAMLError:
+            return []
+        if isinstance(root, yaml.MappingNode):
+            root = next((v for k, v in root.value if getattr(k, "value", None) == "checks"), None)
+        return list(root.value) if isinstance(root, yaml.SequenceNode) else []
+
+
+def _child(node: Any, part: str | int) -> tuple[Any, Any] | None:
+    """The (key node, value node) of ``part`` in a mapping node, or (None, item) of a sequence."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        return next(((k, v) for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        return None, node.value[part]
+    return None
+
+
+def _line(source: str, where: str, problem: Problem, lines: _Lines | None, index: int) -> str:
+    """One problem as a line of the error: the source (and line), the check, the field."""
+    line = lines.line(index, problem.path) if lines is not None else None
+    head = f"{source}, line {line}: " if line else f"{source}: "
+    path = field_path(problem.path)
+    if problem.unknown:
+        message = f": {problem.message}" if problem.message else ""
+        return f"{head}unknown field '{path}' in {where}{message}"
+    field = f"field '{path}'" if path else "check"
+    return f"{head}{where}, {field}: {problem.message}"
 
 
 def _read_document(text: str, source: str) -> _CheckFile:
@@ -96,7 +197,9 @@ def _read_document(text: str, source: str) -> _CheckFile:
         try:
             document = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{source}: not valid YAML or JSON: {exc}") from None
+            raise ConfigError(
+                f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
+            ) from None
     else:
         import yaml  # a JSON document (an inline VANTAGE_CHECKS) is read without it
 
@@ -105,7 +208,7 @@ def _read_document(text: str, source: str) -> _CheckFile:
             # more for 10,000 checks (its node graph), memory the process keeps as its RSS.
             document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML or JSON: {exc}") from None
+            raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
     if document is None:
         document = {}
     if isinstance(document, list):
@@ -115,7 +218,19 @@ def _read_document(text: str, source: str) -> _CheckFile:
     try:
         return _CheckFile.model_validate(document)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, model=_CheckFile)) from None
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML error as "line 3, column 7: <problem> (<context> at line 1, column 9)", from the
+    marks the parser gives (libyaml's too)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    if context and context_mark is not None and (mark is None or context_mark.line != mark.line):
+        context += f" started at line {context_mark.line + 1}, column {context_mark.column + 1}"
+    return where + problem + (f" ({context})" if context else "")
 
 
 def _with_defaults(raw: dict[str, Any], defaults: Defaults) -> dict[str, Any]:
@@ -136,16 +251,72 @@ def _with_defaults(raw: dict[str, Any], defaults: Defaults) -> dict[str, Any]:
     return merged
 
 
-def _validate_check(merged: dict[str, Any], resolver: SecretResolver, source: str, where: str) -> Check:
-    """Secret references resolved, then the check's own fields validated."""
+def _validate_check(
+    merged: dict[str, Any],
+    resolver: SecretResolver,
+    problems: list[Problem],
+    *,
+    offline: bool,
+) -> tuple[Check | None, dict[str, Any], set[Path_]]:
+    """Secret references resolved, then the check's own fields validated (None if any is bad);
+    with the resolved fields and the paths of those that held a reference."""
+    resolved, references = _resolve(merged, resolver, problems)
     try:
-        resolved = resolver.resolve_tree(merged)
-    except LookupError as exc:
-        raise _Rejected(f"{source}: {where}, field {exc}") from None
-    try:
-        return Check.model_validate(resolved)
+        return Check.model_validate(resolved), resolved, references
     except ValidationError as exc:
-        raise _Rejected(format_validation_error(exc, source, where)) from None
+        problems += _kept(explain(exc, Check), references, offline)
+        return None, resolved, references
+
+
+Path_ = tuple[str | int, ...]
+
+
+def _resolve(
+    merged: dict[str, Any], resolver: SecretResolver, problems: list[Problem]
+) -> tuple[Any, set[Path_]]:
+    """The check with its references resolved, and the paths of the fields that held one.
+
+    Every reference that cannot be used is a problem of its field: all of them, not the first.
+    """
+    references: set[Path_] = set()
+
+    def walk(value: Any, path: Path_) -> Any:
+        if isinstance(value, str):
+            if "$" not in value:
+                return value
+            try:
+                resolved = resolver.resolve(value)
+            except LookupError as exc:
+                problems.append(Problem(path, str(exc)))
+                references.add(path)
+                return value
+            if resolved != value or "${" in value:
+                references.add(path)
+            return resolved
+        if isinstance(value, Mapping):
+            return {k: walk(v, (*path, str(k))) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, (*path, i)) for i, v in enumerate(value)]
+        return value
+
+    return walk(merged, ()), references
+
+
+_FILE_PROBLEMS = ("cannot be read", "does not exist or is not a file", "the TLS files cannot be loaded")
+"""How settings say that a file they name is missing or unreadable; offline, files need not exist."""
+
+
+def _kept(problems: list[Problem], references: set[Path_], offline: bool) -> list[Problem]:
+    """``problems`` less, offline, those of a field that holds an unresolved reference (its value
+    is not known) and those of a file that is not there (the production files are not)."""
+    if not offline:
+        return problems
+    return [
+        p
+        for p in problems
+        if not any(p.path[: len(r)] == r or r[: len(p.path)] == p.path for r in references if p.path)
+        and not any(words in p.message for words in _FILE_PROBLEMS)
+    ]
 
 
 def _claim_name(check: Check, index: int, seen: dict[str, int], source: str, where: str) -> None:
@@ -168,48 +339,80 @@ def _settings_key(check: Check) -> tuple[str, str] | None:
 
 
 def _bind_probe(
-    check: Check,
+    check: Check | None,
+    fields: Mapping[str, Any],
     load_probe: Callable[[str], Probe[Any]],
-    source: str,
-    where: str,
+    problems: list[Problem],
     parsed: dict[tuple[str, str], BaseModel],
-) -> CheckEntry:
+    *,
+    references: set[Path_],
+    offline: bool,
+    probe_types: Sequence[str],
+) -> CheckEntry | None:
     """The check's probe type loaded, its target accepted and its settings parsed by that type.
+
+    A check whose own fields are bad (``check`` None) has its type, target and settings checked
+    too, from ``fields``, where they can be: every problem of a check is reported at once.
 
     Checks of one type with the same settings share one (immutable) ``Settings`` object, kept in
     ``parsed``: with thousands of checks most have the same few settings blocks, and a parsed
     block costs a few kilobytes.
     """
+    kind, target, settings = fields.get("type"), fields.get("target"), fields.get("settings", {})
+    if not isinstance(kind, str) or (check is None and any(p.path[:1] == ("type",) for p in problems)):
+        return None
+    found: list[Problem] = []
     try:
-        probe = load_probe(check.type)
+        probe = load_probe(kind)
     except (ConfigError, PluginError) as exc:
-        raise _Rejected(f"{source}: {where}, field 'type': {exc}") from None
-    try:
-        probe.validate_target(check.target)
-    except ValueError as exc:
-        raise _Rejected(f"{source}: {where}, field 'target': {exc}") from None
-    key = _settings_key(check)
+        hint = did_you_mean(kind, probe_types) if kind not in probe_types else ""
+        problems.append(Problem(("type",), f"{exc}; {hint}" if hint else str(exc)))
+        return None
+    if isinstance(target, str) and not any(p.path[:1] == ("target",) for p in problems):
+        try:
+            probe.validate_target(target)
+        except ValueError as exc:
+            found.append(Problem(("target",), str(exc)))
+    key = _settings_key(check) if check is not None and not found else None
     known = parsed.get(key) if key is not None else None
-    if known is not None:
+    if known is not None and check is not None:
         return CheckEntry(check, probe, known)
-    try:
-        settings = probe.Settings.model_validate(check.settings)
-    except ValidationError as exc:
-        raise _Rejected(format_validation_error(exc, source, where, prefix="settings")) from None
-    except (ValueError, TypeError) as exc:
-        raise _Rejected(f"{source}: {where}, field 'settings': {exc}") from None
+    parsed_settings = None
+    if isinstance(settings, dict):
+        try:
+            parsed_settings = probe.Settings.model_validate(settings)
+        except ValidationError as exc:
+            found += explain(exc, probe.Settings, ("settings",))
+        except (ValueError, TypeError) as exc:
+            found.append(Problem(("settings",), str(exc)))
+    problems += _kept(found, references, offline)
+    if check is None or problems or parsed_settings is None:
+        return None
     if key is not None:
-        parsed[key] = settings
-    return CheckEntry(check, probe, settings)
+        parsed[key] = parsed_settings
+    return CheckEntry(check, probe, parsed_settings)
 
 
-def format_validation_error(exc: ValidationError, source: str, where: str = "", *, prefix: str = "") -> str:
-    """One line per pydantic error, naming the source, the check and the field; never the input."""
+def format_validation_error(
+    exc: ValidationError,
+    source: str,
+    where: str = "",
+    *,
+    prefix: str = "",
+    model: type[BaseModel] | None = None,
+) -> str:
+    """One line per pydantic error, naming the source, the check and the field, in the user's
+    words (with a "did you mean" when ``model``, the model that raised, is given); never a value
+    that could be a secret."""
+    problems = explain(exc, model, (prefix,) if prefix else ())
     lines = []
-    for error in exc.errors(include_input=False, include_url=False):
-        loc = ".".join(str(part) for part in (prefix, *error["loc"]) if part != "")
-        message = error["msg"].removeprefix("Value error, ")
-        field = f"field '{loc}'" if loc else "check"
+    for problem in problems:
+        path = field_path(problem.path)
         head = f"{source}: {where}, " if where else f"{source}: "
-        lines.append(f"{head}{field}: {message}")
+        if problem.unknown:
+            place = f" in {where}" if where else ""
+            message = f": {problem.message}" if problem.message else ""
+            lines.append(f"{source}: unknown field '{path}'{place}{message}")
+        else:
+            lines.append(f"{head}{f'field {path!r}' if path else 'check'}: {problem.message}")
     return "\n".join(lines)
