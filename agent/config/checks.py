@@ -117,6 +117,8 @@ def parse_checks(
                 offline=offline,
                 probe_types=probe_types,
             )
+            if entry is None and offline and not problems:
+                entry = _unresolved(fields, load_probe)
             if entry is not None:
                 entries.append(entry)
         except _Rejected as exc:
@@ -203,10 +205,12 @@ def _read_document(text: str, source: str) -> _CheckFile:
     else:
         import yaml  # a JSON document (an inline VANTAGE_CHECKS) is read without it
 
+        from agent.config._yaml import load_yaml
+
         try:
             # libyaml's safe loader where PyYAML has it: the pure-Python one peaks at some 60 MiB
             # more for 10,000 checks (its node graph), memory the process keeps as its RSS.
-            document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            document = load_yaml(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
     if document is None:
@@ -293,9 +297,9 @@ def _resolve(
             if resolved != value or "${" in value:
                 references.add(path)
             return resolved
-        if isinstance(value, Mapping):
+        if type(value) is dict or isinstance(value, Mapping):  # dict first: the ABC check is slow
             return {k: walk(v, (*path, str(k))) for k, v in value.items()}
-        if isinstance(value, list):
+        if type(value) is list:
             return [walk(v, (*path, i)) for i, v in enumerate(value)]
         return value
 
@@ -391,6 +395,24 @@ def _bind_probe(
     if key is not None:
         parsed[key] = parsed_settings
     return CheckEntry(check, probe, parsed_settings)
+
+
+def _unresolved(fields: Mapping[str, Any], load_probe: Callable[[str], Probe[Any]]) -> CheckEntry | None:
+    """Offline, a check whose only problems are values known at run time (a reference, a file):
+    kept as written, unvalidated, to be counted and placed in its shard; it is never run."""
+    try:
+        probe = load_probe(str(fields.get("type")))
+    except (ConfigError, PluginError):
+        return None
+    known = {k: v for k, v in fields.items() if k in Check.model_fields}
+    settings = fields.get("settings")
+    return CheckEntry(
+        Check.model_construct(**known),
+        probe,
+        probe.Settings.model_construct(**settings)
+        if isinstance(settings, dict)
+        else probe.Settings.model_construct(),
+    )
 
 
 def format_validation_error(

@@ -254,7 +254,7 @@ class SecretResolver:
                 try:
                     value = self._environ[ref]
                 except KeyError:
-                    hint = did_you_mean(ref, self._environ)
+                    hint = did_you_mean(ref, self._environ, quote="")
                     raise LookupError(
                         f"environment variable {ref} is not set" + (f"; {hint}" if hint else "")
                     ) from None
