@@ -50,8 +50,8 @@ class _Loader(_BASE):  # type: ignore[misc]
         try:
             return self._build(node, {}, set())
         except (_Unusual, TypeError, RecursionError):
-            self.constructed_objects = {}
-            self.recursive_objects = {}
+            self.constructed_objects: dict[Any, Any] = {}
+            self.recursive_objects: dict[Any, Any] = {}
             return super().construct_document(node)
 
     def _build(self, node: Any, built: dict[int, Any], building: set[int]) -> Any:
