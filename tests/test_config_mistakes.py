@@ -362,12 +362,25 @@ def test_offline_validation_still_catches_mistakes(
 ) -> None:
     path = tmp_path / "checks.yaml"
     check = {**HTTP, "timout": "5s", "settings": {"headers": {"Authorization": "Bearer ${STRIPE-KEY}"}}}
-    path.write_text(document(check))
+    flow = {
+        "name": "order",
+        "type": "flow",
+        "target": "https://api.example",
+        "settings": {
+            "steps": [
+                {"name": "a", "url": "/", "headers": {"Authorization": "Bearer ${API_KEY}"}},
+                {"name": "b", "url": "/orders/${steps.nope.id}"},
+            ]
+        },
+    }
+    path.write_text(document(check, flow))
     status, _, err = validate(clean_env, capsys, "--offline", "--checks", str(path), VANTAGE_LOGFORMAT="x")
     assert status == 2
     assert "unknown field 'timout'" in err
     assert "${STRIPE-KEY} cannot name an environment variable" in err
     assert "VANTAGE_LOGFORMAT: not a setting of the agent" in err
+    # A reference elsewhere in the settings does not hide the flow's own template check.
+    assert "check 'order' (checks[1]), field 'settings': step 'b', url: ${steps.nope.id}" in err, err
 
 
 # ---------------------------------------------------------------- OpenTelemetry

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.config._explain import Problem, did_you_mean, explain, field_path
-from agent.config.secrets import SecretResolver
+from agent.config.secrets import SecretResolver, has_reference
 from agent.errors import ConfigError, PluginError
 from agent.sdk.durations import Duration, parse_duration
 from agent.sdk.types import DEFAULT_TIMEOUT, Check, check_labels
@@ -294,7 +294,7 @@ def _resolve(
                 problems.append(Problem(path, str(exc)))
                 references.add(path)
                 return value
-            if resolved != value or "${" in value:
+            if resolved != value or has_reference(value):
                 references.add(path)
             return resolved
         if type(value) is dict or isinstance(value, Mapping):  # dict first: the ABC check is slow
@@ -318,7 +318,8 @@ def _kept(problems: list[Problem], references: set[Path_], offline: bool) -> lis
     return [
         p
         for p in problems
-        if not any(p.path[: len(r)] == r or r[: len(p.path)] == p.path for r in references if p.path)
+        # In the field, or in the object that holds it (a model's own check of its fields).
+        if not any(p.path[: len(r)] == r or p.path == r[:-1] for r in references if p.path)
         and not any(words in p.message for words in _FILE_PROBLEMS)
     ]
 

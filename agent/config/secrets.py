@@ -36,7 +36,7 @@ from agent.config._explain import did_you_mean
 from agent.sdk.types import REDACTED
 from agent.sdk.urls import redact_url
 
-__all__ = ["MIN_SECRET_LENGTH", "Redactor", "SecretResolver", "redact_url"]
+__all__ = ["MIN_SECRET_LENGTH", "Redactor", "SecretResolver", "has_reference", "redact_url"]
 
 MIN_SECRET_LENGTH = 4
 """Values shorter than this are not redacted (redacting "1" would garble every number)."""
@@ -46,6 +46,9 @@ _BRACED = re.compile(r"(?<!\$)\$\{([^}]*)\}")
 _BARE = re.compile(r"(?<!\$)\$([A-Z_][A-Z0-9_]*)(?![A-Za-z0-9_{])")
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 _TEMPLATE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+|[a-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_-]+)+")
+OFFLINE_VALUE = "offline-placeholder"
+"""What a reference reads as offline: text that is valid wherever a secret usually goes (a header,
+a URL's host or path); a field it does not fit is not checked further."""
 RUNTIME_TEMPLATES = frozenset({"uuid", "run_id", "hook_url", "now"})
 """Templates a probe fills in at run time (``${uuid}``): never taken for a misspelt reference."""
 _END = ""  # marks the end of a secret in the trie; a token is never empty
@@ -210,6 +213,11 @@ def _trie_pattern(node: dict[str, Any]) -> str:
     return "".join(out) + (f"(?:{body})?" if _END in node else body)
 
 
+def has_reference(text: str) -> bool:
+    """Whether ``text`` holds a secret reference (``${NAME}``, ``${file:...}``), not escaped."""
+    return any(not match.group(1) for match in _REFERENCE.finditer(text))
+
+
 class SecretResolver:
     """Resolves ``${NAME}`` and ``${file:/path}`` references, registering each value as a secret."""
 
@@ -225,7 +233,7 @@ class SecretResolver:
         self._redactor = redactor
         self._read_file = read_file or _read_secret_file
         self._offline = offline
-        """Check each reference's form only, resolving none (``vantage validate --offline``)."""
+        """Check each reference's form only, reading it as ``OFFLINE_VALUE`` (``validate --offline``)."""
         self._folded: dict[str, str] | None = None
 
     def resolve(self, text: str) -> str:
@@ -241,8 +249,10 @@ class SecretResolver:
         problems = self._not_references(text)
         if problems:
             raise LookupError("; ".join(problems))
-        if "${" not in text or self._offline:
+        if "${" not in text:
             return text
+        if self._offline:
+            return _REFERENCE.sub(lambda m: "${" + m.group(2) + "}" if m.group(1) else OFFLINE_VALUE, text)
 
         def substitute(match: re.Match[str]) -> str:
             escaped, ref = match.groups()
