@@ -119,7 +119,8 @@ def _command(command: Command) -> int:
     from agent.config.settings import load_config
     from agent.logs import configure_logging
 
-    config = load_config(os.environ, progress=_progress)
+    # A worker's supervisor has shown the progress of the same load.
+    config = load_config(os.environ, progress=None if os.environ.get("VANTAGE_WORKER") else _progress)
     configure_logging(config.settings.log_level, config.settings.log_format, config.redactor)
     if not config.settings.worker:  # a worker's supervisor has said it
         _warn_unknown_variables()

@@ -27,6 +27,7 @@ _STR = "tag:yaml.org,2002:str"
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 _MERGE = "tag:yaml.org,2002:merge"
+_SCALAR, _MAPPING, _SEQUENCE = yaml.ScalarNode, yaml.MappingNode, yaml.SequenceNode
 
 
 class _Unusual(Exception):
@@ -39,12 +40,20 @@ class _Loader(_BASE):  # type: ignore[misc]
         self._tags: dict[str, str] = {}
 
     def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
-        if kind is yaml.ScalarNode and implicit[0]:
+        if kind is _SCALAR and implicit[0]:
             tag = self._tags.get(value)
             if tag is None:
                 tag = self._tags[value] = super().resolve(kind, value, implicit)
             return tag
         return super().resolve(kind, value, implicit)
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        if self.yaml_path_resolvers:  # none for the safe loader: skip the call per node
+            super().descend_resolver(current_node, current_index)
+
+    def ascend_resolver(self) -> None:
+        if self.yaml_path_resolvers:
+            super().ascend_resolver()
 
     def construct_document(self, node: Any) -> Any:
         try:
@@ -55,28 +64,39 @@ class _Loader(_BASE):  # type: ignore[misc]
             return super().construct_document(node)
 
     def _build(self, node: Any, built: dict[int, Any], building: set[int]) -> Any:
+        cls, tag = type(node), node.tag
+        if cls is _SCALAR:  # immutable: an alias to one needs no sharing
+            return node.value if tag == _STR else self.construct_object(node, deep=True)
         key = id(node)
         if key in built:  # an alias: the same object, as PyYAML gives
             return built[key]
         if key in building:
             raise _Unusual
-        cls, tag = type(node), node.tag
-        if cls is yaml.ScalarNode:
-            value = node.value if tag == _STR else self.construct_object(node, deep=True)
-        elif cls is yaml.MappingNode and tag == _MAP:
-            building.add(key)
+        building.add(key)
+        value: Any
+        if cls is _MAPPING and tag == _MAP:
             value = {}
             for key_node, value_node in node.value:
-                if key_node.tag == _MERGE:
+                if key_node.tag == _STR and type(key_node) is _SCALAR:
+                    name = key_node.value
+                elif key_node.tag == _MERGE:
                     raise _Unusual
-                value[self._build(key_node, built, building)] = self._build(value_node, built, building)
-            building.discard(key)
-        elif cls is yaml.SequenceNode and tag == _SEQ:
-            building.add(key)
-            value = [self._build(item, built, building) for item in node.value]
-            building.discard(key)
+                else:
+                    name = self._build(key_node, built, building)
+                if value_node.tag == _STR and type(value_node) is _SCALAR:
+                    value[name] = value_node.value
+                else:
+                    value[name] = self._build(value_node, built, building)
+        elif cls is _SEQUENCE and tag == _SEQ:
+            value = [
+                item.value
+                if item.tag == _STR and type(item) is _SCALAR
+                else self._build(item, built, building)
+                for item in node.value
+            ]
         else:
             raise _Unusual
+        building.discard(key)
         built[key] = value
         return value
 
