@@ -35,6 +35,28 @@ BAD = [
     ({"VANTAGE_REGION": "eu west"}, "VANTAGE_REGION: String should match pattern"),
     ({"VANTAGE_CHECKS": None}, "no checks: set VANTAGE_CHECKS"),
     (
+        {"VANTAGE_LOGFORMAT": "text"},
+        "VANTAGE_LOGFORMAT: not a setting of the agent; did you mean VANTAGE_LOG_FORMAT?",
+    ),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "otel:4318"}, "OTEL_EXPORTER_OTLP_ENDPOINT: 'otel:4318' has no scheme"),
+    (
+        {"VANTAGE_CHECKS": checks({**HTTP, "intervall": "5s"})},
+        "VANTAGE_CHECKS: unknown field 'intervall' in check 'a' (checks[0]): did you mean 'interval'?",
+    ),
+    (
+        {"VANTAGE_CHECKS": checks({**HTTP, "type": "htpp"})},
+        "unknown probe type 'htpp'; available: dns, flow, grpc, heartbeat, http, icmp, sync, tcp, tls, "
+        "webhook; did you mean 'http'?",
+    ),
+    (
+        {
+            "VANTAGE_CHECKS": checks(
+                {**HTTP, "settings": {"assert": [{"source": "status", "op": "equal", "value": 1}]}}
+            )
+        },
+        "field 'settings.assert[0].op': 'equal' is not one of 'eq', 'ne', ",
+    ),
+    (
         {"VANTAGE_CHECKS_FILE": "/nonexistent/checks.yaml"},
         "VANTAGE_CHECKS and VANTAGE_CHECKS_FILE are both set",
     ),
