@@ -211,6 +211,15 @@ def test_a_missing_field_and_a_bad_bound_are_worded_for_people() -> None:
     assert "field 'settings.max_redirects': must be at least 0" in message
 
 
+def test_a_value_of_none_of_a_unions_kinds_is_one_problem() -> None:
+    check = {**HTTP, "settings": {"query": {"ids": [1, {"a": 2}]}}}
+    message = problems({"VANTAGE_CHECKS": document(check)})
+    assert message == (
+        "VANTAGE_CHECKS: check 'stripe' (checks[0]), field 'settings.query.ids': "
+        "expected text or list of text"
+    )
+
+
 # ---------------------------------------------------------------- files and lines
 
 

@@ -23,7 +23,7 @@ from pydantic.fields import FieldInfo
 
 from agent.sdk.durations import format_duration, parse_duration
 
-__all__ = ["describe_probe", "render_text"]
+__all__ = ["describe_probe", "kind_words", "render_text"]
 
 _MAX_DEPTH = 6
 
@@ -99,6 +99,11 @@ def _size(count: int) -> str:
 
 def _is_duration_meta(meta: Any) -> bool:
     return getattr(meta, "func", None) is parse_duration
+
+
+def kind_words(annotation: Any) -> str:
+    """A type in the user's words: ``text or list of text``."""
+    return _kind(annotation, (), _MAX_DEPTH, (), {})
 
 
 def _kind(

@@ -70,11 +70,27 @@ def explain(
     """
     errors = exc.errors(include_url=False)
     problems: list[Problem] = []
-    walked = [_walk(model, tuple(error["loc"])) for error in errors]
-    for error, (path, fields) in zip(errors, walked, strict=True):
+    walks = [_walk(model, tuple(error["loc"])) for error in errors]
+    # A value that is none of a union's kinds (``text or list of text``) gets an error from each
+    # kind: one problem says what the value may be instead.
+    tags: dict[tuple[str | int, ...], set[str]] = {}
+    unions: dict[tuple[str | int, ...], Any] = {}
+    for walk in walks:
+        if walk.union is not None:
+            tags.setdefault(walk.union_path, set()).add(walk.union_tag)
+            unions[walk.union_path] = walk.union
+    collapsed = {at for at, seen in tags.items() if len(seen) > 1}
+    for at in collapsed:
+        from agent.config._describe import kind_words
+
+        problems.append(Problem((*prefix, *at), f"expected {kind_words(unions[at])}"))
+    for error, walk in zip(errors, walks, strict=True):
+        path, fields = walk.path, walk.fields
+        if walk.union is not None and walk.union_path in collapsed:
+            continue
         kind = error["type"]
         if kind in ("too_short", "list_type", "tuple_type") and any(
-            len(other) > len(path) and other[: len(path)] == path for other, _ in walked
+            len(other.path) > len(path) and other.path[: len(path)] == path for other in walks
         ):
             continue
         if kind == "extra_forbidden" and path:
@@ -174,10 +190,25 @@ def _not_one_of(given: object, allowed: Sequence[str]) -> str:
 # ---------------------------------------------------------------- walking a model along a location
 
 
-def _walk(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> tuple[tuple[str | int, ...], list[str]]:
-    """The user's path for pydantic's ``loc``, and the fields of the model its last part is in."""
+class _Walk:
+    """Where an error is, in the user's terms."""
+
+    __slots__ = ("fields", "path", "union", "union_path", "union_tag")
+
+    def __init__(self) -> None:
+        self.path: tuple[str | int, ...] = ()
+        self.fields: list[str] = []
+        """The fields of the model the last part of the path is in."""
+        self.union: Any = None
+        """The first union whose member pydantic named (by a tag the user did not write)."""
+        self.union_path: tuple[str | int, ...] = ()
+        self.union_tag = ""
+
+
+def _walk(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> _Walk:
+    """The user's path for pydantic's ``loc``, and what is known of the place it points to."""
+    walk = _Walk()
     path: list[str | int] = []
-    fields: list[str] = []
     kind: Any = model
     i = 0
     while i < len(loc):
@@ -187,13 +218,15 @@ def _walk(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> tuple[tuple[st
         if members is not None:
             chosen = _member(members, part)
             if chosen is not None:
+                if walk.union is None:
+                    walk.union, walk.union_path, walk.union_tag = kind, tuple(path), str(part)
                 kind = chosen
                 i += 1
                 continue
             kind = next((m for m in members if _is_model(m)), None)
             continue
         if _is_model(kind):
-            fields = _field_names(kind)
+            walk.fields = _field_names(kind)
             found = _field(kind, part)
             path.append(part)
             kind = found
@@ -212,7 +245,8 @@ def _walk(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> tuple[tuple[st
             path.append(part)
             kind = None
         i += 1
-    return tuple(path), fields
+    walk.path = tuple(path)
+    return walk
 
 
 _SCALARS = frozenset({"str", "int", "float", "bool", "list", "dict", "tuple", "none", "bytes"})
@@ -249,8 +283,9 @@ def _member(members: Sequence[Any], part: Any) -> Any:
         return None
     for member in members:
         if not _is_model(member):
-            if part == getattr(member, "__name__", None) or part in _SCALARS:
-                return Any
+            origin = getattr(get_origin(member), "__name__", None)
+            if part == getattr(member, "__name__", None) or (origin and part.startswith(origin + "[")):
+                return member
             continue
         if part == member.__name__ or re.search(rf"\b{re.escape(member.__name__)}\]$", part):
             return member
