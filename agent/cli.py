@@ -185,7 +185,8 @@ def _validate(*, offline: bool, checks_file: str | None) -> int:
 
 def _progress(done: int, total: int) -> None:
     """A line on stderr while a large check set is validated (every 5,000 checks)."""
-    print(f"vantage: validated {done:,} of {total:,} checks", file=sys.stderr, flush=True)
+    line = f"validating {total:,} checks" if done == 0 else f"validated {done:,} of {total:,} checks"
+    print(f"vantage: {line}", file=sys.stderr, flush=True)
 
 
 def _warn_unknown_variables() -> None:

@@ -464,6 +464,7 @@ def test_large_check_sets_show_progress(
     status, _, err = validate(clean_env, capsys, VANTAGE_CHECKS=document(*items))
     assert status == 0, err
     assert err.splitlines() == [
+        "vantage: validating 5 checks",
         "vantage: validated 2 of 5 checks",
         "vantage: validated 4 of 5 checks",
         "vantage: validated 5 of 5 checks",

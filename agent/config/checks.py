@@ -65,7 +65,7 @@ class _Rejected(Exception):
 
 
 Progress = Callable[[int, int], None]
-"""Told ``(done, total)`` while a large check set is validated."""
+"""Told ``(0, total)`` once a large check set is read, then ``(done, total)`` as it is validated."""
 
 
 def parse_checks(
@@ -94,6 +94,8 @@ def parse_checks(
     settings: dict[tuple[str, str], BaseModel] = {}
     lines = _Lines(text) if locate else None
     total = len(parsed.checks)
+    if progress is not None and total >= _PROGRESS_EVERY:
+        progress(0, total)
     for index, raw in enumerate(parsed.checks):
         if progress is not None and index and index % _PROGRESS_EVERY == 0:
             progress(index, total)
