@@ -427,8 +427,9 @@ def format_validation_error(
     model: type[BaseModel] | None = None,
 ) -> str:
     """One line per pydantic error, naming the source, the check and the field, in the user's
-    words (with a "did you mean" when ``model``, the model that raised, is given); never a value
-    that could be a secret."""
+    words (with a "did you mean" when ``model``, the model that raised, is given). A value is
+    quoted only when it is short and one of a known set (an op, a name's form); ``load_config``
+    redacts the whole message besides."""
     problems = explain(exc, model, (prefix,) if prefix else ())
     lines = []
     for problem in problems:
