@@ -261,6 +261,19 @@ def test_a_check_problem_in_a_file_names_its_line(tmp_path: Path) -> None:
     assert "did you mean 'contains'?" in message
 
 
+def test_a_problem_outside_the_checks_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "checks.yaml"
+    path.write_text("defaults:\n  interval: 60s\n  intervl: 5s\nchecks: []\n")
+    message = problems({"VANTAGE_CHECKS_FILE": str(path)})
+    assert message == (
+        f"VANTAGE_CHECKS_FILE ({path}), line 3: unknown field 'defaults.intervl': did you mean 'interval'?"
+    )
+    path.write_text("- name: a\n  type: http\n  target: https://a.example\n  timout: 1s\n")  # a bare list
+    assert "line 4: unknown field 'timout' in check 'a' (checks[0])" in problems(
+        {"VANTAGE_CHECKS_FILE": str(path)}
+    )
+
+
 def test_json_errors_name_line_and_column() -> None:
     message = problems({"VANTAGE_CHECKS": '{"checks": [\n  {"name": "a",}\n]}'})
     assert message.startswith("VANTAGE_CHECKS: not valid JSON (line 2, column 16): "), message

@@ -87,12 +87,12 @@ def parse_checks(
     a file, and each problem names its line. ``probe_types`` are the installed types, for a
     "did you mean" when a check names another.
     """
-    parsed = _read_document(text, source)
+    lines = _Lines(text) if locate else None
+    parsed = _read_document(text, source, lines)
     errors: list[str] = []
     entries: list[CheckEntry] = []
     seen: dict[str, int] = {}
     settings: dict[tuple[str, str], BaseModel] = {}
-    lines = _Lines(text) if locate else None
     total = len(parsed.checks)
     if progress is not None and total >= _PROGRESS_EVERY:
         progress(0, total)
@@ -137,21 +137,29 @@ _PROGRESS_EVERY = 5000
 
 
 class _Lines:
-    """Where each check's fields are in the file, found only when a problem must be located: the
-    document is composed again into nodes, which carry their line (libyaml's composer where
-    PyYAML has it; the fast loader that built the checks keeps no marks)."""
+    """Where each field is in the file, found only when a problem must be located: the document
+    is composed again into nodes, which carry their line (libyaml's composer where PyYAML has it;
+    the fast loader that built the checks keeps no marks)."""
 
     def __init__(self, text: str) -> None:
         self._text = text
-        self._checks: list[Any] | None = None
+        self._root: Any = None
+        self._composed = False
 
     def line(self, index: int, path: Sequence[str | int]) -> int | None:
-        if self._checks is None:
-            self._checks = self._compose()
-        if index >= len(self._checks):
+        """The line of ``path`` in the check at ``index`` (of the check, where the path ends)."""
+        return self.line_at(("checks", index, *path))
+
+    def line_at(self, path: Sequence[str | int]) -> int | None:
+        """The line of ``path`` from the top of the document, or of as much of it as is there."""
+        import yaml
+
+        node = self._compose()
+        if node is None:
             return None
-        node = self._checks[index]
-        line: int = node.start_mark.line + 1
+        if isinstance(node, yaml.SequenceNode) and path[:1] == ("checks",):
+            path = path[1:]  # a bare list of checks, read as {"checks": [...]}
+        line: int | None = None
         for part in path:
             found = _child(node, part)
             if found is None:
@@ -160,16 +168,16 @@ class _Lines:
             line = int((key or node).start_mark.line) + 1
         return line
 
-    def _compose(self) -> list[Any]:
-        import yaml
+    def _compose(self) -> Any:
+        if not self._composed:
+            import yaml
 
-        try:
-            root = yaml.compose(self._text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-        except yaml.YAMLError:
-            return []
-        if isinstance(root, yaml.MappingNode):
-            root = next((v for k, v in root.value if getattr(k, "value", None) == "checks"), None)
-        return list(root.value) if isinstance(root, yaml.SequenceNode) else []
+            self._composed = True
+            try:
+                self._root = yaml.compose(self._text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            except yaml.YAMLError:
+                self._root = None
+        return self._root
 
 
 def _child(node: Any, part: str | int) -> tuple[Any, Any] | None:
@@ -195,7 +203,7 @@ def _line(source: str, where: str, problem: Problem, lines: _Lines | None, index
     return f"{head}{where}, {field}: {problem.message}"
 
 
-def _read_document(text: str, source: str) -> _CheckFile:
+def _read_document(text: str, source: str, lines: _Lines | None = None) -> _CheckFile:
     """The document's ``defaults`` and raw ``checks``; a bare list is a list of checks."""
     if text.lstrip().startswith("{"):
         try:
@@ -224,7 +232,20 @@ def _read_document(text: str, source: str) -> _CheckFile:
     try:
         return _CheckFile.model_validate(document)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source, model=_CheckFile)) from None
+        if lines is None:
+            raise ConfigError(format_validation_error(exc, source, model=_CheckFile)) from None
+        found = []
+        for problem in explain(exc, _CheckFile):
+            line = lines.line_at(problem.path)
+            head = f"{source}, line {line}: " if line else f"{source}: "
+            path = field_path(problem.path)
+            if problem.unknown:
+                found.append(
+                    f"{head}unknown field '{path}'" + (f": {problem.message}" if problem.message else "")
+                )
+            else:
+                found.append(f"{head}field '{path}': {problem.message}")
+        raise ConfigError("\n".join(found)) from None
 
 
 def _yaml_problem(exc: Exception) -> str:
