@@ -307,23 +307,50 @@ def _resolve(
     """
     references: set[Path_] = set()
 
+    def text(value: str, path: Path_) -> str:
+        try:
+            resolved = resolver.resolve(value)
+        except LookupError as exc:
+            problems.append(Problem(path, str(exc)))
+            references.add(path)
+            return value
+        if resolved != value or has_reference(value):
+            references.add(path)
+        return resolved
+
     def walk(value: Any, path: Path_) -> Any:
-        if isinstance(value, str):
-            if "$" not in value:
-                return value
-            try:
-                resolved = resolver.resolve(value)
-            except LookupError as exc:
-                problems.append(Problem(path, str(exc)))
-                references.add(path)
-                return value
-            if resolved != value or has_reference(value):
-                references.add(path)
-            return resolved
-        if type(value) is dict or isinstance(value, Mapping):  # dict first: the ABC check is slow
-            return {k: walk(v, (*path, str(k))) for k, v in value.items()}
+        # Copy on write, and a path made only where it is needed: most of a large check set
+        # holds no "$" at all, and this walk runs over every value of every check.
+        if isinstance(value, Mapping):
+            changed: dict[Any, Any] | None = None
+            for key, item in value.items():
+                kind = type(item)
+                if kind is str:
+                    new = text(item, (*path, str(key))) if "$" in item else item
+                elif kind is dict or kind is list or isinstance(item, Mapping):
+                    new = walk(item, (*path, str(key)))
+                else:
+                    continue
+                if new is not item:
+                    changed = changed if changed is not None else dict(value)
+                    changed[key] = new
+            return value if changed is None else changed
         if type(value) is list:
-            return [walk(v, (*path, i)) for i, v in enumerate(value)]
+            items: list[Any] | None = None
+            for index, item in enumerate(value):
+                kind = type(item)
+                if kind is str:
+                    new = text(item, (*path, index)) if "$" in item else item
+                elif kind is dict or kind is list or isinstance(item, Mapping):
+                    new = walk(item, (*path, index))
+                else:
+                    continue
+                if new is not item:
+                    items = items if items is not None else list(value)
+                    items[index] = new
+            return value if items is None else items
+        if isinstance(value, str) and "$" in value:
+            return text(value, path)
         return value
 
     return walk(merged, ()), references
