@@ -176,7 +176,7 @@ def _validate(*, offline: bool, checks_file: str | None) -> int:
     mine = select(config.entries, config.settings.region, config.shard)
     print(
         f"configuration OK{' (offline: references not resolved)' if offline else ''}: "
-        f"{len(config.entries)} checks from {config.source}; "
+        f"{len(config.entries)} check{'s' if len(config.entries) != 1 else ''} from {config.source}; "
         f"{len(mine)} run in region {config.settings.region} "
         f"(shard {config.shard.index}/{config.shard.count})"
     )

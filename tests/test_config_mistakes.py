@@ -97,7 +97,7 @@ def test_variables_that_are_not_settings_but_are_read_are_not_unknown(
     assert unknown_variables({**internal, "vantage_log_level": "info", "HOME": "/root"}) == []
     status, out, err = validate(clean_env, capsys, VANTAGE_CHECKS=document(HTTP), **internal)
     assert status == 0, err
-    assert out.startswith("configuration OK: 1 checks")
+    assert out.startswith("configuration OK: 1 check from")
     # A name close to none is still named, without a guess.
     assert unknown_variables({"VANTAGE_ZZZZZZZZ": "1"}) == ["VANTAGE_ZZZZZZZZ: not a setting of the agent"]
 
@@ -371,7 +371,7 @@ def test_offline_validation_needs_no_secrets_nor_files(
     path.write_text(document(check))
     status, out, err = validate(clean_env, capsys, "--offline", "--checks", str(path))
     assert status == 0, err
-    assert out.startswith("configuration OK (offline: references not resolved): 1 checks"), out
+    assert out.startswith("configuration OK (offline: references not resolved): 1 check from"), out
     # Online, the same file is refused for each missing secret and file.
     status, _, err = validate(clean_env, capsys, "--checks", str(path))
     assert status == 2
