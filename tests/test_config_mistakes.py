@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -100,6 +101,28 @@ def test_variables_that_are_not_settings_but_are_read_are_not_unknown(
     assert out.startswith("configuration OK: 1 check from")
     # A name close to none is still named, without a guess.
     assert unknown_variables({"VANTAGE_ZZZZZZZZ": "1"}) == ["VANTAGE_ZZZZZZZZ: not a setting of the agent"]
+
+
+def test_every_vantage_variable_the_project_names_is_known() -> None:
+    # A variable read directly (os.environ) or set by the chart, the examples or a script must be a
+    # setting or on the allow-list, or `validate` would refuse what the project itself sets.
+    places = ["agent", "plugins", "bench", "tests", "examples", "helm", "Dockerfile", "Makefile"]
+    mentioned: dict[str, set[str]] = {}
+    for place in places:
+        root = ROOT / place
+        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+        for file in files:
+            if file.name in ("test_config_mistakes.py", "test_config.py") or file.suffix in (".pyc", ".png"):
+                continue
+            try:
+                text = file.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+            for name in re.findall(r"VANTAGE_[A-Z0-9_]*[A-Z0-9]", text):
+                mentioned.setdefault(name, set()).add(str(file.relative_to(ROOT)))
+    assert "VANTAGE_LISTEN_FD" in mentioned and "VANTAGE_CHECKS" in mentioned  # not vacuous
+    unknown = {name: sorted(files) for name, files in mentioned.items() if unknown_variables({name: "x"})}
+    assert not unknown, f"add these to AgentSettings or NOT_SETTINGS (agent/config/settings.py): {unknown}"
 
 
 def test_run_warns_of_an_unknown_variable_and_runs(tmp_path: Path) -> None:

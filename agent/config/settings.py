@@ -218,7 +218,7 @@ def load_settings(environ: Mapping[str, str]) -> AgentSettings:
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
-    """A line for each ``VANTAGE_*`` variable that is no setting (``VANTAGE_LOGFORMAT``), with the
+    """A line for each ``VANTAGE_*`` variable that is no setting (a misspelt name), with the
     setting it most likely meant: a warning at ``run``, an error at ``validate``."""
     known = sorted("VANTAGE_" + name.upper() for name in AgentSettings.model_fields)
     # Compared without the prefix that all share, and without underscores ("LOGFORMAT").
