@@ -221,8 +221,8 @@ def test_all_problems_of_a_check_are_reported_at_once_settings_included() -> Non
     message = problems({"VANTAGE_CHECKS": document(check)})
     assert "field 'interval': 'soon' is not a duration" in message
     assert "field 'labels': label name 'team-name' is not a valid metric label name" in message
-    assert "field 'settings.max_redirects': expected a whole number" in message
-    assert "field 'settings.method': expected text" in message
+    assert "field 'settings.max_redirects': expected a whole number, not text" in message
+    assert "field 'settings.method': expected text, not a whole number" in message
     assert "unknown field 'settings.bogus' in check 'stripe' (checks[0])" in message
     assert len(message.splitlines()) == 5, message
 

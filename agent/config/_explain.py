@@ -150,7 +150,8 @@ def _reword(error: Mapping[str, Any]) -> str:
         return f"must be {words} {ctx.get(key)}"
     expected = _TYPES.get(kind)
     if expected:
-        return f"expected {expected}"
+        found = _given(given)
+        return f"expected {expected}" + (f", not {found}" if found and found != expected else "")
     return str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
@@ -177,6 +178,25 @@ _TYPES = {
     "byte_size": "a size (e.g. 256KiB, 1MB)",
     "byte_size_unit": "a size with a known unit (B, KB, KiB, MB, MiB, GB, GiB)",
 }
+
+
+def _given(value: object) -> str:
+    """What kind of value was given, in the words of ``_TYPES`` (never the value itself)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, Mapping):
+        return "a mapping (key: value)"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return ""
 
 
 def _not_one_of(given: object, allowed: Sequence[str]) -> str:
