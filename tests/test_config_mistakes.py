@@ -337,15 +337,16 @@ def test_references_that_are_not_references_are_refused(value: str, env: dict[st
 
 
 def test_run_time_templates_are_not_taken_for_references() -> None:
-    env = {"STRIPE_KEY": "sk_test_long", "NAME": "not-a-group", "USER": "root-user"}
+    # HOST and USER as every shell has them: ${host} is a group, $USER text, not references.
+    env = {"STRIPE_KEY": "sk_test_long", "HOST": "box", "USER": "root-user", "HOME": "/root"}
     tcp = {
         "name": "smtp",
         "type": "tcp",
         "target": "127.0.0.1:25",
         "settings": {
             "dialogue": [
-                {"expect": r"^220 (?P<host>\S+) (\S+)"},
-                {"send": "EHLO ${1} ${host} $1 $host $$ $${STRIPE_KEY}\r\n"},
+                {"expect": r"^220 (?P<host>\S+) (?P<user>\S+)"},
+                {"send": "EHLO ${1} ${host} ${user} $1 $host $USER $HOME $$ $${STRIPE_KEY}\r\n"},
             ]
         },
     }
@@ -369,7 +370,7 @@ def test_run_time_templates_are_not_taken_for_references() -> None:
     }
     config = load_config({"VANTAGE_CHECKS": document(tcp, flow), **env})
     dialogue = config.entries[0].settings.dialogue  # type: ignore[attr-defined]
-    assert dialogue[1].send == "EHLO ${1} ${host} $1 $host $$ ${STRIPE_KEY}\r\n"
+    assert dialogue[1].send == "EHLO ${1} ${host} ${user} $1 $host $USER $HOME $$ ${STRIPE_KEY}\r\n"
     order = config.entries[1].check.settings["steps"][1]
     assert order["headers"]["Authorization"] == "Bearer ${steps.login.token}"
     assert order["json"] == {"at": "${now}", "key": "sk_test_long"}

@@ -51,6 +51,12 @@ OFFLINE_VALUE = "offline-placeholder"
 a URL's host or path); a field it does not fit is not checked further."""
 RUNTIME_TEMPLATES = frozenset({"uuid", "run_id", "hook_url", "now"})
 """Templates a probe fills in at run time (``${uuid}``): never taken for a misspelt reference."""
+_SYSTEM_VARIABLES = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "HOST", "HOSTNAME", "PWD", "OLDPWD", "SHELL", "SHLVL", "LANG"}
+    | {"TERM", "TZ", "TMPDIR", "MAIL", "EDITOR", "DISPLAY", "_"}
+)
+"""Variables every process has: ``${host}`` is a tcp probe's group, ``$HOME`` text, never taken for
+a misspelt reference to one of these (no check needs a secret from them)."""
 _END = ""  # marks the end of a secret in the trie; a token is never empty
 
 
@@ -303,7 +309,7 @@ class SecretResolver:
                 problems.append("${} names no variable: write ${NAME}, or $${} for the text itself")
             elif _TEMPLATE_NAME.fullmatch(inner):
                 meant = None if self._offline or inner in self._environ else self._fold(inner)
-                if meant is not None:
+                if meant is not None and meant not in _SYSTEM_VARIABLES:
                     problems.append(
                         f"${{{inner}}} is not a reference (names are case-sensitive): "
                         f"did you mean ${{{meant}}}?"
@@ -318,7 +324,7 @@ class SecretResolver:
         if not self._offline:
             for match in _BARE.finditer(text):
                 name = match.group(1)
-                if len(name) >= 2 and name in self._environ:
+                if len(name) >= 2 and name in self._environ and name not in _SYSTEM_VARIABLES:
                     problems.append(f"${name} is sent as written: write ${{{name}}} for the variable")
         return problems
 
