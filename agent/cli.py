@@ -119,8 +119,14 @@ def _command(command: Command) -> int:
     from agent.config.settings import load_config
     from agent.logs import configure_logging
 
-    # A worker's supervisor has shown the progress of the same load.
-    config = load_config(os.environ, progress=None if os.environ.get("VANTAGE_WORKER") else _progress)
+    try:
+        # A worker's supervisor has shown the progress of the same load.
+        config = load_config(os.environ, progress=None if os.environ.get("VANTAGE_WORKER") else _progress)
+    except ConfigError as exc:
+        # A misspelt variable is often why (no checks file found): said with the error.
+        from agent.config.settings import unknown_variables
+
+        raise ConfigError("\n".join([str(exc), *unknown_variables(os.environ)])) from None
     configure_logging(config.settings.log_level, config.settings.log_format, config.redactor)
     if not config.settings.worker:  # a worker's supervisor has said it
         _warn_unknown_variables()

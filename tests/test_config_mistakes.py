@@ -103,6 +103,16 @@ def test_variables_that_are_not_settings_but_are_read_are_not_unknown(
     assert unknown_variables({"VANTAGE_ZZZZZZZZ": "1"}) == ["VANTAGE_ZZZZZZZZ: not a setting of the agent"]
 
 
+def test_a_run_that_cannot_start_names_the_misspelt_variable_that_may_be_why(
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean_env.setenv("VANTAGE_CHECK_FILE", "/etc/vantage/checks.yaml")
+    assert main(["once"]) == 2
+    err = capsys.readouterr().err
+    assert "no checks: set VANTAGE_CHECKS" in err
+    assert "VANTAGE_CHECK_FILE: not a setting of the agent; did you mean VANTAGE_CHECKS_FILE?" in err
+
+
 def test_every_vantage_variable_the_project_names_is_known() -> None:
     # A variable read directly (os.environ) or set by the chart, the examples or a script must be a
     # setting or on the allow-list, or `validate` would refuse what the project itself sets.
