@@ -400,6 +400,7 @@ def test_offline_validation_needs_no_secrets_nor_files(
             "headers": {"Authorization": "Bearer ${STRIPE_KEY}", "X-Key": "${file:/run/secrets/key}"},
             "tls": {"ca_file": "/run/secrets/ca.pem"},
             "schema_drift": {"baseline_file": "/srv/baselines/stripe.json"},
+            "openapi": {"document": "/srv/openapi/stripe.yaml"},
         },
     }
     path.write_text(document(check))
@@ -409,7 +410,13 @@ def test_offline_validation_needs_no_secrets_nor_files(
     # Online, the same file is refused for each missing secret and file.
     status, _, err = validate(clean_env, capsys, "--checks", str(path))
     assert status == 2
-    for words in ("STRIPE_KEY is not set", "secret file /run/secrets/key cannot be read", "ca_file"):
+    for words in (
+        "STRIPE_KEY is not set",
+        "secret file /run/secrets/key cannot be read",
+        "ca_file",
+        "'/srv/baselines/stripe.json' cannot be read",
+        "'/srv/openapi/stripe.yaml' cannot be read",
+    ):
         assert words in err, err
 
 
