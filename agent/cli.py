@@ -62,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Command.PLUGINS, help="list the installed probe types and their settings, with defaults"
     )
     plugins.add_argument("--json", action="store_true", help="as one JSON document, for tools")
+    plugins.add_argument("types", nargs="*", metavar="TYPE", help="only these probe types (default: all)")
     commands.add_parser(
         Command.HEALTHCHECK,
         help="exit 0 if the agent on VANTAGE_PORT answers /healthz (for a container HEALTHCHECK)",
@@ -82,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is Command.IMPORT:
         return _import_blackbox(args.config, args.targets, args.output)
     if command is Command.PLUGINS:
-        return _plugins(as_json=args.json)
+        return _plugins(args.types, as_json=args.json)
     if command is Command.HEALTHCHECK:
         return _healthcheck()
     if command is Command.RUN:
@@ -300,16 +301,24 @@ def _healthcheck() -> int:
         return 1
 
 
-def _plugins(*, as_json: bool) -> int:
+def _plugins(types: Sequence[str], *, as_json: bool) -> int:
     """``vantage plugins``: each installed probe type and its settings (``--json`` for tools)."""
     import json
 
     from agent.config._describe import describe_probe, render_text
+    from agent.config._explain import did_you_mean
     from agent.config.registry import Registry
 
     registry = Registry()
+    unknown = [name for name in types if name not in registry.names()]
+    if unknown:
+        lines = [
+            f"unknown probe type {name!r}; {did_you_mean(name, registry.names())}".rstrip("; ")
+            for name in unknown
+        ]
+        return _config_error(ConfigError("\n".join(lines) + f"\navailable: {', '.join(registry.names())}"))
     described = []
-    for name in registry.names():  # each type is imported here, as a check of it would
+    for name in types or registry.names():  # each type is imported here, as a check of it would
         try:
             described.append(describe_probe(name, registry.load(name)))
         except (ConfigError, PluginError) as exc:

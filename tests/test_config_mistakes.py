@@ -507,6 +507,14 @@ def test_plugins_text_is_for_people(capsys: pytest.CaptureFixture[str]) -> None:
     assert "``" not in out  # the docstrings' markup is not shown
 
 
+def test_plugins_shows_the_types_asked_for(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins", "--json", "tcp", "dns"]) == 0
+    assert [p["name"] for p in json.loads(capsys.readouterr().out)["probe_types"]] == ["tcp", "dns"]
+    assert main(["plugins", "htpp"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown probe type 'htpp'; did you mean 'http'?" in err and "available: dns, flow" in err
+
+
 # ---------------------------------------------------------------- large files
 
 
