@@ -163,10 +163,14 @@ def _validate(*, offline: bool, checks_file: str | None) -> int:
     if checks_file is not None:
         environ.pop("VANTAGE_CHECKS", None)
         environ["VANTAGE_CHECKS_FILE"] = checks_file
-    problems = unknown_variables(environ)
+    problems = unknown_variables(environ)  # every problem at once: the variables, the checks, OTEL_*
+    config = None
     try:
         config = load_config(environ, offline=offline, progress=_progress)
-        if offline:  # the production OTLP headers and certificates are not here either
+    except (ConfigError, PluginError) as exc:
+        problems.append(str(exc))
+    try:
+        if offline or config is None:  # offline, the production OTLP headers are not here either
             validate_otel_env(environ)
         else:
             build_telemetry(
@@ -175,8 +179,8 @@ def _validate(*, offline: bool, checks_file: str | None) -> int:
                 redactor=config.redactor,
             )
     except (ConfigError, PluginError) as exc:
-        raise type(exc)("\n".join([*problems, str(exc)])) from None
-    if problems:
+        problems.append(config.redactor(str(exc)) if config is not None else str(exc))
+    if problems or config is None:
         raise ConfigError("\n".join(problems))
     from agent.schedule.sharding import select
 

@@ -466,6 +466,11 @@ def test_an_otlp_endpoint_without_a_scheme_fails_validation(
     assert status == 2
     assert f"{variable}: 'collector:4318' has no scheme; write http://collector:4318" in err, err
     assert "pw" not in err
+    # Said with the other problems, not instead of them.
+    clean_env.setenv("VANTAGE_CHECKS", document({**HTTP, "timout": "1s"}))
+    status, _, err = validate(clean_env, capsys)
+    assert status == 2 and "has no scheme" in err and "unknown field 'timout'" in err, err
+    clean_env.setenv("VANTAGE_CHECKS", document(HTTP))
     status, _, err = validate(clean_env, capsys, "--offline", **{variable: "collector:4318"})
     assert status == 2 and "has no scheme" in err
 
