@@ -244,6 +244,13 @@ def test_a_missing_field_and_a_bad_bound_are_worded_for_people() -> None:
     assert "field 'settings.max_redirects': must be at least 0" in message
 
 
+def test_a_bad_key_is_told_from_a_bad_value() -> None:
+    check = {**HTTP, "settings": {"headers": {1: "x", "Accept": 2}}}
+    message = problems({"VANTAGE_CHECKS": yaml.safe_dump({"checks": [check]})})
+    assert "field 'settings.headers.1': the key: expected text, not a whole number" in message, message
+    assert "field 'settings.headers.Accept': expected text, not a whole number" in message, message
+
+
 def test_a_value_of_none_of_a_unions_kinds_is_one_problem() -> None:
     check = {**HTTP, "settings": {"query": {"ids": [1, {"a": 2}]}}}
     message = problems({"VANTAGE_CHECKS": document(check)})

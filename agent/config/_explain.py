@@ -107,7 +107,8 @@ def explain(
             discriminator = _QUOTED.findall(str(error.get("ctx", {}).get("discriminator", "")))
             if discriminator:
                 path = (*path, discriminator[0])
-        problems.append(Problem((*prefix, *path), _reword(error)))
+        message = _reword(error)
+        problems.append(Problem((*prefix, *path), f"the key: {message}" if walk.key else message))
     return problems
 
 
@@ -213,9 +214,11 @@ def _not_one_of(given: object, allowed: Sequence[str]) -> str:
 class _Walk:
     """Where an error is, in the user's terms."""
 
-    __slots__ = ("fields", "path", "union", "union_path", "union_tag")
+    __slots__ = ("fields", "key", "path", "union", "union_path", "union_tag")
 
     def __init__(self) -> None:
+        self.key = False
+        """The error is about the key at the end of the path, not its value."""
         self.path: tuple[str | int, ...] = ()
         self.fields: list[str] = []
         """The fields of the model the last part of the path is in."""
@@ -233,6 +236,10 @@ def _walk(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> _Walk:
     i = 0
     while i < len(loc):
         part = loc[i]
+        if part == "[key]":  # a mapping's key is wrong: the path already ends at that key
+            walk.key = True
+            i += 1
+            continue
         kind = _unwrap(kind)
         members = _members(kind)
         if members is not None:
@@ -256,7 +263,7 @@ def _walk(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> _Walk:
             kind = args[0] if len(args) == 1 or get_origin(kind) is not tuple else _nth(args, part)
         elif get_origin(kind) in (dict, Mapping):
             args = list(get_args(kind))
-            path.append(part)
+            path.append(str(part))
             kind = args[1] if len(args) == 2 else None
         elif kind is None and isinstance(part, str) and ("[" in part or part in _SCALARS):
             i += 1  # a union tag of a kind this walk does not know: not the user's key
