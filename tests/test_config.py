@@ -106,7 +106,7 @@ BAD = [
     ),
     (
         {"VANTAGE_CHECKS": checks(HTTP, {**HTTP, "target": "https://b.example"})},
-        "check 'a' (checks[1]): the name 'a' is already used by checks[0]",
+        "check 'a' (checks[1]), field 'name': the name 'a' is already used by checks[0]",
     ),
     (
         {"VANTAGE_CHECKS": checks({**HTTP, "name": "Stripe Charges"})},

@@ -60,10 +60,6 @@ class _CheckFile(BaseModel):
     checks: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class _Rejected(Exception):
-    """One check's problem, worded for the operator: that check is left out, the others go on."""
-
-
 Progress = Callable[[int, int], None]
 """Told ``(0, total)`` once a large check set is read, then ``(done, total)`` as it is validated."""
 
@@ -102,29 +98,26 @@ def parse_checks(
         name = raw.get("name")
         where = f"check {name!r} (checks[{index}])" if isinstance(name, str) else f"checks[{index}]"
         problems: list[Problem] = []
-        try:
-            # In this order: the check's own fields, its name, then what its probe type says;
-            # every problem found is reported, not only the first.
-            merged = _with_defaults(raw, parsed.defaults)
-            check, fields, references = _validate_check(merged, resolver, problems, offline=offline)
-            if check is not None:
-                _claim_name(check, index, seen, source, where)
-            entry = _bind_probe(
-                check,
-                fields,
-                load_probe,
-                problems,
-                settings,
-                references=references,
-                offline=offline,
-                probe_types=probe_types,
-            )
-            if entry is None and offline and not problems:
-                entry = _unresolved(fields, load_probe)
-            if entry is not None:
-                entries.append(entry)
-        except _Rejected as exc:
-            errors.append(str(exc))
+        # In this order: the check's own fields, its name, then what its probe type says; every
+        # problem found is reported, not only the first.
+        merged = _with_defaults(raw, parsed.defaults)
+        check, fields, references = _validate_check(merged, resolver, problems, offline=offline)
+        if check is not None:
+            _claim_name(check, index, seen, problems)
+        entry = _bind_probe(
+            check,
+            fields,
+            load_probe,
+            problems,
+            settings,
+            references=references,
+            offline=offline,
+            probe_types=probe_types,
+        )
+        if entry is None and offline and not problems:
+            entry = _unresolved(fields, load_probe)
+        if entry is not None:
+            entries.append(entry)
         errors += [_line(source, where, problem, lines, index) for problem in problems]
     if progress is not None and total >= _PROGRESS_EVERY:
         progress(total, total)
@@ -374,13 +367,14 @@ def _kept(problems: list[Problem], references: set[Path_], offline: bool) -> lis
     ]
 
 
-def _claim_name(check: Check, index: int, seen: dict[str, int], source: str, where: str) -> None:
+def _claim_name(check: Check, index: int, seen: dict[str, int], problems: list[Problem]) -> None:
     """Record the check's name, refusing a name an earlier check already has."""
     if check.name in seen:
-        raise _Rejected(
-            f"{source}: {where}: the name {check.name!r} is already used by checks[{seen[check.name]}]"
+        problems.append(
+            Problem(("name",), f"the name {check.name!r} is already used by checks[{seen[check.name]}]")
         )
-    seen[check.name] = index
+    else:
+        seen[check.name] = index
 
 
 def _settings_key(check: Check) -> tuple[str, str] | None:
