@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["load_yaml"]
+__all__ = ["compose_yaml", "load_yaml"]
 
 _BASE: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _STR = "tag:yaml.org,2002:str"
@@ -109,6 +109,22 @@ def load_yaml(text: str) -> Any:
         loader = _Loader(text)
         try:
             return loader.get_single_data()
+        finally:
+            loader.dispose()
+    finally:
+        if paused:
+            gc.enable()
+
+
+def compose_yaml(text: str) -> Any:
+    """The node graph of ``text`` (each node with its line and column), read as ``load_yaml``
+    reads it; raises ``yaml.YAMLError``."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        loader = _Loader(text)
+        try:
+            return loader.get_single_node()
         finally:
             loader.dispose()
     finally:

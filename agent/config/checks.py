@@ -166,8 +166,10 @@ class _Lines:
             import yaml
 
             self._composed = True
+            from agent.config._yaml import compose_yaml
+
             try:
-                self._root = yaml.compose(self._text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+                self._root = compose_yaml(self._text)
             except yaml.YAMLError:
                 self._root = None
         return self._root
