@@ -189,11 +189,18 @@ _SIMPLE: dict[Any, str] = {
 
 
 def _plural(words: str) -> str:
-    if words == "object":
-        return "objects"
-    if words.startswith(("one of", "list", "mapping", "text", "duration", "size", "true", "any")):
-        return words
-    return words + "s" if " " not in words else words
+    """``list of whole numbers``: the kinds that take a plural, in it; the others as they are."""
+    return _PLURALS.get(words, words)
+
+
+_PLURALS = {
+    "object": "objects",
+    "whole number": "whole numbers",
+    "number": "numbers",
+    "file path": "file paths",
+    "list": "lists",
+    "mapping": "mappings",
+}
 
 
 def _tag(model: type[BaseModel]) -> str | None:
