@@ -117,6 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _command(command: Command) -> int:
     # Imported here, not at the top: ``healthcheck`` and ``--version`` need none of it, and a
     # container's health check runs every few seconds.
+    from agent.server._aiohttp import import_aiohttp
+
+    # First, while no other thread runs: aiohttp's client contexts without their CA certificates
+    # until a client needs them (agent/server/_aiohttp.py).
+    import_aiohttp()
     from agent.config.settings import load_config
     from agent.logs import configure_logging
 
@@ -156,6 +161,9 @@ def _command(command: Command) -> int:
 
 def _validate(*, offline: bool, checks_file: str | None) -> int:
     """``vantage validate``: every problem of the settings and the checks, or a summary."""
+    from agent.server._aiohttp import import_aiohttp
+
+    import_aiohttp()  # as in _command: first, aiohttp's client contexts without their CA certificates
     from agent.config.settings import load_config, unknown_variables
     from agent.telemetry.providers import build_resource, build_telemetry, validate_otel_env
 

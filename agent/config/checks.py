@@ -15,6 +15,7 @@ Each check's ``settings`` block is validated by the ``Settings`` model of its pr
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,21 @@ Progress = Callable[[int, int], None]
 """Told ``(0, total)`` once a large check set is read, then ``(done, total)`` as it is validated."""
 
 
+_TRIM_ABOVE = 256 * 1024  # characters of a document after which the C heap is trimmed
+
+
+def _trim() -> None:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``): a large
+    document's parse leaves megabytes of them between blocks still in use, which the allocator
+    would otherwise keep as the process's RSS (8 MiB for 10,000 checks). Nothing elsewhere."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols: libc's where it is glibc
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        pass
+
+
 def parse_checks(
     text: str,
     *,
@@ -84,15 +100,20 @@ def parse_checks(
     "did you mean" when a check names another.
     """
     lines = _Lines(text) if locate else None
-    parsed = _read_document(text, source, lines)
+    defaults, raws = _read_document(text, source, lines)
     errors: list[str] = []
     entries: list[CheckEntry] = []
     seen: dict[str, int] = {}
     settings: dict[tuple[str, str], BaseModel] = {}
-    total = len(parsed.checks)
+    shared = _Shared()
+    total = len(raws)
     if progress is not None and total >= _PROGRESS_EVERY:
         progress(0, total)
-    for index, raw in enumerate(parsed.checks):
+    for index in range(total):
+        # Each raw check is let go of once read, so that the next check's objects take the
+        # memory it leaves rather than new memory (the whole document would otherwise die at the
+        # end, leaving holes between the checks that stay).
+        raw, raws[index] = raws[index], None
         if progress is not None and index and index % _PROGRESS_EVERY == 0:
             progress(index, total)
         name = raw.get("name")
@@ -100,9 +121,10 @@ def parse_checks(
         problems: list[Problem] = []
         # In this order: the check's own fields, its name, then what its probe type says; every
         # problem found is reported, not only the first.
-        merged = _with_defaults(raw, parsed.defaults)
+        merged = _with_defaults(raw, defaults)
         check, fields, references = _validate_check(merged, resolver, problems, offline=offline)
         if check is not None:
+            check = shared.check(check)
             _claim_name(check, index, seen, problems)
         entry = _bind_probe(
             check,
@@ -123,6 +145,8 @@ def parse_checks(
         progress(total, total)
     if errors:
         raise ConfigError("\n".join(errors))
+    if len(text) >= _TRIM_ABOVE:
+        _trim()
     return entries
 
 
@@ -198,7 +222,7 @@ def _line(source: str, where: str, problem: Problem, lines: _Lines | None, index
     return f"{head}{where}, {field}: {problem.message}"
 
 
-def _read_document(text: str, source: str, lines: _Lines | None = None) -> _CheckFile:
+def _read_document(text: str, source: str, lines: _Lines | None = None) -> tuple[Defaults, list[Any]]:
     """The document's ``defaults`` and raw ``checks``; a bare list is a list of checks."""
     if text.lstrip().startswith("{"):
         try:
@@ -208,16 +232,7 @@ def _read_document(text: str, source: str, lines: _Lines | None = None) -> _Chec
                 f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
             ) from None
     else:
-        import yaml  # a JSON document (an inline VANTAGE_CHECKS) is read without it
-
-        from agent.config._yaml import load_yaml
-
-        try:
-            # libyaml's safe loader where PyYAML has it: the pure-Python one peaks at some 60 MiB
-            # more for 10,000 checks (its node graph), memory the process keeps as its RSS.
-            document = load_yaml(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
+        document = _load_yaml(text, source)
     if document is None:
         document = {}
     if isinstance(document, list):
@@ -225,7 +240,7 @@ def _read_document(text: str, source: str, lines: _Lines | None = None) -> _Chec
     if not isinstance(document, dict):
         raise ConfigError(f"{source}: expected a mapping with 'checks' (and optional 'defaults')")
     try:
-        return _CheckFile.model_validate(document)
+        parsed = _CheckFile.model_validate(document)
     except ValidationError as exc:
         if lines is None:
             raise ConfigError(format_validation_error(exc, source, model=_CheckFile)) from None
@@ -241,6 +256,69 @@ def _read_document(text: str, source: str, lines: _Lines | None = None) -> _Chec
             else:
                 found.append(f"{head}field '{path}': {problem.message}")
         raise ConfigError("\n".join(found)) from None
+
+    # The document's own list, now known to be a list of mappings: the model's copy of it goes.
+    checks = document.get("checks")
+    return parsed.defaults, checks if isinstance(checks, list) else []
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    """The YAML document, in memory of its own.
+
+    YAML's loader builds a node for every scalar, key and collection (and two position marks for
+    each) before the document's objects, which end up scattered among those nodes' freed memory:
+    for 10,000 checks, 4 MiB of document held some 60 MiB of the allocator's arenas, which the
+    process then keeps as its RSS. A copy made once the original is gone lies packed; pickle, a
+    C round trip through one buffer, copies every type YAML's safe loader makes. (The loaded
+    document has no other reference when it is dropped here: that is what frees its memory.)"""
+    import pickle
+
+    import yaml  # a JSON document (an inline VANTAGE_CHECKS) is read without either
+
+    from agent.config._yaml import load_yaml
+
+    try:
+        # libyaml's loader where PyYAML has it, without PyYAML's detours (agent/config/_yaml.py):
+        # the pure-Python one peaks at some 60 MiB more for 10,000 checks (its node graph).
+        buffer = pickle.dumps(load_yaml(text), pickle.HIGHEST_PROTOCOL)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
+    return pickle.loads(buffer)
+
+
+class _Shared:
+    """Parts of ``Check`` objects that many checks have alike, kept once.
+
+    A validated ``Check`` holds a set of the names of its fields that were set (some 730 bytes),
+    its own copies of the ``labels`` and ``settings`` mappings, and the strings it was given;
+    with thousands of checks most of these are equal. Equal ones become one object: the model is
+    frozen and nothing changes them (``settings`` is read once, to parse the probe's settings).
+    """
+
+    def __init__(self) -> None:
+        self._sets: dict[frozenset[str], set[str]] = {}
+        self._mappings: dict[str, dict[str, Any]] = {}
+
+    def check(self, check: Check) -> Check:
+        fields = vars(check)
+        for name in ("type", "target"):
+            value = fields[name]
+            if value.__class__ is str:
+                fields[name] = sys.intern(value)
+        for name in ("labels", "settings"):
+            fields[name] = self._mapping(fields[name])
+        names = check.model_fields_set
+        shared = self._sets.setdefault(frozenset(names), names)
+        if shared is not names:
+            object.__setattr__(check, "__pydantic_fields_set__", shared)
+        return check
+
+    def _mapping(self, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            key = json.dumps(value)
+        except (TypeError, ValueError):
+            return value
+        return self._mappings.setdefault(key, value)
 
 
 def _yaml_problem(exc: Exception) -> str:
