@@ -287,7 +287,7 @@ def test_new_settings_are_checked_at_load() -> None:
         config_from(check(source_ip_address="ns.example"))
     with pytest.raises(ConfigError, match="is not a valid regular expression"):
         config_from(check(authority=[{"op": "all_match", "value": "(x"}]))
-    with pytest.raises(ConfigError, match=r"field 'settings\.additional\.0\.match_on'"):
+    with pytest.raises(ConfigError, match=r"field 'settings\.additional\[0\]\.match_on'"):
         config_from(check(additional=[{"op": "matches", "value": "x", "match_on": "owner"}]))
     config_from(
         check(type="ds", query_class="CH", transport="tls", authority=[{"op": "contains", "value": "x"}])
