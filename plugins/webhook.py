@@ -320,7 +320,7 @@ class WebhookProbe(Probe[WebhookSettings]):
             subject = Subject(None, request.headers, request.body, 0.0, redact=ctx.redact)
             outcomes = tuple(assertion.evaluate(subject) for assertion in settings.assertions)
             failed = next((outcome for outcome in outcomes if not outcome.passed), None)
-            failure = f"{failed.assertion}: {failed.message}" if failed is not None else None
+            failure = failed.summary if failed is not None else None
         now = ctx.clock.monotonic()
         last = tracker.last.monotonic
         values: dict[str, float] = {}
@@ -446,6 +446,6 @@ def _delivered(
     span.fail("assertion", failed.message)
     return findings.result(
         Reason.ASSERTION,
-        f"the webhook arrived after {format_duration(latency)}, but {failed.assertion}: {failed.message}",
+        f"the webhook arrived after {format_duration(latency)}, but {failed.summary}",
         assertions=outcomes,
     )

@@ -155,6 +155,14 @@ class AssertionOutcome:
     source: AssertionSource | None = None
     op: AssertionOp | None = None
 
+    @property
+    def summary(self) -> str:
+        """The outcome in one line that names the assertion once, for a run's failure message:
+        "expected response_time lt 250ms, got 256.7ms", "body $.id exists: not present"."""
+        if self.message.startswith(f"expected {self.assertion}"):
+            return self.message
+        return f"{self.assertion}: {self.message}" if self.message else self.assertion
+
 
 class Assertion(BaseModel):
     """One assertion; see the module docstring for the language."""
