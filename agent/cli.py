@@ -98,6 +98,7 @@ def _command(command: Command) -> int:
     # container's health check runs every few seconds.
     from agent.config.settings import load_config
     from agent.logs import configure_logging
+    from agent.sdk.durations import plural
 
     config = load_config(os.environ)
     if command is Command.VALIDATE:
@@ -112,7 +113,7 @@ def _command(command: Command) -> int:
 
         mine = select(config.entries, config.settings.region, config.shard)
         print(
-            f"configuration OK: {len(config.entries)} checks from {config.source}; "
+            f"configuration OK: {plural(len(config.entries), 'check')} from {config.source}; "
             f"{len(mine)} run in region {config.settings.region} "
             f"(shard {config.shard.index}/{config.shard.count})"
         )

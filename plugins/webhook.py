@@ -61,6 +61,7 @@ from agent.sdk import (
     StepResult,
     Subject,
     format_duration,
+    plural,
 )
 
 from ._toolkit.inbound import LastSeen, content_type_problem, token_problem
@@ -403,7 +404,8 @@ def _undelivered(findings: _Findings, sent: _Sent, wait: float, rejected: list[s
     if rejected:
         return findings.result(
             Reason.SIGNATURE,
-            f"{len(rejected)} delivery(ies) rejected while waiting, none valid: {rejected[-1]}",
+            f"{plural(len(rejected), 'delivery', 'deliveries')} rejected while waiting, "
+            f"none valid: {rejected[-1]}",
         )
     return findings.result(
         Reason.NOT_DELIVERED,

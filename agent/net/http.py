@@ -364,10 +364,13 @@ class HttpClient:
         status: int | None = None
         version: str | None = None
         error_type: str | None = None
-        ctx.stage = f"waiting for the response of {method} {host}"
+        # Host, port and path (not the query, where keys travel), as a person finds the request
+        # in the check: "waiting for the response of GET 127.0.0.1:8099/v1/hang".
+        shown = ctx.redact(f"{method} {f'[{host}]' if ':' in host else host}:{port}{url.path}")
+        ctx.stage = f"waiting for the response of {shown}"
 
         def headers_in() -> None:
-            ctx.stage = f"reading the body of {method} {host}"
+            ctx.stage = f"reading the body of {shown}"
 
         try:
             try:

@@ -68,7 +68,7 @@ from anyio.abc import TaskStatus
 from agent.config.checks import CheckEntry
 from agent.schedule.lag import LagMonitor
 from agent.schedule.sharding import offset
-from agent.sdk.durations import format_duration
+from agent.sdk.durations import format_duration, plural
 from agent.sdk.probe import Clock, ProbeContext, ProbeResult, Reason
 from agent.telemetry.recorder import Recorder, Run
 
@@ -194,9 +194,9 @@ class Scheduler:
                     self.running = False
                 if self._running_count and self._failure is None:
                     log.info(
-                        "waiting up to %s for %d runs in flight",
+                        "waiting up to %s for %s in flight",
                         format_duration(drain_timeout),
-                        self._running_count,
+                        plural(self._running_count, "run"),
                     )
                     with self._clock.move_on_after(drain_timeout):
                         await self._wait_for_idle()
@@ -231,6 +231,9 @@ class Scheduler:
                     # reset): probing now would only burn the quota this check watches.
                     self._recorder.skipped(item.entry, "backoff")
                 else:
+                    if item.not_before > -math.inf:
+                        item.not_before = -math.inf
+                        log.info("check %s: back-off over, probing again", item.entry.check.name)
                     self._admit(item, due)
                 following = due + interval
                 if following <= now:
@@ -326,6 +329,12 @@ class Scheduler:
                 result = replace(result, duration=self._clock.monotonic() - started)
             if result.retry_after:
                 item.not_before = self._clock.monotonic() + result.retry_after
+                log.info(
+                    "check %s backs off for %s, as the target asked (%s)",
+                    entry.check.name,
+                    format_duration(round(result.retry_after, 3)),
+                    result.reason.value if result.reason is not None else "its quota is spent",
+                )
             try:
                 self._recorder.finish_run(run, result, ctx.requests)
             except Exception:

@@ -37,7 +37,7 @@ from agent.sdk.assertions import (
     Subject,
     clip,
 )
-from agent.sdk.durations import Duration, format_duration
+from agent.sdk.durations import Duration, format_duration, plural
 from agent.sdk.http import (
     HttpClient,
     HttpClientFactory,
@@ -102,6 +102,7 @@ __all__ = [
     "Tracer",
     "clip",
     "format_duration",
+    "plural",
     "tls_context",
     "visible",
 ]
