@@ -7,7 +7,6 @@ import contextvars
 import logging
 from collections.abc import Hashable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -197,7 +196,7 @@ class _RunTracer:
 
 @dataclass
 class CheckState:
-    """What the status API shows of one check."""
+    """What the status API shows of one check (its JSON: agent/server/status.py ``check_json``)."""
 
     entry: CheckEntry
     target: str
@@ -208,54 +207,6 @@ class CheckState:
     last: ProbeResult | None = None
     last_time: float | None = None
     last_change: float | None = None
-
-    def as_json(self, redact: Redactor) -> dict[str, Any]:
-        check = self.entry.check
-        last = None
-        if self.last is not None:
-            result = self.last
-            last = {
-                "success": result.success,
-                "reason": result.reason.value if result.reason else None,
-                "message": redact(result.message),
-                "duration": result.duration,
-                "time": self.last_time,
-                "phases": dict(result.phases),
-                "values": dict(result.values),
-                "assertions": [
-                    {
-                        "assertion": redact(a.assertion),
-                        "passed": a.passed,
-                        "actual": redact(a.actual),
-                        "message": redact(a.message),
-                    }
-                    for a in result.assertions
-                ],
-                "steps": [
-                    {
-                        "name": s.name,
-                        "success": s.success,
-                        "duration": s.duration,
-                        "reason": s.reason.value if s.reason else None,
-                        "message": redact(s.message),
-                    }
-                    for s in result.steps
-                ],
-            }
-        return {
-            "name": check.name,
-            "type": check.type,
-            "target": self.target,
-            "interval": check.interval,
-            "timeout": check.timeout,
-            "labels": redact.deep(check.labels),
-            "runs": self.runs,
-            "failures": self.failures,
-            "skipped": self.skipped,
-            "consecutive_failures": self.consecutive_failures,
-            "last_change": self.last_change,
-            "last": last,
-        }
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ from yarl import URL
 
 from agent.sdk import (
     Assertion,
+    AssertionOutcome,
     Check,
     HttpFailure,
     MetricKind,
@@ -38,6 +40,7 @@ from agent.sdk import (
     Subject,
     TLSOptions,
 )
+from agent.sdk.urls import redact_url
 
 from .auth import TOKEN_EXPIRY, Auth, AuthFailure, TokenCache, authorize
 from .verdict import Verdict, judge
@@ -231,13 +234,21 @@ class StepRunner:
             for step in settings.steps:
                 if failure is not None and not step.always:
                     steps.append(
-                        StepResult(step.name, False, 0.0, None, f"skipped: step {failure[0]!r} failed")
+                        StepResult(
+                            step.name,
+                            False,
+                            0.0,
+                            None,
+                            f"skipped: step {failure[0]!r} failed",
+                            request=ctx.redact(f"{step.method} {step.url}"),
+                        )
                     )
                     continue
                 started = ctx.clock.monotonic()
+                seen = _Seen(ctx.redact(f"{step.method} {step.url}"))
                 with ctx.step(step.name) as span:
                     verdict = await self._step(
-                        step, check, settings, ctx, client, credential, context, samples
+                        step, check, settings, ctx, client, credential, context, samples, seen
                     )
                     reason, message = verdict.reason, verdict.message
                     if reason is not None:
@@ -245,7 +256,17 @@ class StepRunner:
                 if verdict.retry_after is not None:
                     retry_after = max(retry_after or 0.0, verdict.retry_after)
                 steps.append(
-                    StepResult(step.name, reason is None, ctx.clock.monotonic() - started, reason, message)
+                    StepResult(
+                        step.name,
+                        reason is None,
+                        ctx.clock.monotonic() - started,
+                        reason,
+                        message,
+                        request=seen.request,
+                        status=seen.status,
+                        assertions=seen.outcomes,
+                        extracted=seen.extracted,
+                    )
                 )
                 if reason is not None and failure is None:
                     failure = (step.name, reason, message)
@@ -277,9 +298,12 @@ class StepRunner:
         credential: Any,
         context: dict[str, Any],
         samples: list[Sample],
+        seen: _Seen,
     ) -> Verdict:
+        """Run one step; what it sent and what came back are noted in ``seen`` for its result."""
         try:
             url = str(URL(check.target).join(URL(_render(step.url, context))))
+            seen.request = f"{step.method} {redact_url(url, ctx.redact)}"
             headers = {**credential.headers, **{k: _render(v, context) for k, v in step.headers.items()}}
             params = {**credential.params, **{k: _render(v, context) for k, v in step.query.items()}}
             data = _render(step.body, context) if step.body is not None else None
@@ -301,6 +325,7 @@ class StepRunner:
             )
         except HttpFailure as exc:
             return Verdict(exc.reason, exc.message)
+        seen.status = exchange.status
         samples.append(Sample("probe.http.status_code", exchange.status, {"step": step.name}))
         samples.extend(
             Sample("probe.http.duration", s, {"phase": p, "step": step.name})
@@ -315,6 +340,7 @@ class StepRunner:
             redact=ctx.redact,
         )
         outcomes = tuple(a.evaluate(subject) for a in step.assertions)
+        seen.outcomes = outcomes
         verdict = judge(
             exchange, ctx, ctx.state.get(TokenCache), assertions=step.assertions, outcomes=outcomes
         )
@@ -335,9 +361,20 @@ class StepRunner:
             if extraction.secret:
                 ctx.redact.add(value, ephemeral=True)
             extracted[name] = value
+        seen.extracted = tuple(extracted)
         context["steps"][step.name] = extracted
         context["vars"].update(extracted)
         return verdict
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What one step sent and got, noted as it runs, for its ``StepResult``."""
+
+    request: str
+    status: int | None = None
+    outcomes: tuple[AssertionOutcome, ...] = ()
+    extracted: tuple[str, ...] = ()
 
 
 def _render(text: str, context: dict[str, Any]) -> str:

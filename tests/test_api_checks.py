@@ -1,0 +1,189 @@
+"""``/api/checks`` as a person and a tool read it: RFC 3339 times, durations to the millisecond, a
+flow's steps with their requests, status codes, assertions and extractions, failure messages that
+name an assertion once and say why a connection failed in plain words. Against a real agent and a
+real vendor on loopback."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+from aiohttp import web
+
+from agent.app import build_agent
+
+from .helpers import config_from, serve
+from .test_http_probe import TELEMETRY_ENV, http_check
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = "tok_0123456789abcdef0123"
+RFC3339_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+
+
+def vendor() -> web.Application:
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response({"access_token": TOKEN, "expires_in": 3600})
+
+    async def orders(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return web.json_response({"error": "unauthorized"}, status=401)
+        return web.json_response({"orders": [{"id": "ord_1", "status": "pending"}]})
+
+    app = web.Application()
+    app.router.add_post("/oauth/token", token)
+    app.router.add_get("/v1/orders", orders)
+    return app
+
+
+def flow(name: str, base: str, wanted: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "flow",
+        "target": base,
+        "interval": "10s",
+        "timeout": "3s",
+        "settings": {
+            "steps": [
+                {
+                    "name": "token",
+                    "method": "POST",
+                    "url": "/oauth/token",
+                    "extract": {"access_token": {"path": "$.access_token", "secret": True}},
+                },
+                {
+                    "name": "orders",
+                    "url": "/v1/orders",
+                    "headers": {"Authorization": "Bearer ${steps.token.access_token}"},
+                    "assert": [
+                        {"source": "status", "op": "eq", "value": 200},
+                        {"source": "body", "path": "$.orders[0].status", "op": "eq", "value": wanted},
+                    ],
+                },
+                {
+                    "name": "after",
+                    "url": "/v1/orders",
+                    "headers": {"Authorization": "Bearer ${steps.token.access_token}"},
+                },
+            ]
+        },
+    }
+
+
+async def api_checks(checks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Run each check once in a real agent; ``/api/checks`` by check name."""
+    agent = build_agent(config_from(checks, VANTAGE_HOST="127.0.0.1", VANTAGE_PORT="0"), TELEMETRY_ENV)
+    try:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(agent.server.serve)
+            await agent.scheduler.run_once()
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{port}/api/checks") as response,
+            ):
+                assert response.status == 200
+                body = await response.json()
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{port}/api/checks/{checks[0]['name']}") as response,
+            ):
+                one = await response.json()
+            tg.cancel_scope.cancel()
+    finally:
+        await agent.http.aclose()
+    by_name = {c["name"]: c for c in body["checks"]}
+    assert one == by_name[checks[0]["name"]]  # one check reads as it does in the list
+    return by_name
+
+
+def milliseconds(value: float) -> bool:
+    return round(value, 3) == value
+
+
+async def test_times_are_rfc3339_and_durations_milliseconds() -> None:
+    before = datetime.now(UTC)
+    async with serve(vendor()) as port:
+        checks = await api_checks([http_check("orders", f"http://127.0.0.1:{port}/v1/orders")])
+    orders = checks["orders"]
+    assert orders["state"] == "failing"  # no token: 401
+    last = orders["last"]
+    for stamp in (last["time"], orders["last_change"]):
+        assert RFC3339_MS.match(stamp), stamp
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        assert before - timedelta(seconds=1) <= when <= datetime.now(UTC)
+    assert (orders["interval"], orders["timeout"]) == (10.0, 3.0)
+    assert 0 < last["duration"] and milliseconds(last["duration"])
+    assert last["phases"] and all(milliseconds(seconds) for seconds in last["phases"].values())
+    assert last["message"] == "HTTP 401: the credential was rejected (missing, invalid, expired or revoked)"
+
+
+async def test_a_flow_shows_each_step_with_status_assertions_and_extractions() -> None:
+    async with serve(vendor()) as port:
+        base = f"http://127.0.0.1:{port}"
+        checks = await api_checks([flow("good", base, "pending"), flow("bad", base, "shipped")])
+    good, bad = checks["good"], checks["bad"]
+    assert good["state"] == "passing" and good["last"]["success"]
+    token, orders, after = good["last"]["steps"]
+    assert (token["name"], token["request"], token["status"]) == ("token", f"POST {base}/oauth/token", 200)
+    assert token["extracted"] == ["access_token"] and token["assertions"] == []
+    assert (orders["request"], orders["status"], orders["success"]) == (f"GET {base}/v1/orders", 200, True)
+    assert orders["assertions"] == [
+        {"assertion": "status eq 200", "passed": True, "actual": "200", "message": ""},
+        {
+            "assertion": 'body $.orders[0].status eq "pending"',
+            "passed": True,
+            "actual": "pending",
+            "message": "",
+        },
+    ]
+    assert after["status"] == 200 and milliseconds(after["duration"])
+
+    # The failing flow: its step names the failed assertion once; the step after it is skipped.
+    assert bad["state"] == "failing"
+    message = 'expected body $.orders[0].status eq "shipped", got pending'
+    assert bad["last"]["message"] == f"step 'orders': {message}"
+    _, orders, after = bad["last"]["steps"]
+    assert (orders["status"], orders["success"], orders["reason"]) == (200, False, "assertion")
+    assert orders["assertions"][1] == {
+        "assertion": 'body $.orders[0].status eq "shipped"',
+        "passed": False,
+        "actual": "pending",
+        "message": message,
+    }
+    assert (after["status"], after["message"]) == (None, "skipped: step 'orders' failed")
+    # The extracted token is a secret: named, never shown.
+    assert TOKEN not in str(checks)
+
+
+async def test_failure_messages_read_plainly() -> None:
+    async with serve(vendor()) as port:
+        pass  # closed again: nothing listens there now
+    async with serve(vendor()) as open_port:
+        base = f"http://127.0.0.1:{open_port}"
+        checks = await api_checks(
+            [
+                http_check("refused", f"http://127.0.0.1:{port}/"),
+                http_check("slow", f"{base}/oauth/token")
+                | {
+                    "settings": {
+                        "method": "POST",
+                        "assert": [{"source": "response_time", "op": "lt", "value": "0s"}],
+                    }
+                },
+                http_check("status", f"{base}/oauth/token")
+                | {
+                    "settings": {
+                        "method": "POST",
+                        "assert": [{"source": "status", "op": "in", "value": [201, 204]}],
+                    }
+                },
+            ]
+        )
+    assert checks["refused"]["last"]["message"] == f"connection refused by 127.0.0.1:{port}"
+    slow = checks["slow"]["last"]["message"]
+    assert re.fullmatch(r"expected response_time lt 0ms, got \d+(\.\d+)?(ms|µs|s)", slow), slow
+    assert checks["status"]["last"]["message"] == "HTTP 200 (expected status in [201, 204])"
