@@ -478,13 +478,15 @@ class Recorder:
             log.warning("check %s is failing: %s: %s", check.name, outcome["reason"], message, extra=fields)
         elif changed and previous is not None:
             log.info("check %s has recovered", check.name, extra=fields)
+        elif self._log_runs and result.success:
+            log.info("check %s succeeded in %s", check.name, format_duration(duration), extra=fields)
         elif self._log_runs:
             log.info(
-                "check %s %s%s in %s",
+                "check %s failed in %s: %s: %s",
                 check.name,
-                outcome["result"],
-                f" ({outcome['reason']}: {message})" if not result.success else "",
                 format_duration(duration),
+                outcome["reason"],
+                message,
                 extra=fields,
             )
 
