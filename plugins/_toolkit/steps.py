@@ -40,12 +40,11 @@ from agent.sdk import (
     Subject,
     TLSOptions,
 )
-from agent.sdk.urls import redact_url
 
 from .auth import TOKEN_EXPIRY, Auth, AuthFailure, TokenCache, authorize
 from .verdict import Verdict, judge
 
-__all__ = ["STEP_METRICS", "Extraction", "FlowSettings", "FlowStep", "StepRunner"]
+__all__ = ["STEP_METRICS", "Extraction", "FlowSettings", "FlowStep", "StepRunner", "render"]
 
 _TEMPLATE = re.compile(r"\$\{([^}]+)\}")
 _NAME = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
@@ -155,6 +154,17 @@ class FlowSettings(ProbeSettings):
             known_vars |= set(step.extract)
         return self
 
+    def reference_problem(self, text: str) -> str | None:
+        """What is wrong with the ``${...}`` references of ``text``, rendered after every step
+        (the webhook probe's ``correlate_to``); None when each names a global or an extraction."""
+        steps = {step.name: set(step.extract) for step in self.steps}
+        known_vars = set(self.vars).union(*steps.values())
+        for ref in _TEMPLATE.findall(text):
+            problem = _check_reference(ref, steps, known_vars)
+            if problem:
+                return f"${{{ref}}} {problem}"
+        return None
+
 
 def _check_reference(ref: str, steps: dict[str, set[str]], known_vars: set[str]) -> str | None:
     if ref in _GLOBALS:
@@ -205,9 +215,17 @@ class StepRunner:
     OAuth tokens of a check are in the check's ``ctx.state``."""
 
     async def execute(
-        self, check: Check, settings: FlowSettings, ctx: ProbeContext, run_id: str
+        self,
+        check: Check,
+        settings: FlowSettings,
+        ctx: ProbeContext,
+        run_id: str,
+        *,
+        context_out: dict[str, Any] | None = None,
     ) -> ProbeResult:
-        """Run the steps with ``run_id`` as ``${run_id}`` (the webhook probe's trigger uses this)."""
+        """Run the steps with ``run_id`` as ``${run_id}`` (the webhook probe's trigger uses this).
+
+        ``context_out``, when given, receives what the steps extracted, for :func:`render`."""
         context: dict[str, Any] = {
             "steps": {},
             "vars": dict(settings.vars),
@@ -216,6 +234,9 @@ class StepRunner:
             "hook_url": f"{ctx.public_url}/hooks/{check.name}" if ctx.public_url else None,
             "now": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        if context_out is not None:
+            context_out.update(context)
+            context = context_out  # the steps' extractions land in the caller's mapping
         steps: list[StepResult] = []
         samples: list[Sample] = []
         values: dict[str, float] = {}
@@ -303,7 +324,9 @@ class StepRunner:
         """Run one step; what it sent and what came back are noted in ``seen`` for its result."""
         try:
             url = str(URL(check.target).join(URL(_render(step.url, context))))
-            seen.request = f"{step.method} {redact_url(url, ctx.redact)}"
+            # No query (keys travel there) and no user info: what a person needs to find the request.
+            shown = URL(url).with_user(None).with_query(None).with_fragment(None)
+            seen.request = ctx.redact(f"{step.method} {shown}")
             headers = {**credential.headers, **{k: _render(v, context) for k, v in step.headers.items()}}
             params = {**credential.params, **{k: _render(v, context) for k, v in step.query.items()}}
             data = _render(step.body, context) if step.body is not None else None
@@ -375,6 +398,15 @@ class _Seen:
     status: int | None = None
     outcomes: tuple[AssertionOutcome, ...] = ()
     extracted: tuple[str, ...] = ()
+
+
+def render(text: str, context: dict[str, Any]) -> str:
+    """``text`` with its ``${...}`` references filled from a run's ``context`` (see
+    ``StepRunner.execute``); raises ``ValueError`` for a reference without a value."""
+    try:
+        return _render(text, context)
+    except _Missing as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _render(text: str, context: dict[str, Any]) -> str:
