@@ -187,3 +187,36 @@ async def test_failure_messages_read_plainly() -> None:
     slow = checks["slow"]["last"]["message"]
     assert re.fullmatch(r"expected response_time lt 0ms, got \d+(\.\d+)?(ms|µs|s)", slow), slow
     assert checks["status"]["last"]["message"] == "HTTP 200 (expected status in [201, 204])"
+
+
+async def test_what_a_target_sent_wrong_reads_plainly() -> None:
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(text="<html>maintenance</html>", content_type="text/html")
+
+    app = vendor()
+    app.router.add_get("/html", html)
+    async with serve(app) as port:
+        base = f"http://127.0.0.1:{port}"
+        schema = {"type": "object", "required": ["has_more"]}
+        checks = await api_checks(
+            [
+                http_check("html", f"{base}/html")
+                | {"settings": {"assert": [{"source": "body", "path": "$.id", "op": "exists"}]}},
+                http_check("token", f"{base}/oauth/token")
+                | {
+                    "settings": {
+                        "method": "POST",
+                        "assert": [{"source": "body", "op": "schema", "value": schema}],
+                    }
+                },
+                {"name": "plain", "type": "tls", "target": f"127.0.0.1:{port}", "timeout": "3s"},
+                http_check("https-to-plain", f"https://127.0.0.1:{port}/v1/orders"),
+            ]
+        )
+    messages = {name: check["last"]["message"] for name, check in checks.items()}
+    assert messages["html"] == "body $.id exists: the body is not JSON (expecting value at byte 0)"
+    assert messages["token"] == "expected body matches schema, but at $: 'has_more' is a required property"
+    assert messages["plain"] == (
+        "TLS handshake failed: the server did not answer in TLS (a plain-text port?) (WRONG_VERSION_NUMBER)"
+    )
+    assert messages["https-to-plain"] == messages["plain"]

@@ -88,6 +88,7 @@ _CURL_CODES: dict[int, tuple[Reason, str]] = {
 # libcurl's words for COULDNT_CONNECT ("Failed to connect to 127.0.0.1 port 9 after 0 ms: Could not
 # connect to server"; from 8.x "127.0.0.1:9"): the host and port it tried, which may be a proxy's.
 _CURL_CONNECT = re.compile(r"^Failed to connect to \[?([^\s\]]+)\]?(?: port |:)(\d+) ")
+_OPENSSL_ERROR = re.compile(r"error:[0-9A-Fa-f]+:SSL routines:[^:]*:([^:]+)$")
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
 # libcurl's wrapping of OpenSSL's verification words ("SSL certificate problem: ...", or from 8.x
 # "SSL certificate OpenSSL verify result: ... (20)"), which "rejected: " says already.
@@ -112,10 +113,18 @@ def map_curl_error(
     reason, what = _CURL_CODES.get(code, (Reason.CONNECT, "cannot connect"))
     if code == 1 and "HTTP/" in detail:  # UNSUPPORTED_PROTOCOL of a status line, not of a URL
         what = "malformed HTTP response"
+        if "HTTP/0.9" in detail:  # libcurl's words for an answer without a status line
+            detail = "no HTTP status line (the server answered something else than HTTP)"
     if code == 100 and not detail:  # TOO_LARGE, which libcurl leaves without words
         detail = "a header larger than libcurl accepts (100 KiB a line, 300 KiB in all)"
     if host and reason is Reason.TLS:
         what = what.replace("certificate", f"certificate of {host}")
+    if reason is Reason.TLS and (openssl := _OPENSSL_ERROR.search(detail)):
+        # "TLS connect error: error:0A00010B:SSL routines::wrong version number": OpenSSL's reason,
+        # in the words the Python side uses for it too.
+        words = openssl.group(1).strip()
+        code_name = words.upper().replace(" ", "_")
+        detail = f"{_SSL_REASONS[code_name]} ({code_name})" if code_name in _SSL_REASONS else words
     return reason, f"{what}: {detail or f'libcurl error {code}'}"
 
 
@@ -312,9 +321,27 @@ def _os_message(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
 
 
+# OpenSSL's reason codes a person meets most, in words that say what to look at.
+_SSL_REASONS = {
+    "WRONG_VERSION_NUMBER": "the server did not answer in TLS (a plain-text port?)",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "the server refused the TLS versions offered",
+    "UNSUPPORTED_PROTOCOL": "no TLS version in common with the server",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the server refused the handshake (no cipher or version in common)",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the server requires a client certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "the server does not trust the client certificate's issuer",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the server rejected the client certificate",
+    "TLSV1_UNRECOGNIZED_NAME": "the server does not serve this name (SNI)",
+    "TLSV1_ALERT_INTERNAL_ERROR": "the server failed during the handshake (its internal error)",
+    "UNEXPECTED_EOF_WHILE_READING": "the server closed the connection during the handshake",
+}
+
+
 def _ssl_message(exc: BaseException) -> str:
     inner = getattr(exc, "os_error", exc)
-    return getattr(inner, "reason", None) or str(inner)
+    reason = getattr(inner, "reason", None)
+    if reason in _SSL_REASONS:
+        return f"{_SSL_REASONS[reason]} ({reason})"
+    return reason or str(inner)
 
 
 def _icmp_not_permitted() -> str:
