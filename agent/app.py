@@ -191,7 +191,7 @@ async def flush_telemetry(telemetry: Telemetry, budget: float, *, shutdown: bool
     with anyio.move_on_after(budget) as scope:
         await anyio.to_thread.run_sync(work, budget, abandon_on_cancel=True)
     if scope.cancelled_caught:
-        log.warning("telemetry was not flushed within %.1fs; unsent data is dropped", budget)
+        log.warning("telemetry was not flushed within %s; unsent data is dropped", format_duration(budget))
 
 
 class Shutdown:
