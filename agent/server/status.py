@@ -459,7 +459,8 @@ def _result_json(result: ProbeResult, at: float | None, redact: Redactor) -> dic
         "message": redact(result.message),
         "duration": _seconds(result.duration),
         "phases": _phases(result.phases),
-        "values": dict(result.values),
+        # Figures as the probe measured them, less float noise (0.30000000000000004).
+        "values": {name: round(value, 6) for name, value in result.values.items()},
         "assertions": [_assertion_json(a, redact) for a in result.assertions],
         "steps": [_step_json(s, redact) for s in result.steps],
     }
