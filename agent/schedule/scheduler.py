@@ -329,17 +329,19 @@ class Scheduler:
                 result = replace(result, duration=self._clock.monotonic() - started)
             if result.retry_after:
                 item.not_before = self._clock.monotonic() + result.retry_after
-                log.info(
-                    "check %s backs off for %s, as the target asked (%s)",
-                    entry.check.name,
-                    format_duration(round(result.retry_after, 3)),
-                    result.reason.value if result.reason is not None else "its quota is spent",
-                )
             try:
                 self._recorder.finish_run(run, result, ctx.requests)
             except Exception:
                 # A recording bug must not take the other checks down with it.
                 log.exception("recording the result of check %s failed", entry.check.name)
+            if result.retry_after:  # said after the run's own line, which says why
+                wait = result.retry_after
+                log.info(
+                    "check %s backs off for %s, as the target asked (%s)",
+                    entry.check.name,
+                    format_duration(round(wait) if wait >= 1 else round(wait, 3)),
+                    result.reason.value if result.reason is not None else "its quota is spent",
+                )
         except asyncio.CancelledError:
             raise  # the agent's shutdown
         except BaseException as exc:
