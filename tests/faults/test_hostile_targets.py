@@ -436,7 +436,9 @@ CASES: dict[str, Case] = {
     ),
     # libcurl's words, which quote nothing of the line the target sent.
     "garbage-status-line": Case(
-        "/garbage", "protocol", r"^malformed HTTP response: Received HTTP/0\.9 when not allowed$"
+        "/garbage",
+        "protocol",
+        r"^malformed HTTP response: no HTTP status line \(the server answered something else than HTTP\)$",
     ),
     "tls-expired": Case(
         "/", "tls", r"^TLS certificate of 127\.0\.0\.1 rejected: certificate has expired", "expired"
