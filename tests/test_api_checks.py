@@ -193,8 +193,12 @@ async def test_what_a_target_sent_wrong_reads_plainly() -> None:
     async def html(request: web.Request) -> web.Response:
         return web.Response(text="<html>maintenance</html>", content_type="text/html")
 
+    async def loop(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/loop")
+
     app = vendor()
     app.router.add_get("/html", html)
+    app.router.add_get("/loop", loop)
     async with serve(app) as port:
         base = f"http://127.0.0.1:{port}"
         schema = {"type": "object", "required": ["has_more"]}
@@ -211,6 +215,7 @@ async def test_what_a_target_sent_wrong_reads_plainly() -> None:
                 },
                 {"name": "plain", "type": "tls", "target": f"127.0.0.1:{port}", "timeout": "3s"},
                 http_check("https-to-plain", f"https://127.0.0.1:{port}/v1/orders"),
+                http_check("loop", f"{base}/loop") | {"settings": {"max_redirects": 1}},
             ]
         )
     messages = {name: check["last"]["message"] for name, check in checks.items()}
@@ -220,3 +225,4 @@ async def test_what_a_target_sent_wrong_reads_plainly() -> None:
         "TLS handshake failed: the server did not answer in TLS (a plain-text port?) (WRONG_VERSION_NUMBER)"
     )
     assert messages["https-to-plain"] == messages["plain"]
+    assert messages["loop"] == f"gave up after 1 redirect (… {base}/loop → {base}/loop)"

@@ -40,6 +40,7 @@ from agent.net._ssl import sent_chain, verified_chain
 from agent.net.chains import build_verified_chain
 from agent.net.curl import CurlMulti, CurlRequest, CurlResult
 from agent.sdk.assertions import clip
+from agent.sdk.durations import plural
 from agent.sdk.failures import cancellation
 from agent.sdk.http import HttpExchange, HttpFailure, TLSInfo, TLSOptions
 from agent.sdk.reasons import Reason
@@ -308,7 +309,7 @@ class HttpClient:
                 loop = " → ".join(redact_url(str(u), ctx.redact) for u in visited[-3:])
                 raise HttpFailure(
                     Reason.REDIRECTS,
-                    f"gave up after {max_redirects} redirects (… {loop})",
+                    f"gave up after {plural(max_redirects, 'redirect')} (… {loop})",
                     phases,
                     response=exchange,
                 )
