@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from agent.app import build_agent
+from agent.sdk import Reason, map_curl_error, map_exception
 
 from .helpers import config_from, serve
 from .test_http_probe import TELEMETRY_ENV, http_check
@@ -226,3 +227,43 @@ async def test_what_a_target_sent_wrong_reads_plainly() -> None:
     )
     assert messages["https-to-plain"] == messages["plain"]
     assert messages["loop"] == f"gave up after 1 redirect (… {base}/loop → {base}/loop)"
+
+
+@pytest.mark.parametrize(
+    ("exc", "port", "message"),
+    [
+        # asyncio's own wording of a refused connection, and of one refused on every address tried.
+        (
+            ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 9)"),
+            9,
+            "connection refused by 127.0.0.1:9",
+        ),
+        (
+            OSError(
+                "Multiple exceptions: [Errno 111] Connect call failed ('::1', 9), [Errno 111] Connect failed"
+            ),
+            9,
+            "connection refused by 127.0.0.1:9",
+        ),
+        (
+            OSError(
+                "Multiple exceptions: [Errno 111] Connect call failed, [Errno 101] Network is unreachable"
+            ),
+            9,
+            "cannot connect to 127.0.0.1:9: connection refused; network is unreachable",
+        ),
+        (ConnectionResetError(104, "Connection reset by peer"), 443, "connection reset by 127.0.0.1:443"),
+        (OSError(113, "No route to host"), 22, "no route to host 127.0.0.1:22"),
+        (OSError(71, "Protocol error"), 22, "cannot connect to 127.0.0.1:22: protocol error"),
+    ],
+)
+def test_a_failed_connection_reads_as_its_errno_says(exc: OSError, port: int, message: str) -> None:
+    assert map_exception(exc, host="127.0.0.1", port=port) == (Reason.CONNECT, message)
+    assert (
+        map_exception(ConnectionRefusedError(111, "x"), host="::1", port=9)[1]
+        == "connection refused by [::1]:9"
+    )
+    # libcurl's "Could not connect to server", with the errno it keeps beside it.
+    curl = "Failed to connect to 127.0.0.1 port 9 after 0 ms: Could not connect to server"
+    assert map_curl_error(7, curl, os_errno=111) == (Reason.CONNECT, "connection refused by 127.0.0.1:9")
+    assert map_curl_error(7, curl) == (Reason.CONNECT, "cannot connect to 127.0.0.1:9")
