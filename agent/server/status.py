@@ -39,6 +39,7 @@ from anyio.abc import TaskStatus
 from agent.config.secrets import Redactor
 from agent.errors import ConfigError
 from agent.sdk.assertions import AssertionOutcome
+from agent.sdk.durations import plural
 from agent.sdk.probe import ProbeResult, StepResult
 from agent.server.inbound import Inbound
 from agent.telemetry.exposition import negotiate
@@ -159,11 +160,12 @@ class _ConnectionLimit:
         # connection would otherwise log twice, and a flood sits at the cap.
         if self._full and self.open <= self._low:
             self._full = False
+            closed = self.refused - self._refused_before
             log.info(
-                "%s: down to %d open connections; %d were closed at the cap",
+                "%s: down to %s; %s closed at the cap",
                 self._setting,
-                self.open,
-                self.refused - self._refused_before,
+                plural(self.open, "open connection"),
+                f"{closed} was" if closed == 1 else f"{closed} were",
             )
 
 
