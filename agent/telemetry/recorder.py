@@ -7,6 +7,7 @@ import contextvars
 import logging
 from collections.abc import Hashable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
