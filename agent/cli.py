@@ -187,6 +187,7 @@ def _validate(*, offline: bool, checks_file: str | None) -> int:
     except (ConfigError, PluginError) as exc:
         problems.append(config.redactor(str(exc)) if config is not None else str(exc))
     from agent.schedule.sharding import select
+    from agent.sdk.durations import plural
 
     mine = select(config.entries, config.settings.region, config.shard) if config is not None else []
     if config is not None and not offline:  # offline, VANTAGE_PUBLIC_URL may be unset in CI
@@ -197,7 +198,7 @@ def _validate(*, offline: bool, checks_file: str | None) -> int:
         raise ConfigError("\n".join(problems))
     print(
         f"configuration OK{' (offline: references not resolved)' if offline else ''}: "
-        f"{len(config.entries)} check{'s' if len(config.entries) != 1 else ''} from {config.source}; "
+        f"{plural(len(config.entries), 'check')} from {config.source}; "
         f"{len(mine)} run in region {config.settings.region} "
         f"(shard {config.shard.index}/{config.shard.count})"
     )
