@@ -30,7 +30,7 @@ from agent.net.http import HttpClientFactory
 from agent.process.handover import inherited_socket
 from agent.schedule.scheduler import Scheduler
 from agent.schedule.sharding import select
-from agent.sdk.durations import format_duration
+from agent.sdk.durations import format_duration, plural
 from agent.sdk.probe import Clock, ProbeContext, SystemClock
 from agent.server.inbound import Inbound, Route, inbound_checks, peer_route
 from agent.server.inbox import Inbox
@@ -197,7 +197,7 @@ async def flush_telemetry(telemetry: Telemetry, budget: float, *, shutdown: bool
     with anyio.move_on_after(budget) as scope:
         await anyio.to_thread.run_sync(work, budget, abandon_on_cancel=True)
     if scope.cancelled_caught:
-        log.warning("telemetry was not flushed within %.1fs; unsent data is dropped", budget)
+        log.warning("telemetry was not flushed within %s; unsent data is dropped", format_duration(budget))
 
 
 class Shutdown:
@@ -288,10 +288,10 @@ async def serve(
         async with anyio.create_task_group() as tg:
             port = await tg.start(agent.server.serve)
             log.info(
-                "vantage %s listening on port %d; %d checks in region %s (shard %d/%d)",
+                "vantage %s listening on port %d; %s in region %s (shard %d/%d)",
                 __version__,
                 port,
-                len(agent.entries),
+                plural(len(agent.entries), "check"),
                 agent.config.settings.region,
                 agent.config.shard.index,
                 agent.config.shard.count,

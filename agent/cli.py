@@ -41,8 +41,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser(Command.RUN, help="run the agent (the default)")
     _once_parser(commands)
-    commands.add_parser(Command.VALIDATE, help="check the configuration and exit")
-    commands.add_parser(Command.PLUGINS, help="list the installed probe types and their settings")
+    validate = commands.add_parser(
+        Command.VALIDATE,
+        help="check the configuration and exit (2 on any problem, each named)",
+        description="Check the settings (VANTAGE_*, OTEL_*) and the checks; exit 0 if all is well, "
+        "2 with every problem named otherwise.",
+    )
+    validate.add_argument(
+        "--offline",
+        action="store_true",
+        help="check without the production secrets and files (in CI): references are checked for "
+        "their form, not resolved, and files that settings name need not exist",
+    )
+    validate.add_argument(
+        "--checks", metavar="FILE", help="the checks file (instead of VANTAGE_CHECKS or VANTAGE_CHECKS_FILE)"
+    )
+    plugins = commands.add_parser(
+        Command.PLUGINS, help="list the installed probe types and their settings, with defaults"
+    )
+    plugins.add_argument("--json", action="store_true", help="as one JSON document, for tools")
+    plugins.add_argument("types", nargs="*", metavar="TYPE", help="only these probe types (default: all)")
     commands.add_parser(
         Command.HEALTHCHECK,
         help="exit 0 if the agent on VANTAGE_PORT answers /healthz (for a container HEALTHCHECK)",
@@ -63,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is Command.IMPORT:
         return _import_blackbox(args.config, args.targets, args.output)
     if command is Command.PLUGINS:
-        return _plugins()
+        return _plugins(args.types, as_json=args.json)
     if command is Command.HEALTHCHECK:
         return _healthcheck()
     if command is Command.RUN:
@@ -71,7 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # action): SIGHUP is logged and ignored once the agent runs.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        status = _once(args) if command is Command.ONCE else _command(command)
+        if command is Command.VALIDATE:
+            status = _validate(offline=args.offline, checks_file=args.checks)
+        elif command is Command.ONCE:
+            status = _once(args)
+        else:
+            status = _command(command)
     except (ConfigError, PluginError) as exc:
         status = _config_error(exc)
     except BaseExceptionGroup as group:
@@ -102,29 +125,17 @@ def _command(command: Command) -> int:
     from agent.config.settings import load_config
     from agent.logs import configure_logging
 
-    config = load_config(os.environ)
-    if command is Command.VALIDATE:
-        from agent.telemetry.providers import build_resource, build_telemetry
+    try:
+        # A worker's supervisor has shown the progress of the same load.
+        config = load_config(os.environ, progress=None if os.environ.get("VANTAGE_WORKER") else _progress)
+    except ConfigError as exc:
+        # A misspelt variable is often why (no checks file found): said with the error.
+        from agent.config.settings import unknown_variables
 
-        build_telemetry(
-            os.environ,
-            build_resource(os.environ, region=config.settings.region, version=__version__),
-            redactor=config.redactor,
-        )
-        from agent.schedule.sharding import select
-
-        mine = select(config.entries, config.settings.region, config.shard)
-        from agent.once import hook_url_problems
-
-        if problems := hook_url_problems(mine, config.settings.public_url, config.source):
-            raise ConfigError("\n".join(problems))
-        print(
-            f"configuration OK: {len(config.entries)} checks from {config.source}; "
-            f"{len(mine)} run in region {config.settings.region} "
-            f"(shard {config.shard.index}/{config.shard.count})"
-        )
-        return 0
+        raise ConfigError("\n".join([str(exc), *unknown_variables(os.environ)])) from None
     configure_logging(config.settings.log_level, config.settings.log_format, config.redactor)
+    if not config.settings.worker:  # a worker's supervisor has said it
+        _warn_unknown_variables()
     if config.settings.worker:
         from agent.process.workers import die_with_supervisor
 
@@ -144,6 +155,69 @@ def _command(command: Command) -> int:
     from agent.app import run_agent
 
     run_agent(config, os.environ)
+
+
+def _validate(*, offline: bool, checks_file: str | None) -> int:
+    """``vantage validate``: every problem of the settings and the checks, or a summary."""
+    from agent.server._aiohttp import import_aiohttp
+
+    import_aiohttp()  # as in _command: first, aiohttp's client contexts without their CA certificates
+    from agent.config.settings import load_config, unknown_variables
+    from agent.telemetry.providers import build_resource, build_telemetry, validate_otel_env
+
+    environ = dict(os.environ)
+    if checks_file is not None:
+        environ.pop("VANTAGE_CHECKS", None)
+        environ["VANTAGE_CHECKS_FILE"] = checks_file
+    problems = unknown_variables(environ)  # every problem at once: the variables, the checks, OTEL_*
+    config = None
+    try:
+        config = load_config(environ, offline=offline, progress=_progress)
+    except (ConfigError, PluginError) as exc:
+        problems.append(str(exc))
+    try:
+        if offline or config is None:  # offline, the production OTLP headers are not here either
+            validate_otel_env(environ)
+        else:
+            build_telemetry(
+                environ,
+                build_resource(environ, region=config.settings.region, version=__version__),
+                redactor=config.redactor,
+            )
+    except (ConfigError, PluginError) as exc:
+        problems.append(config.redactor(str(exc)) if config is not None else str(exc))
+    from agent.schedule.sharding import select
+    from agent.sdk.durations import plural
+
+    mine = select(config.entries, config.settings.region, config.shard) if config is not None else []
+    if config is not None and not offline:  # offline, VANTAGE_PUBLIC_URL may be unset in CI
+        from agent.once import hook_url_problems
+
+        problems.extend(hook_url_problems(mine, config.settings.public_url, config.source))
+    if problems or config is None:
+        raise ConfigError("\n".join(problems))
+    print(
+        f"configuration OK{' (offline: references not resolved)' if offline else ''}: "
+        f"{plural(len(config.entries), 'check')} from {config.source}; "
+        f"{len(mine)} run in region {config.settings.region} "
+        f"(shard {config.shard.index}/{config.shard.count})"
+    )
+    return 0
+
+
+def _progress(done: int, total: int) -> None:
+    """A line on stderr while a large check set is validated (every 5,000 checks)."""
+    line = f"validating {total:,} checks" if done == 0 else f"validated {done:,} of {total:,} checks"
+    print(f"vantage: {line}", file=sys.stderr, flush=True)
+
+
+def _warn_unknown_variables() -> None:
+    import logging
+
+    from agent.config.settings import unknown_variables
+
+    for line in unknown_variables(os.environ):
+        logging.getLogger("vantage.config").warning(line)
 
 
 def _config_error(exc: BaseException) -> int:
@@ -247,8 +321,15 @@ def _once(args: argparse.Namespace) -> int:
         # The flag names the check set for this command: it replaces both variables.
         environ.pop("VANTAGE_CHECKS", None)
         environ["VANTAGE_CHECKS_FILE"] = args.checks
-    config = load_config(environ)
+    try:
+        config = load_config(environ, progress=_progress)
+    except ConfigError as exc:
+        # A misspelt variable is often why (no checks file found): said with the error.
+        from agent.config.settings import unknown_variables
+
+        raise ConfigError("\n".join([str(exc), *unknown_variables(environ)])) from None
     configure_logging(config.settings.log_level, config.settings.log_format, config.redactor)
+    _warn_unknown_variables()
     options = Options(
         checks=tuple(args.check_patterns),
         labels=tuple(args.labels),
@@ -307,22 +388,30 @@ def _healthcheck() -> int:
         return 1
 
 
-def _plugins() -> int:
+def _plugins(types: Sequence[str], *, as_json: bool) -> int:
+    """``vantage plugins``: each installed probe type and its settings (``--json`` for tools)."""
+    import json
+
+    from agent.config._describe import describe_probe, render_text
+    from agent.config._explain import did_you_mean
     from agent.config.registry import Registry
 
     registry = Registry()
-    for name in registry.names():
+    unknown = [name for name in types if name not in registry.names()]
+    if unknown:
+        lines = [
+            f"unknown probe type {name!r}; {did_you_mean(name, registry.names())}".rstrip("; ")
+            for name in unknown
+        ]
+        return _config_error(ConfigError("\n".join(lines) + f"\navailable: {', '.join(registry.names())}"))
+    described = []
+    for name in types or registry.names():  # each type is imported here, as a check of it would
         try:
-            probe = registry.load(name)
+            described.append(describe_probe(name, registry.load(name)))
         except (ConfigError, PluginError) as exc:
-            print(f"{name}: unavailable: {exc}")
-            continue
-        print(f"{name}  ({type(probe).__module__}.{type(probe).__name__})")
-        for field_name, field in probe.Settings.model_fields.items():
-            shown = field.alias or field_name
-            annotation = getattr(field.annotation, "__name__", None) or str(field.annotation).replace(
-                "typing.", ""
-            )
-            default = "" if field.is_required() else f" = {field.get_default(call_default_factory=True)!r}"
-            print(f"    {shown}: {annotation}{default}")
+            described.append({"name": name, "error": str(exc)})
+    if as_json:
+        print(json.dumps({"probe_types": described}, indent=2))
+    else:
+        sys.stdout.write(render_text(described))
     return 0
