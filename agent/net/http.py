@@ -71,7 +71,8 @@ _KEPT_HANDSHAKES = 1024
 
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
-    """One physical request, for the ``http.client.request.duration`` metric."""
+    """One physical request, for the ``http.client.request.duration`` metric (and the status
+    page's debug view, which shows the response headers, redacted)."""
 
     method: str
     scheme: str
@@ -81,6 +82,7 @@ class RequestRecord:
     status: int | None
     error_type: str | None
     protocol_version: str | None
+    response_headers: tuple[tuple[str, str], ...] = ()
 
 
 class HttpClientFactory:
@@ -364,6 +366,7 @@ class HttpClient:
         status: int | None = None
         version: str | None = None
         error_type: str | None = None
+        response_headers: tuple[tuple[str, str], ...] = ()
         ctx.stage = f"waiting for the response of {method} {host}"
 
         def headers_in() -> None:
@@ -397,6 +400,7 @@ class HttpClient:
                 span.fail(error_type, message)
                 raise HttpFailure(failure.reason, message, phases) from None
             status, version = result.status, result.http_version
+            response_headers = tuple(result.headers)
             for name, seconds in result.phases.items():
                 phases[name] += seconds
             tls = self._tls_info(result, url) if result.tls_used else None
@@ -426,6 +430,7 @@ class HttpClient:
                     status,
                     error_type,
                     version,
+                    response_headers,
                 )
             )
             span.end()
