@@ -35,10 +35,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agent.config.secrets import Redactor
-from agent.net.http import RequestRecord
 from agent.sdk.probe import ProbeResult
 
 __all__ = ["FLUSH_EVERY", "History", "HistoryStore", "detail_json"]
@@ -54,6 +53,30 @@ _PENDING_LIMIT = 100_000  # runs waiting for the disk; beyond this the oldest ar
 _CREDENTIAL_HEADERS = frozenset(
     {"set-cookie", "set-cookie2", "authorization", "proxy-authorization", "cookie"}
 )
+
+
+class RequestRecord(Protocol):
+    """One physical request of a run, as the HTTP client records it (``agent/net/http.py``'s
+    ``RequestRecord``; the server does not import the client)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def duration(self) -> float: ...
+    @property
+    def status(self) -> int | None: ...
+    @property
+    def error_type(self) -> str | None: ...
+    @property
+    def protocol_version(self) -> str | None: ...
+    @property
+    def response_headers(self) -> tuple[tuple[str, str], ...]: ...
 
 
 class _Buckets:
