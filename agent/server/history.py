@@ -7,7 +7,7 @@ Per check, and only once the check has run (an idle check costs nothing):
   a bucket, 5.5 KB a check);
 - the last ``runs`` runs in brief (time, outcome, reason, duration, trace id), for the list of runs
   and the latency sparkline;
-- the last ``details`` runs in full (phases, assertions, steps, requests and their response
+- the last ``details`` runs in full (5) (phases, assertions, steps, requests and their response
   headers), and the last failure in full however old it is. A run in full is the probe's result
   itself, kept as it is: turning it into text (and redacting it) is done when a page asks for it
   or when it is written to disk, never on the probe's path.
@@ -32,7 +32,7 @@ import threading
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -125,6 +125,9 @@ class _Buckets:
         """The share of runs that passed over the ring's span up to ``now``, and the runs counted."""
         last = int(now // self.width)
         first = last - len(self.slot) + 1
+        if min(self.slot) >= first and max(self.slot) <= last:  # every bucket in the window: the usual
+            runs, failures = sum(self.runs), sum(self.failures)
+            return ((runs - failures) / runs if runs else None), runs
         runs = failures = 0
         for slot, count, failed in zip(self.slot, self.runs, self.failures, strict=True):
             if first <= slot <= last:
@@ -141,8 +144,54 @@ class Brief:
     success: bool
     reason: str | None
     duration: float
-    trace_id: str
-    """The run's trace id, 32 hex digits."""
+    trace_id: int
+
+    @property
+    def trace(self) -> str:
+        """The run's trace id, 32 hex digits."""
+        return f"{self.trace_id:032x}"
+
+
+class _Runs:
+    """The last runs in brief, in fixed arrays (29 bytes and a reference a run): a ring."""
+
+    __slots__ = ("count", "durations", "next", "ok", "reasons", "times", "traces")
+
+    def __init__(self, size: int) -> None:
+        self.times = array("d", bytes(8 * size))
+        self.durations = array("I", bytes(4 * size))  # microseconds
+        self.ok = bytearray(size)
+        self.reasons: list[str | None] = [None] * size
+        self.traces = bytearray(16 * size)
+        self.next = self.count = 0
+
+    def append(self, brief: Brief) -> None:
+        i, size = self.next, len(self.ok)
+        micros = min(0xFFFFFFFF, max(0, int(brief.duration * 1e6)))
+        self.times[i], self.durations[i], self.ok[i] = brief.time, micros, brief.success
+        self.reasons[i] = brief.reason
+        self.traces[16 * i : 16 * i + 16] = brief.trace_id.to_bytes(16, "big")
+        self.next, self.count = (i + 1) % size, min(self.count + 1, size)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def recent(self) -> list[list[Any]]:
+        """``[time, duration, success]`` of each run, oldest first (the sparkline's)."""
+        size, times, durations, ok = len(self.ok), self.times, self.durations, self.ok
+        out = []
+        for k in range(self.count):
+            i = (self.next - self.count + k) % size
+            out.append([times[i], durations[i] / 1e6, bool(ok[i])])
+        return out
+
+    def __iter__(self) -> Iterator[Brief]:
+        """Oldest first."""
+        size = len(self.ok)
+        for k in range(self.count):
+            i = (self.next - self.count + k) % size
+            trace = int.from_bytes(self.traces[16 * i : 16 * i + 16], "big")
+            yield Brief(self.times[i], bool(self.ok[i]), self.reasons[i], self.durations[i] / 1e6, trace)
 
 
 class _CheckHistory:
@@ -151,28 +200,37 @@ class _CheckHistory:
     def __init__(self, runs: int, details: int) -> None:
         self.day = _Buckets(300, 288)
         self.week = _Buckets(3600, 168)
-        self.runs: deque[Brief] = deque(maxlen=runs)
-        # A run in full: the probe's result and requests, or (loaded from disk) its JSON already.
+        self.runs = _Runs(runs)
+        # The last runs in full: what the debug view shows of the probe's result (not its metric
+        # values), and its requests; or, loaded from disk, the JSON already.
         self.details: deque[tuple[Brief, Detail]] = deque(maxlen=details)
         self.last_failure: tuple[Brief, Detail] | None = None
 
 
-Detail = tuple[ProbeResult, tuple[RequestRecord, ...]] | dict[str, Any]
+_Full = tuple[
+    str,  # message
+    Mapping[str, float],  # phases
+    tuple[Any, ...],  # assertions
+    tuple[Any, ...],  # steps
+    Mapping[str, Any],  # attributes
+    tuple[RequestRecord, ...],
+]
+Detail = _Full | dict[str, Any]
 
 
 def detail_json(brief: Brief, detail: Detail, redact: Redactor) -> dict[str, Any]:
     """A run in full as JSON-ready data, every text redacted; what the debug view shows."""
     if isinstance(detail, dict):
         return detail
-    result, requests = detail
+    message, phases, assertions, steps, attributes, requests = detail
     return {
         "time": brief.time,
         "success": brief.success,
         "reason": brief.reason,
         "duration": brief.duration,
-        "trace_id": brief.trace_id,
-        "message": redact(result.message),
-        "phases": {name: float(seconds) for name, seconds in result.phases.items()},
+        "trace_id": brief.trace,
+        "message": redact(message),
+        "phases": {name: float(seconds) for name, seconds in phases.items()},
         "assertions": [
             {
                 "assertion": redact(a.assertion),
@@ -180,13 +238,13 @@ def detail_json(brief: Brief, detail: Detail, redact: Redactor) -> dict[str, Any
                 "actual": redact(a.actual),
                 "message": redact(a.message),
             }
-            for a in result.assertions
+            for a in assertions
         ],
-        "steps": [_step_json(step, redact) for step in result.steps],
+        "steps": [_step_json(step, redact) for step in steps],
         "requests": [_request_json(request, redact) for request in requests],
         "attributes": {
             key: redact(value) if isinstance(value, str) else _plain(value)
-            for key, value in result.attributes.items()
+            for key, value in attributes.items()
         },
     }
 
@@ -241,7 +299,7 @@ class History:
         redact: Redactor,
         *,
         runs: int = 50,
-        details: int = 10,
+        details: int = 5,
         store: HistoryStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -271,12 +329,19 @@ class History:
             check = self._checks[name] = _CheckHistory(self._runs, self._details)
         duration = result.duration or 0.0
         brief = Brief(
-            when, result.success, result.reason.value if result.reason else None, duration, f"{trace_id:032x}"
+            when, result.success, result.reason.value if result.reason else None, duration, trace_id
         )
         day = check.day.add(when, result.success, duration)
         week = check.week.add(when, result.success, duration)
         check.runs.append(brief)
-        detail: Detail = (result, tuple(requests))
+        detail: Detail = (
+            result.message,
+            result.phases,
+            result.assertions,
+            result.steps,
+            result.attributes,
+            tuple(requests),
+        )
         check.details.append((brief, detail))
         if not result.success:
             check.last_failure = (brief, detail)
@@ -310,14 +375,14 @@ class History:
             failure = {
                 "time": brief.time,
                 "reason": brief.reason,
-                "message": detail_json(brief, detail, self._redact)["message"],
-                "trace_id": brief.trace_id,
+                "message": detail.get("message", "") if isinstance(detail, dict) else self._redact(detail[0]),
+                "trace_id": brief.trace,
             }
         return {
             "uptime_24h": day,
             "uptime_7d": week,
             "runs_24h": runs_24h,
-            "recent": [[b.time, round(b.duration, 6), b.success] for b in check.runs],
+            "recent": check.runs.recent(),
             "last_failure": failure,
         }
 
@@ -329,7 +394,7 @@ class History:
         redact = self._redact
         failure = check.last_failure
         return {
-            "last_runs": [_brief_json(b) for b in reversed(check.runs)],
+            "last_runs": [_brief_json(b) for b in reversed(list(check.runs))],
             "details": [detail_json(b, d, redact) for b, d in reversed(check.details)],
             "last_failure_detail": detail_json(*failure, redact) if failure else None,
         }
@@ -346,9 +411,12 @@ class History:
             for width, slot, count, failed, total in buckets:
                 (check.day if width == 300 else check.week).merge(slot, count, failed, total)
             # Saved runs go before the runs since the start; the newest are kept within the bounds.
-            since = check.runs[0].time if check.runs else math.inf
+            since = next(iter(check.runs)).time if check.runs else math.inf
             older = [brief for brief, _ in runs if brief.time < since]
-            check.runs = deque([*older, *check.runs], maxlen=self._runs)
+            kept = _Runs(self._runs)
+            for brief in [*older, *check.runs]:
+                kept.append(brief)
+            check.runs = kept
             full = [(brief, detail) for brief, detail in runs if detail is not None and brief.time < since]
             check.details = deque([*full, *check.details], maxlen=self._details)
             if check.last_failure is None and failure is not None:
@@ -380,7 +448,7 @@ class History:
             if detail is not None and id(detail) in details:
                 text = json.dumps(detail_json(brief, detail, redact), default=str)
             rows.append(
-                (name, brief.time, int(brief.success), brief.reason, brief.duration, brief.trace_id, text)
+                (name, brief.time, int(brief.success), brief.reason, brief.duration, brief.trace, text)
             )
             check = self._checks.get(name)
             if check is not None and check.last_failure is not None and check.last_failure[0] is brief:
@@ -398,7 +466,7 @@ def _brief_json(brief: Brief) -> dict[str, Any]:
         "success": brief.success,
         "reason": brief.reason,
         "duration": brief.duration,
-        "trace_id": brief.trace_id,
+        "trace_id": brief.trace,
     }
 
 
@@ -500,7 +568,7 @@ class HistoryStore:
                     if not buckets and not rows and failure_row is None:
                         continue
                     runs = [
-                        (Brief(t, bool(ok), reason, duration, trace), _loads(detail))
+                        (Brief(t, bool(ok), reason, duration, _trace(trace)), _loads(detail))
                         for t, ok, reason, duration, trace, detail in rows
                     ]
                     failure = None
@@ -512,7 +580,7 @@ class HistoryStore:
                                 False,
                                 loaded.get("reason"),
                                 float(loaded.get("duration") or 0.0),
-                                str(loaded.get("trace_id") or ""),
+                                _trace(loaded.get("trace_id")),
                             ),
                             loaded,
                         )
@@ -586,6 +654,13 @@ def _transaction(db: sqlite3.Connection) -> Any:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def _trace(text: object) -> int:
+    try:
+        return int(str(text), 16) & ((1 << 128) - 1)
+    except ValueError:
+        return 0
 
 
 def _loads(text: str | None) -> dict[str, Any] | None:
