@@ -505,3 +505,46 @@ def test_a_corrupt_or_unwritable_file_is_a_warning_not_a_crash(
     broken.flush()
     assert broken.summary("c")["runs_24h"] == 1  # in memory all the same
     assert caplog.text.count("kept in memory only") == 1  # said once, not at every write
+
+
+def test_a_flows_steps_render_their_request_status_assertions_and_extracted_names_escaped() -> None:
+    from dataclasses import dataclass
+
+    from agent.server.pages import render_check
+
+    @dataclass(frozen=True)
+    class Step:  # the SDK's StepResult, with what a flow step reports beside its outcome
+        name: str
+        success: bool
+        duration: float
+        reason: Reason | None = None
+        message: str = ""
+        request: str = ""
+        status: int | None = None
+        assertions: tuple[AssertionOutcome, ...] = ()
+        extracted: tuple[str, ...] = ()
+
+    steps = (
+        Step("login", True, 0.02, request="POST /oauth/token", status=200, extracted=("token",)),
+        Step(
+            "orders",
+            False,
+            0.03,
+            Reason.ASSERTION,
+            HOSTILE,
+            request="GET /v1/orders",
+            status=500,
+            assertions=(AssertionOutcome("status eq 200", False, "500", f"got 500 with {SECRET}"),),
+        ),
+    )
+    clock = _Clock()
+    history = History(Redactor([SECRET]), clock=clock)
+    result = ProbeResult.failure(Reason.ASSERTION, "step 'orders' failed", duration=0.05, steps=steps)
+    history.record("flow", clock.now, result, [_REQUEST], 7)
+    check = {"name": "flow", "type": "flow", "last": {"success": False}, **history.runs("flow")}
+    html = render_check(check, "", "t", None, clock.now)
+    assert "<code>POST /oauth/token</code> → HTTP 200" in html and "→ HTTP 500" in html
+    assert "extracted: <code>token</code>" in html
+    assert 'class="assertions"' in html and "status eq 200" in html
+    assert "<script>" not in html and "<img" not in html and "&lt;script&gt;window.pwned=1" in html
+    assert SECRET not in html

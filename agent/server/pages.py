@@ -295,6 +295,8 @@ def e(value: object) -> str:
 def _duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "-"
+    if seconds == 0:
+        return "0"
     if seconds < 0.001:
         return f"{seconds * 1e6:.0f} µs"
     if seconds < 1:
@@ -557,7 +559,8 @@ def _render_run(run: Mapping[str, Any], trace: str | None, now: float) -> str:
     )
     if run.get("message"):
         head += f'<p class="message">{e(run.get("message"))}</p>'
-    parts = [head, "<h3>Phases</h3>", _run_waterfall(run)]
+    heading = "Phases" if run.get("phases") or not run.get("requests") else "Requests, one after another"
+    parts = [head, f"<h3>{heading}</h3>", _run_waterfall(run)]
     assertions = run.get("assertions") or []
     if assertions:
         parts.append("<h3>Assertions</h3>" + _assertions(assertions))
@@ -621,13 +624,14 @@ def _step(step: Any) -> str:
     head = (
         f'<li class="step {"pass" if ok else "fail"}"><span class="state {"up" if ok else "down"}">'
         f"{'passed' if ok else 'failed'}</span> <strong>{e(step.get('name', ''))}</strong>"
-        f"{' · HTTP ' + e(status) if status not in (None, '') else ''} · {e(_duration(step.get('duration')))}"
+        f"{' · <code>' + e(step['request']) + '</code>' if step.get('request') else ''}"
+        f"{' → HTTP ' + e(status) if status not in (None, '') else ''} · {e(_duration(step.get('duration')))}"
     )
     if step.get("reason") or step.get("message"):
         head += f'<div class="message">{e(step.get("reason") or "")} {e(step.get("message") or "")}</div>'
     extra = []
     for key, value in step.items():
-        if key in _STEP_FIELDS or key in ("status_code", "status") or value in (None, "", [], {}):
+        if key in _STEP_FIELDS or key in ("status_code", "status", "request") or value in (None, "", [], {}):
             continue
         if key == "assertions" and isinstance(value, list):
             extra.append(_assertions(value))
@@ -636,6 +640,10 @@ def _step(step: Any) -> str:
             extra.append(f'<div class="sub">{e(key)}</div><table class="kv">{rows}</table>')
         elif isinstance(value, list) and all(isinstance(v, Mapping) for v in value) and key == "steps":
             extra.append('<ol class="steps">' + "".join(_step(v) for v in value) + "</ol>")
+        elif isinstance(value, list) and not any(isinstance(v, Mapping | list) for v in value):
+            # A list of names (a step's ``extracted``: the names only, the values may be secrets).
+            names = ", ".join(f"<code>{e(v)}</code>" for v in value)
+            extra.append(f'<div class="sub">{e(key)}: {names}</div>')
         else:
             extra.append(f'<div class="sub">{e(key)}: <code>{e(value)}</code></div>')
     return head + "".join(extra) + "</li>"
