@@ -401,6 +401,10 @@ class History:
 
     # Persistence ---------------------------------------------------------------------------
 
+    def read_saved(self, names: Iterable[str]) -> dict[str, Saved]:
+        """The saved history of ``names`` (blocking: a thread's); for :meth:`merge`."""
+        return self.store.load(list(names), self._clock() - WEEK) if self.store is not None else {}
+
     def merge(self, saved: Mapping[str, Saved]) -> None:
         """Take in the history saved before a restart (``HistoryStore.load``, read in a thread),
         under whatever was recorded since the start."""

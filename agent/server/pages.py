@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -160,8 +161,6 @@ class Pages:
         self._source, self._token, self._title = source, token, title
         self._group_by, self._trace = group_by, trace_template
         self._history, self._names = history, names
-        import time
-
         self._now = now or time.time
 
     def add_routes(self, app: web.Application) -> None:
@@ -171,23 +170,26 @@ class Pages:
         app.router.add_get("/api/status/{name}", self.status_check)
 
     async def run(self) -> None:
-        """Load the saved history, then write it every ``FLUSH_EVERY`` seconds (in a thread) and
-        once more when cancelled; returns at once without ``VANTAGE_STATE_DIR``."""
+        """Keep the history: read back what was saved (with ``VANTAGE_STATE_DIR``), then every
+        ``FLUSH_EVERY`` seconds let go of the history of removed checks and write what is new (in a
+        thread), and write once more when cancelled."""
         history = self._history
-        if history is None or history.store is None:
+        if history is None:
             return
         store = history.store
         try:
-            saved = await anyio.to_thread.run_sync(store.load, list(self._names()), history.now())
-            history.merge(saved)
+            if store is not None:
+                history.merge(await anyio.to_thread.run_sync(history.read_saved, list(self._names())))
             while True:
                 await anyio.sleep(FLUSH_EVERY)
                 history.retain(self._names())
-                await anyio.to_thread.run_sync(history.flush)
+                if store is not None:
+                    await anyio.to_thread.run_sync(history.flush)
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
-                await anyio.to_thread.run_sync(history.flush, abandon_on_cancel=True)
-                store.close()
+            if store is not None:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
+                    await anyio.to_thread.run_sync(history.flush, abandon_on_cancel=True)
+                    await anyio.to_thread.run_sync(store.close, abandon_on_cancel=True)
 
     # Access --------------------------------------------------------------------------------
 
@@ -315,8 +317,6 @@ def _ago(when: float | None, now: float) -> str:
 
 
 def _stamp(when: float | None) -> str:
-    import time
-
     if not when:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
