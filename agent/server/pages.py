@@ -745,7 +745,7 @@ dl.facts dt{font-size:12px;color:var(--muted);grid-row:1}dl.facts dd{margin:0;fo
 .problem{background:#fdecea;color:#8a1f1b;padding:8px 12px;border-radius:6px}
 section.run,section.last-failure{background:var(--card);border:1px solid var(--line);border-radius:8px;
 padding:4px 16px 14px;margin-top:18px}tr.fail td:first-child{color:var(--down)}
-ol.steps{padding-left:22px}ol.steps li{margin:6px 0}.sub{font-size:12px;color:var(--muted);margin-top:4px}
+table.assertions td:first-child{white-space:nowrap}ol.steps{padding-left:22px}ol.steps li{margin:6px 0}.sub{font-size:12px;color:var(--muted);margin-top:4px}
 .request{margin:6px 0}table.kv th{width:30%;font-family:ui-monospace,monospace;font-weight:400}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12.5px;word-break:break-all}
 footer{margin-top:28px;font-size:12px;color:var(--muted)}
