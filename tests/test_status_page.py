@@ -257,6 +257,7 @@ async def test_the_pages_in_chromium_list_checks_show_failures_and_waterfalls_an
             await page.goto(process.url(f"/?token={TOKEN}"))
             assert await page.eval("location.pathname + location.search") == "/"
             assert await page.eval("document.title") == TITLE
+            assert await page.eval("document.querySelector('meta[http-equiv=refresh]').content") == "10"
             rows = await page.eval("[...document.querySelectorAll('tr.check')].map(r => r.dataset.check)")
             assert rows == ["vendor-hostile", "vendor-ok", "nothing-there"]  # acme first, then zeta
             groups = await page.eval(
@@ -360,20 +361,28 @@ def test_a_trace_link_template_is_http_or_https_with_a_trace_id() -> None:
 
 
 def test_a_supervisor_shows_every_workers_checks() -> None:
-    with thread_server(_vendor()) as vendor, agent(vendor, VANTAGE_WORKERS="2") as process:
-        wait_until(lambda: _all_ran(process, token=None), timeout=60)
-        names = sorted(c["name"] for c in _status(process, token=None)["checks"])
+    import urllib.request
+
+    with (
+        thread_server(_vendor()) as vendor,
+        agent(vendor, VANTAGE_WORKERS="2", VANTAGE_API_TOKEN=TOKEN) as process,
+    ):
+        wait_until(lambda: _all_ran(process), timeout=60)
+        names = sorted(c["name"] for c in _status(process)["checks"])
         assert names == ["nothing-there", "vendor-hostile", "vendor-ok"]
         for name in names:
-            found = _status(process, f"/api/status/{name}", token=None)
+            found = _status(process, f"/api/status/{name}")
             assert found["name"] == name and found["last_runs"]
-        import urllib.request
+        assert _status(process, token=None) is None  # the supervisor wants the token as a worker does
 
-        with urllib.request.urlopen(process.url("/"), timeout=5) as response:
-            page = response.read().decode()
+        def get(path: str) -> str:
+            request = urllib.request.Request(process.url(path), headers={"Authorization": f"Bearer {TOKEN}"})
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return str(response.read().decode())
+
+        page = get("/")
         assert all(f'data-check="{name}"' in page for name in names)
-        with urllib.request.urlopen(process.url("/checks/vendor-ok"), timeout=5) as response:
-            assert 'class="waterfall"' in response.read().decode()
+        assert 'class="waterfall"' in get("/checks/vendor-ok")
 
 
 def test_the_history_survives_a_restart_with_a_state_dir(tmp_path: Path) -> None:
