@@ -83,10 +83,11 @@ class _Buckets:
     """``slots`` buckets of ``width`` seconds in a ring: a bucket is reused when its slot comes
     round again, so the ring holds the last ``slots * width`` seconds."""
 
-    __slots__ = ("failures", "runs", "slot", "total", "width")
+    __slots__ = ("failures", "runs", "slot", "start", "total", "width")
 
     def __init__(self, width: int, slots: int) -> None:
         self.width = width
+        self.start = 1 << 32  # the oldest slot ever counted in: before it, every bucket is empty
         self.slot = array("I", bytes(4 * slots))  # which slot (time // width) the bucket holds now
         self.runs = array("H", bytes(2 * slots))
         self.failures = array("H", bytes(2 * slots))
@@ -98,6 +99,7 @@ class _Buckets:
         i = slot % len(self.slot)
         if self.slot[i] != slot:
             self.slot[i], self.runs[i], self.failures[i], self.total[i] = slot, 0, 0, 0.0
+            self.start = min(self.start, slot)
         self.runs[i] = min(_MAX, self.runs[i] + runs)
         if not success:
             self.failures[i] = min(_MAX, self.failures[i] + runs)
@@ -111,6 +113,7 @@ class _Buckets:
             return  # the ring has come round past it
         if self.slot[i] < slot:
             self.slot[i], self.runs[i], self.failures[i], self.total[i] = slot, 0, 0, 0.0
+            self.start = min(self.start, slot)
         self.runs[i] = min(_MAX, self.runs[i] + runs)
         self.failures[i] = min(_MAX, self.failures[i] + failures)
         self.total[i] += total
@@ -125,7 +128,9 @@ class _Buckets:
         """The share of runs that passed over the ring's span up to ``now``, and the runs counted."""
         last = int(now // self.width)
         first = last - len(self.slot) + 1
-        if min(self.slot) >= first and max(self.slot) <= last:  # every bucket in the window: the usual
+        # The usual cases, summed in C: the ring is younger than its span (a bucket never counted
+        # in is empty), or every bucket has been counted in within the span.
+        if max(self.slot) <= last and (self.start >= first or min(self.slot) >= first):
             runs, failures = sum(self.runs), sum(self.failures)
             return ((runs - failures) / runs if runs else None), runs
         runs = failures = 0

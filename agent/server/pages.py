@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import anyio
+import anyio.lowlevel
 from aiohttp import web
 
 from agent import __version__
@@ -100,11 +101,13 @@ class LocalSource:
         self._recorder, self._history, self._redact = recorder, history, redact
 
     async def overview(self) -> tuple[list[dict[str, Any]], list[str]]:
-        history = self._history
-        return [
-            {**_check_json(state, self._redact), **history.summary(name)}
-            for name, state in self._recorder.states.items()
-        ], []
+        history, redact = self._history, self._redact
+        checks = []
+        for i, (name, state) in enumerate(list(self._recorder.states.items())):
+            if i and i % 200 == 0:
+                await anyio.lowlevel.checkpoint()  # thousands of checks: let the probes' runs in between
+            checks.append({**_check_json(state, redact), **history.summary(name)})
+        return checks, []
 
     async def check(self, name: str) -> dict[str, Any] | None:
         state = self._recorder.states.get(name)
@@ -224,7 +227,8 @@ class Pages:
         """``/api/status``: every check's summary, as the status page shows it."""
         self._guard(request, page=False)
         checks, problems = await self._source.overview()
-        return web.json_response({"checks": checks, "problems": problems}, dumps=_dumps)
+        text = await anyio.to_thread.run_sync(_dumps, {"checks": checks, "problems": problems})
+        return web.Response(text=text, content_type="application/json")
 
     async def status_check(self, request: web.Request) -> web.Response:
         """``/api/status/{name}``: one check's summary and runs, as its debug view shows them."""
@@ -238,7 +242,10 @@ class Pages:
         """``/``: every check, grouped by ``VANTAGE_STATUS_GROUP_BY``."""
         self._guard(request, page=True)
         checks, problems = await self._source.overview()
-        body = render_index(checks, problems, self._title, self._group_by, self._now())
+        # Plain data by now: rendered in a thread, off the loop the probes time themselves on.
+        body = await anyio.to_thread.run_sync(
+            render_index, checks, problems, self._title, self._group_by, self._now()
+        )
         return _html(body)
 
     async def check_page(self, request: web.Request) -> web.Response:
@@ -745,7 +752,8 @@ dl.facts dt{font-size:12px;color:var(--muted);grid-row:1}dl.facts dd{margin:0;fo
 .problem{background:#fdecea;color:#8a1f1b;padding:8px 12px;border-radius:6px}
 section.run,section.last-failure{background:var(--card);border:1px solid var(--line);border-radius:8px;
 padding:4px 16px 14px;margin-top:18px}tr.fail td:first-child{color:var(--down)}
-table.assertions td:first-child{white-space:nowrap}ol.steps{padding-left:22px}ol.steps li{margin:6px 0}.sub{font-size:12px;color:var(--muted);margin-top:4px}
+table.assertions td:first-child{white-space:nowrap}
+ol.steps{padding-left:22px}ol.steps li{margin:6px 0}.sub{font-size:12px;color:var(--muted);margin-top:4px}
 .request{margin:6px 0}table.kv th{width:30%;font-family:ui-monospace,monospace;font-weight:400}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12.5px;word-break:break-all}
 footer{margin-top:28px;font-size:12px;color:var(--muted)}
