@@ -46,6 +46,7 @@ SECRET = "sk_live_status_page_secret_42"
 # Script-bearing text from a vendor: a header value, which a failed assertion quotes.
 HOSTILE = "<script>window.pwned=1;document.title='pwned'</script><img src=x onerror=\"window.pwned=2\">"
 TITLE = "Vantage · page-test"
+FLOW_TOKEN = "flow-access-token-0123456789"
 
 
 # ---------------------------------------------------------------- the browser
@@ -165,7 +166,18 @@ def _vendor() -> web.Application:
             {"ok": False}, headers={"X-Evil": HOSTILE, "X-Echo": SECRET, "Set-Cookie": "session=abcdef"}
         )
 
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response({"access_token": FLOW_TOKEN})
+
+    async def orders(request: web.Request) -> web.Response:
+        # Echoes the credential, as a careless vendor does: the page must show it redacted.
+        auth = request.headers.get("Authorization", "")
+        status = 200 if auth == f"Bearer {FLOW_TOKEN}" else 401
+        return web.json_response({"orders": [1]}, status=status, headers={"X-Echo": auth})
+
     app = web.Application()
+    app.router.add_post("/token", token)
+    app.router.add_get("/orders", orders)
     app.router.add_get("/ok", ok)
     app.router.add_get("/hostile", hostile)
     return app
@@ -191,6 +203,29 @@ def _checks(port: int) -> dict[str, Any]:
                 "settings": {
                     "headers": {"Authorization": "Bearer ${PAGE_SECRET}"},
                     "assertions": [{"source": "header", "name": "X-Evil", "op": "eq", "value": "calm"}],
+                },
+            },
+            {
+                "name": "vendor-flow",
+                "type": "flow",
+                "target": base,
+                "interval": "1s",
+                "labels": {"vendor": "acme"},
+                "settings": {
+                    "steps": [
+                        {
+                            "name": "token",
+                            "method": "POST",
+                            "url": "/token",
+                            "extract": {"access_token": {"path": "$.access_token", "secret": True}},
+                        },
+                        {
+                            "name": "orders",
+                            "url": "/orders",
+                            "headers": {"Authorization": "Bearer ${steps.token.access_token}"},
+                            "assert": [{"source": "status", "op": "eq", "value": 200}],
+                        },
+                    ]
                 },
             },
             {
@@ -259,7 +294,7 @@ async def test_the_pages_in_chromium_list_checks_show_failures_and_waterfalls_an
             assert await page.eval("document.title") == TITLE
             assert await page.eval("document.querySelector('meta[http-equiv=refresh]').content") == "10"
             rows = await page.eval("[...document.querySelectorAll('tr.check')].map(r => r.dataset.check)")
-            assert rows == ["vendor-hostile", "vendor-ok", "nothing-there"]  # acme first, then zeta
+            assert rows == ["vendor-flow", "vendor-hostile", "vendor-ok", "nothing-there"]  # acme, then zeta
             groups = await page.eval(
                 "[...document.querySelectorAll('section.group h2')].map(h => h.innerText)"
             )
@@ -268,7 +303,12 @@ async def test_the_pages_in_chromium_list_checks_show_failures_and_waterfalls_an
                 "Object.fromEntries([...document.querySelectorAll('tr.check')]"
                 ".map(r => [r.dataset.check, r.querySelector('.state').innerText]))"
             )
-            assert states == {"vendor-hostile": "down", "vendor-ok": "up", "nothing-there": "down"}
+            assert states == {
+                "vendor-flow": "up",
+                "vendor-hostile": "down",
+                "vendor-ok": "up",
+                "nothing-there": "down",
+            }
             failure = await page.eval(
                 "document.querySelector('tr[data-check=\"nothing-there\"] td.failure').innerText"
             )
@@ -277,7 +317,7 @@ async def test_the_pages_in_chromium_list_checks_show_failures_and_waterfalls_an
                 "document.querySelector('tr[data-check=\"vendor-hostile\"] td.failure').innerText"
             )
             assert hostile.startswith("assertion ") and HOSTILE in hostile  # shown as text
-            assert await page.eval("document.querySelectorAll('svg.spark polyline').length") == 3
+            assert await page.eval("document.querySelectorAll('svg.spark polyline').length") == 4
             assert await page.eval("document.body.innerText.includes('100%')")
             await _assert_nothing_ran(page)
 
@@ -318,6 +358,21 @@ async def test_the_pages_in_chromium_list_checks_show_failures_and_waterfalls_an
             )
             await page.goto(process.url(f"/checks/vendor-hostile?run={trace}"))
             assert trace in await page.eval("document.querySelector('section.run').innerText")
+
+            # A flow: its steps in order, its requests one after another, the extracted token
+            # (a secret) nowhere, not even where the vendor echoes it back.
+            await page.goto(process.url("/checks/vendor-flow"))
+            steps = await page.eval("[...document.querySelectorAll('ol.steps > li')].map(li => li.innerText)")
+            assert [s.split("\n")[0].split(" ")[:2] for s in steps] == [
+                ["passed", "token"],
+                ["passed", "orders"],
+            ]
+            bars = await page.eval("document.querySelectorAll('svg.waterfall rect').length")
+            assert bars == 2
+            echoed = await page.eval("document.querySelectorAll('table.headers')[1].textContent")
+            assert "X-Echo" in echoed and "Bearer <redacted>" in echoed
+            assert FLOW_TOKEN not in await page.eval("document.documentElement.outerHTML")
+            await _assert_nothing_ran(page)
 
 
 async def _assert_nothing_ran(page: Page) -> None:
@@ -369,7 +424,7 @@ def test_a_supervisor_shows_every_workers_checks() -> None:
     ):
         wait_until(lambda: _all_ran(process), timeout=60)
         names = sorted(c["name"] for c in _status(process)["checks"])
-        assert names == ["nothing-there", "vendor-hostile", "vendor-ok"]
+        assert names == ["nothing-there", "vendor-flow", "vendor-hostile", "vendor-ok"]
         for name in names:
             found = _status(process, f"/api/status/{name}")
             assert found["name"] == name and found["last_runs"]
