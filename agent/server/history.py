@@ -27,7 +27,6 @@ import contextlib
 import json
 import logging
 import math
-import sqlite3
 import threading
 import time
 from array import array
@@ -35,10 +34,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.config.secrets import Redactor
 from agent.sdk.probe import ProbeResult
+
+if TYPE_CHECKING:
+    import sqlite3  # imported when a store is opened: most agents run without VANTAGE_STATE_DIR
 
 __all__ = ["FLUSH_EVERY", "History", "HistoryStore", "detail_json"]
 
@@ -513,6 +515,8 @@ class HistoryStore:
         self._lock = threading.Lock()
 
     def _connect(self) -> sqlite3.Connection | None:
+        import sqlite3
+
         if self._db is not None:
             return self._db
         try:
@@ -537,6 +541,8 @@ class HistoryStore:
         return self._db
 
     def _open(self) -> sqlite3.Connection:
+        import sqlite3
+
         db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -554,6 +560,8 @@ class HistoryStore:
 
     def load(self, names: list[str], since: float) -> dict[str, Saved]:
         """The saved history of ``names``: buckets newer than ``since``, runs oldest first."""
+        import sqlite3
+
         out: dict[str, Saved] = {}
         with self._lock:
             db = self._connect()
@@ -612,6 +620,8 @@ class HistoryStore:
     ) -> None:
         """Write a batch, then delete what is beyond the bounds: runs past a check's last
         ``keep_runs`` (details past its last ``keep_details``), anything older than ``since``."""
+        import sqlite3
+
         with self._lock:
             db = self._connect()
             if db is None:
@@ -647,6 +657,8 @@ class HistoryStore:
             log.info("VANTAGE_STATE_DIR: %s is written again", self.path)
 
     def close(self) -> None:
+        import sqlite3
+
         with self._lock:
             if self._db is not None:
                 with contextlib.suppress(sqlite3.Error):
