@@ -13,7 +13,8 @@ Per check, and only once the check has run (an idle check costs nothing):
   or when it is written to disk, never on the probe's path.
 
 With ``VANTAGE_STATE_DIR`` the history is kept in ``<dir>/status-history.sqlite3`` (SQLite, from
-the standard library). Runs are written in batches by :meth:`History.flush`, in a thread, every
+the standard library). Runs are written in batches (:meth:`History.collect` on the loop,
+:meth:`History.write` in a thread, which turns the runs in full into redacted JSON), every
 ``FLUSH_EVERY`` seconds and when the agent stops; the file holds at most the same bounds as memory
 (a check's last ``runs`` runs, 7 days of buckets; older rows are deleted at each write). Worker
 processes share the file (SQLite locks it); each loads the checks it runs. A file that cannot be
@@ -298,8 +299,9 @@ class History:
     """Every check's bounded history; see the module docstring.
 
     ``record`` is the recorder's hook (agent/telemetry/recorder.py), called on the event loop for
-    every run: it only counts and keeps references. ``flush`` writes what came since the last one,
-    from a thread."""
+    every run: it only counts and keeps references. Every read of the history (``summary``,
+    ``runs``, ``collect``) is made on that loop too; only ``write``, which reads nothing but the
+    batch ``collect`` made, runs in a thread."""
 
     def __init__(
         self,
@@ -315,7 +317,6 @@ class History:
         self._checks: dict[str, _CheckHistory] = {}
         self.store = store
         self._clock = clock
-        self._lock = threading.Lock()  # between the loop's record() and the flushing thread
         self._pending: list[tuple[str, Brief, Detail | None]] = []
         self._dirty: set[tuple[str, int, int]] = set()  # (check, bucket width, slot)
 
@@ -353,11 +354,10 @@ class History:
         if not result.success:
             check.last_failure = (brief, detail)
         if self.store is not None:
-            with self._lock:
-                if len(self._pending) < _PENDING_LIMIT:
-                    self._pending.append((name, brief, detail))
-                self._dirty.add((name, 300, day))
-                self._dirty.add((name, 3600, week))
+            if len(self._pending) < _PENDING_LIMIT:
+                self._pending.append((name, brief, detail))
+            self._dirty.add((name, 300, day))
+            self._dirty.add((name, 3600, week))
 
     def forget(self, name: str) -> None:
         self._checks.pop(name, None)
@@ -434,41 +434,64 @@ class History:
                 check.last_failure = failure
 
     def flush(self) -> None:
-        """Write the runs and buckets that changed since the last flush (blocking: a thread's)."""
-        if self.store is None:
-            return
-        with self._lock:
-            pending, self._pending = self._pending, []
-            dirty, self._dirty = self._dirty, set()
-        if not pending and not dirty:
-            return
+        """Write what changed since the last write, here and now (blocking); the agent calls
+        :meth:`collect` on its event loop and :meth:`write` in a thread instead."""
+        batch = self.collect()
+        if batch is not None:
+            self.write(batch)
+
+    def collect(self) -> Batch | None:
+        """What changed since the last call, to be written (on the thread that records: it reads
+        the history as it is now, which ``record`` changes)."""
+        if self.store is None or not (self._pending or self._dirty):
+            return None
+        pending, self._pending = self._pending, []
+        dirty, self._dirty = self._dirty, set()
         buckets = []
         for name, width, slot in dirty:
             check = self._checks.get(name)
-            if check is None:
-                continue
-            got = (check.day if width == 300 else check.week).get(slot)
+            got = None if check is None else (check.day if width == 300 else check.week).get(slot)
             if got is not None:
                 buckets.append((name, width, slot, *got))
+        runs = []
+        for name, brief, detail in pending:
+            check = self._checks.get(name)
+            full = check is not None and any(kept is detail for _, kept in check.details)
+            failure = check is not None and check.last_failure is not None and check.last_failure[0] is brief
+            runs.append((name, brief, detail if full or failure else None, full, failure))
+        return buckets, runs
+
+    def write(self, batch: Batch) -> None:
+        """Write a batch from :meth:`collect`: runs in full turned into redacted JSON here, which
+        is why this is a thread's work (it reads only the batch, which nothing changes)."""
+        if self.store is None:
+            return
+        buckets, runs = batch
         redact = self._redact
-        details = {id(d) for check in self._checks.values() for _, d in check.details}
         rows = []
         failures: dict[str, tuple[float, str]] = {}
-        for name, brief, detail in pending:
-            text = None
-            if detail is not None and id(detail) in details:
-                text = json.dumps(detail_json(brief, detail, redact), default=str)
+        for name, brief, detail, full, failure in runs:
+            text = json.dumps(detail_json(brief, detail, redact), default=str) if detail is not None else None
             rows.append(
-                (name, brief.time, int(brief.success), brief.reason, brief.duration, brief.trace, text)
-            )
-            check = self._checks.get(name)
-            if check is not None and check.last_failure is not None and check.last_failure[0] is brief:
-                assert detail is not None
-                failures[name] = (
+                (
+                    name,
                     brief.time,
-                    text or json.dumps(detail_json(brief, detail, redact), default=str),
+                    int(brief.success),
+                    brief.reason,
+                    brief.duration,
+                    brief.trace,
+                    text if full else None,
                 )
+            )
+            if failure and text is not None:
+                failures[name] = (brief.time, text)
         self.store.write(buckets, rows, failures, self._runs, self._details, self._clock() - WEEK)
+
+
+Batch = tuple[
+    list[tuple[str, int, int, int, int, float]],
+    list[tuple[str, Brief, Detail | None, bool, bool]],
+]
 
 
 def _brief_json(brief: Brief) -> dict[str, Any]:

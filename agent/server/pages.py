@@ -186,12 +186,15 @@ class Pages:
             while True:
                 await anyio.sleep(FLUSH_EVERY)
                 history.retain(self._names())
-                if store is not None:
-                    await anyio.to_thread.run_sync(history.flush)
+                batch = history.collect()
+                if batch is not None:
+                    await anyio.to_thread.run_sync(history.write, batch)
         finally:
             if store is not None:
+                batch = history.collect()
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
-                    await anyio.to_thread.run_sync(history.flush, abandon_on_cancel=True)
+                    if batch is not None:
+                        await anyio.to_thread.run_sync(history.write, batch, abandon_on_cancel=True)
                     await anyio.to_thread.run_sync(store.close, abandon_on_cancel=True)
 
     # Access --------------------------------------------------------------------------------
