@@ -198,7 +198,9 @@ def _checks(port: int) -> dict[str, Any]:
                 "name": "vendor-hostile",
                 "type": "http",
                 "target": f"{base}/hostile",
-                "interval": "1s",
+                # Slower than the others: a run picked from its list is still among the last 3 in
+                # full when the page is opened, however loaded the machine.
+                "interval": "3s",
                 "labels": {"vendor": "acme"},
                 "settings": {
                     "headers": {"Authorization": "Bearer ${PAGE_SECRET}"},
@@ -516,7 +518,7 @@ def test_uptime_counts_runs_in_the_last_day_and_week() -> None:
 
 def test_the_store_is_bounded_and_redacted_and_merges_after_a_restart(tmp_path: Path) -> None:
     clock = _Clock()
-    history = History(Redactor([SECRET]), runs=20, details=5, store=HistoryStore(tmp_path), clock=clock)
+    history = History(Redactor([SECRET]), runs=20, details=3, store=HistoryStore(tmp_path), clock=clock)
     for i in range(100):
         history.record("c", clock.now, _result(i != 50), [_REQUEST], i + 1)
         clock.now += 120  # 100 runs over more than 3 hours
@@ -528,13 +530,13 @@ def test_the_store_is_bounded_and_redacted_and_merges_after_a_restart(tmp_path: 
     db = sqlite3.connect(tmp_path / "status-history.sqlite3")
     try:
         assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 20
-        assert db.execute("SELECT count(*) FROM runs WHERE detail IS NOT NULL").fetchone()[0] == 5
+        assert db.execute("SELECT count(*) FROM runs WHERE detail IS NOT NULL").fetchone()[0] == 3
         dump = "\n".join(db.iterdump())
     finally:
         db.close()
     assert SECRET not in dump and "<redacted>" in dump
 
-    again = History(Redactor([SECRET]), runs=20, details=5, store=HistoryStore(tmp_path), clock=clock)
+    again = History(Redactor([SECRET]), runs=20, details=3, store=HistoryStore(tmp_path), clock=clock)
     again.record("c", clock.now, _result(True), [_REQUEST], 1000)  # a run before the history is read
     assert again.store is not None
     again.merge(again.read_saved(["c", "other"]))

@@ -3,13 +3,13 @@
 Per check, and only once the check has run (an idle check costs nothing):
 
 - uptime buckets, fixed arrays: 288 five-minute buckets (the last 24 hours) and 168 one-hour
-  buckets (the last 7 days), each a run count, a failure count and a sum of durations (12 bytes
-  a bucket, 5.5 KB a check);
+  buckets (the last 7 days), each a run count and a failure count (8 bytes a bucket, 3.6 KB a
+  check);
 - the last ``runs`` runs in brief (time, outcome, reason, duration, trace id), for the list of runs
   and the latency sparkline;
-- the last ``details`` runs in full (5) (phases, assertions, steps, requests and their response
-  headers), and the last failure in full however old it is. A run in full is the probe's result
-  itself, kept as it is: turning it into text (and redacting it) is done when a page asks for it
+- the last ``details`` runs in full (3: phases, assertions, steps, requests and their response
+  headers), and the last failure in full however old it is. A run in full is what the probe's
+  result holds of it, kept as it is: turning it into text (and redacting it) is done when a page asks for it
   or when it is written to disk, never on the probe's path.
 
 With ``VANTAGE_STATE_DIR`` the history is kept in ``<dir>/status-history.sqlite3`` (SQLite, from
@@ -86,7 +86,7 @@ class _Buckets:
     """``slots`` buckets of ``width`` seconds in a ring: a bucket is reused when its slot comes
     round again, so the ring holds the last ``slots * width`` seconds."""
 
-    __slots__ = ("failures", "runs", "slot", "start", "total", "width")
+    __slots__ = ("failures", "runs", "slot", "start", "width")
 
     def __init__(self, width: int, slots: int) -> None:
         self.width = width
@@ -94,38 +94,35 @@ class _Buckets:
         self.slot = array("I", bytes(4 * slots))  # which slot (time // width) the bucket holds now
         self.runs = array("H", bytes(2 * slots))
         self.failures = array("H", bytes(2 * slots))
-        self.total = array("f", bytes(4 * slots))  # the sum of the runs' durations, seconds
 
-    def add(self, when: float, success: bool, duration: float, runs: int = 1) -> int:
-        """Count ``runs`` runs at ``when``; the slot counted in."""
+    def add(self, when: float, success: bool) -> int:
+        """Count a run at ``when``; the slot counted in."""
         slot = int(when // self.width)
         i = slot % len(self.slot)
         if self.slot[i] != slot:
-            self.slot[i], self.runs[i], self.failures[i], self.total[i] = slot, 0, 0, 0.0
+            self.slot[i], self.runs[i], self.failures[i] = slot, 0, 0
             self.start = min(self.start, slot)
-        self.runs[i] = min(_MAX, self.runs[i] + runs)
+        self.runs[i] = min(_MAX, self.runs[i] + 1)
         if not success:
-            self.failures[i] = min(_MAX, self.failures[i] + runs)
-        self.total[i] += duration
+            self.failures[i] = min(_MAX, self.failures[i] + 1)
         return slot
 
-    def merge(self, slot: int, runs: int, failures: int, total: float) -> None:
+    def merge(self, slot: int, runs: int, failures: int) -> None:
         """Add a bucket as it was saved before a restart to what the ring holds of its slot."""
         i = slot % len(self.slot)
         if self.slot[i] > slot:
             return  # the ring has come round past it
         if self.slot[i] < slot:
-            self.slot[i], self.runs[i], self.failures[i], self.total[i] = slot, 0, 0, 0.0
+            self.slot[i], self.runs[i], self.failures[i] = slot, 0, 0
             self.start = min(self.start, slot)
         self.runs[i] = min(_MAX, self.runs[i] + runs)
         self.failures[i] = min(_MAX, self.failures[i] + failures)
-        self.total[i] += total
 
-    def get(self, slot: int) -> tuple[int, int, float] | None:
+    def get(self, slot: int) -> tuple[int, int] | None:
         i = slot % len(self.slot)
         if self.slot[i] != slot:
             return None
-        return self.runs[i], self.failures[i], self.total[i]
+        return self.runs[i], self.failures[i]
 
     def uptime(self, now: float) -> tuple[float | None, int]:
         """The share of runs that passed over the ring's span up to ``now``, and the runs counted."""
@@ -308,7 +305,7 @@ class History:
         redact: Redactor,
         *,
         runs: int = 50,
-        details: int = 5,
+        details: int = 3,
         store: HistoryStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -339,8 +336,8 @@ class History:
         brief = Brief(
             when, result.success, result.reason.value if result.reason else None, duration, trace_id
         )
-        day = check.day.add(when, result.success, duration)
-        week = check.week.add(when, result.success, duration)
+        day = check.day.add(when, result.success)
+        week = check.week.add(when, result.success)
         check.runs.append(brief)
         detail: Detail = (
             result.message,
@@ -419,8 +416,8 @@ class History:
             check = self._checks.get(name)
             if check is None:
                 check = self._checks[name] = _CheckHistory(self._runs, self._details)
-            for width, slot, count, failed, total in buckets:
-                (check.day if width == 300 else check.week).merge(slot, count, failed, total)
+            for width, slot, count, failed in buckets:
+                (check.day if width == 300 else check.week).merge(slot, count, failed)
             # Saved runs go before the runs since the start; the newest are kept within the bounds.
             since = next(iter(check.runs)).time if check.runs else math.inf
             older = [brief for brief, _ in runs if brief.time < since]
@@ -489,7 +486,7 @@ class History:
 
 
 Batch = tuple[
-    list[tuple[str, int, int, int, int, float]],
+    list[tuple[str, int, int, int, int]],
     list[tuple[str, Brief, Detail | None, bool, bool]],
 ]
 
@@ -505,7 +502,7 @@ def _brief_json(brief: Brief) -> dict[str, Any]:
 
 
 Saved = tuple[
-    list[tuple[int, int, int, int, float]],
+    list[tuple[int, int, int, int]],
     list[tuple[Brief, dict[str, Any] | None]],
     tuple[Brief, dict[str, Any]] | None,
 ]
@@ -513,7 +510,7 @@ Saved = tuple[
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS buckets (
     check_name TEXT NOT NULL, width INTEGER NOT NULL, slot INTEGER NOT NULL,
-    runs INTEGER NOT NULL, failures INTEGER NOT NULL, total REAL NOT NULL,
+    runs INTEGER NOT NULL, failures INTEGER NOT NULL,
     PRIMARY KEY (check_name, width, slot)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (
@@ -593,7 +590,7 @@ class HistoryStore:
             try:
                 for name in names:
                     buckets = db.execute(
-                        "SELECT width, slot, runs, failures, total FROM buckets "
+                        "SELECT width, slot, runs, failures FROM buckets "
                         "WHERE check_name=? AND slot*width>=?",
                         (name, since - 3600),
                     ).fetchall()
@@ -634,7 +631,7 @@ class HistoryStore:
 
     def write(
         self,
-        buckets: list[tuple[str, int, int, int, int, float]],
+        buckets: list[tuple[str, int, int, int, int]],
         runs: list[tuple[str, float, int, str | None, float, str, str | None]],
         failures: Mapping[str, tuple[float, str]],
         keep_runs: int,
@@ -651,7 +648,7 @@ class HistoryStore:
                 return
             try:
                 with _transaction(db):
-                    db.executemany("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?, ?, ?)", buckets)
+                    db.executemany("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?, ?)", buckets)
                     db.executemany("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", runs)
                     db.executemany(
                         "INSERT OR REPLACE INTO last_failure VALUES (?, ?, ?)",
