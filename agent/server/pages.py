@@ -501,7 +501,7 @@ def _index_row(check: Mapping[str, Any], now: float) -> str:
         f'<td class="num">{e(_uptime(check.get("uptime_24h")))}</td>'
         f'<td class="num">{e(_uptime(check.get("uptime_7d")))}</td>'
         f"<td>{sparkline(check.get('recent') or [])}</td>"
-        f"<td>{last_run}</td>"
+        f'<td class="num">{last_run}</td>'
         f'<td class="failure">{failed}</td></tr>'
     )
 

@@ -33,6 +33,6 @@ shoot() {  # shoot URL FILE HEIGHT
   [ -s "$2" ] || { echo "shoot.sh: chromium wrote no $2" >&2; exit 1; }
   echo "wrote $2"
 }
-shoot "$url/" docs/images/status-page.png 1150
+shoot "$url/" docs/images/status-page.png 1300
 shoot "$url/checks/sandbox-charges" docs/images/check-page.png 1450
 shoot "$url/checks/sandbox-token-then-shipments" docs/images/flow-page.png 1250
