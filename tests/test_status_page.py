@@ -369,6 +369,8 @@ async def test_the_pages_in_chromium_list_checks_show_failures_and_waterfalls_an
                 ["passed", "token"],
                 ["passed", "orders"],
             ]
+            assert "/token → HTTP 200" in steps[0] and "extracted: access_token" in steps[0]
+            assert "/orders → HTTP 200" in steps[1] and "status eq 200" in steps[1]
             bars = await page.eval("document.querySelectorAll('svg.waterfall rect').length")
             assert bars == 2
             echoed = await page.eval("document.querySelectorAll('table.headers')[1].textContent")
@@ -574,21 +576,8 @@ def test_a_corrupt_or_unwritable_file_is_a_warning_not_a_crash(
 
 
 def test_a_flows_steps_render_their_request_status_assertions_and_extracted_names_escaped() -> None:
-    from dataclasses import dataclass
-
+    from agent.sdk.probe import StepResult as Step
     from agent.server.pages import render_check
-
-    @dataclass(frozen=True)
-    class Step:  # the SDK's StepResult, with what a flow step reports beside its outcome
-        name: str
-        success: bool
-        duration: float
-        reason: Reason | None = None
-        message: str = ""
-        request: str = ""
-        status: int | None = None
-        assertions: tuple[AssertionOutcome, ...] = ()
-        extracted: tuple[str, ...] = ()
 
     steps = (
         Step("login", True, 0.02, request="POST /oauth/token", status=200, extracted=("token",)),

@@ -43,7 +43,7 @@ from agent.config.checks import CheckEntry
 from agent.config.settings import Config
 from agent.process.handover import LISTEN_FD, bind_loopback
 from agent.schedule.sharding import WORKER_SALT, owner
-from agent.sdk.durations import format_duration
+from agent.sdk.durations import format_duration, plural
 from agent.sdk.probe import SystemClock
 from agent.server._aiohttp import wait_for_certificates
 from agent.server.inbound import Inbound, Route, inbound_checks, peer_route
@@ -393,7 +393,11 @@ async def supervise(config: Config, environ: Mapping[str, str]) -> int:
                 workers.append(await start(index))
             async with anyio.create_task_group() as tg:
                 bound: Bound = await tg.start(supervisor.serve)
-                log.info("vantage supervisor on port %d with %d worker processes", bound.port, count)
+                log.info(
+                    "vantage supervisor on port %d with %s",
+                    bound.port,
+                    plural(count, "worker process", "worker processes"),
+                )
                 for index in range(count):
                     tg.start_soon(_keep, index, workers, supervisor, stopped, start)
                 tg.start_soon(_on_signals, signals, supervisor, workers, stopped, tg.cancel_scope, budget)
