@@ -64,6 +64,10 @@ class AgentSettings(BaseSettings):
     440 µs of CPU, over half the agent's per-probe target, while what a successful run's trace adds
     to the metrics (each hop's timings, the join to the target's own trace) is a baseline that a
     sample gives as well as every run; see docs/configuration.md."""
+    reload_poll_interval: Duration = 5.0
+    """How often the checks file (``VANTAGE_CHECKS_FILE``) is looked at for a change, which
+    reloads the checks (agent/reload.py); 0 turns the watch off (SIGHUP and ``POST /-/reload``
+    still reload)."""
 
     @field_validator("inbound_rate")
     @classmethod
@@ -221,14 +225,19 @@ def resolve_shard(settings: AgentSettings, environ: Mapping[str, str]) -> Shard:
     return Shard(ordinal, settings.replicas)
 
 
-def load_config(environ: Mapping[str, str] | None = None, registry: Registry | None = None) -> Config:
+def load_config(
+    environ: Mapping[str, str] | None = None,
+    registry: Registry | None = None,
+    redactor: Redactor | None = None,
+) -> Config:
     """Everything the agent needs before it probes: settings, shard and the parsed check set.
 
     Every error is redacted with the secrets resolved until then: a value that fails validation
-    (``interval: "${KEY}"``) is never shown.
+    (``interval: "${KEY}"``) is never shown. A reload passes the running agent's ``redactor``, so
+    that the secrets of the new set are redacted by everything already running.
     """
     environ = dict(os.environ if environ is None else environ)
-    redactor = Redactor()
+    redactor = redactor if redactor is not None else Redactor()
     try:
         return _load_config(environ, registry or Registry(), redactor)
     except (ConfigError, PluginError) as exc:
