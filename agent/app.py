@@ -317,6 +317,8 @@ async def serve(
                 agent.config.shard.count,
             )
             reloader = agent.reloader
+            if reloader is not None:
+                reloader.export()
             if handle_signals:
                 hangup = partial(tg.start_soon, reloader.reload, "SIGHUP") if reloader else None
                 tg.start_soon(_watch_signals, agent.scheduler, shutdown, hangup)

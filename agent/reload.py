@@ -200,11 +200,15 @@ class Reloader:
     ) -> None:
         self._agent, self._environ, self._clock, self._load = agent, dict(environ), clock, load
         self.status = ReloadStatus(clock.time())
-        self.status.observe(agent.telemetry.tables)
         self.digest = digest(agent.config.entries)
         settings = agent.config.settings
         self.poll = settings.reload_poll_interval
         self._watch = FileWatch(settings.checks_file) if settings.checks_file is not None else None
+
+    def export(self) -> None:
+        """Export ``vantage_config_last_reload_*`` (by the agent that serves: ``vantage once``
+        never reloads)."""
+        self.status.observe(self._agent.telemetry.tables)
 
     @property
     def watching(self) -> bool:

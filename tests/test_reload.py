@@ -29,7 +29,8 @@ from agent.app import Agent, build_agent
 from agent.app import serve as serve_agent
 from agent.config.settings import load_config
 
-from .helpers import free_port, serve, thread_server, wait_until
+from .helpers import FakeClock, free_port, otlp_http_receiver, serve, thread_server, wait_until
+from .test_scheduler import ENV, make_agent, sleep_check
 
 SECRET = "reload-secret-value-7f3a"
 TOKEN = "reload-api-token-91c2"
@@ -39,7 +40,9 @@ async def ok(_: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-def http(name: str, port: int, *, interval: str = "300ms", timeout: str = "250ms", **extra: Any) -> dict[str, Any]:
+def http(
+    name: str, port: int, *, interval: str = "300ms", timeout: str = "250ms", **extra: Any
+) -> dict[str, Any]:
     return {
         "name": name,
         "type": "http",
@@ -89,7 +92,7 @@ async def running(path: Path, **env: str) -> AsyncIterator[Agent]:
     }
     agent = build_agent(load_config(environ), environ)
     async with anyio.create_task_group() as tg:
-        port = await tg.start(lambda task_status: serve_agent(agent, handle_signals=False, task_status=task_status))
+        port = await tg.start(lambda status: serve_agent(agent, handle_signals=False, task_status=status))
         agent.server.port = port  # the port bound, for the tests that call the agent
         yield agent
         tg.cancel_scope.cancel()
@@ -388,6 +391,63 @@ def test_post_reload_with_a_broken_file_keeps_the_checks(tmp_path: Path) -> None
         assert "the checks were not reloaded (POST /-/reload); the 1 running checks are kept" in agent.output
 
 
+def test_the_reload_metrics_travel_over_otlp(tmp_path: Path) -> None:
+    path = tmp_path / "checks.yml"
+    with target() as port, otlp_http_receiver() as (endpoint, received):
+        write(path, [http("one", port)])
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_METRIC_EXPORT_INTERVAL": "200",
+            "VANTAGE_RELOAD_POLL_INTERVAL": "0",
+        }
+        with file_agent(path, **env) as agent:
+            wait_until(lambda: received.points("vantage.config.last_reload_successful"))
+            assert received.metric_units()["vantage.config.last_reload_success_timestamp"] == "s"
+            write(path, "checks: {}")  # not a list of checks
+            status, body = agent.post("/-/reload")
+            assert status == 500 and "checks" in body["error"]
+            wait_until(lambda: received.points("vantage.config.last_reload_successful")[-1][1] == 0.0)
+
+
+async def test_the_scheduler_drops_queued_runs_cancels_going_ones_and_adds_while_ticking() -> None:
+    """On a fake clock, one slot: a removed check's run that waits for the slot never starts, a
+    removed check's run that holds it is cancelled and frees it, and an added check ticks."""
+    clock = FakeClock()
+    checks = [sleep_check(name, 10, seconds=3600) for name in ("a", "b", "c")]
+    agent, probe = make_agent(checks, clock, VANTAGE_CONCURRENCY="1")
+    scheduler = agent.scheduler
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(scheduler.run)
+        for _ in range(1000):  # every check came due once within its 10 s interval
+            if len(scheduler._waiting) == 2:
+                break
+            await clock.advance(0.01)
+        going = [name for name, count in probe.active_per_check.items() if count]
+        queued = [item.entry.check.name for item in scheduler._waiting]
+        assert len(going) == 1 and len(queued) == 2
+
+        assert await scheduler.remove([queued[0]], drain=5) == []
+        assert [item.entry.check.name for item in scheduler._waiting] == [queued[1]]
+        assert await scheduler.remove(going, drain=5) == []  # cancelled, not left to its 9 s timeout
+        await clock.advance(0.01)
+        assert probe.active_per_check[going[0]] == 0
+        assert probe.active_per_check[queued[1]] == 1  # the slot it freed went to the next in line
+        assert queued[0] not in probe.starts
+        assert scheduler.names == [queued[1]]
+
+        extra = load_config(
+            {"VANTAGE_CHECKS": yaml.safe_dump({"checks": [sleep_check("d", 10, seconds=0)]}), **ENV},
+            registry=agent.config.registry,
+        ).entries
+        agent.recorder.register(extra)
+        scheduler.add(extra)
+        due = scheduler.due("d")
+        assert due is not None and due - clock.monotonic() <= 10
+        await clock.advance(20)
+        assert len(probe.starts["d"]) >= 1
+        tg.cancel_scope.cancel()
+
+
 def swap(directory: Path, stamp: str, checks: list[dict[str, Any]]) -> None:
     """Update a ConfigMap-style volume as the kubelet does: a new timestamped directory, a new
     ``..data`` link renamed over the old one, the old directory removed."""
@@ -431,7 +491,8 @@ def test_every_worker_reloads_the_same_set(tmp_path: Path) -> None:
             assert len({worker["digest"] for worker in body["workers"]}) == 1
             wait_until(lambda: set(agent.metric("probe_success")) == set(names[2:]))
 
-            write(path, [http(name, port) for name in names] + [{"name": "c0", "type": "http", "target": "x"}])
+            duplicate = {"name": "c0", "type": "http", "target": "x"}
+            write(path, [*(http(name, port) for name in names), duplicate])
             status, body = agent.post("/-/reload")
             assert status == 500 and body["status"] == "failed"
             # Every worker refused it, kept its checks and says so.
