@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError
@@ -92,7 +93,7 @@ async def running(path: Path, **env: str) -> AsyncIterator[Agent]:
     }
     agent = build_agent(load_config(environ), environ)
     async with anyio.create_task_group() as tg:
-        port = await tg.start(lambda status: serve_agent(agent, handle_signals=False, task_status=status))
+        port = await tg.start(partial(serve_agent, agent, handle_signals=False))
         agent.server.port = port  # the port bound, for the tests that call the agent
         yield agent
         tg.cancel_scope.cancel()
