@@ -180,6 +180,24 @@ async def test_a_changed_check_is_restarted_with_fresh_state(tmp_path: Path) -> 
             again = await agent.reloader.reload("test")
             assert again.status == "unchanged" and again.digest == result.digest
 
+            # Reloads asked for at once run one after the other: the first applies the change,
+            # the second finds nothing left to do (two at once would both start "api2").
+            write(path, [http("api", port, labels={"tier": "two"}), http("api2", port)])
+            results = []
+
+            async def reload() -> None:
+                assert agent.reloader is not None
+                results.append(await agent.reloader.reload("test"))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reload)
+                tg.start_soon(reload)
+            assert sorted((r.status, r.added) for r in results) == [
+                ("reloaded", ("api2",)),
+                ("unchanged", ()),
+            ]
+            assert agent.scheduler.names == ["api", "api2"]
+
 
 async def test_a_broken_file_keeps_the_running_checks_and_says_why(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
