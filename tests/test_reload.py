@@ -157,6 +157,23 @@ async def test_added_checks_start_removed_go_and_unchanged_keep_their_state(tmp_
             assert samples(text, "vantage_checks") == {"": 2.0}
 
 
+async def test_the_secrets_of_a_new_check_are_redacted_from_the_start(tmp_path: Path) -> None:
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    async with serve(app) as port:
+        path, secret = tmp_path / "checks.yml", tmp_path / "owner"
+        write(path, [http("api", port)])
+        async with running(path) as agent:
+            # A secret the running agent has never seen: a file that a new check refers to.
+            secret.write_text("owner-secret-5be1")
+            write(path, [http("api", port), http("new", port, labels={"owner": f"${{file:{secret}}}"})])
+            assert agent.reloader is not None
+            assert (await agent.reloader.reload("test")).added == ("new",)
+            await wait_for_runs(agent, "new", 1)
+            text = metrics_of(agent)
+            assert 'owner="<redacted>"' in text and "owner-secret-5be1" not in text
+
+
 async def test_a_changed_check_is_restarted_with_fresh_state(tmp_path: Path) -> None:
     app = web.Application()
     app.router.add_get("/ok", ok)
@@ -345,6 +362,14 @@ class FileAgent:
             body = exc.read()
             return exc.code, json.loads(body) if body.startswith(b"{") else {"text": body.decode()}
 
+    def runs(self) -> dict[str, int]:
+        """Each check's run count, from ``/api/checks``."""
+        request = Request(
+            f"http://127.0.0.1:{self.port}/api/checks", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        with urlopen(request, timeout=10) as response:
+            return {check["name"]: check["runs"] for check in json.loads(response.read())["checks"]}
+
     def metric(self, family: str) -> dict[str, float]:
         try:
             return samples(self.get("/metrics"), family)
@@ -504,10 +529,14 @@ def test_every_worker_reloads_the_same_set(tmp_path: Path) -> None:
         write(path, [http(name, port) for name in names[:4]])
         with file_agent(path, VANTAGE_WORKERS="2", VANTAGE_RELOAD_POLL_INTERVAL="0") as agent:
             wait_until(lambda: set(agent.metric("probe_success")) == set(names[:4]))
+            wait_until(lambda: min(agent.runs().values()) >= 5)
             write(path, [http(name, port) for name in names[2:]])
             status, body = agent.post("/-/reload")
+            runs = agent.runs()
             assert status == 200 and body["status"] == "reloaded", body
             assert len({worker["digest"] for worker in body["workers"]}) == 1
+            # The unchanged checks, in whichever worker runs them, went on counting their runs.
+            assert runs["c2"] >= 5 and runs["c3"] >= 5
             wait_until(lambda: set(agent.metric("probe_success")) == set(names[2:]))
 
             duplicate = {"name": "c0", "type": "http", "target": "x"}
