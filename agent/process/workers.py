@@ -299,17 +299,21 @@ class _Supervisor:
         if failed or len(digests) > 1:
             return None
         try:
-            load = partial(load_config, self._environ, self._config.registry, self._config.redactor)
-            config = await anyio.to_thread.run_sync(load, abandon_on_cancel=True)
+            config, fingerprint = await anyio.to_thread.run_sync(self._load, abandon_on_cancel=True)
         except (ConfigError, PluginError):
             return None  # broken since the workers read it: ask them again
-        if digests and digests != {digest(config.entries)}:
+        if digests and digests != {fingerprint}:
             return None
         self._config = config
         self._region.clear()
         self._region.update(inbound_checks(config.entries, config.settings.region))
         changed = any(a.get("status") == "reloaded" for a in answered)
-        return {"status": "reloaded" if changed else "unchanged", "digest": digest(config.entries)}
+        return {"status": "reloaded" if changed else "unchanged", "digest": fingerprint}
+
+    def _load(self) -> tuple[Config, str]:
+        """The checks as the workers load them, and their fingerprint (in a thread)."""
+        config = load_config(self._environ, self._config.registry, self._config.redactor)
+        return config, digest(config.entries)
 
     def _log_reload(self, outcome: Mapping[str, Any]) -> None:
         if outcome["status"] == "failed":
