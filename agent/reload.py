@@ -200,7 +200,6 @@ class Reloader:
     ) -> None:
         self._agent, self._environ, self._clock, self._load = agent, dict(environ), clock, load
         self.status = ReloadStatus(clock.time())
-        self.digest = digest(agent.config.entries)
         settings = agent.config.settings
         self.poll = settings.reload_poll_interval
         self._watch = FileWatch(settings.checks_file) if settings.checks_file is not None else None
@@ -238,7 +237,7 @@ class Reloader:
             except (ConfigError, PluginError) as exc:
                 return self._failed(cause, str(exc))
             except Exception as exc:  # a plugin's validator that crashed: a bug, reported as such
-                log.debug("loading the checks crashed", exc_info=True)
+                # (Its message only, redacted: a traceback's frames may hold resolved secrets.)
                 why = f"loading the checks crashed: {type(exc).__name__}: {exc}"
                 return self._failed(cause, redactor(why))
             # Applied whole or not at all: a caller that goes away (an HTTP client) cannot cut it.
@@ -286,9 +285,9 @@ class Reloader:
         settings, cause = config.settings, result.cause
         old = {entry.check.name: entry for entry in agent.entries}
         added, removed, changed = result.added, result.removed, result.changed
-        self.digest = result.digest
         if result.status == "unchanged":
             agent.config = config
+            self._route(config, new)  # another replica's checks may have changed
             log.info("checks reloaded (%s): no change to the %d checks", cause, len(new))
             return
         stopping = [*removed, *changed]
@@ -326,11 +325,12 @@ class Reloader:
         """Point the inbound endpoints at the new set (updated in place: the server holds them)."""
         table = self._agent.inbound
         region = inbound_checks(config.entries, config.settings.region)
-        if region and not table.served:
+        fresh = [name for name, entry in region.items() if entry.probe.inbound and name not in table.checks]
+        if fresh and not table.served:
             log.warning(
                 "checks %s take inbound requests, but this agent started without any such check and "
                 "does not serve /hooks and /heartbeat; restart it to serve them",
-                names([name for name, entry in region.items() if entry.probe.inbound]),
+                names(fresh),
             )
         table.checks.clear()
         table.checks.update(region)

@@ -174,6 +174,39 @@ async def test_the_secrets_of_a_new_check_are_redacted_from_the_start(tmp_path: 
             assert 'owner="<redacted>"' in text and "owner-secret-5be1" not in text
 
 
+def hook(name: str, token: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "webhook",
+        "target": "http://127.0.0.1:9",
+        "interval": "1s",
+        "timeout": "900ms",
+        "settings": {"mode": "passive", "window": "5m", "token": token},
+    }
+
+
+async def test_the_inbound_endpoints_follow_the_reloaded_checks(tmp_path: Path) -> None:
+    import aiohttp
+
+    path = tmp_path / "checks.yml"
+    write(path, [hook("orders", "orders-token-1")])
+    async with running(path) as agent, aiohttp.ClientSession() as session:
+
+        async def deliver(name: str, token: str) -> int:
+            url = f"http://127.0.0.1:{agent.server.port}/hooks/{name}"
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            async with session.post(url, data=b"{}", headers=headers) as response:
+                return response.status
+
+        assert await deliver("refunds", "refunds-token-2") == 401  # not configured yet
+        write(path, [hook("refunds", "refunds-token-2")])
+        assert agent.reloader is not None
+        result = await agent.reloader.reload("test")
+        assert (result.added, result.removed) == (("refunds",), ("orders",))
+        assert await deliver("refunds", "refunds-token-2") == 200
+        assert await deliver("orders", "orders-token-1") == 401  # removed: unknown, as any other
+
+
 async def test_a_changed_check_is_restarted_with_fresh_state(tmp_path: Path) -> None:
     app = web.Application()
     app.router.add_get("/ok", ok)
