@@ -96,6 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _command(command: Command) -> int:
     # Imported here, not at the top: ``healthcheck`` and ``--version`` need none of it, and a
     # container's health check runs every few seconds.
+    from agent.server._aiohttp import import_aiohttp
+
+    # First, while no other thread runs: aiohttp's client contexts without their CA certificates
+    # until a client needs them (agent/server/_aiohttp.py).
+    import_aiohttp()
     from agent.config.settings import load_config
     from agent.logs import configure_logging
 

@@ -17,9 +17,15 @@ phase of the interval grid, so ``first probe`` includes 0-100 ms of waiting for 
 
 Also the import time of the agent, each in a fresh interpreter: ``import agent.cli`` (what every
 command pays) and the modules ``vantage run`` loads for an http check (``agent.cli``,
-``agent.app``, ``plugins.http``), beside an interpreter that imports nothing.
+``agent.app``, ``plugins.http``, with aiohttp imported first as ``vantage run`` imports it, in a
+tree that has agent/server/_aiohttp.py), beside an interpreter that imports nothing.
 
-    .venv/bin/python bench/startup.py [--runs 7]
+With ``--idle 5,75``, instead: the memory of an idle agent (three http checks at 60 s against the
+same server, OTLP on), its VmRSS and VmHWM (the peak) from ``/proc`` at each of those seconds after
+the spawn, for each ``--source`` in turn, ``--runs`` times. 75 s is after the first metric export
+(60 s), when the exporters built at their first export have been.
+
+    .venv/bin/python bench/startup.py [--runs 7] [--source TREE ...] [--idle 5,75]
 
 Prints figures only: median and range over the runs. Every loop is bounded in count and time;
 all traffic stays on 127.0.0.1.
@@ -42,6 +48,14 @@ ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MAX_RUNS = 50
 FIRST_PROBE_TIMEOUT = 30.0
+# What ``vantage run`` imports for an http check, in the order it does (aiohttp first, through
+# agent/server/_aiohttp.py where the tree has it).
+RUN_IMPORTS = (
+    "import agent.cli, importlib.util; "
+    "importlib.util.find_spec('agent.server._aiohttp') is not None "
+    "and __import__('agent.server._aiohttp', fromlist=['_']).import_aiohttp(); "
+    "import agent.app, plugins.http"
+)
 CHECKS = """
 checks:
   - name: startup
@@ -172,6 +186,51 @@ def cold_start(target: Target, run: str, source: Path, *, otlp: bool) -> tuple[f
     return (listening[0] - started if listening else float("nan")), arrived - started, cpu
 
 
+IDLE_CHECKS = "checks:\n" + "".join(
+    f"  - {{name: idle-{i}, type: http, target: '{{target}}/idle/{i}', interval: 60s}}\n" for i in range(3)
+)
+
+
+def memory(pid: int) -> tuple[float, float]:
+    """VmRSS and VmHWM of a process, in MiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def idle_memory(target: Target, source: Path, at: list[float]) -> list[tuple[float, float]]:
+    """An idle agent's (VmRSS, VmHWM) at each of ``at`` seconds after its spawn."""
+    env = base_env(source)
+    env.update(
+        VANTAGE_CHECKS=IDLE_CHECKS.replace("{target}", f"http://127.0.0.1:{target.port}"),
+        VANTAGE_HOST="127.0.0.1",
+        VANTAGE_PORT="0",
+        VANTAGE_LOG_LEVEL="warning",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{target.port}",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent"],
+        env=env,
+        cwd=source,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    started, figures = time.monotonic(), []
+    try:
+        for seconds in at:  # bounded: one sample per time asked for
+            time.sleep(max(0.0, started + seconds - time.monotonic()))
+            if proc.poll() is not None:
+                raise SystemExit(f"the idle agent exited (status {proc.returncode})")
+            figures.append(memory(proc.pid))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return figures
+
+
 def import_time(statement: str, source: Path) -> float:
     code = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
     out = subprocess.run(
@@ -206,12 +265,31 @@ def main() -> None:
         help="the agent's source tree to start (default: this checkout); given twice or more, "
         "the trees take turns in every repetition, so that they share the machine's load alike",
     )
+    parser.add_argument(
+        "--idle",
+        metavar="SECONDS",
+        help="measure an idle agent's memory at these seconds after its spawn (e.g. 5,75) instead",
+    )
     args = parser.parse_args()
     runs = max(1, min(args.runs, MAX_RUNS))
     sources: list[Path] = [path.resolve() for path in args.source or [ROOT]]
 
     target = Target()
     threading.Thread(target=target.serve_forever, daemon=True).start()
+    if args.idle:
+        at = [float(s) for s in args.idle.split(",")][:10]
+        print(f"an idle agent: 3 http checks at 60 s, OTLP on; VmRSS / VmHWM (peak) in MiB; {runs} runs each")
+        try:
+            for _ in range(runs):
+                for source in sources:
+                    row = idle_memory(target, source, at)
+                    cells = "   ".join(
+                        f"{s:g} s: {rss:.1f} / {hwm:.1f}" for s, (rss, hwm) in zip(at, row, strict=True)
+                    )
+                    print(f"{source}   {cells}", flush=True)
+        finally:
+            target.shutdown()
+        return
     figures: dict[tuple[Path, str], list[float]] = {}
 
     def measure(source: Path, label: str, value: float) -> None:
@@ -225,8 +303,7 @@ def main() -> None:
             for k, source in enumerate(sources):
                 measure(source, "python -c pass", interpreter_time(source))
                 measure(source, "import agent.cli", import_time("import agent.cli", source))
-                statement = "import agent.cli, agent.app, plugins.http"
-                measure(source, statement, import_time(statement, source))
+                measure(source, "import agent.cli, agent.app, plugins.http", import_time(RUN_IMPORTS, source))
                 for otlp in (False, True):
                     name, slug = ("with OTLP", "otlp") if otlp else ("no OTLP", "no-otlp")
                     listening, probe, cpu = cold_start(target, f"{k}-{slug}-{i}", source, otlp=otlp)

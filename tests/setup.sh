@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests use beside Python: Prometheus (the server, for the
-# end-to-end test, and promtool, for the alert rules). Called by `make test`; a no-op once they
-# are there. Without root or sudo it says so and the tests that need them are skipped (outside CI).
+# end-to-end test, and promtool, for the alert rules) and blackbox_exporter (the conformance suite,
+# tests/conformance/, runs every case in it and in the agent). Called by `make test`; a no-op once
+# they are there. Without root or sudo it says so and the tests that need them are skipped (outside
+# CI; with CI set they fail).
 set -euo pipefail
-if command -v prometheus >/dev/null && command -v promtool >/dev/null; then exit 0; fi
+PACKAGES=(prometheus prometheus-blackbox-exporter)
+if command -v prometheus >/dev/null && command -v promtool >/dev/null \
+  && command -v prometheus-blackbox-exporter >/dev/null; then exit 0; fi
 if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo -n"; else
-  echo "tests/setup.sh: cannot install Debian's prometheus package (not root, no sudo)" >&2; exit 0
+  echo "tests/setup.sh: cannot install Debian's ${PACKAGES[*]} packages (not root, no sudo)" >&2; exit 0
 fi
-install() { DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+install() {
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+}
 install || { $SUDO apt-get update -qq && install; }
-# The package starts a system service where it can; the tests run their own instances.
+# The packages start system services where they can; the tests run their own instances.
 $SUDO service prometheus stop >/dev/null 2>&1 || true
+$SUDO service prometheus-blackbox-exporter stop >/dev/null 2>&1 || true

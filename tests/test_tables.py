@@ -115,3 +115,43 @@ def test_samples_label_sets_are_shared_by_the_checks_that_have_them() -> None:
         counter.put_labelled("a", ("kind", "x"), BASE, {"kind": "x", "check": "mine"}, 1)
     (point,) = counter.points()
     assert point.value == 2.0 and attributes_of(point) == {**BASE, "kind": "x", "check": "mine"}
+
+
+def test_a_bound_checks_gauges_are_kept_bare_and_read_as_points() -> None:
+    tables = MetricTables()
+    gauge = tables.declare(MetricSpec.gauge("up", "", ""))
+    phases = tables.declare(MetricSpec.gauge("phase", "s", "", "phase"))
+    counter = tables.declare(MetricSpec("runs", MetricKind.COUNTER, "{run}", ""))
+    tables.bind("a", BASE)
+    for value in (1, 0.5):
+        gauge.set("a", None, BASE, value)
+        phases.put_derived("a", "connect", BASE, {"phase": "connect"}, value)
+        counter.put("a", None, BASE, 1)
+    # Stored as the values themselves; counters (delta state) keep their Points.
+    assert gauge.checks["a"] == 0.5 and phases.checks["a"] == {"connect": 0.5}
+    assert counter.checks["a"].__class__.__name__ == "Point"
+    (point,) = gauge.points()
+    assert (point.attrs, point.extra, point.value) == (BASE, None, 0.5) and point.attrs is BASE
+    assert point.start == tables._starts["a"] > 0
+    (phase,) = phases.points()
+    assert attributes_of(phase) == {**BASE, "phase": "connect"} and phase.value == 0.5
+    assert list(phases.samples()) == [(BASE, {"phase": "connect"}, 0.5, tables._starts["a"])]
+    assert "check" in gauge.keys and "phase" in phases.keys
+    # Another check's attributes, or the check's own that changed: a Point again.
+    other = {**BASE, "detail": "x"}
+    gauge.set("a", None, other, 2)
+    (point,) = gauge.points()
+    assert point.attrs is other and point.value == 2
+    tables.forget("a")
+    assert list(phases.points()) == [] and list(phases.samples()) == []
+
+
+def test_a_bound_check_whose_attributes_need_redacting_keeps_points() -> None:
+    tables = MetricTables(Redactor(["hunter2-secret"]))
+    gauge = tables.declare(MetricSpec.gauge("up", "", ""))
+    secret = {**BASE, "detail": "token hunter2-secret"}
+    tables.bind("a", secret)
+    gauge.set("a", None, secret, 1)
+    gauge.set("a", None, secret, 3)
+    (point,) = gauge.points()
+    assert point.attrs["detail"] == "token <redacted>" and point.value == 3

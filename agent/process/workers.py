@@ -57,6 +57,7 @@ from agent.reload import FileWatch, digest
 from agent.schedule.sharding import WORKER_SALT, owner
 from agent.sdk.durations import format_duration
 from agent.sdk.probe import SystemClock
+from agent.server._aiohttp import wait_for_certificates
 from agent.server.inbound import Inbound, Route, inbound_checks, peer_route
 from agent.server.status import (
     PROMETHEUS_TYPE,
@@ -490,6 +491,7 @@ async def supervise(config: Config, environ: Mapping[str, str]) -> int:
     budget = config.settings.shutdown_timeout
     workers: list[_Worker] = []
     stopped = anyio.Event()
+    await wait_for_certificates()
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_REQUEST_TIMEOUT))
     supervisor = _Supervisor(config, workers, session, environ=environ)
 

@@ -34,6 +34,7 @@ from agent.config.checks import CheckEntry
 from agent.schedule.sharding import owner
 from agent.sdk.probe import Clock, Refusal, RefusalKind
 from agent.sdk.types import InboundRequest
+from agent.server._aiohttp import wait_for_certificates
 from agent.server.inbox import Inbox
 
 __all__ = [
@@ -357,6 +358,7 @@ class Inbound:
         self, request: web.Request, endpoint: str, owner: str, body: bytes
     ) -> tuple[Outcome, web.StreamResponse]:
         if self._session is None:
+            await wait_for_certificates()
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         headers: CIMultiDict[str] = CIMultiDict(
             (k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP

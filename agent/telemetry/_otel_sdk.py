@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExporter
-from opentelemetry.sdk.metrics.view import Aggregation
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+if TYPE_CHECKING:  # the SDK's metric data model is imported only with a metric exporter
+    from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExporter
+    from opentelemetry.sdk.metrics.view import Aggregation
 
 __all__ = ["CountingBatchSpanProcessor", "DropSink", "metric_preferences", "otlp_http_sender"]
 

@@ -75,7 +75,8 @@ CUMULATIVE: Temporality = (AggregationTemporality.CUMULATIVE, AggregationTempora
 
 class _Batch:
     """Data points on their way to one ``export()``, by table, and the delta state that is kept
-    once they went through. A data point is ``(series, start, value)`` for a gauge or a counter,
+    once they went through. A data point is ``(attributes, extra, value, start)`` for a gauge,
+    ``(series, start, value)`` for a counter,
     ``(series, start, count, sum, bucket counts, min, max)`` for a histogram."""
 
     def __init__(self, now: int) -> None:
@@ -218,7 +219,12 @@ class MetricExport:
             spec = table.spec
             data: Any
             if table.kind is MetricKind.GAUGE:
-                data = Gauge([NumberDataPoint(attributes_of(p), start, now, v) for p, start, v in points])
+                data = Gauge(
+                    [
+                        NumberDataPoint(a if e is None else {**a, **e}, start, now, v)
+                        for a, e, v, start in points
+                    ]
+                )
             elif table.kind is MetricKind.COUNTER:
                 numbers = [NumberDataPoint(attributes_of(p), start, now, v) for p, start, v in points]
                 data = Sum(numbers, counters, True)
@@ -257,7 +263,7 @@ class MetricExport:
                 metric = encoder.metric(spec.name, spec.description, spec.unit, SUM, data, counters)
             else:
                 number = encoder.number
-                data = [number(p.attrs, p.extra, None, now, v) for p, start, v in points]
+                data = [number(a, e, None, now, v) for a, e, v, _ in points]
                 metric = encoder.metric(spec.name, spec.description, spec.unit, GAUGE, data)
             metrics.append(metric)
             if built % 4 == 3:
@@ -270,13 +276,20 @@ class MetricExport:
         for table in self._tables.collected():
             kind = table.kind
             delta = self._delta_counters if kind is MetricKind.COUNTER else self._delta_histograms
+            if kind is MetricKind.GAUGE:
+                # Gauges have no delta state: their series as they are read, without a Point
+                # made for a series kept as its bare value.
+                for sample in table.samples():
+                    built += 1
+                    if built % _SLICE == 0:
+                        time.sleep(0)
+                    yield table, sample, None
+                continue
             for point in table.points():
                 built += 1
                 if built % _SLICE == 0:
                     time.sleep(0)
-                if kind is MetricKind.GAUGE:
-                    yield table, (point, point.start, point.value), None
-                elif kind is MetricKind.COUNTER:
+                if kind is MetricKind.COUNTER:
                     value = point.value
                     if not delta:
                         yield table, (point, point.start, value), None

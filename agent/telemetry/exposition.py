@@ -54,6 +54,7 @@ FRESH = 0.5
 pair scraping the agent at the same moment): a scrape during a rendering waits for it, one soon
 after takes it; a rendering is never more than this much older than its scrape's start."""
 _SLICE = 512  # series rendered between two hand-overs of the interpreter lock
+_NUMBERS = 4096  # numbers' texts remembered from one family to the next, at most
 
 _NAME = re.compile(r"[^a-zA-Z0-9:]+")
 _LABEL = re.compile(r"[^a-zA-Z0-9]+")
@@ -180,47 +181,87 @@ class _Labels:
     """Label texts of one rendering.
 
     A family's samples are written with the same label names, so a series' label text depends on
-    its family's layout as well as its attributes. Two memos keep the work per series small: the
-    text of an attributes object in a layout (the series of a check share their check's
-    attributes, the same object, across families with the same layout), and each
-    ``name="value"`` pair (a check's name, target and labels recur in every family).
+    its family's layout as well as its attributes. Two memos kept through the rendering keep the
+    work per series small: the text of an attributes object in a layout (the series of a check
+    share their check's attributes, the same object, across families with the same layout), and
+    each ``name="value"`` pair (a check's name, target and labels recur in every family). What
+    serves one family only (a check's text cut around its phase) is let go of after it
+    (:meth:`next_family`), and a family with a label of its own takes its check's pairs from the
+    layout without it (made once for the families without one): the memory a rendering holds at
+    once is the process's RSS.
 
-    The attributes objects whose ids the memos use are kept alive in one list while the rendering
-    lasts, so that no id is reused meanwhile."""
+    The attributes objects whose ids the memos use are kept alive in lists as long as the memos,
+    so that no id is reused meanwhile."""
 
     def __init__(self) -> None:
-        self.texts: dict[tuple[int, int, int], str] = {}
+        self.texts: dict[int, dict[int, str]] = {}
+        """By layout (its id): by attributes object (its id), their text in it."""
         self._seen: list[Mapping[str, Any] | None] = []
         self._pairs: dict[tuple[str, str], str] = {}
         self._all: dict[tuple[int, int], list[str]] = {}
         self._own: dict[tuple[int, int], list[tuple[int, str]]] = {}
+        self._around: dict[tuple[int, int, int], tuple[str, str]] = {}
+        self._rest: dict[tuple[int, int], tuple[tuple[str, str], ...]] = {}
         self._layouts: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
 
     def layout(self, pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
         """The one object of the rendering for this layout: texts are remembered by its id."""
         return self._layouts.setdefault(pairs, pairs)
 
+    def texts_in(self, layout: tuple[tuple[str, str], ...]) -> dict[int, str]:
+        """The texts remembered in ``layout``, by the id of their attributes object."""
+        texts = self.texts.get(id(layout))
+        if texts is None:
+            texts = self.texts[id(layout)] = {}
+        return texts
+
+    def remember(self, layout: tuple[tuple[str, str], ...], attrs: Mapping[str, Any], text: str) -> None:
+        """Keep ``text`` as the text of ``attrs`` in ``layout`` for the rest of the rendering."""
+        self.texts_in(layout)[id(attrs)] = text
+        self._seen.append(attrs)
+
+    def next_family(self) -> None:
+        """Let go of what served the family just written."""
+        self._around.clear()
+
     def text(
         self, layout: tuple[tuple[str, str], ...], attrs: Mapping[str, Any], extra: Mapping[str, Any] | None
     ) -> str:
         """The label text of ``attrs`` and ``extra`` (a series' own attributes on top of its
         check's) in ``layout`` (an object that :meth:`layout` gave)."""
-        key = (id(layout), id(attrs), id(extra))
-        text = self.texts.get(key)
-        if text is not None:
-            return text
         if extra is None:
-            text = self.texts[key] = ",".join(self.parts(layout, attrs))
-            self._seen.append(attrs)
+            texts = self.texts_in(layout)
+            text = texts.get(id(attrs))
+            if text is None:
+                text = ",".join(self.parts(layout, attrs))
+                self.remember(layout, attrs, text)
             return text
         # The check's pairs, with the series' own in their places: a phase's text is its check's
         # with one pair changed. Not remembered: a check has one series of each extra.
-        parts = self.parts(layout, attrs).copy()
         own = self._own.get((id(layout), id(extra)))
         if own is None:
             own = self._own[(id(layout), id(extra))] = [
                 (i, pair) for i, pair in enumerate(self.parts(layout, extra)) if layout[i][1] in extra
             ]
+        if len(own) == 1:
+            # One pair of its own (a phase, a version): the check's text around that place is
+            # cut once, and each of the check's series of the family is one concatenation.
+            i, pair = own[0]
+            around = self._around.get((id(layout), id(attrs), i))
+            if around is None:
+                # The check's pairs in the layout without that place: the one of the families
+                # without a label of their own, whose pairs for the check are made already.
+                rest = self._rest.get((id(layout), i))
+                if rest is None:
+                    rest = self._rest[(id(layout), i)] = self.layout(layout[:i] + layout[i + 1 :])
+                parts = self.parts(rest, attrs)
+                head, tail = ",".join(parts[:i]), ",".join(parts[i:])
+                around = self._around[(id(layout), id(attrs), i)] = (
+                    f"{head}," if head else "",
+                    f",{tail}" if tail else "",
+                )
+            return f"{around[0]}{pair}{around[1]}"
+        parts = self.parts(layout, attrs).copy()
         for i, pair in own:
             parts[i] = pair
         return ",".join(parts)
@@ -260,6 +301,9 @@ def render(tables: MetricTables, resource: Mapping[str, Any], *, openmetrics: bo
     numbers: dict[float, str] = {}  # 0, 1 and 200 recur
     for table in tables.collected():
         yield from _family(table, labels, numbers, openmetrics)
+        labels.next_family()
+        if len(numbers) > _NUMBERS:
+            numbers.clear()  # durations: each its own, unlike 0, 1 and 200
     if openmetrics:
         yield "# EOF\n"
 
@@ -277,14 +321,17 @@ def _family(table: Table, labels: _Labels, numbers: dict[float, str], openmetric
         out.append(f"# UNIT {name} {unit}\n")
     layout = _Layout.of(table)
     before = labels.layout(layout.before + layout.after)  # all of them: a histogram's le apart
-    texts, text_of, id_before = labels.texts, labels.text, id(before)
+    texts, text_of = labels.texts_in(before), labels.text
     if table.kind is MetricKind.HISTOGRAM:
         at, parts_of = len(layout.before), labels.parts
         les = [f'le="{bound}"' for bound in table.bounds] + ['le="+Inf"']
         bucket, count_name, sum_name = f"{sample}_bucket", f"{sample}_count", f"{sample}_sum"
         for i, point in enumerate(table.points(), 1):
-            parts = parts_of(before, point.attrs)  # histograms merge their attributes: no extra
+            attrs = point.attrs
+            parts = parts_of(before, attrs)  # histograms merge their attributes: no extra
             head, tail = ",".join(parts[:at]), ",".join(parts[at:])
+            if id(attrs) not in texts:  # the check's text in the families of the same labels
+                labels.remember(before, attrs, f"{head},{tail}" if head and tail else head or tail)
             opening = f"{bucket}{{{head}," if head else f"{bucket}{{"
             closing = f",{tail}}} " if tail else "} "
             plain = f"{{{head},{tail}}}" if head and tail else f"{{{head}{tail}}}" if head or tail else ""
@@ -300,9 +347,8 @@ def _family(table: Table, labels: _Labels, numbers: dict[float, str], openmetric
                 out.clear()
                 time.sleep(0)  # hand the interpreter lock over (to the event loop)
     else:
-        for i, point in enumerate(table.points(), 1):
-            attrs, extra, value = point.attrs, point.extra, point.value
-            text = texts.get((id_before, id(attrs), id(extra))) or text_of(before, attrs, extra)
+        for i, (attrs, extra, value, _) in enumerate(table.samples(), 1):
+            text = (texts.get(id(attrs)) if extra is None else None) or text_of(before, attrs, extra)
             number = numbers.get(value)
             if number is None:
                 number = numbers[value] = _go(value)

@@ -17,8 +17,9 @@ entry-point groups, so any installed exporter package can be chosen.
 
 A telemetry backend cannot hurt the agent:
 
-* the OTLP/HTTP exporters send through a :class:`BoundedSession`: each request ends by its
-  deadline however the backend trickles, and an answer is read up to 64 KiB, no further;
+* the OTLP/HTTP exporters send through a :class:`~agent.telemetry.session.BoundedSession`: each
+  request ends by its deadline however the backend trickles, and an answer is read up to 64 KiB,
+  no further;
 * every exporter is wrapped so that exports are counted with the cause of each failure
   (``refused``, ``timeout``, ``http 503``, ``oversized``, ``tls``, ``garbage``, ...): the SDK's
   ``force_flush`` says True even when an export failed. ``/readyz`` shows them
@@ -28,42 +29,29 @@ A telemetry backend cannot hurt the agent:
 
 Every ``OTEL_*`` variable the agent or the SDK reads is checked first (:func:`validate_otel_env`):
 a value the SDK would silently replace by its default, or print, is a :class:`ConfigError`.
+
+What only an exporter needs is imported when one is built: the OTLP/HTTP session with ``requests``
+(agent/telemetry/session.py), the metric exporters with the SDK's metric data model
+(agent/telemetry/metric_exports.py). ``vantage run`` builds its OTLP/HTTP exporters after its
+start-up (``build_telemetry(defer_exporters=True)``), so that none of it delays the first probe.
 """
 
 from __future__ import annotations
 
-import errno
-import http.client
-import io
 import logging
 import math
 import re
 import socket
-import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import entry_points
-from typing import Any
+from functools import partial
+from importlib.metadata import PackageNotFoundError, distribution, entry_points
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-import requests
-import requests.exceptions
-import urllib3.exceptions
-from opentelemetry.sdk import metrics as instruments
-from opentelemetry.sdk.metrics.export import (
-    AggregationTemporality,
-    MetricExporter,
-    MetricExportResult,
-    MetricsData,
-)
-from opentelemetry.sdk.metrics.view import (
-    Aggregation,
-    ExplicitBucketHistogramAggregation,
-    ExponentialBucketHistogramAggregation,
-)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -74,25 +62,25 @@ from agent import __version__
 from agent.config.secrets import Redactor
 from agent.errors import ConfigError
 from agent.sdk.urls import redact_url
-from agent.telemetry._otel_sdk import CountingBatchSpanProcessor, metric_preferences, otlp_http_sender
-from agent.telemetry._requests import DeadlineAdapter, request_deadline
-from agent.telemetry.collection import MetricExport, temporality_of
+from agent.telemetry._otel_sdk import CountingBatchSpanProcessor
 from agent.telemetry.exposition import ExpositionCache, render
 from agent.telemetry.sampling import RunSamplingProcessor
 from agent.telemetry.spans import RunSpans
 from agent.telemetry.tables import MetricTables
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import AggregationTemporality
+    from opentelemetry.sdk.metrics.view import Aggregation
+
+    from agent.telemetry.collection import MetricExport
+    from agent.telemetry.session import BoundedSession
+
 __all__ = [
-    "MAX_ANSWER",
-    "BoundedSession",
-    "ExportAbandoned",
     "ExportOutcome",
     "ExportStats",
-    "OversizedAnswer",
     "Telemetry",
     "build_resource",
     "build_telemetry",
-    "export_cause",
     "otel_secrets",
     "validate_otel_env",
 ]
@@ -105,30 +93,9 @@ SIGNALS = ("traces", "metrics")
 _SPAN_BATCH = 64
 _SPAN_QUEUE = 2048  # the SDK's default
 _PROTOCOLS = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
+_OTLP_HTTP_DISTRIBUTION = "opentelemetry-exporter-otlp-proto-http"
 # Above this many seconds an OTLP timeout was almost surely meant as milliseconds (the spec's unit).
 _MAX_TIMEOUT_SECONDS = 300.0
-# An OTLP answer is an Export*ServiceResponse: empty, or a partial-success count and message.
-MAX_ANSWER = 64 * 1024
-_CHUNK = 16 * 1024
-
-
-# ---------------------------------------------------------------- the OTLP/HTTP session
-#
-# The SDK's exporters send through ``requests`` and read the whole answer into memory, with the
-# timeout applying to each socket read: a backend that answers 200 with a 1 GiB body, or trickles
-# its answer a byte at a time, holds the exporter's thread (and its memory) as long as it likes.
-# The session below is handed to the exporters through their public ``session=`` argument; the
-# transport beneath it, which gives each socket read only the time left, is an adapter to
-# ``requests``, urllib3 and ``http.client`` (agent/telemetry/_requests.py).
-
-
-class OversizedAnswer(requests.exceptions.RequestException):
-    """The backend's answer is larger than an OTLP reply can be; it was not read to the end."""
-
-
-class ExportAbandoned(requests.exceptions.RequestException):
-    """The agent is stopping and its shutdown budget leaves no time for this request. Not a
-    connection error, so the SDK does not retry it (nor wait out a back-off first)."""
 
 
 @dataclass(frozen=True)
@@ -137,207 +104,6 @@ class ExportOutcome:
 
     cause: str = ""
     detail: str = ""
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """The exception and those it wraps: causes, contexts, and (as requests and urllib3 wrap them)
-    the exceptions among its ``args`` and its ``reason``."""
-    seen: set[int] = set()
-    todo = [exc]
-    while todo and len(seen) < 32:
-        current = todo.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        wrapped = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
-        todo.extend(e for e in wrapped if isinstance(e, BaseException))
-
-
-_REFUSED = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH}
-
-
-def export_cause(exc: BaseException, budget: float | None = None) -> ExportOutcome:
-    """The cause of a failed request, as ``/readyz`` and the log name it: the one place where the
-    exceptions of ``requests``, ``urllib3``, ``http.client``, ``ssl`` and ``socket`` become causes."""
-    chain = list(_chain(exc))
-
-    def having(*types: type[BaseException]) -> BaseException | None:
-        return next((e for e in chain if isinstance(e, types)), None)
-
-    if having(ExportAbandoned):
-        return ExportOutcome("abandoned", "the agent stopped before the backend answered")
-    if having(OversizedAnswer):
-        return ExportOutcome("oversized", f"the answer was larger than {MAX_ANSWER} bytes")
-    if having(ConnectionRefusedError) or any(isinstance(e, OSError) and e.errno in _REFUSED for e in chain):
-        return ExportOutcome("refused", "the backend refused the connection or is unreachable")
-    # urllib3's NewConnectionError derives from its ConnectTimeoutError; it is not a timeout.
-    timeouts = (TimeoutError, requests.exceptions.Timeout, urllib3.exceptions.ReadTimeoutError)
-    if having(*timeouts) or any(
-        isinstance(e, urllib3.exceptions.ConnectTimeoutError)
-        and not isinstance(e, urllib3.exceptions.NewConnectionError)
-        for e in chain
-    ):
-        within = f" within {budget:.3g}s" if budget is not None else ""
-        return ExportOutcome("timeout", f"no complete answer{within}")
-    tls = having(
-        ssl.SSLError, ssl.CertificateError, urllib3.exceptions.SSLError, requests.exceptions.SSLError
-    )
-    if tls is not None:
-        verify = getattr(tls, "verify_message", None) or getattr(
-            having(ssl.SSLCertVerificationError), "verify_message", None
-        )
-        return ExportOutcome("tls", f"TLS failed: {verify}" if verify else "the TLS handshake failed")
-    if having(socket.gaierror, urllib3.exceptions.NameResolutionError):
-        return ExportOutcome("dns", "the backend's name did not resolve")
-    if having(http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-        return ExportOutcome("protocol", "the backend closed the connection without a complete answer")
-    if having(
-        http.client.BadStatusLine,
-        http.client.LineTooLong,
-        urllib3.exceptions.HeaderParsingError,
-        requests.exceptions.InvalidHeader,
-        requests.exceptions.ContentDecodingError,
-    ):
-        return ExportOutcome("garbage", "the answer is not HTTP")
-    if having(
-        http.client.HTTPException, urllib3.exceptions.ProtocolError, requests.exceptions.ConnectionError
-    ):
-        return ExportOutcome("protocol", "the answer broke off")
-    return ExportOutcome("error", type(exc).__name__)
-
-
-def _budget(timeout: Any) -> float | None:
-    if isinstance(timeout, int | float):
-        return float(timeout)
-    if isinstance(timeout, tuple) and all(isinstance(t, int | float) for t in timeout):
-        return float(sum(timeout))
-    return None
-
-
-class BoundedSession(requests.Session):
-    """A ``requests`` session for the OTLP/HTTP exporters that no answer can hurt.
-
-    * Each request ends by the ``timeout`` it is given (the SDK passes what is left of the export's
-      budget): every socket read and write waits only for the time left, so an answer trickled a
-      byte at a time fails as ``timeout`` at the deadline instead of holding the exporter's thread.
-    * The answer's body is read up to ``max_answer`` bytes; beyond that the connection is closed
-      and the request fails as ``oversized`` (an :class:`OversizedAnswer`, which the SDK does not
-      retry).
-    * The outcomes of each thread's requests, with the cause of each failure, are kept for the
-      exporter's wrapper (:meth:`take_outcome`): the SDK's exporters only say SUCCESS or FAILURE.
-    """
-
-    def __init__(self, max_answer: int = MAX_ANSWER) -> None:
-        super().__init__()
-        self.max_answer = max_answer
-        adapter = DeadlineAdapter()
-        self.mount("http://", adapter)
-        self.mount("https://", adapter)
-        self._outcomes = threading.local()
-        self.cutoff: float | None = None
-        """Monotonic time past which no request runs: the end of the agent's shutdown budget."""
-
-    def stop_by(self, cutoff: float) -> None:
-        """From now on, end every request by ``cutoff`` (monotonic) and refuse new ones after it,
-        as :class:`ExportAbandoned`: the SDK's retries and back-offs stop with it."""
-        self.cutoff = cutoff
-
-    def take_outcome(self) -> ExportOutcome | None:
-        """What became of this thread's requests since the last call (None if it made none): the
-        outcome of the last one, unless it timed out after an earlier one had a telling answer.
-
-        The SDK retries within the export's budget and may send its last attempt with almost none
-        of it left; that attempt's ``timeout`` says less than the ``http 503`` before it.
-        """
-        outcomes: list[ExportOutcome] = getattr(self._outcomes, "seen", [])
-        self._outcomes.seen = []
-        if not outcomes:
-            return None
-        last = outcomes[-1]
-        if last.cause == "timeout":
-            telling = (o for o in reversed(outcomes) if o.cause not in ("", "timeout"))
-            return next(telling, last)
-        return last
-
-    def _note(self, outcome: ExportOutcome) -> None:
-        seen: list[ExportOutcome] = getattr(self._outcomes, "seen", [])
-        self._outcomes.seen = [*seen[-7:], outcome]  # bounded, should nobody take them
-
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        budget = _budget(kwargs.get("timeout"))
-        if self.cutoff is not None:
-            left = self.cutoff - time.monotonic()
-            if left <= 0:
-                abandoned = ExportAbandoned("the shutdown budget is spent", request=request)
-                self._note(export_cause(abandoned, budget))
-                raise abandoned
-            budget = left if budget is None else min(budget, left)
-            kwargs["timeout"] = budget
-        if budget is not None and budget <= 0:
-            # The SDK's last retry may come with nothing left (urllib3 would raise ValueError).
-            spent = requests.exceptions.ConnectTimeout("nothing left of the export's budget", request=request)
-            self._note(export_cause(spent, budget))
-            raise spent
-        kwargs["stream"] = True
-        try:
-            with request_deadline(None if budget is None else time.monotonic() + budget, self):
-                response = super().send(request, **kwargs)
-                self._read_body(response)
-        except Exception as exc:
-            cut = self.cutoff is not None and time.monotonic() >= self.cutoff
-            self._note(
-                ExportOutcome("abandoned", "the agent stopped first") if cut else export_cause(exc, budget)
-            )
-            if self.cutoff is not None:
-                # The agent is stopping: one try at what is buffered, no retry after a back-off.
-                raise ExportAbandoned("no retry while the agent stops", request=request) from exc
-            raise
-        status = response.status_code
-        self._note(
-            ExportOutcome()
-            if 200 <= status < 400
-            else ExportOutcome(f"http {status}", f"HTTP {status} {response.reason or ''}".strip())
-        )
-        return response
-
-    def resolve_redirects(self, *args: Any, **kwargs: Any) -> Generator[requests.Response, None, None]:
-        """No redirects: the exporters follow none, and ``requests`` would read a redirect's whole
-        body, uncapped, to release its connection (even to only note where it points)."""
-        yield from ()
-
-    def _read_body(self, response: requests.Response) -> None:
-        """Read the body up to the cap (within the deadline, as the socket reads are bounded) and
-        keep it as the response's content."""
-        raw = response.raw
-        length = response.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > self.max_answer:
-            response.close()
-            raise OversizedAnswer(f"Content-Length {length} is above {self.max_answer} bytes")
-        body = bytearray()
-        try:
-            for chunk in raw.stream(_CHUNK, decode_content=True):
-                body += chunk
-                if len(body) > self.max_answer:
-                    raise OversizedAnswer(f"the answer is larger than {self.max_answer} bytes")
-        except OversizedAnswer:
-            response.close()
-            raise
-        except urllib3.exceptions.ReadTimeoutError as exc:
-            response.close()
-            raise requests.exceptions.ReadTimeout(exc, request=response.request) from exc
-        except urllib3.exceptions.SSLError as exc:
-            response.close()
-            raise requests.exceptions.SSLError(exc, request=response.request) from exc
-        except urllib3.exceptions.DecodeError as exc:
-            response.close()
-            raise requests.exceptions.ContentDecodingError(exc, request=response.request) from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            response.close()
-            raise requests.exceptions.ChunkedEncodingError(exc, request=response.request) from exc
-        raw.release_conn()
-        # What the SDK may read (``content``, ``text``) comes from the capped copy.
-        response.raw = io.BytesIO(bytes(body))
 
 
 # ---------------------------------------------------------------- export outcomes
@@ -460,14 +226,15 @@ class _Outcomes:
     """Where a wrapper learns why its exporter failed (the session of an OTLP/HTTP exporter)."""
 
     def __init__(self, session: BoundedSession | None) -> None:
-        self._session = self.session = session
+        self.session = session
+        """Set later for a deferred exporter, when it is built."""
 
     def begin(self) -> None:
-        if self._session is not None:
-            self._session.take_outcome()
+        if self.session is not None:
+            self.session.take_outcome()
 
     def failure(self, exc: BaseException | None = None) -> ExportOutcome:
-        outcome = self._session.take_outcome() if self._session is not None else None
+        outcome = self.session.take_outcome() if self.session is not None else None
         if outcome is not None and outcome.cause:
             return outcome
         if exc is not None:
@@ -507,61 +274,6 @@ class _CountingSpanExporter(SpanExporter):
         return self._inner.force_flush(timeout_millis)
 
 
-class _CountingMetricExporter(MetricExporter):
-    """Counts the exports of ``inner``."""
-
-    def __init__(
-        self,
-        inner: MetricExporter,
-        name: str,
-        stats: ExportStats,
-        endpoint: str = "",
-        outcomes: _Outcomes | None = None,
-        sender: Callable[[bytes], bool] | None = None,
-    ) -> None:
-        super().__init__()
-        self._inner, self._name, self._stats, self._endpoint = inner, name, stats, endpoint
-        self._outcomes = outcomes or _Outcomes(None)
-        self._sender = sender
-
-    def export(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> MetricExportResult:
-        self._outcomes.begin()
-        try:
-            result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-        except Exception as exc:
-            self._stats.failed_with("metrics", self._outcomes.failure(exc), self._name, self._endpoint)
-            return MetricExportResult.FAILURE
-        if result is MetricExportResult.SUCCESS:
-            self._stats.succeeded("metrics", self._name, self._endpoint)
-        else:
-            self._stats.failed_with("metrics", self._outcomes.failure(), self._name, self._endpoint)
-        return result
-
-    def export_encoded(self, data: bytes, timeout_millis: float = 10_000) -> bool:
-        """Send an encoded request through ``send`` (see :func:`otlp_http_sender`), counted as an
-        ``export()`` is; whether it went through."""
-        assert self._sender is not None
-        self._outcomes.begin()
-        try:
-            ok = self._sender(data)
-        except Exception as exc:
-            self._stats.failed_with("metrics", self._outcomes.failure(exc), self._name, self._endpoint)
-            return False
-        if ok:
-            self._stats.succeeded("metrics", self._name, self._endpoint)
-        else:
-            self._stats.failed_with("metrics", self._outcomes.failure(), self._name, self._endpoint)
-        return ok
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return self._inner.force_flush(timeout_millis)
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
-
-
 # ---------------------------------------------------------------- the SDK's own log lines
 
 
@@ -591,6 +303,144 @@ def _quiet_sdk_export_logs() -> None:
         logging.getLogger(name).addFilter(_RETRY_NOISE)
 
 
+# ---------------------------------------------------------------- deferred exporters
+
+
+class _Sessions:
+    """The OTLP/HTTP exporters' sessions, told the deadline when the agent stops; a session made
+    after that (a deferred exporter's, built to send what is left) is told it as it is added."""
+
+    def __init__(self) -> None:
+        self._sessions: list[BoundedSession] = []
+        self._cutoff: float | None = None
+        self._lock = threading.Lock()
+
+    def add(self, session: BoundedSession) -> None:
+        with self._lock:
+            self._sessions.append(session)
+            if self._cutoff is not None:
+                session.stop_by(self._cutoff)
+
+    def stop_by(self, cutoff: float) -> None:
+        with self._lock:
+            self._cutoff = cutoff
+            for session in self._sessions:
+                session.stop_by(cutoff)
+
+    def __iter__(self) -> Iterator[BoundedSession]:
+        with self._lock:
+            return iter(list(self._sessions))
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+class _DeferredSpanExporter(SpanExporter):
+    """An OTLP/HTTP span exporter built, with its session, after the start-up (:func:`_build_later`)
+    or when it first exports, whichever comes first."""
+
+    def __init__(
+        self, environ: Mapping[str, str], name: str, outcomes: _Outcomes, sessions: _Sessions
+    ) -> None:
+        self._environ, self._name, self._outcomes, self._sessions = dict(environ), name, outcomes, sessions
+        self._inner: SpanExporter | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def warm(self) -> None:
+        """Build the exporter now, unless it was shut down."""
+        if not self._closed:
+            self._built()
+
+    def _built(self) -> SpanExporter:
+        with self._lock:
+            if self._inner is None:
+                exporter, _, outcomes = _exporter(self._environ, "traces", self._name)
+                if outcomes.session is not None:
+                    self._sessions.add(outcomes.session)
+                    self._outcomes.session = outcomes.session
+                self._inner = exporter
+            return self._inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self._built().export(spans)
+
+    def shutdown(self) -> None:
+        self._closed = True
+        if self._inner is not None:
+            self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True if self._inner is None else self._inner.force_flush(timeout_millis)
+
+
+class _DeferredMetricExport:
+    """A metric export whose exporter and collection are built after the start-up
+    (:func:`_build_later`) or at its first collection (by its own thread one interval after the
+    start, or by a flush or the shutdown), whichever comes first. From then on the export runs as
+    it would have (its thread collects every interval).
+
+    A build that fails (a bug: the environment was validated) is logged and counted as a failed
+    export, and tried again at the next interval."""
+
+    def __init__(
+        self, build: Callable[[], MetricExport], interval: float, name: str, stats: ExportStats, target: str
+    ) -> None:
+        self._build, self.interval, self._name = build, interval, name
+        self._stats, self._target = stats, target
+        self.export: MetricExport | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"vantage-metrics-{name}-start", daemon=True)
+
+    def _built(self) -> MetricExport | None:
+        with self._lock:
+            if self.export is None:
+                try:
+                    self.export = self._build()
+                except Exception as exc:
+                    log.exception("metrics exporter %s cannot be started", self._name)
+                    outcome = ExportOutcome("error", f"the exporter cannot be started: {type(exc).__name__}")
+                    self._stats.failed_with("metrics", outcome, self._name, self._target)
+            return self.export
+
+    def warm(self) -> None:
+        """Build the export now, unless it was shut down."""
+        if not self._stop.is_set():
+            self._built()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            export = self._built()
+            if export is None:
+                continue
+            try:
+                export.collect(export.timeout)
+            except Exception:  # a bug here must not end the exports for good
+                log.exception("metric collection failed")
+            if not self._stop.is_set():
+                export.start()  # its thread collects every interval from now
+            return
+
+    def collect(self, timeout: float) -> bool:
+        """Collect and export now (building the export first); whether every batch went through."""
+        export = self._built()
+        return export is not None and export.collect(timeout)
+
+    def shutdown(self, timeout: float) -> None:
+        """Stop, export one last time and shut the exporter down, within ``timeout``; blocking."""
+        deadline = time.monotonic() + timeout
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        export = self._built()
+        if export is not None:
+            export.shutdown(max(0.0, deadline - time.monotonic()))
+
+
 # ---------------------------------------------------------------- Telemetry
 
 
@@ -610,9 +460,9 @@ class Telemetry:
     """The recorder's tracer for runs: its spans become the SDK's only for those who read them."""
     exposition: ExpositionCache | None = None
     """``/metrics``, when the ``prometheus`` exporter is on."""
-    exports: list[MetricExport] = field(default_factory=list)
+    exports: list[MetricExport | _DeferredMetricExport] = field(default_factory=list)
     """One per other metric exporter (OTLP, console, ...), each with its thread."""
-    sessions: list[BoundedSession] = field(default_factory=list)
+    sessions: _Sessions = field(default_factory=lambda: _Sessions())
     """The OTLP/HTTP exporters' sessions, told the deadline when the agent stops."""
     sampling: RunSamplingProcessor | None = None
     """What decides at the end of each run which traces the exporters get (None: no trace exporter)."""
@@ -654,8 +504,7 @@ class Telemetry:
         # and the providers return in time.
         deadline = time.monotonic() + timeout
         cutoff = deadline - min(0.5, timeout * 0.1)
-        for session in self.sessions:
-            session.stop_by(cutoff)
+        self.sessions.stop_by(cutoff)
         self.tracer_provider.shutdown()
         for export in self.exports:
             export.shutdown(max(0.0, cutoff - time.monotonic()))
@@ -849,6 +698,19 @@ def _point_name(environ: Mapping[str, str], signal: str, name: str) -> str:
     return _otlp_point(environ, signal) if name == "otlp" else name
 
 
+def _installed(environ: Mapping[str, str], signal: str, name: str) -> None:
+    """Raise ConfigError unless the exporter ``name`` is installed. The OTLP/HTTP exporters, which
+    the agent builds itself, are looked for by their distribution: a scan of every installed
+    distribution's entry points costs ~10 ms a signal of the start-up."""
+    if _point_name(environ, signal, name) == "otlp_proto_http":
+        try:
+            distribution(_OTLP_HTTP_DISTRIBUTION)  # which declares the entry point
+            return
+        except PackageNotFoundError:
+            pass
+    _entry_point(environ, signal, name)
+
+
 def _entry_point(environ: Mapping[str, str], signal: str, name: str) -> Any:
     group = f"opentelemetry_{signal}_exporter"
     point_name = _point_name(environ, signal, name)
@@ -870,7 +732,7 @@ def validate_otel_env(environ: Mapping[str, str]) -> None:
     for signal in SIGNALS:
         for name in _exporter_names(environ, signal):
             if name != "prometheus" or signal != "metrics":
-                _entry_point(environ, signal, name)
+                _installed(environ, signal, name)
     for var in _TIMEOUT_VARS:
         try:
             _number(environ, var, whole=False, unit="seconds", maximum=_MAX_TIMEOUT_SECONDS)
@@ -927,7 +789,7 @@ def _credential_provider(environ: Mapping[str, str], signal: str) -> bool:
     )
 
 
-_Preferences = tuple[dict[type, AggregationTemporality] | None, dict[type, Aggregation] | None]
+_Preferences = tuple["dict[type, AggregationTemporality] | None", "dict[type, Aggregation] | None"]
 _OTLP_POINTS = frozenset(_PROTOCOLS.values())
 
 
@@ -936,6 +798,13 @@ def _otlp_metric_preferences(environ: Mapping[str, str], point_name: str) -> _Pr
     ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`` and
     ``OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION`` as the SDK (1.45) reads them: an
     unknown value means the default (the exporter itself logs that it ignored it)."""
+    from opentelemetry.sdk import metrics as instruments
+    from opentelemetry.sdk.metrics.export import AggregationTemporality
+    from opentelemetry.sdk.metrics.view import (
+        ExplicitBucketHistogramAggregation,
+        ExponentialBucketHistogramAggregation,
+    )
+
     cumulative, delta = AggregationTemporality.CUMULATIVE, AggregationTemporality.DELTA
     preference = (
         environ.get("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "CUMULATIVE").upper().strip()
@@ -953,17 +822,23 @@ def _otlp_metric_preferences(environ: Mapping[str, str], point_name: str) -> _Pr
         instruments.ObservableUpDownCounter,
         instruments.ObservableGauge,
     )
+    aggregation: Aggregation = (
+        ExponentialBucketHistogramAggregation()
+        if _exponential_histograms(environ, point_name)
+        else ExplicitBucketHistogramAggregation()
+    )
+    return dict(zip(kinds, chosen, strict=True)), {instruments.Histogram: aggregation}
+
+
+def _exponential_histograms(environ: Mapping[str, str], point_name: str) -> bool:
+    """Whether ``OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION`` asks the OTLP metric
+    exporter ``point_name`` for exponential histograms."""
     histogram = environ.get(
         "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION", "explicit_bucket_histogram"
     )
     if point_name != "otlp_proto_grpc":  # the SDK's gRPC exporter alone reads it case-sensitively
         histogram = histogram.strip().lower()
-    aggregation: Aggregation = (
-        ExponentialBucketHistogramAggregation()
-        if histogram == "base2_exponential_bucket_histogram"
-        else ExplicitBucketHistogramAggregation()
-    )
-    return dict(zip(kinds, chosen, strict=True)), {instruments.Histogram: aggregation}
+    return histogram == "base2_exponential_bucket_histogram"
 
 
 def _known_metric_preferences(environ: Mapping[str, str], name: str) -> _Preferences | None:
@@ -977,17 +852,39 @@ def _known_metric_preferences(environ: Mapping[str, str], name: str) -> _Prefere
     return None
 
 
+def _target(environ: Mapping[str, str], signal: str, name: str) -> str:
+    """What an exporter's failures are logged under: an OTLP/HTTP exporter's endpoint (redacted),
+    any other's name."""
+    if _point_name(environ, signal, name) == "otlp_proto_http":
+        return redact_url(_otlp_endpoint(environ, signal))
+    return name
+
+
+def _deferrable(environ: Mapping[str, str], signal: str, name: str) -> bool:
+    """Whether the exporter may be built when it first exports: an OTLP/HTTP exporter, whose
+    constructor reads only what :func:`validate_otel_env` checked (a credential provider, which it
+    loads from an entry point, is not deferred)."""
+    return _point_name(environ, signal, name) == "otlp_proto_http" and not _credential_provider(
+        environ, signal
+    )
+
+
 def _exporter(environ: Mapping[str, str], signal: str, name: str) -> tuple[Any, str, _Outcomes]:
-    """An exporter instance, the target its failures are logged under, and where their causes are."""
-    point = _entry_point(environ, signal, name)
-    target = name
+    """An exporter instance, the target its failures are logged under, and where their causes are.
+
+    The OTLP/HTTP exporters are the agent's to build (it gives them their session); any other is
+    its entry point's."""
+    point_name = _point_name(environ, signal, name)
+    point = None if point_name == "otlp_proto_http" else _entry_point(environ, signal, name)
+    target = _target(environ, signal, name)
     known = _known_metric_preferences(environ, name) if signal == "metrics" else None
     options: dict[str, Any] = (
         {} if known is None else {"preferred_temporality": known[0], "preferred_aggregation": known[1]}
     )
     try:
-        if point.name == "otlp_proto_http":
-            target = redact_url(_otlp_endpoint(environ, signal))
+        if point is None:
+            from agent.telemetry.session import BoundedSession
+
             # A credential provider brings its own session, which the SDK uses only if given none.
             session = None if _credential_provider(environ, signal) else BoundedSession()
             if signal == "traces":
@@ -1011,6 +908,7 @@ def build_telemetry(
     *,
     redactor: Redactor | None = None,
     trace_success_ratio: float = 1.0,
+    defer_exporters: bool = False,
 ) -> Telemetry:
     """Providers with the exporters the environment asks for (see the module docstring).
 
@@ -1020,6 +918,11 @@ def build_telemetry(
     the traces of the runs that
     :class:`~agent.telemetry.sampling.RunSamplingProcessor` keeps, successful runs at
     ``trace_success_ratio`` (``VANTAGE_TRACE_SUCCESS_RATIO``).
+
+    With ``defer_exporters`` (``vantage run``), the OTLP/HTTP exporters are built in a thread a
+    second after this returns, or when first used if that comes first, not before the first probe:
+    what they import (protobuf, the OTLP encoders, ``requests``, the SDK's metric data model) is a
+    fifth of the agent's start-up.
     """
     validate_otel_env(environ)
     if redactor is not None:
@@ -1044,11 +947,20 @@ def build_telemetry(
         _number(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", whole=True, unit="spans")
         or min(_SPAN_BATCH, queue)
     )
-    sessions: list[BoundedSession] = []
+    sessions = _Sessions()
+    deferred: list[_DeferredSpanExporter | _DeferredMetricExport] = []
     exporting: list[SpanProcessor] = []
     for name in trace_names:
-        exporter, target, outcomes = _exporter(environ, "traces", name)
-        sessions.extend([outcomes.session] if outcomes.session else [])
+        exporter: SpanExporter
+        if defer_exporters and _deferrable(environ, "traces", name):
+            outcomes = _Outcomes(None)
+            exporter = _DeferredSpanExporter(environ, name, outcomes, sessions)
+            deferred.append(exporter)
+            target = _target(environ, "traces", name)
+        else:
+            exporter, target, outcomes = _exporter(environ, "traces", name)
+            if outcomes.session is not None:
+                sessions.add(outcomes.session)
         processor = CountingBatchSpanProcessor(
             _CountingSpanExporter(exporter, name, stats, target, outcomes),
             stats,
@@ -1075,7 +987,7 @@ def build_telemetry(
 
     tables = MetricTables(redactor)
     exposition = None
-    exports: list[MetricExport] = []
+    exports: list[MetricExport | _DeferredMetricExport] = []
     interval = _number(environ, "OTEL_METRIC_EXPORT_INTERVAL", whole=False, unit="milliseconds") or 60_000.0
     timeout = _number(environ, "OTEL_METRIC_EXPORT_TIMEOUT", whole=False, unit="milliseconds") or 30_000.0
     for name in metric_names:
@@ -1084,31 +996,32 @@ def build_telemetry(
             # serves /metrics on its own port instead.
             exposition = ExpositionCache(tables, resource.attributes)
             continue
-        exporter, target, outcomes = _exporter(environ, "metrics", name)
-        sessions.extend([outcomes.session] if outcomes.session else [])
-        preferences = _known_metric_preferences(environ, name) or metric_preferences(exporter)
-        _note_histogram_aggregation(name, preferences[1])
-        # The OTLP/HTTP exporter's own encoder is most of a collection's cost: the agent encodes
-        # for it (agent/telemetry/otlp_wire.py) and sends through its client.
-        sender = (
-            otlp_http_sender(exporter)
-            if _entry_point(environ, "metrics", name).name == "otlp_proto_http"
-            else None
-        )
-        counting = _CountingMetricExporter(exporter, name, stats, target, outcomes, sender)
-        export = MetricExport(
-            tables,
-            resource,
-            scope,
-            counting,
+        build = partial(
+            _build_metric_export,
+            environ,
+            name,
+            tables=tables,
+            resource=resource,
+            scope=scope,
+            stats=stats,
+            sessions=sessions,
             interval=interval / 1000,
             timeout=timeout / 1000,
-            temporality=temporality_of(preferences[0]),
-            name=name,
-            send=counting.export_encoded if sender is not None else None,
         )
+        export: MetricExport | _DeferredMetricExport
+        if defer_exporters and _deferrable(environ, "metrics", name):
+            if _exponential_histograms(environ, _point_name(environ, "metrics", name)):
+                _warn_exponential_histograms(name)
+            export = _DeferredMetricExport(
+                partial(build, note=False), interval / 1000, name, stats, _target(environ, "metrics", name)
+            )
+            deferred.append(export)
+        else:
+            export = build()
         export.start()
         exports.append(export)
+    if deferred:
+        _build_later(deferred)
     return Telemetry(
         tracer_provider,
         tables,
@@ -1124,12 +1037,49 @@ def build_telemetry(
     )
 
 
-def _note_histogram_aggregation(name: str, aggregation: Mapping[type, Aggregation] | None) -> None:
-    """Histograms are explicit-bucket tables: say so when an exporter asks for exponential ones."""
-    if isinstance((aggregation or {}).get(instruments.Histogram), ExponentialBucketHistogramAggregation):
-        log.warning(
-            "metrics exporter %s: OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION asks for "
-            "base2_exponential_bucket_histogram; the agent's histograms are exported with their "
-            "explicit buckets (docs/metrics.md)",
-            name,
-        )
+def _build_metric_export(environ: Mapping[str, str], name: str, **kwargs: Any) -> MetricExport:
+    from agent.telemetry.metric_exports import build_metric_export
+
+    return build_metric_export(environ, name, **kwargs)
+
+
+def _warn_exponential_histograms(name: str) -> None:
+    """Histograms are explicit-bucket tables: said when an exporter asks for exponential ones."""
+    log.warning(
+        "metrics exporter %s: OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION asks for "
+        "base2_exponential_bucket_histogram; the agent's histograms are exported with their "
+        "explicit buckets (docs/metrics.md)",
+        name,
+    )
+
+
+_BUILD_AFTER = 1.0
+"""Seconds after the telemetry is built that its deferred exporters are: after the first probe of
+a check with a short interval, well before a shutdown needs them (building them then would spend
+the shutdown budget on imports)."""
+
+
+def _build_later(deferred: Sequence[_DeferredSpanExporter | _DeferredMetricExport]) -> None:
+    """Build the deferred exporters in a thread of their own, ``_BUILD_AFTER`` seconds from now.
+    Their imports hold the interpreter lock a millisecond at a time (``sys.setswitchinterval``),
+    so the event loop starts its runs on time meanwhile."""
+
+    def build() -> None:
+        time.sleep(_BUILD_AFTER)
+        for exporter in deferred:
+            try:
+                exporter.warm()
+            except Exception:  # the exporter tries again when it is used, and says why then
+                log.exception("an exporter could not be built after start-up")
+
+    threading.Thread(target=build, name="vantage-exporters", daemon=True).start()
+
+
+def __getattr__(name: str) -> Any:
+    """The OTLP/HTTP session's names, from the module that holds them (agent/telemetry/session.py),
+    imported with ``requests`` only when asked for."""
+    if name in ("MAX_ANSWER", "BoundedSession", "ExportAbandoned", "OversizedAnswer", "export_cause"):
+        from agent.telemetry import session
+
+        return getattr(session, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

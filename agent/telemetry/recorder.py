@@ -195,7 +195,7 @@ class _RunTracer:
             _current_span.reset(token)
 
 
-@dataclass
+@dataclass(slots=True)
 class CheckState:
     """What the status API shows of one check."""
 
@@ -294,6 +294,8 @@ class Recorder:
         self._tables, self._spans, self._redact = tables, spans, redactor
         self.region, self._clock, self._log_runs = region, clock, log_runs
         self._attrs: dict[str, dict[str, AttributeValue]] = {}
+        self._outcomes: dict[tuple[str, Any], tuple[str, Any]] = {}
+        """Each (result, reason) key of ``probe.runs``, one object kept by every check's series."""
         self.states: dict[str, CheckState] = {}
         self.in_flight = 0
         self._export_stats = export_stats or ExportStats()
@@ -327,6 +329,7 @@ class Recorder:
                 "target": target,
                 "region": self.region,
             }
+            self._tables.bind(check.name, self._attrs[check.name])
             self.states[check.name] = CheckState(entry, target)
 
     def forget(self, name: str) -> None:
@@ -410,7 +413,8 @@ class Recorder:
         self._success.set(name, None, attrs, 1.0 if result.success else 0.0)
         self._duration.set(name, None, attrs, duration)
         self._all_durations.record(name, None, attrs, duration)
-        self._runs.put_derived(name, (outcome["result"], result.reason), attrs, outcome, 1)
+        ran = (outcome["result"], result.reason)
+        self._runs.put_derived(name, self._outcomes.setdefault(ran, ran), attrs, outcome, 1)
         phase_metric = entry.probe.phase_metric
         if phase_metric and result.phases:
             phases = self._tables.tables.get(phase_metric)

@@ -93,6 +93,7 @@ class Table:
     """
 
     __slots__ = (
+        "bound",
         "bounds",
         "checks",
         "extras",
@@ -114,12 +115,17 @@ class Table:
         redact: Redactor,
         bounds: tuple[float, ...] = (),
         starts: dict[str | None, int] | None = None,
+        bound: dict[str | None, Attributes] | None = None,
     ) -> None:
         self.spec, self.kind, self.redact = spec, spec.kind, redact
         self.bounds = bounds
         self.checks: dict[str | None, Any] = {}
         """Each check's series: its only series when that is of key ``None``, else a dict of
-        them by key."""
+        them by key. A series is a ``Point`` or ``HistogramPoint``, or, for a gauge's series
+        whose attributes are its check's own (see :meth:`MetricTables.bind`) and whose extra is
+        the table's for its key, the bare value (:meth:`points` makes a ``Point`` of it)."""
+        self.bound: dict[str | None, Attributes] = {} if bound is None else bound
+        """Each check's own attributes, shared with :class:`MetricTables`."""
         self.starts: dict[str | None, int] = {} if starts is None else starts
         """When each check got its first series (ns): the start of all its series, one number
         shared by them (and by every table of :class:`MetricTables`)."""
@@ -161,23 +167,36 @@ class Table:
             start = self.starts[check] = time.time_ns()
         return start
 
-    def _add(self, check: str | None, key: Hashable, point: Any) -> None:
-        """Keep a new series: a check's only series, of key ``None`` (most of them), is kept as
-        it is, not in a dict of one (some 80 bytes a series saved)."""
+    def _keep(self, check: str | None, key: Hashable, series: Any) -> None:
+        """Keep a series, new or in the place of the one of its key: a check's only series, of
+        key ``None`` (most of them), is kept as it is, not in a dict of one (some 80 bytes a
+        series saved)."""
         entry = self.checks.get(check)
-        if entry is None:
-            self.checks[check] = point if key is None else {key: point}
-        elif entry.__class__ is dict:
-            entry[key] = point
+        if entry.__class__ is dict:
+            entry[key] = series
+        elif key is None or entry is None:
+            self.checks[check] = series if key is None else {key: series}
         else:
-            self.checks[check] = {None: entry, key: point}
+            self.checks[check] = {None: entry, key: series}
 
     def set(self, check: str | None, key: Hashable, attrs: Attributes, value: float) -> None:
         """Keep ``value`` as the series' last value (a gauge, or an observed total)."""
         entry = self.checks.get(check)  # the check's lone series (key None), or a dict of them
         point = entry.get(key) if entry.__class__ is dict else entry if key is None else None
-        if point is None:
-            self._add(check, key, Point(attrs, self._own(attrs), value, self._start(check)))
+        if point.__class__ is not Point:  # none yet, or a bare value
+            if key is None and attrs is self.bound.get(check) and self.kind is MetricKind.GAUGE:
+                if point is not None:  # the bare value of the check's lone series: replaced
+                    if entry.__class__ is dict:
+                        entry[None] = value
+                    else:
+                        self.checks[check] = value
+                    return
+                if self._own(attrs) is attrs:  # (else there was something to redact)
+                    self._start(check)
+                    self._keep(check, key, value)
+                    return
+            # A new series, or a bare one whose attributes are no longer its check's own.
+            self._keep(check, key, Point(attrs, self._own(attrs), value, self._start(check)))
             return
         if point.raw is not attrs and point.raw != attrs:
             point.raw, point.attrs = attrs, self._own(attrs)
@@ -188,7 +207,7 @@ class Table:
         entry = self.checks.get(check)  # the check's lone series (key None), or a dict of them
         point = entry.get(key) if entry.__class__ is dict else entry if key is None else None
         if point is None:
-            self._add(check, key, Point(attrs, self._own(attrs), float(value), self._start(check)))
+            self._keep(check, key, Point(attrs, self._own(attrs), float(value), self._start(check)))
             return
         if point.raw is not attrs and point.raw != attrs:
             point.raw, point.attrs = attrs, self._own(attrs)
@@ -206,18 +225,34 @@ class Table:
             return
         entry = self.checks.get(check)  # the check's lone series (key None), or a dict of them
         point = entry.get(key) if entry.__class__ is dict else entry if key is None else None
-        if point is not None and point.raw is base:
-            if self.kind is MetricKind.COUNTER:
-                point.value += value
+        gauge = self.kind is MetricKind.GAUGE
+        if point.__class__ is Point:
+            if point.raw is base:
+                if gauge:
+                    point.value = value
+                else:
+                    point.value += value
+                return
+        elif point is not None and gauge and base is self.bound.get(check):
+            # A bare value (its extra is the table's for its key): replaced.
+            if entry.__class__ is dict:
+                entry[key] = value
             else:
-                point.value = value
+                self.checks[check] = value
             return
         shared = self.extras.get(key)
         if shared is None or shared != extra:
             shared = self.extras[key] = self._own(extra)
         if point is None:
+            if gauge and base is self.bound.get(check) and self._own(base) is base:
+                self._start(check)
+                self._keep(check, key, float(value))
+                return
             point = Point(base, self._own(base), float(value), self._start(check))
-            self._add(check, key, point)
+            self._keep(check, key, point)
+        elif point.__class__ is not Point:  # a bare value whose base is no longer its check's own
+            point = Point(base, self._own(base), value, self._start(check))
+            self._keep(check, key, point)
         else:
             point.raw, point.attrs = base, self._own(base)
             point.value = point.value + value if self.kind is MetricKind.COUNTER else value
@@ -245,10 +280,10 @@ class Table:
         counter = self.kind is MetricKind.COUNTER
         entry = self.checks.get(check)  # the check's lone series (key None), or a dict of them
         point = entry.get(key) if entry.__class__ is dict else entry if key is None else None
-        if point is None:
+        if point is None or point.__class__ is not Point:  # (a bare value: made a Point)
             point = Point(base, self._own(base), float(value) if counter else value, self._start(check))
             point.extra = shared
-            self._add(check, key, point)
+            self._keep(check, key, point)
             return
         if point.raw is not base or point.extra is not shared:
             point.raw, point.attrs, point.extra = base, self._own(base), shared
@@ -263,7 +298,7 @@ class Table:
         point = entry.get(key) if entry.__class__ is dict else entry if key is None else None
         if point is None:
             point = HistogramPoint(attrs, self._own(attrs), len(self.bounds) + 1, self._start(check))
-            self._add(check, key, point)
+            self._keep(check, key, point)
         elif point.raw is not attrs and point.raw != attrs:
             point.raw, point.attrs = attrs, self._own(attrs)
         point.sum += value
@@ -279,12 +314,44 @@ class Table:
         point.counts[bisect_left(self.bounds, value)] += 1
 
     def points(self) -> Iterator[Any]:
-        """Every series (``Point`` or ``HistogramPoint``), safe to call from another thread."""
-        for entry in list(self.checks.values()):
+        """Every series (``Point`` or ``HistogramPoint``; a bare value as a ``Point`` made for the
+        occasion), safe to call from another thread."""
+        for check, entry in list(self.checks.items()):
             if entry.__class__ is dict:
-                yield from list(entry.values())
-            else:
+                for key, point in list(entry.items()):
+                    if point.__class__ in _POINTS:
+                        yield point
+                    elif (made := self._point(check, key, point)) is not None:
+                        yield made
+            elif entry.__class__ in _POINTS:
                 yield entry
+            elif (made := self._point(check, None, entry)) is not None:
+                yield made
+
+    def samples(self) -> Iterator[tuple[Attributes, Attributes | None, float, int]]:
+        """Every series of a gauge or counter as (attributes, extra, value, start): :meth:`points`
+        without making a ``Point`` of a bare value."""
+        bound, extras, starts = self.bound, self.extras, self.starts
+        for check, entry in list(self.checks.items()):
+            if entry.__class__ is dict:
+                for key, point in list(entry.items()):
+                    if point.__class__ is Point:
+                        yield point.attrs, point.extra, point.value, point.start
+                    elif (attrs := bound.get(check)) is not None:
+                        extra = None if key is None else extras.get(key)
+                        yield attrs, extra, point, starts.get(check, 0)
+            elif entry.__class__ is Point:
+                yield entry.attrs, entry.extra, entry.value, entry.start
+            elif (attrs := bound.get(check)) is not None:
+                yield attrs, None, entry, starts.get(check, 0)
+
+    def _point(self, check: str | None, key: Hashable, value: float) -> Point | None:
+        attrs = self.bound.get(check)
+        if attrs is None:  # the check was just forgotten
+            return None
+        point = Point(attrs, attrs, value, self.starts.get(check, 0))
+        point.extra = None if key is None else self.extras.get(key)
+        return point
 
     def __len__(self) -> int:
         return sum(len(e) if e.__class__ is dict else 1 for e in list(self.checks.values()))
@@ -296,6 +363,9 @@ def attributes_of(point: Point | HistogramPoint) -> Attributes:
     return point.attrs if extra is None else {**point.attrs, **extra}
 
 
+_POINTS = (Point, HistogramPoint)
+
+
 class MetricTables:
     """The tables of every metric the agent may emit, in the order they were declared."""
 
@@ -303,6 +373,13 @@ class MetricTables:
         self.redactor = redactor or Redactor()
         self.tables: dict[str, Table] = {}
         self._starts: dict[str | None, int] = {}
+        self._bound: dict[str | None, Attributes] = {}
+
+    def bind(self, check: str, attrs: Attributes) -> None:
+        """``attrs`` are ``check``'s own attributes, the one object its runs record most series
+        with: a gauge's series that has them (and, by its key, the table's extra) is kept as its
+        bare value, not as a ``Point`` (some 80 bytes a series; 8 of an http check's 15)."""
+        self._bound[check] = attrs
 
     def declare(self, spec: MetricSpec) -> Table:
         """The table of ``spec`` (made on first use; a second spec of the same name gets the first
@@ -310,7 +387,7 @@ class MetricTables:
         table = self.tables.get(spec.name)
         if table is None:
             bounds = tuple(spec.buckets or ()) if spec.kind is MetricKind.HISTOGRAM else ()
-            table = self.tables[spec.name] = Table(spec, self.redactor, bounds, self._starts)
+            table = self.tables[spec.name] = Table(spec, self.redactor, bounds, self._starts, self._bound)
         return table
 
     def observe(self, spec: MetricSpec, observer: Observer) -> Table:
@@ -324,6 +401,7 @@ class MetricTables:
         for table in list(self.tables.values()):
             table.checks.pop(check, None)
         self._starts.pop(check, None)
+        self._bound.pop(check, None)
 
     def refresh(self) -> None:
         """Read the observed metrics into their tables; collections call it first."""
