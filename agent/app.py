@@ -31,7 +31,7 @@ from agent.process.handover import inherited_socket
 from agent.reload import Reloader
 from agent.schedule.scheduler import Scheduler
 from agent.schedule.sharding import select
-from agent.sdk.durations import format_duration
+from agent.sdk.durations import format_duration, plural
 from agent.sdk.probe import Clock, ProbeContext, SystemClock
 from agent.server.inbound import Inbound, Route, inbound_checks, peer_route
 from agent.server.inbox import Inbox
@@ -89,12 +89,15 @@ def build_agent(
     set_global_providers: bool = False,
     span_processors: Sequence[SpanProcessor] = (),
     defer_exporters: bool = False,
+    http: HttpClientFactory | None = None,
 ) -> Agent:
     """Wire the parts together; nothing runs yet.
 
     ``resolve`` maps names to addresses for the HTTP client (tests: names for TLS on loopback);
     with it, any other name fails as a DNS failure without a query. ``defer_exporters``: the
-    OTLP/HTTP exporters are built when they first export (see :func:`build_telemetry`)."""
+    OTLP/HTTP exporters are built when they first export (see :func:`build_telemetry`). ``http``
+    replaces the HTTP client factory (``vantage once -v`` passes one that keeps each exchange for
+    its report)."""
     settings = config.settings
     clock = clock or SystemClock()
     resource = build_resource(environ, region=settings.region, version=__version__, worker=config.worker)
@@ -119,7 +122,7 @@ def build_agent(
     )
     entries = select(config.entries, settings.region, config.shard, config.worker)
     recorder.register(entries)
-    http = HttpClientFactory(user_agent=f"Vantage/{__version__}", resolve=resolve)
+    http = http or HttpClientFactory(user_agent=f"Vantage/{__version__}", resolve=resolve)
     check_log = logging.getLogger("vantage.probe")
     inbox = Inbox()
     # Per-check state lives here, not in the probes (one instance per type serves every check);
@@ -219,7 +222,7 @@ async def flush_telemetry(telemetry: Telemetry, budget: float, *, shutdown: bool
     with anyio.move_on_after(budget) as scope:
         await anyio.to_thread.run_sync(work, budget, abandon_on_cancel=True)
     if scope.cancelled_caught:
-        log.warning("telemetry was not flushed within %.1fs; unsent data is dropped", budget)
+        log.warning("telemetry was not flushed within %s; unsent data is dropped", format_duration(budget))
 
 
 class Shutdown:
@@ -311,10 +314,10 @@ async def serve(
         async with anyio.create_task_group() as tg:
             port = await tg.start(agent.server.serve)
             log.info(
-                "vantage %s listening on port %d; %d checks in region %s (shard %d/%d)",
+                "vantage %s listening on port %d; %s in region %s (shard %d/%d)",
                 __version__,
                 port,
-                len(agent.entries),
+                plural(len(agent.entries), "check"),
                 agent.config.settings.region,
                 agent.config.shard.index,
                 agent.config.shard.count,

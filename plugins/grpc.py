@@ -189,9 +189,7 @@ class GrpcProbe(Probe[GrpcSettings]):
             code, error_type = grpc.StatusCode.UNAVAILABLE, reason.value
         except h2.exceptions.ProtocolError as exc:
             code, error_type, reason = grpc.StatusCode.INTERNAL, "protocol", Reason.PROTOCOL
-            message = (
-                f"the server at {host}:{port} does not speak gRPC's HTTP/2 ({type(exc).__name__}: {exc})"
-            )
+            message = f"the server at {host}:{port} does not speak gRPC's HTTP/2: {exc}"
         except grpc.aio.AioRpcError as exc:
             code, error_type = exc.code(), exc.code().name
             reason, message = map_exception(exc, host=host, port=port)
@@ -300,7 +298,9 @@ async def _exchange(
         data = await reader.read(_MAX_MESSAGE)
         if not data:
             if opening:
-                raise h2.exceptions.ProtocolError(f"it answered {opening[:40]!r}")
+                # Its first line as text ("HTTP/1.0 400 Bad Request"), not a bytes repr.
+                first = opening.split(b"\r\n", 1)[0][:60].decode("ascii", "replace")
+                raise h2.exceptions.ProtocolError(f"it answered {first!r}")
             raise ConnectionResetError("the server closed the connection before answering the call")
         events = conn.receive_data(data)
         opening = b"" if events else (opening + data)[:64]

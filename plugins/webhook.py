@@ -61,11 +61,12 @@ from agent.sdk import (
     StepResult,
     Subject,
     format_duration,
+    plural,
 )
 
 from ._toolkit.inbound import LastSeen, content_type_problem, token_problem
 from ._toolkit.signatures import Signature
-from ._toolkit.steps import STEP_METRICS, Extraction, FlowSettings, StepRunner
+from ._toolkit.steps import STEP_METRICS, Extraction, FlowSettings, StepRunner, render
 
 __all__ = ["WebhookProbe", "WebhookSettings"]
 
@@ -81,6 +82,10 @@ class WebhookSettings(ProbeSettings):
     """Active: the HTTP steps that make the vendor send a webhook; ``${run_id}`` is the run's id."""
     correlation: Extraction | None = None
     """Active: where a delivery carries the run id (``{path: "$.data.id"}``, ``{source: header, ...}``)."""
+    correlate_to: str | None = None
+    """Active: what ``correlation`` must equal, when not ``${run_id}``: a value the trigger
+    extracted, such as the id of the object it created (``${steps.create.id}``), for vendors that
+    generate the id the webhook carries (Stripe)."""
     wait: Duration | None = None
     """Active: how long to wait for the delivery after the trigger; by default until 90% of the
     check's timeout."""
@@ -104,6 +109,11 @@ class WebhookSettings(ProbeSettings):
             )
         if self.mode == "active" and (self.trigger is None or self.correlation is None):
             raise ValueError("active mode needs a 'trigger' and the 'correlation' that finds ${run_id}")
+        if self.correlate_to is not None:
+            if self.mode != "active" or self.trigger is None:
+                raise ValueError("'correlate_to' is for active mode, after a 'trigger'")
+            if problem := self.trigger.reference_problem(self.correlate_to):
+                raise ValueError(f"'correlate_to': {problem}")
         if self.mode == "passive" and self.window is None:
             raise ValueError("passive mode needs the 'window' in which a delivery is expected")
         return self
@@ -218,11 +228,20 @@ class WebhookProbe(Probe[WebhookSettings]):
         clock = ctx.clock
         started = clock.monotonic()
         run_id = uuid.uuid4().hex
-        triggered = await self._trigger.execute(check, settings.trigger, ctx, run_id)
+        extracted: dict[str, Any] = {}
+        triggered = await self._trigger.execute(check, settings.trigger, ctx, run_id, context_out=extracted)
         samples.extend(triggered.samples)
         if not triggered.success:
             return _trigger_failed(triggered, samples)
-        sent = _Sent(run_id, clock.monotonic(), clock.time())
+        expected = run_id
+        if settings.correlate_to is not None:
+            try:
+                expected = render(settings.correlate_to, extracted)
+            except ValueError as exc:
+                return ProbeResult.failure(
+                    Reason.ASSERTION, f"correlate_to: {exc}", samples=tuple(samples), steps=triggered.steps
+                )
+        sent = _Sent(expected, clock.monotonic(), clock.time())
         wait = settings.wait if settings.wait is not None else check.timeout * 0.9
         remaining = max(0.0, wait - (clock.monotonic() - started))
         found, rejected = await self._wait_for_delivery(
@@ -232,7 +251,7 @@ class WebhookProbe(Probe[WebhookSettings]):
             dict(triggered.values), samples, {"vantage.webhook.run_id": run_id}, triggered.steps
         )
         if found is None:
-            _DeliveriesSeen.remember(tracker.waiting, run_id, sent.monotonic)
+            _DeliveriesSeen.remember(tracker.waiting, sent.run_id, sent.monotonic)
             return _undelivered(findings, sent, wait, rejected)
         return _delivered(found, settings, ctx, tracker, findings, sent)
 
@@ -320,7 +339,7 @@ class WebhookProbe(Probe[WebhookSettings]):
             subject = Subject(None, request.headers, request.body, 0.0, redact=ctx.redact)
             outcomes = tuple(assertion.evaluate(subject) for assertion in settings.assertions)
             failed = next((outcome for outcome in outcomes if not outcome.passed), None)
-            failure = f"{failed.assertion}: {failed.message}" if failed is not None else None
+            failure = failed.summary if failed is not None else None
         now = ctx.clock.monotonic()
         last = tracker.last.monotonic
         values: dict[str, float] = {}
@@ -403,7 +422,8 @@ def _undelivered(findings: _Findings, sent: _Sent, wait: float, rejected: list[s
     if rejected:
         return findings.result(
             Reason.SIGNATURE,
-            f"{len(rejected)} delivery(ies) rejected while waiting, none valid: {rejected[-1]}",
+            f"{plural(len(rejected), 'delivery', 'deliveries')} rejected while waiting, "
+            f"none valid: {rejected[-1]}",
         )
     return findings.result(
         Reason.NOT_DELIVERED,
@@ -446,6 +466,6 @@ def _delivered(
     span.fail("assertion", failed.message)
     return findings.result(
         Reason.ASSERTION,
-        f"the webhook arrived after {format_duration(latency)}, but {failed.assertion}: {failed.message}",
+        f"the webhook arrived after {format_duration(latency)}, but {failed.summary}",
         assertions=outcomes,
     )

@@ -207,7 +207,7 @@ def test_libcurl_codes_map_to_the_agents_reasons() -> None:
     # A status line that is not HTTP, and a header over libcurl's limit, are the response's fault.
     assert map_curl_error(1, "Received HTTP/0.9 when not allowed") == (
         Reason.PROTOCOL,
-        "malformed HTTP response: Received HTTP/0.9 when not allowed",
+        "malformed HTTP response: no HTTP status line (the server answered something else than HTTP)",
     )
     assert map_curl_error(100, "") == (
         Reason.PROTOCOL,

@@ -205,7 +205,7 @@ async def test_a_closed_udp_port_is_refused_at_once_not_a_timeout() -> None:
     results, _ = await run_checks([query("closed", port, timeout="30s")])
     closed = results["closed"]
     assert closed.reason is Reason.CONNECT, closed.message
-    assert closed.message == f"cannot connect to 127.0.0.1:{port}: Connection refused"
+    assert closed.message == f"connection refused by 127.0.0.1:{port}"
     assert closed.values["probe.dns.query_succeeded"] == 0
     assert closed.values["probe.ip_protocol"] == 4  # the address asked, as blackbox reports it
     assert "connect" in closed.phases and "request" not in closed.phases
@@ -287,7 +287,7 @@ def test_new_settings_are_checked_at_load() -> None:
         config_from(check(source_ip_address="ns.example"))
     with pytest.raises(ConfigError, match="is not a valid regular expression"):
         config_from(check(authority=[{"op": "all_match", "value": "(x"}]))
-    with pytest.raises(ConfigError, match=r"field 'settings\.additional\.0\.match_on'"):
+    with pytest.raises(ConfigError, match=r"field 'settings\.additional\[0\]\.match_on'"):
         config_from(check(additional=[{"op": "matches", "value": "x", "match_on": "owner"}]))
     config_from(
         check(type="ds", query_class="CH", transport="tls", authority=[{"op": "contains", "value": "x"}])

@@ -307,7 +307,9 @@ async def test_a_server_that_does_not_speak_grpc() -> None:
         await server.wait_closed()
     result = results["http1"]
     assert result.reason is Reason.PROTOCOL, result.message
-    assert result.message.startswith(f"the server at 127.0.0.1:{port} does not speak gRPC's HTTP/2")
+    assert result.message == (
+        f"the server at 127.0.0.1:{port} does not speak gRPC's HTTP/2: it answered 'HTTP/1.1 400 Bad Request'"
+    )
 
 
 async def test_client_certificate(ca: trustme.CA, ca_file: Path, tmp_path: Path) -> None:

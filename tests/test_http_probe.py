@@ -185,7 +185,7 @@ async def test_success_with_assertions_phases_and_spans() -> None:
             "/status/404",
             {"assert": [{"source": "status", "op": "eq", "value": 200}]},
             Reason.HTTP_STATUS,
-            "HTTP 404",
+            "HTTP 404 (expected status eq 200)",
         ),
         ("/status/401", {}, Reason.AUTH, "HTTP 401: the credential was rejected"),
         ("/status/403", {}, Reason.AUTH, "HTTP 403: the credential was accepted but lacks the permission"),
@@ -241,6 +241,8 @@ async def test_connection_refused_and_dns_failure() -> None:
         names={},
     )
     assert results["refused"].reason is Reason.CONNECT
+    # libcurl's errno in a person's words, not its "Failed to connect ... Could not connect to server".
+    assert results["refused"].message == f"connection refused by 127.0.0.1:{port}"
     # As blackbox_exporter reports a run that got no response: zeros, not absent figures.
     refused = results["refused"].values
     for name in ("status_code", "content_length", "uncompressed_body_length", "redirects", "version", "ssl"):

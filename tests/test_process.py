@@ -75,7 +75,7 @@ def test_validate_accepts_and_rejects() -> None:
     good = yaml.safe_dump({"checks": [{"name": "a", "type": "http", "target": "https://api.example/"}]})
     result = vantage("validate", env={"VANTAGE_CHECKS": good, "VANTAGE_REGION": "eu"})
     assert result.returncode == 0, result.stderr
-    assert "configuration OK: 1 checks from VANTAGE_CHECKS; 1 run in region eu" in result.stdout
+    assert "configuration OK: 1 check from VANTAGE_CHECKS; 1 run in region eu" in result.stdout
 
     bad = yaml.safe_dump({"checks": [{"name": "a", "type": "smtp", "target": "x"}]})
     result = vantage("validate", env={"VANTAGE_CHECKS": bad})

@@ -166,12 +166,18 @@ async def test_the_heartbeat_stays_fresh_between_rare_ticks() -> None:
         tg.cancel_scope.cancel()
 
 
-async def test_a_rate_limited_check_backs_off_until_retry_after() -> None:
+async def test_a_rate_limited_check_backs_off_until_retry_after(caplog: pytest.LogCaptureFixture) -> None:
     # interval 10s, every run answers 429 with Retry-After: 25s
     #   run ─ 429 | skip | skip | run ─ 429 | skip | skip | run ...
     clock = FakeClock()
     agent, probe = make_agent([sleep_check("limited", 10, retry_after=25)], clock)
-    await run_for(agent, clock, 89.999)
+    with caplog.at_level(logging.INFO, logger="vantage.scheduler"):
+        await run_for(agent, clock, 89.999)
+    # Logged when each back-off starts and when it ends: three starts, two ends in 90s.
+    said = [r.getMessage() for r in caplog.records if "back" in r.getMessage()]
+    started = [m for m in said if m.startswith("check limited backs off for 25s, as the target asked (")]
+    ended = [m for m in said if m == "check limited: back-off over, probing again"]
+    assert (len(started), len(ended)) == (3, 2), said
     state = agent.recorder.states["limited"]
     gaps = {
         round(b - a, 6) for a, b in zip(probe.starts["limited"], probe.starts["limited"][1:], strict=False)

@@ -121,7 +121,9 @@ def test_short_references_are_refused_naming_the_reference(tmp_path: Path) -> No
         message = str(caught.value)
         assert ref in message and "cannot redact" in message and "belongs in the check file" in message
         assert "zq" not in message and "Q7" not in message
-    assert resolver.resolve("a${EMPTY}b ${OK}") == "ab long-enough"
+    with pytest.raises(LookupError, match="environment variable EMPTY is empty"):
+        resolver.resolve("a${EMPTY}b")
+    assert resolver.resolve("a ${OK}") == "a long-enough"
 
 
 def test_a_secret_that_is_not_utf8_is_refused(tmp_path: Path) -> None:

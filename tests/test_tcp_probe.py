@@ -157,7 +157,7 @@ async def test_the_same_failure_reads_the_same_in_the_tcp_tls_and_http_probes(ca
     for name in ("tcp", "tls", "http"):
         assert results[name].reason is Reason.TLS, (name, results[name].message)
         assert results[name].message.startswith(rejected), (name, results[name].message)
-    refused = f"cannot connect to 127.0.0.1:{closed}: "
+    refused = f"connection refused by 127.0.0.1:{closed}"
     for name in ("tcp-closed", "tls-closed"):
         assert results[name].reason is Reason.CONNECT, (name, results[name].message)
-        assert results[name].message.startswith(refused), (name, results[name].message)
+        assert results[name].message == refused, (name, results[name].message)

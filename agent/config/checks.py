@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.config.secrets import SecretResolver
+from agent.config._explain import Problem, did_you_mean, explain, field_path
+from agent.config.secrets import SecretResolver, has_reference
 from agent.errors import ConfigError, PluginError
 from agent.sdk.durations import Duration, parse_duration
 from agent.sdk.types import DEFAULT_TIMEOUT, Check, check_labels
@@ -60,6 +61,10 @@ class _CheckFile(BaseModel):
     checks: list[dict[str, Any]] = Field(default_factory=list)
 
 
+Progress = Callable[[int, int], None]
+"""Told ``(0, total)`` once a large check set is read, then ``(done, total)`` as it is validated."""
+
+
 _TRIM_ABOVE = 256 * 1024  # characters of a document after which the C heap is trimmed
 
 
@@ -75,37 +80,69 @@ def _trim() -> None:
         pass
 
 
-class _Rejected(Exception):
-    """One check's problem, worded for the operator: that check is left out, the others go on."""
-
-
 def parse_checks(
     text: str,
     *,
     source: str,
     resolver: SecretResolver,
     load_probe: Callable[[str], Probe[Any]],
+    probe_types: Sequence[str] = (),
+    offline: bool = False,
+    locate: bool = False,
+    progress: Progress | None = None,
 ) -> list[CheckEntry]:
-    """Parse a check document into entries, or raise one ConfigError listing every problem."""
-    defaults, raws = _read_document(text, source)
+    """Parse a check document into entries, or raise one ConfigError listing every problem.
+
+    Every problem of a check is reported, its settings' included, in the user's words.
+    ``offline``: secret references are checked for their form but not resolved, and files that
+    settings name need not exist (``vantage validate --offline``, in CI). ``locate``: the text is
+    a file, and each problem names its line. ``probe_types`` are the installed types, for a
+    "did you mean" when a check names another.
+    """
+    lines = _Lines(text) if locate else None
+    defaults, raws = _read_document(text, source, lines)
     errors: list[str] = []
     entries: list[CheckEntry] = []
     seen: dict[str, int] = {}
     settings: dict[tuple[str, str], BaseModel] = {}
     shared = _Shared()
-    for index in range(len(raws)):
+    total = len(raws)
+    if progress is not None and total >= _PROGRESS_EVERY:
+        progress(0, total)
+    for index in range(total):
         # Each raw check is let go of once read, so that the next check's objects take the
         # memory it leaves rather than new memory (the whole document would otherwise die at the
         # end, leaving holes between the checks that stay).
         raw, raws[index] = raws[index], None
-        where = f"check {raw.get('name')!r} (checks[{index}])" if "name" in raw else f"checks[{index}]"
-        try:
-            # In this order: the check's own fields, its name, then what its probe type says.
-            check = shared.check(_validate_check(_with_defaults(raw, defaults), resolver, source, where))
-            _claim_name(check, index, seen, source, where)
-            entries.append(_bind_probe(check, load_probe, source, where, settings))
-        except _Rejected as exc:
-            errors.append(str(exc))
+        if progress is not None and index and index % _PROGRESS_EVERY == 0:
+            progress(index, total)
+        name = raw.get("name")
+        where = f"check {name!r} (checks[{index}])" if isinstance(name, str) else f"checks[{index}]"
+        problems: list[Problem] = []
+        # In this order: the check's own fields, its name, then what its probe type says; every
+        # problem found is reported, not only the first.
+        merged = _with_defaults(raw, defaults)
+        check, fields, references = _validate_check(merged, resolver, problems, offline=offline)
+        if check is not None:
+            check = shared.check(check)
+            _claim_name(check, index, seen, problems)
+        entry = _bind_probe(
+            check,
+            fields,
+            load_probe,
+            problems,
+            settings,
+            references=references,
+            offline=offline,
+            probe_types=probe_types,
+        )
+        if entry is None and offline and not problems:
+            entry = _unresolved(fields, load_probe)
+        if entry is not None:
+            entries.append(entry)
+        errors += [_line(source, where, problem, lines, index) for problem in problems]
+    if progress is not None and total >= _PROGRESS_EVERY:
+        progress(total, total)
     if errors:
         raise ConfigError("\n".join(errors))
     if len(text) >= _TRIM_ABOVE:
@@ -113,13 +150,87 @@ def parse_checks(
     return entries
 
 
-def _read_document(text: str, source: str) -> tuple[Defaults, list[Any]]:
+_PROGRESS_EVERY = 5000
+
+
+class _Lines:
+    """Where each field is in the file, found only when a problem must be located: the document
+    is composed again into nodes, which carry their line (libyaml's composer where PyYAML has it;
+    the fast loader that built the checks keeps no marks)."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._root: Any = None
+        self._composed = False
+
+    def line(self, index: int, path: Sequence[str | int]) -> int | None:
+        """The line of ``path`` in the check at ``index`` (of the check, where the path ends)."""
+        return self.line_at(("checks", index, *path))
+
+    def line_at(self, path: Sequence[str | int]) -> int | None:
+        """The line of ``path`` from the top of the document, or of as much of it as is there."""
+        import yaml
+
+        node = self._compose()
+        if node is None:
+            return None
+        if isinstance(node, yaml.SequenceNode) and path[:1] == ("checks",):
+            path = path[1:]  # a bare list of checks, read as {"checks": [...]}
+        line: int | None = None
+        for part in path:
+            found = _child(node, part)
+            if found is None:
+                break
+            key, node = found
+            line = int((key or node).start_mark.line) + 1
+        return line
+
+    def _compose(self) -> Any:
+        if not self._composed:
+            import yaml
+
+            self._composed = True
+            from agent.config._yaml import compose_yaml
+
+            try:
+                self._root = compose_yaml(self._text)
+            except yaml.YAMLError:
+                self._root = None
+        return self._root
+
+
+def _child(node: Any, part: str | int) -> tuple[Any, Any] | None:
+    """The (key node, value node) of ``part`` in a mapping node, or (None, item) of a sequence."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        return next(((k, v) for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        return None, node.value[part]
+    return None
+
+
+def _line(source: str, where: str, problem: Problem, lines: _Lines | None, index: int) -> str:
+    """One problem as a line of the error: the source (and line), the check, the field."""
+    line = lines.line(index, problem.path) if lines is not None else None
+    head = f"{source}, line {line}: " if line else f"{source}: "
+    path = field_path(problem.path)
+    if problem.unknown:
+        message = f": {problem.message}" if problem.message else ""
+        return f"{head}unknown field '{path}' in {where}{message}"
+    field = f"field '{path}'" if path else "check"
+    return f"{head}{where}, {field}: {problem.message}"
+
+
+def _read_document(text: str, source: str, lines: _Lines | None = None) -> tuple[Defaults, list[Any]]:
     """The document's ``defaults`` and raw ``checks``; a bare list is a list of checks."""
     if text.lstrip().startswith("{"):
         try:
             document = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{source}: not valid YAML or JSON: {exc}") from None
+            raise ConfigError(
+                f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
+            ) from None
     else:
         document = _load_yaml(text, source)
     if document is None:
@@ -131,7 +242,21 @@ def _read_document(text: str, source: str) -> tuple[Defaults, list[Any]]:
     try:
         parsed = _CheckFile.model_validate(document)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        if lines is None:
+            raise ConfigError(format_validation_error(exc, source, model=_CheckFile)) from None
+        found = []
+        for problem in explain(exc, _CheckFile):
+            line = lines.line_at(problem.path)
+            head = f"{source}, line {line}: " if line else f"{source}: "
+            path = field_path(problem.path)
+            if problem.unknown:
+                found.append(
+                    f"{head}unknown field '{path}'" + (f": {problem.message}" if problem.message else "")
+                )
+            else:
+                found.append(f"{head}field '{path}': {problem.message}")
+        raise ConfigError("\n".join(found)) from None
+
     # The document's own list, now known to be a list of mappings: the model's copy of it goes.
     checks = document.get("checks")
     return parsed.defaults, checks if isinstance(checks, list) else []
@@ -150,14 +275,14 @@ def _load_yaml(text: str, source: str) -> Any:
 
     import yaml  # a JSON document (an inline VANTAGE_CHECKS) is read without either
 
+    from agent.config._yaml import load_yaml
+
     try:
-        # libyaml's safe loader where PyYAML has it: the pure-Python one peaks at some 60 MiB
-        # more for 10,000 checks (its node graph).
-        buffer = pickle.dumps(
-            yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)), pickle.HIGHEST_PROTOCOL
-        )
+        # libyaml's loader where PyYAML has it, without PyYAML's detours (agent/config/_yaml.py):
+        # the pure-Python one peaks at some 60 MiB more for 10,000 checks (its node graph).
+        buffer = pickle.dumps(load_yaml(text), pickle.HIGHEST_PROTOCOL)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML or JSON: {exc}") from None
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
     return pickle.loads(buffer)
 
 
@@ -196,6 +321,18 @@ class _Shared:
         return self._mappings.setdefault(key, value)
 
 
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML error as "line 3, column 7: <problem> (<context> at line 1, column 9)", from the
+    marks the parser gives (libyaml's too)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    if context and context_mark is not None and (mark is None or context_mark.line != mark.line):
+        context += f" started at line {context_mark.line + 1}, column {context_mark.column + 1}"
+    return where + problem + (f" ({context})" if context else "")
+
+
 def _with_defaults(raw: dict[str, Any], defaults: Defaults) -> dict[str, Any]:
     """The raw check with the file's defaults filled in (labels merged, the check's winning)."""
     merged = dict(raw)
@@ -214,25 +351,110 @@ def _with_defaults(raw: dict[str, Any], defaults: Defaults) -> dict[str, Any]:
     return merged
 
 
-def _validate_check(merged: dict[str, Any], resolver: SecretResolver, source: str, where: str) -> Check:
-    """Secret references resolved, then the check's own fields validated."""
+def _validate_check(
+    merged: dict[str, Any],
+    resolver: SecretResolver,
+    problems: list[Problem],
+    *,
+    offline: bool,
+) -> tuple[Check | None, dict[str, Any], set[Path_]]:
+    """Secret references resolved, then the check's own fields validated (None if any is bad);
+    with the resolved fields and the paths of those that held a reference."""
+    resolved, references = _resolve(merged, resolver, problems)
     try:
-        resolved = resolver.resolve_tree(merged)
-    except LookupError as exc:
-        raise _Rejected(f"{source}: {where}, field {exc}") from None
-    try:
-        return Check.model_validate(resolved)
+        return Check.model_validate(resolved), resolved, references
     except ValidationError as exc:
-        raise _Rejected(format_validation_error(exc, source, where)) from None
+        problems += _kept(explain(exc, Check), references, offline)
+        return None, resolved, references
 
 
-def _claim_name(check: Check, index: int, seen: dict[str, int], source: str, where: str) -> None:
+Path_ = tuple[str | int, ...]
+
+
+def _resolve(
+    merged: dict[str, Any], resolver: SecretResolver, problems: list[Problem]
+) -> tuple[Any, set[Path_]]:
+    """The check with its references resolved, and the paths of the fields that held one.
+
+    Every reference that cannot be used is a problem of its field: all of them, not the first.
+    """
+    references: set[Path_] = set()
+
+    def text(value: str, path: Path_) -> str:
+        try:
+            resolved = resolver.resolve(value)
+        except LookupError as exc:
+            problems.append(Problem(path, str(exc)))
+            references.add(path)
+            return value
+        if resolved != value or has_reference(value):
+            references.add(path)
+        return resolved
+
+    def walk(value: Any, path: Path_) -> Any:
+        # Copy on write, and a path made only where it is needed: most of a large check set
+        # holds no "$" at all, and this walk runs over every value of every check.
+        if isinstance(value, Mapping):
+            changed: dict[Any, Any] | None = None
+            for key, item in value.items():
+                kind = type(item)
+                if kind is str:
+                    new = text(item, (*path, str(key))) if "$" in item else item
+                elif kind is dict or kind is list or isinstance(item, Mapping):
+                    new = walk(item, (*path, str(key)))
+                else:
+                    continue
+                if new is not item:
+                    changed = changed if changed is not None else dict(value)
+                    changed[key] = new
+            return value if changed is None else changed
+        if type(value) is list:
+            items: list[Any] | None = None
+            for index, item in enumerate(value):
+                kind = type(item)
+                if kind is str:
+                    new = text(item, (*path, index)) if "$" in item else item
+                elif kind is dict or kind is list or isinstance(item, Mapping):
+                    new = walk(item, (*path, index))
+                else:
+                    continue
+                if new is not item:
+                    items = items if items is not None else list(value)
+                    items[index] = new
+            return value if items is None else items
+        if isinstance(value, str) and "$" in value:
+            return text(value, path)
+        return value
+
+    return walk(merged, ()), references
+
+
+_FILE_PROBLEMS = ("cannot be read", "does not exist or is not a file", "the TLS files cannot be loaded")
+"""How settings say that a file they name is missing or unreadable; offline, files need not exist."""
+
+
+def _kept(problems: list[Problem], references: set[Path_], offline: bool) -> list[Problem]:
+    """``problems`` less, offline, those of a field that holds an unresolved reference (its value
+    is not known) and those of a file that is not there (the production files are not)."""
+    if not offline:
+        return problems
+    return [
+        p
+        for p in problems
+        # In the field, or in the object that holds it (a model's own check of its fields).
+        if not any(p.path[: len(r)] == r or p.path == r[:-1] for r in references if p.path)
+        and not any(words in p.message for words in _FILE_PROBLEMS)
+    ]
+
+
+def _claim_name(check: Check, index: int, seen: dict[str, int], problems: list[Problem]) -> None:
     """Record the check's name, refusing a name an earlier check already has."""
     if check.name in seen:
-        raise _Rejected(
-            f"{source}: {where}: the name {check.name!r} is already used by checks[{seen[check.name]}]"
+        problems.append(
+            Problem(("name",), f"the name {check.name!r} is already used by checks[{seen[check.name]}]")
         )
-    seen[check.name] = index
+    else:
+        seen[check.name] = index
 
 
 def _settings_key(check: Check) -> tuple[str, str] | None:
@@ -246,48 +468,99 @@ def _settings_key(check: Check) -> tuple[str, str] | None:
 
 
 def _bind_probe(
-    check: Check,
+    check: Check | None,
+    fields: Mapping[str, Any],
     load_probe: Callable[[str], Probe[Any]],
-    source: str,
-    where: str,
+    problems: list[Problem],
     parsed: dict[tuple[str, str], BaseModel],
-) -> CheckEntry:
+    *,
+    references: set[Path_],
+    offline: bool,
+    probe_types: Sequence[str],
+) -> CheckEntry | None:
     """The check's probe type loaded, its target accepted and its settings parsed by that type.
+
+    A check whose own fields are bad (``check`` None) has its type, target and settings checked
+    too, from ``fields``, where they can be: every problem of a check is reported at once.
 
     Checks of one type with the same settings share one (immutable) ``Settings`` object, kept in
     ``parsed``: with thousands of checks most have the same few settings blocks, and a parsed
     block costs a few kilobytes.
     """
+    kind, target, settings = fields.get("type"), fields.get("target"), fields.get("settings", {})
+    if not isinstance(kind, str) or (check is None and any(p.path[:1] == ("type",) for p in problems)):
+        return None
+    found: list[Problem] = []
     try:
-        probe = load_probe(check.type)
+        probe = load_probe(kind)
     except (ConfigError, PluginError) as exc:
-        raise _Rejected(f"{source}: {where}, field 'type': {exc}") from None
-    try:
-        probe.validate_target(check.target)
-    except ValueError as exc:
-        raise _Rejected(f"{source}: {where}, field 'target': {exc}") from None
-    key = _settings_key(check)
+        hint = did_you_mean(kind, probe_types) if kind not in probe_types else ""
+        problems.append(Problem(("type",), f"{exc}; {hint}" if hint else str(exc)))
+        return None
+    if isinstance(target, str) and not any(p.path[:1] == ("target",) for p in problems):
+        try:
+            probe.validate_target(target)
+        except ValueError as exc:
+            found.append(Problem(("target",), str(exc)))
+    key = _settings_key(check) if check is not None and not found else None
     known = parsed.get(key) if key is not None else None
-    if known is not None:
+    if known is not None and check is not None:
         return CheckEntry(check, probe, known)
-    try:
-        settings = probe.Settings.model_validate(check.settings)
-    except ValidationError as exc:
-        raise _Rejected(format_validation_error(exc, source, where, prefix="settings")) from None
-    except (ValueError, TypeError) as exc:
-        raise _Rejected(f"{source}: {where}, field 'settings': {exc}") from None
+    parsed_settings = None
+    if isinstance(settings, dict):
+        try:
+            parsed_settings = probe.Settings.model_validate(settings)
+        except ValidationError as exc:
+            found += explain(exc, probe.Settings, ("settings",))
+        except (ValueError, TypeError) as exc:
+            found.append(Problem(("settings",), str(exc)))
+    problems += _kept(found, references, offline)
+    if check is None or problems or parsed_settings is None:
+        return None
     if key is not None:
-        parsed[key] = settings
-    return CheckEntry(check, probe, settings)
+        parsed[key] = parsed_settings
+    return CheckEntry(check, probe, parsed_settings)
 
 
-def format_validation_error(exc: ValidationError, source: str, where: str = "", *, prefix: str = "") -> str:
-    """One line per pydantic error, naming the source, the check and the field; never the input."""
+def _unresolved(fields: Mapping[str, Any], load_probe: Callable[[str], Probe[Any]]) -> CheckEntry | None:
+    """Offline, a check whose only problems are values known at run time (a reference, a file):
+    kept as written, unvalidated, to be counted and placed in its shard; it is never run."""
+    try:
+        probe = load_probe(str(fields.get("type")))
+    except (ConfigError, PluginError):
+        return None
+    known = {k: v for k, v in fields.items() if k in Check.model_fields}
+    settings = fields.get("settings")
+    return CheckEntry(
+        Check.model_construct(**known),
+        probe,
+        probe.Settings.model_construct(**settings)
+        if isinstance(settings, dict)
+        else probe.Settings.model_construct(),
+    )
+
+
+def format_validation_error(
+    exc: ValidationError,
+    source: str,
+    where: str = "",
+    *,
+    prefix: str = "",
+    model: type[BaseModel] | None = None,
+) -> str:
+    """One line per pydantic error, naming the source, the check and the field, in the user's
+    words (with a "did you mean" when ``model``, the model that raised, is given). A value is
+    quoted only when it is short and one of a known set (an op, a name's form); ``load_config``
+    redacts the whole message besides."""
+    problems = explain(exc, model, (prefix,) if prefix else ())
     lines = []
-    for error in exc.errors(include_input=False, include_url=False):
-        loc = ".".join(str(part) for part in (prefix, *error["loc"]) if part != "")
-        message = error["msg"].removeprefix("Value error, ")
-        field = f"field '{loc}'" if loc else "check"
+    for problem in problems:
+        path = field_path(problem.path)
         head = f"{source}: {where}, " if where else f"{source}: "
-        lines.append(f"{head}{field}: {message}")
+        if problem.unknown:
+            place = f" in {where}" if where else ""
+            message = f": {problem.message}" if problem.message else ""
+            lines.append(f"{source}: unknown field '{path}'{place}{message}")
+        else:
+            lines.append(f"{head}{f'field {path!r}' if path else 'check'}: {problem.message}")
     return "\n".join(lines)

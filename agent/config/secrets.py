@@ -11,7 +11,13 @@ secret is found in each of the spellings it takes on its way out: as is, percent
 query, a form), JSON- or Python-escaped (a JSON body, a ``repr``) and base64-encoded.
 
 A value of 1 to 3 characters cannot be redacted (removing every "1" or "abc" would garble what the
-agent writes), so a reference that resolves to one is refused at load; an empty value is allowed.
+agent writes), so a reference that resolves to one is refused at load, as is an empty value (an
+unset secret in a deployment more often than a deliberate blank).
+
+A reference that is not one is refused too, since it would be sent as written: ``${STRIPE-KEY}``
+(no variable has that name), ``$STRIPE_KEY`` (no braces) when STRIPE_KEY is set, ``${stripe_key}``
+when only STRIPE_KEY is. Other forms stay run-time templates: ``${1}`` and ``${name}`` of the tcp
+probe (a regular expression's groups), ``${steps.x.y}``, ``${uuid}`` and the like of a flow.
 """
 
 from __future__ import annotations
@@ -26,15 +32,31 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from agent.config._explain import did_you_mean
 from agent.sdk.types import REDACTED
 from agent.sdk.urls import redact_url
 
-__all__ = ["MIN_SECRET_LENGTH", "Redactor", "SecretResolver", "redact_url"]
+__all__ = ["MIN_SECRET_LENGTH", "Redactor", "SecretResolver", "has_reference", "redact_url"]
 
 MIN_SECRET_LENGTH = 4
 """Values shorter than this are not redacted (redacting "1" would garble every number)."""
 _MAX_EPHEMERAL = 1024
 _REFERENCE = re.compile(r"\$(\$?)\{(file:[^}]+|[A-Z_][A-Z0-9_]*)\}")
+_BRACED = re.compile(r"(?<!\$)\$\{([^}]*)\}")
+_BARE = re.compile(r"(?<!\$)\$([A-Z_][A-Z0-9_]*)(?![A-Za-z0-9_{])")
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+_TEMPLATE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+|[a-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_-]+)+")
+OFFLINE_VALUE = "offline-placeholder"
+"""What a reference reads as offline: text that is valid wherever a secret usually goes (a header,
+a URL's host or path); a field it does not fit is not checked further."""
+RUNTIME_TEMPLATES = frozenset({"uuid", "run_id", "hook_url", "now"})
+"""Templates a probe fills in at run time (``${uuid}``): never taken for a misspelt reference."""
+_SYSTEM_VARIABLES = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "HOST", "HOSTNAME", "PWD", "OLDPWD", "SHELL", "SHLVL", "LANG"}
+    | {"TERM", "TZ", "TMPDIR", "MAIL", "EDITOR", "DISPLAY", "_"}
+)
+"""Variables every process has: ``${host}`` is a tcp probe's group, ``$HOME`` text, never taken for
+a misspelt reference to one of these (no check needs a secret from them)."""
 _END = ""  # marks the end of a secret in the trie; a token is never empty
 
 
@@ -197,6 +219,11 @@ def _trie_pattern(node: dict[str, Any]) -> str:
     return "".join(out) + (f"(?:{body})?" if _END in node else body)
 
 
+def has_reference(text: str) -> bool:
+    """Whether ``text`` holds a secret reference (``${NAME}``, ``${file:...}``), not escaped."""
+    return any(not match.group(1) for match in _REFERENCE.finditer(text))
+
+
 class SecretResolver:
     """Resolves ``${NAME}`` and ``${file:/path}`` references, registering each value as a secret."""
 
@@ -205,19 +232,33 @@ class SecretResolver:
         environ: Mapping[str, str],
         redactor: Redactor,
         read_file: Callable[[str], str] | None = None,
+        *,
+        offline: bool = False,
     ) -> None:
         self._environ = environ
         self._redactor = redactor
         self._read_file = read_file or _read_secret_file
+        self._offline = offline
+        """Check each reference's form only, reading it as ``OFFLINE_VALUE`` (``validate --offline``)."""
+        self._folded: dict[str, str] | None = None
 
     def resolve(self, text: str) -> str:
         """Replace the references in ``text``; raise ``LookupError`` naming one that cannot be used.
 
-        A reference is refused when it is missing, not UTF-8, or resolves to a value of 1 to 3
-        characters: too short to be redacted, so it would be written wherever it appears.
+        A reference is refused when it is missing, not UTF-8, empty, or resolves to a value of 1
+        to 3 characters: too short to be redacted, so it would be written wherever it appears;
+        and text that was meant as a reference but is not one (see the module's docstring).
+        Offline, references are checked for their form and left as they are.
         """
+        if "$" not in text:
+            return text
+        problems = self._not_references(text)
+        if problems:
+            raise LookupError("; ".join(problems))
         if "${" not in text:
             return text
+        if self._offline:
+            return _REFERENCE.sub(lambda m: "${" + m.group(2) + "}" if m.group(1) else OFFLINE_VALUE, text)
 
         def substitute(match: re.Match[str]) -> str:
             escaped, ref = match.groups()
@@ -229,12 +270,20 @@ class SecretResolver:
                 try:
                     value = self._environ[ref]
                 except KeyError:
-                    raise LookupError(f"environment variable {ref} is not set") from None
+                    hint = did_you_mean(ref, self._environ, quote="")
+                    raise LookupError(
+                        f"environment variable {ref} is not set" + (f"; {hint}" if hint else "")
+                    ) from None
                 try:
                     value.encode("utf-8")
                 except UnicodeEncodeError:
                     raise LookupError(f"environment variable {ref} is not valid UTF-8") from None
-            if 0 < len(value.strip()) < MIN_SECRET_LENGTH:
+            if not value.strip():
+                what = (
+                    f"environment variable {ref}" if not ref.startswith("file:") else f"secret file {ref[5:]}"
+                )
+                raise LookupError(f"{what} is empty")
+            if len(value.strip()) < MIN_SECRET_LENGTH:
                 raise LookupError(
                     f"${{{ref}}} resolves to a value shorter than {MIN_SECRET_LENGTH} characters, "
                     "which the agent cannot redact without garbling every number it writes; "
@@ -244,6 +293,48 @@ class SecretResolver:
             return value
 
         return _REFERENCE.sub(substitute, text)
+
+    def _not_references(self, text: str) -> list[str]:
+        """What in ``text`` was meant as a reference but is not one, each as a problem."""
+        problems = []
+        for match in _BRACED.finditer(text):
+            inner = match.group(1)
+            if inner.startswith("file:"):
+                if not inner[5:].strip():
+                    problems.append("${file:} names no file: write ${file:/path/to/secret}")
+                continue
+            if _ENV_NAME.fullmatch(inner) or inner in RUNTIME_TEMPLATES:
+                continue
+            if not inner.strip():
+                problems.append("${} names no variable: write ${NAME}, or $${} for the text itself")
+            elif _TEMPLATE_NAME.fullmatch(inner):
+                meant = None if self._offline or inner in self._environ else self._fold(inner)
+                if meant is not None and meant not in _SYSTEM_VARIABLES:
+                    problems.append(
+                        f"${{{inner}}} is not a reference (names are case-sensitive): "
+                        f"did you mean ${{{meant}}}?"
+                    )
+            elif any(c.isupper() for c in inner):
+                name = re.sub(r"[^A-Za-z0-9_]+", "_", inner.strip()).upper()
+                hint = f"; did you mean ${{{name}}}?" if name in self._environ else ""
+                problems.append(
+                    f"${{{inner}}} cannot name an environment variable (letters, digits and '_', "
+                    f"not starting with a digit){hint}"
+                )
+        if not self._offline:
+            for match in _BARE.finditer(text):
+                name = match.group(1)
+                if len(name) >= 2 and name in self._environ and name not in _SYSTEM_VARIABLES:
+                    problems.append(f"${name} is sent as written: write ${{{name}}} for the variable")
+        return problems
+
+    def _fold(self, name: str) -> str | None:
+        """The environment variable whose name is ``name`` in another case, if one is set."""
+        if self._folded is None:
+            self._folded = {}
+            for key in self._environ:
+                self._folded.setdefault(key.lower(), key)
+        return self._folded.get(name.lower())
 
     def resolve_tree(self, value: Any, path: str = "") -> Any:
         """Resolve references in every string of a JSON-like document.

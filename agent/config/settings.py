@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -13,13 +14,31 @@ from typing import Literal
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from agent.config.checks import CheckEntry, parse_checks
+from agent.config.checks import CheckEntry, Progress, parse_checks
 from agent.config.registry import Registry
 from agent.config.secrets import Redactor, SecretResolver
 from agent.errors import ConfigError, PluginError
 from agent.sdk.durations import Duration
 
-__all__ = ["AgentSettings", "Config", "Shard", "load_config", "load_settings"]
+__all__ = [
+    "NOT_SETTINGS",
+    "AgentSettings",
+    "Config",
+    "Shard",
+    "load_config",
+    "load_settings",
+    "unknown_variables",
+]
+
+NOT_SETTINGS = frozenset(
+    {
+        "VANTAGE_LISTEN_FD",  # agent/process/handover.py: the supervisor's socket, to a worker
+        "VANTAGE_SUPERVISOR_PID",  # agent/process/workers.py: a worker dies with its supervisor
+        "VANTAGE_UPDATE_GOLDEN",  # tests/test_golden.py: rewrite the golden telemetry files
+        "VANTAGE_BENCH_TREE",  # bench/probe_path.py: the source tree a benchmark measures
+    }
+)
+"""``VANTAGE_*`` variables that are not settings but are read where they are used: not unknown."""
 
 
 class AgentSettings(BaseModel):
@@ -205,6 +224,23 @@ def load_settings(environ: Mapping[str, str]) -> AgentSettings:
         raise ConfigError("\n".join(lines)) from None
 
 
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A line for each ``VANTAGE_*`` variable that is no setting (a misspelt name), with the
+    setting it most likely meant: a warning at ``run``, an error at ``validate``."""
+    known = sorted("VANTAGE_" + name.upper() for name in AgentSettings.model_fields)
+    # Compared without the prefix that all share, and without underscores ("LOGFORMAT").
+    squeezed = {k.removeprefix("VANTAGE_").replace("_", ""): k for k in known}
+    lines = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith("VANTAGE_") or upper in known or upper in NOT_SETTINGS:
+            continue
+        close = difflib.get_close_matches(upper.removeprefix("VANTAGE_").replace("_", ""), squeezed, n=1)
+        hint = f"; did you mean {squeezed[close[0]]}?" if close else ""
+        lines.append(f"{name}: not a setting of the agent{hint}")
+    return lines
+
+
 def resolve_shard(settings: AgentSettings, environ: Mapping[str, str]) -> Shard:
     if settings.shard == "":
         return Shard()
@@ -232,26 +268,39 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     registry: Registry | None = None,
     redactor: Redactor | None = None,
+    *,
+    offline: bool = False,
+    progress: Progress | None = None,
 ) -> Config:
     """Everything the agent needs before it probes: settings, shard and the parsed check set.
 
     Every error is redacted with the secrets resolved until then: a value that fails validation
     (``interval: "${KEY}"``) is never shown. A reload passes the running agent's ``redactor``, so
-    that the secrets of the new set are redacted by everything already running.
+    that the secrets of the new set are redacted by everything already running. ``offline``:
+    secret references are checked for their form but not resolved, and files that settings name
+    need not exist (``validate --offline``). ``progress`` is told how far the validation of a large
+    check set is.
     """
     environ = dict(os.environ if environ is None else environ)
     redactor = redactor if redactor is not None else Redactor()
     try:
-        return _load_config(environ, registry or Registry(), redactor)
+        return _load_config(environ, registry or Registry(), redactor, offline=offline, progress=progress)
     except (ConfigError, PluginError) as exc:
         raise type(exc)(redactor(str(exc))) from None
 
 
-def _load_config(environ: dict[str, str], registry: Registry, redactor: Redactor) -> Config:
+def _load_config(
+    environ: dict[str, str],
+    registry: Registry,
+    redactor: Redactor,
+    *,
+    offline: bool = False,
+    progress: Progress | None = None,
+) -> Config:
     settings = load_settings(environ)
     if settings.api_token is not None:
         redactor.add(settings.api_token.get_secret_value())
-    resolver = SecretResolver(environ, redactor)
+    resolver = SecretResolver(environ, redactor, offline=offline)
     if settings.checks is not None and settings.checks_file is not None:
         raise ConfigError("VANTAGE_CHECKS and VANTAGE_CHECKS_FILE are both set; use one")
     if settings.checks is not None:
@@ -266,7 +315,16 @@ def _load_config(environ: dict[str, str], registry: Registry, redactor: Redactor
             raise ConfigError(f"{source}: not UTF-8 text (bad byte at offset {exc.start})") from None
     else:
         raise ConfigError("no checks: set VANTAGE_CHECKS (inline YAML or JSON) or VANTAGE_CHECKS_FILE")
-    entries = parse_checks(text, source=source, resolver=resolver, load_probe=registry.load)
+    entries = parse_checks(
+        text,
+        source=source,
+        resolver=resolver,
+        load_probe=registry.load,
+        probe_types=registry.names(),
+        offline=offline,
+        locate=settings.checks is None,
+        progress=progress,
+    )
     shard = resolve_shard(settings, environ)
     worker = Shard(*map(int, settings.worker.split("/"))) if settings.worker not in ("", "auto") else Shard()
     return Config(settings, entries, shard, worker, redactor, resolver, registry, source)

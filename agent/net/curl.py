@@ -151,6 +151,7 @@ class _Transfer:
         "headers",
         "informational",
         "on_headers",
+        "os_errno",
         "phases",
         "status",
         "tls_version",
@@ -171,6 +172,7 @@ class _Transfer:
         self.cipher: str | None = None
         self.connection: tuple[str, int, str, int] = ("", 0, "", 0)
         self.verify_result = 0
+        self.os_errno = 0
         self.body = bytearray()
         self.headers: list[tuple[str, str]] = []
         self.truncated = False
@@ -242,6 +244,7 @@ class _Transfer:
         self.status = int(getinfo(pycurl.RESPONSE_CODE))
         self.version = _HTTP_VERSIONS.get(getinfo(pycurl.INFO_HTTP_VERSION), "1.1")
         self.phases, self.total = _phases(curl)
+        self.os_errno = int(getinfo(pycurl.OS_ERRNO) or 0)  # why a connection failed, if one did
         self.connection = (
             getinfo(pycurl.LOCAL_IP) or "",
             int(getinfo(pycurl.LOCAL_PORT) or 0),
@@ -336,7 +339,9 @@ class CurlMulti:
             if code == _WRITE_ERROR and transfer.decode_error is not None:
                 raise HttpFailure(Reason.PROTOCOL, transfer.decode_error, transfer.phases) from None
             if not (code == _WRITE_ERROR and transfer.truncated):
-                reason, text = map_curl_error(code, message, host=URL(request.url).host)
+                reason, text = map_curl_error(
+                    code, message, host=URL(request.url).host, os_errno=transfer.os_errno
+                )
                 raise HttpFailure(reason, text, transfer.phases) from None
         finally:
             self._release(curl)

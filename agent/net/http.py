@@ -40,6 +40,7 @@ from agent.net._ssl import sent_chain, verified_chain
 from agent.net.chains import build_verified_chain
 from agent.net.curl import CurlMulti, CurlRequest, CurlResult
 from agent.sdk.assertions import clip
+from agent.sdk.durations import plural
 from agent.sdk.failures import cancellation
 from agent.sdk.http import HttpExchange, HttpFailure, TLSInfo, TLSOptions
 from agent.sdk.reasons import Reason
@@ -308,7 +309,7 @@ class HttpClient:
                 loop = " → ".join(redact_url(str(u), ctx.redact) for u in visited[-3:])
                 raise HttpFailure(
                     Reason.REDIRECTS,
-                    f"gave up after {max_redirects} redirects (… {loop})",
+                    f"gave up after {plural(max_redirects, 'redirect')} (… {loop})",
                     phases,
                     response=exchange,
                 )
@@ -364,10 +365,13 @@ class HttpClient:
         status: int | None = None
         version: str | None = None
         error_type: str | None = None
-        ctx.stage = f"waiting for the response of {method} {host}"
+        # Host, port and path (not the query, where keys travel), as a person finds the request
+        # in the check: "waiting for the response of GET 127.0.0.1:8099/v1/hang".
+        shown = ctx.redact(f"{method} {f'[{host}]' if ':' in host else host}:{port}{url.path}")
+        ctx.stage = f"waiting for the response of {shown}"
 
         def headers_in() -> None:
-            ctx.stage = f"reading the body of {method} {host}"
+            ctx.stage = f"reading the body of {shown}"
 
         try:
             try:

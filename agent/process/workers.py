@@ -55,7 +55,7 @@ from agent.errors import ConfigError, PluginError
 from agent.process.handover import LISTEN_FD, bind_loopback
 from agent.reload import FileWatch, digest
 from agent.schedule.sharding import WORKER_SALT, owner
-from agent.sdk.durations import format_duration
+from agent.sdk.durations import format_duration, plural
 from agent.sdk.probe import SystemClock
 from agent.server._aiohttp import wait_for_certificates
 from agent.server.inbound import Inbound, Route, inbound_checks, peer_route
@@ -505,7 +505,11 @@ async def supervise(config: Config, environ: Mapping[str, str]) -> int:
                 workers.append(await start(index))
             async with anyio.create_task_group() as tg:
                 bound: Bound = await tg.start(supervisor.serve)
-                log.info("vantage supervisor on port %d with %d worker processes", bound.port, count)
+                log.info(
+                    "vantage supervisor on port %d with %s",
+                    bound.port,
+                    plural(count, "worker process", "worker processes"),
+                )
                 for index in range(count):
                     tg.start_soon(_keep, index, workers, supervisor, stopped, start)
                 hangup = partial(tg.start_soon, supervisor.reload_checks, "SIGHUP")

@@ -59,7 +59,7 @@ import itertools
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Container, Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -69,7 +69,7 @@ from anyio.abc import TaskStatus
 from agent.config.checks import CheckEntry
 from agent.schedule.lag import LagMonitor
 from agent.schedule.sharding import offset
-from agent.sdk.durations import format_duration
+from agent.sdk.durations import format_duration, plural
 from agent.sdk.probe import Clock, ProbeContext, ProbeResult, Reason
 from agent.telemetry.recorder import Recorder, Run
 
@@ -200,9 +200,9 @@ class Scheduler:
                     self.running = False
                 if self._running_count and self._failure is None:
                     log.info(
-                        "waiting up to %s for %d runs in flight",
+                        "waiting up to %s for %s in flight",
                         format_duration(drain_timeout),
-                        self._running_count,
+                        plural(self._running_count, "run"),
                     )
                     with self._clock.move_on_after(drain_timeout):
                         await self._wait_for_idle()
@@ -236,6 +236,9 @@ class Scheduler:
                     # reset): probing now would only burn the quota this check watches.
                     self._recorder.skipped(item.entry, "backoff")
                 else:
+                    if item.not_before > -math.inf:
+                        item.not_before = -math.inf
+                        log.info("check %s: back-off over, probing again", item.entry.check.name)
                     self._admit(item, due)
                 following = due + interval
                 if following <= now:
@@ -401,6 +404,14 @@ class Scheduler:
             except Exception:
                 # A recording bug must not take the other checks down with it.
                 log.exception("recording the result of check %s failed", entry.check.name)
+            if result.retry_after:  # said after the run's own line, which says why
+                wait = result.retry_after
+                log.info(
+                    "check %s backs off for %s, as the target asked (%s)",
+                    entry.check.name,
+                    format_duration(round(wait) if wait >= 1 else round(wait, 3)),
+                    result.reason.value if result.reason is not None else "its quota is spent",
+                )
         except asyncio.CancelledError:
             raise  # the agent's shutdown
         except BaseException as exc:
@@ -483,11 +494,13 @@ class Scheduler:
             ctx.redact(f"the probe crashed: {type(exc).__name__}{': ' + detail if detail else ''}"),
         )
 
-    async def run_once(self) -> None:
-        """Run every check once now, concurrently within the bound (``vantage once``)."""
+    async def run_once(self, names: Container[str] | None = None) -> None:
+        """Run every check (or those in ``names``) once now, concurrently within the bound
+        (``vantage once``)."""
         now = self._clock.monotonic()
         for item in self._items.values():
-            self._admit(item, now)
+            if names is None or item.entry.check.name in names:
+                self._admit(item, now)
         try:
             await self._wait_for_idle()
         finally:

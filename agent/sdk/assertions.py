@@ -137,8 +137,11 @@ class Subject:
                 raise ValueError(f"the body was cut at {len(self.body)} bytes and cannot be parsed")
             try:
                 self._json = json.loads(self.body)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ValueError(f"the body is not JSON ({exc})") from None
+            except json.JSONDecodeError as exc:
+                # Not the parser's own text ("Expecting value: line 1 column 1 (char 0)").
+                raise ValueError(f"the body is not JSON ({exc.msg.lower()} at byte {exc.pos})") from None
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"the body is not JSON (not UTF-8 at byte {exc.start})") from None
             except RecursionError:
                 raise ValueError("the body is JSON nested too deeply to read") from None
         return self._json
@@ -154,6 +157,14 @@ class AssertionOutcome:
     message: str = ""
     source: AssertionSource | None = None
     op: AssertionOp | None = None
+
+    @property
+    def summary(self) -> str:
+        """The outcome in one line that names the assertion once, for a run's failure message:
+        "expected response_time lt 250ms, got 256.7ms", "body $.id exists: not present"."""
+        if self.message.startswith(f"expected {self.assertion}"):
+            return self.message
+        return f"{self.assertion}: {self.message}" if self.message else self.assertion
 
 
 class Assertion(BaseModel):
@@ -319,7 +330,10 @@ class Assertion(BaseModel):
             if error is None:
                 return True, ""
             where = "$" + "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]" for p in error.absolute_path)
-            return False, f"schema violation at {where}: {clip(error.message, _MAX_ACTUAL, redact)}"
+            return (
+                False,
+                f"expected {self.describe()}, but at {where}: {clip(error.message, _MAX_ACTUAL, redact)}",
+            )
         if op == "eq":
             return _equal(actual, expected), ""
         if op == "ne":

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer
 
-__all__ = ["Duration", "format_duration", "parse_duration"]
+__all__ = ["Duration", "format_duration", "parse_duration", "plural"]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -68,3 +68,9 @@ Duration = Annotated[
     float, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)
 ]
 """A pydantic field type: seconds as a float, written as a duration string."""
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``count`` and the noun in its number, for text a person reads: "1 check", "2 checks",
+    "1 delivery", "3 deliveries" (``nouns`` when the plural is not ``noun`` + "s")."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"

@@ -21,6 +21,7 @@ not leave percent-encoded, where redaction would not find it); callers still red
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import socket
@@ -60,7 +61,7 @@ def map_exception(
     ``handshake`` says the connection was already up and a TLS handshake was running, so that a
     connection closed by the peer is a TLS failure, not a connect failure.
     """
-    where = host if port is None else (f"[{host}]:{port}" if host and ":" in host else f"{host}:{port}")
+    where = host if port is None else _where(host, port)
     for translate in (_aiohttp, _grpc, _dnspython, _icmplib):
         found = translate(exc, host, where)
         if found is not None:
@@ -84,28 +85,46 @@ _CURL_CODES: dict[int, tuple[Reason, str]] = {
     # Init, not built in, our callbacks' write error or abort, memory, bad options: a bug here.
     **dict.fromkeys((2, 4, 23, 27, 42, 43, 48), (Reason.INTERNAL, "libcurl failed")),
 }
+# libcurl's words for COULDNT_CONNECT ("Failed to connect to 127.0.0.1 port 9 after 0 ms: Could not
+# connect to server"; from 8.x "127.0.0.1:9"): the host and port it tried, which may be a proxy's.
+_CURL_CONNECT = re.compile(r"^Failed to connect to \[?([^\s\]]+)\]?(?: port |:)(\d+) ")
+_OPENSSL_ERROR = re.compile(r"error:[0-9A-Fa-f]+:SSL routines:[^:]*:([^:]+)$")
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
 # libcurl's wrapping of OpenSSL's verification words ("SSL certificate problem: ...", or from 8.x
 # "SSL certificate OpenSSL verify result: ... (20)"), which "rejected: " says already.
 _CERT_PROBLEM = re.compile(r"^SSL certificate (?:problem|OpenSSL verify result): (.*?)(?: \(\d+\))?$", re.S)
 
 
-def map_curl_error(code: int, message: str, *, host: str | None = None) -> tuple[Reason, str]:
+def map_curl_error(
+    code: int, message: str, *, host: str | None = None, os_errno: int = 0
+) -> tuple[Reason, str]:
     """The reason and message for libcurl's error ``code`` with its error text ``message``.
 
     libcurl's texts name hosts and ports, not URLs; a URL that shows up anyway is redacted.
     A certificate that was not accepted and a handshake that failed are both ``tls``, told apart
-    in the message.
+    in the message. ``os_errno`` (``CURLINFO_OS_ERRNO``) says why a connection failed, in the
+    same words as :func:`map_exception` ("connection refused by 127.0.0.1:9"), where libcurl
+    says only "Could not connect to server".
     """
+    if code == 7 and (tried := _CURL_CONNECT.match(message.strip())):  # COULDNT_CONNECT
+        return Reason.CONNECT, _connect_failure(_where(tried.group(1), int(tried.group(2))), os_errno, "")
     detail = _URL_IN_TEXT.sub(lambda found: redact_url(found.group(0)), message.strip())
     detail = _CERT_PROBLEM.sub(r"\1", detail)
     reason, what = _CURL_CODES.get(code, (Reason.CONNECT, "cannot connect"))
     if code == 1 and "HTTP/" in detail:  # UNSUPPORTED_PROTOCOL of a status line, not of a URL
         what = "malformed HTTP response"
+        if "HTTP/0.9" in detail:  # libcurl's words for an answer without a status line
+            detail = "no HTTP status line (the server answered something else than HTTP)"
     if code == 100 and not detail:  # TOO_LARGE, which libcurl leaves without words
         detail = "a header larger than libcurl accepts (100 KiB a line, 300 KiB in all)"
     if host and reason is Reason.TLS:
         what = what.replace("certificate", f"certificate of {host}")
+    if reason is Reason.TLS and (openssl := _OPENSSL_ERROR.search(detail)):
+        # "TLS connect error: error:0A00010B:SSL routines::wrong version number": OpenSSL's reason,
+        # in the words the Python side uses for it too.
+        words = openssl.group(1).strip()
+        code_name = words.upper().replace(" ", "_")
+        detail = f"{_SSL_REASONS[code_name]} ({code_name})" if code_name in _SSL_REASONS else words
     return reason, f"{what}: {detail or f'libcurl error {code}'}"
 
 
@@ -136,7 +155,8 @@ def _aiohttp(exc: BaseException, host: str | None, where: str | None) -> tuple[R
     if isinstance(exc, aiohttp.ServerTimeoutError):
         return Reason.TIMEOUT, "timed out waiting for the response"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return Reason.CONNECT, f"cannot connect to {exc.host}:{exc.port}: {_os_message(exc.os_error)}"
+        where = _where(exc.host, exc.port)
+        return Reason.CONNECT, _connect_failure(where, _errno_of(exc.os_error), _os_message(exc.os_error))
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return Reason.PROTOCOL, "the server closed the connection without a complete response"
     # From here on the library's own text may carry the request URL, query and all.
@@ -209,7 +229,7 @@ def _socket(exc: BaseException, host: str | None, where: str | None, handshake: 
         detail = str(exc) or type(exc).__name__
         return Reason.TLS, f"the connection was closed during the TLS handshake ({detail})"
     if isinstance(exc, OSError) and host is not None:
-        return Reason.CONNECT, f"cannot connect to {where}: {_os_message(exc)}"
+        return Reason.CONNECT, _connect_failure(where or host, _errno_of(exc), _os_message(exc))
     if isinstance(exc, OSError):
         return Reason.CONNECT, f"{type(exc).__name__}: {_describe(exc)}"
     return Reason.INTERNAL, f"{type(exc).__name__}: {_describe(exc)}"
@@ -241,13 +261,87 @@ def _one_line(text: str) -> str:
     return " ".join(line for line in lines if line and line.strip("^~ "))
 
 
+# Why a connection failed, by errno, in a person's words; {where} is the host and port tried.
+_CONNECT_ERRNOS = {
+    errno.ECONNREFUSED: "connection refused by {where}",
+    errno.ECONNRESET: "connection reset by {where}",
+    errno.ECONNABORTED: "connection to {where} aborted",
+    errno.EHOSTUNREACH: "no route to host {where}",
+    errno.ENETUNREACH: "network unreachable for {where}",
+    errno.EHOSTDOWN: "host {where} is down",
+    errno.ETIMEDOUT: "no answer from {where} to the connection attempt (timed out)",
+    errno.EADDRNOTAVAIL: "cannot connect to {where}: no local address to connect from",
+    errno.EPIPE: "connection to {where} closed while sending",
+    errno.EACCES: "cannot connect to {where}: not permitted (a firewall rule or a policy)",
+    errno.EPERM: "cannot connect to {where}: not permitted (a firewall rule or a policy)",
+}
+
+
+def _where(host: str | None, port: int | None) -> str:
+    """``host:port``, with an IPv6 address in brackets."""
+    host = host or "?"
+    if port is None:
+        return host
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def _connect_failure(where: str, code: int | None, fallback: str) -> str:
+    """Why connecting to ``where`` failed, from the errno when there is one.
+
+    Not the exception's text: asyncio's reads "Connect call failed ('127.0.0.1', 9)", libcurl's
+    "Could not connect to server"; the errno says which failure it was.
+    """
+    if code and (known := _CONNECT_ERRNOS.get(code)):
+        return known.format(where=where)
+    if code:
+        return f"cannot connect to {where}: {os.strerror(code).lower()}"
+    return f"cannot connect to {where}" + (f": {fallback}" if fallback else "")
+
+
+_ERRNO_IN_TEXT = re.compile(r"\[Errno (\d+)\]")
+
+
+def _errno_of(exc: OSError) -> int | None:
+    """The errno of ``exc``; for asyncio's "Multiple exceptions: [Errno 111] ..., [Errno 111] ..."
+    (one per address tried), the errno they share."""
+    if exc.errno:
+        return int(exc.errno)
+    codes = {int(code) for code in _ERRNO_IN_TEXT.findall(str(exc))}
+    return codes.pop() if len(codes) == 1 else None
+
+
 def _os_message(exc: OSError) -> str:
+    """An OSError's reason: the system's words for its errno, not a library's wrapping of them
+    (asyncio's "Connect call failed ('127.0.0.1', 9)")."""
+    if (code := _errno_of(exc)) is not None and not isinstance(exc, socket.gaierror):
+        return os.strerror(code).lower()
+    codes = dict.fromkeys(int(code) for code in _ERRNO_IN_TEXT.findall(str(exc)))
+    if codes:
+        return "; ".join(os.strerror(code).lower() for code in codes)
     return exc.strerror or str(exc) or type(exc).__name__
+
+
+# OpenSSL's reason codes a person meets most, in words that say what to look at.
+_SSL_REASONS = {
+    "WRONG_VERSION_NUMBER": "the server did not answer in TLS (a plain-text port?)",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "the server refused the TLS versions offered",
+    "UNSUPPORTED_PROTOCOL": "no TLS version in common with the server",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the server refused the handshake (no cipher or version in common)",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the server requires a client certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "the server does not trust the client certificate's issuer",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the server rejected the client certificate",
+    "TLSV1_UNRECOGNIZED_NAME": "the server does not serve this name (SNI)",
+    "TLSV1_ALERT_INTERNAL_ERROR": "the server failed during the handshake (its internal error)",
+    "UNEXPECTED_EOF_WHILE_READING": "the server closed the connection during the handshake",
+}
 
 
 def _ssl_message(exc: BaseException) -> str:
     inner = getattr(exc, "os_error", exc)
-    return getattr(inner, "reason", None) or str(inner)
+    reason = getattr(inner, "reason", None)
+    if reason in _SSL_REASONS:
+        return f"{_SSL_REASONS[reason]} ({reason})"
+    return reason or str(inner)
 
 
 def _icmp_not_permitted() -> str:

@@ -37,7 +37,7 @@ from agent.sdk.assertions import (
     Subject,
     clip,
 )
-from agent.sdk.durations import Duration, format_duration
+from agent.sdk.durations import Duration, format_duration, plural
 from agent.sdk.http import (
     HttpClient,
     HttpClientFactory,
@@ -102,6 +102,7 @@ __all__ = [
     "Tracer",
     "clip",
     "format_duration",
+    "plural",
     "tls_context",
     "visible",
 ]
@@ -200,11 +201,21 @@ class StepResult:
     duration: float
     reason: Reason | None = None
     message: str = ""
+    request: str = ""
+    """What the step sent, for a person: ``POST /oauth/token`` (its URL redacted, no query values)."""
+    status: int | None = None
+    """The response's status code; None when no response came (or the step did not run)."""
+    assertions: tuple[AssertionOutcome, ...] = ()
+    extracted: tuple[str, ...] = ()
+    """The names of the values the step extracted (the values themselves may be secrets)."""
 
     def __post_init__(self) -> None:
-        if _CONTROL.search(self.message) or _CONTROL.search(self.name):
+        if _CONTROL.search(self.message) or _CONTROL.search(self.name) or _CONTROL.search(self.request):
             object.__setattr__(self, "message", visible(self.message))
             object.__setattr__(self, "name", visible(self.name))
+            object.__setattr__(self, "request", visible(self.request))
+        if self.assertions:
+            object.__setattr__(self, "assertions", tuple(_visible_outcome(a) for a in self.assertions))
 
 
 def _visible_outcome(outcome: AssertionOutcome) -> AssertionOutcome:

@@ -29,6 +29,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import anyio
@@ -37,10 +38,13 @@ from anyio.abc import TaskStatus
 
 from agent.config.secrets import Redactor
 from agent.errors import ConfigError
+from agent.sdk.assertions import AssertionOutcome
+from agent.sdk.durations import plural
+from agent.sdk.probe import ProbeResult, StepResult
 from agent.server.inbound import Inbound
 from agent.telemetry.exposition import negotiate
 from agent.telemetry.providers import Telemetry
-from agent.telemetry.recorder import Recorder
+from agent.telemetry.recorder import CheckState, Recorder
 
 __all__ = [
     "PROMETHEUS_TYPE",
@@ -50,6 +54,7 @@ __all__ = [
     "StatusEndpoints",
     "authorized",
     "build_apps",
+    "check_json",
     "reload_response",
     "serve_app",
     "serve_endpoints",
@@ -156,11 +161,12 @@ class _ConnectionLimit:
         # connection would otherwise log twice, and a flood sits at the cap.
         if self._full and self.open <= self._low:
             self._full = False
+            closed = self.refused - self._refused_before
             log.info(
-                "%s: down to %d open connections; %d were closed at the cap",
+                "%s: down to %s; %s closed at the cap",
                 self._setting,
-                self.open,
-                self.refused - self._refused_before,
+                plural(self.open, "open connection"),
+                f"{closed} was" if closed == 1 else f"{closed} were",
             )
 
 
@@ -412,7 +418,7 @@ class Server:
     async def checks(self, request: web.Request) -> web.Response:
         if not authorized(request, self._token):
             raise web.HTTPUnauthorized(text="a valid bearer token is required\n")
-        states = [state.as_json(self._redact) for state in self._recorder.states.values()]
+        states = [check_json(state, self._redact) for state in self._recorder.states.values()]
         return _json({"checks": states})
 
     async def check(self, request: web.Request) -> web.Response:
@@ -421,7 +427,7 @@ class Server:
         state = self._recorder.states.get(request.match_info["name"])
         if state is None:
             raise web.HTTPNotFound(text="no such check\n")
-        return _json(state.as_json(self._redact))
+        return _json(check_json(state, self._redact))
 
     async def reload(self, request: web.Request) -> web.Response:
         if not authorized(request, self._token):
@@ -429,6 +435,90 @@ class Server:
         if self._reload is None:
             raise web.HTTPNotFound(text="this agent cannot reload its checks\n")
         return reload_response(await self._reload("POST /-/reload"))
+
+
+def check_json(state: CheckState, redact: Redactor) -> dict[str, Any]:
+    """One check as ``/api/checks`` shows it (documented in docs/configuration.md, *The status API*).
+
+    For a person as much as for a tool: times in RFC 3339 (UTC, "Z", milliseconds), durations in
+    seconds rounded to the millisecond, a flow's steps with what each sent, its status code, its
+    assertions and the names of what it extracted. Every text a target or a vendor wrote is redacted.
+    """
+    check = state.entry.check
+    last = state.last
+    if last is None:
+        verdict = "pending"
+    else:
+        verdict = "passing" if last.success else "failing"
+    return {
+        "name": check.name,
+        "type": check.type,
+        "target": state.target,
+        "labels": redact.deep(check.labels),
+        "interval": _seconds(check.interval),
+        "timeout": _seconds(check.timeout),
+        "state": verdict,
+        "runs": state.runs,
+        "failures": state.failures,
+        "skipped": state.skipped,
+        "consecutive_failures": state.consecutive_failures,
+        "last_change": _rfc3339(state.last_change),
+        "last": None if last is None else _result_json(last, state.last_time, redact),
+    }
+
+
+def _result_json(result: ProbeResult, at: float | None, redact: Redactor) -> dict[str, Any]:
+    return {
+        "time": _rfc3339(at),
+        "success": result.success,
+        "reason": result.reason.value if result.reason else None,
+        "message": redact(result.message),
+        "duration": _seconds(result.duration),
+        "phases": _phases(result.phases),
+        # Figures as the probe measured them, less float noise (0.30000000000000004).
+        "values": {name: round(value, 6) for name, value in result.values.items()},
+        "assertions": [_assertion_json(a, redact) for a in result.assertions],
+        "steps": [_step_json(s, redact) for s in result.steps],
+    }
+
+
+def _step_json(step: StepResult, redact: Redactor) -> dict[str, Any]:
+    return {
+        "name": step.name,
+        "request": redact(step.request),
+        "status": step.status,
+        "success": step.success,
+        "duration": _seconds(step.duration),
+        "reason": step.reason.value if step.reason else None,
+        "message": redact(step.message),
+        "assertions": [_assertion_json(a, redact) for a in step.assertions],
+        "extracted": list(step.extracted),
+    }
+
+
+def _assertion_json(outcome: AssertionOutcome, redact: Redactor) -> dict[str, Any]:
+    return {
+        "assertion": redact(outcome.assertion),
+        "passed": outcome.passed,
+        "actual": redact(outcome.actual),
+        "message": redact(outcome.message),
+    }
+
+
+def _rfc3339(timestamp: float | None) -> str | None:
+    """``2026-11-29T12:06:35.125Z``: RFC 3339 in UTC, to the millisecond."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _seconds(value: float | None) -> float | None:
+    """Seconds to the millisecond: what a person reads, and finer than a run's timing means."""
+    return None if value is None else round(value, 3)
+
+
+def _phases(phases: Mapping[str, float]) -> dict[str, float | None]:
+    return {name: _seconds(seconds) for name, seconds in phases.items()}
 
 
 def reload_response(answer: Mapping[str, Any]) -> web.Response:

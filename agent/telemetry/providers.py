@@ -725,10 +725,27 @@ def _entry_point(environ: Mapping[str, str], signal: str, name: str) -> Any:
     return points[point_name]
 
 
+def _check_endpoints(environ: Mapping[str, str]) -> None:
+    """An OTLP endpoint is a URL with its scheme, as the specification says: ``collector:4318``
+    would otherwise fail at the first export, as a log line, rather than here."""
+    for var in (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        *(f"OTEL_EXPORTER_OTLP_{s.upper()}_ENDPOINT" for s in SIGNALS),
+    ):
+        value = environ.get(var, "").strip()
+        if value and not re.match(r"^https?://[^/\s]", value, re.IGNORECASE):
+            shown = value.rpartition("@")[2]  # never credentials in the user part
+            raise ConfigError(
+                f"{var}: {shown!r} has no scheme; write http://{shown} or https://{shown} "
+                "(an OTLP endpoint is a URL with its scheme)"
+            )
+
+
 def validate_otel_env(environ: Mapping[str, str]) -> None:
     """Check every ``OTEL_*`` variable that the agent or the SDK reads, as :func:`build_telemetry`
     does first; a supervisor calls it before it starts workers. Raises :class:`ConfigError` naming
     the variable (and never showing a header's value)."""
+    _check_endpoints(environ)
     for signal in SIGNALS:
         for name in _exporter_names(environ, signal):
             if name != "prometheus" or signal != "metrics":

@@ -197,7 +197,7 @@ class _RunTracer:
 
 @dataclass(slots=True)
 class CheckState:
-    """What the status API shows of one check."""
+    """What the status API shows of one check (its JSON: agent/server/status.py ``check_json``)."""
 
     entry: CheckEntry
     target: str
@@ -208,54 +208,6 @@ class CheckState:
     last: ProbeResult | None = None
     last_time: float | None = None
     last_change: float | None = None
-
-    def as_json(self, redact: Redactor) -> dict[str, Any]:
-        check = self.entry.check
-        last = None
-        if self.last is not None:
-            result = self.last
-            last = {
-                "success": result.success,
-                "reason": result.reason.value if result.reason else None,
-                "message": redact(result.message),
-                "duration": result.duration,
-                "time": self.last_time,
-                "phases": dict(result.phases),
-                "values": dict(result.values),
-                "assertions": [
-                    {
-                        "assertion": redact(a.assertion),
-                        "passed": a.passed,
-                        "actual": redact(a.actual),
-                        "message": redact(a.message),
-                    }
-                    for a in result.assertions
-                ],
-                "steps": [
-                    {
-                        "name": s.name,
-                        "success": s.success,
-                        "duration": s.duration,
-                        "reason": s.reason.value if s.reason else None,
-                        "message": redact(s.message),
-                    }
-                    for s in result.steps
-                ],
-            }
-        return {
-            "name": check.name,
-            "type": check.type,
-            "target": self.target,
-            "interval": check.interval,
-            "timeout": check.timeout,
-            "labels": redact.deep(check.labels),
-            "runs": self.runs,
-            "failures": self.failures,
-            "skipped": self.skipped,
-            "consecutive_failures": self.consecutive_failures,
-            "last_change": self.last_change,
-            "last": last,
-        }
 
 
 @dataclass
@@ -531,13 +483,15 @@ class Recorder:
             log.warning("check %s is failing: %s: %s", check.name, outcome["reason"], message, extra=fields)
         elif changed and previous is not None:
             log.info("check %s has recovered", check.name, extra=fields)
+        elif self._log_runs and result.success:
+            log.info("check %s succeeded in %s", check.name, format_duration(duration), extra=fields)
         elif self._log_runs:
             log.info(
-                "check %s %s%s in %s",
+                "check %s failed in %s: %s: %s",
                 check.name,
-                outcome["result"],
-                f" ({outcome['reason']}: {message})" if not result.success else "",
                 format_duration(duration),
+                outcome["reason"],
+                message,
                 extra=fields,
             )
 

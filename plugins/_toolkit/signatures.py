@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from agent.sdk import Duration, ProbeSettings
+from agent.sdk import Duration, ProbeSettings, format_duration
 
 from .inbound import raw
 
@@ -101,8 +101,7 @@ class Signature(ProbeSettings):
         if not message_id or not stamp or not _digits(stamp):
             return "no webhook-id or webhook-timestamp header"
         if abs(now - int(stamp)) > self.tolerance:
-            drift = abs(now - int(stamp))
-            return f"the signed timestamp is {drift:.0f}s from now (tolerance {self.tolerance:g}s)"
+            return self._stale(abs(now - int(stamp)))
         try:
             key = (
                 base64.b64decode(self.secret.removeprefix("whsec_"), validate=True)
@@ -118,6 +117,10 @@ class Signature(ProbeSettings):
             return f"no v1 signature in the {self.header} header matches the body"
         return None
 
+    def _stale(self, drift: float) -> str:
+        tolerance = format_duration(self.tolerance)
+        return f"the signed timestamp is {format_duration(round(drift))} from now (tolerance {tolerance})"
+
     def _stripe(self, given: str, body: bytes, now: float) -> str | None:
         # Stripe-Signature: t=1492774577,v1=5257a869...,v1=... (several v1 during a secret roll).
         fields = [part.split("=", 1) for part in given.split(",") if "=" in part]
@@ -127,8 +130,7 @@ class Signature(ProbeSettings):
             return "the Stripe-Signature header has no timestamp or no v1 signature"
         stamp = stamps[0].strip()
         if abs(now - int(stamp)) > self.tolerance:
-            drift = abs(now - int(stamp))
-            return f"the signed timestamp is {drift:.0f}s from now (tolerance {self.tolerance:g}s)"
+            return self._stale(abs(now - int(stamp)))
         expected = hmac.new(self.secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
         if not any(hmac.compare_digest(raw(candidate), expected.encode()) for candidate in candidates):
             return "no v1 signature in the Stripe-Signature header matches the body"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ from yarl import URL
 
 from agent.sdk import (
     Assertion,
+    AssertionOutcome,
     Check,
     HttpFailure,
     MetricKind,
@@ -42,7 +44,7 @@ from agent.sdk import (
 from .auth import TOKEN_EXPIRY, Auth, AuthFailure, TokenCache, authorize
 from .verdict import Verdict, judge
 
-__all__ = ["STEP_METRICS", "Extraction", "FlowSettings", "FlowStep", "StepRunner"]
+__all__ = ["STEP_METRICS", "Extraction", "FlowSettings", "FlowStep", "StepRunner", "render"]
 
 _TEMPLATE = re.compile(r"\$\{([^}]+)\}")
 _NAME = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
@@ -152,6 +154,17 @@ class FlowSettings(ProbeSettings):
             known_vars |= set(step.extract)
         return self
 
+    def reference_problem(self, text: str) -> str | None:
+        """What is wrong with the ``${...}`` references of ``text``, rendered after every step
+        (the webhook probe's ``correlate_to``); None when each names a global or an extraction."""
+        steps = {step.name: set(step.extract) for step in self.steps}
+        known_vars = set(self.vars).union(*steps.values())
+        for ref in _TEMPLATE.findall(text):
+            problem = _check_reference(ref, steps, known_vars)
+            if problem:
+                return f"${{{ref}}} {problem}"
+        return None
+
 
 def _check_reference(ref: str, steps: dict[str, set[str]], known_vars: set[str]) -> str | None:
     if ref in _GLOBALS:
@@ -202,9 +215,17 @@ class StepRunner:
     OAuth tokens of a check are in the check's ``ctx.state``."""
 
     async def execute(
-        self, check: Check, settings: FlowSettings, ctx: ProbeContext, run_id: str
+        self,
+        check: Check,
+        settings: FlowSettings,
+        ctx: ProbeContext,
+        run_id: str,
+        *,
+        context_out: dict[str, Any] | None = None,
     ) -> ProbeResult:
-        """Run the steps with ``run_id`` as ``${run_id}`` (the webhook probe's trigger uses this)."""
+        """Run the steps with ``run_id`` as ``${run_id}`` (the webhook probe's trigger uses this).
+
+        ``context_out``, when given, receives what the steps extracted, for :func:`render`."""
         context: dict[str, Any] = {
             "steps": {},
             "vars": dict(settings.vars),
@@ -213,6 +234,9 @@ class StepRunner:
             "hook_url": f"{ctx.public_url}/hooks/{check.name}" if ctx.public_url else None,
             "now": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        if context_out is not None:
+            context_out.update(context)
+            context = context_out  # the steps' extractions land in the caller's mapping
         steps: list[StepResult] = []
         samples: list[Sample] = []
         values: dict[str, float] = {}
@@ -231,13 +255,21 @@ class StepRunner:
             for step in settings.steps:
                 if failure is not None and not step.always:
                     steps.append(
-                        StepResult(step.name, False, 0.0, None, f"skipped: step {failure[0]!r} failed")
+                        StepResult(
+                            step.name,
+                            False,
+                            0.0,
+                            None,
+                            f"skipped: step {failure[0]!r} failed",
+                            request=ctx.redact(f"{step.method} {step.url}"),
+                        )
                     )
                     continue
                 started = ctx.clock.monotonic()
+                seen = _Seen(ctx.redact(f"{step.method} {step.url}"))
                 with ctx.step(step.name) as span:
                     verdict = await self._step(
-                        step, check, settings, ctx, client, credential, context, samples
+                        step, check, settings, ctx, client, credential, context, samples, seen
                     )
                     reason, message = verdict.reason, verdict.message
                     if reason is not None:
@@ -245,7 +277,17 @@ class StepRunner:
                 if verdict.retry_after is not None:
                     retry_after = max(retry_after or 0.0, verdict.retry_after)
                 steps.append(
-                    StepResult(step.name, reason is None, ctx.clock.monotonic() - started, reason, message)
+                    StepResult(
+                        step.name,
+                        reason is None,
+                        ctx.clock.monotonic() - started,
+                        reason,
+                        message,
+                        request=seen.request,
+                        status=seen.status,
+                        assertions=seen.outcomes,
+                        extracted=seen.extracted,
+                    )
                 )
                 if reason is not None and failure is None:
                     failure = (step.name, reason, message)
@@ -277,9 +319,14 @@ class StepRunner:
         credential: Any,
         context: dict[str, Any],
         samples: list[Sample],
+        seen: _Seen,
     ) -> Verdict:
+        """Run one step; what it sent and what came back are noted in ``seen`` for its result."""
         try:
             url = str(URL(check.target).join(URL(_render(step.url, context))))
+            # No query (keys travel there) and no user info: what a person needs to find the request.
+            shown = URL(url).with_user(None).with_query(None).with_fragment(None)
+            seen.request = ctx.redact(f"{step.method} {shown}")
             headers = {**credential.headers, **{k: _render(v, context) for k, v in step.headers.items()}}
             params = {**credential.params, **{k: _render(v, context) for k, v in step.query.items()}}
             data = _render(step.body, context) if step.body is not None else None
@@ -301,6 +348,7 @@ class StepRunner:
             )
         except HttpFailure as exc:
             return Verdict(exc.reason, exc.message)
+        seen.status = exchange.status
         samples.append(Sample("probe.http.status_code", exchange.status, {"step": step.name}))
         samples.extend(
             Sample("probe.http.duration", s, {"phase": p, "step": step.name})
@@ -315,6 +363,7 @@ class StepRunner:
             redact=ctx.redact,
         )
         outcomes = tuple(a.evaluate(subject) for a in step.assertions)
+        seen.outcomes = outcomes
         verdict = judge(
             exchange, ctx, ctx.state.get(TokenCache), assertions=step.assertions, outcomes=outcomes
         )
@@ -335,9 +384,29 @@ class StepRunner:
             if extraction.secret:
                 ctx.redact.add(value, ephemeral=True)
             extracted[name] = value
+        seen.extracted = tuple(extracted)
         context["steps"][step.name] = extracted
         context["vars"].update(extracted)
         return verdict
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What one step sent and got, noted as it runs, for its ``StepResult``."""
+
+    request: str
+    status: int | None = None
+    outcomes: tuple[AssertionOutcome, ...] = ()
+    extracted: tuple[str, ...] = ()
+
+
+def render(text: str, context: dict[str, Any]) -> str:
+    """``text`` with its ``${...}`` references filled from a run's ``context`` (see
+    ``StepRunner.execute``); raises ``ValueError`` for a reference without a value."""
+    try:
+        return _render(text, context)
+    except _Missing as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _render(text: str, context: dict[str, Any]) -> str:

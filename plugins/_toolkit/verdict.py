@@ -93,10 +93,11 @@ def assertion_verdict(
         if outcome.passed:
             continue
         if outcome.source is AssertionSource.STATUS:
-            return Reason.HTTP_STATUS, f"HTTP {status}: {outcome.message}"
+            # "HTTP 404 (expected status in [200])", as the 2xx default reads; not the status twice.
+            return Reason.HTTP_STATUS, f"HTTP {status} (expected {outcome.assertion})"
         if outcome.op is AssertionOp.SCHEMA:
-            return Reason.SCHEMA, f"{outcome.assertion}: {outcome.message}"
-        return Reason.ASSERTION, f"{outcome.assertion}: {outcome.message}"
+            return Reason.SCHEMA, outcome.summary
+        return Reason.ASSERTION, outcome.summary
     return None, ""
 
 

@@ -158,7 +158,7 @@ def test_a_run_that_outlasts_the_budget_is_abandoned_with_a_line(target: int) ->
     finally:
         agent.kill()
     assert agent.proc.returncode == 0, agent.output
-    assert "for 1 runs in flight" in agent.output and "vantage stopped" in agent.output
+    assert "for 1 run in flight" in agent.output and "vantage stopped" in agent.output
 
 
 def _pipe_fill(fd: int) -> int:
