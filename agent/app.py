@@ -35,6 +35,7 @@ from agent.sdk.durations import format_duration, plural
 from agent.sdk.probe import Clock, ProbeContext, SystemClock
 from agent.server.inbound import Inbound, Route, inbound_checks, peer_route
 from agent.server.inbox import Inbox
+from agent.server.pages import local_pages
 from agent.server.status import Server
 from agent.state import ProbeStates
 from agent.telemetry.providers import Telemetry, build_resource, build_telemetry
@@ -177,6 +178,16 @@ def build_agent(
         max_body=int(settings.inbound_max_body),
         # A worker serves on the socket its supervisor bound for it (agent/process/handover.py).
         sock=inherited_socket(environ),
+        pages=local_pages(
+            recorder,
+            config.redactor,
+            token=settings.api_token.get_secret_value() if settings.api_token else None,
+            region=settings.region,
+            group_by=settings.status_group_by,
+            trace_template=settings.trace_url_template,
+            runs=settings.status_runs,
+            state_dir=settings.state_dir,
+        ),
         reload=reload,
     )
     agent = Agent(config, entries, telemetry, recorder, scheduler, server, http, inbox, states, table)

@@ -5,6 +5,15 @@
 # they are there. Without root or sudo it says so and the tests that need them are skipped (outside
 # CI; with CI set they fail).
 set -euo pipefail
+# Chromium (Debian's), for tests/test_status_page.py, which drives the status page in it headless.
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo -n"; else SUDO=none; fi
+  if [ "$SUDO" = none ]; then echo "tests/setup.sh: cannot install Debian's chromium package (not root, no sudo)" >&2
+  else
+    install_chromium() { DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+    install_chromium || { $SUDO apt-get update -qq && install_chromium; }
+  fi
+fi
 PACKAGES=(prometheus prometheus-blackbox-exporter)
 if command -v prometheus >/dev/null && command -v promtool >/dev/null \
   && command -v prometheus-blackbox-exporter >/dev/null; then exit 0; fi

@@ -86,10 +86,28 @@ class AgentSettings(BaseModel):
     440 µs of CPU, over half the agent's per-probe target, while what a successful run's trace adds
     to the metrics (each hop's timings, the join to the target's own trace) is a baseline that a
     sample gives as well as every run; see docs/configuration.md."""
+    status_group_by: str = Field("", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$|^$")
+    """The label the status page (``GET /``) groups the checks by (``vendor``, ``team``), or none."""
+    status_runs: int = Field(50, ge=1, le=1000)
+    """The runs the status page keeps per check (their last 3 in full, for the debug view)."""
+    trace_url_template: str | None = None
+    """A link to a run's trace: an http(s) URL with ``{trace_id}`` (Grafana Tempo, Jaeger, Datadog)."""
     reload_poll_interval: Duration = 5.0
     """How often the checks file (``VANTAGE_CHECKS_FILE``) is looked at for a change, which
     reloads the checks (agent/reload.py); 0 turns the watch off (SIGHUP and ``POST /-/reload``
     still reload)."""
+
+    @field_validator("trace_url_template")
+    @classmethod
+    def _trace_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not re.match(r"^https?://[^/\s]+", value, re.IGNORECASE) or "{trace_id}" not in value:
+            raise ValueError(
+                f"{value!r} is not an http:// or https:// URL with {{trace_id}} in it "
+                "(e.g. https://grafana.example/explore?traceId={trace_id})"
+            )
+        return value
 
     @field_validator("inbound_rate")
     @classmethod

@@ -72,7 +72,8 @@ _KEPT_HANDSHAKES = 1024
 
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
-    """One physical request, for the ``http.client.request.duration`` metric."""
+    """One physical request, for the ``http.client.request.duration`` metric (and the status
+    page's debug view, which shows the response headers, redacted)."""
 
     method: str
     scheme: str
@@ -82,6 +83,7 @@ class RequestRecord:
     status: int | None
     error_type: str | None
     protocol_version: str | None
+    response_headers: tuple[tuple[str, str], ...] = ()
 
 
 class HttpClientFactory:
@@ -365,6 +367,7 @@ class HttpClient:
         status: int | None = None
         version: str | None = None
         error_type: str | None = None
+        response_headers: tuple[tuple[str, str], ...] = ()
         # Host, port and path (not the query, where keys travel), as a person finds the request
         # in the check: "waiting for the response of GET 127.0.0.1:8099/v1/hang".
         shown = ctx.redact(f"{method} {f'[{host}]' if ':' in host else host}:{port}{url.path}")
@@ -401,6 +404,7 @@ class HttpClient:
                 span.fail(error_type, message)
                 raise HttpFailure(failure.reason, message, phases) from None
             status, version = result.status, result.http_version
+            response_headers = tuple(result.headers)
             for name, seconds in result.phases.items():
                 phases[name] += seconds
             tls = self._tls_info(result, url) if result.tls_used else None
@@ -430,6 +434,7 @@ class HttpClient:
                     status,
                     error_type,
                     version,
+                    response_headers,
                 )
             )
             span.end()

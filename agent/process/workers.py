@@ -59,6 +59,7 @@ from agent.sdk.durations import format_duration, plural
 from agent.sdk.probe import SystemClock
 from agent.server._aiohttp import wait_for_certificates
 from agent.server.inbound import Inbound, Route, inbound_checks, peer_route
+from agent.server.pages import Pages, WorkersSource
 from agent.server.status import (
     PROMETHEUS_TYPE,
     Bound,
@@ -363,7 +364,16 @@ class _Supervisor:
         listener = Listener(
             settings.host, settings.port, settings.inbound_port, int(settings.inbound_max_body)
         )
-        await serve_endpoints(self, self._inbound(), listener, task_status=task_status)
+        # The status page from the workers' /api/status, with the supervisor's own token.
+        auth = {"Authorization": f"Bearer {self._token}"} if self._token else None
+        pages = Pages(
+            WorkersSource(lambda path: self._gather(path, auth)),
+            token=self._token,
+            title=f"Vantage · {settings.region}",
+            group_by=settings.status_group_by,
+            trace_template=settings.trace_url_template,
+        )
+        await serve_endpoints(self, self._inbound(), listener, pages=pages, task_status=task_status)
 
 
 def _worker_readiness(index: int, status: int, body: str) -> dict[str, Any]:

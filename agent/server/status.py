@@ -30,7 +30,7 @@ import socket
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from aiohttp import web
@@ -45,6 +45,9 @@ from agent.server.inbound import Inbound
 from agent.telemetry.exposition import negotiate
 from agent.telemetry.providers import Telemetry
 from agent.telemetry.recorder import CheckState, Recorder
+
+if TYPE_CHECKING:
+    from agent.server.pages import Pages
 
 __all__ = [
     "PROMETHEUS_TYPE",
@@ -269,7 +272,7 @@ class Bound:
 
 
 def build_apps(
-    endpoints: StatusEndpoints, inbound: Inbound | None, listener: Listener
+    endpoints: StatusEndpoints, inbound: Inbound | None, listener: Listener, pages: Pages | None = None
 ) -> tuple[web.Application, web.Application | None]:
     """The application for the agent's port and, with a separate inbound port, the one for it.
 
@@ -289,6 +292,8 @@ def build_apps(
     main.router.add_get("/api/checks", endpoints.checks)
     main.router.add_get("/api/checks/{name}", endpoints.check)
     main.router.add_post("/-/reload", endpoints.reload)
+    if pages is not None:  # the status page and debug views (agent/server/pages.py)
+        pages.add_routes(main)
     return main, separate
 
 
@@ -298,10 +303,11 @@ async def serve_endpoints(
     listener: Listener,
     *,
     refused: Callable[[], None] = lambda: None,
+    pages: Pages | None = None,
     task_status: TaskStatus[Bound] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bind every port (a failure surfaces in the caller of ``tg.start``), serve until cancelled."""
-    main, separate = build_apps(endpoints, inbound, listener)
+    main, separate = build_apps(endpoints, inbound, listener, pages)
 
     def serve(
         app: web.Application, port: int, setting: str, sock: socket.socket | None = None
@@ -349,9 +355,11 @@ class Server:
         max_connections: int = MAX_CONNECTIONS,
         sock: socket.socket | None = None,
         reload: Callable[[str], Awaitable[Mapping[str, Any]]] | None = None,
+        pages: Pages | None = None,
     ) -> None:
         self.host, self.port = host, port
         self._reload = reload
+        self._pages = pages
         self._listener = Listener(host, port, inbound_port, max_body, header_timeout, max_connections, sock)
         self._inbound, self.inbound_port = inbound, inbound_port
         self._recorder, self._telemetry, self._redact = recorder, telemetry, redactor
@@ -371,8 +379,11 @@ class Server:
                     self._listener,
                     # Counted with the inbound requests: a full port is most often a flood of callers.
                     refused=lambda: self._recorder.inbound("connection", "refused"),
+                    pages=self._pages,
                 )
             )
+            if self._pages is not None:
+                tg.start_soon(self._pages.run)  # the history's writes to VANTAGE_STATE_DIR
             self.inbound_port = bound.inbound_port
             task_status.started(bound.port)
 

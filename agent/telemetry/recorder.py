@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-from collections.abc import Hashable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,6 +251,9 @@ class Recorder:
         self.states: dict[str, CheckState] = {}
         self.in_flight = 0
         self._export_stats = export_stats or ExportStats()
+        self.on_result: Callable[[str, float, ProbeResult, Sequence[RequestRecord], int], None] | None = None
+        """Called with each run's check name, end time, result, requests and trace id, after the
+        rest is recorded (the status page's history, agent/server/history.py)."""
         # Handles to the agent's own tables: the hot path records through them, not by name.
         self._success = tables.declare(SUCCESS)
         self._duration = tables.declare(DURATION)
@@ -351,6 +354,10 @@ class Recorder:
         changed = self._update_state(state, result)
         self._end_span(run.span, result, outcome, message, changed)
         self._log_run(state.entry, result, outcome, message, previous, changed)
+        if self.on_result is not None:
+            self.on_result(
+                state.entry.check.name, state.last_time or 0.0, result, requests, run.span.trace_id
+            )
 
     def _record_metrics(
         self,

@@ -1,0 +1,714 @@
+"""What the status page shows of each check's past: a bounded history of its runs.
+
+Per check, and only once the check has run (an idle check costs nothing):
+
+- uptime buckets, fixed arrays: 288 five-minute buckets (the last 24 hours) and 168 one-hour
+  buckets (the last 7 days), each a run count and a failure count (8 bytes a bucket, 3.6 KB a
+  check);
+- the last ``runs`` runs in brief (time, outcome, reason, duration, trace id), for the list of runs
+  and the latency sparkline;
+- the last ``details`` runs in full (3: phases, assertions, steps, requests and their response
+  headers), and the last failure in full however old it is. A run in full is what the probe's
+  result holds of it, kept as it is: turning it into text (and redacting it) is done when a page asks for it
+  or when it is written to disk, never on the probe's path.
+
+With ``VANTAGE_STATE_DIR`` the history is kept in ``<dir>/status-history.sqlite3`` (SQLite, from
+the standard library). Runs are written in batches (:meth:`History.collect` on the loop,
+:meth:`History.write` in a thread, which turns the runs in full into redacted JSON), every
+``FLUSH_EVERY`` seconds and when the agent stops; the file holds at most the same bounds as memory
+(a check's last ``runs`` runs, 7 days of buckets; older rows are deleted at each write). Worker
+processes share the file (SQLite locks it); each loads the checks it runs. A file that cannot be
+opened, read or written is a warning in the log, never a crash: a corrupt file is set aside (renamed
+``*.corrupt``) and a new one started, an unwritable one leaves the history in memory only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import threading
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from agent.config.secrets import Redactor
+from agent.sdk.probe import ProbeResult
+
+if TYPE_CHECKING:
+    import sqlite3  # imported when a store is opened: most agents run without VANTAGE_STATE_DIR
+
+__all__ = ["FLUSH_EVERY", "History", "HistoryStore", "detail_json"]
+
+log = logging.getLogger("vantage.server")
+
+FLUSH_EVERY = 10.0
+FILE_NAME = "status-history.sqlite3"
+DAY, WEEK = 86_400.0, 7 * 86_400.0
+_MAX = 65_535  # a bucket's counts are 16-bit; a check running more often than that saturates
+_PENDING_LIMIT = 100_000  # runs waiting for the disk; beyond this the oldest are not written
+# Response headers whose values are credentials of the session, whatever the redactor knows.
+_CREDENTIAL_HEADERS = frozenset(
+    {"set-cookie", "set-cookie2", "authorization", "proxy-authorization", "cookie"}
+)
+
+
+class RequestRecord(Protocol):
+    """One physical request of a run, as the HTTP client records it (``agent/net/http.py``'s
+    ``RequestRecord``; the server does not import the client)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def duration(self) -> float: ...
+    @property
+    def status(self) -> int | None: ...
+    @property
+    def error_type(self) -> str | None: ...
+    @property
+    def protocol_version(self) -> str | None: ...
+    @property
+    def response_headers(self) -> tuple[tuple[str, str], ...]: ...
+
+
+class _Buckets:
+    """``slots`` buckets of ``width`` seconds in a ring: a bucket is reused when its slot comes
+    round again, so the ring holds the last ``slots * width`` seconds."""
+
+    __slots__ = ("failures", "runs", "slot", "start", "width")
+
+    def __init__(self, width: int, slots: int) -> None:
+        self.width = width
+        self.start = 1 << 32  # the oldest slot ever counted in: before it, every bucket is empty
+        self.slot = array("I", bytes(4 * slots))  # which slot (time // width) the bucket holds now
+        self.runs = array("H", bytes(2 * slots))
+        self.failures = array("H", bytes(2 * slots))
+
+    def add(self, when: float, success: bool) -> int:
+        """Count a run at ``when``; the slot counted in."""
+        slot = int(when // self.width)
+        i = slot % len(self.slot)
+        if self.slot[i] != slot:
+            self.slot[i], self.runs[i], self.failures[i] = slot, 0, 0
+            self.start = min(self.start, slot)
+        self.runs[i] = min(_MAX, self.runs[i] + 1)
+        if not success:
+            self.failures[i] = min(_MAX, self.failures[i] + 1)
+        return slot
+
+    def merge(self, slot: int, runs: int, failures: int) -> None:
+        """Add a bucket as it was saved before a restart to what the ring holds of its slot."""
+        i = slot % len(self.slot)
+        if self.slot[i] > slot:
+            return  # the ring has come round past it
+        if self.slot[i] < slot:
+            self.slot[i], self.runs[i], self.failures[i] = slot, 0, 0
+            self.start = min(self.start, slot)
+        self.runs[i] = min(_MAX, self.runs[i] + runs)
+        self.failures[i] = min(_MAX, self.failures[i] + failures)
+
+    def get(self, slot: int) -> tuple[int, int] | None:
+        i = slot % len(self.slot)
+        if self.slot[i] != slot:
+            return None
+        return self.runs[i], self.failures[i]
+
+    def uptime(self, now: float) -> tuple[float | None, int]:
+        """The share of runs that passed over the ring's span up to ``now``, and the runs counted."""
+        last = int(now // self.width)
+        first = last - len(self.slot) + 1
+        # The usual cases, summed in C: the ring is younger than its span (a bucket never counted
+        # in is empty), or every bucket has been counted in within the span.
+        if max(self.slot) <= last and (self.start >= first or min(self.slot) >= first):
+            runs, failures = sum(self.runs), sum(self.failures)
+            return ((runs - failures) / runs if runs else None), runs
+        runs = failures = 0
+        for slot, count, failed in zip(self.slot, self.runs, self.failures, strict=True):
+            if first <= slot <= last:
+                runs += count
+                failures += failed
+        return ((runs - failures) / runs if runs else None), runs
+
+
+@dataclass(frozen=True, slots=True)
+class Brief:
+    """One run in brief."""
+
+    time: float
+    success: bool
+    reason: str | None
+    duration: float
+    trace_id: int
+
+    @property
+    def trace(self) -> str:
+        """The run's trace id, 32 hex digits."""
+        return f"{self.trace_id:032x}"
+
+
+class _Runs:
+    """The last runs in brief, in fixed arrays (29 bytes and a reference a run): a ring."""
+
+    __slots__ = ("count", "durations", "next", "ok", "reasons", "times", "traces")
+
+    def __init__(self, size: int) -> None:
+        self.times = array("d", bytes(8 * size))
+        self.durations = array("I", bytes(4 * size))  # microseconds
+        self.ok = bytearray(size)
+        self.reasons: list[str | None] = [None] * size
+        self.traces = bytearray(16 * size)
+        self.next = self.count = 0
+
+    def append(self, brief: Brief) -> None:
+        i, size = self.next, len(self.ok)
+        micros = min(0xFFFFFFFF, max(0, int(brief.duration * 1e6)))
+        self.times[i], self.durations[i], self.ok[i] = brief.time, micros, brief.success
+        self.reasons[i] = brief.reason
+        self.traces[16 * i : 16 * i + 16] = brief.trace_id.to_bytes(16, "big")
+        self.next, self.count = (i + 1) % size, min(self.count + 1, size)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def recent(self) -> list[list[Any]]:
+        """``[time, duration, success]`` of each run, oldest first (the sparkline's)."""
+        size, times, durations, ok = len(self.ok), self.times, self.durations, self.ok
+        out = []
+        for k in range(self.count):
+            i = (self.next - self.count + k) % size
+            out.append([times[i], durations[i] / 1e6, bool(ok[i])])
+        return out
+
+    def __iter__(self) -> Iterator[Brief]:
+        """Oldest first."""
+        size = len(self.ok)
+        for k in range(self.count):
+            i = (self.next - self.count + k) % size
+            trace = int.from_bytes(self.traces[16 * i : 16 * i + 16], "big")
+            yield Brief(self.times[i], bool(self.ok[i]), self.reasons[i], self.durations[i] / 1e6, trace)
+
+
+class _CheckHistory:
+    __slots__ = ("day", "details", "last_failure", "runs", "week")
+
+    def __init__(self, runs: int, details: int) -> None:
+        self.day = _Buckets(300, 288)
+        self.week = _Buckets(3600, 168)
+        self.runs = _Runs(runs)
+        # The last runs in full: what the debug view shows of the probe's result (not its metric
+        # values), and its requests; or, loaded from disk, the JSON already.
+        self.details: deque[tuple[Brief, Detail]] = deque(maxlen=details)
+        self.last_failure: tuple[Brief, Detail] | None = None
+
+
+_Full = tuple[
+    str,  # message
+    Mapping[str, float],  # phases
+    tuple[Any, ...],  # assertions
+    tuple[Any, ...],  # steps
+    Mapping[str, Any],  # attributes
+    tuple[RequestRecord, ...],
+]
+Detail = _Full | dict[str, Any]
+
+
+def detail_json(brief: Brief, detail: Detail, redact: Redactor) -> dict[str, Any]:
+    """A run in full as JSON-ready data, every text redacted; what the debug view shows."""
+    if isinstance(detail, dict):
+        return detail
+    message, phases, assertions, steps, attributes, requests = detail
+    return {
+        "time": brief.time,
+        "success": brief.success,
+        "reason": brief.reason,
+        "duration": brief.duration,
+        "trace_id": brief.trace,
+        "message": redact(message),
+        "phases": {name: float(seconds) for name, seconds in phases.items()},
+        "assertions": [
+            {
+                "assertion": redact(a.assertion),
+                "passed": a.passed,
+                "actual": redact(a.actual),
+                "message": redact(a.message),
+            }
+            for a in assertions
+        ],
+        "steps": [_step_json(step, redact) for step in steps],
+        "requests": [_request_json(request, redact) for request in requests],
+        "attributes": {
+            key: redact(value) if isinstance(value, str) else _plain(value)
+            for key, value in attributes.items()
+        },
+    }
+
+
+def _step_json(step: Any, redact: Redactor) -> dict[str, Any]:
+    """A step, every field of it (a probe's step may carry more than the SDK's base fields)."""
+    out: dict[str, Any] = {}
+    for f in fields(step):
+        value = getattr(step, f.name)
+        out[f.name] = redact.deep(_plain(value))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """A value as JSON can hold it: enums by value, dataclasses and mappings as objects."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value.value if hasattr(value, "value") and isinstance(value, str) else value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def _request_json(request: RequestRecord, redact: Redactor) -> dict[str, Any]:
+    headers = request.response_headers
+    return {
+        "method": request.method,
+        "url": redact(f"{request.scheme}://{request.host}:{request.port}"),
+        "status": request.status,
+        "duration": request.duration,
+        "error": request.error_type,
+        "version": request.protocol_version,
+        "headers": [
+            [redact(name), "<redacted>" if name.lower() in _CREDENTIAL_HEADERS else redact(value)]
+            for name, value in headers
+        ],
+    }
+
+
+class History:
+    """Every check's bounded history; see the module docstring.
+
+    ``record`` is the recorder's hook (agent/telemetry/recorder.py), called on the event loop for
+    every run: it only counts and keeps references. Every read of the history (``summary``,
+    ``runs``, ``collect``) is made on that loop too; only ``write``, which reads nothing but the
+    batch ``collect`` made, runs in a thread."""
+
+    def __init__(
+        self,
+        redact: Redactor,
+        *,
+        runs: int = 50,
+        details: int = 3,
+        store: HistoryStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redact = redact
+        self._runs, self._details = runs, max(1, min(details, runs))
+        self._checks: dict[str, _CheckHistory] = {}
+        self.store = store
+        self._clock = clock
+        self._pending: list[tuple[str, Brief, Detail | None]] = []
+        self._dirty: set[tuple[str, int, int]] = set()  # (check, bucket width, slot)
+
+    def now(self) -> float:
+        return self._clock()
+
+    def record(
+        self,
+        name: str,
+        when: float,
+        result: ProbeResult,
+        requests: Sequence[RequestRecord],
+        trace_id: int,
+    ) -> None:
+        """Count one run of ``name`` that ended at ``when``."""
+        check = self._checks.get(name)
+        if check is None:
+            check = self._checks[name] = _CheckHistory(self._runs, self._details)
+        duration = result.duration or 0.0
+        brief = Brief(
+            when, result.success, result.reason.value if result.reason else None, duration, trace_id
+        )
+        day = check.day.add(when, result.success)
+        week = check.week.add(when, result.success)
+        check.runs.append(brief)
+        detail: Detail = (
+            result.message,
+            result.phases,
+            result.assertions,
+            result.steps,
+            result.attributes,
+            tuple(requests),
+        )
+        check.details.append((brief, detail))
+        if not result.success:
+            check.last_failure = (brief, detail)
+        if self.store is not None:
+            if len(self._pending) < _PENDING_LIMIT:
+                self._pending.append((name, brief, detail))
+            self._dirty.add((name, 300, day))
+            self._dirty.add((name, 3600, week))
+
+    def forget(self, name: str) -> None:
+        self._checks.pop(name, None)
+
+    def retain(self, names: Iterable[str]) -> None:
+        """Keep the history of ``names`` only (the checks run now)."""
+        kept = set(names)
+        for name in [n for n in self._checks if n not in kept]:
+            del self._checks[name]
+
+    def summary(self, name: str) -> dict[str, Any]:
+        """What the overview shows of ``name``: uptimes, the sparkline's runs, the last failure."""
+        check = self._checks.get(name)
+        now = self._clock()
+        if check is None:
+            return {"uptime_24h": None, "uptime_7d": None, "runs_24h": 0, "recent": [], "last_failure": None}
+        day, runs_24h = check.day.uptime(now)
+        week, _ = check.week.uptime(now)
+        failure = None
+        if check.last_failure is not None:
+            brief, detail = check.last_failure
+            failure = {
+                "time": brief.time,
+                "reason": brief.reason,
+                "message": detail.get("message", "") if isinstance(detail, dict) else self._redact(detail[0]),
+                "trace_id": brief.trace,
+            }
+        return {
+            "uptime_24h": day,
+            "uptime_7d": week,
+            "runs_24h": runs_24h,
+            "recent": check.runs.recent(),
+            "last_failure": failure,
+        }
+
+    def runs(self, name: str) -> dict[str, Any]:
+        """What the debug view shows of ``name``: the runs in brief and in full, newest first."""
+        check = self._checks.get(name)
+        if check is None:
+            return {"last_runs": [], "details": [], "last_failure_detail": None}
+        redact = self._redact
+        failure = check.last_failure
+        return {
+            "last_runs": [_brief_json(b) for b in reversed(list(check.runs))],
+            "details": [detail_json(b, d, redact) for b, d in reversed(check.details)],
+            "last_failure_detail": detail_json(*failure, redact) if failure else None,
+        }
+
+    # Persistence ---------------------------------------------------------------------------
+
+    def read_saved(self, names: Iterable[str]) -> dict[str, Saved]:
+        """The saved history of ``names`` (blocking: a thread's); for :meth:`merge`."""
+        return self.store.load(list(names), self._clock() - WEEK) if self.store is not None else {}
+
+    def merge(self, saved: Mapping[str, Saved]) -> None:
+        """Take in the history saved before a restart (``HistoryStore.load``, read in a thread),
+        under whatever was recorded since the start."""
+        for name, (buckets, runs, failure) in saved.items():
+            check = self._checks.get(name)
+            if check is None:
+                check = self._checks[name] = _CheckHistory(self._runs, self._details)
+            for width, slot, count, failed in buckets:
+                (check.day if width == 300 else check.week).merge(slot, count, failed)
+            # Saved runs go before the runs since the start; the newest are kept within the bounds.
+            since = next(iter(check.runs)).time if check.runs else math.inf
+            older = [brief for brief, _ in runs if brief.time < since]
+            kept = _Runs(self._runs)
+            for brief in [*older, *check.runs]:
+                kept.append(brief)
+            check.runs = kept
+            full = [(brief, detail) for brief, detail in runs if detail is not None and brief.time < since]
+            check.details = deque([*full, *check.details], maxlen=self._details)
+            if check.last_failure is None and failure is not None:
+                check.last_failure = failure
+
+    def flush(self) -> None:
+        """Write what changed since the last write, here and now (blocking); the agent calls
+        :meth:`collect` on its event loop and :meth:`write` in a thread instead."""
+        batch = self.collect()
+        if batch is not None:
+            self.write(batch)
+
+    def collect(self) -> Batch | None:
+        """What changed since the last call, to be written (on the thread that records: it reads
+        the history as it is now, which ``record`` changes)."""
+        if self.store is None or not (self._pending or self._dirty):
+            return None
+        pending, self._pending = self._pending, []
+        dirty, self._dirty = self._dirty, set()
+        buckets = []
+        for name, width, slot in dirty:
+            check = self._checks.get(name)
+            got = None if check is None else (check.day if width == 300 else check.week).get(slot)
+            if got is not None:
+                buckets.append((name, width, slot, *got))
+        runs = []
+        for name, brief, detail in pending:
+            check = self._checks.get(name)
+            full = check is not None and any(kept is detail for _, kept in check.details)
+            failure = check is not None and check.last_failure is not None and check.last_failure[0] is brief
+            runs.append((name, brief, detail if full or failure else None, full, failure))
+        return buckets, runs
+
+    def write(self, batch: Batch) -> None:
+        """Write a batch from :meth:`collect`: runs in full turned into redacted JSON here, which
+        is why this is a thread's work (it reads only the batch, which nothing changes)."""
+        if self.store is None:
+            return
+        buckets, runs = batch
+        redact = self._redact
+        rows = []
+        failures: dict[str, tuple[float, str]] = {}
+        for name, brief, detail, full, failure in runs:
+            text = json.dumps(detail_json(brief, detail, redact), default=str) if detail is not None else None
+            rows.append(
+                (
+                    name,
+                    brief.time,
+                    int(brief.success),
+                    brief.reason,
+                    brief.duration,
+                    brief.trace,
+                    text if full else None,
+                )
+            )
+            if failure and text is not None:
+                failures[name] = (brief.time, text)
+        self.store.write(buckets, rows, failures, self._runs, self._details, self._clock() - WEEK)
+
+
+Batch = tuple[
+    list[tuple[str, int, int, int, int]],
+    list[tuple[str, Brief, Detail | None, bool, bool]],
+]
+
+
+def _brief_json(brief: Brief) -> dict[str, Any]:
+    return {
+        "time": brief.time,
+        "success": brief.success,
+        "reason": brief.reason,
+        "duration": brief.duration,
+        "trace_id": brief.trace,
+    }
+
+
+Saved = tuple[
+    list[tuple[int, int, int, int]],
+    list[tuple[Brief, dict[str, Any] | None]],
+    tuple[Brief, dict[str, Any]] | None,
+]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS buckets (
+    check_name TEXT NOT NULL, width INTEGER NOT NULL, slot INTEGER NOT NULL,
+    runs INTEGER NOT NULL, failures INTEGER NOT NULL,
+    PRIMARY KEY (check_name, width, slot)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (
+    check_name TEXT NOT NULL, time REAL NOT NULL, success INTEGER NOT NULL, reason TEXT,
+    duration REAL NOT NULL, trace_id TEXT NOT NULL, detail TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_check ON runs (check_name, time);
+CREATE TABLE IF NOT EXISTS last_failure (
+    check_name TEXT PRIMARY KEY, time REAL NOT NULL, detail TEXT NOT NULL
+);
+"""
+
+
+class HistoryStore:
+    """The SQLite file behind a :class:`History`. Every method is blocking (a thread's), and
+    none raises for the file's sake: a failure is logged, and the history goes on in memory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / FILE_NAME
+        self._db: sqlite3.Connection | None = None
+        self._failing = False
+        self._lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection | None:
+        import sqlite3
+
+        if self._db is not None:
+            return self._db
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:
+            if not self.path.exists() or isinstance(exc, sqlite3.OperationalError):
+                self._warn(f"cannot be opened ({exc}); the status page's history is kept in memory only")
+                return None
+            aside = self.path.with_name(f"{self.path.name}.corrupt")
+            log.warning(
+                "%s is not a history file SQLite can read (%s); set aside as %s", self.path, exc, aside
+            )
+            try:
+                self.path.replace(aside)
+                self._db = self._open()
+            except (OSError, sqlite3.Error) as again:
+                self._warn(f"cannot be started again ({again}); the history is kept in memory only")
+                return None
+        except OSError as exc:
+            self._warn(f"cannot be opened ({exc}); the status page's history is kept in memory only")
+            return None
+        return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        import sqlite3
+
+        db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+            db.execute("SELECT count(*) FROM runs").fetchone()  # a damaged file fails here, not later
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _warn(self, what: str) -> None:
+        if not self._failing:
+            self._failing = True
+            log.warning("VANTAGE_STATE_DIR: %s %s", self.path, what)
+
+    def load(self, names: list[str], since: float) -> dict[str, Saved]:
+        """The saved history of ``names``: buckets newer than ``since``, runs oldest first."""
+        import sqlite3
+
+        out: dict[str, Saved] = {}
+        with self._lock:
+            db = self._connect()
+            if db is None:
+                return out
+            try:
+                for name in names:
+                    buckets = db.execute(
+                        "SELECT width, slot, runs, failures FROM buckets "
+                        "WHERE check_name=? AND slot*width>=?",
+                        (name, since - 3600),
+                    ).fetchall()
+                    rows = db.execute(
+                        "SELECT time, success, reason, duration, trace_id, detail FROM runs "
+                        "WHERE check_name=? ORDER BY time",
+                        (name,),
+                    ).fetchall()
+                    failure_row = db.execute(
+                        "SELECT detail FROM last_failure WHERE check_name=?", (name,)
+                    ).fetchone()
+                    if not buckets and not rows and failure_row is None:
+                        continue
+                    runs = [
+                        (Brief(t, bool(ok), reason, duration, _trace(trace)), _loads(detail))
+                        for t, ok, reason, duration, trace, detail in rows
+                    ]
+                    failure = None
+                    loaded = _loads(failure_row[0]) if failure_row else None
+                    if loaded is not None:
+                        failure = (
+                            Brief(
+                                float(loaded.get("time") or 0.0),
+                                False,
+                                loaded.get("reason"),
+                                float(loaded.get("duration") or 0.0),
+                                _trace(loaded.get("trace_id")),
+                            ),
+                            loaded,
+                        )
+                    out[name] = (buckets, runs, failure)
+            except sqlite3.Error as exc:
+                log.warning(
+                    "VANTAGE_STATE_DIR: %s cannot be read (%s); the history starts empty", self.path, exc
+                )
+                return {}
+        return out
+
+    def write(
+        self,
+        buckets: list[tuple[str, int, int, int, int]],
+        runs: list[tuple[str, float, int, str | None, float, str, str | None]],
+        failures: Mapping[str, tuple[float, str]],
+        keep_runs: int,
+        keep_details: int,
+        since: float,
+    ) -> None:
+        """Write a batch, then delete what is beyond the bounds: runs past a check's last
+        ``keep_runs`` (details past its last ``keep_details``), anything older than ``since``."""
+        import sqlite3
+
+        with self._lock:
+            db = self._connect()
+            if db is None:
+                return
+            try:
+                with _transaction(db):
+                    db.executemany("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?, ?)", buckets)
+                    db.executemany("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", runs)
+                    db.executemany(
+                        "INSERT OR REPLACE INTO last_failure VALUES (?, ?, ?)",
+                        [(name, when, text) for name, (when, text) in failures.items()],
+                    )
+                    for name in {row[0] for row in runs}:
+                        db.execute(
+                            "DELETE FROM runs WHERE check_name=?1 AND rowid NOT IN "
+                            "(SELECT rowid FROM runs WHERE check_name=?1 ORDER BY time DESC LIMIT ?2)",
+                            (name, keep_runs),
+                        )
+                        db.execute(
+                            "UPDATE runs SET detail=NULL WHERE check_name=?1 AND detail IS NOT NULL "
+                            "AND rowid NOT IN (SELECT rowid FROM runs WHERE check_name=?1 "
+                            "ORDER BY time DESC LIMIT ?2)",
+                            (name, keep_details),
+                        )
+                    db.execute("DELETE FROM buckets WHERE (slot+1)*width < ?", (since,))
+                    db.execute("DELETE FROM runs WHERE time < ?", (since,))
+                    db.execute("DELETE FROM last_failure WHERE time < ?", (since,))
+            except sqlite3.Error as exc:
+                self._warn(f"cannot be written ({exc}); runs since the last write are kept in memory only")
+                return
+        if self._failing:
+            self._failing = False
+            log.info("VANTAGE_STATE_DIR: %s is written again", self.path)
+
+    def close(self) -> None:
+        import sqlite3
+
+        with self._lock:
+            if self._db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._db = None
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Any:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _trace(text: object) -> int:
+    try:
+        return int(str(text), 16) & ((1 << 128) - 1)
+    except ValueError:
+        return 0
+
+
+def _loads(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
