@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NoReturn
 
@@ -28,6 +28,7 @@ from agent.config.settings import Config
 from agent.logs import close_logging
 from agent.net.http import HttpClientFactory
 from agent.process.handover import inherited_socket
+from agent.reload import Reloader
 from agent.schedule.scheduler import Scheduler
 from agent.schedule.sharding import select
 from agent.sdk.durations import format_duration, plural
@@ -40,9 +41,20 @@ from agent.state import ProbeStates
 from agent.telemetry.providers import Telemetry, build_resource, build_telemetry
 from agent.telemetry.recorder import Recorder, Run
 
-__all__ = ["Agent", "Shutdown", "build_agent", "run_agent", "serve"]
+__all__ = ["Agent", "InboundTable", "Shutdown", "build_agent", "run_agent", "serve"]
 
 log = logging.getLogger("vantage")
+
+
+@dataclass
+class InboundTable:
+    """What the inbound endpoints know: the checks of the region that take inbound requests,
+    and which of them this process runs. A reload updates both in place (agent/reload.py)."""
+
+    checks: dict[str, CheckEntry] = field(default_factory=dict)
+    mine: set[str] = field(default_factory=set)
+    served: bool = False
+    """Whether this process serves ``/hooks`` and ``/heartbeat`` (decided at start-up)."""
 
 
 @dataclass
@@ -57,11 +69,13 @@ class Agent:
     inbox: Inbox
     states: ProbeStates
     """Each check's probe state; a check removed from the configuration is dropped from it."""
+    inbound: InboundTable = field(default_factory=InboundTable)
+    reloader: Reloader | None = None
 
     def forget(self, name: str) -> None:
         """Drop everything the agent holds for a check that is no longer configured: its probe's
-        state, its last result and series, its inbound deliveries. (Reloading the configuration,
-        which removes checks from the scheduler too, is to come.)"""
+        state, its last result and series, its inbound deliveries (a reload, agent/reload.py,
+        calls it once the check is out of the scheduler)."""
         self.states.drop(name)
         self.recorder.forget(name)
         self.inbox.drop(name)
@@ -113,7 +127,7 @@ def build_agent(
     check_log = logging.getLogger("vantage.probe")
     inbox = Inbox()
     # Per-check state lives here, not in the probes (one instance per type serves every check);
-    # only the checks this replica runs keep any (a reload will retain() its new set the same way).
+    # only the checks this replica runs keep any (a reload retain()s its new set the same way).
     states = ProbeStates()
     states.retain(entry.check.name for entry in entries)
     started, started_monotonic = clock.time(), clock.monotonic()
@@ -144,6 +158,12 @@ def build_agent(
         region=settings.region,
         concurrency=settings.concurrency,
     )
+    table = InboundTable(mine={entry.check.name for entry in entries})
+
+    async def reload(cause: str) -> Mapping[str, Any]:
+        assert agent.reloader is not None
+        return (await agent.reloader.reload(cause)).as_json()
+
     server = Server(
         host=settings.host,
         port=settings.port,
@@ -153,7 +173,7 @@ def build_agent(
         api_token=settings.api_token.get_secret_value() if settings.api_token else None,
         scheduler_alive=lambda: (scheduler.running, clock.monotonic() - scheduler.heartbeat),
         version=__version__,
-        inbound=_inbound(config, entries, inbox, recorder, clock),
+        inbound=_inbound(config, table, inbox, recorder, clock),
         inbound_port=settings.inbound_port,
         max_body=int(settings.inbound_max_body),
         # A worker serves on the socket its supervisor bound for it (agent/process/handover.py).
@@ -168,19 +188,24 @@ def build_agent(
             runs=settings.status_runs,
             state_dir=settings.state_dir,
         ),
+        reload=reload,
     )
-    return Agent(config, entries, telemetry, recorder, scheduler, server, http, inbox, states)
+    agent = Agent(config, entries, telemetry, recorder, scheduler, server, http, inbox, states, table)
+    agent.reloader = Reloader(agent, environ, clock=clock)
+    return agent
 
 
 def _inbound(
-    config: Config, entries: Sequence[CheckEntry], inbox: Inbox, recorder: Recorder, clock: Clock
+    config: Config, table: InboundTable, inbox: Inbox, recorder: Recorder, clock: Clock
 ) -> Inbound | None:
-    """The inbound endpoints, when a check of this region takes inbound requests."""
+    """The inbound endpoints, when a check of this region takes inbound requests; they read
+    ``table``, which a reload updates."""
     settings = config.settings
-    region = inbound_checks(config.entries, settings.region)
-    if not region:
+    table.checks.update(inbound_checks(config.entries, settings.region))
+    if not table.checks:
         return None
-    mine = {entry.check.name for entry in entries}
+    table.served = True
+    mine = table.mine
     shard = config.shard
 
     def locate(entry: CheckEntry) -> Route | None:
@@ -192,7 +217,7 @@ def _inbound(
         return Route("")  # a worker: its supervisor routes requests to the right one
 
     return Inbound(
-        entries=region,
+        entries=table.checks,
         locate=locate,
         inbox=inbox,
         clock=clock,
@@ -292,7 +317,8 @@ async def serve(
     """Run the server and the scheduler until SIGTERM/SIGINT (or cancellation), then shut down:
     stop ticking, drain runs in flight, flush telemetry, all within ``VANTAGE_SHUTDOWN_TIMEOUT``.
 
-    SIGHUP is logged and ignored (the configuration is not reloaded yet).
+    SIGHUP reloads the checks, as ``POST /-/reload`` and a change of the checks file do
+    (agent/reload.py).
     """
     shutdown = shutdown or Shutdown(agent.config.settings.shutdown_timeout, exit=_no_exit)
     try:
@@ -307,8 +333,14 @@ async def serve(
                 agent.config.shard.index,
                 agent.config.shard.count,
             )
+            reloader = agent.reloader
+            if reloader is not None:
+                reloader.export()
             if handle_signals:
-                tg.start_soon(_watch_signals, agent.scheduler, shutdown)
+                hangup = partial(tg.start_soon, reloader.reload, "SIGHUP") if reloader else None
+                tg.start_soon(_watch_signals, agent.scheduler, shutdown, hangup)
+            if reloader is not None and reloader.watching:
+                tg.start_soon(reloader.watch)
             task_status.started(port)
             shutdown.stage = "running"
             await agent.scheduler.run(drain_timeout=shutdown.left() / 2)
@@ -326,14 +358,18 @@ def _no_exit(status: int) -> None:
     """The exit of an agent run inside another program (tests): nothing to end."""
 
 
-async def _watch_signals(scheduler: Scheduler, shutdown: Shutdown) -> None:
+async def _watch_signals(
+    scheduler: Scheduler, shutdown: Shutdown, hangup: Callable[[], object] | None = None
+) -> None:
     # The receiver stays open until shutdown is done: a second signal (Ctrl-C reaches a worker
     # and its supervisor both) must not kill the process before it has flushed.
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
             if signum == signal.SIGHUP:
-                log.warning("received SIGHUP; the configuration is not reloaded (restart the agent), ignored")
+                if hangup is not None and not scheduler.stopping:
+                    log.info("received SIGHUP; reloading the checks")
+                    hangup()
                 continue
             if scheduler.stopping:
                 log.info("received %s; already stopping", name)

@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 from xml.etree import ElementTree as ET
 
 import anyio
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from agent import __version__
 from agent.config.checks import CheckEntry
@@ -59,6 +58,7 @@ from agent.sdk.durations import format_duration
 from agent.sdk.http import HttpExchange, HttpFailure, TLSOptions
 from agent.sdk.probe import Delivery, ProbeResult, Reason, visible
 from agent.sdk.urls import redact_url
+from agent.telemetry.capture import ReadableSpan, SpanCollector
 
 if TYPE_CHECKING:
     from agent.app import Agent
@@ -320,13 +320,13 @@ class Journal:
         return visible(clip(text, _BODY_SHOWN, self.redact))
 
 
-class _Spans(SpanProcessor):
+class _Spans:
     """Keeps every span of every run for the waterfall (the light spans, built for extra processors)."""
 
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
 
-    def on_end(self, span: ReadableSpan) -> None:
+    def __call__(self, span: ReadableSpan) -> None:
         context = span.context
         if context is None:
             return
@@ -658,7 +658,7 @@ def run(
     extra: dict[str, Any] = {}
     if journal is not None:
         extra = {
-            "span_processors": [_Spans(journal)],
+            "span_processors": [SpanCollector(_Spans(journal))],
             "http": RecordingFactory(journal, user_agent=f"Vantage/{__version__}"),
         }
     # Only the selection: the inbound endpoints then take requests for these checks alone.

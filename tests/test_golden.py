@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.app import build_agent
 from agent.app import serve as serve_agent
 from agent.config.registry import Registry
+from agent.reload import RELOAD_METRICS
 from agent.telemetry.recorder import AGENT_METRICS, CORE_METRICS
 
 from .helpers import ROOT, config_from, serve
@@ -37,7 +38,7 @@ DOCS = ROOT / "docs" / "metrics.md"
 
 def all_specs() -> list[Any]:
     registry = Registry()
-    specs = [*CORE_METRICS, *AGENT_METRICS]
+    specs = [*CORE_METRICS, *AGENT_METRICS, *RELOAD_METRICS]
     for name in registry.names():
         specs.extend(registry.load(name).metrics)
     return specs

@@ -92,6 +92,10 @@ class AgentSettings(BaseModel):
     """The runs the status page keeps per check (their last 3 in full, for the debug view)."""
     trace_url_template: str | None = None
     """A link to a run's trace: an http(s) URL with ``{trace_id}`` (Grafana Tempo, Jaeger, Datadog)."""
+    reload_poll_interval: Duration = 5.0
+    """How often the checks file (``VANTAGE_CHECKS_FILE``) is looked at for a change, which
+    reloads the checks (agent/reload.py); 0 turns the watch off (SIGHUP and ``POST /-/reload``
+    still reload)."""
 
     @field_validator("trace_url_template")
     @classmethod
@@ -281,6 +285,7 @@ def resolve_shard(settings: AgentSettings, environ: Mapping[str, str]) -> Shard:
 def load_config(
     environ: Mapping[str, str] | None = None,
     registry: Registry | None = None,
+    redactor: Redactor | None = None,
     *,
     offline: bool = False,
     progress: Progress | None = None,
@@ -288,12 +293,14 @@ def load_config(
     """Everything the agent needs before it probes: settings, shard and the parsed check set.
 
     Every error is redacted with the secrets resolved until then: a value that fails validation
-    (``interval: "${KEY}"``) is never shown. ``offline``: secret references are checked for their
-    form but not resolved, and files that settings name need not exist (``validate --offline``).
-    ``progress`` is told how far the validation of a large check set is.
+    (``interval: "${KEY}"``) is never shown. A reload passes the running agent's ``redactor``, so
+    that the secrets of the new set are redacted by everything already running. ``offline``:
+    secret references are checked for their form but not resolved, and files that settings name
+    need not exist (``validate --offline``). ``progress`` is told how far the validation of a large
+    check set is.
     """
     environ = dict(os.environ if environ is None else environ)
-    redactor = Redactor()
+    redactor = redactor if redactor is not None else Redactor()
     try:
         return _load_config(environ, registry or Registry(), redactor, offline=offline, progress=progress)
     except (ConfigError, PluginError) as exc:

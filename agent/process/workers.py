@@ -12,6 +12,15 @@ agent (``serve_endpoints``): ``/metrics`` merges the workers' expositions (each 
 every worker's do, and a worker that does not answer them within ``_PROBE_TIMEOUT`` counts as down;
 ``/readyz`` shows each worker's own answer (its exporters' health) beside the supervisor's.
 
+The supervisor reloads the checks (SIGHUP, ``POST /-/reload``, a change of the checks file, which
+only it watches) by asking every worker to reload (``POST /-/reload`` on the worker's port): each
+worker validates and applies the set itself, with the loader of start-up, and answers with a
+fingerprint of the set it loaded. When they differ (the file changed while the workers read it)
+or some failed and some did not, the supervisor asks again, so that every process ends with the
+same set; then it loads the set itself, for the routing of inbound requests. A set that does not
+validate fails in every worker alike, each keeping its checks and exporting
+``vantage_config_last_reload_successful`` 0 (agent/reload.py).
+
 SIGTERM or SIGINT is passed on to the workers, which drain and flush as a single agent does, and
 the whole agent stops within ``VANTAGE_SHUTDOWN_TIMEOUT``. A worker that dies is restarted with
 back-off, while the other workers go on probing their shares; until it is back, ``/healthz`` and
@@ -31,6 +40,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -40,15 +50,24 @@ from anyio.abc import Process, TaskStatus
 
 from agent import __version__
 from agent.config.checks import CheckEntry
-from agent.config.settings import Config
+from agent.config.settings import Config, load_config
+from agent.errors import ConfigError, PluginError
 from agent.process.handover import LISTEN_FD, bind_loopback
+from agent.reload import FileWatch, digest
 from agent.schedule.sharding import WORKER_SALT, owner
 from agent.sdk.durations import format_duration, plural
 from agent.sdk.probe import SystemClock
 from agent.server._aiohttp import wait_for_certificates
 from agent.server.inbound import Inbound, Route, inbound_checks, peer_route
 from agent.server.pages import Pages, WorkersSource
-from agent.server.status import PROMETHEUS_TYPE, Bound, Listener, authorized, serve_endpoints
+from agent.server.status import (
+    PROMETHEUS_TYPE,
+    Bound,
+    Listener,
+    authorized,
+    reload_response,
+    serve_endpoints,
+)
 
 __all__ = ["die_with_supervisor", "merge_expositions", "supervise"]
 
@@ -61,6 +80,7 @@ _WORKER_BUDGET = 0.8  # a worker's share of the shutdown budget
 _SUPERVISOR_BUDGET = 0.95  # when the supervisor stops waiting for its workers and kills them
 _SUPERVISOR_PID = "VANTAGE_SUPERVISOR_PID"
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_RELOAD_ATTEMPTS = 3  # asks of every worker before a reload that does not agree is given up
 
 
 @dataclass
@@ -116,6 +136,7 @@ class _Supervisor:
         session: aiohttp.ClientSession,
         *,
         probe_timeout: float = _PROBE_TIMEOUT,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self._config = config
         self._workers = workers
@@ -125,6 +146,13 @@ class _Supervisor:
         self._token = token.get_secret_value() if token else None
         self.stopping = False
         self.restarts = 0
+        self._region = inbound_checks(config.entries, config.settings.region)
+        """The checks the inbound endpoints know; a reload updates it in place."""
+        self._reloading = anyio.Lock()
+        self._environ = dict(os.environ if environ is None else environ)
+        """What the workers' configuration is read from: the supervisor loads the same."""
+        path, poll = config.settings.checks_file, config.settings.reload_poll_interval
+        self.watch = FileWatch(path) if path is not None and poll > 0 else None
 
     async def _fetch(self, worker: _Worker, path: str, headers: Mapping[str, str] | None) -> tuple[int, str]:
         url = f"http://127.0.0.1:{worker.port}{path}"
@@ -215,10 +243,102 @@ class _Supervisor:
                 return web.Response(text=body, content_type="application/json")
         raise web.HTTPNotFound(text="no such check\n")
 
+    async def reload(self, request: web.Request) -> web.Response:
+        if not authorized(request, self._token):
+            raise web.HTTPUnauthorized(text="a valid bearer token is required\n")
+        return reload_response(await self.reload_checks("POST /-/reload"))
+
+    async def reload_checks(self, cause: str) -> dict[str, Any]:
+        """Have every worker reload the checks until they agree on the set (see the module
+        docstring); the outcome, with each worker's answer. Reloads are serialised."""
+        async with self._reloading:
+            if self.stopping:
+                return {"status": "stopping", "cause": cause, "error": "the agent is stopping"}
+            answers: list[dict[str, Any]] = []
+            for _attempt in range(_RELOAD_ATTEMPTS):
+                if self.watch is not None:
+                    self.watch.mark()
+                answers = await self._reload_workers()
+                outcome = await self._agreed(answers)
+                if outcome is not None:
+                    outcome |= {"cause": cause, "workers": answers}
+                    self._log_reload(outcome)
+                    return outcome
+                log.info("the workers loaded different checks (the file changed meanwhile); reloading again")
+            error = "the workers did not load the same checks; their sets may differ until the next reload"
+            log.error("the checks were not reloaded (%s): %s", cause, error)
+            return {"status": "failed", "cause": cause, "error": error, "workers": answers}
+
+    async def _reload_workers(self) -> list[dict[str, Any]]:
+        """Every worker's answer to ``POST /-/reload``; a worker that did not answer says so."""
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
+        answers: list[dict[str, Any]] = [{}] * len(self._workers)
+
+        async def one(i: int, worker: _Worker) -> None:
+            url = f"http://127.0.0.1:{worker.port}/-/reload"
+            try:
+                async with self._session.post(url, headers=headers) as response:
+                    answer = await response.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                answer = {"status": "not answering", "error": f"{type(exc).__name__}: {exc}"}
+            answers[i] = {"worker": worker.index, **(answer if isinstance(answer, dict) else {})}
+
+        async with anyio.create_task_group() as tg:
+            for i, worker in enumerate(self._workers):
+                tg.start_soon(one, i, worker)
+        return answers
+
+    async def _agreed(self, answers: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The reload's outcome when the workers agree (all refused the set, or all loaded the
+        same one, which the supervisor then loads for its routing), else None: ask again.
+
+        A worker that does not answer (restarting) is left out: it loads the file as it starts."""
+        answered = [a for a in answers if a.get("status") not in ("not answering", "stopping")]
+        failed = [a for a in answered if a.get("status") == "failed"]
+        if answered and len(failed) == len(answered):
+            return {"status": "failed", "error": failed[0].get("error", "")}
+        digests = {a.get("digest") for a in answered}
+        if failed or len(digests) > 1:
+            return None
+        try:
+            config, fingerprint = await anyio.to_thread.run_sync(self._load, abandon_on_cancel=True)
+        except (ConfigError, PluginError):
+            return None  # broken since the workers read it: ask them again
+        if digests and digests != {fingerprint}:
+            return None
+        self._config = config
+        self._region.clear()
+        self._region.update(inbound_checks(config.entries, config.settings.region))
+        changed = any(a.get("status") == "reloaded" for a in answered)
+        return {"status": "reloaded" if changed else "unchanged", "digest": fingerprint}
+
+    def _load(self) -> tuple[Config, str]:
+        """The checks as the workers load them, and their fingerprint (in a thread)."""
+        config = load_config(self._environ, self._config.registry, self._config.redactor)
+        return config, digest(config.entries)
+
+    def _log_reload(self, outcome: Mapping[str, Any]) -> None:
+        if outcome["status"] == "failed":
+            log.error(
+                "the checks were not reloaded (%s); every worker keeps its checks: %s",
+                outcome["cause"],
+                outcome["error"],
+            )
+        else:
+            log.info("checks reloaded (%s) by every worker: %s", outcome["cause"], outcome["status"])
+
+    async def watch_file(self, poll: float) -> None:
+        """Reload whenever the checks file changes; runs until cancelled."""
+        assert self.watch is not None
+        while True:
+            await anyio.sleep(poll)
+            if self.watch.changed():
+                await self.reload_checks(f"{self.watch.path} changed")
+
     def _inbound(self) -> Inbound | None:
         """The inbound endpoints, passing each request on to the worker (or replica) that runs its check."""
         config, settings = self._config, self._config.settings
-        region = inbound_checks(config.entries, settings.region)
+        region = self._region
         if not region:
             return None
 
@@ -282,6 +402,8 @@ async def _start(
         LISTEN_FD: str(listener.fileno()),
         # The supervisor limits the rate of inbound requests and passes them on from loopback.
         "VANTAGE_INBOUND_RATE": "off",
+        # The supervisor watches the checks file and has every worker reload (_Supervisor.reload_checks).
+        "VANTAGE_RELOAD_POLL_INTERVAL": "0",
         # A worker stops within a share of the supervisor's budget, so that the supervisor, which
         # waits for it, keeps its own.
         "VANTAGE_SHUTDOWN_TIMEOUT": str(round(budget * _WORKER_BUDGET, 3)),
@@ -381,7 +503,7 @@ async def supervise(config: Config, environ: Mapping[str, str]) -> int:
     stopped = anyio.Event()
     await wait_for_certificates()
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_REQUEST_TIMEOUT))
-    supervisor = _Supervisor(config, workers, session)
+    supervisor = _Supervisor(config, workers, session, environ=environ)
 
     async def start(index: int) -> _Worker:
         return await _start(index, count, environ, budget, session)
@@ -400,7 +522,12 @@ async def supervise(config: Config, environ: Mapping[str, str]) -> int:
                 )
                 for index in range(count):
                     tg.start_soon(_keep, index, workers, supervisor, stopped, start)
-                tg.start_soon(_on_signals, signals, supervisor, workers, stopped, tg.cancel_scope, budget)
+                hangup = partial(tg.start_soon, supervisor.reload_checks, "SIGHUP")
+                tg.start_soon(
+                    _on_signals, signals, supervisor, workers, stopped, tg.cancel_scope, budget, hangup
+                )
+                if supervisor.watch is not None:
+                    tg.start_soon(supervisor.watch_file, config.settings.reload_poll_interval)
                 tg.start_soon(_wait_for_workers, workers, stopped, tg.cancel_scope)
         finally:
             with anyio.CancelScope(shield=True):
@@ -417,11 +544,15 @@ async def _on_signals(
     stopped: anyio.Event,
     scope: anyio.CancelScope,
     budget: float,
+    hangup: Callable[[], object] = lambda: None,
 ) -> None:
-    """SIGTERM/SIGINT: pass it on to the workers and give them ``budget``; SIGHUP: ignored."""
+    """SIGTERM/SIGINT: pass it on to the workers and give them ``budget``; SIGHUP: ``hangup``
+    (every worker reloads the checks)."""
     async for signum in signals:
         if signum == signal.SIGHUP:
-            log.warning("received SIGHUP; the configuration is not reloaded, ignored")
+            if not supervisor.stopping:
+                log.info("received SIGHUP; reloading the checks in every worker")
+                hangup()
             continue
         if supervisor.stopping:
             continue

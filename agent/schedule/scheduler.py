@@ -55,10 +55,11 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Collection, Container, Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -100,8 +101,8 @@ class _Item:
     task: asyncio.Task[None] | None = None
     probing: bool = False
     """The run is inside the probe's ``run``, where a cut is delivered."""
-    cut: Literal["timeout", "shutdown"] | None = None
-    """Why the scheduler cancelled the run; a shutdown outranks a timeout."""
+    cut: Literal["timeout", "shutdown", "removed"] | None = None
+    """Why the scheduler cancelled the run; a shutdown (or the check's removal) outranks a timeout."""
     cancels: int = 0
     """``Task.cancel()`` calls made for ``cut``, undone (``uncancel``) when a timeout is caught."""
 
@@ -111,9 +112,9 @@ class _Item:
             self.cut = "timeout"
             self._deliver(self.task)
 
-    def shut_down(self) -> None:
-        """Cancel the run for the agent's shutdown, wherever it is."""
-        self.cut = "shutdown"
+    def shut_down(self, why: Literal["shutdown", "removed"] = "shutdown") -> None:
+        """Cancel the run for the agent's shutdown (or the check's removal), wherever it is."""
+        self.cut = why
         if self.task is None:
             return
         if self.probing:
@@ -144,7 +145,12 @@ class Scheduler:
         region: str,
         concurrency: int,
     ) -> None:
-        self._items = [_Item(entry) for entry in entries]
+        self._items = {entry.check.name: _Item(entry) for entry in entries}
+        """The checks scheduled, by name (``add`` and ``remove`` change them while running)."""
+        self._heap: list[tuple[float, int, _Item]] = []
+        """Each check's next tick, while ``run`` ticks."""
+        self._order = itertools.count()  # ties in the heap: first added, first started
+        self._nap: anyio.CancelScope | None = None
         self._recorder, self._context, self._clock, self._region = recorder, context, clock, region
         self._concurrency = concurrency
         self._tasks: dict[asyncio.Task[None], _Item] = {}
@@ -214,9 +220,8 @@ class Scheduler:
         return mono + (next_wall - wall)
 
     async def _loop(self) -> None:
-        heap: list[tuple[float, int, _Item]] = [
-            (self._first_due(item), index, item) for index, item in enumerate(self._items)
-        ]
+        heap = self._heap
+        heap[:] = [(self._first_due(item), next(self._order), item) for item in self._items.values()]
         heapq.heapify(heap)
         while not self._stopping:
             now = self._clock.monotonic()
@@ -243,7 +248,71 @@ class Scheduler:
                         self._recorder.skipped(item.entry, "behind")
                 heapq.heapreplace(heap, (following, index, item))
             delay = heap[0][0] - now if heap else 3600.0
-            await self._clock.sleep(min(max(delay, _MIN_SLEEP), _MAX_SLEEP))
+            # A scope of its own, so that a check added meanwhile (``add``) wakes the loop.
+            with anyio.CancelScope() as self._nap:
+                await self._clock.sleep(min(max(delay, _MIN_SLEEP), _MAX_SLEEP))
+            self._nap = None
+
+    @property
+    def names(self) -> list[str]:
+        """The names of the checks scheduled, in the order they were added."""
+        return list(self._items)
+
+    def due(self, name: str) -> float | None:
+        """When (monotonic) check ``name`` ticks next, or None when it is not scheduled or the
+        scheduler is not ticking."""
+        return next((due for due, _, item in self._heap if item.entry.check.name == name), None)
+
+    def add(self, entries: Iterable[CheckEntry]) -> None:
+        """Schedule ``entries`` (checks whose names are not scheduled): each ticks from its phase,
+        as if it had been there from the start (a check added again keeps its phase)."""
+        for entry in entries:
+            name = entry.check.name
+            if name in self._items:
+                raise ValueError(f"check {name!r} is already scheduled; remove it first")
+            item = self._items[name] = _Item(entry)
+            if self.running:
+                heapq.heappush(self._heap, (self._first_due(item), next(self._order), item))
+        if self._nap is not None:
+            self._nap.cancel()
+
+    async def remove(self, names: Collection[str], *, drain: float) -> list[str]:
+        """Unschedule the checks ``names``; the names of those whose run in flight did not end
+        within ``drain`` seconds (every other run of theirs has ended when this returns).
+
+        A run of a removed check that waits for a slot is dropped; one going is cancelled, as at
+        shutdown, and recorded as abandoned (no metric points, no state): its result would speak
+        for a check that is no longer configured, and the check's series go with it. Unlike a
+        check's timeout, the cancellation holds until the run has left its probe."""
+        gone = [self._items.pop(name) for name in names if name in self._items]
+        if not gone:
+            return []
+        dropped = {id(item) for item in gone}
+        self._heap[:] = [entry for entry in self._heap if id(entry[2]) not in dropped]
+        heapq.heapify(self._heap)
+        queued = [item for item in self._waiting if id(item) in dropped]
+        for item in queued:
+            self._waiting.remove(item)
+            item.running = False
+            self._running_count -= 1
+        going = [item for item in gone if item.task is not None]
+        for item in gone:
+            self._crashed.discard(item.entry.check.name)
+            item.not_before = -math.inf
+            if item.task is not None:
+                item.shut_down("removed")
+        if not going:
+            return []
+        with self._clock.move_on_after(drain):
+            # Shielded from nothing: a shutdown meanwhile cancels these runs too, and they end.
+            await asyncio.wait([item.task for item in going if item.task is not None])
+        for item in going:
+            task = item.task
+            if task is not None and task.done() and self._tasks.get(task) is item:
+                self._release(item)  # cancelled before it ever ran: its finally never ran
+        if self._running_count == 0 and self._idle is not None:
+            self._idle.set()
+        return [item.entry.check.name for item in going if item.task is not None]
 
     def _admit(self, item: _Item, due: float) -> None:
         """Start a run of ``item`` now if a slot is free, else queue it for the next free slot."""
@@ -319,7 +388,8 @@ class Scheduler:
             try:
                 result = await self._probe(item, ctx, started)
             except BaseException:
-                self._recorder.abandon_run(run, "cancelled: the agent is shutting down")
+                why = "the check was removed" if item.cut == "removed" else "the agent is shutting down"
+                self._recorder.abandon_run(run, f"cancelled: {why}")
                 raise
             if result is None:
                 self._recorder.abandon_run(run, "discarded: the agent's event loop was starved")
@@ -370,9 +440,10 @@ class Scheduler:
                 raise TypeError(f"run() returned {type(result).__name__}, not a ProbeResult")
             return result
         except BaseException as exc:
-            if item.cut == "shutdown":
-                # The agent is stopping: the run is abandoned, whatever the plugin's cleanup raised
-                # on its way out (a session that failed to close must not end the scheduler).
+            if item.cut in ("shutdown", "removed"):
+                # The agent is stopping (or the check was removed): the run is abandoned, whatever
+                # the plugin's cleanup raised on its way out (a session that failed to close must
+                # not end the scheduler).
                 if _is_cancellation(exc):
                     raise
                 raise asyncio.CancelledError() from exc
@@ -427,7 +498,7 @@ class Scheduler:
         """Run every check (or those in ``names``) once now, concurrently within the bound
         (``vantage once``)."""
         now = self._clock.monotonic()
-        for item in self._items:
+        for item in self._items.values():
             if names is None or item.entry.check.name in names:
                 self._admit(item, now)
         try:

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -58,6 +58,7 @@ __all__ = [
     "authorized",
     "build_apps",
     "check_json",
+    "reload_response",
     "serve_app",
     "serve_endpoints",
 ]
@@ -242,6 +243,9 @@ class StatusEndpoints(Protocol):
     async def check(self, request: web.Request) -> web.Response:
         """``/api/checks/{name}``: one check's last result (token-guarded)."""
 
+    async def reload(self, request: web.Request) -> web.Response:
+        """``POST /-/reload``: reload the checks (token-guarded); see agent/reload.py."""
+
 
 @dataclass(frozen=True)
 class Listener:
@@ -287,6 +291,7 @@ def build_apps(
     main.router.add_get("/metrics", endpoints.metrics)
     main.router.add_get("/api/checks", endpoints.checks)
     main.router.add_get("/api/checks/{name}", endpoints.check)
+    main.router.add_post("/-/reload", endpoints.reload)
     if pages is not None:  # the status page and debug views (agent/server/pages.py)
         pages.add_routes(main)
     return main, separate
@@ -349,9 +354,11 @@ class Server:
         header_timeout: float = HEADER_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
         sock: socket.socket | None = None,
+        reload: Callable[[str], Awaitable[Mapping[str, Any]]] | None = None,
         pages: Pages | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self._reload = reload
         self._pages = pages
         self._listener = Listener(host, port, inbound_port, max_body, header_timeout, max_connections, sock)
         self._inbound, self.inbound_port = inbound, inbound_port
@@ -432,6 +439,13 @@ class Server:
         if state is None:
             raise web.HTTPNotFound(text="no such check\n")
         return _json(check_json(state, self._redact))
+
+    async def reload(self, request: web.Request) -> web.Response:
+        if not authorized(request, self._token):
+            raise web.HTTPUnauthorized(text="a valid bearer token is required\n")
+        if self._reload is None:
+            raise web.HTTPNotFound(text="this agent cannot reload its checks\n")
+        return reload_response(await self._reload("POST /-/reload"))
 
 
 def check_json(state: CheckState, redact: Redactor) -> dict[str, Any]:
@@ -516,6 +530,13 @@ def _seconds(value: float | None) -> float | None:
 
 def _phases(phases: Mapping[str, float]) -> dict[str, float | None]:
     return {name: _seconds(seconds) for name, seconds in phases.items()}
+
+
+def reload_response(answer: Mapping[str, Any]) -> web.Response:
+    """A reload's answer: 200 when it was applied (or changed nothing), 500 with the reason when
+    the new checks were refused (as Prometheus answers), 503 while the agent stops."""
+    status = {"failed": 500, "stopping": 503}.get(answer.get("status", ""), 200)
+    return web.json_response(dict(answer), status=status)
 
 
 def _json(body: Any) -> web.Response:

@@ -135,6 +135,7 @@ class MetricExport:
         self._id = next(_ids)
         self._lock = threading.Lock()  # one collection at a time: the thread's, a flush's
         self._stop = threading.Event()
+        self._starting = threading.Lock()  # start() against shutdown(), never held while exporting
         self._thread = threading.Thread(
             target=self._run, name=f"vantage-metrics-{name or self._id}", daemon=True
         )
@@ -143,9 +144,12 @@ class MetricExport:
         """``export()`` calls made, for tests and the benchmark."""
 
     def start(self) -> None:
-        if not self._started:
-            self._started = True
-            self._thread.start()
+        # The deferred exporters are started from their builder thread, which may run while
+        # shutdown() does: a stopped export starts no thread.
+        with self._starting:
+            if not self._started and not self._stop.is_set():
+                self._thread.start()
+                self._started = True
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -328,8 +332,10 @@ class MetricExport:
         """Stop the thread, export one last time and shut the exporter down, within ``timeout``;
         blocking."""
         deadline = time.monotonic() + timeout
-        self._stop.set()
-        if self._started:
+        with self._starting:
+            self._stop.set()
+            started = self._started
+        if started:
             self._thread.join(max(0.0, deadline - time.monotonic()))
         left = deadline - time.monotonic()
         if left > 0:
