@@ -1329,3 +1329,37 @@ def test_every_metric_the_migration_guide_names_is_one_the_agent_documents() -> 
     names = set(re.findall(r"`(probe_[a-z_]+)", kept))
     assert len(names) >= 30
     assert sorted(name for name in names if f"`{name}" not in metrics) == []
+
+
+def test_credentials_under_names_of_their_own_are_not_copied() -> None:
+    module = {
+        "prober": "http",
+        "http": {
+            "headers": {"X-Auth-Key": "cf-secret-4711", "X-Auth": "xa-secret-4712", "X-Trace": "plain"},
+            "oauth2": {
+                "client_id": "id",
+                "client_secret": "cs",
+                "token_url": "https://auth.example/token",
+                "endpoint_params": {
+                    "password": "ep-pass-4713",
+                    "client_assertion": "assertion-4714",
+                    "resource": "https://api.example",
+                },
+            },
+        },
+    }
+    text = imported(
+        {"m": module}, [probe_job("m", "https://api.example/x?sessionid=sess-4715&jwt=jwt-4716&n=1")]
+    )
+    for secret in (
+        "cf-secret-4711",
+        "xa-secret-4712",
+        "ep-pass-4713",
+        "assertion-4714",
+        "sess-4715",
+        "jwt-4716",
+    ):
+        assert secret not in text
+    (check,) = checks_of(text)
+    assert check["settings"]["headers"]["X-Trace"] == "plain"
+    assert check["settings"]["auth"]["extra"]["resource"] == "https://api.example"

@@ -43,9 +43,13 @@ _IP_FAMILIES = {"ip4": "ipv4", "ip6": "ipv6", "": "ipv6"}
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # A header whose value is a credential: moved to an environment variable, never copied.
 _SECRET_HEADER = re.compile(
-    r"authorization|cookie|token|secret|password|passwd|api[-_]?key|signature|session", re.I
+    r"auth|cookie|token|secret|password|passwd|key|signature|session|jwt|credential", re.I
 )
-_SECRET_QUERY = re.compile(r"token|secret|password|passwd|key|signature|sig|auth|credential", re.I)
+_SECRET_QUERY = re.compile(
+    r"token|secret|password|passwd|key|signature|sig|auth|credential|session|jwt", re.I
+)
+# An OAuth token request's parameters that carry a credential under a name of their own.
+_SECRET_PARAM = re.compile(_SECRET_QUERY.pattern + r"|assertion|^code$", re.I)
 # A Vantage secret reference (agent/config/secrets.py): text copied from blackbox must not form one.
 _REFERENCE = re.compile(r"\$(\{(?:file:[^}]+|[A-Z_][A-Z0-9_]*)\})")
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d|w|y)")
@@ -970,7 +974,14 @@ def _http_auth(options: Mapping[str, Any], ctx: _Context) -> dict[str, Any] | No
         if "audience" in params:
             out["audience"] = _text(params.pop("audience"))
         if params:
-            out["extra"] = {k: _text(v) for k, v in params.items()}
+            # A parameter named like a credential (password, client_assertion, ...) is moved to a
+            # variable as the client secret is, never copied.
+            out["extra"] = {
+                k: ctx.secret(f"oauth2_param_{k}", f"oauth2.endpoint_params.{k}")
+                if _SECRET_PARAM.search(k)
+                else _text(v)
+                for k, v in params.items()
+            }
         for key in sorted(
             set(oauth)
             - {"client_id", "client_secret", "client_secret_file", "scopes", "token_url", "endpoint_params"}
