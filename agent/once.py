@@ -49,7 +49,7 @@ import anyio
 
 from agent import __version__
 from agent.config.checks import CheckEntry
-from agent.config.secrets import Redactor
+from agent.config.secrets import Redactor, sensitive_header
 from agent.errors import ConfigError
 from agent.net.http import HttpClient, HttpClientFactory
 from agent.schedule.sharding import select
@@ -79,9 +79,6 @@ __all__ = [
 
 HOOK_URL = "${hook_url}"
 _BODY_SHOWN = 1024  # characters of a body -v shows
-_SENSITIVE = re.compile(
-    r"authorization|cookie|token|secret|password|passwd|api[-_]?key|signature|session|credential", re.I
-)
 _PROGRESS_EVERY = 5.0  # seconds between progress lines when standard error is not a terminal
 _BAR = 40
 
@@ -296,7 +293,7 @@ class Journal:
     def header(self, name: str, value: str) -> tuple[str, str]:
         """A header as -v shows it: a credential's value withheld by its name, every other value
         with the agent's secrets redacted."""
-        shown = "<redacted>" if _SENSITIVE.search(name) else clip(value, 500, self.redact)
+        shown = "<redacted>" if sensitive_header(name) else clip(value, 500, self.redact)
         return visible(name), visible(shown)
 
     def learn(self, headers: Mapping[str, str]) -> None:
@@ -304,7 +301,7 @@ class Journal:
         check file itself (not through ``${...}``) is unknown to the redactor, and a vendor may
         echo it back in a body or header that -v shows."""
         for name, value in headers.items():
-            if not _SENSITIVE.search(name):
+            if not sensitive_header(name):
                 continue
             self.redact.add(value, ephemeral=True)
             scheme = re.match(r"^[A-Za-z][\w-]*\s+(\S.*)$", value)  # Bearer <token>, Basic <pair>

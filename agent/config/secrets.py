@@ -36,11 +36,21 @@ from agent.config._explain import did_you_mean
 from agent.sdk.types import REDACTED
 from agent.sdk.urls import redact_url
 
-__all__ = ["MIN_SECRET_LENGTH", "Redactor", "SecretResolver", "has_reference", "redact_url"]
+__all__ = [
+    "MIN_SECRET_LENGTH",
+    "Redactor",
+    "SecretResolver",
+    "has_reference",
+    "redact_url",
+    "sensitive_header",
+]
 
 MIN_SECRET_LENGTH = 4
 """Values shorter than this are not redacted (redacting "1" would garble every number)."""
 _MAX_EPHEMERAL = 1024
+_SENSITIVE_HEADER = re.compile(
+    r"authorization|cookie|token|secret|password|passwd|api[-_]?key|signature|session|credential", re.I
+)
 _REFERENCE = re.compile(r"\$(\$?)\{(file:[^}]+|[A-Z_][A-Z0-9_]*)\}")
 _BRACED = re.compile(r"(?<!\$)\$\{([^}]*)\}")
 _BARE = re.compile(r"(?<!\$)\$([A-Z_][A-Z0-9_]*)(?![A-Za-z0-9_{])")
@@ -217,6 +227,14 @@ def _trie_pattern(node: dict[str, Any]) -> str:
     body = alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")"
     # Greedy: the longer secret is tried first, the shorter one ending here is the fallback.
     return "".join(out) + (f"(?:{body})?" if _END in node else body)
+
+
+@lru_cache(maxsize=1024)
+def sensitive_header(name: str) -> bool:
+    """Whether a header's value is a credential by its name alone (``Authorization``, ``Set-Cookie``,
+    ``X-Subject-Token``, ``X-Amz-Security-Token``, ``X-Session-Id``...): shown as ``<redacted>``
+    wherever headers are shown, whatever the redactor knows."""
+    return _SENSITIVE_HEADER.search(name) is not None
 
 
 def has_reference(text: str) -> bool:

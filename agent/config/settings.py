@@ -89,7 +89,7 @@ class AgentSettings(BaseModel):
     status_group_by: str = Field("", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$|^$")
     """The label the status page (``GET /``) groups the checks by (``vendor``, ``team``), or none."""
     status_runs: int = Field(50, ge=1, le=1000)
-    """The runs the status page keeps per check (their last 3 in full, for the debug view)."""
+    """The runs the status page keeps per check (the last and the last failure in full: the debug view)."""
     trace_url_template: str | None = None
     """A link to a run's trace: an http(s) URL with ``{trace_id}`` (Grafana Tempo, Jaeger, Datadog)."""
     reload_poll_interval: Duration = 5.0

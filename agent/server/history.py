@@ -7,10 +7,10 @@ Per check, and only once the check has run (an idle check costs nothing):
   check);
 - the last ``runs`` runs in brief (time, outcome, reason, duration, trace id), for the list of runs
   and the latency sparkline;
-- the last ``details`` runs in full (3: phases, assertions, steps, requests and their response
-  headers), and the last failure in full however old it is. A run in full is what the probe's
-  result holds of it, kept as it is: turning it into text (and redacting it) is done when a page asks for it
-  or when it is written to disk, never on the probe's path.
+- the last ``details`` runs in full (1 by default: phases, assertions, steps, requests and their
+  response headers), and the last failure in full however old it is. A run in full is turned into
+  redacted, compact JSON text when it is recorded, so nothing raw is kept: a secret the redactor
+  knows only for a while (an OAuth token, a flow's extracted secret) is redacted while it knows it.
 
 With ``VANTAGE_STATE_DIR`` the history is kept in ``<dir>/status-history.sqlite3`` (SQLite, from
 the standard library). Runs are written in batches (:meth:`History.collect` on the loop,
@@ -37,7 +37,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent.config.secrets import Redactor
+from agent.config.secrets import Redactor, sensitive_header
 from agent.sdk.probe import ProbeResult
 
 if TYPE_CHECKING:
@@ -52,10 +52,6 @@ FILE_NAME = "status-history.sqlite3"
 DAY, WEEK = 86_400.0, 7 * 86_400.0
 _MAX = 65_535  # a bucket's counts are 16-bit; a check running more often than that saturates
 _PENDING_LIMIT = 100_000  # runs waiting for the disk; beyond this the oldest are not written
-# Response headers whose values are credentials of the session, whatever the redactor knows.
-_CREDENTIAL_HEADERS = frozenset(
-    {"set-cookie", "set-cookie2", "authorization", "proxy-authorization", "cookie"}
-)
 
 
 class RequestRecord(Protocol):
@@ -207,27 +203,48 @@ class _CheckHistory:
         self.week = _Buckets(3600, 168)
         self.runs = _Runs(runs)
         # The last runs in full: what the debug view shows of the probe's result (not its metric
-        # values), and its requests; or, loaded from disk, the JSON already.
+        # values), and its requests, as redacted JSON text (detail_text).
         self.details: deque[tuple[Brief, Detail]] = deque(maxlen=details)
         self.last_failure: tuple[Brief, Detail] | None = None
 
 
-_Full = tuple[
-    str,  # message
-    Mapping[str, float],  # phases
-    tuple[Any, ...],  # assertions
-    tuple[Any, ...],  # steps
-    Mapping[str, Any],  # attributes
-    tuple[RequestRecord, ...],
-]
-Detail = _Full | dict[str, Any]
+Detail = str
+"""A run in full: the JSON text of :func:`detail_json`'s object, redacted when it was recorded."""
 
 
-def detail_json(brief: Brief, detail: Detail, redact: Redactor) -> dict[str, Any]:
+def detail_text(
+    brief: Brief, result: ProbeResult, requests: Sequence[RequestRecord], redact: Redactor
+) -> Detail:
+    """A run in full as compact JSON text, every text redacted.
+
+    Most runs hold no secret: the run is turned into text as it is and searched once (the
+    redactor finds a secret in its JSON-escaped spellings too); only a run where one is found is
+    turned into text again with each of its texts redacted."""
+    text = json.dumps(detail_json(brief, result, requests, _VERBATIM), default=str, separators=(",", ":"))
+    if text in redact:
+        text = json.dumps(detail_json(brief, result, requests, redact), default=str, separators=(",", ":"))
+    return text
+
+
+class _Verbatim(Redactor):
+    """Redacts nothing (the first pass of :func:`detail_text`)."""
+
+    def __call__(self, text: str) -> str:
+        return text
+
+    def deep(self, value: Any) -> Any:
+        return value
+
+
+_VERBATIM = _Verbatim()
+
+
+def detail_json(
+    brief: Brief, result: ProbeResult, requests: Sequence[RequestRecord], redact: Redactor
+) -> dict[str, Any]:
     """A run in full as JSON-ready data, every text redacted; what the debug view shows."""
-    if isinstance(detail, dict):
-        return detail
-    message, phases, assertions, steps, attributes, requests = detail
+    message, phases, assertions = result.message, result.phases, result.assertions
+    steps, attributes = result.steps, result.attributes
     return {
         "time": brief.time,
         "success": brief.success,
@@ -286,7 +303,7 @@ def _request_json(request: RequestRecord, redact: Redactor) -> dict[str, Any]:
         "error": request.error_type,
         "version": request.protocol_version,
         "headers": [
-            [redact(name), "<redacted>" if name.lower() in _CREDENTIAL_HEADERS else redact(value)]
+            [redact(name), "<redacted>" if sensitive_header(name) else redact(value)]
             for name, value in headers
         ],
     }
@@ -296,7 +313,8 @@ class History:
     """Every check's bounded history; see the module docstring.
 
     ``record`` is the recorder's hook (agent/telemetry/recorder.py), called on the event loop for
-    every run: it only counts and keeps references. Every read of the history (``summary``,
+    every run: it counts, and turns the run into redacted JSON text (it is kept in full, as the
+    last run). Every read of the history (``summary``,
     ``runs``, ``collect``) is made on that loop too; only ``write``, which reads nothing but the
     batch ``collect`` made, runs in a thread."""
 
@@ -305,7 +323,7 @@ class History:
         redact: Redactor,
         *,
         runs: int = 50,
-        details: int = 3,
+        details: int = 1,
         store: HistoryStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -339,14 +357,8 @@ class History:
         day = check.day.add(when, result.success)
         week = check.week.add(when, result.success)
         check.runs.append(brief)
-        detail: Detail = (
-            result.message,
-            result.phases,
-            result.assertions,
-            result.steps,
-            result.attributes,
-            tuple(requests),
-        )
+        # Redacted now, while the redactor knows every secret of the run; nothing raw is kept.
+        detail = detail_text(brief, result, requests, self._redact)
         check.details.append((brief, detail))
         if not result.success:
             check.last_failure = (brief, detail)
@@ -379,7 +391,7 @@ class History:
             failure = {
                 "time": brief.time,
                 "reason": brief.reason,
-                "message": detail.get("message", "") if isinstance(detail, dict) else self._redact(detail[0]),
+                "message": _message(detail),
                 "trace_id": brief.trace,
             }
         return {
@@ -395,18 +407,18 @@ class History:
         check = self._checks.get(name)
         if check is None:
             return {"last_runs": [], "details": [], "last_failure_detail": None}
-        redact = self._redact
         failure = check.last_failure
         return {
             "last_runs": [_brief_json(b) for b in reversed(list(check.runs))],
-            "details": [detail_json(b, d, redact) for b, d in reversed(check.details)],
-            "last_failure_detail": detail_json(*failure, redact) if failure else None,
+            "details": [_object(d) for _, d in reversed(check.details)],
+            "last_failure_detail": _object(failure[1]) if failure else None,
         }
 
     # Persistence ---------------------------------------------------------------------------
 
     def read_saved(self, names: Iterable[str]) -> dict[str, Saved]:
-        """The saved history of ``names`` (blocking: a thread's); for :meth:`merge`."""
+        """The saved history of ``names`` (blocking: a thread's); for :meth:`merge`. A file that
+        cannot be read, or holds what no write made, is set aside: the history starts empty."""
         return self.store.load(list(names), self._clock() - WEEK) if self.store is not None else {}
 
     def merge(self, saved: Mapping[str, Saved]) -> None:
@@ -459,16 +471,14 @@ class History:
         return buckets, runs
 
     def write(self, batch: Batch) -> None:
-        """Write a batch from :meth:`collect`: runs in full turned into redacted JSON here, which
-        is why this is a thread's work (it reads only the batch, which nothing changes)."""
+        """Write a batch from :meth:`collect` (a thread's work: it reads only the batch, which
+        nothing changes)."""
         if self.store is None:
             return
         buckets, runs = batch
-        redact = self._redact
         rows = []
         failures: dict[str, tuple[float, str]] = {}
-        for name, brief, detail, full, failure in runs:
-            text = json.dumps(detail_json(brief, detail, redact), default=str) if detail is not None else None
+        for name, brief, text, full, failure in runs:
             rows.append(
                 (
                     name,
@@ -503,8 +513,8 @@ def _brief_json(brief: Brief) -> dict[str, Any]:
 
 Saved = tuple[
     list[tuple[int, int, int, int]],
-    list[tuple[Brief, dict[str, Any] | None]],
-    tuple[Brief, dict[str, Any]] | None,
+    list[tuple[Brief, Detail | None]],
+    tuple[Brief, Detail] | None,
 ]
 
 _SCHEMA = """
@@ -604,30 +614,36 @@ class HistoryStore:
                     ).fetchone()
                     if not buckets and not rows and failure_row is None:
                         continue
-                    runs = [
-                        (Brief(t, bool(ok), reason, duration, _trace(trace)), _loads(detail))
-                        for t, ok, reason, duration, trace, detail in rows
-                    ]
-                    failure = None
-                    loaded = _loads(failure_row[0]) if failure_row else None
-                    if loaded is not None:
-                        failure = (
-                            Brief(
-                                float(loaded.get("time") or 0.0),
-                                False,
-                                loaded.get("reason"),
-                                float(loaded.get("duration") or 0.0),
-                                _trace(loaded.get("trace_id")),
-                            ),
-                            loaded,
-                        )
-                    out[name] = (buckets, runs, failure)
+                    out[name] = _saved(buckets, rows, failure_row)
             except sqlite3.Error as exc:
                 log.warning(
                     "VANTAGE_STATE_DIR: %s cannot be read (%s); the history starts empty", self.path, exc
                 )
                 return {}
+            except (ValueError, TypeError, OverflowError) as exc:
+                # Rows no write of ours made (a hand edit, another program): every restart would
+                # read them again, so the file is set aside like one SQLite cannot read.
+                self._set_aside(f"holds a row the history cannot take ({exc})")
+                return {}
         return out
+
+    def _set_aside(self, why: str) -> None:
+        import sqlite3
+
+        aside = self.path.with_name(f"{self.path.name}.corrupt")
+        log.warning(
+            "VANTAGE_STATE_DIR: %s %s; set aside as %s, the history starts empty", self.path, why, aside
+        )
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+        try:
+            self.path.replace(aside)
+            for suffix in ("-wal", "-shm"):
+                self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+        except OSError as exc:
+            self._warn(f"cannot be set aside ({exc}); the history is kept in memory only")
 
     def write(
         self,
@@ -704,11 +720,95 @@ def _trace(text: object) -> int:
         return 0
 
 
-def _loads(text: str | None) -> dict[str, Any] | None:
-    if not text:
-        return None
+def _object(text: Detail) -> dict[str, Any]:
+    """A run in full as the debug view shows it."""
     try:
         value = json.loads(text)
     except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _message(text: Detail) -> str:
+    message = _object(text).get("message")
+    return message if isinstance(message, str) else ""
+
+
+def _number(value: object, low: float, high: float) -> float:
+    """``value`` if it is a number within [low, high]; ValueError otherwise (a bad file)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ValueError(f"{value!r} is not a number in [{low:g}, {high:g}]")
+    return float(value)
+
+
+def _text(value: object, *, none: bool = True) -> Any:
+    if not (isinstance(value, str) or (none and value is None)):
+        raise ValueError(f"{value!r} is not text")
+    return value
+
+
+_TIME = 1e11  # seconds: past any time a run ends at (the year 5138)
+_DURATION = 1e6  # seconds: past any run's duration
+
+
+def _detail(text: object) -> tuple[Detail, dict[str, Any]]:
+    """A saved run in full, checked: the fields read from it are of the types written."""
+    value = json.loads(_text(text, none=False))
+    if not isinstance(value, dict):
+        raise ValueError("a run in full is not an object")
+    _number(value.get("time", 0.0), 0.0, _TIME)
+    _number(value.get("duration", 0.0), 0.0, _DURATION)
+    _text(value.get("reason"))
+    _text(value.get("message", ""), none=False)
+    _text(value.get("trace_id", ""), none=False)
+    for key, kind in (("phases", dict), ("attributes", dict), ("assertions", list), ("steps", list)):
+        if not isinstance(value.get(key, kind()), kind):
+            raise ValueError(f"a run in full's {key} is not a {kind.__name__}")
+    requests = value.get("requests", [])
+    if not isinstance(requests, list) or not all(isinstance(r, dict) for r in requests):
+        raise ValueError("a run in full's requests are not objects")
+    return text, value  # type: ignore[return-value]
+
+
+def _saved(buckets: list[Any], rows: list[Any], failure_row: Any) -> Saved:
+    """A check's saved history, every row checked (ValueError for a row no write made)."""
+    checked = []
+    for width, slot, count, failed in buckets:
+        if width not in (300, 3600) or isinstance(width, bool):
+            raise ValueError(f"a bucket's width is {width!r}")
+        checked.append(
+            (
+                int(width),
+                int(_number(slot, 0, 0xFFFFFFFF)),
+                int(_number(count, 0, _MAX)),
+                int(_number(failed, 0, _MAX)),
+            )
+        )
+        if not isinstance(slot, int) or checked[-1][3] > checked[-1][2]:
+            raise ValueError(f"bucket {slot!r} is not whole or has more failures than runs")
+    runs: list[tuple[Brief, Detail | None]] = []
+    for t, ok, reason, duration, trace, detail in rows:
+        if ok not in (0, 1) or isinstance(ok, float | str):
+            raise ValueError(f"a run's success is {ok!r}")
+        brief = Brief(
+            _number(t, 0.0, _TIME),
+            bool(ok),
+            _text(reason),
+            _number(duration, 0.0, _DURATION),
+            _trace(_text(trace, none=False)),
+        )
+        runs.append((brief, None if detail is None else _detail(detail)[0]))
+    failure = None
+    if failure_row is not None:
+        text, loaded = _detail(failure_row[0])
+        failure = (
+            Brief(
+                _number(loaded.get("time", 0.0), 0.0, _TIME),
+                False,
+                loaded.get("reason"),
+                _number(loaded.get("duration", 0.0), 0.0, _DURATION),
+                _trace(loaded.get("trace_id")),
+            ),
+            text,
+        )
+    return checked, runs, failure

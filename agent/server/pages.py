@@ -139,10 +139,19 @@ class WorkersSource:
         return checks, problems
 
     async def check(self, name: str) -> dict[str, Any] | None:
-        for status, body in await self._gather(f"/api/status/{quote(name, safe='')}"):
+        problem = None
+        for index, (status, body) in enumerate(await self._gather(f"/api/status/{quote(name, safe='')}")):
             if status == 200:
-                found = json.loads(body)
-                return found if isinstance(found, dict) else None
+                try:
+                    found = json.loads(body)
+                except ValueError as exc:
+                    problem = f"worker {index} did not answer with JSON ({exc})"
+                    continue
+                if isinstance(found, dict):
+                    return found
+                problem = f"worker {index} did not answer with a JSON object"
+        if problem is not None:
+            raise web.HTTPBadGateway(text=f"{problem}; the check cannot be shown\n")
         return None
 
 
@@ -182,7 +191,7 @@ class Pages:
         store = history.store
         try:
             if store is not None:
-                history.merge(await anyio.to_thread.run_sync(history.read_saved, list(self._names())))
+                await self._read_back(history)
             while True:
                 await anyio.sleep(FLUSH_EVERY)
                 history.retain(self._names())
@@ -196,6 +205,15 @@ class Pages:
                     if batch is not None:
                         await anyio.to_thread.run_sync(history.write, batch, abandon_on_cancel=True)
                     await anyio.to_thread.run_sync(store.close, abandon_on_cancel=True)
+
+    async def _read_back(self, history: History) -> None:
+        """Take in the saved history; whatever the file holds, a warning at worst (the file never
+        stops the agent: the store checks its rows, this is the last guard)."""
+        try:
+            saved = await anyio.to_thread.run_sync(history.read_saved, list(self._names()))
+            history.merge(saved)
+        except (ValueError, TypeError, OverflowError, KeyError, AttributeError) as exc:
+            log.warning("VANTAGE_STATE_DIR: the saved status history cannot be taken in (%s); ignored", exc)
 
     # Access --------------------------------------------------------------------------------
 
@@ -510,9 +528,12 @@ def render_check(check: Mapping[str, Any], run: str, title: str, trace: str | No
     """A check's debug view: its runs, and the one asked for (or the last) in full."""
     name = str(check.get("name", ""))
     state = _state(check)
-    details: list[dict[str, Any]] = list(check.get("details") or [])
+    # A worker's answer or an old file may hold anything: what is not an object is left out.
+    details: list[dict[str, Any]] = [d for d in check.get("details") or [] if isinstance(d, dict)]
     selected = next((d for d in details if d.get("trace_id") == run), None)
     failure = check.get("last_failure_detail")
+    if not isinstance(failure, dict):
+        failure = None
     if selected is None and failure and failure.get("trace_id") == run:
         selected = failure
     if selected is None and details:
@@ -544,7 +565,14 @@ def render_check(check: Mapping[str, Any], run: str, title: str, trace: str | No
             f"{_run_link(name, failure)}</p></section>"
         )
     if selected is not None:
-        parts.append(_render_run(selected, trace, now))
+        try:
+            parts.append(_render_run(selected, trace, now))
+        except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
+            parts.append(
+                '<section class="run"><h2>Run</h2><p class="message">This run\'s details are not of the '
+                f"shape the page shows ({e(exc)}); its JSON is at "
+                f"/api/status/{e(quote(name, safe=''))}.</p></section>"
+            )
     parts.append(_render_runs(name, check.get("last_runs") or [], details, failure, trace, now))
     return _page(f"{name} · {title}", "".join(parts), _REFRESH_CHECK)
 
