@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import yaml
 
+from agent.config.secrets import sensitive_header
 from agent.errors import ConfigError
 from agent.sdk.types import RESERVED_LABELS
 
@@ -41,10 +42,6 @@ _NAME_LIMIT = 128
 _TLS_VERSIONS = {"TLS10": "1.0", "TLS11": "1.1", "TLS12": "1.2", "TLS13": "1.3"}
 _IP_FAMILIES = {"ip4": "ipv4", "ip6": "ipv6", "": "ipv6"}
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-# A header whose value is a credential: moved to an environment variable, never copied.
-_SECRET_HEADER = re.compile(
-    r"auth|cookie|token|secret|password|passwd|key|signature|session|jwt|credential", re.I
-)
 _SECRET_QUERY = re.compile(
     r"token|secret|password|passwd|key|signature|sig|auth|credential|session|jwt", re.I
 )
@@ -913,7 +910,7 @@ def _headers(raw: Any, ctx: _Context) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in raw.items():
         name, value = str(name), "" if value is None else str(value)
-        if _SECRET_HEADER.search(name) and value:
+        if sensitive_header(name) and value:  # a credential: a reference, never copied
             scheme, _, credential = value.partition(" ")
             ref = ctx.secret(f"header_{name}", f"the {name} header")
             if name.lower() in ("authorization", "proxy-authorization") and credential:

@@ -49,7 +49,9 @@ MIN_SECRET_LENGTH = 4
 """Values shorter than this are not redacted (redacting "1" would garble every number)."""
 _MAX_EPHEMERAL = 1024
 _SENSITIVE_HEADER = re.compile(
-    r"authorization|cookie|token|secret|password|passwd|api[-_]?key|signature|session|credential", re.I
+    r"authorization|cookie|token|secret|password|passwd|signature|session|credential|jwt"
+    r"|(?:^|[-_])(?:auth|(?:api[-_]?)?key)(?:[-_]|$)",
+    re.I,
 )
 _REFERENCE = re.compile(r"\$(\$?)\{(file:[^}]+|[A-Z_][A-Z0-9_]*)\}")
 _BRACED = re.compile(r"(?<!\$)\$\{([^}]*)\}")
