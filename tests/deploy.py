@@ -32,7 +32,8 @@ def need(tool: str) -> str:
 
 def golden_metric_names() -> set[str]:
     """Every Prometheus metric name the agent declares, histogram series included."""
-    names: set[str] = {"up"}
+    # Besides the agent's instruments: Prometheus's own `up`, and the resource as `target_info`.
+    names: set[str] = {"up", "target_info"}
     for line in GOLDEN.read_text().splitlines():
         parts = line.split()
         if len(parts) >= 3 and parts[2].startswith("otel="):
@@ -70,6 +71,7 @@ _FUNCTIONS = {
     "bottomk",
     "abs",
     "absent",
+    "label_replace",
 }
 
 
@@ -79,7 +81,9 @@ def metric_names(expression: str) -> set[str]:
     # Grafana's label_values(metric, label): the label is not a metric.
     without_strings = re.sub(r"label_values\((.*),\s*\w+\)", r"\1", without_strings)
     without_matchers = re.sub(r"\{[^}]*\}", "", without_strings)
-    without_groupings = re.sub(r"\b(by|on|without|ignoring)\s*\([^)]*\)", "", without_matchers)
+    without_groupings = re.sub(
+        r"\b(by|on|without|ignoring|group_left|group_right)\s*\([^)]*\)", "", without_matchers
+    )
     without_ranges = re.sub(r"\[[^\]]*\]", "", without_groupings)
     tokens = set(re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b", without_ranges))
     return {t for t in tokens if t not in _FUNCTIONS and not t.startswith("$")}
