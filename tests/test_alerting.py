@@ -576,3 +576,44 @@ def test_grafana_rules_are_the_prometheus_rules() -> None:
         }, name
         # An empty result is a quiet rule, as in Prometheus.
         assert grafana["noDataState"] == "OK"
+
+
+@pytest.mark.slow  # runs Alertmanager
+@pytest.mark.timeout(90)
+def test_alertmanager_holds_back_every_check_alert_when_no_agent_is_left(
+    alertmanager: tuple[int, Notifications],
+) -> None:
+    port, _ = alertmanager
+    posted = [
+        ("no agent is running", "alertname=VantageAgentDown severity=critical job=vantage"),
+        (
+            "charges down in eu",
+            "alertname=VantageCheckDown severity=warning vendor=stripe check=charges region=eu",
+        ),
+        (
+            "nightly stopped reporting",
+            "alertname=VantageHeartbeatStale severity=critical check=nightly region=us",
+        ),
+        # Not about a check: it stays.
+        ("reload refused", "alertname=VantageConfigReloadFailed severity=warning instance=eu-0:8080"),
+    ]
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v2/alerts",
+        data=json.dumps([_alert(summary, labels) for summary, labels in posted]).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+    def suppressed() -> set[str] | None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/alerts", timeout=10) as response:
+            listed = json.loads(response.read())
+        states = {a["annotations"]["summary"]: a["status"]["state"] for a in listed}
+        if len(states) < len(posted) or "unprocessed" in states.values():
+            return None
+        return {summary for summary, state in states.items() if state == "suppressed"}
+
+    # The inhibitor may see the source a moment after the targets: wait for the settled state.
+    expected = {"charges down in eu", "nightly stopped reporting"}
+    wait_until(lambda: suppressed() == expected, timeout=30)
