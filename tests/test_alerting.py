@@ -617,3 +617,40 @@ def test_alertmanager_holds_back_every_check_alert_when_no_agent_is_left(
     # The inhibitor may see the source a moment after the targets: wait for the settled state.
     expected = {"charges down in eu", "nightly stopped reporting"}
     wait_until(lambda: suppressed() == expected, timeout=30)
+
+
+@pytest.mark.slow  # runs promtool
+def test_grafana_conditions_hold_for_every_alert_the_rules_fire(tmp_path: Path) -> None:
+    """The promtool unit tests' series, at each moment an alert fires there: every series query A
+    returns passes condition B's threshold, so the Grafana rule fires for it too."""
+    promtool = need_tool("promtool", "prometheus")
+    grafana = grafana_rules()
+    operators = {"gt": ">", "lt": "<"}
+    document = yaml.safe_load((ROOT / "tests" / "prometheus" / "alerts_test.yaml").read_text())
+    groups = []
+    for group in document["tests"]:
+        checks = []
+        for case in group.get("alert_rule_test", []):
+            if not case["exp_alerts"]:
+                continue
+            rule = grafana[case["alertname"]]
+            query = next(q for q in rule["data"] if q["refId"] == "A")["model"]["expr"]
+            condition = next(q for q in rule["data"] if q["refId"] == rule["condition"])["model"]
+            evaluator = condition["conditions"][0]["evaluator"]
+            passing = f"({query}) {operators[evaluator['type']]} {evaluator['params'][0]}"
+            # A returns series at that moment, and none of them fails the threshold.
+            checks.append({"expr": f"count({query}) > bool 0", "eval_time": case["eval_time"],
+                           "exp_samples": [{"labels": "{}", "value": 1}]})  # fmt: skip
+            checks.append({"expr": f"({query}) unless ({passing})", "eval_time": case["eval_time"],
+                           "exp_samples": []})  # fmt: skip
+        if checks:
+            groups.append(
+                {key: group[key] for key in ("interval", "input_series")} | {"promql_expr_test": checks}
+            )
+    assert len(groups) >= 10
+    tests = tmp_path / "grafana_test.yaml"
+    tests.write_text(
+        yaml.safe_dump({"rule_files": [str(ALERTS)], "evaluation_interval": "1m", "tests": groups})
+    )
+    tested = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
