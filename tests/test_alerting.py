@@ -85,6 +85,12 @@ def test_every_alert_links_its_runbook_section() -> None:
             assert part in section, f"{name}: {part}"
 
 
+def test_the_deployment_guide_lists_every_alert_with_its_severity() -> None:
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    rows = dict(re.findall(r"^\| `(Vantage\w+)` \| (\w+) \|", text, flags=re.MULTILINE))
+    assert rows == {name: rule["labels"]["severity"] for name, rule in rules().items()}
+
+
 def render(values: dict[str, Any]) -> list[dict[str, Any]]:
     with helm.Chart.load(str(CHART)) as chart:
         manifests = chart.render(values, name="vantage", namespace="monitoring")
