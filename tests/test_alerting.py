@@ -139,6 +139,17 @@ def test_the_alertmanager_example_keeps_its_secrets_in_files() -> None:
     assert len(re.findall(r"_file: /etc/alertmanager/secrets/", text)) == 4
 
 
+def test_the_alertmanager_example_names_only_alerts_that_exist() -> None:
+    config = yaml.safe_load(ALERTMANAGER.read_text())
+    matchers = [m for r in config["route"]["routes"] for m in r.get("matchers", [])]
+    for rule in config["inhibit_rules"]:
+        matchers += rule["source_matchers"] + rule["target_matchers"]
+    named = {m.split('"')[1] for m in matchers if m.startswith("alertname=")}
+    assert named and named <= set(rules()), named - set(rules())
+    severities = {m.split('"')[1] for m in matchers if m.startswith("severity=")}
+    assert severities == {rule["labels"]["severity"] for rule in rules().values()} - {"warning"}
+
+
 @pytest.mark.slow  # runs amtool
 def test_amtool_accepts_the_alertmanager_example() -> None:
     amtool = need_tool("amtool", "prometheus-alertmanager")
