@@ -149,6 +149,13 @@ def test_profiles_set_what_their_backend_needs() -> None:
             for e in statefulset["spec"]["template"]["spec"]["containers"][0]["env"]
         }
 
+    # The current semantic convention, not the deprecated deployment.environment.
+    for path in PROFILES:
+        attributes = profile(path).get("otel", {}).get("resourceAttributes", "")
+        keys = {item.partition("=")[0].strip() for item in attributes.split(",") if item}
+        assert "deployment.environment" not in keys, path.name
+        assert "deployment.environment.name" in keys or not keys, path.name
+
     datadog = env_of("datadog")
     assert datadog["NODE_IP"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
     assert datadog["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://$(NODE_IP):4318"
