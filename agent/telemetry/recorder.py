@@ -301,9 +301,8 @@ class Recorder:
 
     def _observe_export_failures(self) -> list[tuple[Attributes, float]]:
         failed = self._export_stats.failed
-        return [
-            ({**self._agent_attrs, "signal": signal}, failed.get(signal, 0)) for signal in ("traces", "metrics")
-        ]
+        signals = ("traces", "metrics")
+        return [({**self._agent_attrs, "signal": signal}, failed.get(signal, 0)) for signal in signals]
 
     def loop_lag(self, seconds: float) -> None:
         """The scheduler's measure of how starved the event loop is."""
