@@ -24,7 +24,6 @@ from .deploy import (
     KUBERNETES,
     PROFILES,
     alert_expressions,
-    dashboard_expressions,
     golden_metric_names,
     metric_names,
     need,
@@ -34,13 +33,10 @@ from .helpers import ROOT, config_from
 CRDS = {"ServiceMonitor", "PrometheusRule"}
 
 
-def test_rules_and_dashboard_read_only_metrics_the_agent_exports() -> None:
+def test_rules_read_only_metrics_the_agent_exports() -> None:
+    # The dashboard's queries: tests/test_dashboard.py (with the names of issue 15 not yet golden).
     known = golden_metric_names()
-    dashboard = json.loads(DASHBOARD.read_text())
-    used = {
-        name: metric_names(expression)
-        for name, expression in [*alert_expressions().items(), *enumerate(dashboard_expressions(dashboard))]
-    }
+    used = {name: metric_names(expression) for name, expression in alert_expressions().items()}
     assert all(used.values()), "an expression reads no metric at all"
     unknown = {name: names - known for name, names in used.items() if names - known}
     assert not unknown, f"not in tests/golden/metrics.txt: {unknown}"
