@@ -432,3 +432,20 @@ def test_a_scrape_timeout_above_the_interval_is_refused(interval: str, timeout: 
     assert f"serviceMonitor.scrapeTimeout {timeout} is longer than serviceMonitor.interval {interval}" in str(
         caught.value
     )
+
+
+def notes(values: dict[str, Any]) -> str:
+    with helm.Chart.load(str(CHART)) as chart:
+        return str(
+            chart.render(values, name="vantage", namespace="monitoring")["vantage/templates/NOTES.txt"]
+        )
+
+
+def test_the_notes_say_when_kube_prometheus_stack_would_not_pick_the_objects_up() -> None:
+    enabled = {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}
+    text = notes(enabled)
+    assert "the ServiceMonitor has no `release` label" in text and "serviceMonitor.labels.release" in text
+    assert "the PrometheusRule has no `release` label" in text and "prometheusRule.labels.release" in text
+    labelled = {kind: {"enabled": True, "labels": {"release": "kube-prometheus-stack"}} for kind in enabled}
+    assert "release` label" not in notes(labelled)
+    assert "release` label" not in notes({})
