@@ -220,6 +220,10 @@ def test_bad_values_are_rejected_by_the_schema(values: dict[str, Any], message: 
             'check "job" is a heartbeat check: set inbound.enabled',
         ),
         ({"regions": [{"name": "eu"}, {"name": "eu"}]}, 'regions: "eu" is listed twice'),
+        (
+            {"serviceMonitor": {"enabled": True, "authorization": {"type": "Bearer"}, "basicAuth": {}}},
+            "serviceMonitor: authorization and basicAuth exclude each other",
+        ),
     ],
 )
 def test_values_the_schema_cannot_judge_are_rejected_at_render(values: dict[str, Any], message: str) -> None:
@@ -361,6 +365,40 @@ def test_service_monitor_takes_what_the_crd_takes() -> None:
     assert rule["metadata"]["annotations"] == {"team": "platform"}
 
 
+OTHER_ENDPOINT_FIELDS: dict[str, Any] = {
+    "basicAuth": {
+        "username": {"name": "scrape", "key": "user"},
+        "password": {"name": "scrape", "key": "password", "optional": False},
+    },
+    "bearerTokenSecret": {"name": "scrape", "key": "token"},
+    "noProxy": "10.0.0.0/8",
+    "proxyFromEnvironment": False,
+    "proxyConnectHeader": {"Proxy-Authorization": [{"name": "proxy", "key": "header"}]},
+}
+OAUTH2 = {
+    "clientId": {"configMap": {"name": "scrape", "key": "client-id"}},
+    "clientSecret": {"name": "scrape", "key": "client-secret"},
+    "tokenUrl": "https://auth.example/token",
+    "scopes": ["metrics"],
+    "endpointParams": {"audience": "vantage"},
+    "tlsConfig": {"insecureSkipVerify": False, "maxVersion": "TLS13"},
+}
+METADATA_FIELDS = {"enabled", "namespace", "labels", "annotations", "jobLabel"}
+
+
+def test_every_field_the_schema_accepts_reaches_the_service_monitor() -> None:
+    # A field the schema takes but the template left out would be dropped without a word.
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["serviceMonitor"]
+    tested = (
+        METADATA_FIELDS | set(CRD_FIELDS) | set(ENDPOINT_FIELDS) | set(OTHER_ENDPOINT_FIELDS) | {"oauth2"}
+    )
+    assert set(schema["properties"]) == tested
+    for fields in (OTHER_ENDPOINT_FIELDS, {"oauth2": OAUTH2}):
+        monitor = only(render({"serviceMonitor": {"enabled": True, **fields}}), "ServiceMonitor")
+        [endpoint] = monitor["spec"]["endpoints"]
+        assert {k: endpoint[k] for k in fields} == fields
+
+
 def test_service_monitor_defaults_stay_small() -> None:
     monitor = only(render({"serviceMonitor": {"enabled": True}}), "ServiceMonitor")
     assert "namespace" not in monitor["metadata"] and "namespaceSelector" not in monitor["spec"]
@@ -396,6 +434,12 @@ def test_service_monitor_defaults_stay_small() -> None:
         ({"honorLabels": "yes"}, "at '/serviceMonitor/honorLabels'"),
         ({"namespace": "Observability"}, "at '/serviceMonitor/namespace'"),
         ({"endpoints": []}, "additional properties 'endpoints' not allowed"),
+        (
+            {"oauth2": {"clientSecret": {"name": "a", "key": "b"}}},
+            "missing properties 'clientId', 'tokenUrl'",
+        ),
+        ({"proxyUrl": "proxy:3128"}, "at '/serviceMonitor/proxyUrl'"),
+        ({"tlsConfig": {"ca": {"secret": {"name": "ca"}}}}, "missing property 'key'"),
     ],
 )
 def test_service_monitor_values_the_crd_refuses_are_refused(values: dict[str, Any], message: str) -> None:
