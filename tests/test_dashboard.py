@@ -198,7 +198,7 @@ def test_the_agents_own_series_carry_the_region() -> None:
         assert samples[name].get("region") == "eu-west-1", (name, samples.get(name))
 
 
-def test_the_confirmed_state_maintenance_and_flapping_have_panels() -> None:
+def test_the_confirmed_state_maintenance_flapping_and_job_runs_have_panels() -> None:
     reading = {
         (name, panel["type"]) for panel, target in every_query() for name in metric_names(target["expr"])
     }
@@ -208,6 +208,7 @@ def test_the_confirmed_state_maintenance_and_flapping_have_panels() -> None:
         ("vantage_check_flapping", "table"),
         ("vantage_check_state_changes_total", "table"),
         ("vantage_check_state_changes_total", "timeseries"),
+        ("probe_heartbeat_run_duration_seconds_bucket", "timeseries"),
     } <= reading
     confirmed = next(p for p in query_panels() if p["title"] == "Confirmed state")
     mappings = confirmed["fieldConfig"]["defaults"]["mappings"]
