@@ -283,6 +283,8 @@ def test_the_job_label_is_vantage_whatever_the_names(override: dict[str, Any]) -
     assert {s["metadata"]["labels"]["vantage/region"] for s in services} == {"eu", "us"}
     # prometheus-operator sets job to the value of the selected Service's jobLabel label.
     assert {s["metadata"]["labels"][monitor["spec"]["jobLabel"]] for s in services} == {"vantage"}
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert all(endpoint["port"] in {p["name"] for p in s["spec"]["ports"]} for s in services)
     assert 'up{job="vantage"}' in ALERTS.read_text()
 
 
@@ -493,3 +495,17 @@ def test_the_notes_say_when_kube_prometheus_stack_would_not_pick_the_objects_up(
     labelled = {kind: {"enabled": True, "labels": {"release": "kube-prometheus-stack"}} for kind in enabled}
     assert "release` label" not in notes(labelled)
     assert "release` label" not in notes({})
+
+
+def test_the_dashboard_configmap_goes_where_the_sidecar_looks() -> None:
+    values = {
+        "grafanaDashboard": {
+            "enabled": True,
+            "namespace": "grafana",
+            "annotations": {"grafana_folder": "Vantage"},
+        }
+    }
+    [configmap] = [d for d in render(values) if d["metadata"]["name"].endswith("-dashboard")]
+    assert configmap["metadata"]["namespace"] == "grafana"
+    assert configmap["metadata"]["annotations"] == {"grafana_folder": "Vantage"}
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
