@@ -220,7 +220,6 @@ class Run:
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
 
 
-_NO_ATTRIBUTES: Attributes = {}
 _OK = Status(StatusCode.OK)
 
 
