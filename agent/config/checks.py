@@ -26,7 +26,7 @@ from agent.config._explain import Problem, did_you_mean, explain, field_path
 from agent.config.secrets import SecretResolver, has_reference
 from agent.errors import ConfigError, PluginError
 from agent.sdk.durations import Duration, parse_duration
-from agent.sdk.types import DEFAULT_TIMEOUT, Check, check_labels
+from agent.sdk.types import DEFAULT_TIMEOUT, MAX_RETRIES, Check, check_labels
 
 if TYPE_CHECKING:
     from agent.sdk.probe import Probe
@@ -41,8 +41,29 @@ class Defaults(BaseModel):
     timeout: Duration | None = None
     regions: tuple[str, ...] | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    # Confirmation (a check's own value wins; each is checked against the check's interval there).
+    retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES)
+    retry_delay: Duration | None = None
+    failure_threshold: int | None = Field(default=None, ge=1, le=100)
+    success_threshold: int | None = Field(default=None, ge=1, le=100)
+    flap_threshold: int | None = Field(default=None, ge=1, le=1000)
+    down_interval: Duration | None = None
 
     _labels = field_validator("labels")(check_labels)
+
+
+_DEFAULTED = (
+    "interval",
+    "timeout",
+    "regions",
+    "retries",
+    "retry_delay",
+    "failure_threshold",
+    "success_threshold",
+    "flap_threshold",
+    "down_interval",
+)
+"""The fields of ``defaults`` a check takes when it does not set them (``labels`` are merged)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +360,7 @@ def _with_defaults(raw: dict[str, Any], defaults: Defaults) -> dict[str, Any]:
     merged.setdefault("labels", {})
     if isinstance(merged["labels"], dict):
         merged["labels"] = {**defaults.labels, **merged["labels"]}
-    for key in ("interval", "timeout", "regions"):
+    for key in _DEFAULTED:
         if key not in merged and getattr(defaults, key) is not None:
             merged[key] = getattr(defaults, key)
     if "timeout" not in merged and "interval" in merged:

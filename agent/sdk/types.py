@@ -20,7 +20,9 @@ from agent.sdk.durations import Duration, format_duration
 
 __all__ = [
     "DEFAULT_INTERVAL",
+    "DEFAULT_RETRY_DELAY",
     "DEFAULT_TIMEOUT",
+    "MAX_RETRIES",
     "REDACTED",
     "RESERVED_LABELS",
     "Check",
@@ -57,6 +59,8 @@ CHECK_NAME = r"^[a-z0-9][a-z0-9._-]{0,127}$"
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 DEFAULT_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 10.0
+DEFAULT_RETRY_DELAY = 1.0
+MAX_RETRIES = 10
 
 
 def check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
@@ -82,6 +86,20 @@ class Check(BaseModel):
     regions: tuple[str, ...] | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     settings: dict[str, Any] = Field(default_factory=dict)
+    # Confirmation before a check is called down (docs/configuration.md, *Confirmation*). Their
+    # defaults are shared objects (small ints, one float): a check that leaves them costs nothing.
+    retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
+    """Re-tests after a failed attempt, within the same run."""
+    retry_delay: Duration = DEFAULT_RETRY_DELAY
+    """The wait before each re-test."""
+    failure_threshold: int = Field(default=1, ge=1, le=100)
+    """Consecutive failed runs before the confirmed state is ``down``."""
+    success_threshold: int = Field(default=1, ge=1, le=100)
+    """Consecutive successful runs before the confirmed state is ``up``."""
+    flap_threshold: int = Field(default=6, ge=1, le=1000)
+    """Confirmed state changes within an hour at which the check is flapping."""
+    down_interval: Duration | None = None
+    """While the last run failed or the check is confirmed down, it runs at this interval."""
 
     _labels = field_validator("labels")(check_labels)
 
@@ -102,6 +120,39 @@ class Check(BaseModel):
             raise ValueError(
                 f"the timeout ({format_duration(value)}) must be below the interval "
                 f"({format_duration(interval)})"
+            )
+        return value
+
+    @field_validator("retry_delay")
+    @classmethod
+    def _retry_delay_below_interval(cls, value: float, info: ValidationInfo) -> float:
+        interval = info.data.get("interval")
+        if value <= 0:
+            raise ValueError("the retry delay must be above zero")
+        if interval is not None and value >= interval:
+            raise ValueError(
+                f"the retry delay ({format_duration(value)}) must be below the interval "
+                f"({format_duration(interval)}): a re-test is made before the next run is due"
+            )
+        return value
+
+    @field_validator("down_interval")
+    @classmethod
+    def _down_interval_between(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is None:
+            return None
+        interval, timeout = info.data.get("interval"), info.data.get("timeout")
+        if value < 0.1:
+            raise ValueError("the down interval must be at least 100ms")
+        if interval is not None and value >= interval:
+            raise ValueError(
+                f"the down interval ({format_duration(value)}) must be below the interval "
+                f"({format_duration(interval)}): it is the shorter interval of a failing check"
+            )
+        if timeout is not None and value <= timeout:
+            raise ValueError(
+                f"the down interval ({format_duration(value)}) must be above the timeout "
+                f"({format_duration(timeout)})"
             )
         return value
 
