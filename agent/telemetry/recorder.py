@@ -249,10 +249,10 @@ class CheckState:
     """When the confirmed state changed within the last hour (None until it first does)."""
     flapping: bool = False
 
-    def changes_since(self, since: float) -> int:
-        """Confirmed state changes after ``since`` (wall time), of those kept (the last hour's)."""
-        changes = self.changes
-        return 0 if changes is None else sum(1 for at in changes if at > since)
+    @property
+    def changes_last_hour(self) -> int:
+        """Confirmed state changes in the hour before the last run ended (as ``flapping``)."""
+        return 0 if self.changes is None else len(self.changes)
 
 
 @dataclass
