@@ -67,7 +67,8 @@ def metrics(agent: Agent) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 
 def value(agent: Agent, name: str, **labels: str) -> float | None:
-    found = [v for sample_labels, v in metrics(agent).get(name, []) if labels.items() <= sample_labels.items()]
+    samples = metrics(agent).get(name, [])
+    found = [v for sample_labels, v in samples if labels.items() <= sample_labels.items()]
     assert len(found) <= 1, found
     return found[0] if found else None
 
@@ -102,9 +103,7 @@ async def test_a_failed_attempt_is_re_tested_and_every_attempt_is_counted(
         finally:
             await agent.http.aclose()
     assert target.count == 3  # two failures re-tested, the third attempt passed: no fourth
-    runs = {
-        (labels["attempt"], labels["result"]): v for labels, v in metrics(agent)["probe_runs_total"]
-    }
+    runs = {(labels["attempt"], labels["result"]): v for labels, v in metrics(agent)["probe_runs_total"]}
     assert runs == {("1", "failure"): 1.0, ("2", "failure"): 1.0, ("3", "success"): 1.0}
     assert value(agent, "probe_success", check="api") == 1.0  # the last attempt's, as blackbox's
     assert value(agent, "vantage_check_up", check="api") == 1.0
@@ -139,7 +138,7 @@ async def test_no_retry_is_made_when_the_next_tick_comes_first_and_that_tick_run
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(agent.scheduler.run)
-                await anyio.sleep(0)
+                await clock.advance(0)
                 first = agent.scheduler.due("api")
                 assert first is not None
                 await drive(agent, clock, first - clock.monotonic() + 10.5)
@@ -192,9 +191,7 @@ async def test_thresholds_hold_the_confirmed_state(caplog: pytest.LogCaptureFixt
         "check api has recovered"
     ]
     failing = [r.getMessage() for r in caplog.records if "is failing" in r.getMessage()]
-    assert failing == [
-        "check api is failing (3 failed runs in a row): http_status: HTTP 503 (expected 2xx)"
-    ]
+    assert failing == ["check api is failing (3 failed runs in a row): http_status: HTTP 503 (expected 2xx)"]
 
 
 async def test_a_check_is_pending_until_confirmed_and_has_no_up_point_meanwhile() -> None:
@@ -246,7 +243,7 @@ async def test_a_failing_check_ticks_at_its_down_interval_then_back_on_its_grid(
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(scheduler.run)
-                await anyio.sleep(0)
+                await clock.advance(0)
                 first = scheduler.due("api")
                 assert first is not None
                 for runs in (1, 2, 3, 4):
@@ -276,7 +273,7 @@ async def test_the_down_interval_holds_until_the_check_is_confirmed_up() -> None
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(agent.scheduler.run)
-                await anyio.sleep(0)
+                await clock.advance(0)
                 first = agent.scheduler.due("api")
                 assert first is not None
                 await drive(agent, clock, first - clock.monotonic() + 100, step=0.5)
@@ -306,7 +303,7 @@ async def test_shutdown_during_a_retry_delay_ends_at_once() -> None:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(run)
-                await anyio.sleep(0)
+                await clock.advance(0)
                 with anyio.fail_after(10):
                     while agent.recorder.states["api"].runs == 0:
                         await clock.advance(0.5)
