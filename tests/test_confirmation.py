@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -20,6 +21,7 @@ from agent.errors import ConfigError
 
 from .helpers import FakeClock, serve, thread_server
 from .test_once import QUIET, once
+from .test_reload import running, wait_for_runs, write
 
 pytestmark = pytest.mark.anyio
 
@@ -399,3 +401,23 @@ def test_a_check_that_leaves_the_defaults_holds_no_object_of_its_own_for_them() 
     for field in ("retries", "retry_delay", "failure_threshold", "success_threshold", "flap_threshold"):
         assert getattr(a, field) is getattr(b, field)
     assert a.down_interval is None
+
+
+async def test_a_reload_keeps_the_confirmed_state_of_an_unchanged_check(tmp_path: Path) -> None:
+    target = Target(failing=set(range(1, 10_000)))
+    async with serve(target.app) as port:
+        path = tmp_path / "checks.yml"
+        down = http_check(port, "down", interval="300ms", timeout="250ms", failure_threshold=2)
+        write(path, [down])
+        async with running(path) as agent:
+            await wait_for_runs(agent, "down", 2)
+            state = agent.recorder.states["down"]
+            assert state.confirmed == "down"
+            write(path, [down, http_check(port, "other", interval="300ms", timeout="250ms")])
+            assert agent.reloader is not None
+            assert (await agent.reloader.reload("test")).added == ("other",)
+            assert agent.recorder.states["down"] is state and state.confirmed == "down"
+            await wait_for_runs(agent, "down", state.runs + 1)
+            # Still down, not confirmed again: no change counted, no new "is failing".
+            assert value(agent, "vantage_check_state_changes_total", check="down") == 0.0
+            assert value(agent, "vantage_check_up", check="down") == 0.0
