@@ -429,12 +429,12 @@ class Scheduler:
                 started = self._clock.monotonic()
                 if attempt == 1:
                     self._recorder.lateness(started - item.due)
-                result, run = await self._attempt(item, started, attempt)
+                result, run, ctx = await self._attempt(item, started, attempt)
                 if result is None:
                     return
                 retry = self._retries(item, result, attempt)
                 try:
-                    self._recorder.finish_run(run, result, run.requests, attempt=attempt, final=not retry)
+                    self._recorder.finish_run(run, result, ctx.requests, attempt=attempt, final=not retry)
                 except Exception:
                     # A recording bug must not take the other checks down with it.
                     log.exception("recording the result of check %s failed", check.name)
@@ -466,7 +466,9 @@ class Scheduler:
         finally:
             self._release(item)
 
-    async def _attempt(self, item: _Item, started: float, attempt: int) -> tuple[ProbeResult | None, Run]:
+    async def _attempt(
+        self, item: _Item, started: float, attempt: int
+    ) -> tuple[ProbeResult | None, Run, ProbeContext]:
         """One attempt of a run: its result, or None when it was discarded (a starved loop)."""
         entry = item.entry
         run = self._recorder.start_run(entry, attempt)
@@ -480,13 +482,12 @@ class Scheduler:
         if result is None:
             self._recorder.abandon_run(run, "discarded: the agent's event loop was starved")
             self._recorder.skipped(entry, "overload")
-            return None, run
+            return None, run, ctx
         if result.duration is None:
             result = replace(result, duration=self._clock.monotonic() - started)
         if result.retry_after:
             item.not_before = self._clock.monotonic() + result.retry_after
-        run.requests = ctx.requests
-        return result, run
+        return result, run, ctx
 
     def _retries(self, item: _Item, result: ProbeResult, attempt: int) -> bool:
         """Whether a failed attempt is re-tested: retries are left, the target did not ask for

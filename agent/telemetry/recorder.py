@@ -263,8 +263,6 @@ class Run:
     span: RunSpan
     tracer: _RunTracer
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
-    requests: Sequence[RequestRecord] = ()
-    """The HTTP requests the attempt made, once it has a result (the scheduler notes them)."""
 
 
 _NO_ATTRIBUTES: Attributes = {}
@@ -581,13 +579,16 @@ class Recorder:
             state.flapping = flapping
             name = state.entry.check.name
             self._flapping.set(name, None, self._attrs[name], 1.0 if flapping else 0.0)
+            fields = {"check": name, "type": state.entry.check.type, "changes": len(changes)}
             if flapping:
                 log.warning(
                     "check %s is flapping: its confirmed state changed %d times in the last hour",
                     name,
                     len(changes),
-                    extra={"check": name, "type": state.entry.check.type, "changes": len(changes)},
+                    extra=fields,
                 )
+            else:
+                log.info("check %s is no longer flapping", name, extra=fields)
 
     def _log_run(
         self,
