@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import pytest
 import yaml
@@ -421,3 +422,41 @@ async def test_a_reload_keeps_the_confirmed_state_of_an_unchanged_check(tmp_path
             # Still down, not confirmed again: no change counted, no new "is failing".
             assert value(agent, "vantage_check_state_changes_total", check="down") == 0.0
             assert value(agent, "vantage_check_up", check="down") == 0.0
+
+
+async def test_api_checks_and_the_status_page_show_the_confirmed_state() -> None:
+    target = Target(failing={2, 3})  # ok; then a run of two failed attempts
+    async with serve(target.app) as port:
+        checks = [
+            http_check(port, retries=1, retry_delay="10ms", failure_threshold=3, interval="10s", timeout="2s")
+        ]
+        environ = {
+            "VANTAGE_CHECKS": yaml.safe_dump({"checks": checks}),
+            "VANTAGE_HOST": "127.0.0.1",
+            "VANTAGE_PORT": "0",
+            **ENV,
+        }
+        agent = build_agent(load_config(environ), environ)
+        try:
+            async with anyio.create_task_group() as tg:
+                server = await tg.start(agent.server.serve)
+                await agent.scheduler.run_once()
+                await agent.scheduler.run_once()
+                async with aiohttp.ClientSession() as session:
+                    async with session.get(f"http://127.0.0.1:{server}/api/checks/api") as response:
+                        api = await response.json()
+                    async with session.get(f"http://127.0.0.1:{server}/") as response:
+                        index = await response.text()
+                    async with session.get(f"http://127.0.0.1:{server}/checks/api") as response:
+                        page = await response.text()
+                tg.cancel_scope.cancel()
+        finally:
+            await agent.http.aclose()
+    assert api["state"] == "failing"  # the last attempt's result
+    assert api["confirmed"] == "up"  # 1 failed run of 3
+    assert api["attempts"] == 2 and api["consecutive_failures"] == 1 and api["runs"] == 3
+    assert api["flapping"] is False and api["state_changes_last_hour"] == 0
+    assert api["confirmed_since"].endswith("Z")
+    assert '<span class="state up">up</span> <span class="muted">1 of 3 failed</span>' in index
+    assert "<dt>attempts, last run</dt><dd>2</dd>" in page
+    assert "<dt>state changes 1 h</dt><dd>0</dd>" in page
