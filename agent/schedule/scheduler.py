@@ -30,9 +30,10 @@ tick is not made: the tick probes anyway. With a 10s interval, ``retries: 2``, `
     tick 0s ── fails 0.5s ── waits 2s ── re-test fails 3s ── waits 2s ── re-test 5s passes ── 5.4s
     tick 10s ── ...                                (no tick was due meanwhile: nothing skipped)
 
-and with ``retry_delay: 4s`` and a target that hangs until its 3s timeout, the second re-test
-would start at 14s, after the tick at 10s: the run ends at 10s (not re-tested again), and the tick
-at 10s runs. A re-test that waits is cut at once by the agent's shutdown or the check's removal.
+and with ``retries: 3``, ``retry_delay: 4s`` and a target that fails in 0.5s, the attempts start at
+0, 4.5 and 9s; a third re-test would start at 13.5s, after the tick at 10s, so the run ends at
+9.5s and the tick at 10s runs. A re-test that waits is cut at once by the agent's shutdown or the
+check's removal.
 
 With ``down_interval``, a check whose last run failed, or which is confirmed down, ticks at that
 shorter interval from its failed run's tick, until it is confirmed up; then it goes back to its own
