@@ -155,6 +155,29 @@ async def test_no_retry_is_made_when_the_next_tick_comes_first_and_that_tick_run
     assert value(agent, "vantage_runs_skipped_total", check="api") is None  # no tick skipped
 
 
+async def test_a_run_waiting_to_re_test_holds_no_slot_of_the_concurrency_bound() -> None:
+    clock = FakeClock()
+    flaky, steady = Target(failing={1}, clock=clock), Target(clock=clock)
+    async with serve(flaky.app) as flaky_port, serve(steady.app) as steady_port:
+        checks = [
+            http_check(flaky_port, "flaky", retries=1, retry_delay="5s", interval="60s", timeout="2s"),
+            http_check(steady_port, "steady", interval="60s", timeout="2s"),
+        ]
+        environ = {"VANTAGE_CHECKS": yaml.safe_dump({"checks": checks}), "VANTAGE_CONCURRENCY": "1", **ENV}
+        agent = build_agent(load_config(environ), environ, clock=clock)
+        start = clock.monotonic()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(agent.scheduler.run_once)
+                await drive(agent, clock, 6)
+        finally:
+            await agent.http.aclose()
+    # One slot: the steady check runs while the flaky one waits for its re-test, not after it.
+    assert [t - start for t in steady.times] == [0.0]
+    assert [t - start for t in flaky.times] == [0.0, 5.0]
+    assert agent.recorder.states["flaky"].attempts == 2
+
+
 # ---------------------------------------------------------------- thresholds and flapping
 
 

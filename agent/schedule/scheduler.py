@@ -25,7 +25,9 @@ has, or something blocking the loop) says nothing about its target: it is discar
 A failed attempt is re-tested within the same run, up to the check's ``retries``, ``retry_delay``
 apart; each attempt is recorded, and the run's outcome, its last attempt's, counts towards the
 check's confirmed state (agent/telemetry/recorder.py). A re-test that would start after the next
-tick is not made: the tick probes anyway. With a 10s interval, ``retries: 2``, ``retry_delay: 2s``::
+tick is not made: the tick probes anyway. A run waiting to re-test holds no slot of the concurrency
+bound and no task: it is a timer on the clock, then queued for a slot as a due run is. With a 10s
+interval, ``retries: 2``, ``retry_delay: 2s``::
 
     tick 0s ── fails 0.5s ── waits 2s ── re-test fails 3s ── waits 2s ── re-test 5s passes ── 5.4s
     tick 10s ── ...                                (no tick was due meanwhile: nothing skipped)
@@ -81,6 +83,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Collection, Container, Iterable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Literal
 
 import anyio
@@ -90,7 +93,7 @@ from agent.config.checks import CheckEntry
 from agent.schedule.lag import LagMonitor
 from agent.schedule.sharding import offset
 from agent.sdk.durations import format_duration, plural
-from agent.sdk.probe import Clock, ProbeContext, ProbeResult, Reason
+from agent.sdk.probe import Clock, ProbeContext, ProbeResult, Reason, Timer
 from agent.telemetry.recorder import Recorder, Run
 
 __all__ = ["Scheduler"]
@@ -130,8 +133,11 @@ class _Item:
     this time is the one that counts (a moved tick leaves its old entry behind, skipped)."""
     fast: bool = False
     """Ticking at the check's ``down_interval`` (its last run failed, or it is confirmed down)."""
-    retrying: bool = False
-    """The run waits to re-test: the agent's shutdown cuts it at once."""
+    attempt: int = 1
+    """The attempt the run makes next (1, then 2.. for its re-tests)."""
+    retest: Timer | None = None
+    """While the run waits to re-test: the timer that queues the re-test. The run still counts
+    (``running``) but holds no slot; a shutdown or the check's removal ends it at once."""
 
     def expire(self) -> None:
         """The run's timeout fell due (a timer on the scheduler's clock)."""
@@ -206,9 +212,7 @@ class Scheduler:
         self._stopping = True
         if self._sleep_scope is not None:
             self._sleep_scope.cancel()
-        for item in list(self._tasks.values()):
-            if item.retrying:
-                item.shut_down()
+        self._drop_retests(self._items.values())
 
     async def run(
         self,
@@ -338,6 +342,7 @@ class Scheduler:
             self._waiting.remove(item)
             item.running = False
             self._running_count -= 1
+        self._drop_retests(gone)
         going = [item for item in gone if item.task is not None]
         for item in gone:
             self._crashed.discard(item.entry.check.name)
@@ -361,6 +366,7 @@ class Scheduler:
         """Start a run of ``item`` now if a slot is free, else queue it for the next free slot."""
         item.running = True
         item.due = due
+        item.attempt = 1
         self._running_count += 1
         if len(self._tasks) < self._concurrency:
             self._start(item)
@@ -373,17 +379,40 @@ class Scheduler:
         self._tasks[task] = item
 
     def _release(self, item: _Item) -> None:
-        """A run ended: free its check and its slot, and start the next run waiting for one.
+        """A run's task ended: free its slot and start the next run waiting for one, and free its
+        check unless the run waits to re-test.
 
         Called by the run's task as it ends (so the next run starts in the same turn of the loop),
         or by ``_cancel_runs`` for a task cancelled before it ever ran."""
         if item.task is not None:
             del self._tasks[item.task]
             item.task = None
-        item.running = False
-        self._running_count -= 1
+        if item.retest is None:
+            item.running = False
+            self._running_count -= 1
         while self._waiting and len(self._tasks) < self._concurrency:
             self._start(self._waiting.popleft())
+        if self._running_count == 0 and self._idle is not None:
+            self._idle.set()
+
+    def _queue_retest(self, item: _Item) -> None:
+        """The retry delay of a run is over: its re-test starts now if a slot is free, else it
+        waits for one, as a due run does."""
+        item.retest = None
+        if len(self._tasks) < self._concurrency:
+            self._start(item)
+        else:
+            self._waiting.append(item)
+
+    def _drop_retests(self, items: Iterable[_Item]) -> None:
+        """End the runs of ``items`` that wait to re-test (shutdown, removal): their attempts so
+        far are recorded; the re-test is not made."""
+        for item in list(items):
+            if item.retest is not None:
+                item.retest.cancel()
+                item.retest = None
+                item.running = False
+                self._running_count -= 1
         if self._running_count == 0 and self._idle is not None:
             self._idle.set()
 
@@ -409,8 +438,10 @@ class Scheduler:
             self._running_count -= 1
 
     async def _cancel_runs(self) -> None:
-        """Drop the runs queued, cancel those going and wait until they have ended."""
+        """Drop the runs queued or waiting to re-test, cancel those going and wait until they have
+        ended."""
         self._drop_waiting()
+        self._drop_retests(self._items.values())
         if not self._tasks:
             return
         for item in self._tasks.values():
@@ -425,29 +456,24 @@ class Scheduler:
         entry = item.entry
         check = entry.check
         try:
-            attempt = 1
-            while True:
-                started = self._clock.monotonic()
-                if attempt == 1:
-                    self._recorder.lateness(started - item.due)
-                result, run, ctx = await self._attempt(item, started, attempt)
-                if result is None:
-                    return
-                retry = self._retries(item, result, attempt)
-                try:
-                    self._recorder.finish_run(run, result, ctx.requests, attempt=attempt, final=not retry)
-                except Exception:
-                    # A recording bug must not take the other checks down with it.
-                    log.exception("recording the result of check %s failed", check.name)
-                if not retry:
-                    break
-                item.retrying = True
-                try:
-                    # Cut at once by a shutdown (``stop``) or the check's removal (``shut_down``).
-                    await self._clock.sleep(check.retry_delay)
-                finally:
-                    item.retrying = False
-                attempt += 1
+            attempt = item.attempt
+            started = self._clock.monotonic()
+            if attempt == 1:
+                self._recorder.lateness(started - item.due)
+            result, run, ctx = await self._attempt(item, started, attempt)
+            if result is None:
+                return
+            retry = self._retries(item, result, attempt)
+            try:
+                self._recorder.finish_run(run, result, ctx.requests, attempt=attempt, final=not retry)
+            except Exception:
+                # A recording bug must not take the other checks down with it.
+                log.exception("recording the result of check %s failed", check.name)
+            if retry:
+                # The slot goes to others meanwhile (``_release``); ``_drop_retests`` calls it off.
+                item.attempt = attempt + 1
+                item.retest = self._clock.call_later(check.retry_delay, partial(self._queue_retest, item))
+                return
             if check.down_interval is not None:
                 self._adapt(item, result.success, run.state.confirmed)
             if result.retry_after:  # said after the run's own line, which says why
