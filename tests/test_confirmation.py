@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.app import Agent, build_agent
 from agent.config.settings import load_config
 from agent.errors import ConfigError
+from agent.sdk.types import DEFAULT_CONFIRMATION, Check
 
 from .helpers import FakeClock, serve, thread_server
 from .test_once import QUIET, once
@@ -419,12 +420,23 @@ def test_defaults_give_confirmation_settings_and_a_check_overrides_them() -> Non
     assert (b.retries, b.failure_threshold) == (0, 3)
 
 
-def test_a_check_that_leaves_the_defaults_holds_no_object_of_its_own_for_them() -> None:
-    document = {"checks": [{"name": n, "type": "http", "target": "http://127.0.0.1:1/"} for n in "ab"]}
-    a, b = (e.check for e in load_config({"VANTAGE_CHECKS": yaml.safe_dump(document)}).entries)
-    for field in ("retries", "retry_delay", "failure_threshold", "success_threshold", "flap_threshold"):
-        assert getattr(a, field) is getattr(b, field)
-    assert a.down_interval is None
+def test_confirmation_settings_cost_a_check_that_leaves_them_nothing() -> None:
+    document = {
+        "defaults": {"labels": {"team": "payments"}},
+        "checks": [
+            {"name": "a", "type": "http", "target": "http://127.0.0.1:1/"},
+            {"name": "b", "type": "http", "target": "http://127.0.0.1:1/"},
+            {"name": "c", "type": "http", "target": "http://127.0.0.1:1/", "retries": 2},
+            {"name": "d", "type": "http", "target": "http://127.0.0.1:1/", "retries": 2},
+        ],
+    }
+    a, b, c, d = (e.check for e in load_config({"VANTAGE_CHECKS": yaml.safe_dump(document)}).entries)
+    # One shared object for the defaults, one for each set of settings written alike: no field of
+    # its own per check (each would grow every check's attribute table).
+    assert a.confirmation is b.confirmation is DEFAULT_CONFIRMATION
+    assert c.confirmation is d.confirmation and c.retries == 2 and c.failure_threshold == 1
+    assert len(vars(a)) == len(vars(c)) == len(Check.model_fields)
+    assert a.model_dump()["confirmation"]["retries"] == 0
 
 
 async def test_a_reload_keeps_the_confirmed_state_of_an_unchanged_check(tmp_path: Path) -> None:
