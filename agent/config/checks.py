@@ -628,7 +628,7 @@ def _unresolved(fields: Mapping[str, Any], load_probe: Callable[[str], Probe[Any
         probe = load_probe(str(fields.get("type")))
     except (ConfigError, PluginError):
         return None
-    known = {k: v for k, v in fields.items() if k in Check.model_fields or k in Check.FLATTENED}
+    known = {k: v for k, v in fields.items() if k in Check.model_fields}
     settings = fields.get("settings")
     return CheckEntry(
         Check.model_construct(**known),
