@@ -21,8 +21,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from .deploy import ALERTS, CHART, GOLDEN
-from .helpers import ROOT, free_port, thread_server, wait_until
+from .deploy import ALERTS, CHART, GOLDEN, need
+from .helpers import ROOT, AgentProcess, free_port, thread_server, wait_until
 
 EXAMPLES = ROOT / "examples" / "alerting"
 ALERTMANAGER = EXAMPLES / "alertmanager.yml"
@@ -671,3 +671,67 @@ def test_grafana_conditions_hold_for_every_alert_the_rules_fire(tmp_path: Path) 
     )
     tested = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True)
     assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+@pytest.mark.slow  # runs the agent, Prometheus and Alertmanager
+@pytest.mark.timeout(120)
+def test_from_a_failing_vendor_to_a_page(alertmanager: tuple[int, Notifications], tmp_path: Path) -> None:
+    """The whole chain: an agent probes a vendor that fails, Prometheus evaluates the shipped rules on
+    what it scrapes and sends the alerts to the example Alertmanager, which pages and posts."""
+    am_port, notifications = alertmanager
+
+    async def broken(_: web.Request) -> web.Response:
+        return web.json_response({"error": "maintenance"}, status=503)
+
+    vendor_app = web.Application()
+    vendor_app.router.add_get("/v1/charges", broken)
+    with thread_server(vendor_app) as vendor:
+        check = {
+            "name": "charges",
+            "type": "http",
+            "target": f"http://127.0.0.1:{vendor}/v1/charges",
+            "interval": "1s",
+            "timeout": "900ms",
+            "labels": {"vendor": "stripe"},
+        }
+        agent = AgentProcess([check], {"VANTAGE_REGION": "eu-west-1"})
+        prometheus = None
+        try:
+            wait_until(lambda: _ok(agent.url("/readyz")), timeout=30)
+            config = {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(ALERTS)],
+                "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
+                "scrape_configs": [
+                    {"job_name": "vantage", "static_configs": [{"targets": [f"127.0.0.1:{agent.port}"]}]}
+                ],
+            }
+            (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+            prometheus = subprocess.Popen(
+                [
+                    need("prometheus"),
+                    f"--config.file={tmp_path / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{free_port()}",
+                    "--log.level=warn",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            # Confirmed down in its only region: the warning to the payments channel, and the page
+            # (a check run in one region pages on its own).
+            wait_until(
+                lambda: (
+                    "charges is down in most of the regions" in notifications.text("/pagerduty")
+                    and "charges is down in eu-west-1" in notifications.text("/slack/payments")
+                ),
+                timeout=60,
+            )
+            page = next(body for where, body in notifications.bodies if where == "/pagerduty")
+            assert page["routing_key"] == "R0UT1NGKEY" and page["payload"]["severity"] == "critical"
+            assert page["links"] == [{"href": f"{PLACEHOLDER}#vantagecheckdowninregions", "text": "runbook"}]
+        finally:
+            if prometheus is not None:
+                prometheus.terminate()
+                prometheus.wait(timeout=20)
+            agent.kill()
