@@ -547,6 +547,11 @@ class Scheduler:
         elif item.fast and confirmed == "up":
             item.fast = False
             following = self._first_due(item)
+            if following - item.due < _BATCH:
+                # This run's fast tick was also a tick of the grid (down_interval divides the
+                # interval), and the run ended before, or within the batch of, that tick: the
+                # grid's tick is the one just run, not one to run again.
+                following += check.interval
             if following == item.next_due:
                 return
         else:
