@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import anyio
 import pytest
+import yaml
+
+from agent.config.settings import load_config
+from agent.errors import ConfigError
 
 from .helpers import FakeClock, serve
 from .test_confirmation import Target, agent_for, drive, http_check
@@ -33,3 +37,19 @@ async def test_a_check_confirmed_up_on_a_fast_tick_that_is_also_a_grid_tick_runs
     times = [round(t - first, 6) for t in target.times]
     assert times == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0]
     assert agent.recorder.states["api"].confirmed == "up"
+
+
+def test_the_confirmation_holder_is_not_a_field_to_write() -> None:
+    # Check keeps the confirmation fields in ``confirmation``; written by hand, it went past the
+    # checks against the interval (a retry delay of 5 minutes on a 1-minute check was accepted).
+    check = {
+        "name": "api",
+        "type": "http",
+        "target": "http://127.0.0.1:1/",
+        "interval": "60s",
+        "confirmation": {"retries": 2, "retry_delay": "5m"},
+    }
+    with pytest.raises(ConfigError) as raised:
+        load_config({"VANTAGE_CHECKS": yaml.safe_dump({"checks": [check]})})
+    assert "unknown field 'confirmation' in check 'api' (checks[0])" in str(raised.value)
+    assert "write retries, retry_delay" in str(raised.value)

@@ -27,6 +27,7 @@ from agent.config.secrets import SecretResolver, has_reference
 from agent.errors import ConfigError, PluginError
 from agent.sdk.durations import Duration, format_duration, parse_duration
 from agent.sdk.types import (
+    CONFIRMATION_FIELDS,
     DEFAULT_CONFIRMATION,
     DEFAULT_INTERVAL,
     DEFAULT_RETRY_DELAY,
@@ -395,6 +396,12 @@ def _validate_check(
     """Secret references resolved, then the check's own fields validated (None if any is bad);
     with the resolved fields and the paths of those that held a reference."""
     resolved, references = _resolve(merged, resolver, problems)
+    if "confirmation" in resolved:
+        # Check's own holder of the confirmation fields, not one to write: written, it would
+        # bypass the checks against the interval and the timeout below.
+        fields = ", ".join(CONFIRMATION_FIELDS)
+        problems.append(Problem(("confirmation",), f"write {fields} on the check itself", unknown=True))
+        return None, resolved, references
     try:
         check = Check.model_validate(resolved)
     except ValidationError as exc:
