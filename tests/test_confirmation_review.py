@@ -6,12 +6,15 @@ from __future__ import annotations
 import anyio
 import pytest
 import yaml
+from aiohttp import web
 
+from agent.app import build_agent
 from agent.config.settings import load_config
 from agent.errors import ConfigError
+from agent.schedule.sharding import offset
 
 from .helpers import FakeClock, serve
-from .test_confirmation import Target, agent_for, drive, http_check
+from .test_confirmation import ENV, Target, agent_for, drive, http_check
 
 pytestmark = pytest.mark.anyio
 
@@ -53,3 +56,70 @@ def test_the_confirmation_holder_is_not_a_field_to_write() -> None:
         load_config({"VANTAGE_CHECKS": yaml.safe_dump({"checks": [check]})})
     assert "unknown field 'confirmation' in check 'api' (checks[0])" in str(raised.value)
     assert "write retries, retry_delay" in str(raised.value)
+
+
+def _names_ticking_apart(low: float, high: float, interval: float = 60.0) -> tuple[str, str]:
+    """Two check names whose ticks (region "local") are ``low`` to ``high`` seconds apart."""
+    first = "flaky"
+    phase = offset(first, "local") * interval
+    for n in range(10_000):
+        name = f"slow{n}"
+        if low <= (offset(name, "local") * interval - phase) % interval <= high:
+            return first, name
+    raise AssertionError("no name found")
+
+
+async def test_a_re_test_queued_for_a_slot_is_not_made_once_the_agent_stops() -> None:
+    # One slot. "flaky" fails and waits 5 s to re-test; meanwhile "slow" takes the slot and hangs.
+    # The re-test, due while the slot is taken, queues for it. The agent stops: a run waiting to
+    # re-test ends at once, whether its delay is still running or it waits for a slot.
+    clock = FakeClock()
+    flaky_name, slow_name = _names_ticking_apart(1.0, 4.0)
+    flaky = Target(failing={1}, clock=clock)
+    release = anyio.Event()
+
+    async def hang(_: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="late")
+
+    slow = web.Application()
+    slow.router.add_get("/", hang)
+    async with serve(flaky.app) as flaky_port, serve(slow) as slow_port:
+        checks = [
+            http_check(flaky_port, flaky_name, retries=1, retry_delay="5s", interval="60s", timeout="2s"),
+            http_check(slow_port, slow_name, interval="60s", timeout="30s"),
+        ]
+        environ = {"VANTAGE_CHECKS": yaml.safe_dump({"checks": checks}), "VANTAGE_CONCURRENCY": "1", **ENV}
+        agent = build_agent(load_config(environ), environ, clock=clock)
+        scheduler = agent.scheduler
+        try:
+            async with anyio.create_task_group() as tg:
+                finished: list[float] = []
+
+                async def run() -> None:
+                    await scheduler.run(drain_timeout=60)
+                    finished.append(clock.monotonic())
+
+                tg.start_soon(run)
+                await clock.advance(0)
+                due = scheduler.due(flaky_name)
+                assert due is not None
+                # Up to the re-test's time: flaky failed, slow hangs in the slot, the re-test queued.
+                with anyio.fail_after(10):
+                    while clock.monotonic() < due + 5.5:
+                        await clock.advance(0.25)
+                        while agent.recorder.in_flight > (1 if clock.monotonic() > due + 1 else 0):
+                            await anyio.sleep(0.005)
+                assert agent.recorder.states[flaky_name].attempts == 1
+                assert agent.recorder.states[slow_name].runs == 0  # hanging
+                scheduler.stop()
+                # slow's run times out in the drain and frees the slot.
+                with anyio.fail_after(10):
+                    while not finished:
+                        await clock.advance(1)
+                        await anyio.sleep(0.01)  # a re-test made meanwhile reaches its target
+        finally:
+            release.set()
+            await agent.http.aclose()
+    assert flaky.count == 1  # the re-test was not made after the agent stopped
+    assert agent.recorder.states[flaky_name].attempts == 1

@@ -208,11 +208,19 @@ class Scheduler:
 
     def stop(self) -> None:
         """Stop ticking; runs in flight go on until drained or cancelled by ``run``'s caller, but a
-        run that waits to re-test ends now (its attempts so far are recorded)."""
+        run that waits to re-test ends now, its delay still running or its re-test queued for a
+        slot (its attempts so far are recorded)."""
         self._stopping = True
         if self._sleep_scope is not None:
             self._sleep_scope.cancel()
         self._drop_retests(self._items.values())
+        retests = [item for item in self._waiting if item.attempt > 1]
+        for item in retests:
+            self._waiting.remove(item)
+            item.running = False
+            self._running_count -= 1
+        if retests and self._running_count == 0 and self._idle is not None:
+            self._idle.set()
 
     async def run(
         self,
