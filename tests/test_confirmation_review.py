@@ -123,3 +123,25 @@ async def test_a_re_test_queued_for_a_slot_is_not_made_once_the_agent_stops() ->
             await agent.http.aclose()
     assert flaky.count == 1  # the re-test was not made after the agent stopped
     assert agent.recorder.states[flaky_name].attempts == 1
+
+
+def test_a_check_that_does_not_re_test_is_not_refused_for_the_defaults_retry_delay() -> None:
+    # defaults re-test the slow checks 10 s apart; a 5 s check says retries: 0. It never waits a
+    # retry delay, so the defaults' 10 s (above its interval) is no reason to refuse it.
+    document = {
+        "defaults": {"retries": 1, "retry_delay": "10s"},
+        "checks": [
+            {"name": "slow", "type": "http", "target": "http://127.0.0.1:1/", "interval": "60s"},
+            {"name": "fast", "type": "http", "target": "http://127.0.0.1:1/", "interval": "5s", "retries": 0},
+        ],
+    }
+    config = load_config({"VANTAGE_CHECKS": yaml.safe_dump(document)})
+    checks = {entry.check.name: entry.check for entry in config.entries}
+    assert (checks["slow"].retries, checks["fast"].retries) == (1, 0)
+    # One that re-tests is still held to it.
+    document["checks"][1]["retries"] = 1
+    with pytest.raises(ConfigError) as raised:
+        load_config({"VANTAGE_CHECKS": yaml.safe_dump(document)})
+    assert "check 'fast' (checks[1]), field 'retry_delay': the retry delay (10s) must be below" in str(
+        raised.value
+    )

@@ -441,10 +441,13 @@ def _confirmation_problems(fields: Mapping[str, Any], known: list[Problem]) -> l
 
     interval = seconds("interval", DEFAULT_INTERVAL)
     timeout = seconds("timeout", DEFAULT_TIMEOUT)
-    retries = fields.get("retries")
-    # The default delay counts only for a check that re-tests: it would never re-test.
-    retesting = isinstance(retries, int) and retries > 0
-    delay = seconds("retry_delay", DEFAULT_RETRY_DELAY if retesting else None)
+    try:
+        retesting = int(fields.get("retries", 0)) > 0
+    except (TypeError, ValueError):
+        retesting = False  # a problem of its own
+    # The delay counts only for a check that re-tests: one that does not (``retries: 0`` under a
+    # ``defaults`` that re-tests slower checks) never waits it.
+    delay = seconds("retry_delay", DEFAULT_RETRY_DELAY) if retesting else None
     down = seconds("down_interval")
     found = []
     if delay is not None and interval is not None and delay >= interval:
