@@ -145,3 +145,34 @@ def test_a_check_that_does_not_re_test_is_not_refused_for_the_defaults_retry_del
     assert "check 'fast' (checks[1]), field 'retry_delay': the retry delay (10s) must be below" in str(
         raised.value
     )
+
+
+async def test_a_check_removed_or_changed_while_its_tick_is_moved_keeps_no_trace_of_it() -> None:
+    # A failed run moves the next tick to down_interval (10 s) after it. The check is then
+    # changed (removed and added again, as a reload does): its moved tick is gone with it, and the
+    # new one ticks from its own phase, once per tick. Then it is removed for good: no more runs.
+    clock = FakeClock()
+    target = Target(failing=set(range(1, 100)), clock=clock)
+    async with serve(target.app) as port:
+        agent = agent_for([http_check(port, interval="60s", down_interval="10s", timeout="2s")], clock)
+        scheduler = agent.scheduler
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(scheduler.run)
+                await clock.advance(0)
+                first = scheduler.due("api")
+                assert first is not None
+                await drive(agent, clock, first - clock.monotonic() + 1)
+                assert scheduler.due("api") == first + 10  # moved
+                [entry] = agent.entries
+                assert await scheduler.remove(["api"], drain=5) == []
+                scheduler.add([entry])
+                assert scheduler.due("api") == first + 60  # its phase, not the moved tick
+                await drive(agent, clock, 60)
+                assert scheduler.due("api") == first + 70  # failed again at 60 s: moved again
+                assert await scheduler.remove(["api"], drain=5) == []
+                await drive(agent, clock, 60)
+                tg.cancel_scope.cancel()
+        finally:
+            await agent.http.aclose()
+    assert [round(t - first, 6) for t in target.times] == [0.0, 60.0]
