@@ -12,6 +12,7 @@ from agent.app import build_agent
 from agent.config.settings import load_config
 from agent.errors import ConfigError
 from agent.schedule.sharding import offset
+from agent.sdk.reasons import Reason
 
 from .helpers import FakeClock, serve
 from .test_confirmation import ENV, Target, agent_for, drive, http_check
@@ -176,3 +177,27 @@ async def test_a_check_removed_or_changed_while_its_tick_is_moved_keeps_no_trace
         finally:
             await agent.http.aclose()
     assert [round(t - first, 6) for t in target.times] == [0.0, 60.0]
+
+
+async def test_a_rate_limited_attempt_is_not_re_tested_even_without_retry_after() -> None:
+    # A 429 without Retry-After (or a quota under fail_if_ratelimit_below) is a rate limit all
+    # the same: re-testing it would only spend the quota the check watches.
+    count = 0
+
+    async def limited(_: web.Request) -> web.Response:
+        nonlocal count
+        count += 1
+        return web.Response(status=429, text="slow down")
+
+    app = web.Application()
+    app.router.add_get("/", limited)
+    async with serve(app) as port:
+        agent = agent_for([http_check(port, retries=2, retry_delay="10ms", interval="30s", timeout="2s")])
+        try:
+            await agent.scheduler.run_once()
+        finally:
+            await agent.http.aclose()
+    assert count == 1
+    state = agent.recorder.states["api"]
+    assert state.attempts == 1 and state.last is not None and state.last.reason is Reason.RATE_LIMITED
+    assert state.confirmed == "down"  # the run's outcome still counts

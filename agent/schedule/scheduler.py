@@ -526,13 +526,16 @@ class Scheduler:
 
     def _retries(self, item: _Item, result: ProbeResult, attempt: int) -> bool:
         """Whether a failed attempt is re-tested: retries are left, the target did not ask for
-        time (a back-off is no failure to confirm), the agent is not stopping, and the re-test
-        starts before the check's next tick (else the tick probes instead)."""
+        time (a back-off is no failure to confirm, and a rate limit without a Retry-After, or a
+        quota running low, is one too: a re-test would only spend the quota), the agent is not
+        stopping, and the re-test starts before the check's next tick (else the tick probes
+        instead)."""
         check = item.entry.check
         return (
             not result.success
             and attempt <= check.retries
             and not result.retry_after
+            and result.reason is not Reason.RATE_LIMITED
             and not self._stopping
             and self._clock.monotonic() + check.retry_delay < item.next_due
         )
