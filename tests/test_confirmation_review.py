@@ -201,3 +201,36 @@ async def test_a_rate_limited_attempt_is_not_re_tested_even_without_retry_after(
     state = agent.recorder.states["api"]
     assert state.attempts == 1 and state.last is not None and state.last.reason is Reason.RATE_LIMITED
     assert state.confirmed == "down"  # the run's outcome still counts
+
+
+async def test_a_rate_limited_check_does_not_tick_at_its_down_interval() -> None:
+    # interval 60 s, down_interval 10 s: a failed run brings the next tick 10 s closer, but a
+    # rate-limited one (a 429 without Retry-After) does not: probing faster only spends the quota.
+    clock = FakeClock()
+    count = 0
+    times: list[float] = []
+
+    async def handle(_: web.Request) -> web.Response:
+        nonlocal count
+        count += 1
+        times.append(clock.monotonic())
+        if count == 1:
+            return web.Response(status=503)  # a failure: the next tick comes sooner
+        return web.Response(status=429, text="slow down")
+
+    app = web.Application()
+    app.router.add_get("/", handle)
+    async with serve(app) as port:
+        agent = agent_for([http_check(port, interval="60s", down_interval="10s", timeout="2s")], clock)
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(agent.scheduler.run)
+                await clock.advance(0)
+                first = agent.scheduler.due("api")
+                assert first is not None
+                await drive(agent, clock, first - clock.monotonic() + 125, step=0.5)
+                tg.cancel_scope.cancel()
+        finally:
+            await agent.http.aclose()
+    # 503 at 0 s: fast; 429 at 10 s: back on the grid (60 s, 120 s), not every 10 s.
+    assert [round(t - first, 6) for t in times] == [0.0, 10.0, 60.0, 120.0]

@@ -483,7 +483,8 @@ class Scheduler:
                 item.retest = self._clock.call_later(check.retry_delay, partial(self._queue_retest, item))
                 return
             if check.down_interval is not None:
-                self._adapt(item, result.success, run.state.confirmed)
+                limited = result.reason is Reason.RATE_LIMITED
+                self._adapt(item, result.success, run.state.confirmed, limited)
             if result.retry_after:  # said after the run's own line, which says why
                 wait = result.retry_after
                 log.info(
@@ -540,22 +541,23 @@ class Scheduler:
             and self._clock.monotonic() + check.retry_delay < item.next_due
         )
 
-    def _adapt(self, item: _Item, success: bool, confirmed: str) -> None:
+    def _adapt(self, item: _Item, success: bool, confirmed: str, limited: bool = False) -> None:
         """The adaptive interval: after a failed run, or while the check is confirmed down, its
         next tick is on the ``down_interval`` grid from this run's tick; once it is confirmed up
-        again, its next tick is back on its phase grid."""
+        again, its next tick is back on its phase grid. A rate-limited run (``limited``) sends it
+        back to its grid too: probing a rate-limited target faster only spends its quota."""
         if not self.running:
             return  # ``run_once``: no next tick
         check = item.entry.check
         step = check.down_interval
         assert step is not None
         now = self._clock.monotonic()
-        if not success or confirmed == "down":
+        if (not success or confirmed == "down") and not limited:
             item.fast = True
             following = item.due + step * max(1, math.ceil((now - item.due) / step))
             if following >= item.next_due:
                 return
-        elif item.fast and confirmed == "up":
+        elif item.fast and (confirmed == "up" or limited):
             item.fast = False
             following = self._first_due(item)
             if following - item.due < _BATCH:
