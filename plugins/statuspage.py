@@ -28,9 +28,10 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
@@ -130,12 +131,12 @@ class StatuspageSettings(ProbeSettings):
         return value
 
 
-@dataclass(frozen=True, slots=True)
-class _Component:
+class _Component(NamedTuple):  # a tuple: a page may list thousands
     id: str
     name: str
     status: str
     group: bool
+    group_id: str | None
     group_name: str | None
 
     @property
@@ -153,6 +154,8 @@ class _Notice:
     impact: str
     components: frozenset[str]
     """The ids of the components it concerns (empty when the page does not say)."""
+    link: str
+    """Its page on the status page (``shortlink``), or ""."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +287,7 @@ def _components(raw: list[Any]) -> tuple[_Component, ...]:
                 name=name.strip(),
                 status=status,
                 group=item.get("group") is True,
+                group_id=group_id if isinstance(group_id, str) and group_id in groups else None,
                 group_name=groups.get(group_id) if isinstance(group_id, str) else None,
             )
         )
@@ -305,7 +309,16 @@ def _notices(raw: Any, where: str) -> tuple[_Notice, ...]:
             for c in (affected if isinstance(affected, list) else ())
             if isinstance(c, dict) and isinstance(c.get("id"), str)
         )
-        notices.append(_Notice(item["name"], _text(item.get("status")), _text(item.get("impact")), ids))
+        link = _text(item.get("shortlink"))
+        notices.append(
+            _Notice(
+                item["name"],
+                _text(item.get("status")),
+                _text(item.get("impact")),
+                ids,
+                link if link.startswith(("https://", "http://")) else "",
+            )
+        )
     return tuple(notices)
 
 
@@ -324,7 +337,7 @@ def _kind(value: Any) -> str:
 
 def _judge(summary: _Summary, settings: StatuspageSettings, ctx: ProbeContext) -> ProbeResult:
     labels = _labels(summary.components)
-    watched, missing = _watched(summary.components, labels, settings)
+    watched, missing = _watched(summary.components, settings)
     values: dict[str, float] = {
         "probe.vendor.incidents": float(len(summary.incidents)),
         "probe.vendor.indicator": float(_indicator(summary)),
@@ -380,48 +393,50 @@ def _labels(components: Iterable[_Component]) -> dict[str, str]:
 
 
 def _watched(
-    components: tuple[_Component, ...], labels: Mapping[str, str], settings: StatuspageSettings
+    components: tuple[_Component, ...], settings: StatuspageSettings
 ) -> tuple[list[_Component], list[str]]:
     """The components the settings watch, in the page's order, and the names that match none."""
     candidates = [c for c in components if settings.groups or not c.group]
     if not settings.components:
         return candidates, []
-    chosen: dict[int, _Component] = {}
+    members: dict[str, list[int]] = {}
+    for index, component in enumerate(components):
+        if component.group_id is not None and not component.group:
+            members.setdefault(component.group_id, []).append(index)
+    # A pattern matches a component's name or its ``Group / Name`` (which its label is one of).
+    names = [(c.name.casefold(), c.qualified.casefold() if c.group_name else "") for c in components]
+    chosen: set[int] = set()
     missing = []
     for pattern in settings.components:
-        wanted = pattern.casefold()
+        wanted = re.compile(fnmatch.translate(pattern.casefold()))
         matched = False
         for index, component in enumerate(components):
-            names = {component.name.casefold(), component.qualified.casefold()}
-            names.add(labels[component.id or component.name].casefold())
-            if not any(fnmatch.fnmatchcase(name, wanted) for name in names):
+            name, qualified = names[index]
+            if not (wanted.match(name) or (qualified and wanted.match(qualified))):
                 continue
             matched = True
             if component.group:
                 # A group named stands for its members (and for itself with ``groups``).
-                for other_index, other in enumerate(components):
-                    if not other.group and other.group_name == component.name:
-                        chosen[other_index] = other
+                chosen.update(members.get(component.id, ()))
                 if not settings.groups:
                     continue
-            chosen[index] = component
+            chosen.add(index)
         if not matched:
             missing.append(pattern)
-    return [chosen[index] for index in sorted(chosen)], missing
+    return [components[index] for index in sorted(chosen)], missing
 
 
 def _missing_message(missing: list[str], components: tuple[_Component, ...]) -> str:
     bare = sorted({c.name for c in components})
-    names = sorted({*bare, *(c.qualified for c in components)})
+    # Suggestions from the first 2,000 names: a page that large makes difflib slow, not wiser.
+    folded = {n.casefold(): n for n in (*bare, *(c.qualified for c in components if c.group_name))}
+    pool = list(folded)[:2000]
     parts = []
     for pattern in missing[:5]:
         shown = clip(pattern, MAX_NAME, str)
-        close = difflib.get_close_matches(pattern, names, n=1, cutoff=0.6) or difflib.get_close_matches(
-            pattern.casefold(), [n.casefold() for n in names], n=1, cutoff=0.6
-        )
+        close = difflib.get_close_matches(pattern.casefold(), pool, n=1, cutoff=0.6)
         if close:
-            guess = next(n for n in names if n.casefold() == close[0].casefold())
-            parts.append(f"{shown!r} (did you mean {clip(guess, MAX_NAME, str)!r}?)")
+            parts.append(f"{shown!r} (did you mean {clip(folded[close[0]], MAX_NAME, str)!r}?)")
         else:
             parts.append(repr(shown))
     more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -482,14 +497,12 @@ def _events(summary: _Summary, ctx: ProbeContext) -> tuple[Event, ...]:
         for notice in notices:
             if len(events) >= MAX_EVENTS:
                 break
-            events.append(
-                Event(
-                    kind,
-                    {
-                        "vantage.vendor.name": clip(notice.name, MAX_NAME, ctx.redact),
-                        "vantage.vendor.status": clip(notice.status, 40, ctx.redact),
-                        "vantage.vendor.impact": clip(notice.impact, 40, ctx.redact),
-                    },
-                )
-            )
+            attributes: dict[str, AttributeValue] = {
+                "vantage.vendor.name": clip(notice.name, MAX_NAME, ctx.redact),
+                "vantage.vendor.status": clip(notice.status, 40, ctx.redact),
+                "vantage.vendor.impact": clip(notice.impact, 40, ctx.redact),
+            }
+            if notice.link:
+                attributes["vantage.vendor.url"] = clip(notice.link, 200, ctx.redact)
+            events.append(Event(kind, attributes))
     return tuple(events)

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import copy
 import json
+import ssl
 import tomllib
 from collections.abc import AsyncIterator
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -51,6 +54,7 @@ class Page:
         self.content_type = "application/json"
         self.headers: dict[str, str] = {}
         self.requests: list[str] = []
+        self.proxied: list[bool] = []
 
     def serve(self, document: Any) -> None:
         self.body, self.status, self.content_type = json.dumps(document).encode(), 200, "application/json"
@@ -58,6 +62,7 @@ class Page:
     def app(self) -> web.Application:
         async def summary(request: web.Request) -> web.Response:
             self.requests.append(request.path)
+            self.proxied.append("Proxy-Authorization" in request.headers)
             return web.Response(
                 body=self.body, status=self.status, content_type=self.content_type, headers=self.headers
             )
@@ -130,9 +135,9 @@ async def test_a_major_outage_names_the_component_and_its_incident(page: tuple[P
     incidents = [dict(event.attributes) for event in result.events if event.name == "vendor_incident"]
     assert incidents == [
         {"vantage.vendor.name": "Delayed webhook deliveries", "vantage.vendor.status": "monitoring",
-         "vantage.vendor.impact": "minor"},
+         "vantage.vendor.impact": "minor", "vantage.vendor.url": "https://stspg.io/z5m2xk8r1bqd"},
         {"vantage.vendor.name": "Elevated error rates", "vantage.vendor.status": "identified",
-         "vantage.vendor.impact": "major"},
+         "vantage.vendor.impact": "major", "vantage.vendor.url": "https://stspg.io/p31zjtct2jer"},
     ]  # fmt: skip
 
     # Degraded performance is below the default threshold; fail_on lowers it, and the incident
@@ -291,6 +296,7 @@ async def test_a_secret_in_the_vendors_words_is_redacted(page: tuple[Page, int])
     proxy = f"http://user:${{PROXY_PASSWORD}}@127.0.0.1:{port}"
     result = await run(port, environ={"PROXY_PASSWORD": secret}, proxy_url=proxy)
     assert result.reason is Reason.VENDOR_OUTAGE, result.message
+    assert state.proxied == [True]  # through the proxy, with its credentials
     assert secret not in result.message and "<redacted>" in result.message
     for event in result.events:
         assert secret not in str(event.attributes)
@@ -364,6 +370,21 @@ async def test_redirects_are_followed(page: tuple[Page, int]) -> None:
     result = await run(port, "/old")
     assert result.success, result.message
     assert state.requests == [f"/new{SUMMARY}"]
+
+
+async def test_over_tls_with_the_checks_own_ca(ca: trustme.CA, ca_file: Path) -> None:
+    state = Page()
+    state.serve(fixture("operational"))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("status.acme.test").configure_cert(context)
+    async with serve(state.app(), ssl_context=context) as port:
+        target = {**check(port), "target": f"https://status.acme.test:{port}"}
+        async with ProbeTester(StatuspageProbe, resolve={"status.acme.test": "127.0.0.1"}) as tester:
+            untrusted = await tester.run(target)
+            trusted = await tester.run({**target, "settings": {"tls": {"ca_file": str(ca_file)}}})
+    assert untrusted.reason is Reason.TLS
+    assert trusted.success, trusted.message
+    assert state.requests == [SUMMARY]
 
 
 async def test_nothing_listening() -> None:
