@@ -7,13 +7,13 @@ what ``/api/v2/incidents/unresolved.json`` returns (the incidents still investig
 monitoring) and what ``components.json`` and ``status.json`` return, read at the same instant, so
 the other endpoints are not asked: one request, one consistent view, a vendor's CDN asked once.
 
-    - name: stripe-says
+    - name: github-says
       type: statuspage
-      target: https://status.example.com
+      target: https://www.githubstatus.com
       interval: 1m
-      labels: {vendor: stripe}
+      labels: {vendor: github}      # the label of the vendor's other checks
       settings:
-        components: ["Payments API", "Webhooks*"]
+        components: ["API Requests", "Webhooks", "Git *"]
         fail_on: partial_outage
 
 The run fails with ``vendor_outage`` when a watched component's status is ``fail_on`` or worse
