@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import ssl
+import subprocess
 import tomllib
 from collections.abc import AsyncIterator
 from importlib.metadata import EntryPoint, entry_points
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 import trustme
+import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -32,6 +34,7 @@ from agent.sdk import ProbeResult, Reason
 from agent.sdk.testing import ProbeTester
 from plugins.statuspage import MAX_BODY, MAX_COMPONENTS, StatuspageProbe
 
+from .deploy import need
 from .helpers import ROOT, serve
 
 pytestmark = pytest.mark.anyio
@@ -464,3 +467,74 @@ async def test_through_the_agent_to_metrics(page: tuple[Page, int]) -> None:
     assert found[("probe_vendor_incidents", ())] == (2.0, "acme")
     assert found[("probe_vendor_indicator", ())] == (2.0, "acme")
     assert found[("probe_runs_total", (("reason", "vendor_outage"),))] == (1.0, "acme")
+
+
+# ---------------------------------------------------------------- the docs' queries
+
+
+def vendor_or_us_queries() -> list[tuple[str, str]]:
+    """The (comment, expression) pairs of the "Is it the vendor or us?" block of the docs."""
+    docs = (ROOT / "docs" / "configuration.md").read_text()
+    section = docs[docs.index("### Is it the vendor or us?") :]
+    block = section[section.index("```promql\n") + len("```promql\n") : section.index("```\n", 10)]
+    queries: list[tuple[str, str]] = []
+    for line in block.splitlines():
+        if line.startswith("#"):
+            queries.append((line, ""))
+        else:
+            comment, expression = queries[-1]
+            queries[-1] = (comment, f"{expression} {line.strip()}".strip())
+    return queries
+
+
+@pytest.mark.slow  # runs the promtool binary
+def test_the_vendor_or_us_queries(tmp_path: Path) -> None:
+    promtool = need("promtool")
+    admits, only_us, both = (expression for _, expression in vendor_or_us_queries())
+
+    def series(metric: str, value: int, **labels: str) -> dict[str, str]:
+        shown = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        return {"series": f"{metric}{{{shown}}}", "values": f"{value}x5"}
+
+    up, status = "vantage_check_up", "probe_vendor_status"
+    inputs = [
+        # github: our API check is down and the vendor declares a major outage of a component.
+        series(up, 0, check="github-api", type="http", vendor="github"),
+        series(up, 0, check="github-says", type="statuspage", vendor="github"),
+        series(status, 4, check="github-says", type="statuspage", vendor="github", component="API Requests"),
+        series(status, 0, check="github-says", type="statuspage", vendor="github", component="Webhooks"),
+        # shopify: our check is down, the vendor admits only degraded performance.
+        series(up, 0, check="shopify-admin", type="http", vendor="shopify"),
+        series(up, 1, check="shopify-says", type="statuspage", vendor="shopify"),
+        series(status, 2, check="shopify-says", type="statuspage", vendor="shopify", component="Admin API"),
+        # acme: the vendor declares a partial outage of what we do not use; our check is up.
+        series(up, 1, check="acme-crm", type="http", vendor="acme"),
+        series(status, 3, check="acme-says", type="statuspage", vendor="acme", component="Reports"),
+    ]
+
+    def expect(expression: str, *samples: tuple[str, int]) -> dict[str, Any]:
+        return {
+            "expr": expression,
+            "eval_time": "2m",
+            "exp_samples": [{"labels": f'{{vendor="{v}"}}', "value": value} for v, value in samples],
+        }
+
+    document = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": inputs,
+                "promql_expr_test": [
+                    expect(admits, ("github", 4), ("acme", 3)),
+                    expect(only_us, ("shopify", 1)),
+                    expect(both, ("github", 1)),
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "vendor_or_us_test.yaml"
+    path.write_text(yaml.safe_dump(document))
+    tested = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
