@@ -283,7 +283,7 @@ def _components(raw: list[Any]) -> tuple[_Component, ...]:
         group_id = item.get("group_id")
         found.append(
             _Component(
-                id=str(item.get("id", "")),
+                id=_text(item.get("id")),
                 name=name.strip(),
                 status=status,
                 group=item.get("group") is True,
