@@ -20,6 +20,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import trustme
 import yaml
@@ -103,6 +104,11 @@ async def run(
 ) -> ProbeResult:
     async with ProbeTester(StatuspageProbe, environ=environ) as tester:
         return await tester.run(check(port, path, **settings))
+
+
+async def run_check(document: dict[str, Any]) -> ProbeResult:
+    async with ProbeTester(StatuspageProbe) as tester:
+        return await tester.run(document)
 
 
 def statuses(result: ProbeResult) -> dict[str, float]:
@@ -388,6 +394,26 @@ async def test_over_tls_with_the_checks_own_ca(ca: trustme.CA, ca_file: Path) ->
     assert untrusted.reason is Reason.TLS
     assert trusted.success, trusted.message
     assert state.requests == [SUMMARY]
+
+
+async def test_a_page_that_never_answers_is_cut_by_the_timeout() -> None:
+    answered = anyio.Event()
+
+    async def hang(_: web.Request) -> web.Response:
+        await answered.wait()  # released when the test ends
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get(SUMMARY, hang)
+    async with serve(app) as port:
+        try:
+            result = await run_check({**check(port), "timeout": "300ms"})
+        finally:
+            answered.set()
+    assert result.reason is Reason.TIMEOUT
+    assert result.message == (
+        f"no result within the timeout of 300ms (waiting for the response of GET 127.0.0.1:{port}{SUMMARY})"
+    )
 
 
 async def test_nothing_listening() -> None:
