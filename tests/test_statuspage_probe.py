@@ -486,13 +486,15 @@ async def test_through_the_agent_to_metrics(page: tuple[Page, int]) -> None:
             (sample.value, sample.labels.get("vendor"))
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name.startswith(("probe_vendor", "probe_runs"))
+        if sample.name.startswith(("probe_vendor", "probe_runs", "vantage_check_up"))
     }  # fmt: skip
     assert found[("probe_vendor_status", (("component", "Payments API"),))] == (4.0, "acme")
     assert found[("probe_vendor_status", (("component", "Webhooks"),))] == (2.0, "acme")
     assert found[("probe_vendor_incidents", ())] == (2.0, "acme")
     assert found[("probe_vendor_indicator", ())] == (2.0, "acme")
     assert found[("probe_runs_total", (("reason", "vendor_outage"),))] == (1.0, "acme")
+    # The confirmed state, which the "is it the vendor or us?" queries read, says down.
+    assert found[("vantage_check_up", ())] == (0.0, "acme")
 
 
 # ---------------------------------------------------------------- the docs' queries
