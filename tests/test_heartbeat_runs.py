@@ -32,7 +32,7 @@ from agent.sdk import ProbeResult, Reason
 from plugins.heartbeat import LOG_KEPT, log_excerpt, next_fire
 
 from .helpers import FakeClock, config_from, free_port
-from .inbound import TELEMETRY_ENV, Running
+from .inbound import TELEMETRY_ENV, Running, running_agent
 
 pytestmark = pytest.mark.anyio
 
@@ -386,7 +386,7 @@ async def test_min_runtime_fails_a_run_that_succeeds_too_fast() -> None:
 
 
 async def test_a_secret_in_the_log_reaches_no_span_log_or_metric(caplog: pytest.LogCaptureFixture) -> None:
-    secret = "tok+en/with spaces&=\"0123456789?"  # one that each encoder spells its own way
+    secret = 'tok+en/with spaces&="0123456789?'  # one that each encoder spells its own way
     spellings = [
         secret,
         quote(secret, safe=""),
@@ -478,3 +478,28 @@ async def test_hostile_bodies() -> None:
     assert events[3]["vantage.heartbeat.status"] == "ok"  # the form was not read as fields
     assert result.success, result.message
     assert ({"endpoint": "heartbeat", "outcome": "too_large"}, 1.0) in refused
+
+
+async def test_replicas_pass_signals_on_to_the_owner() -> None:
+    # The path after the check's name travels with the request to the replica that runs it.
+    checks = [heartbeat(f"job-{n}", period="1h") for n in range(4)]
+    port = free_port()
+    env = {"JOB_TOKEN": TOKEN, "VANTAGE_PEER_URL": f"http://127.0.0.2{{shard}}:{port}"}
+    async with (
+        running_agent(checks, "127.0.0.20", port, VANTAGE_SHARD="0/2", **env) as first,
+        running_agent(checks, "127.0.0.21", port, VANTAGE_SHARD="1/2", **env) as second,
+    ):
+        names = [*first.agent.recorder.states, *second.agent.recorder.states]
+        assert sorted(names) == [f"job-{n}" for n in range(4)]
+        assert first.agent.recorder.states and second.agent.recorder.states
+        async with aiohttp.ClientSession() as session:
+            for name in names:
+                for action in ("start", "7"):
+                    url = f"{first.inbound}/heartbeat/{name}/{action}"
+                    async with session.post(url, params={"token": TOKEN}, data=b"out of disk") as response:
+                        assert response.status == 200, await response.text()
+        results = {**await first.run_once(), **await second.run_once()}
+    for name in names:
+        assert results[name].reason is Reason.JOB_FAILED, (name, results[name].message)
+        assert results[name].message == "the job exited with code 7: out of disk"
+        assert results[name].values["probe.heartbeat.running"] == 0.0
