@@ -99,7 +99,7 @@ class Clocked(Running):
 
 @contextlib.asynccontextmanager
 async def clocked_agent(
-    checks: list[dict[str, Any]], wall: float = JUNE_1_03H_BERLIN, **env: str
+    checks: list[dict[str, Any]], env: dict[str, str] | None = None, *, wall: float = JUNE_1_03H_BERLIN
 ) -> AsyncIterator[Clocked]:
     """The agent on a fake clock starting at ``wall``, its inbound endpoints on loopback."""
     clock = FakeClock(wall=wall)
@@ -110,7 +110,7 @@ async def clocked_agent(
         VANTAGE_HOST="127.0.0.1",
         VANTAGE_PORT="0",
         VANTAGE_INBOUND_PORT=str(port),
-        **env,
+        **(env or {}),
     )
     spans = InMemorySpanExporter()
     agent: Agent = build_agent(
@@ -129,8 +129,10 @@ async def clocked_agent(
 
 
 def test_next_fire_follows_debian_cron_across_dst() -> None:
-    def at(*parts: int, zone: ZoneInfo = BERLIN, fold: int = 0) -> float:
-        return datetime(*parts, tzinfo=zone, fold=fold).timestamp()  # type: ignore[misc]
+    def at(
+        year: int, month: int, day: int, hour: int, minute: int, zone: ZoneInfo = BERLIN, fold: int = 0
+    ) -> float:
+        return datetime(year, month, day, hour, minute, tzinfo=zone, fold=fold).timestamp()
 
     def utc(when: float | None) -> str:
         assert when is not None
@@ -400,7 +402,7 @@ async def test_a_secret_in_the_log_reaches_no_span_log_or_metric(caplog: pytest.
     output = "\n".join(f"line {n}: connecting with {spelling}" for n, spelling in enumerate(spellings))
     caplog.set_level(logging.DEBUG)
     check = heartbeat("leaky", token="${LEAKY_TOKEN}")
-    async with clocked_agent([check], LEAKY_TOKEN=secret) as running:
+    async with clocked_agent([check], {"LEAKY_TOKEN": secret}) as running:
 
         async def ping(action: str = "", **kwargs: Any) -> None:
             assert (await running.ping("leaky", action, token=secret, **kwargs))[0] == 200
@@ -452,7 +454,7 @@ def test_the_excerpt_is_the_last_10_kib_redacted_before_it_is_cut() -> None:
 
 
 async def test_hostile_bodies() -> None:
-    async with clocked_agent([heartbeat("job")], VANTAGE_INBOUND_MAX_BODY="64KiB") as running:
+    async with clocked_agent([heartbeat("job")], {"VANTAGE_INBOUND_MAX_BODY": "64KiB"}) as running:
         huge = await running.ping("job", "fail", data=b"x" * (65 * 1024))
         binary = await running.ping("job", "log", data=bytes(range(256)) * 100)
         octets = await running.ping(
