@@ -292,6 +292,9 @@ class _PingsSeen:
     reported: float | None = None
     """The duration the job reported with its last end ping."""
     exit_code: int | None = None
+    due: tuple[float, float | None] | None = None
+    """The schedule's next fire time after a ping (wall clock): (the ping's time, the fire time),
+    kept so that a run reads the cron expression only after a new ping."""
 
 
 class HeartbeatProbe(Probe[HeartbeatSettings]):
@@ -503,7 +506,9 @@ def _late(
     else:
         assert settings.schedule is not None
         zone = ZoneInfo(settings.timezone)
-        fire = next_fire(settings.schedule, zone, since_wall)
+        if tracker.due is None or tracker.due[0] != since_wall:
+            tracker.due = (since_wall, next_fire(settings.schedule, zone, since_wall))
+        fire = tracker.due[1]
         if fire is None:
             return None
         # The wall clock says how far the next fire is from the ping; the monotonic clock, how much
