@@ -351,14 +351,19 @@ class HeartbeatProbe(Probe[HeartbeatSettings]):
         tracker = ctx.state.get(_PingsSeen, first_seen)
         samples: list[Sample] = []
         events: list[Event] = []
-        for delivery in ctx.inbox.after(check.name, tracker.cursor):
+        deliveries = ctx.inbox.after(check.name, tracker.cursor)
+        for index, delivery in enumerate(deliveries):
             tracker.cursor = delivery.sequence
             ping = read_ping(delivery.request) if delivery.problem is None else delivery.problem
             if isinstance(ping, str):
                 continue
             samples.append(Sample("probe.heartbeat.pings", 1.0, {"status": ping.status}))
-            event = _take(tracker, settings, ping, delivery.request, ctx.redact, samples)
-            events = [*events[1 - _EVENTS :], event]
+            # Only the newest pings are shown, so only their logs are read (a flood of large
+            # bodies costs no redaction).
+            shown = index >= len(deliveries) - _EVENTS
+            event = _take(tracker, settings, ping, delivery.request, ctx.redact, samples, shown)
+            if shown:
+                events.append(event)
         now = clock.monotonic()
         values: dict[str, float] = {}
         attributes: dict[str, AttributeValue] = {}
@@ -394,15 +399,16 @@ def _take(
     request: InboundRequest,
     redact: Redactor,
     samples: list[Sample],
+    shown: bool,
 ) -> Event:
     """Count one ping in the check's state: a start opens a run, an end closes one and gives the
-    verdict on it; the ping's event for the span."""
+    verdict on it; the ping's event for the span (with the log excerpt when ``shown``)."""
     at = request.received_monotonic
     attributes: dict[str, AttributeValue] = {"vantage.heartbeat.status": ping.status}
     if ping.rid is not None:
         attributes["vantage.heartbeat.rid"] = ping.rid
     text = ""
-    if request.body:
+    if request.body and shown:
         text, binary = log_excerpt(request.body, redact)
         attributes["vantage.heartbeat.log.bytes"] = len(request.body)
         if binary:

@@ -482,6 +482,22 @@ async def test_hostile_bodies() -> None:
     assert ({"endpoint": "heartbeat", "outcome": "too_large"}, 1.0) in refused
 
 
+async def test_a_flood_of_pings_shows_the_newest_on_the_span() -> None:
+    async with clocked_agent([heartbeat("chatty")], {"VANTAGE_INBOUND_RATE": "off"}) as running:
+        for n in range(20):
+            assert (await running.ping("chatty", "log", data=f"step {n}".encode()))[0] == 200
+        assert (await running.ping("chatty", "fail", data=b"gave up at step 20"))[0] == 200
+        result = await running.check("chatty")
+        events = running.events("chatty")
+        pings = running.metric("probe_heartbeat_pings")
+    assert [event.get("vantage.heartbeat.log") for event in events] == [
+        *(f"step {n}" for n in range(5, 20)),
+        "gave up at step 20",
+    ]
+    assert {labels["status"]: value for labels, value in pings} == {"log": 20.0, "fail": 1.0}
+    assert result.message == "the job reported a failure: gave up at step 20"
+
+
 async def test_replicas_pass_signals_on_to_the_owner() -> None:
     # The path after the check's name travels with the request to the replica that runs it.
     checks = [heartbeat(f"job-{n}", period="1h") for n in range(4)]
