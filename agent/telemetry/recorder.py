@@ -220,7 +220,6 @@ class Run:
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
 
 
-_NO_ATTRIBUTES: Attributes = {}
 _OK = Status(StatusCode.OK)
 
 
@@ -264,11 +263,16 @@ class Recorder:
         self._skipped = tables.declare(SKIPPED)
         self._loop_lag = tables.declare(LOOP_LAG)
         self._inbound = tables.declare(INBOUND)
+        # The agent's own series carry its region, as its checks' do: a dashboard or a rule
+        # filters both by the same label (the resource's cloud.region reaches only target_info).
+        self._agent_attrs: Attributes = {"region": region}
         # Observed at collection time from what the agent already counts.
-        tables.observe(IN_FLIGHT, lambda: [(_NO_ATTRIBUTES, self.in_flight)])
-        tables.observe(CHECKS, lambda: [(_NO_ATTRIBUTES, len(self.states))])
+        tables.observe(IN_FLIGHT, lambda: [(self._agent_attrs, self.in_flight)])
+        tables.observe(CHECKS, lambda: [(self._agent_attrs, len(self.states))])
         tables.observe(EXPORT_FAILURES, self._observe_export_failures)
-        tables.observe(SPANS_DROPPED, lambda: [(_NO_ATTRIBUTES, self._export_stats.dropped.get("traces", 0))])
+        tables.observe(
+            SPANS_DROPPED, lambda: [(self._agent_attrs, self._export_stats.dropped.get("traces", 0))]
+        )
 
     def register(self, entries: Sequence[CheckEntry]) -> None:
         """Prepare the metric tables and label sets of the checks this agent runs."""
@@ -296,14 +300,15 @@ class Recorder:
 
     def _observe_export_failures(self) -> list[tuple[Attributes, float]]:
         failed = self._export_stats.failed
-        return [({"signal": signal}, failed.get(signal, 0)) for signal in ("traces", "metrics")]
+        signals = ("traces", "metrics")
+        return [({**self._agent_attrs, "signal": signal}, failed.get(signal, 0)) for signal in signals]
 
     def loop_lag(self, seconds: float) -> None:
         """The scheduler's measure of how starved the event loop is."""
-        self._loop_lag.set(None, None, _NO_ATTRIBUTES, seconds)
+        self._loop_lag.set(None, None, self._agent_attrs, seconds)
 
     def lateness(self, seconds: float) -> None:
-        self._lateness.record(None, None, _NO_ATTRIBUTES, max(0.0, seconds))
+        self._lateness.record(None, None, self._agent_attrs, max(0.0, seconds))
 
     def skipped(self, entry: CheckEntry, cause: str) -> None:
         """A tick that did not run; see the scheduler's timeline for why."""
@@ -314,7 +319,8 @@ class Recorder:
 
     def inbound(self, endpoint: str, outcome: str) -> None:
         """Count a request to ``/hooks`` or ``/heartbeat`` by what became of it."""
-        self._inbound.add(None, (endpoint, outcome), {"endpoint": endpoint, "outcome": outcome}, 1)
+        attributes = {**self._agent_attrs, "endpoint": endpoint, "outcome": outcome}
+        self._inbound.add(None, (endpoint, outcome), attributes, 1)
 
     def start_run(self, entry: CheckEntry) -> Run:
         """Open the root span of a run."""
