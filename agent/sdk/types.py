@@ -219,6 +219,9 @@ class InboundRequest:
     received_monotonic: float
     """The agent's monotonic clock at receipt: for ages and latencies, which a step of the wall
     clock (NTP, a suspended VM) must not move."""
+    action: str = ""
+    """What the path says after the check's name: a heartbeat's ``start``, ``fail``, ``log`` or
+    exit code (``/heartbeat/{check}/start``); empty for ``/{endpoint}/{check}`` itself."""
 
 
 @dataclass(frozen=True, slots=True)
