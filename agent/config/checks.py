@@ -14,6 +14,7 @@ Each check's ``settings`` block is validated by the ``Settings`` model of its pr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.config._explain import Problem, did_you_mean, explain, field_path
+from agent.config.maintenance import FileWindow, ParsedWindows, Window, parse_windows
 from agent.config.secrets import SecretResolver, has_reference
 from agent.errors import ConfigError, PluginError
 from agent.sdk.durations import Duration, parse_duration
@@ -52,6 +54,8 @@ class CheckEntry:
     check: Check
     probe: Probe[Any]
     settings: BaseModel
+    maintenance: tuple[Window, ...] = ()
+    """The check's maintenance windows: its own, then the check file's that select it."""
 
 
 class _CheckFile(BaseModel):
@@ -59,6 +63,7 @@ class _CheckFile(BaseModel):
 
     defaults: Defaults = Field(default_factory=Defaults)
     checks: list[dict[str, Any]] = Field(default_factory=list)
+    maintenance: list[FileWindow] = Field(default_factory=list)
 
 
 Progress = Callable[[int, int], None]
@@ -100,12 +105,13 @@ def parse_checks(
     "did you mean" when a check names another.
     """
     lines = _Lines(text) if locate else None
-    defaults, raws = _read_document(text, source, lines)
+    defaults, raws, file_windows = _read_document(text, source, lines)
     errors: list[str] = []
     entries: list[CheckEntry] = []
     seen: dict[str, int] = {}
     settings: dict[tuple[str, str], BaseModel] = {}
     shared = _Shared()
+    windows = ParsedWindows()
     total = len(raws)
     if progress is not None and total >= _PROGRESS_EVERY:
         progress(0, total)
@@ -136,6 +142,10 @@ def parse_checks(
             offline=offline,
             probe_types=probe_types,
         )
+        if check is not None and (check.maintenance or file_windows):
+            found = parse_windows(check.maintenance, file_windows, check, problems, windows)
+            if entry is not None and found:
+                entry = dataclasses.replace(entry, maintenance=windows.share(found))
         if entry is None and offline and not problems:
             entry = _unresolved(fields, load_probe)
         if entry is not None:
@@ -222,8 +232,11 @@ def _line(source: str, where: str, problem: Problem, lines: _Lines | None, index
     return f"{head}{where}, {field}: {problem.message}"
 
 
-def _read_document(text: str, source: str, lines: _Lines | None = None) -> tuple[Defaults, list[Any]]:
-    """The document's ``defaults`` and raw ``checks``; a bare list is a list of checks."""
+def _read_document(
+    text: str, source: str, lines: _Lines | None = None
+) -> tuple[Defaults, list[Any], list[FileWindow]]:
+    """The document's ``defaults``, raw ``checks`` and ``maintenance`` windows; a bare list is a
+    list of checks."""
     if text.lstrip().startswith("{"):
         try:
             document = json.loads(text)
@@ -259,7 +272,7 @@ def _read_document(text: str, source: str, lines: _Lines | None = None) -> tuple
 
     # The document's own list, now known to be a list of mappings: the model's copy of it goes.
     checks = document.get("checks")
-    return parsed.defaults, checks if isinstance(checks, list) else []
+    return parsed.defaults, checks if isinstance(checks, list) else [], parsed.maintenance
 
 
 def _load_yaml(text: str, source: str) -> Any:

@@ -82,6 +82,9 @@ class Check(BaseModel):
     regions: tuple[str, ...] | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     settings: dict[str, Any] = Field(default_factory=dict)
+    maintenance: tuple[dict[str, Any], ...] = ()
+    """Maintenance windows, as written: agent/config/maintenance.py parses them (with the check
+    file's windows that select the check) into the check's ``CheckEntry.maintenance``."""
 
     _labels = field_validator("labels")(check_labels)
 
