@@ -33,6 +33,8 @@ class MaintenanceGauge:
     def __init__(self, tables: MetricTables, schedule: Schedule, clock: Clock) -> None:
         self._table = tables.declare(MAINTENANCE)
         self._schedule, self._clock = schedule, clock
+        self._open: set[str] = set()
+        """The checks in a window at the last collection."""
         tables.before_collection(self.refresh)
 
     def register(self, entries: Iterable[CheckEntry]) -> None:
@@ -47,17 +49,27 @@ class MaintenanceGauge:
                 table.set(name, None, attrs, 0.0)
 
     def refresh(self) -> None:
-        """Set the series of the checks that have a window (collections call it first)."""
+        """Set the series of the checks that have a window, and of those that were in one when a
+        reload took their windows away (collections call it first)."""
         schedule, table = self._schedule, self._table
-        if not len(schedule):
+        if not len(schedule) and not self._open:
             return
         now = self._clock.time()
         bound, checks = table.bound, table.checks
         # Under the schedule's lock: a reload replaces the schedule (taking the lock) before it
         # forgets a removed check, so no series is written here for a check that is gone.
         with schedule.lock:
+            opened: set[str] = set()
             for name, _windows in schedule.items():
                 attrs = bound.get(name)
                 if attrs is None or name not in checks:
                     continue  # not registered yet (a reload in progress), or not run here
-                table.set(name, None, attrs, 0.0 if schedule.open(name, now) is None else 1.0)
+                inside = schedule.open(name, now) is not None
+                if inside:
+                    opened.add(name)
+                table.set(name, None, attrs, 1.0 if inside else 0.0)
+            for name in self._open - opened:
+                attrs = bound.get(name)
+                if attrs is not None and name in checks:
+                    table.set(name, None, attrs, 0.0)
+            self._open = opened
