@@ -46,6 +46,7 @@ from agent.telemetry.recorder import Recorder, Run
 __all__ = ["Agent", "InboundTable", "Shutdown", "build_agent", "run_agent", "serve"]
 
 log = logging.getLogger("vantage")
+_checks_log = logging.getLogger("vantage.checks")  # the recorder's: state changes, runs
 
 
 @dataclass
@@ -352,6 +353,8 @@ async def serve(
             reloader = agent.reloader
             if reloader is not None:
                 reloader.export()
+            if agent.maintenance_gauge is not None:
+                _checks_log.addFilter(agent.maintenance_gauge.note)
             if handle_signals:
                 hangup = partial(tg.start_soon, reloader.reload, "SIGHUP") if reloader else None
                 tg.start_soon(_watch_signals, agent.scheduler, shutdown, hangup)
@@ -366,6 +369,8 @@ async def serve(
             log.info("vantage stopped")
             tg.cancel_scope.cancel()
     finally:
+        if agent.maintenance_gauge is not None:
+            _checks_log.removeFilter(agent.maintenance_gauge.note)
         with anyio.CancelScope(shield=True), anyio.move_on_after(1):
             await agent.http.aclose()
 

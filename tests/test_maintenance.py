@@ -5,6 +5,7 @@ real with a fake clock, before and after a reload."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -607,3 +608,26 @@ async def test_a_check_whose_other_fields_change_is_restarted_with_its_windows(c
         assert (result.changed, result.maintenance) == (("db",), ())
         assert agent.recorder.states["db"] is not state
         assert (await scrape(agent, base))["db"] == 1.0
+
+
+@pytest.mark.anyio
+async def test_a_log_line_of_a_check_in_a_window_names_it(
+    checks_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 01:30 UTC: db (a closed port) is in its weekly window, plain in none; both fail, both are logged.
+    clock = FakeClock(wall=utc(2026, 11, 29, 1, 30).timestamp())
+    caplog.set_level(logging.WARNING, logger="vantage.checks")
+    async with running(checks_file, clock) as (agent, _base):
+        await clock.advance(61)  # every check's first tick
+        with anyio.fail_after(20):
+            while any(agent.recorder.states[name].runs < 1 for name in ("db", "plain")):
+                await anyio.sleep(0.02)
+    lines = {r.check: r for r in caplog.records if r.name == "vantage.checks"}
+    # (Refused, or timed out as the fake clock jumps: either is a failure.)
+    assert lines["db"].getMessage().startswith("check db is failing: ")
+    assert lines["db"].getMessage().endswith(" (in maintenance window weekly-db)")
+    assert lines["db"].maintenance == "weekly-db"  # a field of its own in JSON logs
+    assert "maintenance" not in lines["plain"].getMessage() and not hasattr(lines["plain"], "maintenance")
+    # The failure is recorded as any other: nothing is suppressed in a window.
+    assert agent.recorder.states["db"].failures == 1
+    assert not logging.getLogger("vantage.checks").filters  # the agent's filter went with it
