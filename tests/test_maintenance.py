@@ -631,3 +631,13 @@ async def test_a_log_line_of_a_check_in_a_window_names_it(
     # The failure is recorded as any other: nothing is suppressed in a window.
     assert agent.recorder.states["db"].failures == 1
     assert not logging.getLogger("vantage.checks").filters  # the agent's filter went with it
+
+
+def test_a_bad_window_is_reported_with_the_check_s_other_problems() -> None:
+    found = problems(
+        {"checks": [{**TCP, "interval": "soon", "maintenance": [{"cron": "0 2 * * *", "duration": 0}]}]}
+    )
+    assert (
+        "field 'interval'" in found
+        and "field 'maintenance[0].duration': the duration must be above zero" in found
+    )

@@ -142,10 +142,15 @@ def parse_checks(
             offline=offline,
             probe_types=probe_types,
         )
-        if check is not None and (check.maintenance or file_windows):
-            found = parse_windows(check.maintenance, file_windows, check, problems, windows)
-            if entry is not None and found:
-                entry = dataclasses.replace(entry, maintenance=windows.share(found))
+        # The check's maintenance windows: its own (parsed even when the rest of the check is
+        # bad, so that every problem is reported at once), then the file's that select it.
+        own = check.maintenance if check is not None else _mappings(fields.get("maintenance"))
+        if own or (check is not None and file_windows):
+            found: list[Problem] = []
+            parsed = parse_windows(own, file_windows if check is not None else (), check, found, windows)
+            problems += _kept(found, references, offline)
+            if entry is not None and parsed and not found:
+                entry = dataclasses.replace(entry, maintenance=windows.share(parsed))
         if entry is None and offline and not problems:
             entry = _unresolved(fields, load_probe)
         if entry is not None:
@@ -533,6 +538,14 @@ def _bind_probe(
     if key is not None:
         parsed[key] = parsed_settings
     return CheckEntry(check, probe, parsed_settings)
+
+
+def _mappings(value: Any) -> list[dict[str, Any]]:
+    """``value`` if it is a list of mappings (a check's windows as written), else nothing (the
+    check's own validation said what is wrong with it)."""
+    if isinstance(value, list) and all(isinstance(item, dict) for item in value):
+        return value
+    return []
 
 
 def _unresolved(fields: Mapping[str, Any], load_probe: Callable[[str], Probe[Any]]) -> CheckEntry | None:

@@ -321,12 +321,13 @@ class ParsedWindows:
 def parse_windows(
     raw: Sequence[Mapping[str, Any]],
     file_windows: Sequence[FileWindow],
-    check: Check,
+    check: Check | None,
     problems: list[Problem],
     parsed: ParsedWindows | None = None,
 ) -> tuple[Window, ...]:
     """A check's windows: its own (``raw``, as written under its ``maintenance``), then the file's
-    that select it. Each problem of its own is added to ``problems`` under ``maintenance[i]``."""
+    that select it (none when ``check`` is None: its other fields are bad). Each problem of its own
+    is added to ``problems`` under ``maintenance[i]``."""
     parsed = parsed or ParsedWindows()
     own: list[Window] = []
     for index, item in enumerate(raw):
@@ -334,7 +335,7 @@ def parse_windows(
             own.append(parsed.window(item))
         except ValidationError as exc:
             problems += explain(exc, Window, ("maintenance", index))
-    picked = selected(check, file_windows) if file_windows else ()
+    picked = selected(check, file_windows) if file_windows and check is not None else ()
     return (*own, *picked) if picked else tuple(own)
 
 
