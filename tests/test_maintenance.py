@@ -641,3 +641,35 @@ def test_a_bad_window_is_reported_with_the_check_s_other_problems() -> None:
         "field 'interval'" in found
         and "field 'maintenance[0].duration': the duration must be above zero" in found
     )
+
+
+def test_the_metric_travels_over_otlp_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    from .helpers import attributes, otlp_http_receiver
+
+    with otlp_http_receiver() as (endpoint, received):
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", raising=False)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        environ = {
+            "OTEL_TRACES_EXPORTER": "none",
+            "OTEL_METRICS_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_METRIC_EXPORT_INTERVAL": "3600000",
+        }
+        clock = FakeClock(wall=utc(2026, 11, 29, 1, 30).timestamp())
+        agent = build_agent(config_from(windowed_checks()), environ, clock=clock)
+        try:
+            assert agent.telemetry.flush(10)
+        finally:
+            agent.telemetry.shutdown(5)
+        found: dict[str, tuple[str, str, float]] = {}
+        with received.lock:
+            requests = list(received.metrics)
+        for request in requests:
+            for rm in request.resource_metrics:
+                for sm in rm.scope_metrics:
+                    for metric in sm.metrics:
+                        if metric.name == "vantage.check.maintenance":
+                            for point in metric.gauge.data_points:
+                                check = attributes(point.attributes)["check"]
+                                found[check] = (metric.WhichOneof("data"), metric.unit, point.as_double)
+        assert found == {"db": ("gauge", "", 1.0), "stripe": ("gauge", "", 0.0), "plain": ("gauge", "", 0.0)}
