@@ -90,7 +90,12 @@ def digest(entries: Iterable[CheckEntry]) -> str:
     """A fingerprint of a whole check set (every check, before sharding): two processes that
     loaded the same set have the same. One-way, so no secret can be read back from it."""
     hashed = hashlib.blake2b(digest_size=16)
-    for text in sorted(repr(entry.check.model_dump()) for entry in entries):
+    # (A check's windows from the file's own list are not on the check: counted beside it.)
+    texts = (
+        repr(entry.check.model_dump()) + (repr(entry.maintenance) if entry.maintenance else "")
+        for entry in entries
+    )
+    for text in sorted(texts):
         hashed.update(text.encode("utf-8", "surrogatepass"))
         hashed.update(b"\x00")
     return hashed.hexdigest()

@@ -33,8 +33,13 @@ from .helpers import ROOT, FakeClock, config_from
 TCP = {"name": "db", "type": "tcp", "target": "127.0.0.1:9"}
 
 
-def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+
+
+def make_window(**fields: Any) -> Window:
+    """A window from fields as a check file writes them."""
+    return Window.model_validate(fields)
 
 
 def problems(document: dict[str, Any]) -> str:
@@ -234,7 +239,7 @@ def test_the_documented_example_is_valid() -> None:
 
 def test_a_berlin_window_in_the_hour_summer_time_skips_opens_after_the_gap() -> None:
     # 2026-03-29: at 02:00 CET (01:00 UTC) the clocks go to 03:00 CEST; 02:30 does not exist.
-    window = Window(cron="30 2 * * *", timezone="Europe/Berlin", duration="1h")
+    window = make_window(cron="30 2 * * *", timezone="Europe/Berlin", duration="1h")
     assert window.occurrence(utc(2026, 3, 28, 1, 30)) == (utc(2026, 3, 28, 1, 30), utc(2026, 3, 28, 2, 30))
     assert window.following(utc(2026, 3, 28, 12)) == (utc(2026, 3, 29, 1), utc(2026, 3, 29, 2))
     assert window.occurrence(utc(2026, 3, 29, 0, 59, 59)) is None
@@ -247,7 +252,7 @@ def test_a_berlin_window_in_the_hour_summer_time_skips_opens_after_the_gap() -> 
 
 def test_a_berlin_window_in_the_hour_winter_time_repeats_opens_once() -> None:
     # 2026-10-25: at 03:00 CEST (01:00 UTC) the clocks go back to 02:00 CET; 02:30 happens twice.
-    window = Window(cron="30 2 * * *", timezone="Europe/Berlin", duration="1h")
+    window = make_window(cron="30 2 * * *", timezone="Europe/Berlin", duration="1h")
     assert window.following(utc(2026, 10, 24, 12)) == (utc(2026, 10, 25, 0, 30), utc(2026, 10, 25, 1, 30))
     assert window.occurrence(utc(2026, 10, 25, 0, 29)) is None
     assert window.occurrence(utc(2026, 10, 25, 1, 10)) == (utc(2026, 10, 25, 0, 30), utc(2026, 10, 25, 1, 30))
@@ -259,7 +264,7 @@ def test_a_berlin_window_in_the_hour_winter_time_repeats_opens_once() -> None:
 
 def test_a_duration_is_elapsed_time_across_the_change() -> None:
     # 01:30 CEST (23:30 UTC the day before) for 2h: ends at 01:30 UTC, which is 02:30 CET.
-    window = Window(cron="30 1 25 10 *", timezone="Europe/Berlin", duration="2h")
+    window = make_window(cron="30 1 25 10 *", timezone="Europe/Berlin", duration="2h")
     since, until = window.following(utc(2026, 10, 1)) or (None, None)
     assert (since, until) == (utc(2026, 10, 24, 23, 30), utc(2026, 10, 25, 1, 30))
     assert (
@@ -275,7 +280,7 @@ def window_zone(name: str) -> Any:
 
 
 def test_a_new_york_window_across_both_changes() -> None:
-    window = Window(cron="30 2 * * SUN", timezone="America/New_York", duration="90m")
+    window = make_window(cron="30 2 * * SUN", timezone="America/New_York", duration="90m")
     # 2026-03-08: 02:00 EST (07:00 UTC) becomes 03:00 EDT; the window opens at 03:00 EDT.
     assert window.following(utc(2026, 3, 5)) == (utc(2026, 3, 8, 7), utc(2026, 3, 8, 8, 30))
     assert window.occurrence(utc(2026, 3, 8, 6, 59)) is None
@@ -290,14 +295,14 @@ def test_a_new_york_window_across_both_changes() -> None:
 
 
 def test_a_weekly_window_and_overlapping_occurrences() -> None:
-    weekly = Window(cron="0 2 * * SUN", timezone="Europe/Berlin", duration="2h")
+    weekly = make_window(cron="0 2 * * SUN", timezone="Europe/Berlin", duration="2h")
     # Sunday 2026-11-29 02:00 CET = 01:00 UTC.
     assert weekly.occurrence(utc(2026, 11, 29, 0, 59, 59)) is None
     assert weekly.occurrence(utc(2026, 11, 29, 1)) == (utc(2026, 11, 29, 1), utc(2026, 11, 29, 3))
     assert weekly.occurrence(utc(2026, 11, 29, 3)) is None
     assert weekly.following(utc(2026, 11, 29, 3)) == (utc(2026, 12, 6, 1), utc(2026, 12, 6, 3))
     # Every two hours for three: one window, from the first open start to the end of the chain.
-    overlapping = Window(cron="0 */2 * * *", duration="3h")
+    overlapping = make_window(cron="0 */2 * * *", duration="3h")
     assert overlapping.occurrence(utc(2026, 1, 1, 0, 30)) == (utc(2025, 12, 31, 22), utc(2026, 1, 9, 9))
 
 
@@ -305,7 +310,7 @@ def test_a_weekly_window_and_overlapping_occurrences() -> None:
 
 
 def test_an_absolute_window_is_open_from_its_start_to_its_end() -> None:
-    window = Window(
+    window = make_window(
         start=datetime(2026, 12, 1, 2, tzinfo=UTC) + timedelta(hours=1), end="2026-12-01T05:00:00+01:00"
     )
     assert window.occurrence(utc(2026, 12, 1, 2, 59, 59)) is None
@@ -317,9 +322,9 @@ def test_an_absolute_window_is_open_from_its_start_to_its_end() -> None:
 
 
 def test_the_open_window_is_the_one_that_ends_last_and_the_next_the_one_that_opens_first() -> None:
-    short = Window(name="short", start="2026-12-01T01:00:00Z", end="2026-12-01T02:00:00Z")
-    long = Window(name="long", start="2026-12-01T01:30:00Z", end="2026-12-01T04:00:00Z")
-    daily = Window(name="daily", cron="0 6 * * *", duration="10m")
+    short = make_window(name="short", start="2026-12-01T01:00:00Z", end="2026-12-01T02:00:00Z")
+    long = make_window(name="long", start="2026-12-01T01:30:00Z", end="2026-12-01T04:00:00Z")
+    daily = make_window(name="daily", cron="0 6 * * *", duration="10m")
     found = open_window([short, long, daily], utc(2026, 12, 1, 1, 45))
     assert found is not None and (found.window.name, found.since, found.until) == (
         "long",
@@ -622,11 +627,11 @@ async def test_a_log_line_of_a_check_in_a_window_names_it(
         with anyio.fail_after(20):
             while any(agent.recorder.states[name].runs < 1 for name in ("db", "plain")):
                 await anyio.sleep(0.02)
-    lines = {r.check: r for r in caplog.records if r.name == "vantage.checks"}
+    lines = {getattr(r, "check", ""): r for r in caplog.records if r.name == "vantage.checks"}
     # (Refused, or timed out as the fake clock jumps: either is a failure.)
     assert lines["db"].getMessage().startswith("check db is failing: ")
     assert lines["db"].getMessage().endswith(" (in maintenance window weekly-db)")
-    assert lines["db"].maintenance == "weekly-db"  # a field of its own in JSON logs
+    assert getattr(lines["db"], "maintenance", None) == "weekly-db"  # a field of its own in JSON logs
     assert "maintenance" not in lines["plain"].getMessage() and not hasattr(lines["plain"], "maintenance")
     # The failure is recorded as any other: nothing is suppressed in a window.
     assert agent.recorder.states["db"].failures == 1
@@ -673,3 +678,13 @@ def test_the_metric_travels_over_otlp_too(monkeypatch: pytest.MonkeyPatch) -> No
                                 check = attributes(point.attributes)["check"]
                                 found[check] = (metric.WhichOneof("data"), metric.unit, point.as_double)
         assert found == {"db": ("gauge", "", 1.0), "stripe": ("gauge", "", 0.0), "plain": ("gauge", "", 0.0)}
+
+
+def test_the_fingerprint_of_a_check_set_counts_the_file_s_windows() -> None:
+    from agent.reload import digest
+
+    document = windowed_checks()
+    before = digest(config_from(document).entries)
+    document["maintenance"][0]["end"] = "2026-11-29T05:00:00Z"
+    assert digest(config_from(document).entries) != before
+    assert digest(config_from(windowed_checks()).entries) == before
