@@ -536,7 +536,8 @@ async def test_the_metric_api_and_page_show_the_open_window(checks_file: Path) -
         index = await api(base, "/")
         assert "2 in maintenance" in index
         assert index.count('<span class="state maintenance"') == 2
-        assert 'title="stripe-upgrade until 2026-11-29T04:00:00Z"' in index
+        assert 'title="announced">maintenance</span>' in index
+        assert '<span class="muted">stripe-upgrade until 2026-11-29T04:00:00Z</span>' in index
         page = await api(base, "/checks/stripe")
         assert (
             "stripe-upgrade</strong> · announced · since 2026-11-29T02:00:00Z · until 2026-11-29T04:00:00Z"

@@ -524,9 +524,9 @@ def _index_row(check: Mapping[str, Any], now: float) -> str:
     )
     return (
         f'<tr class="check {state}" data-check="{e(name)}">'
-        f'<td><span class="state {state}">{state}</span>{_maintenance_badge(check)}</td>'
+        f'<td><span class="state {state}">{state}</span></td>'
         f'<td><a href="/checks/{e(quote(name, safe=""))}">{e(name)}</a>'
-        f'<div class="target">{e(check.get("target", ""))}</div></td>'
+        f'<div class="target">{e(check.get("target", ""))}</div>{_maintenance_badge(check)}</td>'
         f"<td>{e(check.get('type', ''))}</td>"
         f'<td class="num">{e(_uptime(check.get("uptime_24h")))}</td>'
         f'<td class="num">{e(_uptime(check.get("uptime_7d")))}</td>'
@@ -591,12 +591,16 @@ def render_check(check: Mapping[str, Any], run: str, title: str, trace: str | No
 
 
 def _maintenance_badge(check: Mapping[str, Any]) -> str:
-    """A badge when a maintenance window of the check is open, its name and end in its title."""
+    """A badge when a maintenance window of the check is open, with its name and end."""
     window = check.get("maintenance")
     if not isinstance(window, dict):
         return ""
     about = f"{window.get('name', '')} until {window.get('until', '')}"
-    return f' <span class="state maintenance" title="{e(about)}">maintenance</span>'
+    reason = window.get("reason")
+    return (
+        f'<span class="state maintenance" title="{e(reason or about)}">maintenance</span> '
+        f'<span class="muted">{e(about)}</span>'
+    )
 
 
 def _maintenance_note(check: Mapping[str, Any]) -> str:
