@@ -354,7 +354,7 @@ class Schedule:
         self.lock = threading.Lock()
         """Held while the windows are read for all checks or replaced (see ``replace``)."""
         self._windows: dict[str, tuple[Window, ...]] = {}
-        self._answers: dict[int, tuple[float, float, tuple[datetime, datetime] | None]] = {}
+        self._answers: dict[int, tuple[float, float, tuple[datetime, datetime] | None, Window]] = {}
         self.replace(entries)
 
     def replace(self, entries: Iterable[Any]) -> None:
@@ -394,7 +394,7 @@ class Schedule:
     def _occurrence(self, window: Window, at: float) -> tuple[datetime, datetime] | None:
         answers = self._answers
         known = answers.get(id(window))
-        if known is not None and known[0] <= at < known[1]:
+        if known is not None and known[0] <= at < known[1] and known[3] is window:
             return known[2]
         moment = datetime.fromtimestamp(at, UTC)
         occurrence = window.occurrence(moment)
@@ -403,6 +403,6 @@ class Schedule:
         else:
             following = window.following(moment)
             valid = following[0].timestamp() if following is not None else math.inf
-        # Keyed by the window's id: the windows are held by ``_windows`` as long as this is.
-        answers[id(window)] = (at, valid, occurrence)
+        # Keyed by the window's id, and holding it: an id is never read as another window's.
+        answers[id(window)] = (at, valid, occurrence, window)
         return occurrence
