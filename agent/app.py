@@ -198,6 +198,7 @@ def build_agent(
             runs=settings.status_runs,
             state_dir=settings.state_dir,
             maintenance=partial(_in_maintenance, maintenance, clock),
+            upcoming=partial(_next_maintenance, maintenance, clock),
         ),
         reload=reload,
     )
@@ -210,6 +211,11 @@ def build_agent(
 def _in_maintenance(schedule: Schedule, clock: Clock, name: str) -> Open | None:
     """The maintenance window open for check ``name`` now, for the status API and pages."""
     return schedule.open(name, clock.time())
+
+
+def _next_maintenance(schedule: Schedule, clock: Clock, name: str) -> Open | None:
+    """The next maintenance window of check ``name``, for its page."""
+    return schedule.next(name, clock.time())
 
 
 def _inbound(

@@ -513,6 +513,11 @@ async def test_the_metric_api_and_page_show_the_open_window(checks_file: Path) -
         assert await scrape(agent, base) == {"db": 0.0, "stripe": 0.0, "plain": 0.0}
         listed = {c["name"]: c["maintenance"] for c in (await api(base, "/api/checks"))["checks"]}
         assert listed == {"db": None, "stripe": None, "plain": None}
+        # A check's page says which window comes next.
+        assert (await api(base, "/api/status/db"))["next_maintenance"]["since"] == "2026-11-29T01:00:00Z"
+        assert (await api(base, "/api/status/plain"))["next_maintenance"] is None
+        page = await api(base, "/checks/db")
+        assert "next maintenance window: weekly-db, 2026-11-29T01:00:00Z to 2026-11-29T03:00:00Z" in page
 
         # 01:00 UTC, 02:00 in Berlin: the weekly window opens for db.
         at(clock, utc(2026, 11, 29, 1))

@@ -102,10 +102,15 @@ class LocalSource:
     """This process's checks: the recorder's state and the history."""
 
     def __init__(
-        self, recorder: Recorder, history: History, redact: Redactor, maintenance: InMaintenance | None = None
+        self,
+        recorder: Recorder,
+        history: History,
+        redact: Redactor,
+        maintenance: InMaintenance | None = None,
+        upcoming: InMaintenance | None = None,
     ) -> None:
         self._recorder, self._history, self._redact = recorder, history, redact
-        self._maintenance = maintenance
+        self._maintenance, self._upcoming = maintenance, upcoming
 
     async def overview(self) -> tuple[list[dict[str, Any]], list[str]]:
         history, redact = self._history, self._redact
@@ -122,6 +127,8 @@ class LocalSource:
             return None
         history = self._history
         summary = _check_json(state, self._redact, self._maintenance)
+        upcoming = self._upcoming(name) if self._upcoming is not None else None
+        summary["next_maintenance"] = None if upcoming is None else self._redact.deep(upcoming.as_json())
         return {**summary, **history.summary(name), **history.runs(name)}
 
 
@@ -299,13 +306,14 @@ def local_pages(
     runs: int = 50,
     state_dir: Any = None,
     maintenance: InMaintenance | None = None,
+    upcoming: InMaintenance | None = None,
 ) -> Pages:
     """The pages of a single agent (or worker): a history fed by ``recorder``'s hook."""
     store = HistoryStore(state_dir) if state_dir is not None else None
     history = History(redact, runs=runs, store=store)
     recorder.on_result = history.record
     return Pages(
-        LocalSource(recorder, history, redact, maintenance),
+        LocalSource(recorder, history, redact, maintenance, upcoming),
         token=token,
         title=f"Vantage · {region}",
         group_by=group_by,
@@ -604,10 +612,17 @@ def _maintenance_badge(check: Mapping[str, Any]) -> str:
 
 
 def _maintenance_note(check: Mapping[str, Any]) -> str:
-    """The open maintenance window on a check's page: name, reason, since and until when."""
+    """The open maintenance window on a check's page: name, reason, since and until when; else the
+    next one, if the check has one to come."""
     window = check.get("maintenance")
     if not isinstance(window, dict):
-        return ""
+        upcoming = check.get("next_maintenance")
+        if not isinstance(upcoming, dict):
+            return ""
+        return (
+            f'<p class="muted">next maintenance window: {e(upcoming.get("name", ""))}, '
+            f"{e(upcoming.get('since', ''))} to {e(upcoming.get('until', ''))}</p>"
+        )
     reason = f" · {e(window['reason'])}" if window.get("reason") else ""
     return (
         '<p class="in-maintenance"><span class="state maintenance">maintenance</span> '
