@@ -456,6 +456,8 @@ class Outcome:
     result: ProbeResult | None
     reason: str = ""
     message: str = ""
+    attempts: int = 0
+    """Attempts of the run: 1, or more when a failed attempt was re-tested (the check's ``retries``)."""
 
     @property
     def name(self) -> str:
@@ -467,6 +469,13 @@ class Outcome:
 
 
 def _outcome(agent: Agent, entry: CheckEntry, options: Options, waited: bool) -> Outcome:
+    outcome = _judged(agent, entry, options, waited)
+    state = agent.recorder.states.get(entry.check.name)
+    outcome.attempts = state.attempts if state is not None else 0
+    return outcome
+
+
+def _judged(agent: Agent, entry: CheckEntry, options: Options, waited: bool) -> Outcome:
     redact = agent.config.redactor
     region = agent.config.settings.region
     state = agent.recorder.states.get(entry.check.name)
@@ -826,14 +835,19 @@ _RESULT_WORDS = {Verdict.PASSED: "ok", Verdict.FAILED: "FAIL", Verdict.NOT_JUDGE
 
 def table(outcomes: Sequence[Outcome]) -> str:
     """The table: one row per check (all of one region, which the summary names), messages
-    whole (the last column is not padded)."""
-    rows = [("CHECK", "TYPE", "RESULT", "REASON", "DURATION", "MESSAGE")]
+    whole (the last column is not padded); an ATTEMPTS column when a check was re-tested."""
+    retested = any(outcome.attempts > 1 for outcome in outcomes)
+    rows: list[tuple[str, ...]] = [("CHECK", "TYPE", "RESULT", "REASON", "DURATION", "MESSAGE")]
+    if retested:
+        rows[0] = ("CHECK", "TYPE", "RESULT", "ATTEMPTS", "REASON", "DURATION", "MESSAGE")
     for outcome in outcomes:
+        attempts = (str(outcome.attempts) if outcome.attempts else "",) if retested else ()
         rows.append(
             (
                 outcome.name,
                 outcome.entry.check.type,
                 _RESULT_WORDS[outcome.verdict],
+                *attempts,
                 outcome.reason,
                 f"{outcome.duration * 1000:.0f}ms" if outcome.result is not None else "",
                 outcome.message,
@@ -913,6 +927,7 @@ def report_json(
             "reason": outcome.reason or None,
             "message": outcome.message,
             "duration": round(outcome.duration, 6),
+            "attempts": outcome.attempts,
             "phases": {k: round(v, 6) for k, v in (result.phases if result else {}).items()},
             "assertions": _assertions(result, redact),
             "steps": _steps(result, redact),
@@ -966,6 +981,8 @@ def debug_text(outcome: Outcome, journal: Journal) -> str:
     result = outcome.result
     head = f"{_RESULT_WORDS[outcome.verdict]}{' ' + outcome.reason if outcome.reason else ''}"
     took = f" in {format_duration(outcome.duration)}" if result is not None else ""
+    if outcome.attempts > 1:  # failed attempts re-tested (the check's retries)
+        took += f", attempt {outcome.attempts}"
     lines = [f"=== {check.name} ({check.type}, region {outcome.region}): {head}{took}"]
     lines.append(f"target: {redact_url(check.target, redact)}")
     trace_id = journal.runs.get(check.name)

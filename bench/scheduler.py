@@ -87,13 +87,15 @@ class StubRecorder:
     def skipped(self, entry: CheckEntry, cause: str) -> None:
         self.skips[cause] += 1
 
-    def start_run(self, entry: CheckEntry) -> None:
+    def start_run(self, entry: CheckEntry, attempt: int = 1) -> None:
         return None
 
     def abandon_run(self, run: object, why: str) -> None:
         self.abandoned += 1
 
-    def finish_run(self, run: object, result: ProbeResult, requests: object = ()) -> None:
+    def finish_run(
+        self, run: object, result: ProbeResult, requests: object = (), *, attempt: int = 1, final: bool = True
+    ) -> None:
         self.finished += 1
         self.failed += not result.success
 

@@ -76,7 +76,7 @@ def test_forgetting_a_check_drops_its_series_histograms_included() -> None:
     text = agent.telemetry.render_prometheus().decode()
     assert 'check="db"' not in text
     assert 'probe_all_duration_seconds_count{check="api"' in text
-    assert "vantage_scheduler_lateness_seconds_count 4.0" in text  # the agent's own stay
+    assert 'vantage_scheduler_lateness_seconds_count{region="eu-west-1"} 4.0' in text  # the agent's own stay
     for name in ("hook", "api"):
         agent.forget(name)
     text = agent.telemetry.render_prometheus().decode()

@@ -127,7 +127,7 @@ def test_cumulative_gauges_counters_and_histograms(
         assert points(received, "vantage.inbound.requests")
         failures = points(received, "vantage.export.failures")
         assert {attributes(p.attributes)["signal"] for _, p in failures.values()} == {"traces", "metrics"}
-        assert points(received, "vantage.checks")[repr([])][1].as_int == 3
+        assert points(received, "vantage.checks")[repr([("region", "eu-west-1")])][1].as_int == 3
 
         # Cumulative: the next collection sends the totals, from the same start.
         seen = len(received.metrics)

@@ -111,17 +111,29 @@ def test_prometheus_answers_the_rules_and_the_dashboard(vendor: int, tmp_path: P
         latencies = query(port, p95)
         assert set(latencies) == {"healthy", "broken"} and all(0 < v < 1 for v in latencies.values())
 
-        # Every dashboard query is valid PromQL that Prometheus evaluates.
-        for expression in dashboard_expressions(json.loads(DASHBOARD.read_text())):
-            concrete = (
-                expression.replace("$region", ".*")
+        # Every dashboard query is valid PromQL that Prometheus evaluates; each panel's follows the
+        # region variable, the agent's own panels too (its series carry the region).
+        def concrete(expression: str, region: str) -> str:
+            return (
+                expression.replace("$region", region)
                 .replace("$check", ".*")
+                .replace("$vendor", ".*")
                 .replace("$__rate_interval", "1m")
                 .replace("$__range", "5m")
             )
-            if concrete.startswith("label_values("):
+
+        dashboard = json.loads(DASHBOARD.read_text())
+        answered = {}
+        for expression in dashboard_expressions(dashboard):
+            if expression.startswith("label_values("):
                 continue
-            api(port, "query", query=concrete)
+            api(port, "query", query=concrete(expression, ".*"))
+            answered[expression] = len(api(port, "query", query=concrete(expression, "eu-west-1"))["result"])
+            assert api(port, "query", query=concrete(expression, "elsewhere"))["result"] == [], expression
+        titles = {t["expr"]: p["title"] for p in dashboard["panels"] for t in p.get("targets", [])}
+        with_data = {titles[e] for e, count in answered.items() if count}
+        assert {"Success by check", "Run duration percentiles", "Event loop lag and lateness"} <= with_data
+        assert "Exports failing, inbound requests" in with_data  # export failures: 0 per signal
         assert query(port, 'max by (check, region) (probe_success{region=~".*", check=~".*"})') == {
             "healthy": 1.0,
             "broken": 0.0,

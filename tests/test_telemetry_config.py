@@ -209,12 +209,12 @@ def test_each_worker_is_its_own_instance() -> None:
 def test_otel_resource_attributes_set_the_instance_id_and_the_service() -> None:
     environ = {
         "HOSTNAME": "vantage-eu-0",
-        "OTEL_RESOURCE_ATTRIBUTES": "service.instance.id=payments%2Dprobe, deployment.environment=prod",
+        "OTEL_RESOURCE_ATTRIBUTES": "service.instance.id=payments%2Dprobe, deployment.environment.name=prod",
         "OTEL_SERVICE_NAME": "synthetics",
     }
     attributes = build_resource(environ, region="eu", version="1").attributes
     assert attributes["service.instance.id"] == "payments-probe"
-    assert attributes["deployment.environment"] == "prod"
+    assert attributes["deployment.environment.name"] == "prod"
     assert attributes["service.name"] == "synthetics"
     assert attributes["cloud.region"] == "eu"
     worker = build_resource(environ, region="eu", version="1", worker=Shard(1, 2)).attributes

@@ -63,7 +63,7 @@ def fast_export(endpoint: str, **extra: str) -> dict[str, str]:
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
         "OTEL_METRIC_EXPORT_INTERVAL": "300",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
-        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=test",
         "VANTAGE_REGION": "eu-test",
         **extra,
     }
@@ -80,7 +80,7 @@ def assert_export(received: Received, traceparents: list[str]) -> None:
     resource = spans[0][0]
     assert resource["service.name"] == "vantage"
     assert resource["cloud.region"] == "eu-test"
-    assert resource["deployment.environment"] == "test"
+    assert resource["deployment.environment.name"] == "test"
     assert resource["service.version"]
     # The host's name (a pod's name in Kubernetes), not the SDK's random UUID, which would start new
     # series at every restart (the agent runs without HOSTNAME here).

@@ -333,7 +333,9 @@ def _is_model(kind: Any) -> bool:
 
 
 def _field_names(model: type[BaseModel]) -> list[str]:
-    return [field.alias or name for name, field in model.model_fields.items()]
+    # FLATTENED: fields written on the model and kept in one of its own (Check's confirmation).
+    flattened: tuple[str, ...] = getattr(model, "FLATTENED", ())
+    return [field.alias or name for name, field in model.model_fields.items()] + list(flattened)
 
 
 def _field(model: type[BaseModel], part: Any) -> Any:

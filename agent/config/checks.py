@@ -27,8 +27,17 @@ from agent.config._explain import Problem, did_you_mean, explain, field_path
 from agent.config.maintenance import FileWindow, ParsedWindows, Window, parse_windows
 from agent.config.secrets import SecretResolver, has_reference
 from agent.errors import ConfigError, PluginError
-from agent.sdk.durations import Duration, parse_duration
-from agent.sdk.types import DEFAULT_TIMEOUT, Check, check_labels
+from agent.sdk.durations import Duration, format_duration, parse_duration
+from agent.sdk.types import (
+    DEFAULT_CONFIRMATION,
+    DEFAULT_INTERVAL,
+    DEFAULT_RETRY_DELAY,
+    DEFAULT_TIMEOUT,
+    MAX_RETRIES,
+    Check,
+    Confirmation,
+    check_labels,
+)
 
 if TYPE_CHECKING:
     from agent.sdk.probe import Probe
@@ -43,8 +52,29 @@ class Defaults(BaseModel):
     timeout: Duration | None = None
     regions: tuple[str, ...] | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    # Confirmation (a check's own value wins; each is checked against the check's interval there).
+    retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES)
+    retry_delay: Duration | None = None
+    failure_threshold: int | None = Field(default=None, ge=1, le=100)
+    success_threshold: int | None = Field(default=None, ge=1, le=100)
+    flap_threshold: int | None = Field(default=None, ge=1, le=1000)
+    down_interval: Duration | None = None
 
     _labels = field_validator("labels")(check_labels)
+
+
+_DEFAULTED = (
+    "interval",
+    "timeout",
+    "regions",
+    "retries",
+    "retry_delay",
+    "failure_threshold",
+    "success_threshold",
+    "flap_threshold",
+    "down_interval",
+)
+"""The fields of ``defaults`` a check takes when it does not set them (``labels`` are merged)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +346,7 @@ class _Shared:
     def __init__(self) -> None:
         self._sets: dict[frozenset[str], set[str]] = {}
         self._mappings: dict[str, dict[str, Any]] = {}
+        self._confirmations: dict[Confirmation, Confirmation] = {}
 
     def check(self, check: Check) -> Check:
         fields = vars(check)
@@ -325,6 +356,9 @@ class _Shared:
                 fields[name] = sys.intern(value)
         for name in ("labels", "settings"):
             fields[name] = self._mapping(fields[name])
+        confirmation = fields["confirmation"]
+        if confirmation is not DEFAULT_CONFIRMATION:  # the same settings from ``defaults``: one object
+            fields["confirmation"] = self._confirmations.setdefault(confirmation, confirmation)
         names = check.model_fields_set
         shared = self._sets.setdefault(frozenset(names), names)
         if shared is not names:
@@ -357,7 +391,7 @@ def _with_defaults(raw: dict[str, Any], defaults: Defaults) -> dict[str, Any]:
     merged.setdefault("labels", {})
     if isinstance(merged["labels"], dict):
         merged["labels"] = {**defaults.labels, **merged["labels"]}
-    for key in ("interval", "timeout", "regions"):
+    for key in _DEFAULTED:
         if key not in merged and getattr(defaults, key) is not None:
             merged[key] = getattr(defaults, key)
     if "timeout" not in merged and "interval" in merged:
@@ -380,10 +414,75 @@ def _validate_check(
     with the resolved fields and the paths of those that held a reference."""
     resolved, references = _resolve(merged, resolver, problems)
     try:
-        return Check.model_validate(resolved), resolved, references
+        check = Check.model_validate(resolved)
     except ValidationError as exc:
-        problems += _kept(explain(exc, Check), references, offline)
+        found = _kept([_flat(p) for p in explain(exc, Check)], references, offline)
+        problems += found + _confirmation_problems(resolved, found)
         return None, resolved, references
+    if check.confirmation is not DEFAULT_CONFIRMATION:
+        found = _confirmation_problems(resolved, [])
+        if found:
+            problems += found
+            return None, resolved, references
+    return check, resolved, references
+
+
+def _flat(problem: Problem) -> Problem:
+    """A problem of a confirmation field where the user wrote it: on the check (``retries``, not
+    ``confirmation.retries``; see ``Check.confirmation``)."""
+    if problem.path[:1] == ("confirmation",) and len(problem.path) > 1:
+        problem.path = problem.path[1:]
+    return problem
+
+
+def _confirmation_problems(fields: Mapping[str, Any], known: list[Problem]) -> list[Problem]:
+    """The confirmation fields against the check's interval and timeout (each a duration that
+    reads, and without a problem of its own in ``known``)."""
+    bad = {p.path[0] for p in known if p.path}
+
+    def seconds(name: str, default: float | None = None) -> float | None:
+        if name not in fields:
+            return default
+        if name in bad:
+            return None
+        try:
+            return parse_duration(fields[name])
+        except (ValueError, TypeError):
+            return None
+
+    interval = seconds("interval", DEFAULT_INTERVAL)
+    timeout = seconds("timeout", DEFAULT_TIMEOUT)
+    retries = fields.get("retries")
+    # The default delay counts only for a check that re-tests: it would never re-test.
+    retesting = isinstance(retries, int) and retries > 0
+    delay = seconds("retry_delay", DEFAULT_RETRY_DELAY if retesting else None)
+    down = seconds("down_interval")
+    found = []
+    if delay is not None and interval is not None and delay >= interval:
+        found.append(
+            Problem(
+                ("retry_delay",),
+                f"the retry delay ({format_duration(delay)}) must be below the interval "
+                f"({format_duration(interval)}): a re-test is made before the next run is due",
+            )
+        )
+    if down is not None and interval is not None and down >= interval:
+        found.append(
+            Problem(
+                ("down_interval",),
+                f"the down interval ({format_duration(down)}) must be below the interval "
+                f"({format_duration(interval)}): it is the shorter interval of a failing check",
+            )
+        )
+    elif down is not None and timeout is not None and down <= timeout:
+        found.append(
+            Problem(
+                ("down_interval",),
+                f"the down interval ({format_duration(down)}) must be above the timeout "
+                f"({format_duration(timeout)})",
+            )
+        )
+    return found
 
 
 Path_ = tuple[str | int, ...]

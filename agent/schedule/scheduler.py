@@ -22,6 +22,28 @@ has, or something blocking the loop) says nothing about its target: it is discar
 (cause="overload") rather than reported as a failure, so an overloaded agent raises its own alarm
 (``vantage_event_loop_lag_seconds``, ``vantage_runs_skipped_total``), not a false one per check.
 
+A failed attempt is re-tested within the same run, up to the check's ``retries``, ``retry_delay``
+apart; each attempt is recorded, and the run's outcome, its last attempt's, counts towards the
+check's confirmed state (agent/telemetry/recorder.py). A re-test that would start after the next
+tick is not made: the tick probes anyway. A run waiting to re-test holds no slot of the concurrency
+bound and no task: it is a timer on the clock, then queued for a slot as a due run is. With a 10s
+interval, ``retries: 2``, ``retry_delay: 2s``::
+
+    tick 0s ── fails 0.5s ── waits 2s ── re-test fails 3s ── waits 2s ── re-test 5s passes ── 5.4s
+    tick 10s ── ...                                (no tick was due meanwhile: nothing skipped)
+
+and with ``retries: 3``, ``retry_delay: 4s`` and a target that fails in 0.5s, the attempts start at
+0, 4.5 and 9s; a third re-test would start at 13.5s, after the tick at 10s, so the run ends at
+9.5s and the tick at 10s runs. A re-test that waits is cut at once by the agent's shutdown or the
+check's removal.
+
+With ``down_interval``, a check whose last run failed, or which is confirmed down, ticks at that
+shorter interval from its failed run's tick, until it is confirmed up; then it goes back to its own
+phase grid (its next tick there)::
+
+    interval 60s, down_interval 10s, phase 7s:
+    tick 7s fails ── tick 17s fails ── 27s passes (confirmed up) ── next tick 67s
+
 ``VANTAGE_CONCURRENCY`` bounds the probes in flight; lateness (start minus tick) is measured.
 
 A run is one asyncio task and little else, because at a thousand runs a second its structure is
@@ -61,6 +83,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Collection, Container, Iterable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Literal
 
 import anyio
@@ -70,7 +93,7 @@ from agent.config.checks import CheckEntry
 from agent.schedule.lag import LagMonitor
 from agent.schedule.sharding import offset
 from agent.sdk.durations import format_duration, plural
-from agent.sdk.probe import Clock, ProbeContext, ProbeResult, Reason
+from agent.sdk.probe import Clock, ProbeContext, ProbeResult, Reason, Timer
 from agent.telemetry.recorder import Recorder, Run
 
 __all__ = ["Scheduler"]
@@ -105,6 +128,16 @@ class _Item:
     """Why the scheduler cancelled the run; a shutdown (or the check's removal) outranks a timeout."""
     cancels: int = 0
     """``Task.cancel()`` calls made for ``cut``, undone (``uncancel``) when a timeout is caught."""
+    next_due: float = math.inf
+    """The check's next tick (monotonic), while ``run`` ticks: the heap's entry for it that has
+    this time is the one that counts (a moved tick leaves its old entry behind, skipped)."""
+    fast: bool = False
+    """Ticking at the check's ``down_interval`` (its last run failed, or it is confirmed down)."""
+    attempt: int = 1
+    """The attempt the run makes next (1, then 2.. for its re-tests)."""
+    retest: Timer | None = None
+    """While the run waits to re-test: the timer that queues the re-test. The run still counts
+    (``running``) but holds no slot; a shutdown or the check's removal ends it at once."""
 
     def expire(self) -> None:
         """The run's timeout fell due (a timer on the scheduler's clock)."""
@@ -174,10 +207,12 @@ class Scheduler:
         return self._stopping
 
     def stop(self) -> None:
-        """Stop ticking; runs in flight go on until drained or cancelled by ``run``'s caller."""
+        """Stop ticking; runs in flight go on until drained or cancelled by ``run``'s caller, but a
+        run that waits to re-test ends now (its attempts so far are recorded)."""
         self._stopping = True
         if self._sleep_scope is not None:
             self._sleep_scope.cancel()
+        self._drop_retests(self._items.values())
 
     async def run(
         self,
@@ -221,14 +256,21 @@ class Scheduler:
 
     async def _loop(self) -> None:
         heap = self._heap
-        heap[:] = [(self._first_due(item), next(self._order), item) for item in self._items.values()]
+        heap[:] = []
+        for item in self._items.values():
+            item.next_due = self._first_due(item)
+            heap.append((item.next_due, next(self._order), item))
         heapq.heapify(heap)
         while not self._stopping:
             now = self._clock.monotonic()
             self.heartbeat = now
             while heap and heap[0][0] <= now + _BATCH:
                 due, index, item = heap[0]
-                interval = item.entry.check.interval
+                if due != item.next_due:  # a tick moved by the adaptive interval: see _adapt
+                    heapq.heappop(heap)
+                    continue
+                check = item.entry.check
+                interval = check.down_interval if item.fast and check.down_interval else check.interval
                 if item.running:
                     self._recorder.skipped(item.entry, "overlap")
                 elif now < item.not_before:
@@ -246,6 +288,7 @@ class Scheduler:
                     following += missed * interval
                     for _ in range(missed):
                         self._recorder.skipped(item.entry, "behind")
+                item.next_due = following
                 heapq.heapreplace(heap, (following, index, item))
             delay = heap[0][0] - now if heap else 3600.0
             # A scope of its own, so that a check added meanwhile (``add``) wakes the loop.
@@ -261,7 +304,10 @@ class Scheduler:
     def due(self, name: str) -> float | None:
         """When (monotonic) check ``name`` ticks next, or None when it is not scheduled or the
         scheduler is not ticking."""
-        return next((due for due, _, item in self._heap if item.entry.check.name == name), None)
+        item = self._items.get(name)
+        if item is None or not self.running or item.next_due == math.inf:
+            return None
+        return item.next_due
 
     def add(self, entries: Iterable[CheckEntry]) -> None:
         """Schedule ``entries`` (checks whose names are not scheduled): each ticks from its phase,
@@ -272,7 +318,8 @@ class Scheduler:
                 raise ValueError(f"check {name!r} is already scheduled; remove it first")
             item = self._items[name] = _Item(entry)
             if self.running:
-                heapq.heappush(self._heap, (self._first_due(item), next(self._order), item))
+                item.next_due = self._first_due(item)
+                heapq.heappush(self._heap, (item.next_due, next(self._order), item))
         if self._nap is not None:
             self._nap.cancel()
 
@@ -295,6 +342,7 @@ class Scheduler:
             self._waiting.remove(item)
             item.running = False
             self._running_count -= 1
+        self._drop_retests(gone)
         going = [item for item in gone if item.task is not None]
         for item in gone:
             self._crashed.discard(item.entry.check.name)
@@ -318,6 +366,7 @@ class Scheduler:
         """Start a run of ``item`` now if a slot is free, else queue it for the next free slot."""
         item.running = True
         item.due = due
+        item.attempt = 1
         self._running_count += 1
         if len(self._tasks) < self._concurrency:
             self._start(item)
@@ -330,17 +379,40 @@ class Scheduler:
         self._tasks[task] = item
 
     def _release(self, item: _Item) -> None:
-        """A run ended: free its check and its slot, and start the next run waiting for one.
+        """A run's task ended: free its slot and start the next run waiting for one, and free its
+        check unless the run waits to re-test.
 
         Called by the run's task as it ends (so the next run starts in the same turn of the loop),
         or by ``_cancel_runs`` for a task cancelled before it ever ran."""
         if item.task is not None:
             del self._tasks[item.task]
             item.task = None
-        item.running = False
-        self._running_count -= 1
+        if item.retest is None:
+            item.running = False
+            self._running_count -= 1
         while self._waiting and len(self._tasks) < self._concurrency:
             self._start(self._waiting.popleft())
+        if self._running_count == 0 and self._idle is not None:
+            self._idle.set()
+
+    def _queue_retest(self, item: _Item) -> None:
+        """The retry delay of a run is over: its re-test starts now if a slot is free, else it
+        waits for one, as a due run does."""
+        item.retest = None
+        if len(self._tasks) < self._concurrency:
+            self._start(item)
+        else:
+            self._waiting.append(item)
+
+    def _drop_retests(self, items: Iterable[_Item]) -> None:
+        """End the runs of ``items`` that wait to re-test (shutdown, removal): their attempts so
+        far are recorded; the re-test is not made."""
+        for item in list(items):
+            if item.retest is not None:
+                item.retest.cancel()
+                item.retest = None
+                item.running = False
+                self._running_count -= 1
         if self._running_count == 0 and self._idle is not None:
             self._idle.set()
 
@@ -366,8 +438,10 @@ class Scheduler:
             self._running_count -= 1
 
     async def _cancel_runs(self) -> None:
-        """Drop the runs queued, cancel those going and wait until they have ended."""
+        """Drop the runs queued or waiting to re-test, cancel those going and wait until they have
+        ended."""
         self._drop_waiting()
+        self._drop_retests(self._items.values())
         if not self._tasks:
             return
         for item in self._tasks.values():
@@ -380,30 +454,28 @@ class Scheduler:
 
     async def _run_one(self, item: _Item) -> None:
         entry = item.entry
+        check = entry.check
         try:
+            attempt = item.attempt
             started = self._clock.monotonic()
-            self._recorder.lateness(started - item.due)
-            run = self._recorder.start_run(entry)
-            ctx = self._context(entry, run)
-            try:
-                result = await self._probe(item, ctx, started)
-            except BaseException:
-                why = "the check was removed" if item.cut == "removed" else "the agent is shutting down"
-                self._recorder.abandon_run(run, f"cancelled: {why}")
-                raise
+            if attempt == 1:
+                self._recorder.lateness(started - item.due)
+            result, run, ctx = await self._attempt(item, started, attempt)
             if result is None:
-                self._recorder.abandon_run(run, "discarded: the agent's event loop was starved")
-                self._recorder.skipped(entry, "overload")
                 return
-            if result.duration is None:
-                result = replace(result, duration=self._clock.monotonic() - started)
-            if result.retry_after:
-                item.not_before = self._clock.monotonic() + result.retry_after
+            retry = self._retries(item, result, attempt)
             try:
-                self._recorder.finish_run(run, result, ctx.requests)
+                self._recorder.finish_run(run, result, ctx.requests, attempt=attempt, final=not retry)
             except Exception:
                 # A recording bug must not take the other checks down with it.
-                log.exception("recording the result of check %s failed", entry.check.name)
+                log.exception("recording the result of check %s failed", check.name)
+            if retry:
+                # The slot goes to others meanwhile (``_release``); ``_drop_retests`` calls it off.
+                item.attempt = attempt + 1
+                item.retest = self._clock.call_later(check.retry_delay, partial(self._queue_retest, item))
+                return
+            if check.down_interval is not None:
+                self._adapt(item, result.success, run.state.confirmed)
             if result.retry_after:  # said after the run's own line, which says why
                 wait = result.retry_after
                 log.info(
@@ -420,6 +492,69 @@ class Scheduler:
             self._fail(exc)
         finally:
             self._release(item)
+
+    async def _attempt(
+        self, item: _Item, started: float, attempt: int
+    ) -> tuple[ProbeResult | None, Run, ProbeContext]:
+        """One attempt of a run: its result, or None when it was discarded (a starved loop)."""
+        entry = item.entry
+        run = self._recorder.start_run(entry, attempt)
+        ctx = self._context(entry, run)
+        try:
+            result = await self._probe(item, ctx, started)
+        except BaseException:
+            why = "the check was removed" if item.cut == "removed" else "the agent is shutting down"
+            self._recorder.abandon_run(run, f"cancelled: {why}")
+            raise
+        if result is None:
+            self._recorder.abandon_run(run, "discarded: the agent's event loop was starved")
+            self._recorder.skipped(entry, "overload")
+            return None, run, ctx
+        if result.duration is None:
+            result = replace(result, duration=self._clock.monotonic() - started)
+        if result.retry_after:
+            item.not_before = self._clock.monotonic() + result.retry_after
+        return result, run, ctx
+
+    def _retries(self, item: _Item, result: ProbeResult, attempt: int) -> bool:
+        """Whether a failed attempt is re-tested: retries are left, the target did not ask for
+        time (a back-off is no failure to confirm), the agent is not stopping, and the re-test
+        starts before the check's next tick (else the tick probes instead)."""
+        check = item.entry.check
+        return (
+            not result.success
+            and attempt <= check.retries
+            and not result.retry_after
+            and not self._stopping
+            and self._clock.monotonic() + check.retry_delay < item.next_due
+        )
+
+    def _adapt(self, item: _Item, success: bool, confirmed: str) -> None:
+        """The adaptive interval: after a failed run, or while the check is confirmed down, its
+        next tick is on the ``down_interval`` grid from this run's tick; once it is confirmed up
+        again, its next tick is back on its phase grid."""
+        if not self.running:
+            return  # ``run_once``: no next tick
+        check = item.entry.check
+        step = check.down_interval
+        assert step is not None
+        now = self._clock.monotonic()
+        if not success or confirmed == "down":
+            item.fast = True
+            following = item.due + step * max(1, math.ceil((now - item.due) / step))
+            if following >= item.next_due:
+                return
+        elif item.fast and confirmed == "up":
+            item.fast = False
+            following = self._first_due(item)
+            if following == item.next_due:
+                return
+        else:
+            return
+        item.next_due = following
+        heapq.heappush(self._heap, (following, next(self._order), item))
+        if self._nap is not None:
+            self._nap.cancel()  # the loop sleeps until the tick it knew
 
     async def _probe(self, item: _Item, ctx: ProbeContext, started: float) -> ProbeResult | None:
         """The probe's result, a timeout or crash as a result, or None for a starved run.

@@ -12,18 +12,23 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from agent.sdk.durations import Duration, format_duration
 
 __all__ = [
+    "CONFIRMATION_FIELDS",
+    "DEFAULT_CONFIRMATION",
     "DEFAULT_INTERVAL",
+    "DEFAULT_RETRY_DELAY",
     "DEFAULT_TIMEOUT",
+    "MAX_RETRIES",
     "REDACTED",
     "RESERVED_LABELS",
     "Check",
+    "Confirmation",
     "Delivery",
     "InboundRequest",
     "Inbox",
@@ -57,6 +62,8 @@ CHECK_NAME = r"^[a-z0-9][a-z0-9._-]{0,127}$"
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 DEFAULT_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 10.0
+DEFAULT_RETRY_DELAY = 1.0
+MAX_RETRIES = 10
 
 
 def check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
@@ -67,6 +74,51 @@ def check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
         if key in RESERVED_LABELS:
             raise ValueError(f"label name {key!r} is reserved for the agent's own labels")
     return labels
+
+
+class Confirmation(BaseModel):
+    """When a check's failure is believed (docs/configuration.md, *Confirmation*): re-tests within
+    a run, the runs in a row that change its confirmed state, flapping, the adaptive interval.
+
+    Written as fields of the check (and of ``defaults``), kept as one object: a check that leaves
+    them all at their defaults holds the shared :data:`DEFAULT_CONFIRMATION`, and costs nothing
+    for them (six fields of its own would grow every check's attribute table by some 190 bytes).
+    The checks against the interval and the timeout are the configuration's
+    (agent/config/checks.py), where both are known."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
+    """Re-tests after a failed attempt, within the same run."""
+    retry_delay: Duration = DEFAULT_RETRY_DELAY
+    """The wait before each re-test; below the interval."""
+    failure_threshold: int = Field(default=1, ge=1, le=100)
+    """Consecutive failed runs before the confirmed state is ``down``."""
+    success_threshold: int = Field(default=1, ge=1, le=100)
+    """Consecutive successful runs before the confirmed state is ``up``."""
+    flap_threshold: int = Field(default=6, ge=1, le=1000)
+    """Confirmed state changes within an hour at which the check is flapping."""
+    down_interval: Duration | None = None
+    """While the last run failed or the check is confirmed down, it runs at this interval (below
+    the interval, above the timeout)."""
+
+    @field_validator("retry_delay")
+    @classmethod
+    def _retry_delay_positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("the retry delay must be above zero")
+        return value
+
+    @field_validator("down_interval")
+    @classmethod
+    def _down_interval_floor(cls, value: float | None) -> float | None:
+        if value is not None and value < 0.1:
+            raise ValueError("the down interval must be at least 100ms")
+        return value
+
+
+DEFAULT_CONFIRMATION = Confirmation()
+CONFIRMATION_FIELDS = tuple(Confirmation.model_fields)
 
 
 class Check(BaseModel):
@@ -82,9 +134,16 @@ class Check(BaseModel):
     regions: tuple[str, ...] | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     settings: dict[str, Any] = Field(default_factory=dict)
+    confirmation: Confirmation = Field(default_factory=lambda: DEFAULT_CONFIRMATION)
+    """``retries``, ``retry_delay``, the thresholds and ``down_interval``, written as fields of
+    the check and read as its attributes (``check.retries``): kept in one object, the same one for
+    every check that leaves them at their defaults (see :class:`Confirmation`)."""
     maintenance: tuple[dict[str, Any], ...] = ()
     """Maintenance windows, as written: agent/config/maintenance.py parses them (with the check
     file's windows that select the check) into the check's ``CheckEntry.maintenance``."""
+
+    FLATTENED: ClassVar[tuple[str, ...]] = CONFIRMATION_FIELDS
+    """Fields written on the check and kept in ``confirmation``."""
 
     _labels = field_validator("labels")(check_labels)
 
@@ -107,6 +166,38 @@ class Check(BaseModel):
                 f"({format_duration(interval)})"
             )
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_confirmation(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and any(name in data for name in CONFIRMATION_FIELDS):
+            data = dict(data)
+            data["confirmation"] = {n: data.pop(n) for n in CONFIRMATION_FIELDS if n in data}
+        return data
+
+    @property
+    def retries(self) -> int:
+        return self.confirmation.retries
+
+    @property
+    def retry_delay(self) -> float:
+        return self.confirmation.retry_delay
+
+    @property
+    def failure_threshold(self) -> int:
+        return self.confirmation.failure_threshold
+
+    @property
+    def success_threshold(self) -> int:
+        return self.confirmation.success_threshold
+
+    @property
+    def flap_threshold(self) -> int:
+        return self.confirmation.flap_threshold
+
+    @property
+    def down_interval(self) -> float | None:
+        return self.confirmation.down_interval
 
     def runs_in(self, region: str) -> bool:
         return self.regions is None or region in self.regions

@@ -86,6 +86,12 @@ def _check_json(
         "failures": state.failures,
         "consecutive_failures": state.consecutive_failures,
         "last_change": state.last_change,
+        "confirmed": state.confirmed,
+        "confirmed_since": state.confirmed_since,
+        "flapping": state.flapping,
+        "state_changes_last_hour": state.changes_last_hour,
+        "attempts": state.attempts,
+        "failure_threshold": check.failure_threshold,
         "last": None
         if last is None
         else {
@@ -375,10 +381,26 @@ def _uptime(share: float | None) -> str:
 
 
 def _state(check: Mapping[str, Any]) -> str:
+    """The confirmed state (``pending``, ``up``, ``down``), or the last run's from a worker that
+    does not say it."""
+    confirmed = check.get("confirmed")
+    if confirmed in ("pending", "up", "down"):
+        return str(confirmed)
     last = check.get("last")
     if not last:
         return "pending"
     return "up" if last.get("success") else "down"
+
+
+def _unconfirmed(check: Mapping[str, Any], state: str) -> str:
+    """Beside the state: flapping, and failed runs not yet enough to call an up check down."""
+    notes = ""
+    if check.get("flapping"):
+        notes += ' <span class="flapping">flapping</span>'
+    failed, threshold = check.get("consecutive_failures"), check.get("failure_threshold")
+    if state != "down" and isinstance(failed, int) and isinstance(threshold, int) and 0 < failed < threshold:
+        notes += f' <span class="muted">{failed} of {threshold} failed</span>'
+    return notes
 
 
 def _trace_link(template: str | None, trace_id: object) -> str:
@@ -503,7 +525,7 @@ def render_index(
         sections.append('<p class="muted">This agent runs no checks.</p>')
     summary = (
         f'<p class="summary">{len(checks)} checks: <span class="count-up">{counts["up"]} up</span>, '
-        f'<span class="count-down">{counts["down"]} down</span>, {counts["pending"]} not run yet</p>'
+        f'<span class="count-down">{counts["down"]} down</span>, {counts["pending"]} pending</p>'
     )
     resting = sum(1 for c in checks if isinstance(c.get("maintenance"), dict))
     if resting:
@@ -532,7 +554,7 @@ def _index_row(check: Mapping[str, Any], now: float) -> str:
     )
     return (
         f'<tr class="check {state}" data-check="{e(name)}">'
-        f'<td><span class="state {state}">{state}</span></td>'
+        f'<td><span class="state {state}">{state}</span>{_unconfirmed(check, state)}</td>'
         f'<td><a href="/checks/{e(quote(name, safe=""))}">{e(name)}</a>'
         f'<div class="target">{e(check.get("target", ""))}</div>{_maintenance_badge(check)}</td>'
         f"<td>{e(check.get('type', ''))}</td>"
@@ -566,7 +588,10 @@ def render_check(check: Mapping[str, Any], run: str, title: str, trace: str | No
         f"<dt>runs</dt><dd>{e(check.get('runs', 0))}</dd>"
         f"<dt>failures</dt><dd>{e(check.get('failures', 0))}</dd>"
         f"<dt>failing in a row</dt><dd>{e(check.get('consecutive_failures', 0))}</dd>"
-        f"<dt>state since</dt><dd>{e(_ago(check.get('last_change'), now))}</dd>"
+        f"<dt>state since</dt><dd>{e(_ago(check.get('confirmed_since', check.get('last_change')), now))}</dd>"
+        f"<dt>state changes 1 h</dt><dd>{e(check.get('state_changes_last_hour', 0))}"
+        f"{' <span class=flapping>flapping</span>' if check.get('flapping') else ''}</dd>"
+        f"<dt>attempts, last run</dt><dd>{e(check.get('attempts', 0))}</dd>"
         f"<dt>latency</dt><dd>{sparkline(check.get('recent') or [], 240, 36)}</dd></dl>"
     )
     parts = [
@@ -820,7 +845,7 @@ text-transform:uppercase;letter-spacing:.04em;color:var(--muted)}a{color:var(--b
 table{border-collapse:collapse;width:100%;background:var(--card);border:1px solid var(--line)}
 th,td{text-align:left;padding:6px 10px;border-bottom:1px solid var(--line);vertical-align:top}
 th{font-weight:600;font-size:12px;color:var(--muted)}td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
-.muted{color:var(--muted)}.target{color:var(--muted);font-size:12px;word-break:break-all}
+.muted{color:var(--muted)}.flapping{color:#b26a00;font-weight:600;font-size:12px}.target{color:var(--muted);font-size:12px;word-break:break-all}
 .state{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;color:#fff;
 background:var(--pending)}.state.up{background:var(--up)}.state.down{background:var(--down)}
 .state.maintenance{background:var(--maint)}.maintenance{color:var(--maint)}

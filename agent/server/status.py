@@ -485,6 +485,11 @@ def check_json(
         "skipped": state.skipped,
         "consecutive_failures": state.consecutive_failures,
         "last_change": _rfc3339(state.last_change),
+        "confirmed": state.confirmed,
+        "confirmed_since": _rfc3339(state.confirmed_since),
+        "flapping": state.flapping,
+        "state_changes_last_hour": state.changes_last_hour,
+        "attempts": state.attempts,
         "last": None if last is None else _result_json(last, state.last_time, redact),
         "maintenance": _maintenance_json(maintenance, check.name, redact),
     }

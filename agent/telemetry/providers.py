@@ -27,6 +27,12 @@ A telemetry backend cannot hurt the agent:
   cause changes) and one when it recovers, instead of the SDK's lines for every retry;
 * spans that the batch processor's full queue drops are counted (``vantage.spans.dropped``).
 
+``OTEL_SDK_DISABLED=true`` is the specification's no-op SDK: no trace or metric exporter is built
+(OTLP, console, any other), whatever the other variables say. ``/metrics`` is not an SDK exporter
+but the agent's own page, rendered from its metric tables, as blackbox_exporter serves its probes'
+results: it stays (unless ``OTEL_METRICS_EXPORTER`` leaves ``prometheus`` out), and ``/readyz``
+says the SDK is off.
+
 Every ``OTEL_*`` variable the agent or the SDK reads is checked first (:func:`validate_otel_env`):
 a value the SDK would silently replace by its default, or print, is a :class:`ConfigError`.
 
@@ -466,14 +472,18 @@ class Telemetry:
     """The OTLP/HTTP exporters' sessions, told the deadline when the agent stops."""
     sampling: RunSamplingProcessor | None = None
     """What decides at the end of each run which traces the exporters get (None: no trace exporter)."""
+    sdk_disabled: bool = False
+    """``OTEL_SDK_DISABLED=true``: no OpenTelemetry exporter was built."""
 
     def health(self) -> dict[str, Any]:
         """The exporters' state for ``/readyz``, by signal: what is configured, how many exports
         went through and failed, spans dropped, the last error with its cause, and, for a signal
         failing now, since when (epoch seconds), how many exports in a row and why."""
         sampling = {"sampling": asdict(self.sampling.counts())} if self.sampling else {}
+        disabled = {"sdk_disabled": True, "note": _disabled_note(self.exposition is not None)}
         return (
             {"exporters": {"traces": self.trace_exporters, "metrics": self.metric_exporters}}
+            | (disabled if self.sdk_disabled else {})
             | self.stats.snapshot()
             | sampling
         )
@@ -661,7 +671,38 @@ def _number(
     return value
 
 
+def sdk_disabled(environ: Mapping[str, str]) -> bool:
+    """Whether ``OTEL_SDK_DISABLED`` is true (case-insensitive, as the specification has it). A
+    value that is neither true nor false, which the SDK would read as false without a word, is a
+    :class:`ConfigError`."""
+    raw = environ.get("OTEL_SDK_DISABLED", "").strip()
+    if raw.lower() in ("", "false"):
+        return False
+    if raw.lower() == "true":
+        return True
+    raise ConfigError(
+        f"OTEL_SDK_DISABLED: {raw!r} is neither true nor false; true turns every OpenTelemetry "
+        "exporter off (the checks still run and /metrics is still served)"
+    )
+
+
+def _disabled_note(metrics_page: bool) -> str:
+    served = (
+        "/metrics is served (the agent's own page, not an SDK exporter)" if metrics_page else "no /metrics"
+    )
+    return (
+        f"OTEL_SDK_DISABLED=true: no OpenTelemetry export (traces, OTLP and other metric exporters); {served}"
+    )
+
+
 def _exporter_names(environ: Mapping[str, str], signal: str) -> list[str]:
+    names = _configured_exporters(environ, signal)
+    if sdk_disabled(environ):
+        return ["prometheus"] if signal == "metrics" and "prometheus" in names else []
+    return names
+
+
+def _configured_exporters(environ: Mapping[str, str], signal: str) -> list[str]:
     var = f"OTEL_{signal.upper()}_EXPORTER"
     raw = environ.get(var, "").strip()
     if raw:
@@ -746,6 +787,7 @@ def validate_otel_env(environ: Mapping[str, str]) -> None:
     does first; a supervisor calls it before it starts workers. Raises :class:`ConfigError` naming
     the variable (and never showing a header's value)."""
     _check_endpoints(environ)
+    sdk_disabled(environ)
     for signal in SIGNALS:
         for name in _exporter_names(environ, signal):
             if name != "prometheus" or signal != "metrics":
@@ -949,6 +991,9 @@ def build_telemetry(
     stats = ExportStats()
     trace_names = _exporter_names(environ, "traces")
     metric_names = _exporter_names(environ, "metrics")
+    disabled = sdk_disabled(environ)
+    if disabled:
+        log.info("%s", _disabled_note("prometheus" in metric_names))
 
     # With no trace exporter, spans are not recorded at all (the sampler drops them at the start),
     # but their context still travels in each probe request's traceparent.
@@ -1051,6 +1096,7 @@ def build_telemetry(
         exports,
         sessions,
         sampling,
+        disabled,
     )
 
 

@@ -22,7 +22,7 @@ from agent.telemetry.sampling import STATE_CHANGED
 from agent.telemetry.spans import RunSpan, RunSpans
 from agent.telemetry.tables import Attributes, MetricTables, Table
 
-__all__ = ["CORE_METRICS", "CheckState", "Recorder", "Run"]
+__all__ = ["CORE_METRICS", "DOWN", "PENDING", "UP", "CheckState", "Recorder", "Run"]
 
 log = logging.getLogger("vantage.checks")
 
@@ -60,8 +60,8 @@ RUNS = MetricSpec(
     "probe.runs",
     MetricKind.COUNTER,
     "{run}",
-    "Runs by outcome and failure reason",
-    ("result", "reason"),
+    "Attempts by outcome, failure reason and attempt (1 for a run's first, 2.. for its re-tests)",
+    ("result", "reason", "attempt"),
 )
 HTTP_REQUEST_DURATION = MetricSpec(
     "http.client.request.duration",
@@ -79,7 +79,26 @@ HTTP_REQUEST_DURATION = MetricSpec(
     ),
     _HTTP_BUCKETS,
 )
-CORE_METRICS = (SUCCESS, DURATION, ALL_DURATIONS, RUNS, HTTP_REQUEST_DURATION)
+CHECK_UP = MetricSpec(
+    "vantage.check.up",
+    MetricKind.GAUGE,
+    "",
+    "The confirmed state of the check: 1 up, 0 down (no point while it is pending)",
+)
+STATE_CHANGES = MetricSpec(
+    "vantage.check.state_changes",
+    MetricKind.COUNTER,
+    "{change}",
+    "Changes of the confirmed state of the check, up to down and back",
+)
+FLAPPING = MetricSpec(
+    "vantage.check.flapping",
+    MetricKind.GAUGE,
+    "",
+    "1 while the confirmed state changed at least flap_threshold times in the last hour, else 0",
+)
+CONFIRMATION_METRICS = (CHECK_UP, STATE_CHANGES, FLAPPING)
+CORE_METRICS = (SUCCESS, DURATION, ALL_DURATIONS, RUNS, HTTP_REQUEST_DURATION, *CONFIRMATION_METRICS)
 
 LATENESS = MetricSpec(
     "vantage.scheduler.lateness",
@@ -195,9 +214,20 @@ class _RunTracer:
             _current_span.reset(token)
 
 
+PENDING, UP, DOWN = "pending", "up", "down"
+"""The confirmed states of a check (docs/configuration.md, *Confirmation*)."""
+_HOUR = 3600.0
+_CHANGES_KEPT = 1024
+"""Times of confirmed changes kept per check (the last hour's, at most this many)."""
+_ATTEMPTS = tuple(str(n) for n in range(12))  # the attempt label's values, made once
+
+
 @dataclass(slots=True)
 class CheckState:
-    """What the status API shows of one check (its JSON: agent/server/status.py ``check_json``)."""
+    """What the status API shows of one check (its JSON: agent/server/status.py ``check_json``).
+
+    ``runs``, ``failures`` and ``last`` count attempts (each is a recorded result); the streaks
+    and the confirmed state count runs, by their outcome (their last attempt)."""
 
     entry: CheckEntry
     target: str
@@ -205,9 +235,24 @@ class CheckState:
     failures: int = 0
     skipped: int = 0
     consecutive_failures: int = 0
+    """Failed runs in a row."""
+    consecutive_successes: int = 0
+    """Successful runs in a row."""
     last: ProbeResult | None = None
     last_time: float | None = None
     last_change: float | None = None
+    attempts: int = 0
+    """Attempts of the last run (so far, while it re-tests)."""
+    confirmed: str = PENDING
+    confirmed_since: float | None = None
+    changes: list[float] | None = None
+    """When the confirmed state changed within the last hour (None until it first does)."""
+    flapping: bool = False
+
+    @property
+    def changes_last_hour(self) -> int:
+        """Confirmed state changes in the hour before the last run ended (as ``flapping``)."""
+        return 0 if self.changes is None else len(self.changes)
 
 
 @dataclass
@@ -220,7 +265,6 @@ class Run:
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
 
 
-_NO_ATTRIBUTES: Attributes = {}
 _OK = Status(StatusCode.OK)
 
 
@@ -246,8 +290,8 @@ class Recorder:
         self._tables, self._spans, self._redact = tables, spans, redactor
         self.region, self._clock, self._log_runs = region, clock, log_runs
         self._attrs: dict[str, dict[str, AttributeValue]] = {}
-        self._outcomes: dict[tuple[str, Any], tuple[str, Any]] = {}
-        """Each (result, reason) key of ``probe.runs``, one object kept by every check's series."""
+        self._outcomes: dict[tuple[str, Any, str], tuple[str, Any, str]] = {}
+        """Each (result, reason, attempt) key of ``probe.runs``, one object kept by every check's series."""
         self.states: dict[str, CheckState] = {}
         self.in_flight = 0
         self._export_stats = export_stats or ExportStats()
@@ -259,16 +303,24 @@ class Recorder:
         self._duration = tables.declare(DURATION)
         self._all_durations = tables.declare(ALL_DURATIONS)
         self._runs = tables.declare(RUNS)
+        self._check_up = tables.declare(CHECK_UP)
+        self._state_changes = tables.declare(STATE_CHANGES)
+        self._flapping = tables.declare(FLAPPING)
         self._http_request_duration = tables.declare(HTTP_REQUEST_DURATION)
         self._lateness = tables.declare(LATENESS)
         self._skipped = tables.declare(SKIPPED)
         self._loop_lag = tables.declare(LOOP_LAG)
         self._inbound = tables.declare(INBOUND)
+        # The agent's own series carry its region, as its checks' do: a dashboard or a rule
+        # filters both by the same label (the resource's cloud.region reaches only target_info).
+        self._agent_attrs: Attributes = {"region": region}
         # Observed at collection time from what the agent already counts.
-        tables.observe(IN_FLIGHT, lambda: [(_NO_ATTRIBUTES, self.in_flight)])
-        tables.observe(CHECKS, lambda: [(_NO_ATTRIBUTES, len(self.states))])
+        tables.observe(IN_FLIGHT, lambda: [(self._agent_attrs, self.in_flight)])
+        tables.observe(CHECKS, lambda: [(self._agent_attrs, len(self.states))])
         tables.observe(EXPORT_FAILURES, self._observe_export_failures)
-        tables.observe(SPANS_DROPPED, lambda: [(_NO_ATTRIBUTES, self._export_stats.dropped.get("traces", 0))])
+        tables.observe(
+            SPANS_DROPPED, lambda: [(self._agent_attrs, self._export_stats.dropped.get("traces", 0))]
+        )
 
     def register(self, entries: Sequence[CheckEntry]) -> None:
         """Prepare the metric tables and label sets of the checks this agent runs."""
@@ -296,14 +348,15 @@ class Recorder:
 
     def _observe_export_failures(self) -> list[tuple[Attributes, float]]:
         failed = self._export_stats.failed
-        return [({"signal": signal}, failed.get(signal, 0)) for signal in ("traces", "metrics")]
+        signals = ("traces", "metrics")
+        return [({**self._agent_attrs, "signal": signal}, failed.get(signal, 0)) for signal in signals]
 
     def loop_lag(self, seconds: float) -> None:
         """The scheduler's measure of how starved the event loop is."""
-        self._loop_lag.set(None, None, _NO_ATTRIBUTES, seconds)
+        self._loop_lag.set(None, None, self._agent_attrs, seconds)
 
     def lateness(self, seconds: float) -> None:
-        self._lateness.record(None, None, _NO_ATTRIBUTES, max(0.0, seconds))
+        self._lateness.record(None, None, self._agent_attrs, max(0.0, seconds))
 
     def skipped(self, entry: CheckEntry, cause: str) -> None:
         """A tick that did not run; see the scheduler's timeline for why."""
@@ -314,10 +367,11 @@ class Recorder:
 
     def inbound(self, endpoint: str, outcome: str) -> None:
         """Count a request to ``/hooks`` or ``/heartbeat`` by what became of it."""
-        self._inbound.add(None, (endpoint, outcome), {"endpoint": endpoint, "outcome": outcome}, 1)
+        attributes = {**self._agent_attrs, "endpoint": endpoint, "outcome": outcome}
+        self._inbound.add(None, (endpoint, outcome), attributes, 1)
 
-    def start_run(self, entry: CheckEntry) -> Run:
-        """Open the root span of a run."""
+    def start_run(self, entry: CheckEntry, attempt: int = 1) -> Run:
+        """Open the root span of an attempt (a run's first, or a re-test: each has its own)."""
         check = entry.check
         attrs = self._attrs[check.name]
         span = self._spans.start_run(
@@ -327,6 +381,7 @@ class Recorder:
                 "vantage.check.type": check.type,
                 "vantage.check.target": attrs["target"],
                 "cloud.region": self.region,
+                "vantage.attempt": attempt,
                 **{f"vantage.check.label.{k}": attrs[k] for k in check.labels},
             },
         )
@@ -339,21 +394,36 @@ class Recorder:
         run.span.set_status(Status(StatusCode.ERROR, why))
         run.span.end()
 
-    def finish_run(self, run: Run, result: ProbeResult, requests: Sequence[RequestRecord] = ()) -> None:
-        """Record a run's result, in this order: metric points, the check's state, the root span's
-        attributes and status (with ``vantage.state.changed`` when the state changed, which keeps
-        the run's trace), and a log line when the state changed."""
+    def finish_run(
+        self,
+        run: Run,
+        result: ProbeResult,
+        requests: Sequence[RequestRecord] = (),
+        *,
+        attempt: int = 1,
+        final: bool = True,
+    ) -> None:
+        """Record an attempt's result, in this order: metric points, the check's state, the root
+        span's attributes and status (with ``vantage.state.changed`` when the confirmed state
+        changed, which keeps the run's trace), and a log line when the confirmed state changed.
+
+        ``attempt`` is 1 for a run's first, 2.. for its re-tests; ``final`` says the run ends with
+        it (no re-test follows): its outcome is the run's, which the confirmed state counts."""
         self.in_flight -= 1
         state = run.state
-        outcome = {"result": "success" if result.success else "failure"}
+        outcome = {
+            "result": "success" if result.success else "failure",
+            "attempt": _ATTEMPTS[attempt] if attempt < len(_ATTEMPTS) else str(attempt),
+        }
         if result.reason is not None:
             outcome["reason"] = result.reason.value
         message = self._redact(result.message)
         self._record_metrics(state.entry, result, outcome, requests)
-        previous = state.last
-        changed = self._update_state(state, result)
+        self._update_state(state, result, attempt)
+        previous = state.confirmed
+        changed = final and self._confirm(state, result.success)
         self._end_span(run.span, result, outcome, message, changed)
-        self._log_run(state.entry, result, outcome, message, previous, changed)
+        self._log_run(state.entry, result, outcome, message, previous, changed, attempt)
         if self.on_result is not None:
             self.on_result(
                 state.entry.check.name, state.last_time or 0.0, result, requests, run.span.trace_id
@@ -372,7 +442,7 @@ class Recorder:
         self._success.set(name, None, attrs, 1.0 if result.success else 0.0)
         self._duration.set(name, None, attrs, duration)
         self._all_durations.record(name, None, attrs, duration)
-        ran = (outcome["result"], result.reason)
+        ran = (outcome["result"], result.reason, outcome["attempt"])
         self._runs.put_derived(name, self._outcomes.setdefault(ran, ran), attrs, outcome, 1)
         phase_metric = entry.probe.phase_metric
         if phase_metric and result.phases:
@@ -450,22 +520,81 @@ class Recorder:
             span.set_status(Status(StatusCode.ERROR, message))
         span.end()
 
-    def _update_state(self, state: CheckState, result: ProbeResult) -> bool:
-        """Count the run in the check's state; whether it went from passing to failing or back
-        (or is the first)."""
+    def _update_state(self, state: CheckState, result: ProbeResult, attempt: int) -> None:
+        """Count the attempt in the check's state (``last_change``: the last attempt's result
+        went from passing to failing or back, or is the first)."""
         now = self._clock.time()
         previous = state.last
         state.runs += 1
+        state.attempts = attempt
         state.last, state.last_time = result, now
-        if result.success:
-            state.consecutive_failures = 0
-        else:
+        if not result.success:
             state.failures += 1
-            state.consecutive_failures += 1
-        changed = previous is None or previous.success != result.success
-        if changed:
+        if previous is None or previous.success != result.success:
             state.last_change = now
-        return changed
+
+    def _confirm(self, state: CheckState, success: bool) -> bool:
+        """Count a run's outcome towards the confirmed state; whether that state changed (its
+        first confirmation included, which is not counted as a change).
+
+        ``down`` after ``failure_threshold`` failed runs in a row, ``up`` after
+        ``success_threshold`` successful ones; ``pending`` until either."""
+        check = state.entry.check
+        if success:
+            state.consecutive_failures = 0
+            state.consecutive_successes += 1
+            new = UP if state.consecutive_successes >= check.success_threshold else None
+        else:
+            state.consecutive_successes = 0
+            state.consecutive_failures += 1
+            new = DOWN if state.consecutive_failures >= check.failure_threshold else None
+        if state.changes is not None:
+            self._note_flapping(state, None)
+        if new is None or new is state.confirmed:
+            return False
+        name = check.name
+        attrs = self._attrs[name]
+        now = self._clock.time()
+        first = state.confirmed is PENDING
+        state.confirmed, state.confirmed_since = new, now
+        self._check_up.set(name, None, attrs, 1.0 if new is UP else 0.0)
+        if first:
+            # The series start at the first confirmation, from zero: a rule's increase() sees the
+            # first change.
+            self._state_changes.add(name, None, attrs, 0)
+            self._flapping.set(name, None, attrs, 0.0)
+        else:
+            self._state_changes.add(name, None, attrs, 1)
+            self._note_flapping(state, now)
+        return True
+
+    def _note_flapping(self, state: CheckState, change: float | None) -> None:
+        """Keep the last hour's changes (with ``change``, a new one) and set the flapping gauge."""
+        now = self._clock.time()
+        changes = state.changes
+        if changes is None:
+            changes = state.changes = []
+        if change is not None:
+            changes.append(change)
+            if len(changes) > _CHANGES_KEPT:
+                del changes[0]
+        while changes and changes[0] <= now - _HOUR:
+            del changes[0]
+        flapping = len(changes) >= state.entry.check.flap_threshold
+        if flapping != state.flapping:
+            state.flapping = flapping
+            name = state.entry.check.name
+            self._flapping.set(name, None, self._attrs[name], 1.0 if flapping else 0.0)
+            fields = {"check": name, "type": state.entry.check.type, "changes": len(changes)}
+            if flapping:
+                log.warning(
+                    "check %s is flapping: its confirmed state changed %d times in the last hour",
+                    name,
+                    len(changes),
+                    extra=fields,
+                )
+            else:
+                log.info("check %s is no longer flapping", name, extra=fields)
 
     def _log_run(
         self,
@@ -473,8 +602,9 @@ class Recorder:
         result: ProbeResult,
         outcome: Mapping[str, str],
         message: str,
-        previous: ProbeResult | None,
+        previous: str,
         changed: bool,
+        attempt: int,
     ) -> None:
         check = entry.check
         duration = result.duration or 0.0
@@ -485,20 +615,34 @@ class Recorder:
             "reason": outcome.get("reason", ""),
             "duration": round(duration, 6),
             "detail": message,
+            "attempt": attempt,
         }
+        # A re-test or a confirmation that took more than one run says so.
+        tries = f" (attempt {attempt})" if attempt > 1 else ""
         if changed and not result.success:
-            log.warning("check %s is failing: %s: %s", check.name, outcome["reason"], message, extra=fields)
-        elif changed and previous is not None:
-            log.info("check %s has recovered", check.name, extra=fields)
+            runs = check.failure_threshold
+            confirmed = f" ({runs} failed runs in a row)" if runs > 1 else ""
+            log.warning(
+                "check %s is failing%s: %s: %s%s",
+                check.name,
+                confirmed,
+                outcome["reason"],
+                message,
+                tries,
+                extra=fields,
+            )
+        elif changed and previous is not PENDING:
+            log.info("check %s has recovered%s", check.name, tries, extra=fields)
         elif self._log_runs and result.success:
-            log.info("check %s succeeded in %s", check.name, format_duration(duration), extra=fields)
+            log.info("check %s succeeded in %s%s", check.name, format_duration(duration), tries, extra=fields)
         elif self._log_runs:
             log.info(
-                "check %s failed in %s: %s: %s",
+                "check %s failed in %s: %s: %s%s",
                 check.name,
                 format_duration(duration),
                 outcome["reason"],
                 message,
+                tries,
                 extra=fields,
             )
 

@@ -64,9 +64,9 @@ RUN_ROOT = "vantage.check.name"
 with it and no parent opens a run whose spans wait for its decision."""
 
 STATE_CHANGED = "vantage.state.changed"
-"""Root span attribute, ``True`` when the run changed its check's state (the first run of a check,
-passing to failing, failing to passing); such a run keeps its trace whatever the ratio. The recorder
-sets it before it ends the root span."""
+"""Root span attribute, ``True`` when the run changed its check's confirmed state (its first
+confirmation, up to down, down to up: see the recorder); such a run keeps its trace whatever the
+ratio. The recorder sets it before it ends the root span."""
 
 MAX_TRACES = 4096
 """Runs waiting at most; the default ``VANTAGE_CONCURRENCY`` (256) runs at once use a few percent."""

@@ -50,19 +50,32 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (printf "%s-env" (include "vantage.fullname" .)) .Values.secrets.existingSecret }}
 {{- end }}
 
-{{/* A duration ("10s", "1m30s", "500ms", or seconds) as whole seconds, rounded up. */}}
-{{- define "vantage.seconds" -}}
+{{/* A duration ("10s", "1m30s", "500ms", "1d", or seconds) in milliseconds, rounded up. Units as
+Prometheus and the agent read them: ms, s, m, h, d, and Prometheus's w and y. */}}
+{{- define "vantage.milliseconds" -}}
 {{- $text := toString . -}}
 {{- $total := 0.0 -}}
 {{- if regexMatch "^[0-9]+(\\.[0-9]+)?$" $text -}}
-{{- $total = float64 $text -}}
+{{- $total = mulf (float64 $text) 1000.0 -}}
 {{- else -}}
-{{- range regexFindAll "[0-9]+(\\.[0-9]+)?(ms|s|m|h)" $text -1 -}}
+{{- $scales := dict "ms" 1.0 "s" 1000.0 "m" 60000.0 "h" 3600000.0 "d" 86400000.0 "w" 604800000.0 "y" 31536000000.0 -}}
+{{- range regexFindAll "[0-9]+(\\.[0-9]+)?(ms|s|m|h|d|w|y)" $text -1 -}}
 {{- $number := float64 (regexFind "^[0-9]+(\\.[0-9]+)?" .) -}}
-{{- $unit := regexFind "(ms|s|m|h)$" . -}}
-{{- $scale := get (dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0) $unit -}}
-{{- $total = addf $total (mulf $number $scale) -}}
+{{- $unit := regexFind "(ms|s|m|h|d|w|y)$" . -}}
+{{- $total = addf $total (mulf $number (get $scales $unit)) -}}
 {{- end -}}
 {{- end -}}
-{{- ceil $total | int -}}
+{{- ceil $total | int64 -}}
+{{- end }}
+
+{{/* A duration as whole seconds, rounded up. */}}
+{{- define "vantage.seconds" -}}
+{{- ceil (divf (include "vantage.milliseconds" .) 1000.0) | int64 -}}
+{{- end }}
+
+{{/* The pod's termination grace period: the agent's shutdown budget (agent.shutdownTimeout: drain
+the runs, flush the telemetry) and a margin for the process to exit after it, so the kubelet's
+SIGKILL never cuts a shutdown that keeps to its budget. */}}
+{{- define "vantage.terminationGracePeriod" -}}
+{{- add 5 (include "vantage.seconds" .Values.agent.shutdownTimeout) -}}
 {{- end }}
