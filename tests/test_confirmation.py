@@ -393,7 +393,7 @@ def test_once_re_tests_and_shows_the_attempts() -> None:
     ("fields", "message"),
     [
         ({"retries": 11}, "field 'retries': must be at most 10"),
-        ({"retry_delay": "1m"}, "the retry delay (1m) must be below the interval (30s)"),
+        ({"retries": 1, "retry_delay": "1m"}, "the retry delay (1m) must be below the interval (30s)"),
         ({"failure_threshold": 0}, "field 'failure_threshold': must be at least 1"),
         ({"down_interval": "5s"}, "the down interval (5s) must be above the timeout (10s)"),
         ({"down_interval": "30s"}, "the down interval (30s) must be below the interval (30s)"),

@@ -233,7 +233,8 @@ def test_the_vendor_says_beside_we_see_for_each_vendor() -> None:
     assert says["gridPos"]["y"] == sees["gridPos"]["y"]
     [says_query], [sees_query] = says["targets"], sees["targets"]
     assert metric_names(says_query["expr"]) == {"probe_vendor_status"}
-    assert metric_names(sees_query["expr"]) == {"vantage_check_up"}
+    # The confirmed state, or pending (-1) for a check that runs and is not confirmed yet.
+    assert metric_names(sees_query["expr"]) == {"vantage_check_up", "probe_success"}
     for query in (says_query, sees_query):
         assert 'vendor=~"$vendor"' in query["expr"]
     assert 'type!="statuspage"' in sees_query["expr"]  # our own checks, not the page we read

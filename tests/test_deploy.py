@@ -480,6 +480,16 @@ def test_a_scrape_timeout_above_the_interval_is_refused(interval: str, timeout: 
     )
 
 
+def test_an_interval_below_the_default_scrape_timeout_says_to_set_the_timeout_too() -> None:
+    # Only the interval written, as a kube-prometheus-stack user would: the refusal is of a value
+    # the user did not write (the chart's default scrapeTimeout), so it says which one to set.
+    with helm.Chart.load(str(CHART)) as chart:
+        with pytest.raises(helm.HelmError) as caught:
+            chart.render({"serviceMonitor": {"enabled": True, "interval": "15s"}}, name="vantage")
+    hint = "set serviceMonitor.scrapeTimeout with the interval (the chart's default is 25s)"
+    assert hint in str(caught.value)
+
+
 def notes(values: dict[str, Any]) -> str:
     with helm.Chart.load(str(CHART)) as chart:
         return str(

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.errors import ConfigError
-from agent.telemetry.providers import build_resource, build_telemetry
+from agent.telemetry.providers import build_resource, build_telemetry, validate_otel_env
 
 from .helpers import AgentProcess, otlp_http_receiver, wait_until
 from .test_telemetry_wire import checks_for, fast_export, target  # noqa: F401 (a fixture)
@@ -62,6 +62,14 @@ def test_a_value_that_is_neither_true_nor_false_is_refused(value: str) -> None:
     # The SDK would read it as false and say nothing: the agent says so before it starts.
     with pytest.raises(ConfigError, match=rf"OTEL_SDK_DISABLED: {value!r} is neither true nor false"):
         telemetry(OTEL_SDK_DISABLED=value, **ENDPOINT)
+
+
+def test_a_misspelt_exporter_is_refused_with_the_sdk_disabled_too() -> None:
+    # Off today, the same variables start the exporters once OTEL_SDK_DISABLED goes: a name that
+    # would then stop the agent is refused now, not at the day the SDK is turned back on.
+    environ = {"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otpl", **ENDPOINT}
+    with pytest.raises(ConfigError, match="OTEL_TRACES_EXPORTER: unknown exporter 'otpl'"):
+        validate_otel_env(environ)
 
 
 def get(url: str) -> tuple[int, bytes]:

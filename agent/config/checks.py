@@ -29,6 +29,7 @@ from agent.config.secrets import SecretResolver, has_reference
 from agent.errors import ConfigError, PluginError
 from agent.sdk.durations import Duration, format_duration, parse_duration
 from agent.sdk.types import (
+    CONFIRMATION_FIELDS,
     DEFAULT_CONFIRMATION,
     DEFAULT_INTERVAL,
     DEFAULT_RETRY_DELAY,
@@ -413,6 +414,12 @@ def _validate_check(
     """Secret references resolved, then the check's own fields validated (None if any is bad);
     with the resolved fields and the paths of those that held a reference."""
     resolved, references = _resolve(merged, resolver, problems)
+    if "confirmation" in resolved:
+        # Check's own holder of the confirmation fields, not one to write: written, it would
+        # bypass the checks against the interval and the timeout below.
+        fields = ", ".join(CONFIRMATION_FIELDS)
+        problems.append(Problem(("confirmation",), f"write {fields} on the check itself", unknown=True))
+        return None, resolved, references
     try:
         check = Check.model_validate(resolved)
     except ValidationError as exc:
@@ -452,10 +459,13 @@ def _confirmation_problems(fields: Mapping[str, Any], known: list[Problem]) -> l
 
     interval = seconds("interval", DEFAULT_INTERVAL)
     timeout = seconds("timeout", DEFAULT_TIMEOUT)
-    retries = fields.get("retries")
-    # The default delay counts only for a check that re-tests: it would never re-test.
-    retesting = isinstance(retries, int) and retries > 0
-    delay = seconds("retry_delay", DEFAULT_RETRY_DELAY if retesting else None)
+    try:
+        retesting = int(fields.get("retries", 0)) > 0
+    except (TypeError, ValueError):
+        retesting = False  # a problem of its own
+    # The delay counts only for a check that re-tests: one that does not (``retries: 0`` under a
+    # ``defaults`` that re-tests slower checks) never waits it.
+    delay = seconds("retry_delay", DEFAULT_RETRY_DELAY) if retesting else None
     down = seconds("down_interval")
     found = []
     if delay is not None and interval is not None and delay >= interval:

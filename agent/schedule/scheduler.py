@@ -208,11 +208,19 @@ class Scheduler:
 
     def stop(self) -> None:
         """Stop ticking; runs in flight go on until drained or cancelled by ``run``'s caller, but a
-        run that waits to re-test ends now (its attempts so far are recorded)."""
+        run that waits to re-test ends now, its delay still running or its re-test queued for a
+        slot (its attempts so far are recorded)."""
         self._stopping = True
         if self._sleep_scope is not None:
             self._sleep_scope.cancel()
         self._drop_retests(self._items.values())
+        retests = [item for item in self._waiting if item.attempt > 1]
+        for item in retests:
+            self._waiting.remove(item)
+            item.running = False
+            self._running_count -= 1
+        if retests and self._running_count == 0 and self._idle is not None:
+            self._idle.set()
 
     async def run(
         self,
@@ -475,7 +483,8 @@ class Scheduler:
                 item.retest = self._clock.call_later(check.retry_delay, partial(self._queue_retest, item))
                 return
             if check.down_interval is not None:
-                self._adapt(item, result.success, run.state.confirmed)
+                limited = result.reason is Reason.RATE_LIMITED
+                self._adapt(item, result.success, run.state.confirmed, limited)
             if result.retry_after:  # said after the run's own line, which says why
                 wait = result.retry_after
                 log.info(
@@ -518,35 +527,44 @@ class Scheduler:
 
     def _retries(self, item: _Item, result: ProbeResult, attempt: int) -> bool:
         """Whether a failed attempt is re-tested: retries are left, the target did not ask for
-        time (a back-off is no failure to confirm), the agent is not stopping, and the re-test
-        starts before the check's next tick (else the tick probes instead)."""
+        time (a back-off is no failure to confirm, and a rate limit without a Retry-After, or a
+        quota running low, is one too: a re-test would only spend the quota), the agent is not
+        stopping, and the re-test starts before the check's next tick (else the tick probes
+        instead)."""
         check = item.entry.check
         return (
             not result.success
             and attempt <= check.retries
             and not result.retry_after
+            and result.reason is not Reason.RATE_LIMITED
             and not self._stopping
             and self._clock.monotonic() + check.retry_delay < item.next_due
         )
 
-    def _adapt(self, item: _Item, success: bool, confirmed: str) -> None:
+    def _adapt(self, item: _Item, success: bool, confirmed: str, limited: bool = False) -> None:
         """The adaptive interval: after a failed run, or while the check is confirmed down, its
         next tick is on the ``down_interval`` grid from this run's tick; once it is confirmed up
-        again, its next tick is back on its phase grid."""
+        again, its next tick is back on its phase grid. A rate-limited run (``limited``) sends it
+        back to its grid too: probing a rate-limited target faster only spends its quota."""
         if not self.running:
             return  # ``run_once``: no next tick
         check = item.entry.check
         step = check.down_interval
         assert step is not None
         now = self._clock.monotonic()
-        if not success or confirmed == "down":
+        if (not success or confirmed == "down") and not limited:
             item.fast = True
             following = item.due + step * max(1, math.ceil((now - item.due) / step))
             if following >= item.next_due:
                 return
-        elif item.fast and confirmed == "up":
+        elif item.fast and (confirmed == "up" or limited):
             item.fast = False
             following = self._first_due(item)
+            if following - item.due < _BATCH:
+                # This run's fast tick was also a tick of the grid (down_interval divides the
+                # interval), and the run ended before, or within the batch of, that tick: the
+                # grid's tick is the one just run, not one to run again.
+                following += check.interval
             if following == item.next_due:
                 return
         else:

@@ -23,6 +23,7 @@ class Reason(enum.StrEnum):
     SIGNATURE = "signature"
     STALE = "stale"
     JOB_FAILED = "job_failed"
+    VENDOR_OUTAGE = "vendor_outage"
     REDIRECTS = "redirects"
     PROTOCOL = "protocol"
     INTERNAL = "internal"

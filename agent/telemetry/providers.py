@@ -789,7 +789,8 @@ def validate_otel_env(environ: Mapping[str, str]) -> None:
     _check_endpoints(environ)
     sdk_disabled(environ)
     for signal in SIGNALS:
-        for name in _exporter_names(environ, signal):
+        # The names as configured, the SDK disabled or not: turned back on, they must work.
+        for name in _configured_exporters(environ, signal):
             if name != "prometheus" or signal != "metrics":
                 _installed(environ, signal, name)
     for var in _TIMEOUT_VARS:

@@ -414,9 +414,11 @@ def telemetry(agent: AgentProcess) -> dict[str, Any] | None:
 
 
 def samples(agent: AgentProcess, family: str) -> dict[frozenset[tuple[str, str]], float]:
+    """A family's samples by their labels, but ``region``: every series the agent writes, its own
+    included, carries its region."""
     text = get(agent, "/metrics") or ""
     return {
-        frozenset(s.labels.items()): s.value
+        frozenset((k, v) for k, v in s.labels.items() if k != "region"): s.value
         for metric in text_string_to_metric_families(text)
         if metric.name == family
         for s in metric.samples
