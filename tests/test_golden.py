@@ -24,6 +24,7 @@ from agent.app import build_agent
 from agent.app import serve as serve_agent
 from agent.config.registry import Registry
 from agent.reload import RELOAD_METRICS
+from agent.telemetry.maintenance import MAINTENANCE
 from agent.telemetry.recorder import AGENT_METRICS, CORE_METRICS
 
 from .helpers import ROOT, config_from, serve
@@ -38,7 +39,7 @@ DOCS = ROOT / "docs" / "metrics.md"
 
 def all_specs() -> list[Any]:
     registry = Registry()
-    specs = [*CORE_METRICS, *AGENT_METRICS, *RELOAD_METRICS]
+    specs = [*CORE_METRICS, *AGENT_METRICS, *RELOAD_METRICS, MAINTENANCE]
     for name in registry.names():
         specs.extend(registry.load(name).metrics)
     return specs

@@ -138,6 +138,9 @@ class Check(BaseModel):
     """``retries``, ``retry_delay``, the thresholds and ``down_interval``, written as fields of
     the check and read as its attributes (``check.retries``): kept in one object, the same one for
     every check that leaves them at their defaults (see :class:`Confirmation`)."""
+    maintenance: tuple[dict[str, Any], ...] = ()
+    """Maintenance windows, as written: agent/config/maintenance.py parses them (with the check
+    file's windows that select the check) into the check's ``CheckEntry.maintenance``."""
 
     FLATTENED: ClassVar[tuple[str, ...]] = CONFIRMATION_FIELDS
     """Fields written on the check and kept in ``confirmation``."""
