@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 from agent import __version__
 from agent.config.checks import CheckEntry
+from agent.config.maintenance import Open, Schedule
 from agent.config.settings import Config
 from agent.logs import close_logging
 from agent.net.http import HttpClientFactory
@@ -38,12 +39,14 @@ from agent.server.inbox import Inbox
 from agent.server.pages import local_pages
 from agent.server.status import Server
 from agent.state import ProbeStates
+from agent.telemetry.maintenance import MaintenanceGauge
 from agent.telemetry.providers import Telemetry, build_resource, build_telemetry
 from agent.telemetry.recorder import Recorder, Run
 
 __all__ = ["Agent", "InboundTable", "Shutdown", "build_agent", "run_agent", "serve"]
 
 log = logging.getLogger("vantage")
+_checks_log = logging.getLogger("vantage.checks")  # the recorder's: state changes, runs
 
 
 @dataclass
@@ -71,6 +74,9 @@ class Agent:
     """Each check's probe state; a check removed from the configuration is dropped from it."""
     inbound: InboundTable = field(default_factory=InboundTable)
     reloader: Reloader | None = None
+    maintenance: Schedule = field(default_factory=Schedule)
+    """The maintenance windows of the checks this process runs; a reload replaces them."""
+    maintenance_gauge: MaintenanceGauge | None = None
 
     def forget(self, name: str) -> None:
         """Drop everything the agent holds for a check that is no longer configured: its probe's
@@ -123,6 +129,9 @@ def build_agent(
     )
     entries = select(config.entries, settings.region, config.shard, config.worker)
     recorder.register(entries)
+    maintenance = Schedule(entries)
+    gauge = MaintenanceGauge(telemetry.tables, maintenance, clock)
+    gauge.register(entries)
     http = http or HttpClientFactory(user_agent=f"Vantage/{__version__}", resolve=resolve)
     check_log = logging.getLogger("vantage.probe")
     inbox = Inbox()
@@ -176,6 +185,7 @@ def build_agent(
         inbound=_inbound(config, table, inbox, recorder, clock),
         inbound_port=settings.inbound_port,
         max_body=int(settings.inbound_max_body),
+        maintenance=partial(_in_maintenance, maintenance, clock),
         # A worker serves on the socket its supervisor bound for it (agent/process/handover.py).
         sock=inherited_socket(environ),
         pages=local_pages(
@@ -187,12 +197,25 @@ def build_agent(
             trace_template=settings.trace_url_template,
             runs=settings.status_runs,
             state_dir=settings.state_dir,
+            maintenance=partial(_in_maintenance, maintenance, clock),
+            upcoming=partial(_next_maintenance, maintenance, clock),
         ),
         reload=reload,
     )
     agent = Agent(config, entries, telemetry, recorder, scheduler, server, http, inbox, states, table)
+    agent.maintenance, agent.maintenance_gauge = maintenance, gauge
     agent.reloader = Reloader(agent, environ, clock=clock)
     return agent
+
+
+def _in_maintenance(schedule: Schedule, clock: Clock, name: str) -> Open | None:
+    """The maintenance window open for check ``name`` now, for the status API and pages."""
+    return schedule.open(name, clock.time())
+
+
+def _next_maintenance(schedule: Schedule, clock: Clock, name: str) -> Open | None:
+    """The next maintenance window of check ``name``, for its page."""
+    return schedule.next(name, clock.time())
 
 
 def _inbound(
@@ -336,6 +359,8 @@ async def serve(
             reloader = agent.reloader
             if reloader is not None:
                 reloader.export()
+            if agent.maintenance_gauge is not None:
+                _checks_log.addFilter(agent.maintenance_gauge.note)
             if handle_signals:
                 hangup = partial(tg.start_soon, reloader.reload, "SIGHUP") if reloader else None
                 tg.start_soon(_watch_signals, agent.scheduler, shutdown, hangup)
@@ -350,6 +375,8 @@ async def serve(
             log.info("vantage stopped")
             tg.cancel_scope.cancel()
     finally:
+        if agent.maintenance_gauge is not None:
+            _checks_log.removeFilter(agent.maintenance_gauge.note)
         with anyio.CancelScope(shield=True), anyio.move_on_after(1):
             await agent.http.aclose()
 

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 
 from agent.config.checks import CheckEntry
+from agent.config.maintenance import same_but_windows
 from agent.config.secrets import Redactor
 from agent.config.settings import Config, load_config
 from agent.errors import ConfigError, PluginError
@@ -89,7 +90,12 @@ def digest(entries: Iterable[CheckEntry]) -> str:
     """A fingerprint of a whole check set (every check, before sharding): two processes that
     loaded the same set have the same. One-way, so no secret can be read back from it."""
     hashed = hashlib.blake2b(digest_size=16)
-    for text in sorted(repr(entry.check.model_dump()) for entry in entries):
+    # (A check's windows from the file's own list are not on the check: counted beside it.)
+    texts = (
+        repr(entry.check.model_dump()) + (repr(entry.maintenance) if entry.maintenance else "")
+        for entry in entries
+    )
+    for text in sorted(texts):
         hashed.update(text.encode("utf-8", "surrogatepass"))
         hashed.update(b"\x00")
     return hashed.hexdigest()
@@ -106,6 +112,8 @@ class ReloadResult:
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()
+    maintenance: tuple[str, ...] = ()
+    """Checks whose maintenance windows alone changed: they go on running, with the new windows."""
     error: str = ""
     """Why the reload failed (redacted)."""
     digest: str = ""
@@ -123,6 +131,7 @@ class ReloadResult:
                 "added": list(self.added),
                 "removed": list(self.removed),
                 "changed": list(self.changed),
+                "maintenance": list(self.maintenance),
                 "digest": self.digest,
             }
         else:
@@ -268,14 +277,27 @@ class Reloader:
         new = {entry.check.name: entry for entry in mine}
         removed = [name for name in old if name not in new]
         added = [name for name in new if name not in old]
-        changed = [name for name in new if name in old and old[name].check != new[name].check]
+        changed, retimed = [], []
+        for name in new:
+            if name not in old:
+                continue
+            before, after = old[name], new[name]
+            # A check whose maintenance windows alone changed keeps running as it is.
+            if before.check == after.check:
+                if before.maintenance != after.maintenance:
+                    retimed.append(name)
+            elif same_but_windows(before.check, after.check):
+                retimed.append(name)
+            else:
+                changed.append(name)
         result = ReloadResult(
-            "reloaded" if removed or added or changed else "unchanged",
+            "reloaded" if removed or added or changed or retimed else "unchanged",
             cause,
             checks=len(new),
             added=tuple(added),
             removed=tuple(removed),
             changed=tuple(changed),
+            maintenance=tuple(retimed),
             digest=digest(config.entries),
         )
         return config, result, new
@@ -285,6 +307,9 @@ class Reloader:
         settings, cause = config.settings, result.cause
         old = {entry.check.name: entry for entry in agent.entries}
         added, removed, changed = result.added, result.removed, result.changed
+        # The new windows before anything is forgotten: the metric's collection, which reads the
+        # schedule under its lock, then never writes a series of a removed check.
+        agent.maintenance.replace(new.values())
         if result.status == "unchanged":
             agent.config = config
             self._route(config, new)  # another replica's checks may have changed
@@ -304,8 +329,13 @@ class Reloader:
         restarted = set(changed)
         starting = [entry for name, entry in new.items() if name not in old or name in restarted]
         agent.recorder.register(starting)
+        if agent.maintenance_gauge is not None:
+            agent.maintenance_gauge.register(starting)
         agent.states.retain(new)
-        agent.entries = [old[name] if name in old and name not in restarted else new[name] for name in new]
+        # (A check whose windows alone changed is the new entry here, still the old one in the
+        # scheduler: the windows are read from ``agent.maintenance`` alone.)
+        kept = restarted.union(result.maintenance)
+        agent.entries = [old[name] if name in old and name not in kept else new[name] for name in new]
         agent.config = config
         self._route(config, new)
         agent.scheduler.add(starting)
@@ -315,7 +345,12 @@ class Reloader:
             len(new),
             "; ".join(
                 f"{what} {names(which)}"
-                for what, which in (("added", added), ("removed", removed), ("changed", changed))
+                for what, which in (
+                    ("added", added),
+                    ("removed", removed),
+                    ("changed", changed),
+                    ("new maintenance windows for", result.maintenance),
+                )
                 if which
             ),
             extra={"cause": cause, "added": len(added), "removed": len(removed), "changed": len(changed)},

@@ -1,27 +1,48 @@
 """The ``heartbeat`` probe: sync and batch jobs report to the agent, and the check fails when they
-stop (``stale``) or say they failed (``job_failed``).
+stop (``stale``), say they failed (``job_failed``), run too long (``runtime_exceeded``) or succeed
+suspiciously fast (``runtime_short``).
 
     - name: nightly-inventory-sync
       type: heartbeat
       target: inventory-sync job
       interval: 1m
-      settings: {period: 24h, grace: 30m, token: "${INVENTORY_SYNC_PING_TOKEN}"}
+      settings:
+        schedule: "30 2 * * *"          # or period: 24h
+        timezone: Europe/Berlin
+        grace: 30m
+        max_runtime: 2h
+        min_runtime: 1m
+        token: "${INVENTORY_SYNC_PING_TOKEN}"
 
-A job pings ``/heartbeat/{check}`` with ``GET`` or ``POST``, the token in ``Authorization: Bearer``,
-``X-Vantage-Token`` or ``?token=``, and optionally ``status=ok|fail``, a ``message`` and the run's
-``duration`` in seconds, as query parameters, a form, or a JSON object::
+A job pings as it would ping healthchecks.io: ``/heartbeat/{check}/start`` when it starts, then
+``/heartbeat/{check}`` (success), ``/heartbeat/{check}/fail`` or ``/heartbeat/{check}/{exit-code}``
+when it ends, ``/heartbeat/{check}/log`` to send output only; ``?rid=<uuid>`` pairs a start with its
+end when runs overlap. The token goes in ``Authorization: Bearer``, ``X-Vantage-Token`` or
+``?token=``. The plain endpoint also takes ``status=ok|fail``, a ``message`` and the run's
+``duration`` in seconds, as query parameters, a form, or a JSON object; any other body is the job's
+log, whose last 10 KiB (printable, redacted) become an event on the span of the run that records
+the ping::
 
-    curl -fsS -H "Authorization: Bearer $TOKEN" \\
-        "$VANTAGE/heartbeat/nightly-inventory-sync?status=ok&duration=312"
+    curl -fsS -H "Authorization: Bearer $TOKEN" "$VANTAGE/heartbeat/nightly-inventory-sync/start"
+    output=$(sync-inventory 2>&1); code=$?
+    curl -fsS -H "Authorization: Bearer $TOKEN" --data-raw "$output" \\
+        "$VANTAGE/heartbeat/nightly-inventory-sync/$code"
+
+Lateness is judged on the agent's monotonic clock, so that a step of the wall clock raises no
+false ``stale``; a cron schedule is read on the wall clock once per ping, for the time from that
+ping to the next fire.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import uuid
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 from urllib.parse import parse_qsl
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, model_validator
 
@@ -29,6 +50,7 @@ from agent.sdk import (
     AttributeValue,
     Check,
     Duration,
+    Event,
     InboundRequest,
     MetricKind,
     MetricSpec,
@@ -37,6 +59,7 @@ from agent.sdk import (
     ProbeResult,
     ProbeSettings,
     Reason,
+    Redactor,
     Refusal,
     RefusalKind,
     Sample,
@@ -46,43 +69,131 @@ from agent.sdk import (
 
 from ._toolkit.inbound import LastSeen, content_type_problem, printable, token_problem
 
-__all__ = ["HeartbeatProbe", "HeartbeatSettings"]
+__all__ = ["HeartbeatProbe", "HeartbeatSettings", "log_excerpt", "next_fire"]
 
 _MESSAGE_KEPT = 4096
 _CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded", "text/plain")
 _STATUSES = {"": "ok", "ok": "ok", "success": "ok", "0": "ok", "fail": "fail", "failure": "fail", "1": "fail"}
+_FIELDS = frozenset({"status", "message", "duration", "rid", "token"})
+_OPEN_RUNS = 32
+"""Started runs remembered per check, to pair with their ends; the oldest is forgotten beyond."""
+_EVENTS = 16
+"""Pings shown as span events per run of the check (the newest); the rest are only counted."""
+LOG_KEPT = 10 * 1024
+"""Characters of a ping's body kept as its log excerpt: the last ones, where a job's error is."""
+_LOG_MARGIN = 64 * 1024
+"""Characters read before the excerpt and dropped after redaction, so that a secret cut in two by
+the window is found whole (no spelling of a secret is this long)."""
+_SHORT_WORDS = "a job that succeeds in a fraction of its usual time has usually done nothing"
+_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, *(3600.0 * h for h in (1, 2, 4, 12, 24)))
 
 
 class HeartbeatSettings(ProbeSettings):
     """Settings of a ``heartbeat`` check; the target describes the job."""
 
-    period: Duration
+    period: Duration | None = None
     """How often the job runs: a ping is expected at least this often."""
+    schedule: str | None = None
+    """When the job runs, as a cron expression (5 fields, read by ``cronsim`` as healthchecks.io
+    reads it): a ping is expected by the first fire time after the last ping."""
+    timezone: str = "UTC"
+    """The IANA time zone the ``schedule`` is read in."""
     grace: Duration = 0.0
-    """Extra time allowed after a period before the check goes stale."""
+    """Extra time allowed after the expected ping before the check goes stale."""
+    max_runtime: Duration | None = None
+    """A started run not ended within this fails the check (``runtime_exceeded``), while it runs."""
+    min_runtime: Duration | None = None
+    """A run that ends with success faster than this fails the check (``runtime_short``)."""
     token: str = Field(min_length=16)
     """The job's token (at least 16 characters); give it as ``${ENV}`` so that it is redacted."""
 
     @model_validator(mode="after")
-    def _period(self) -> HeartbeatSettings:
-        if self.period <= 0:
+    def _schedule(self) -> HeartbeatSettings:
+        if (self.period is None) == (self.schedule is None):
+            raise ValueError("set exactly one of 'period' (a duration) and 'schedule' (a cron expression)")
+        if self.period is not None and self.period <= 0:
             raise ValueError("'period' must be positive")
+        if self.schedule is None and "timezone" in self.model_fields_set:
+            raise ValueError("'timezone' applies to a 'schedule'; a 'period' needs none")
+        if self.schedule is not None:
+            _check_schedule(self.schedule, self.timezone)
+        for name in ("max_runtime", "min_runtime"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"'{name}' must be positive")
+        if (
+            self.max_runtime is not None
+            and self.min_runtime is not None
+            and self.min_runtime >= self.max_runtime
+        ):
+            raise ValueError("'min_runtime' must be below 'max_runtime'")
         return self
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"'timezone' {name!r} is not an IANA time zone (such as 'UTC' or 'Europe/Berlin')"
+        ) from None
+
+
+def _check_schedule(schedule: str, timezone: str) -> None:
+    from cronsim import CronSimError
+
+    zone = _zone(timezone)
+    if len(schedule.split()) != 5:
+        raise ValueError(
+            f"'schedule' {schedule!r} is not a cron expression of 5 fields (minute hour day month weekday)"
+        )
+    try:
+        if next_fire(schedule, zone, datetime.now(zone).timestamp()) is None:
+            raise ValueError(f"'schedule' {schedule!r} never fires (none in the next 50 years)")
+    except CronSimError as exc:
+        raise ValueError(f"'schedule' {schedule!r} is not a valid cron expression: {exc}") from None
+
+
+def next_fire(schedule: str, zone: ZoneInfo, after: float) -> float | None:
+    """The first fire time of the cron ``schedule`` read in ``zone`` strictly after ``after`` (epoch
+    seconds, to the whole second, as healthchecks.io computes it), or None when there is none
+    within 50 years.
+
+    DST as Debian's cron (and cronsim, healthchecks.io's parser): a job at a fixed time that falls
+    in the hour skipped in spring is due when the clock jumps (02:30 → 03:00); in the hour repeated
+    in autumn it is due once, at its first occurrence. Expressions whose minute or hour field
+    starts with ``*`` (``*/15 * * * *``) follow real time: none in the skipped hour, twice in the
+    repeated one."""
+    from cronsim import CronSim
+
+    try:
+        fire = next(CronSim(schedule, datetime.fromtimestamp(after, zone)))
+    except StopIteration:
+        return None
+    return fire.timestamp()
 
 
 @dataclass(frozen=True, slots=True)
 class Ping:
+    action: Literal["start", "end", "log"]
     status: str
+    """The ``status`` label: ``start``, ``ok``, ``fail`` or ``log``."""
     message: str
+    """The message the job sent as a field; a log body's last line is read in ``run``."""
     duration: float | None
+    rid: str | None = None
+    exit_code: int | None = None
+    log: bool = False
+    """Whether the body is the job's log (text) rather than fields."""
 
 
 def read_ping(request: InboundRequest) -> Ping | str:
-    """The ping in a request's query and body, or why it cannot be read."""
+    """The ping in a request's path, query and body, or why it cannot be read."""
     fields: dict[str, Any] = dict(request.query)
     kind = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    log = False
     if request.body:
-        if kind == "application/json":
+        if kind == "application/json" and not request.action:
             try:
                 document = json.loads(request.body)
             except (ValueError, RecursionError):
@@ -90,16 +201,24 @@ def read_ping(request: InboundRequest) -> Ping | str:
             if not isinstance(document, dict):
                 return "the JSON body is not an object"
             fields.update(document)
-        elif kind == "application/x-www-form-urlencoded":
+        elif kind == "application/x-www-form-urlencoded" and not request.action:
+            # A form of ours, or text sent with curl's --data-raw (which says it is a form): a log.
             try:
-                fields.update(parse_qsl(request.body.decode(), max_num_fields=20))
+                form = parse_qsl(request.body.decode(), max_num_fields=len(_FIELDS))
             except (UnicodeDecodeError, ValueError):
-                return "the form body cannot be read"
+                form = []
+            if form and all(key in _FIELDS for key, _ in form):
+                fields.update(form)
+            else:
+                log = True
         else:
-            fields.setdefault("message", request.body.decode("utf-8", "replace"))
-    status = _STATUSES.get(str(fields.get("status", "")).strip().lower())
-    if status is None:
-        return "status must be ok or fail"
+            log = True
+    rid = fields.get("rid")
+    if rid is not None:
+        try:
+            rid = str(uuid.UUID(str(rid)))
+        except ValueError:
+            return "rid must be a UUID"
     duration = fields.get("duration")
     if duration is not None:
         try:
@@ -110,19 +229,72 @@ def read_ping(request: InboundRequest) -> Ping | str:
             return "duration must be a number of seconds"
     # Capped loosely here and cut to size only when shown, after redaction: a cut first could
     # halve a secret the job echoed, and the redactor would no longer know it.
-    return Ping(status, printable(str(fields.get("message", "")), _MESSAGE_KEPT), duration)
+    message = "" if log else printable(str(fields.get("message", "")), _MESSAGE_KEPT)
+    action = request.action
+    if action == "start":
+        return Ping("start", "start", message, duration, rid, log=log)
+    if action == "log":
+        return Ping("log", "log", message, duration, rid, log=log)
+    exit_code: int | None = None
+    status: str | None
+    if action == "fail":
+        status = "fail"
+    elif action:
+        exit_code = int(action)
+        if exit_code > 255:
+            return "the exit code must be 0 to 255"
+        status = "ok" if exit_code == 0 else "fail"
+    else:
+        status = _STATUSES.get(str(fields.get("status", "")).strip().lower())
+    if status is None:
+        return "status must be ok or fail"
+    return Ping("end", status, message, duration, rid, exit_code, log)
 
 
-@dataclass
+def log_excerpt(body: bytes, redact: Redactor) -> tuple[str, bool]:
+    """The last ``LOG_KEPT`` characters of a ping's body, redacted, with control characters other
+    than newlines and tabs folded; and whether the body is binary (then the excerpt is empty).
+
+    The window read is wider than the excerpt and is redacted before it is cut, so that a secret
+    halved by the window's edge is neither kept nor missed."""
+    window = body[-4 * (LOG_KEPT + _LOG_MARGIN) :]  # at least as many characters: UTF-8 takes 1-4 bytes
+    text = window.decode("utf-8", "replace")
+    if text.count("\ufffd") + text.count("\x00") > len(text) // 10:
+        return "", True
+    text = redact(text)
+    if len(window) < len(body):
+        text = text[_LOG_MARGIN:]  # a secret halved at the window's edge lies in here, whole or not
+    text = text[-LOG_KEPT:]
+    return "".join(c if c in "\n\t" or c.isprintable() else " " for c in text).strip(), False
+
+
+def _last_line(text: str) -> str:
+    for line in reversed(text.splitlines()):
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+@dataclass(slots=True)
 class _PingsSeen:
     """The pings a heartbeat check has seen, kept between its runs in the check's ``ctx.state``:
-    the inbox cursor, the last ping's time and what it reported."""
+    the inbox cursor, the last start or end ping's time, the runs started and not ended, and the
+    verdict on the last run that ended (which stands until the next one ends)."""
 
     cursor: int
     last: LastSeen
     started: float
     """When the agent started, on the monotonic clock."""
-    ping: Ping | None = None
+    open: dict[str | None, float] | None = None
+    """Runs started and not yet ended, by run id (None: without one), oldest first: the monotonic
+    time of their start. None until a check's job first sends a start."""
+    verdict: tuple[Reason, str] | None = None
+    reported: float | None = None
+    """The duration the job reported with its last end ping."""
+    exit_code: int | None = None
+    due: tuple[float, float | None] | None = None
+    """The schedule's next fire time after a ping (wall clock): (the ping's time, the fire time),
+    kept so that a run reads the cron expression only after a new ping."""
 
 
 class HeartbeatProbe(Probe[HeartbeatSettings]):
@@ -141,6 +313,15 @@ class HeartbeatProbe(Probe[HeartbeatSettings]):
             "Pings received, by the status the job reported",
             ("status",),
         ),
+        MetricSpec(
+            "probe.heartbeat.run.duration",
+            MetricKind.HISTOGRAM,
+            "s",
+            "Duration of a job's run, from its start ping to its end ping",
+            buckets=_BUCKETS,
+        ),
+        MetricSpec.gauge("probe.heartbeat.running", "{run}", "Runs of the job started and not yet ended"),
+        MetricSpec.gauge("probe.heartbeat.exit_code", "", "The exit code the job reported with its last end"),
     )
 
     def validate_target(self, target: str) -> None:
@@ -151,7 +332,7 @@ class HeartbeatProbe(Probe[HeartbeatSettings]):
         return token_problem(request, settings.token)
 
     def admit(self, check: Check, settings: HeartbeatSettings, request: InboundRequest) -> Refusal | None:
-        refusal = content_type_problem(request, _CONTENT_TYPES)
+        refusal = None if request.action else content_type_problem(request, _CONTENT_TYPES)
         if refusal is None and isinstance(ping := read_ping(request), str):
             refusal = Refusal(RefusalKind.UNREADABLE, ping)
         return refusal
@@ -169,42 +350,37 @@ class HeartbeatProbe(Probe[HeartbeatSettings]):
 
         tracker = ctx.state.get(_PingsSeen, first_seen)
         samples: list[Sample] = []
-        for delivery in ctx.inbox.after(check.name, tracker.cursor):
+        events: list[Event] = []
+        deliveries = ctx.inbox.after(check.name, tracker.cursor)
+        for index, delivery in enumerate(deliveries):
             tracker.cursor = delivery.sequence
             ping = read_ping(delivery.request) if delivery.problem is None else delivery.problem
             if isinstance(ping, str):
                 continue
-            tracker.ping = ping
-            tracker.last.update(delivery.request.received, delivery.request.received_monotonic)
             samples.append(Sample("probe.heartbeat.pings", 1.0, {"status": ping.status}))
+            # Only the newest pings are shown, so only their logs are read (a flood of large
+            # bodies costs no redaction).
+            shown = index >= len(deliveries) - _EVENTS
+            event = _take(tracker, settings, ping, delivery.request, ctx.redact, samples, shown)
+            if shown:
+                events.append(event)
         now = clock.monotonic()
-        last = tracker.last.monotonic
-        allowed = settings.period + settings.grace
         values: dict[str, float] = {}
         attributes: dict[str, AttributeValue] = {}
+        last = tracker.last.monotonic
         if last is not None:
             values["probe.heartbeat.age"] = max(0.0, now - last)
-        if tracker.ping is not None and tracker.ping.duration is not None:
-            values["probe.heartbeat.job_duration"] = tracker.ping.duration
-        reason: Reason | None = None
-        message = ""
-        if last is None:
-            if now - tracker.started > allowed:
-                reason = Reason.STALE
-                message = f"no ping since the agent started {format_duration(now - tracker.started)} ago"
-            else:
-                attributes["vantage.heartbeat.first_period"] = True
-        elif now - last > allowed:
-            reason = Reason.STALE
-            grace = f" (+{format_duration(settings.grace)} grace)" if settings.grace else ""
-            message = (
-                f"the last ping was {format_duration(now - last)} ago; one is expected every "
-                f"{format_duration(settings.period)}{grace}"
-            )
-        elif tracker.ping is not None and tracker.ping.status == "fail":
-            reason = Reason.JOB_FAILED
-            detail = f": {clip(tracker.ping.message, 200, ctx.redact)}" if tracker.ping.message else ""
-            message = f"the job reported a failure{detail}"
+        if tracker.reported is not None:
+            values["probe.heartbeat.job_duration"] = tracker.reported
+        if tracker.exit_code is not None:
+            values["probe.heartbeat.exit_code"] = float(tracker.exit_code)
+        if tracker.open is not None:
+            values["probe.heartbeat.running"] = float(len(tracker.open))
+        reason, message = _overrun(tracker, settings, now) or _late(tracker, settings, ctx, now) or (None, "")
+        if reason is None and last is None:
+            attributes["vantage.heartbeat.first_period"] = True
+        elif reason is None and tracker.verdict is not None:
+            reason, message = tracker.verdict
         return ProbeResult(
             success=reason is None,
             reason=reason,
@@ -212,4 +388,142 @@ class HeartbeatProbe(Probe[HeartbeatSettings]):
             values=values,
             samples=tuple(samples),
             attributes=attributes,
+            events=tuple(events),
         )
+
+
+def _take(
+    tracker: _PingsSeen,
+    settings: HeartbeatSettings,
+    ping: Ping,
+    request: InboundRequest,
+    redact: Redactor,
+    samples: list[Sample],
+    shown: bool,
+) -> Event:
+    """Count one ping in the check's state: a start opens a run, an end closes one and gives the
+    verdict on it; the ping's event for the span (with the log excerpt when ``shown``)."""
+    at = request.received_monotonic
+    attributes: dict[str, AttributeValue] = {"vantage.heartbeat.status": ping.status}
+    if ping.rid is not None:
+        attributes["vantage.heartbeat.rid"] = ping.rid
+    text = ""
+    if request.body and shown:
+        text, binary = log_excerpt(request.body, redact)
+        attributes["vantage.heartbeat.log.bytes"] = len(request.body)
+        if binary:
+            attributes["vantage.heartbeat.log.binary"] = True
+        elif text:
+            attributes["vantage.heartbeat.log"] = text
+    if ping.action == "log":
+        return Event("heartbeat.ping", attributes)
+    tracker.last.update(request.received, at)
+    if ping.action == "start":
+        runs = tracker.open if tracker.open is not None else {}
+        runs.pop(ping.rid, None)  # a run started again (or a new one without an id) replaces it
+        runs[ping.rid] = at
+        while len(runs) > _OPEN_RUNS:
+            del runs[next(iter(runs))]
+        tracker.open = runs
+        return Event("heartbeat.ping", attributes)
+    started = _close(tracker, settings, ping.rid, at)
+    duration = None if started is None else max(0.0, at - started)
+    if duration is not None:
+        samples.append(Sample("probe.heartbeat.run.duration", duration))
+        attributes["vantage.heartbeat.run.duration"] = duration
+    if ping.exit_code is not None:
+        attributes["vantage.heartbeat.exit_code"] = ping.exit_code
+    tracker.exit_code = ping.exit_code if ping.exit_code is not None else tracker.exit_code
+    tracker.reported = ping.duration if ping.duration is not None else tracker.reported
+    words = ping.message or (_last_line(text) if ping.log else "")
+    tracker.verdict = _judge(
+        settings, ping, duration if duration is not None else ping.duration, words, redact
+    )
+    return Event("heartbeat.ping", attributes)
+
+
+def _close(tracker: _PingsSeen, settings: HeartbeatSettings, rid: str | None, at: float) -> float | None:
+    """The start of the run an end ping ends (its run id's, or without one the most recent), taken
+    out of the open runs; runs started before it that are over ``max_runtime`` are abandoned: the
+    job works again, and one stuck run should not fail the check for ever."""
+    runs = tracker.open
+    if not runs:
+        return None
+    if rid is not None:
+        started = runs.pop(rid, None)
+    else:
+        started = runs.pop(next(reversed(runs)))
+    if settings.max_runtime is not None:
+        before = started if started is not None else at
+        for stuck in [k for k, t in runs.items() if t < before and at - t > settings.max_runtime]:
+            del runs[stuck]
+    return started
+
+
+def _judge(
+    settings: HeartbeatSettings, ping: Ping, duration: float | None, words: str, redact: Redactor
+) -> tuple[Reason, str] | None:
+    """The verdict on a run that ended: what the job said, then how long it took."""
+    detail = f": {clip(words, 200, redact)}" if words else ""
+    if ping.status == "fail":
+        if ping.exit_code is not None:
+            return Reason.JOB_FAILED, f"the job exited with code {ping.exit_code}{detail}"
+        return Reason.JOB_FAILED, f"the job reported a failure{detail}"
+    if duration is None:
+        return None
+    if settings.max_runtime is not None and duration > settings.max_runtime:
+        return Reason.RUNTIME_EXCEEDED, (
+            f"the last run took {format_duration(duration)}, longer than max_runtime "
+            f"({format_duration(settings.max_runtime)})"
+        )
+    if settings.min_runtime is not None and duration < settings.min_runtime:
+        return Reason.RUNTIME_SHORT, (
+            f"the last run succeeded after {format_duration(duration)}, less than min_runtime "
+            f"({format_duration(settings.min_runtime)}): {_SHORT_WORDS}"
+        )
+    return None
+
+
+def _overrun(tracker: _PingsSeen, settings: HeartbeatSettings, now: float) -> tuple[Reason, str] | None:
+    """A run still going past ``max_runtime``: the oldest one."""
+    if settings.max_runtime is None or not tracker.open:
+        return None
+    rid, started = min(tracker.open.items(), key=lambda item: item[1])
+    if now - started <= settings.max_runtime:
+        return None
+    which = f"run {rid}" if rid is not None else "a run"
+    return Reason.RUNTIME_EXCEEDED, (
+        f"{which} started {format_duration(now - started)} ago and has not ended; max_runtime is "
+        f"{format_duration(settings.max_runtime)}"
+    )
+
+
+def _late(
+    tracker: _PingsSeen, settings: HeartbeatSettings, ctx: ProbeContext, now: float
+) -> tuple[Reason, str] | None:
+    """No ping by the time one was expected, plus the grace."""
+    last, last_wall = tracker.last.monotonic, tracker.last.value
+    since_mono, since_wall = (last, last_wall) if last is not None else (tracker.started, ctx.started)
+    assert since_mono is not None and since_wall is not None
+    grace = f" (+{format_duration(settings.grace)} grace)" if settings.grace else ""
+    if settings.period is not None:
+        due = since_mono + settings.period
+        expected = f"one is expected every {format_duration(settings.period)}{grace}"
+    else:
+        assert settings.schedule is not None
+        zone = ZoneInfo(settings.timezone)
+        if tracker.due is None or tracker.due[0] != since_wall:
+            tracker.due = (since_wall, next_fire(settings.schedule, zone, since_wall))
+        fire = tracker.due[1]
+        if fire is None:
+            return None
+        # The wall clock says how far the next fire is from the ping; the monotonic clock, how much
+        # time has passed since.
+        due = since_mono + (fire - since_wall)
+        when = datetime.fromtimestamp(fire, zone).strftime("%Y-%m-%d %H:%M %Z")
+        expected = f"one was expected by {when} (schedule {settings.schedule!r}){grace}"
+    if now <= due + settings.grace:
+        return None
+    if last is None:
+        return Reason.STALE, f"no ping since the agent started {format_duration(now - since_mono)} ago"
+    return Reason.STALE, f"the last ping was {format_duration(now - last)} ago; {expected}"

@@ -45,8 +45,8 @@ BAD = [
     ),
     (
         {"VANTAGE_CHECKS": checks({**HTTP, "type": "htpp"})},
-        "unknown probe type 'htpp'; available: dns, flow, grpc, heartbeat, http, icmp, sync, tcp, tls, "
-        "webhook; did you mean 'http'?",
+        "unknown probe type 'htpp'; available: dns, flow, grpc, heartbeat, http, icmp, statuspage, sync, "
+        "tcp, tls, webhook; did you mean 'http'?",
     ),
     (
         {
@@ -74,7 +74,7 @@ BAD = [
         {"VANTAGE_CHECKS": checks({**HTTP, "type": "smtp"})},
         "VANTAGE_CHECKS: check 'a' (checks[0]), field 'type': "
         "unknown probe type 'smtp'; available: "
-        "dns, flow, grpc, heartbeat, http, icmp, sync, tcp, tls, webhook",
+        "dns, flow, grpc, heartbeat, http, icmp, statuspage, sync, tcp, tls, webhook",
     ),
     (
         {"VANTAGE_CHECKS": checks({**HTTP, "target": "api.example/v1"})},

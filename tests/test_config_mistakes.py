@@ -505,8 +505,9 @@ def test_plugins_json_tells_each_types_settings(capsys: pytest.CaptureFixture[st
     assert {f["name"] for f in fields["tls"]["fields"]} >= {"ca_file", "insecure"}
     assert {"basic", "bearer", "api_key", "oauth2_client_credentials"} == set(fields["auth"]["variants"])
     assert fields["headers"]["type"] == "mapping of text to text"
-    period = {f["name"]: f for f in described["heartbeat"]["settings"]}["period"]
-    assert period["type"].startswith("duration") and period["required"]
+    heartbeat = {f["name"]: f for f in described["heartbeat"]["settings"]}
+    assert heartbeat["period"]["type"].startswith("duration") and not heartbeat["period"]["required"]
+    assert heartbeat["token"]["required"] and heartbeat["timezone"]["default"] == "UTC"
 
 
 def test_plugins_text_is_for_people(capsys: pytest.CaptureFixture[str]) -> None:
@@ -515,7 +516,7 @@ def test_plugins_text_is_for_people(capsys: pytest.CaptureFixture[str]) -> None:
     assert "http  (plugins.http.HttpProbe)" in out
     assert "    method: text, default GET" in out
     assert "    ip_family: one of 'auto', 'ipv4', 'ipv6', default auto" in out
-    assert "period: duration (e.g. 30s, 5m), required" in out
+    assert "token: text, required" in out and "schedule: text\n" in out
     assert "``" not in out  # the docstrings' markup is not shown
 
 

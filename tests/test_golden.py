@@ -24,6 +24,7 @@ from agent.app import build_agent
 from agent.app import serve as serve_agent
 from agent.config.registry import Registry
 from agent.reload import RELOAD_METRICS
+from agent.telemetry.maintenance import MAINTENANCE
 from agent.telemetry.recorder import AGENT_METRICS, CORE_METRICS
 
 from .helpers import ROOT, config_from, serve
@@ -38,7 +39,7 @@ DOCS = ROOT / "docs" / "metrics.md"
 
 def all_specs() -> list[Any]:
     registry = Registry()
-    specs = [*CORE_METRICS, *AGENT_METRICS, *RELOAD_METRICS]
+    specs = [*CORE_METRICS, *AGENT_METRICS, *RELOAD_METRICS, MAINTENANCE]
     for name in registry.names():
         specs.extend(registry.load(name).metrics)
     return specs
@@ -48,8 +49,12 @@ async def scrape_running_agent(ca: trustme.CA, ca_file: Path) -> str:
     async def ok(_: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
+    async def summary(_: web.Request) -> web.Response:  # an Atlassian Statuspage summary
+        return web.Response(body=(ROOT / "tests/fixtures/statuspage/outage.json").read_bytes())
+
     app = web.Application()
     app.router.add_get("/ok", ok)
+    app.router.add_get("/api/v2/summary.json", summary)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("vendor.test").configure_cert(context)
     with health_server() as grpc_port:
@@ -104,6 +109,14 @@ async def _scrape(ca_file: Path, app: web.Application, context: ssl.SSLContext, 
                     "target": f"127.0.0.1:{grpc_port}",
                     "interval": "1s",
                     "timeout": "900ms",
+                },
+                {
+                    "name": "vendor-says",
+                    "type": "statuspage",
+                    "target": f"http://127.0.0.1:{plain}",
+                    "interval": "1s",
+                    "timeout": "900ms",
+                    "labels": {"vendor": "acme"},
                 },
                 {
                     "name": "record",
@@ -161,7 +174,7 @@ async def test_golden_telemetry_contract(ca: trustme.CA, ca_file: Path) -> None:
         "# Instruments: Prometheus name, kind, OpenTelemetry name and unit\n"
         + "\n".join(spec_lines())
         + "\n\n# Exposed on /metrics by an agent running http (plain, TLS, failing),"
-        + " tls, tcp, dns and grpc checks\n"
+        + " tls, tcp, dns, grpc and statuspage checks\n"
         + "\n".join(exposed)
         + "\n"
     )

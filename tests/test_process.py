@@ -82,7 +82,7 @@ def test_validate_accepts_and_rejects() -> None:
     assert result.returncode == 2
     assert (
         "field 'type': unknown probe type 'smtp'; available: "
-        "dns, flow, grpc, heartbeat, http, icmp, sync, tcp, tls, webhook" in result.stderr
+        "dns, flow, grpc, heartbeat, http, icmp, statuspage, sync, tcp, tls, webhook" in result.stderr
     )
 
     result = vantage("run", env={"VANTAGE_CHECKS": good, "VANTAGE_PORT": "http"})

@@ -43,6 +43,10 @@ SECRETS = {
     "SALESFORCE_CLIENT_ID": "3MVG9recipe.client.id",
     "SALESFORCE_CLIENT_SECRET": "salesforce-recipe-secret-0123",
     "SHIPENGINE_API_KEY": "TEST_recipe_0123456789abcdef",
+    # order-sync.yaml, run end to end in tests/test_heartbeat_recipe.py
+    "ORDER_SYNC_PING_TOKEN": "order-sync-ping-0123456789",
+    "SHOP_API_TOKEN": "shop-recipe-token-0123456789",
+    "ERP_API_TOKEN": "erp-recipe-token-0123456789",
 }
 
 
@@ -61,8 +65,8 @@ def recipe(name: str, base: str, fake: str, timeout: str | None = None) -> list[
 # ---------------------------------------------------------------- loaded as written
 
 
-def test_there_are_four_recipes_each_in_the_docs() -> None:
-    assert [path.stem for path in RECIPES] == ["salesforce", "shipengine", "shopify", "stripe"]
+def test_there_are_five_recipes_each_in_the_docs() -> None:
+    assert [path.stem for path in RECIPES] == ["order-sync", "salesforce", "shipengine", "shopify", "stripe"]
     docs = (ROOT / "docs" / "recipes.md").read_text()
     for path in RECIPES:
         assert f"(../examples/recipes/{path.name})" in docs, path.name

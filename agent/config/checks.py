@@ -14,6 +14,7 @@ Each check's ``settings`` block is validated by the ``Settings`` model of its pr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.config._explain import Problem, did_you_mean, explain, field_path
+from agent.config.maintenance import FileWindow, ParsedWindows, Window, parse_windows
 from agent.config.secrets import SecretResolver, has_reference
 from agent.errors import ConfigError, PluginError
 from agent.sdk.durations import Duration, format_duration, parse_duration
@@ -83,6 +85,8 @@ class CheckEntry:
     check: Check
     probe: Probe[Any]
     settings: BaseModel
+    maintenance: tuple[Window, ...] = ()
+    """The check's maintenance windows: its own, then the check file's that select it."""
 
 
 class _CheckFile(BaseModel):
@@ -90,6 +94,7 @@ class _CheckFile(BaseModel):
 
     defaults: Defaults = Field(default_factory=Defaults)
     checks: list[dict[str, Any]] = Field(default_factory=list)
+    maintenance: list[FileWindow] = Field(default_factory=list)
 
 
 Progress = Callable[[int, int], None]
@@ -131,12 +136,13 @@ def parse_checks(
     "did you mean" when a check names another.
     """
     lines = _Lines(text) if locate else None
-    defaults, raws = _read_document(text, source, lines)
+    defaults, raws, file_windows = _read_document(text, source, lines)
     errors: list[str] = []
     entries: list[CheckEntry] = []
     seen: dict[str, int] = {}
     settings: dict[tuple[str, str], BaseModel] = {}
     shared = _Shared()
+    windows = ParsedWindows()
     total = len(raws)
     if progress is not None and total >= _PROGRESS_EVERY:
         progress(0, total)
@@ -167,6 +173,15 @@ def parse_checks(
             offline=offline,
             probe_types=probe_types,
         )
+        # The check's maintenance windows: its own (parsed even when the rest of the check is
+        # bad, so that every problem is reported at once), then the file's that select it.
+        own = check.maintenance if check is not None else _mappings(fields.get("maintenance"))
+        if own or (check is not None and file_windows):
+            found: list[Problem] = []
+            parsed = parse_windows(own, file_windows if check is not None else (), check, found, windows)
+            problems += _kept(found, references, offline)
+            if entry is not None and parsed and not found:
+                entry = dataclasses.replace(entry, maintenance=windows.share(parsed))
         if entry is None and offline and not problems:
             entry = _unresolved(fields, load_probe)
         if entry is not None:
@@ -253,8 +268,11 @@ def _line(source: str, where: str, problem: Problem, lines: _Lines | None, index
     return f"{head}{where}, {field}: {problem.message}"
 
 
-def _read_document(text: str, source: str, lines: _Lines | None = None) -> tuple[Defaults, list[Any]]:
-    """The document's ``defaults`` and raw ``checks``; a bare list is a list of checks."""
+def _read_document(
+    text: str, source: str, lines: _Lines | None = None
+) -> tuple[Defaults, list[Any], list[FileWindow]]:
+    """The document's ``defaults``, raw ``checks`` and ``maintenance`` windows; a bare list is a
+    list of checks."""
     if text.lstrip().startswith("{"):
         try:
             document = json.loads(text)
@@ -290,7 +308,7 @@ def _read_document(text: str, source: str, lines: _Lines | None = None) -> tuple
 
     # The document's own list, now known to be a list of mappings: the model's copy of it goes.
     checks = document.get("checks")
-    return parsed.defaults, checks if isinstance(checks, list) else []
+    return parsed.defaults, checks if isinstance(checks, list) else [], parsed.maintenance
 
 
 def _load_yaml(text: str, source: str) -> Any:
@@ -629,6 +647,14 @@ def _bind_probe(
     if key is not None:
         parsed[key] = parsed_settings
     return CheckEntry(check, probe, parsed_settings)
+
+
+def _mappings(value: Any) -> list[dict[str, Any]]:
+    """``value`` if it is a list of mappings (a check's windows as written), else nothing (the
+    check's own validation said what is wrong with it)."""
+    if isinstance(value, list) and all(isinstance(item, dict) for item in value):
+        return value
+    return []
 
 
 def _unresolved(fields: Mapping[str, Any], load_probe: Callable[[str], Probe[Any]]) -> CheckEntry | None:

@@ -138,6 +138,9 @@ class Check(BaseModel):
     """``retries``, ``retry_delay``, the thresholds and ``down_interval``, written as fields of
     the check and read as its attributes (``check.retries``): kept in one object, the same one for
     every check that leaves them at their defaults (see :class:`Confirmation`)."""
+    maintenance: tuple[dict[str, Any], ...] = ()
+    """Maintenance windows, as written: agent/config/maintenance.py parses them (with the check
+    file's windows that select the check) into the check's ``CheckEntry.maintenance``."""
 
     FLATTENED: ClassVar[tuple[str, ...]] = CONFIRMATION_FIELDS
     """Fields written on the check and kept in ``confirmation``."""
@@ -219,6 +222,9 @@ class InboundRequest:
     received_monotonic: float
     """The agent's monotonic clock at receipt: for ages and latencies, which a step of the wall
     clock (NTP, a suspended VM) must not move."""
+    action: str = ""
+    """What the path says after the check's name: a heartbeat's ``start``, ``fail``, ``log`` or
+    exit code (``/heartbeat/{check}/start``); empty for ``/{endpoint}/{check}`` itself."""
 
 
 @dataclass(frozen=True, slots=True)

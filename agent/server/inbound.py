@@ -1,5 +1,6 @@
 """The inbound endpoints, ``/hooks/{check}`` and ``/heartbeat/{check}``, that round-trip probes
-(webhook, heartbeat) wait on.
+(webhook, heartbeat) wait on; a heartbeat also takes healthchecks.io's signals after the check's
+name (``/heartbeat/{check}/start``, ``/fail``, ``/log``, ``/{exit-code}``: ``InboundRequest.action``).
 
 Every request is held to the same rules before anything else is looked at: a rate limit per source
 address (``VANTAGE_INBOUND_RATE``; behind an ingress, ``VANTAGE_TRUSTED_PROXIES`` says whose
@@ -51,6 +52,9 @@ __all__ = [
 log = logging.getLogger("vantage.inbound")
 
 ENDPOINTS = {"hooks": ("POST", "PUT"), "heartbeat": ("GET", "POST", "HEAD")}
+# What may follow a heartbeat's check name: anything else is not a route (404, whatever the check),
+# so that nothing a caller writes there is passed on to another process.
+_ACTIONS = {"heartbeat": r"start|fail|log|[0-9]{1,3}"}
 FORWARDED = "X-Vantage-Forwarded"
 _HOP_BY_HOP = {
     "connection",
@@ -185,6 +189,10 @@ class Inbound:
     def add_routes(self, app: web.Application) -> None:
         for endpoint in ENDPOINTS:
             app.router.add_route("*", f"/{endpoint}/{{check}}", self._handle)
+            if endpoint in _ACTIONS:
+                app.router.add_route(
+                    "*", f"/{endpoint}/{{check}}/{{action:{_ACTIONS[endpoint]}}}", self._handle
+                )
         app.on_cleanup.append(self._close)
 
     async def _close(self, _: web.Application) -> None:
@@ -229,6 +237,7 @@ class Inbound:
             remote=source,
             received=self._clock.time(),
             received_monotonic=self._clock.monotonic(),
+            action=request.match_info.get("action", ""),
         )
         self._gate_credentials(entry, inbound, garbled, ours=route is None)  # 7. authenticate
         inbox = self._gate_ours(name, route)  # 8. ours, with an inbox to deliver to
@@ -365,6 +374,8 @@ class Inbound:
         )
         headers[FORWARDED] = "1"
         url = f"{owner}/{endpoint}/{request.match_info['check']}"
+        if action := request.match_info.get("action"):
+            url += f"/{action}"  # one of _ACTIONS: nothing to quote
         try:
             async with self._session.request(
                 request.method, url, params=request.query, data=body, headers=headers

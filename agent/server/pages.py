@@ -38,7 +38,7 @@ from aiohttp import web
 from agent import __version__
 from agent.config.secrets import Redactor
 from agent.server.history import FLUSH_EVERY, History, HistoryStore
-from agent.server.status import authorized
+from agent.server.status import InMaintenance, authorized
 from agent.telemetry.recorder import CheckState, Recorder
 
 __all__ = ["LocalSource", "Pages", "StatusSource", "WorkersSource", "local_pages"]
@@ -70,9 +70,13 @@ class StatusSource(Protocol):
         """One check's summary with its runs, or None when no such check runs here."""
 
 
-def _check_json(state: CheckState, redact: Redactor) -> dict[str, Any]:
+def _check_json(
+    state: CheckState, redact: Redactor, maintenance: InMaintenance | None = None
+) -> dict[str, Any]:
     check, last = state.entry.check, state.last
+    found = maintenance(check.name) if maintenance is not None else None
     return {
+        "maintenance": None if found is None else redact.deep(found.as_json()),
         "name": check.name,
         "type": check.type,
         "target": state.target,
@@ -103,8 +107,16 @@ def _check_json(state: CheckState, redact: Redactor) -> dict[str, Any]:
 class LocalSource:
     """This process's checks: the recorder's state and the history."""
 
-    def __init__(self, recorder: Recorder, history: History, redact: Redactor) -> None:
+    def __init__(
+        self,
+        recorder: Recorder,
+        history: History,
+        redact: Redactor,
+        maintenance: InMaintenance | None = None,
+        upcoming: InMaintenance | None = None,
+    ) -> None:
         self._recorder, self._history, self._redact = recorder, history, redact
+        self._maintenance, self._upcoming = maintenance, upcoming
 
     async def overview(self) -> tuple[list[dict[str, Any]], list[str]]:
         history, redact = self._history, self._redact
@@ -112,7 +124,7 @@ class LocalSource:
         for i, (name, state) in enumerate(list(self._recorder.states.items())):
             if i and i % 200 == 0:
                 await anyio.lowlevel.checkpoint()  # thousands of checks: let the probes' runs in between
-            checks.append({**_check_json(state, redact), **history.summary(name)})
+            checks.append({**_check_json(state, redact, self._maintenance), **history.summary(name)})
         return checks, []
 
     async def check(self, name: str) -> dict[str, Any] | None:
@@ -120,7 +132,10 @@ class LocalSource:
         if state is None:
             return None
         history = self._history
-        return {**_check_json(state, self._redact), **history.summary(name), **history.runs(name)}
+        summary = _check_json(state, self._redact, self._maintenance)
+        upcoming = self._upcoming(name) if self._upcoming is not None else None
+        summary["next_maintenance"] = None if upcoming is None else self._redact.deep(upcoming.as_json())
+        return {**summary, **history.summary(name), **history.runs(name)}
 
 
 Gather = Callable[[str], Awaitable[list[tuple[int, str]]]]
@@ -296,13 +311,15 @@ def local_pages(
     trace_template: str | None = None,
     runs: int = 50,
     state_dir: Any = None,
+    maintenance: InMaintenance | None = None,
+    upcoming: InMaintenance | None = None,
 ) -> Pages:
     """The pages of a single agent (or worker): a history fed by ``recorder``'s hook."""
     store = HistoryStore(state_dir) if state_dir is not None else None
     history = History(redact, runs=runs, store=store)
     recorder.on_result = history.record
     return Pages(
-        LocalSource(recorder, history, redact),
+        LocalSource(recorder, history, redact, maintenance, upcoming),
         token=token,
         title=f"Vantage · {region}",
         group_by=group_by,
@@ -510,6 +527,9 @@ def render_index(
         f'<p class="summary">{len(checks)} checks: <span class="count-up">{counts["up"]} up</span>, '
         f'<span class="count-down">{counts["down"]} down</span>, {counts["pending"]} pending</p>'
     )
+    resting = sum(1 for c in checks if isinstance(c.get("maintenance"), dict))
+    if resting:
+        summary += f'<p class="summary"><span class="maintenance">{resting} in maintenance</span></p>'
     body = f"<header><h1>{e(title)}</h1>{summary}</header>{warnings}{''.join(sections)}"
     return _page(title, body, _REFRESH_INDEX)
 
@@ -536,7 +556,7 @@ def _index_row(check: Mapping[str, Any], now: float) -> str:
         f'<tr class="check {state}" data-check="{e(name)}">'
         f'<td><span class="state {state}">{state}</span>{_unconfirmed(check, state)}</td>'
         f'<td><a href="/checks/{e(quote(name, safe=""))}">{e(name)}</a>'
-        f'<div class="target">{e(check.get("target", ""))}</div></td>'
+        f'<div class="target">{e(check.get("target", ""))}</div>{_maintenance_badge(check)}</td>'
         f"<td>{e(check.get('type', ''))}</td>"
         f'<td class="num">{e(_uptime(check.get("uptime_24h")))}</td>'
         f'<td class="num">{e(_uptime(check.get("uptime_7d")))}</td>'
@@ -579,6 +599,7 @@ def render_check(check: Mapping[str, Any], run: str, title: str, trace: str | No
         f'<header><h1>{e(name)} <span class="state {state}">{state}</span></h1>'
         f'<p class="target">{e(check.get("type", ""))} · {e(check.get("target", ""))} · every '
         f"{e(_duration(check.get('interval')))} {label_text}</p></header>",
+        _maintenance_note(check),
         facts,
     ]
     if failure:
@@ -600,6 +621,39 @@ def render_check(check: Mapping[str, Any], run: str, title: str, trace: str | No
             )
     parts.append(_render_runs(name, check.get("last_runs") or [], details, failure, trace, now))
     return _page(f"{name} · {title}", "".join(parts), _REFRESH_CHECK)
+
+
+def _maintenance_badge(check: Mapping[str, Any]) -> str:
+    """A badge when a maintenance window of the check is open, with its name and end."""
+    window = check.get("maintenance")
+    if not isinstance(window, dict):
+        return ""
+    about = f"{window.get('name', '')} until {window.get('until', '')}"
+    reason = window.get("reason")
+    return (
+        f'<span class="state maintenance" title="{e(reason or about)}">maintenance</span> '
+        f'<span class="muted">{e(about)}</span>'
+    )
+
+
+def _maintenance_note(check: Mapping[str, Any]) -> str:
+    """The open maintenance window on a check's page: name, reason, since and until when; else the
+    next one, if the check has one to come."""
+    window = check.get("maintenance")
+    if not isinstance(window, dict):
+        upcoming = check.get("next_maintenance")
+        if not isinstance(upcoming, dict):
+            return ""
+        return (
+            f'<p class="muted">next maintenance window: {e(upcoming.get("name", ""))}, '
+            f"{e(upcoming.get('since', ''))} to {e(upcoming.get('until', ''))}</p>"
+        )
+    reason = f" · {e(window['reason'])}" if window.get("reason") else ""
+    return (
+        '<p class="in-maintenance"><span class="state maintenance">maintenance</span> '
+        f"<strong>{e(window.get('name', ''))}</strong>{reason} · since {e(window.get('since', ''))}"
+        f" · until {e(window.get('until', ''))}</p>"
+    )
 
 
 def _run_link(name: str, run: Mapping[str, Any]) -> str:
@@ -781,7 +835,7 @@ def _unauthorized(title: str) -> str:
 
 _CSS = """
 :root{color-scheme:light dark;--bg:#fbfbfc;--fg:#1d2430;--muted:#6b7380;--line:#e3e6eb;--up:#1a8a4a;
---down:#c8302c;--pending:#8a8f98;--bar:#3b6fd8;--card:#fff}
+--down:#c8302c;--pending:#8a8f98;--bar:#3b6fd8;--card:#fff;--maint:#8a5cc8}
 @media (prefers-color-scheme:dark){:root{--bg:#15181d;--fg:#e3e6eb;--muted:#9aa1ab;--line:#2b3038;
 --card:#1c2027;--bar:#6d96ef}}
 *{box-sizing:border-box}body{margin:0 auto;max-width:1200px;padding:20px 28px;background:var(--bg);
@@ -794,6 +848,7 @@ th{font-weight:600;font-size:12px;color:var(--muted)}td.num{font-variant-numeric
 .muted{color:var(--muted)}.flapping{color:#b26a00;font-weight:600;font-size:12px}.target{color:var(--muted);font-size:12px;word-break:break-all}
 .state{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;color:#fff;
 background:var(--pending)}.state.up{background:var(--up)}.state.down{background:var(--down)}
+.state.maintenance{background:var(--maint)}.maintenance{color:var(--maint)}
 .badge{font-size:12px;font-weight:500;margin-left:8px}.badge.up,.count-up{color:var(--up)}
 .badge.down,.count-down{color:var(--down)}.reason{font-weight:600;color:var(--down)}
 .message{word-break:break-word}.failure{max-width:360px;font-size:13px}

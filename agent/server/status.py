@@ -36,6 +36,7 @@ import anyio
 from aiohttp import web
 from anyio.abc import TaskStatus
 
+from agent.config.maintenance import Open
 from agent.config.secrets import Redactor
 from agent.errors import ConfigError
 from agent.sdk.assertions import AssertionOutcome
@@ -356,8 +357,10 @@ class Server:
         sock: socket.socket | None = None,
         reload: Callable[[str], Awaitable[Mapping[str, Any]]] | None = None,
         pages: Pages | None = None,
+        maintenance: InMaintenance | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self._maintenance = maintenance
         self._reload = reload
         self._pages = pages
         self._listener = Listener(host, port, inbound_port, max_body, header_timeout, max_connections, sock)
@@ -429,7 +432,9 @@ class Server:
     async def checks(self, request: web.Request) -> web.Response:
         if not authorized(request, self._token):
             raise web.HTTPUnauthorized(text="a valid bearer token is required\n")
-        states = [check_json(state, self._redact) for state in self._recorder.states.values()]
+        states = [
+            check_json(state, self._redact, self._maintenance) for state in self._recorder.states.values()
+        ]
         return _json({"checks": states})
 
     async def check(self, request: web.Request) -> web.Response:
@@ -438,7 +443,7 @@ class Server:
         state = self._recorder.states.get(request.match_info["name"])
         if state is None:
             raise web.HTTPNotFound(text="no such check\n")
-        return _json(check_json(state, self._redact))
+        return _json(check_json(state, self._redact, self._maintenance))
 
     async def reload(self, request: web.Request) -> web.Response:
         if not authorized(request, self._token):
@@ -448,7 +453,13 @@ class Server:
         return reload_response(await self._reload("POST /-/reload"))
 
 
-def check_json(state: CheckState, redact: Redactor) -> dict[str, Any]:
+InMaintenance = Callable[[str], Open | None]
+"""The maintenance window open for a check now, by its name (agent/config/maintenance.py)."""
+
+
+def check_json(
+    state: CheckState, redact: Redactor, maintenance: InMaintenance | None = None
+) -> dict[str, Any]:
     """One check as ``/api/checks`` shows it (documented in docs/configuration.md, *The status API*).
 
     For a person as much as for a tool: times in RFC 3339 (UTC, "Z", milliseconds), durations in
@@ -480,7 +491,16 @@ def check_json(state: CheckState, redact: Redactor) -> dict[str, Any]:
         "state_changes_last_hour": state.changes_last_hour,
         "attempts": state.attempts,
         "last": None if last is None else _result_json(last, state.last_time, redact),
+        "maintenance": _maintenance_json(maintenance, check.name, redact),
     }
+
+
+def _maintenance_json(
+    maintenance: InMaintenance | None, name: str, redact: Redactor
+) -> dict[str, Any] | None:
+    """The window open now (``null`` when none is): its name, reason, since and until."""
+    found = maintenance(name) if maintenance is not None else None
+    return None if found is None else redact.deep(found.as_json())
 
 
 def _result_json(result: ProbeResult, at: float | None, redact: Redactor) -> dict[str, Any]:

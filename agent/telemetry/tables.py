@@ -374,6 +374,12 @@ class MetricTables:
         self.tables: dict[str, Table] = {}
         self._starts: dict[str | None, int] = {}
         self._bound: dict[str | None, Attributes] = {}
+        self._hooks: list[Callable[[], None]] = []
+
+    def before_collection(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` at the start of each collection, in the collecting thread: for series
+        whose values are worked out then (which checks are in a maintenance window)."""
+        self._hooks.append(hook)
 
     def bind(self, check: str, attrs: Attributes) -> None:
         """``attrs`` are ``check``'s own attributes, the one object its runs record most series
@@ -405,6 +411,8 @@ class MetricTables:
 
     def refresh(self) -> None:
         """Read the observed metrics into their tables; collections call it first."""
+        for hook in list(self._hooks):
+            hook()
         for table in list(self.tables.values()):
             if table.observer is not None:
                 for attrs, value in table.observer():

@@ -1,0 +1,408 @@
+"""Maintenance windows: when a check's target is expected to be down, and the alerts should be quiet.
+
+A window is either recurring, a cron expression read in an IANA time zone with a duration::
+
+    maintenance:
+      - {name: weekly-db, cron: "0 2 * * SUN", timezone: Europe/Berlin, duration: 2h}
+
+or absolute, a start and an end in RFC 3339 (a vendor's announced maintenance)::
+
+      - {name: stripe-upgrade, start: "2026-12-01T01:00:00Z", end: "2026-12-01T03:00:00Z"}
+
+A check lists its own under ``maintenance``; the check file's top-level ``maintenance`` list holds
+windows for the checks its selector picks (``checks``: name patterns, ``labels``: labels that must
+all be equal). Runs go on during a window; the agent shows it (``vantage_check_maintenance``,
+``/api/checks``, the status page) so that alert rules can stay quiet.
+
+Cron times follow cronsim (healthchecks.io's parser), which follows Debian's cron when the
+expression names a minute and an hour: a start in the hour that a change to summer time skips
+moves to the first minute after the gap (``30 2 * * *`` in Europe/Berlin starts at 03:00 that
+day), and a start in the hour that a change to winter time repeats happens once, at its first
+occurrence (summer time). An expression with ``*`` in its minute or hour field is read in
+absolute time. The duration is elapsed time: a 2h window that starts at 01:30 on the night the
+clocks go back ends at 02:30 winter time.
+
+Nothing here reads the clock: every function is given the time it is asked about.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import math
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.config._explain import Problem, did_you_mean, explain
+from agent.sdk.durations import Duration, format_duration
+
+if TYPE_CHECKING:
+    from agent.sdk.types import Check
+
+__all__ = [
+    "FileWindow",
+    "Open",
+    "ParsedWindows",
+    "Schedule",
+    "Window",
+    "next_window",
+    "open_window",
+    "parse_windows",
+    "same_but_windows",
+    "selected",
+]
+
+_CHAIN = 100  # overlapping occurrences followed at most to find where a window ends
+_SEARCH = 1000  # cron occurrences stepped over at most when one is out of order (a repeated hour)
+
+
+@functools.cache
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+@functools.cache
+def _zones() -> frozenset[str]:
+    import zoneinfo
+
+    return frozenset(zoneinfo.available_timezones())
+
+
+class Window(BaseModel):
+    """One maintenance window: ``cron`` with ``duration`` (and ``timezone``), or ``start`` and ``end``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    reason: str | None = Field(default=None, max_length=1000)
+    cron: str | None = None
+    timezone: str | None = None
+    duration: Duration | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from cronsim import CronSim, CronSimError
+
+        try:
+            CronSim(value, datetime(2000, 1, 1, tzinfo=UTC))
+        except CronSimError as exc:
+            raise ValueError(f"{value!r} is not a cron expression: {exc}") from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            _zone(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            hint = did_you_mean(value, _zones()) if len(value) <= 60 else ""
+            shown = repr(value) if len(value) <= 60 else "this"
+            raise ValueError(
+                f"{shown} is not an IANA time zone (e.g. Europe/Berlin, UTC)" + (f"; {hint}" if hint else "")
+            ) from None
+        return value
+
+    @field_validator("duration")
+    @classmethod
+    def _duration(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("the duration must be above zero")
+        return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _offset(cls, value: datetime) -> datetime:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("needs a UTC offset, as RFC 3339 has it (e.g. 2026-12-01T02:00:00Z or +01:00)")
+        return value
+
+    @field_validator("end")
+    @classmethod
+    def _after_start(cls, value: datetime, info: Any) -> datetime:
+        start = info.data.get("start")
+        if start is not None and value <= start:
+            raise ValueError(f"the end ({_iso(value)}) must be after the start ({_iso(start)})")
+        return value
+
+    @model_validator(mode="after")
+    def _kind(self) -> Window:
+        if self.cron is not None:
+            if self.start is not None or self.end is not None:
+                raise ValueError("a window has either cron (with duration) or start and end, not both")
+            if self.duration is None:
+                raise ValueError("a cron window needs a duration (e.g. duration: 2h)")
+            return self
+        if self.start is None or self.end is None:
+            if self.duration is not None or self.timezone is not None:
+                raise ValueError("duration and timezone belong to a cron window: add cron")
+            missing = (
+                "end" if self.start is not None else "start" if self.end is not None else "cron or start"
+            )
+            raise ValueError(f"missing {missing}: a window has cron (with duration) or start and end")
+        if self.duration is not None or self.timezone is not None:
+            raise ValueError(
+                "start and end carry their own offset: duration and timezone belong to a cron window"
+            )
+        return self
+
+    @property
+    def title(self) -> str:
+        """What the window is called where it is shown: its name, or what it is."""
+        if self.name:
+            return self.name
+        if self.cron is not None:
+            assert self.duration is not None
+            return f"{self.cron} ({self.timezone or 'UTC'}) for {format_duration(self.duration)}"
+        assert self.start is not None and self.end is not None
+        return f"{_iso(self.start)} to {_iso(self.end)}"
+
+    def occurrence(self, at: datetime) -> tuple[datetime, datetime] | None:
+        """``(since, until)`` when the window is open at ``at`` (aware), else None.
+
+        A cron window whose occurrences overlap is one window from the first's start to the end of
+        the last that starts before the one before it ends (followed for 100 occurrences)."""
+        if self.cron is None:
+            assert self.start is not None and self.end is not None
+            return (self.start, self.end) if self.start <= at < self.end else None
+        assert self.duration is not None
+        length = timedelta(seconds=self.duration)
+        first = self._starts_after(at - length)
+        since = next(first, None)
+        if since is None or since > at:
+            return None
+        until = since + length
+        for _ in range(_CHAIN):
+            later = next(first, None)
+            if later is None or later >= until:
+                break
+            until = max(until, later + length)
+        return since, until
+
+    def following(self, at: datetime) -> tuple[datetime, datetime] | None:
+        """``(start, end)`` of the first occurrence that starts after ``at``, or None (an absolute
+        window that has begun, a cron expression with no date to come)."""
+        if self.cron is None:
+            assert self.start is not None and self.end is not None
+            return (self.start, self.end) if self.start > at else None
+        assert self.duration is not None
+        start = next(self._starts_after(at), None)
+        return None if start is None else (start, start + timedelta(seconds=self.duration))
+
+    def _starts_after(self, at: datetime) -> Iterator[datetime]:
+        """The cron starts after ``at``, in UTC, in order. cronsim reads a repeated hour's wall
+        time once, at its first occurrence: asked from within the second, it may answer a start
+        before ``at``, which is skipped."""
+        from cronsim import CronSim
+
+        assert self.cron is not None
+        zone = _zone(self.timezone or "UTC")
+        found = CronSim(self.cron, at.astimezone(zone))
+        skipped = 0
+        while True:
+            try:
+                start = next(found).astimezone(UTC)
+            except StopIteration:  # no date for 50 years (30 February)
+                return
+            if start <= at:
+                skipped += 1
+                if skipped > _SEARCH:
+                    return
+                continue
+            yield start
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class FileWindow(Window):
+    """A window of the check file's ``maintenance`` list: a window and the checks it is for
+    (``checks``: name patterns such as ``stripe-*``; ``labels``: labels that must all be equal;
+    both: a check must match both)."""
+
+    checks: tuple[str, ...] = ()
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _selector(self) -> FileWindow:
+        if not self.checks and not self.labels:
+            raise ValueError("say which checks it is for: checks (name patterns) and/or labels")
+        return self
+
+    def selects(self, check: Check) -> bool:
+        """Whether the window is for ``check``."""
+        labels = check.labels
+        if any(labels.get(key) != value for key, value in self.labels.items()):
+            return False
+        return not self.checks or any(fnmatch.fnmatchcase(check.name, pattern) for pattern in self.checks)
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    """A window that is open: which, since when and until when."""
+
+    window: Window
+    since: datetime
+    until: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        """As ``/api/checks`` shows it."""
+        return {
+            "name": self.window.title,
+            "reason": self.window.reason,
+            "since": _iso(self.since),
+            "until": _iso(self.until),
+        }
+
+
+def open_window(windows: Sequence[Window], at: datetime) -> Open | None:
+    """The window of ``windows`` open at ``at`` (aware), the one that ends last when several are."""
+    found: Open | None = None
+    for window in windows:
+        occurrence = window.occurrence(at)
+        if occurrence is not None and (found is None or occurrence[1] > found.until):
+            found = Open(window, *occurrence)
+    return found
+
+
+def next_window(windows: Sequence[Window], at: datetime) -> Open | None:
+    """The first window of ``windows`` to open after ``at`` (its ``since`` is in the future)."""
+    found: Open | None = None
+    for window in windows:
+        following = window.following(at)
+        if following is not None and (found is None or following[0] < found.since):
+            found = Open(window, *following)
+    return found
+
+
+def selected(check: Check, file_windows: Sequence[FileWindow]) -> tuple[Window, ...]:
+    """The check file's windows whose selector picks ``check``."""
+    return tuple(window for window in file_windows if window.selects(check))
+
+
+def same_but_windows(old: Check, new: Check) -> bool:
+    """Whether two definitions of a check differ in their maintenance windows alone (a reload
+    then keeps the check running: its state, its series and its schedule go on)."""
+    return old.model_copy(update={"maintenance": ()}) == new.model_copy(update={"maintenance": ()})
+
+
+class ParsedWindows:
+    """Windows already parsed, by what was written, and the tuples of them checks hold: checks
+    written alike share one object (thousands of checks picked by one selector hold one tuple)."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, Window] = {}
+        self._tuples: dict[tuple[int, ...], tuple[Window, ...]] = {}
+
+    def window(self, raw: Mapping[str, Any]) -> Window:
+        """``raw`` parsed (raises ``ValidationError``)."""
+        key = repr(sorted(raw.items(), key=lambda item: str(item[0]))) if isinstance(raw, Mapping) else ""
+        known = self._known.get(key) if key else None
+        if known is None:
+            known = Window.model_validate(raw)
+            if key:
+                self._known[key] = known
+        return known
+
+    def share(self, windows: tuple[Window, ...]) -> tuple[Window, ...]:
+        """An equal tuple already seen, or ``windows`` (the windows themselves are shared)."""
+        return self._tuples.setdefault(tuple(id(w) for w in windows), windows)
+
+
+def parse_windows(
+    raw: Sequence[Mapping[str, Any]],
+    file_windows: Sequence[FileWindow],
+    check: Check | None,
+    problems: list[Problem],
+    parsed: ParsedWindows | None = None,
+) -> tuple[Window, ...]:
+    """A check's windows: its own (``raw``, as written under its ``maintenance``), then the file's
+    that select it (none when ``check`` is None: its other fields are bad). Each problem of its own
+    is added to ``problems`` under ``maintenance[i]``."""
+    parsed = parsed or ParsedWindows()
+    own: list[Window] = []
+    for index, item in enumerate(raw):
+        try:
+            own.append(parsed.window(item))
+        except ValidationError as exc:
+            problems += explain(exc, Window, ("maintenance", index))
+    picked = selected(check, file_windows) if file_windows and check is not None else ()
+    return (*own, *picked) if picked else tuple(own)
+
+
+# ------------------------------------------------------------------ the windows of a running agent
+
+
+class Schedule:
+    """The maintenance windows of the checks an agent runs, by check name, asked at a wall time.
+
+    Only checks that have a window are in it. What a window says at a time holds until its next
+    boundary (it opens, it closes): each window's answer is kept until then, so that asking for
+    every check at each collection of the metrics costs a look-up per check. A clock that steps
+    back is asked again. Safe to read from other threads (the metrics are rendered in one)."""
+
+    def __init__(self, entries: Iterable[Any] = ()) -> None:
+        self.lock = threading.Lock()
+        """Held while the windows are read for all checks or replaced (see ``replace``)."""
+        self._windows: dict[str, tuple[Window, ...]] = {}
+        self._answers: dict[int, tuple[float, float, tuple[datetime, datetime] | None, Window]] = {}
+        self.replace(entries)
+
+    def replace(self, entries: Iterable[Any]) -> None:
+        """Take the windows of ``entries`` (``CheckEntry``): a reload's new set, before the checks
+        it removes are forgotten."""
+        windows = {entry.check.name: entry.maintenance for entry in entries if entry.maintenance}
+        with self.lock:
+            self._windows = windows
+            self._answers = {}
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def items(self) -> list[tuple[str, tuple[Window, ...]]]:
+        return list(self._windows.items())
+
+    def windows(self, name: str) -> tuple[Window, ...]:
+        return self._windows.get(name, ())
+
+    def open(self, name: str, at: float) -> Open | None:
+        """The window open for check ``name`` at ``at`` (seconds since the epoch), or None."""
+        windows = self._windows.get(name)
+        if not windows:
+            return None
+        found: Open | None = None
+        for window in windows:
+            occurrence = self._occurrence(window, at)
+            if occurrence is not None and (found is None or occurrence[1] > found.until):
+                found = Open(window, *occurrence)
+        return found
+
+    def next(self, name: str, at: float) -> Open | None:
+        """The check's next window to open after ``at``, or None."""
+        windows = self._windows.get(name)
+        return next_window(windows, datetime.fromtimestamp(at, UTC)) if windows else None
+
+    def _occurrence(self, window: Window, at: float) -> tuple[datetime, datetime] | None:
+        answers = self._answers
+        known = answers.get(id(window))
+        if known is not None and known[0] <= at < known[1] and known[3] is window:
+            return known[2]
+        moment = datetime.fromtimestamp(at, UTC)
+        occurrence = window.occurrence(moment)
+        if occurrence is not None:
+            valid = occurrence[1].timestamp()
+        else:
+            following = window.following(moment)
+            valid = following[0].timestamp() if following is not None else math.inf
+        # Keyed by the window's id, and holding it: an id is never read as another window's.
+        answers[id(window)] = (at, valid, occurrence, window)
+        return occurrence
