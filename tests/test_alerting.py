@@ -32,14 +32,6 @@ RUNBOOKS = ROOT / "docs" / "runbooks.md"
 # The address of docs/runbooks.md that the rule file carries until someone says where theirs is.
 PLACEHOLDER = "https://git.example.com/platform/vantage/-/blob/main/docs/runbooks.md"
 
-# Issue 15's metrics (CONTRACT15.md) that the rules and monitors read before their probes' golden
-# files are merged; once tests/golden/metrics.txt has them, this set changes nothing and goes.
-AWAITING_GOLDEN = {
-    "vantage.check.up",
-    "vantage.check.maintenance",
-    "vantage.check.flapping",
-    "probe.vendor.status",
-}
 # Alerts whose condition needs the current time (an expiry or sunset timestamp minus now), which
 # a Datadog metric query cannot compute; docs/deployment.md says so.
 NOT_IN_DATADOG = {"VantageCertificateExpiringSoon", "VantageTokenExpiringSoon", "VantageApiSunsetSoon"}
@@ -52,7 +44,7 @@ def rules() -> dict[str, dict[str, Any]]:
 
 def otel_names() -> set[str]:
     """The OpenTelemetry names of the agent's instruments: what reaches Datadog over OTLP."""
-    names = set(AWAITING_GOLDEN)
+    names: set[str] = set()
     for line in GOLDEN.read_text().splitlines():
         parts = line.split()
         if len(parts) >= 3 and parts[2].startswith("otel="):
