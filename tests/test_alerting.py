@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -669,7 +670,8 @@ def test_grafana_conditions_hold_for_every_alert_the_rules_fire(tmp_path: Path) 
 @pytest.mark.timeout(120)
 def test_from_a_failing_vendor_to_a_page(alertmanager: tuple[int, Notifications], tmp_path: Path) -> None:
     """The whole chain: an agent probes a vendor that fails, Prometheus evaluates the shipped rules on
-    what it scrapes and sends the alerts to the example Alertmanager, which pages and posts."""
+    what it scrapes and sends the alerts to the example Alertmanager, which pages and posts; the
+    check in a maintenance window fails as much and stays quiet."""
     am_port, notifications = alertmanager
 
     async def broken(_: web.Request) -> web.Response:
@@ -686,7 +688,14 @@ def test_from_a_failing_vendor_to_a_page(alertmanager: tuple[int, Notifications]
             "timeout": "900ms",
             "labels": {"vendor": "stripe"},
         }
-        agent = AgentProcess([check], {"VANTAGE_REGION": "eu-west-1"})
+        # The same vendor's refunds endpoint fails too, inside an announced maintenance window.
+        now = datetime.now(UTC)
+        window = {
+            "start": (now - timedelta(hours=1)).isoformat(),
+            "end": (now + timedelta(hours=1)).isoformat(),
+        }
+        refunds = check | {"name": "refunds", "maintenance": [{"name": "stripe-upgrade", **window}]}
+        agent = AgentProcess([check, refunds], {"VANTAGE_REGION": "eu-west-1"})
         prometheus = None
         try:
             wait_until(lambda: _ok(agent.url("/readyz")), timeout=30)
@@ -719,6 +728,11 @@ def test_from_a_failing_vendor_to_a_page(alertmanager: tuple[int, Notifications]
                 ),
                 timeout=60,
             )
+            # Quiet for the check in maintenance: Prometheus never sent an alert of it.
+            assert "refunds" not in "\n".join(json.dumps(body) for _, body in notifications.bodies)
+            with urllib.request.urlopen(f"http://127.0.0.1:{am_port}/api/v2/alerts", timeout=10) as response:
+                received = json.loads(response.read())
+            assert {a["labels"]["check"] for a in received} == {"charges"}
             page = next(body for where, body in notifications.bodies if where == "/pagerduty")
             assert page["routing_key"] == "R0UT1NGKEY" and page["payload"]["severity"] == "critical"
             assert page["links"] == [{"href": f"{PLACEHOLDER}#vantagecheckdowninregions", "text": "runbook"}]
