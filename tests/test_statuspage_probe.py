@@ -287,7 +287,7 @@ async def test_what_the_vendor_writes_is_bounded_and_harmless(page: tuple[Page, 
     result = await run(port)
     assert result.reason is Reason.VENDOR_OUTAGE
     assert "\n" not in result.message and "\x1b" not in result.message
-    assert "Errors\\n\\x1b[31mfor card xxx" in result.message
+    assert "'Errors [31mfor card xxx" in result.message  # control characters folded at read
     assert len(result.message) < 300
     assert result.values["probe.vendor.incidents"] == 40
     assert len(result.events) == 20
@@ -566,3 +566,66 @@ def test_the_vendor_or_us_queries(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(document))
     tested = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True)
     assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+# ---------------------------------------------------------------- hostile pages (review)
+
+
+async def test_components_that_would_share_a_label_get_distinct_ones(page: tuple[Page, int]) -> None:
+    """Two components the same label would be one series: the exposition would carry a duplicate
+    (a scrape error), or one would hide the other's outage. Same name without a group, the same
+    id twice, names alike in their first MAX_NAME characters: each its own label, stable."""
+    state, port = page
+    long = "x" * 130
+    document = {
+        "status": {"indicator": "major"},
+        "components": [
+            {"id": "a", "name": "API", "status": "major_outage"},
+            {"id": "b", "name": "API", "status": "operational"},
+            {"id": "c", "name": "Web", "status": "operational"},
+            {"id": "c", "name": "Edge", "status": "operational"},
+            {"id": "d", "name": f"{long}1", "status": "operational"},
+            {"id": "e", "name": f"{long}2", "status": "operational"},
+        ],
+    }
+    state.serve(document)
+    result = await run(port)
+    labels = [sample.labels["component"] for sample in result.samples]
+    assert len(set(labels)) == len(labels) == 6, labels
+    assert all(len(label) <= 2 * 120 for label in labels)
+    assert result.reason is Reason.VENDOR_OUTAGE
+    assert statuses(result)[labels[0]] == 4 and labels[0].startswith("API")
+    assert (await run(port)).samples == result.samples  # the same labels run after run
+
+
+async def test_a_component_status_of_any_json_type_is_unreadable_not_a_crash(
+    page: tuple[Page, int],
+) -> None:
+    state, port = page
+    for status in ([], {}, ["major_outage"], 4, None, True):
+        state.serve(
+            {"status": {"indicator": "none"}, "components": [{"id": "a", "name": "API", "status": status}]}
+        )
+        result = await run(port)
+        assert result.reason is Reason.PROTOCOL, (status, result.message)
+        assert "component 'API' has the status" in result.message
+
+
+async def test_vendor_names_with_control_characters_are_folded(page: tuple[Page, int]) -> None:
+    """A name with a newline or an ANSI escape reaches neither a message (a log line) nor a label."""
+    state, port = page
+    state.serve(
+        {
+            "status": {"indicator": "major"},
+            "page": {"name": "Acme\n\x1b[2J"},
+            "components": [{"id": "a", "name": 'Pay"ments\n\x1b[31mAPI\\', "status": "major_outage"}],
+            "incidents": [
+                {"name": "Down\r\nINFO fake log line", "impact": "major", "components": [{"id": "a"}]}
+            ],
+        }
+    )
+    result = await run(port)
+    assert result.reason is Reason.VENDOR_OUTAGE
+    for text in (result.message, *statuses(result), str(result.attributes), str(result.events)):
+        assert not any(c in text for c in "\n\r\x1b"), text
+    assert list(statuses(result)) == ['Pay"ments [31mAPI\\']
