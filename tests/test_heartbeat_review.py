@@ -1,0 +1,70 @@
+"""Heartbeats under a hostile or careless caller: what one check may hold in memory, and what
+reaches a message."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.sdk import InboundRequest
+from agent.server.inbox import KEEP_BYTES, Inbox
+
+from .test_heartbeat_runs import TOKEN, clocked_agent, heartbeat
+
+pytestmark = pytest.mark.anyio
+
+
+def request(check: str, body: bytes) -> InboundRequest:
+    return InboundRequest(
+        endpoint="heartbeat",
+        check=check,
+        method="POST",
+        headers={},
+        query={},
+        body=body,
+        remote="127.0.0.1",
+        received=0.0,
+        received_monotonic=0.0,
+    )
+
+
+def held(inbox: Inbox, check: str) -> int:
+    return sum(len(d.request.body) for d in inbox.after(check, 0))
+
+
+def test_an_inbox_holds_a_bounded_number_of_bytes_per_check() -> None:
+    inbox = Inbox(keep=256)
+    for _ in range(256):
+        inbox.deliver(request("job", b"x" * (256 << 10)))  # the default VANTAGE_INBOUND_MAX_BODY
+    assert held(inbox, "job") <= KEEP_BYTES
+    newest = inbox.deliver(request("job", b"small")).sequence
+    assert inbox.after("job", newest - 1)[0].request.body == b"small"  # the newest always kept
+    huge = inbox.deliver(request("job", b"y" * (KEEP_BYTES + 1))).sequence
+    assert [d.sequence for d in inbox.after("job", 0)] == [huge]  # one over the budget: alone
+    assert held(inbox, "other") == 0
+    for _ in range(300):
+        inbox.deliver(request("other", b"z"))
+    assert len(inbox.after("other", 0)) == 256  # the count bound holds as before
+    inbox.drop("job")
+    assert held(inbox, "job") == 0
+    inbox.deliver(request("job", b"a" * 10))
+    assert held(inbox, "job") == 10  # a dropped check starts its budget afresh
+
+
+async def test_a_job_sending_its_output_every_run_costs_bounded_memory() -> None:
+    """Jobs send their output with every end ping (the recipe does): the check's pings are read
+    every run, but the inbox kept the newest 256 of them with their bodies, up to 64 MiB a check
+    at the default body limit, for as long as the agent ran."""
+    async with clocked_agent([heartbeat("job")], {"VANTAGE_INBOUND_RATE": "off"}) as running:
+        output = b"line of output\n" * (200 << 10 >> 4)  # 200 KiB
+        for _ in range(64):
+            status, _ = await running.ping("job", "0", data=output, headers={"Content-Type": "text/plain"})
+            assert status == 200
+        result = await running.check("job")
+        assert result.success, result.message
+        assert held(running.agent.inbox, "job") <= KEEP_BYTES
+        # Unauthenticated callers' bodies are held (to report a bad token) under the same budget.
+        for _ in range(64):
+            status, _ = await running.ping("job", "0", data=output, token="wrong-token-0123456789")
+            assert status == 401
+        assert held(running.agent.inbox, "job") <= KEEP_BYTES
+        assert TOKEN  # the good token was used above
