@@ -71,7 +71,6 @@ from ._toolkit.inbound import LastSeen, content_type_problem, printable, token_p
 
 __all__ = ["HeartbeatProbe", "HeartbeatSettings", "log_excerpt", "next_fire"]
 
-_MESSAGE_KEPT = 4096
 _CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded", "text/plain")
 _STATUSES = {"": "ok", "ok": "ok", "success": "ok", "0": "ok", "fail": "fail", "failure": "fail", "1": "fail"}
 _FIELDS = frozenset({"status", "message", "duration", "rid", "token"})
@@ -227,9 +226,10 @@ def read_ping(request: InboundRequest) -> Ping | str:
             return "duration must be a number of seconds"
         if not math.isfinite(duration) or duration < 0:
             return "duration must be a number of seconds"
-    # Capped loosely here and cut to size only when shown, after redaction: a cut first could
-    # halve a secret the job echoed, and the redactor would no longer know it.
-    message = "" if log else printable(str(fields.get("message", "")), _MESSAGE_KEPT)
+    # Not cut here at all (the body limit bounds it): only when shown, after redaction. A cut first
+    # halves a secret the job echoed, which the redactor then no longer knows; and once the copies
+    # before it have shrunk to "<redacted>", that half is within what is shown.
+    message = "" if log else printable(text := str(fields.get("message", "")), len(text))
     action = request.action
     if action == "start":
         return Ping("start", "start", message, duration, rid, log=log)

@@ -68,3 +68,18 @@ async def test_a_job_sending_its_output_every_run_costs_bounded_memory() -> None
             assert status == 401
         assert held(running.agent.inbox, "job") <= KEEP_BYTES
         assert TOKEN  # the good token was used above
+
+
+async def test_a_long_message_is_redacted_before_it_is_cut() -> None:
+    """The job's ``message`` was cut at 4 KiB before redaction: a secret halved by that cut was no
+    longer known, and once the copies before it had shrunk to ``<redacted>`` its first half was
+    in the failure message's 200 characters."""
+    secret = "s3cr3t-" + "k" * 293  # a long token (a JWT, a key) the job echoes in its message
+    check = heartbeat("job")
+    check["settings"]["token"] = "${LONG_TOKEN}"
+    async with clocked_agent([check], {"LONG_TOKEN": secret}) as running:
+        status, _ = await running.ping("job", token=secret, json={"status": "fail", "message": secret * 14})
+        assert status == 200
+        result = await running.check("job")
+        assert result.message.startswith("the job reported a failure: <redacted>")
+        assert "s3cr3t" not in result.message and "kkkkkkkk" not in result.message, result.message
