@@ -481,11 +481,16 @@ def _outage_message(failing: list[int], labels: list[str], summary: _Summary, ct
     active = [m for m in summary.maintenances if m.status in _MAINTENANCE_ACTIVE and m.components & ids]
     if incident is None and active:
         return message + f" during its maintenance {clip(active[0].name, MAX_NAME, ctx.redact)!r}"
-    incident = incident or _worst(summary.incidents)
+    # Else an incident that does not say which components it concerns may be the cause; one that
+    # names others is not quoted as if it were.
+    incident = incident or _worst(i for i in summary.incidents if not i.components)
     if incident is not None:
         message += f": {clip(incident.name, MAX_NAME, ctx.redact)!r}"
         if len(summary.incidents) > 1:
             message += f" (and {len(summary.incidents) - 1} more unresolved)"
+    elif summary.incidents:
+        count = len(summary.incidents)
+        message += f" ({count} unresolved incident{'s' if count > 1 else ''} elsewhere)"
     return message
 
 

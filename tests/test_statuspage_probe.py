@@ -629,3 +629,22 @@ async def test_vendor_names_with_control_characters_are_folded(page: tuple[Page,
     for text in (result.message, *statuses(result), str(result.attributes), str(result.events)):
         assert not any(c in text for c in "\n\r\x1b"), text
     assert list(statuses(result)) == ['Pay"ments [31mAPI\\']
+
+
+async def test_the_message_names_no_incident_of_other_components(page: tuple[Page, int]) -> None:
+    """An incident that names its components and not the failing one is not quoted as the cause:
+    "degraded performance of Webhooks: 'Elevated error rates'" blamed the Payments API incident."""
+    state, port = page
+    document = fixture("outage")
+    document["incidents"] = [i for i in document["incidents"] if i["name"] == "Elevated error rates"]
+    state.serve(document)
+    webhooks = await run(port, components=["Webhooks"], fail_on="degraded_performance")
+    assert (
+        webhooks.message
+        == "the vendor declares degraded performance of Webhooks (1 unresolved incident elsewhere)"
+    )
+    # An incident that does not say which components it concerns may be the cause: still quoted.
+    del document["incidents"][0]["components"]
+    state.serve(document)
+    unsaid = await run(port, components=["Webhooks"], fail_on="degraded_performance")
+    assert unsaid.message == "the vendor declares degraded performance of Webhooks: 'Elevated error rates'"
