@@ -62,11 +62,15 @@ async def test_a_job_sending_its_output_every_run_costs_bounded_memory() -> None
         result = await running.check("job")
         assert result.success, result.message
         assert held(running.agent.inbox, "job") <= KEEP_BYTES
-        # Unauthenticated callers' bodies are held (to report a bad token) under the same budget.
+        # A caller without the token is reported (its request is held to say "wrong token"), but
+        # its body is not: 16 large bodies would push the job's genuine pings out of the budget.
         for _ in range(64):
             status, _ = await running.ping("job", "0", data=output, token="wrong-token-0123456789")
             assert status == 401
+        deliveries = running.agent.inbox.after("job", 0)
         assert held(running.agent.inbox, "job") <= KEEP_BYTES
+        assert sum(d.problem is None for d in deliveries) == len(deliveries) - 64 >= 20
+        assert all(d.request.body == b"" for d in deliveries if d.problem is not None)
         assert TOKEN  # the good token was used above
 
 

@@ -22,7 +22,7 @@ import ipaddress
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -301,7 +301,9 @@ class Inbound:
         name = entry.check.name
         log.info("inbound request for check %s rejected: %s", name, problem, extra={"check": name})
         if ours and self._inbox is not None:
-            self._inbox.deliver(inbound, problem)
+            # Held to report the problem, without the body no probe reads: a stranger's large
+            # bodies would push the job's genuine requests out of the inbox's byte budget.
+            self._inbox.deliver(replace(inbound, body=b""), problem)
         raise _Answered(Outcome.REJECTED, web.json_response(_REJECTED, status=401))
 
     def _gate_ours(self, name: str, route: Route | None) -> Inbox:
