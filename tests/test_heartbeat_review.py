@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.sdk import InboundRequest
+from agent.sdk import InboundRequest, Reason
 from agent.server.inbox import KEEP_BYTES, Inbox
 
 from .test_heartbeat_runs import TOKEN, clocked_agent, heartbeat
@@ -87,3 +87,21 @@ async def test_a_long_message_is_redacted_before_it_is_cut() -> None:
         result = await running.check("job")
         assert result.message.startswith("the job reported a failure: <redacted>")
         assert "s3cr3t" not in result.message and "kkkkkkkk" not in result.message, result.message
+
+
+async def test_a_stranger_flooding_a_check_pushes_out_none_of_the_jobs_pings() -> None:
+    """Requests that fail authentication are held for the probe to report, but the inbox's count
+    bound dropped the oldest whatever it was: 256 requests with a wrong token (under the default
+    rate limit of 600 a minute) between two runs erased the job's `/fail`, and the check passed."""
+    async with clocked_agent([heartbeat("job")], {"VANTAGE_INBOUND_RATE": "off"}) as running:
+        assert (await running.check("job")).success
+        status, _ = await running.ping(
+            "job", "fail", data="disk full", headers={"Content-Type": "text/plain"}
+        )
+        assert status == 200
+        for _ in range(300):
+            status, _ = await running.ping("job", token="wrong-token-0123456789")
+            assert status == 401
+        result = await running.check("job")
+        assert result.reason is Reason.JOB_FAILED, result.message
+        assert len(running.agent.inbox.after("job", 0)) == 256  # the count bound holds

@@ -5,7 +5,9 @@ problem its probe found when authenticating it (``None`` for a genuine one): a p
 signature as ``signature`` rather than as a delivery that never came. Each check keeps its newest
 ``keep`` requests and at most ``KEEP_BYTES`` of their bodies (the newest request whatever its size),
 so a flood costs bounded memory, and so does a heartbeat job that sends its output with every ping:
-its pings are read run after run, but stay here until newer ones push them out.
+its pings are read run after run, but stay here until newer ones push them out. Beyond ``keep``,
+a rejected request goes before a genuine one, so that a caller without credentials cannot push a
+job's pings out before its probe has read them.
 """
 
 from __future__ import annotations
@@ -47,7 +49,13 @@ class Inbox:
             box = self._boxes[check] = deque()
         box.append(delivery)
         held = self._held.get(check, 0) + len(request.body)
-        while len(box) > 1 and (len(box) > self._keep or held > self._keep_bytes):
+        if len(box) > self._keep:
+            # The oldest rejected request goes first: a stranger's flood must not push the
+            # genuine requests (a job's "/fail") out before the probe has read them.
+            index = next((i for i, d in enumerate(box) if d.problem is not None), 0)
+            held -= len(box[index].request.body)
+            del box[index]
+        while len(box) > 1 and held > self._keep_bytes:
             held -= len(box.popleft().request.body)
         self._held[check] = held
         event = self._arrived.pop(check, None)
