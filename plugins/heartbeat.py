@@ -351,17 +351,20 @@ class HeartbeatProbe(Probe[HeartbeatSettings]):
         tracker = ctx.state.get(_PingsSeen, first_seen)
         samples: list[Sample] = []
         events: list[Event] = []
-        deliveries = ctx.inbox.after(check.name, tracker.cursor)
-        for index, delivery in enumerate(deliveries):
+        pings: list[tuple[InboundRequest, Ping]] = []
+        for delivery in ctx.inbox.after(check.name, tracker.cursor):
             tracker.cursor = delivery.sequence
             ping = read_ping(delivery.request) if delivery.problem is None else delivery.problem
-            if isinstance(ping, str):
-                continue
+            if not isinstance(ping, str):  # requests that failed authentication count for nothing
+                pings.append((delivery.request, ping))
+        # The verdict stands on the last end: its log is read for the message, shown or not.
+        verdict = max((i for i, (_, ping) in enumerate(pings) if ping.action == "end"), default=-1)
+        for index, (request, ping) in enumerate(pings):
             samples.append(Sample("probe.heartbeat.pings", 1.0, {"status": ping.status}))
             # Only the newest pings are shown, so only their logs are read (a flood of large
             # bodies costs no redaction).
-            shown = index >= len(deliveries) - _EVENTS
-            event = _take(tracker, settings, ping, delivery.request, ctx.redact, samples, shown)
+            shown = index >= len(pings) - _EVENTS
+            event = _take(tracker, settings, ping, request, ctx.redact, samples, shown or index == verdict)
             if shown:
                 events.append(event)
         now = clock.monotonic()
@@ -399,16 +402,16 @@ def _take(
     request: InboundRequest,
     redact: Redactor,
     samples: list[Sample],
-    shown: bool,
+    read_log: bool,
 ) -> Event:
     """Count one ping in the check's state: a start opens a run, an end closes one and gives the
-    verdict on it; the ping's event for the span (with the log excerpt when ``shown``)."""
+    verdict on it; the ping's event for the span (with the log excerpt when ``read_log``)."""
     at = request.received_monotonic
     attributes: dict[str, AttributeValue] = {"vantage.heartbeat.status": ping.status}
     if ping.rid is not None:
         attributes["vantage.heartbeat.rid"] = ping.rid
     text = ""
-    if request.body and shown:
+    if request.body and read_log:
         text, binary = log_excerpt(request.body, redact)
         attributes["vantage.heartbeat.log.bytes"] = len(request.body)
         if binary:

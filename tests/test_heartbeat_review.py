@@ -104,4 +104,18 @@ async def test_a_stranger_flooding_a_check_pushes_out_none_of_the_jobs_pings() -
             assert status == 401
         result = await running.check("job")
         assert result.reason is Reason.JOB_FAILED, result.message
+        assert result.message == "the job reported a failure: disk full"
         assert len(running.agent.inbox.after("job", 0)) == 256  # the count bound holds
+
+
+async def test_the_failure_message_quotes_the_log_of_an_end_not_shown_on_the_span() -> None:
+    """Only the 16 newest pings of a run have their log read; the verdict's message quotes the last
+    end's log, and lost it when 16 `/log` pings came after that end."""
+    async with clocked_agent([heartbeat("job")], {"VANTAGE_INBOUND_RATE": "off"}) as running:
+        text = {"Content-Type": "text/plain"}
+        assert (await running.ping("job", "3", data="step 1\nERROR: disk full\n", headers=text))[0] == 200
+        for index in range(20):
+            assert (await running.ping("job", "log", data=f"cleanup {index}", headers=text))[0] == 200
+        result = await running.check("job")
+        assert result.message == "the job exited with code 3: ERROR: disk full"
+        assert len(running.events("job")) == 16
