@@ -119,3 +119,21 @@ async def test_the_failure_message_quotes_the_log_of_an_end_not_shown_on_the_spa
         result = await running.check("job")
         assert result.message == "the job exited with code 3: ERROR: disk full"
         assert len(running.events("job")) == 16
+
+
+async def test_the_checks_own_token_is_redacted_even_when_written_literally() -> None:
+    """`curl -v` prints the job's Authorization header in the output it sends; a token written in
+    the configuration rather than as ${ENV} was not known to the redactor and reached the span."""
+    literal = "literal-token-0123456789abcdef"
+    check = heartbeat("job")
+    check["settings"]["token"] = literal
+    async with clocked_agent([check]) as running:
+        output = (
+            f"> GET /heartbeat/job/start HTTP/1.1\n> Authorization: Bearer {literal}\n< HTTP/1.1 200\nboom\n"
+        )
+        assert (await running.ping("job", "1", token=literal, data=output))[0] == 200
+        result = await running.check("job")
+        assert result.reason is Reason.JOB_FAILED
+        logs = [str(event.get("vantage.heartbeat.log")) for event in running.events("job")]
+        assert logs and all(literal not in log for log in logs), logs
+        assert "Authorization: Bearer <redacted>" in logs[-1]
