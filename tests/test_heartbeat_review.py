@@ -3,6 +3,8 @@ reaches a message."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from agent.sdk import InboundRequest, Reason
@@ -137,3 +139,30 @@ async def test_the_checks_own_token_is_redacted_even_when_written_literally() ->
         logs = [str(event.get("vantage.heartbeat.log")) for event in running.events("job")]
         assert logs and all(literal not in log for log in logs), logs
         assert "Authorization: Bearer <redacted>" in logs[-1]
+
+
+async def test_a_job_whose_output_outgrows_the_body_limit_still_ends_its_run() -> None:
+    """healthchecks.io keeps the first 100 kB of a ping's body and takes the ping; here a body over
+    VANTAGE_INBOUND_MAX_BODY was a 413, so the job's end never counted: a failed job whose output
+    grew past 256 KiB went unreported, and its open run later failed as runtime_exceeded."""
+    async with clocked_agent(
+        [heartbeat("job", max_runtime="1h")], {"VANTAGE_INBOUND_RATE": "off"}
+    ) as running:
+        assert (await running.ping("job", "start"))[0] == 200
+        output = b"progress line\n" * (1 << 20 >> 4) + b"ERROR: the ERP refused the batch\n"  # 1 MiB
+        status, _ = await running.ping("job", "2", data=output)
+        assert status == 200
+        result = await running.check("job")
+        assert result.message == "the job exited with code 2: ERROR: the ERP refused the batch"
+        last = running.events("job")[-1]
+        assert str(last["vantage.heartbeat.log"]).endswith("ERROR: the ERP refused the batch")
+        assert last["vantage.heartbeat.log.bytes"] == 256 << 10  # the tail kept: where the error is
+        # Beyond 16 times the limit the body is still refused, after reading no more than that.
+        status, _ = await running.ping("job", "2", data=io.BytesIO(b"x" * (16 * (256 << 10) + 1)))
+        assert status == 413
+        # The plain endpoint's fields are read from a whole body only: a cut JSON body is a 400.
+        status, text = await running.ping(
+            "job", data=b'{"status": "fail", "message": "' + b"x" * (300 << 10) + b'"}',
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        assert (status, text) == (400, '{"error": "the body is not JSON"}')
