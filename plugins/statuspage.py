@@ -223,7 +223,9 @@ class StatuspageProbe(Probe[StatuspageSettings]):
             )
         ctx.stage = "reading the summary"
         try:
-            summary = _read(exchange.body, exchange.truncated, exchange.headers.get("Content-Type", ""))
+            summary = _read(
+                exchange.body, exchange.truncated, exchange.headers.get("Content-Type", ""), ctx.redact
+            )
         except _Unreadable as exc:
             return ProbeResult.failure(Reason.PROTOCOL, f"{SUMMARY_PATH}: {exc}")
         return _judge(summary, settings, ctx)
@@ -232,8 +234,9 @@ class StatuspageProbe(Probe[StatuspageSettings]):
 # ---------------------------------------------------------------- reading the summary
 
 
-def _read(body: bytes, truncated: bool, content_type: str) -> _Summary:
-    """The summary in ``body``; ``_Unreadable`` says what is wrong with it."""
+def _read(body: bytes, truncated: bool, content_type: str, redact: Redactor) -> _Summary:
+    """The summary in ``body``; ``_Unreadable`` says what is wrong with it (the vendor's words it
+    quotes redacted, as everywhere)."""
     if truncated:
         raise _Unreadable(f"the response is over {MAX_BODY >> 20} MiB, more than a summary ever is")
     if "html" in content_type.lower() or body[:512].lstrip().startswith(b"<"):
@@ -249,11 +252,11 @@ def _read(body: bytes, truncated: bool, content_type: str) -> _Summary:
         raise _Unreadable("the summary has no status.indicator")
     indicator = status["indicator"]
     if indicator not in INDICATORS and indicator != "maintenance":
-        raise _Unreadable(f"status.indicator is {clip(indicator, 40, str)!r}, not one Statuspage uses")
+        raise _Unreadable(f"status.indicator is {clip(indicator, 40, redact)!r}, not one Statuspage uses")
     raw_components = document.get("components")
     if not isinstance(raw_components, list):
         raise _Unreadable("the summary has no components list")
-    components = _components(raw_components)
+    components = _components(raw_components, redact)
     page = document.get("page")
     return _Summary(
         indicator=indicator,
@@ -265,7 +268,7 @@ def _read(body: bytes, truncated: bool, content_type: str) -> _Summary:
     )
 
 
-def _components(raw: list[Any]) -> tuple[_Component, ...]:
+def _components(raw: list[Any], redact: Redactor) -> tuple[_Component, ...]:
     groups: dict[str, str] = {}
     for index, item in enumerate(raw):
         if not isinstance(item, dict):
@@ -278,9 +281,9 @@ def _components(raw: list[Any]) -> tuple[_Component, ...]:
         if not _text(name):
             raise _Unreadable(f"components[{index}] has no name")
         if not isinstance(status, str) or status not in STATUSES:
-            shown = clip(status, 40, str) if isinstance(status, str) else _kind(status)
+            shown = clip(status, 40, redact) if isinstance(status, str) else _kind(status)
             raise _Unreadable(
-                f"component {clip(name, MAX_NAME, str)!r} has the status {shown!r}, "
+                f"component {clip(name, MAX_NAME, redact)!r} has the status {shown!r}, "
                 f"not one of {', '.join(STATUSES)}"
             )
         group_id = item.get("group_id")
@@ -370,7 +373,7 @@ def _judge(summary: _Summary, settings: StatuspageSettings, ctx: ProbeContext) -
     )
 
     if missing:
-        message = _missing_message(missing, summary.components)
+        message = _missing_message(missing, summary.components, ctx.redact)
         return replace(read, success=False, reason=Reason.ASSERTION, message=message)
     in_maintenance = (
         frozenset().union(*(m.components for m in summary.maintenances if m.status in _MAINTENANCE_ACTIVE))
@@ -442,26 +445,26 @@ def _watched(components: tuple[_Component, ...], settings: StatuspageSettings) -
     return sorted(chosen), missing
 
 
-def _missing_message(missing: list[str], components: tuple[_Component, ...]) -> str:
+def _missing_message(missing: list[str], components: tuple[_Component, ...], redact: Redactor) -> str:
     bare = sorted({c.name for c in components})
     # Suggestions from the first 2,000 names: a page that large makes difflib slow, not wiser.
     folded = {n.casefold(): n for n in (*bare, *(c.qualified for c in components if c.group_name))}
     pool = list(folded)[:2000]
     parts = []
     for pattern in missing[:5]:
-        shown = clip(pattern, MAX_NAME, str)
+        shown = clip(pattern, MAX_NAME, redact)
         close = difflib.get_close_matches(pattern.casefold(), pool, n=1, cutoff=0.6)
         if close:
-            parts.append(f"{shown!r} (did you mean {clip(folded[close[0]], MAX_NAME, str)!r}?)")
+            parts.append(f"{shown!r} (did you mean {clip(folded[close[0]], MAX_NAME, redact)!r}?)")
         else:
             parts.append(repr(shown))
     more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
     noun = "component" if len(missing) == 1 else "components"
-    return f"the status page has no {noun} named {', '.join(parts)}{more}; it has {_listing(bare)}"
+    return f"the status page has no {noun} named {', '.join(parts)}{more}; it has {_listing(bare, redact)}"
 
 
-def _listing(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(clip(name, 60, str) for name in names[:limit])
+def _listing(names: list[str], redact: Redactor, limit: int = 8) -> str:
+    shown = ", ".join(clip(name, 60, redact) for name in names[:limit])
     return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
 
 

@@ -648,3 +648,30 @@ async def test_the_message_names_no_incident_of_other_components(page: tuple[Pag
     state.serve(document)
     unsaid = await run(port, components=["Webhooks"], fail_on="degraded_performance")
     assert unsaid.message == "the vendor declares degraded performance of Webhooks: 'Elevated error rates'"
+
+
+async def test_a_secret_in_the_vendors_words_is_redacted_in_every_message(page: tuple[Page, int]) -> None:
+    """The names listed by "has no component named" (and its did-you-mean) and the words quoted by
+    "not a summary" were cut, not redacted."""
+    state, port = page
+    secret = "proxy-pass-0123456789"
+    proxy = f"http://user:${{PROXY_PASSWORD}}@127.0.0.1:{port}"
+    environ = {"PROXY_PASSWORD": secret}
+    named = {
+        "status": {"indicator": "none"},
+        "components": [{"id": "a", "name": f"API {secret}", "status": "operational"}],
+    }
+    state.serve(named)
+    missing = await run(port, environ=environ, proxy_url=proxy, components=["API proxy-pass-012345678"])
+    assert missing.reason is Reason.ASSERTION
+    assert secret not in missing.message and "did you mean 'API <redacted>'?" in missing.message, (
+        missing.message
+    )
+    for document in (
+        {"status": {"indicator": secret}, "components": []},
+        {"status": {"indicator": "none"}, "components": [{"id": "a", "name": secret, "status": secret}]},
+    ):
+        state.serve(document)
+        unreadable = await run(port, environ=environ, proxy_url=proxy)
+        assert unreadable.reason is Reason.PROTOCOL
+        assert secret not in unreadable.message and "<redacted>" in unreadable.message, unreadable.message
