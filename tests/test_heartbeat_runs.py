@@ -7,8 +7,8 @@ output reaches no span, log line or metric) and hostile bodies."""
 from __future__ import annotations
 
 import base64
-import io
 import contextlib
+import io
 import json
 import logging
 import uuid
