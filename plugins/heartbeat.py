@@ -76,6 +76,9 @@ _STATUSES = {"": "ok", "ok": "ok", "success": "ok", "0": "ok", "fail": "fail", "
 _FIELDS = frozenset({"status", "message", "duration", "rid", "token"})
 _OPEN_RUNS = 32
 """Started runs remembered per check, to pair with their ends; the oldest is forgotten beyond."""
+_PAIRED_WITHIN = 72 * 3600.0
+"""A start and an end further apart than this are unrelated (healthchecks.io's rule): without
+``max_runtime``, a run started this long ago and never ended (its process killed) is forgotten."""
 _EVENTS = 16
 """Pings shown as span events per run of the check (the newest); the rest are only counted."""
 LOG_KEPT = 10 * 1024
@@ -373,6 +376,7 @@ class HeartbeatProbe(Probe[HeartbeatSettings]):
             if shown:
                 events.append(event)
         now = clock.monotonic()
+        _forget_old(tracker, settings, now)
         values: dict[str, float] = {}
         attributes: dict[str, AttributeValue] = {}
         last = tracker.last.monotonic
@@ -434,6 +438,7 @@ def _take(
             del runs[next(iter(runs))]
         tracker.open = runs
         return Event("heartbeat.ping", attributes)
+    _forget_old(tracker, settings, at)
     started = _close(tracker, settings, ping.rid, at)
     duration = None if started is None else max(0.0, at - started)
     if duration is not None:
@@ -448,6 +453,14 @@ def _take(
         settings, ping, duration if duration is not None else ping.duration, words, redact
     )
     return Event("heartbeat.ping", attributes)
+
+
+def _forget_old(tracker: _PingsSeen, settings: HeartbeatSettings, now: float) -> None:
+    """Without ``max_runtime``, runs open for over ``_PAIRED_WITHIN`` are forgotten; with it, a
+    stuck run fails the check until a later run ends (see ``_close``)."""
+    if settings.max_runtime is None and tracker.open:
+        for old in [rid for rid, started in tracker.open.items() if now - started > _PAIRED_WITHIN]:
+            del tracker.open[old]
 
 
 def _close(tracker: _PingsSeen, settings: HeartbeatSettings, rid: str | None, at: float) -> float | None:

@@ -4,6 +4,7 @@ reaches a message."""
 from __future__ import annotations
 
 import io
+import uuid
 
 import pytest
 
@@ -166,3 +167,26 @@ async def test_a_job_whose_output_outgrows_the_body_limit_still_ends_its_run() -
             headers={"Content-Type": "application/json"},
         )  # fmt: skip
         assert (status, text) == (400, '{"error": "the body is not JSON"}')
+
+
+async def test_a_start_never_ended_is_forgotten_after_72_hours_without_max_runtime() -> None:
+    """healthchecks.io takes a start and an end more than 72 hours apart as unrelated. Here a run
+    whose process was killed (a `rid` no end ever names) stayed open for ever without max_runtime:
+    `probe_heartbeat_running` said 1 from then on, and an end days later made a run of days."""
+    rid = str(uuid.uuid4())
+    async with clocked_agent([heartbeat("job", period="1h")]) as running:
+        assert (await running.ping("job", "start", params={"rid": rid}))[0] == 200
+        assert (await running.check("job")).values["probe.heartbeat.running"] == 1.0
+        await running.clock.advance(71 * 3600)
+        assert (await running.check("job")).values["probe.heartbeat.running"] == 1.0
+        await running.clock.advance(2 * 3600)  # 73 h
+        assert (await running.check("job")).values["probe.heartbeat.running"] == 0.0
+        assert (await running.ping("job", "0", params={"rid": rid}))[0] == 200
+        result = await running.check("job")
+        assert result.success, result.message
+        assert not [s for s in result.samples if s.metric == "probe.heartbeat.run.duration"]
+    # With max_runtime the stuck run keeps failing the check until a later run ends (documented).
+    async with clocked_agent([heartbeat("job", period="1h", max_runtime="1h")]) as running:
+        assert (await running.ping("job", "start", params={"rid": rid}))[0] == 200
+        await running.clock.advance(80 * 3600)
+        assert (await running.check("job")).reason is Reason.RUNTIME_EXCEEDED
