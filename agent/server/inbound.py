@@ -146,22 +146,22 @@ def client_address(request: web.Request, trusted: list[Network]) -> str:
     return hops[-1]
 
 
-_TOO_LARGE = b"too large"
-"""What ``_read_tail`` returns for a body over its most (compared by identity)."""
+class _TooLarge(Exception):
+    """A body over what ``_read_tail`` reads."""
 
 
 async def _read_tail(request: web.Request, most: int) -> bytes:
     """The last ``client_max_size`` bytes of the request's body, reading at most ``most`` bytes
-    (``_TOO_LARGE`` beyond)."""
+    (``_TooLarge`` beyond)."""
     if (request.content_length or 0) > most:
-        return _TOO_LARGE
+        raise _TooLarge
     keep = request.client_max_size
     tail = bytearray()
     read = 0
     async for chunk in request.content.iter_any():
         read += len(chunk)
         if read > most:
-            return _TOO_LARGE
+            raise _TooLarge
         tail += chunk
         if len(tail) > keep:
             del tail[: len(tail) - keep]
@@ -307,10 +307,8 @@ class Inbound:
                     body = await _read_tail(request, request.client_max_size * _TAIL_KEPT[endpoint])
                 else:
                     body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
+        except (web.HTTPRequestEntityTooLarge, _TooLarge):
             raise too_large from None
-        if body is _TOO_LARGE:
-            raise too_large
         if body is None:
             raise _Answered(
                 Outcome.TIMEOUT, web.json_response({"error": "the body did not come in time"}, status=408)
