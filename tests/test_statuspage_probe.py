@@ -675,3 +675,42 @@ async def test_a_secret_in_the_vendors_words_is_redacted_in_every_message(page: 
         unreadable = await run(port, environ=environ, proxy_url=proxy)
         assert unreadable.reason is Reason.PROTOCOL
         assert secret not in unreadable.message and "<redacted>" in unreadable.message, unreadable.message
+
+
+async def test_component_names_are_escaped_label_values_in_both_expositions(page: tuple[Page, int]) -> None:
+    """Quotes, backslashes, braces and a "#" in a vendor's names are label values, escaped in the
+    Prometheus text format and in OpenMetrics, and parse back to the names; duplicates are apart."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics
+
+    state, port = page
+    odd = 'Q"uote\\back\\nslash # {x="y"} }'
+    state.serve(
+        {
+            "status": {"indicator": "none"},
+            "components": [
+                {"id": "a", "name": odd, "status": "major_outage"},
+                {"id": "b", "name": odd, "status": "operational"},
+                {"id": "c", "name": "Ünïcode ✓", "status": "operational"},
+            ],
+        }
+    )
+    installed = [point for point in entry_points(group=GROUP) if point.name != "statuspage"]
+    registry = Registry([*installed, EntryPoint("statuspage", "plugins.statuspage:StatuspageProbe", GROUP)])
+    environ = {
+        "VANTAGE_CHECKS": json.dumps({"checks": [{"type": "statuspage", **check(port)}]}),
+        "OTEL_TRACES_EXPORTER": "none",
+    }
+    agent = build_agent(load_config(environ, registry=registry), {"OTEL_TRACES_EXPORTER": "none"})
+    try:
+        await agent.scheduler.run_once()
+    finally:
+        await agent.http.aclose()
+    for as_openmetrics, parse in ((False, text_string_to_metric_families), (True, openmetrics)):
+        text = agent.telemetry.render_prometheus(openmetrics=as_openmetrics).decode()
+        found = {
+            sample.labels["component"]: sample.value
+            for family in parse(text)
+            for sample in family.samples
+            if sample.name == "probe_vendor_status"
+        }
+        assert found == {odd: 4.0, f"{odd} (2)": 0.0, "Ünïcode ✓": 0.0}, as_openmetrics
