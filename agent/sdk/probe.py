@@ -147,6 +147,13 @@ class MetricSpec:
     name is derived from it the way the Prometheus exporter does (dots to underscores, the unit as
     suffix, ``_total`` for counters). ``labels`` lists the attributes a sample adds beyond the
     check's own (``phase``, ``version``).
+
+    ``snapshot``: each run's values and samples of the metric are the whole set for its check, so
+    a series the latest run did not report is dropped (a vendor's component the page no longer
+    lists; every series of it after a run that read nothing). Without it a series keeps its last
+    value until the check is changed or removed, which is right for a set fixed by the check's
+    settings and wrong for one that varies from run to run. For gauges whose labels come from
+    what a run found; a probe's ``phase_metric`` is not one.
     """
 
     name: str
@@ -155,11 +162,14 @@ class MetricSpec:
     description: str
     labels: tuple[str, ...] = ()
     buckets: tuple[float, ...] | None = None
+    snapshot: bool = False
 
     @classmethod
-    def gauge(cls, name: str, unit: str, description: str, *labels: str) -> MetricSpec:
+    def gauge(
+        cls, name: str, unit: str, description: str, *labels: str, snapshot: bool = False
+    ) -> MetricSpec:
         """A last-value gauge, the most common kind a probe emits."""
-        return cls(name, MetricKind.GAUGE, unit, description, labels)
+        return cls(name, MetricKind.GAUGE, unit, description, labels, snapshot=snapshot)
 
     @property
     def prometheus_name(self) -> str:

@@ -291,6 +291,9 @@ class Recorder:
         self.region, self._clock, self._log_runs = region, clock, log_runs
         self._attrs: dict[str, dict[str, AttributeValue]] = {}
         self._outcomes: dict[tuple[str, Any, str], tuple[str, Any, str]] = {}
+        self._snapshots: dict[type, tuple[Table, ...]] = {}
+        """The tables of each probe type's ``snapshot`` metrics (only of the types that have some):
+        after a run, the series of its check that the run did not report are dropped from them."""
         """Each (result, reason, attempt) key of ``probe.runs``, one object kept by every check's series."""
         self.states: dict[str, CheckState] = {}
         self.in_flight = 0
@@ -325,8 +328,11 @@ class Recorder:
     def register(self, entries: Sequence[CheckEntry]) -> None:
         """Prepare the metric tables and label sets of the checks this agent runs."""
         for entry in entries:
-            for spec in entry.probe.metrics:
-                self._tables.declare(spec)
+            snapshots = tuple(
+                table for spec in entry.probe.metrics if (table := self._tables.declare(spec)).spec.snapshot
+            )
+            if snapshots:
+                self._snapshots[type(entry.probe)] = snapshots
             check = entry.check
             target = redact_url(check.target, self._redact)
             self._attrs[check.name] = {
@@ -463,6 +469,9 @@ class Recorder:
                 log.error("probe emitted %s, which is not among its metric specs; dropped", sample.metric)
                 continue
             table.put_labelled(name, series, attrs, sample.labels, sample.value)
+        snapshots = self._snapshots.get(type(entry.probe))
+        if snapshots is not None:
+            self._retain(name, snapshots, result)
         request_duration = self._http_request_duration
         for request in requests:
             # The semantic convention's attributes only: one series per server, not per check.
@@ -648,6 +657,21 @@ class Recorder:
 
     def _clean(self, attributes: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
         return {k: self._redact(v) if isinstance(v, str) else v for k, v in attributes.items()}
+
+    @staticmethod
+    def _retain(check: str, tables: tuple[Table, ...], result: ProbeResult) -> None:
+        """Drop from ``tables`` (``snapshot`` metrics) the series of ``check`` that ``result`` did
+        not report: the keys are those :meth:`_record_metrics` recorded them by."""
+        for table in tables:
+            metric = table.spec.name
+            keys: set[Hashable] = {
+                sample.series if sample.series is not None else tuple(sorted(sample.labels.items()))
+                for sample in result.samples
+                if sample.metric == metric
+            }
+            if metric in result.values:
+                keys.add(None)
+            table.retain(check, keys)
 
     def _set(self, metric: str, check: str, key: Hashable, attrs: Attributes, value: float) -> None:
         """Record a value of a probe's metric (a counter adds it, a histogram counts it); ``key``

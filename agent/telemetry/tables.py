@@ -14,6 +14,10 @@ Readers run in other threads than the writer. They take ``list(...)`` copies of 
 series' fields once; a histogram's count is the sum of its buckets, so ``+Inf`` and ``_count``
 always agree, even when a reader sees a series in the middle of an update.
 
+A ``snapshot`` metric's series of a check that its latest run did not report are dropped after the
+run (:meth:`Table.retain`, called only for the probe types that declare one), so ordinary metrics
+pay nothing for it.
+
 Attribute values are redacted once, when a series is created or its attributes change, not at
 each collection.
 """
@@ -24,7 +28,7 @@ import itertools
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
 from agent.config.secrets import Redactor
@@ -291,6 +295,25 @@ class Table:
             point.value += value
         else:
             point.value = value
+
+    def retain(self, check: str, keys: Collection[Hashable]) -> None:
+        """Drop the series of ``check`` whose key is not among ``keys``, the series its latest run
+        reported (a ``snapshot`` metric, see ``MetricSpec``); every one of them when ``keys`` is
+        empty. Readers in other threads see the series before or after, never a dict that changes
+        size under them: the check's series are replaced by a new dict, not deleted from theirs."""
+        entry = self.checks.get(check)
+        if entry is None:
+            return
+        if entry.__class__ is dict:
+            if all(key in keys for key in entry):
+                return
+            kept = {key: series for key, series in entry.items() if key in keys}
+            if kept:
+                self.checks[check] = kept
+            else:
+                del self.checks[check]
+        elif None not in keys:
+            del self.checks[check]
 
     def record(self, check: str | None, key: Hashable, attrs: Attributes, value: float) -> None:
         """Count ``value`` in the series' histogram."""
