@@ -92,7 +92,9 @@ class IcmpProbe(Probe[IcmpSettings]):
         MetricSpec.gauge(
             "probe.icmp.duration", "s", "Duration of the ICMP probe by phase (resolve, setup, rtt)", "phase"
         ),
-        MetricSpec.gauge("probe.icmp.rtt", "s", "Round-trip time of the replies by statistic", "stat"),
+        MetricSpec.gauge(
+            "probe.icmp.rtt", "s", "Round-trip time of the replies by statistic", "stat", snapshot=True
+        ),
         MetricSpec.gauge("probe.icmp.packets_sent", "", "Echo requests sent in the last run"),
         MetricSpec.gauge("probe.icmp.packets_received", "", "Echo replies received in the last run"),
         MetricSpec.gauge("probe.icmp.packet_loss_ratio", "", "Share of echo requests left unanswered"),

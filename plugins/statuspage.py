@@ -187,12 +187,16 @@ class StatuspageProbe(Probe[StatuspageSettings]):
             "The vendor's own status of a component: 0 operational, 1 under_maintenance, "
             "2 degraded_performance, 3 partial_outage, 4 major_outage",
             "component",
+            snapshot=True,
         ),
-        MetricSpec.gauge("probe.vendor.incidents", "{incident}", "The vendor's unresolved incidents"),
+        MetricSpec.gauge(
+            "probe.vendor.incidents", "{incident}", "The vendor's unresolved incidents", snapshot=True
+        ),
         MetricSpec.gauge(
             "probe.vendor.indicator",
             "",
             "The status page's overall indicator: 0 none, 1 minor, 2 major, 3 critical",
+            snapshot=True,
         ),
     )
 

@@ -146,7 +146,7 @@ class SyncProbe(Probe[SyncSettings]):
         MetricSpec.gauge("probe.sync.duration", "s", "Duration of the request to each system", "phase"),
         MetricSpec.gauge("probe.sync.lag", "s", "How far system B is behind system A (or now)"),
         MetricSpec.gauge("probe.sync.drift", "", "Difference between the values of A and B"),
-        MetricSpec.gauge("probe.sync.value", "", "The value read from each system", "side"),
+        MetricSpec.gauge("probe.sync.value", "", "The value read from each system", "side", snapshot=True),
         MetricSpec.gauge("probe.sync.mismatched_fields", "", "Fields of the record that differ"),
     )
 

@@ -20,13 +20,13 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from agent import __version__
-from agent.app import Agent
-from agent.sdk.probe import ProbeResult
+from agent.app import Agent, build_agent
+from agent.sdk.probe import ProbeResult, Sample
 from agent.sdk.reasons import Reason
 from agent.telemetry.collection import MetricExport
 
 from .exposition import build, record
-from .helpers import Received, attributes, otlp_http_receiver
+from .helpers import Received, attributes, config_from, otlp_http_receiver
 
 CUMULATIVE = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
 DELTA = metrics_pb2.AGGREGATION_TEMPORALITY_DELTA
@@ -300,5 +300,65 @@ def test_the_otlp_http_exporter_gets_the_agents_encoding(
         assert agent.telemetry.flush(10)
         assert agent.telemetry.health()["exported"] == {"metrics": export.exports}
         assert points(received, "probe.success")["api"][1].as_double == 1.0
+    finally:
+        agent.telemetry.shutdown(5)
+
+
+@pytest.mark.parametrize("temporality", ["cumulative", "delta"])
+def test_a_snapshot_metrics_dropped_series_are_no_longer_exported(
+    receiver: tuple[str, Received], monkeypatch: pytest.MonkeyPatch, temporality: str
+) -> None:
+    """A vendor's component the latest run did not report (a ``snapshot`` metric) leaves the OTLP
+    export as it leaves /metrics, and a run that reported none leaves nothing of the check's
+    vendor series in the tables."""
+    endpoint, received = receiver
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", temporality)
+    check = {"name": "vendor", "type": "statuspage", "target": "http://127.0.0.1:9/"}
+    config = config_from([check])
+    agent = build_agent(
+        config,
+        {
+            "OTEL_TRACES_EXPORTER": "none",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_METRICS_EXPORTER": "otlp",
+            "OTEL_METRIC_EXPORT_INTERVAL": "3600000",
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": temporality,
+        },
+    )
+    (entry,) = agent.entries
+
+    def finish(*components: tuple[str, float]) -> None:
+        samples = tuple(Sample("probe.vendor.status", v, {"component": c}) for c, v in components)
+        result = ProbeResult(success=True, values={"probe.vendor.indicator": 2.0}, samples=samples)
+        if not components:
+            result = ProbeResult.failure(Reason.PROTOCOL, "not a Statuspage summary")
+        agent.recorder.finish_run(agent.recorder.start_run(entry), result)
+
+    def exported(start: int) -> dict[str, float]:
+        with received.lock:
+            requests = received.metrics[start:]
+        return {
+            str(attributes(point.attributes)["component"]): point.as_double
+            for request in requests
+            for _, _, metric in metrics_of(request)
+            if metric.name == "probe.vendor.status"
+            for point in metric.gauge.data_points
+        }
+
+    tables = agent.telemetry.tables
+    try:
+        finish(("Payments API", 4.0), ("Webhooks", 0.0))
+        assert agent.telemetry.flush(10)
+        assert exported(0) == {"Payments API": 4.0, "Webhooks": 0.0}
+        seen = len(received.metrics)
+        finish(("Webhooks", 0.0))
+        assert agent.telemetry.flush(10)
+        assert exported(seen) == {"Webhooks": 0.0}
+        finish()  # the page could not be read
+        assert "vendor" not in tables.tables["probe.vendor.status"].checks
+        assert "vendor" not in tables.tables["probe.vendor.indicator"].checks
+        seen = len(received.metrics)
+        assert agent.telemetry.flush(10)
+        assert exported(seen) == {}
     finally:
         agent.telemetry.shutdown(5)

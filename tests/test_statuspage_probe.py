@@ -497,6 +497,56 @@ async def test_through_the_agent_to_metrics(page: tuple[Page, int]) -> None:
     assert found[("vantage_check_up", ())] == (0.0, "acme")
 
 
+async def test_a_component_the_page_stops_listing_is_gone_from_metrics(page: tuple[Page, int]) -> None:
+    """Each run's components are the whole set: one the page no longer lists (renamed, removed)
+    leaves /metrics at the next run instead of keeping its major outage, which would keep
+    VantageVendorOutage firing. A run that could not read the page exports no vendor series at all
+    (blackbox_exporter's meaning: a failed probe exports what it found), not the last ones."""
+    state, port = page
+    installed = [point for point in entry_points(group=GROUP) if point.name != "statuspage"]
+    registry = Registry([*installed, EntryPoint("statuspage", "plugins.statuspage:StatuspageProbe", GROUP)])
+    environ = {
+        "VANTAGE_CHECKS": json.dumps({"checks": [{"type": "statuspage", **check(port)}]}),
+        "OTEL_TRACES_EXPORTER": "none",
+    }
+    agent = build_agent(load_config(environ, registry=registry), {"OTEL_TRACES_EXPORTER": "none"})
+
+    def vendor() -> dict[tuple[str, str], float]:
+        text = agent.telemetry.render_prometheus().decode()
+        return {
+            (sample.name, sample.labels.get("component", "")): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name.startswith("probe_vendor")
+        }
+
+    document = copy.deepcopy(fixture("outage"))
+    try:
+        state.serve(document)
+        await agent.scheduler.run_once()
+        assert vendor()[("probe_vendor_status", "Payments API")] == 4.0
+        document["components"] = [c for c in document["components"] if c["name"] != "Payments API"]
+        state.serve(document)
+        await agent.scheduler.run_once()
+        after = vendor()
+        assert ("probe_vendor_status", "Payments API") not in after
+        assert after[("probe_vendor_status", "Webhooks")] == 2.0
+        assert {component for name, component in after if name == "probe_vendor_status"} == {
+            "Dashboard",
+            "Webhooks",
+            "Checkout",
+        }
+        state.body, state.status, state.content_type = b"<html>maintenance</html>", 200, "text/html"
+        await agent.scheduler.run_once()
+        assert vendor() == {}  # unreadable: no status, incidents or indicator left from before
+        state.serve(fixture("outage"))  # readable again: back
+        await agent.scheduler.run_once()
+        assert vendor()[("probe_vendor_status", "Payments API")] == 4.0
+    finally:
+        await agent.http.aclose()
+    assert len(state.requests) == 4
+
+
 # ---------------------------------------------------------------- the docs' queries
 
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from agent.app import build_agent
 from agent.config.secrets import Redactor
-from agent.sdk.probe import MetricKind, MetricSpec
+from agent.sdk.probe import MetricKind, MetricSpec, ProbeResult, Sample
+from agent.sdk.reasons import Reason
 from agent.telemetry.tables import MetricTables, attributes_of
+from plugins.icmp import IcmpProbe
+from plugins.statuspage import StatuspageProbe
+from plugins.sync import SyncProbe
+
+from .helpers import config_from
 
 BASE = {"check": "a", "type": "http", "target": "https://x.test/", "region": "eu"}
 
@@ -155,3 +162,85 @@ def test_a_bound_check_whose_attributes_need_redacting_keeps_points() -> None:
     gauge.set("a", None, secret, 3)
     (point,) = gauge.points()
     assert point.attrs["detail"] == "token <redacted>" and point.value == 3
+
+
+def test_retain_drops_the_series_of_a_check_its_latest_run_did_not_report() -> None:
+    """A ``snapshot`` metric (a vendor's components): the series of one check that are not among
+    the run's keys go, the other checks' stay; no key at all empties the check, and then a table
+    with no series is left out of a collection."""
+    tables = MetricTables()
+    status = tables.declare(MetricSpec.gauge("status", "", "", "component", snapshot=True))
+    other = {**BASE, "check": "b"}
+    for component, value in (("API", 4.0), ("Webhooks", 2.0), ("Mail", 0.0)):
+        status.put_labelled("a", component, BASE, {"component": component}, value)
+    status.put_labelled("b", "API", other, {"component": "API"}, 4.0)
+
+    def series() -> set[tuple[str, str, float]]:
+        return {
+            (str(a["check"]), str(a["component"]), p.value)
+            for p in status.points()
+            if (a := attributes_of(p))
+        }
+
+    entry = status.checks["a"]
+    status.retain("a", {"API", "Webhooks", "Mail"})  # all reported: nothing changes, nothing is copied
+    assert status.checks["a"] is entry
+    status.retain("a", {"Webhooks", "Mail"})
+    assert series() == {("a", "Webhooks", 2.0), ("a", "Mail", 0.0), ("b", "API", 4.0)}
+    status.retain("a", set())  # a run that reported none (the page could not be read)
+    assert "a" not in status.checks and series() == {("b", "API", 4.0)}
+    status.retain("a", set())  # nothing left: no error
+    status.retain("b", set())
+    assert not status.checks and status not in tables.collected() and tables.series_count() == 0
+    status.put_labelled("a", "API", BASE, {"component": "API"}, 0.0)  # back on the page
+    assert series() == {("a", "API", 0.0)}
+    # A check's lone series (a value, key None): kept while reported, dropped when not.
+    indicator = tables.declare(MetricSpec.gauge("indicator", "", "", snapshot=True))
+    tables.bind("a", BASE)
+    indicator.set("a", None, BASE, 3.0)  # kept as a bare value
+    indicator.retain("a", {None})
+    assert [p.value for p in indicator.points()] == [3.0]
+    indicator.retain("a", set())
+    assert list(indicator.points()) == [] and not indicator.checks
+
+
+def test_the_metrics_whose_series_a_run_decides_are_snapshots_and_the_recorder_drops_them() -> None:
+    """An icmp run with no reply leaves no round-trip statistics of the run before it on /metrics
+    (nor a sync value that was not read, nor a vendor component): their specs say ``snapshot``, the
+    others do not, and the recorder drops after each run what it did not report."""
+
+    snapshots = {
+        spec.name
+        for probe in (IcmpProbe, SyncProbe, StatuspageProbe)
+        for spec in probe.metrics
+        if spec.snapshot
+    }
+    assert snapshots == {
+        "probe.icmp.rtt",
+        "probe.sync.value",
+        "probe.vendor.status",
+        "probe.vendor.incidents",
+        "probe.vendor.indicator",
+    }
+    agent = build_agent(config_from([{"name": "ping", "type": "icmp", "target": "127.0.0.1"}]), {})
+    (entry,) = agent.entries
+    stats = {"min": 0.001, "avg": 0.002, "max": 0.003, "stddev": 0.001}
+    replied = ProbeResult(
+        success=True,
+        values={"probe.icmp.packets_received": 3.0},
+        samples=tuple(Sample("probe.icmp.rtt", v, {"stat": s}) for s, v in stats.items()),
+    )
+    silent = ProbeResult.failure(Reason.TIMEOUT, "no reply", values={"probe.icmp.packets_received": 0.0})
+
+    def rtt_lines() -> list[str]:
+        text = agent.telemetry.render_prometheus().decode()
+        return [line for line in text.splitlines() if line.startswith("probe_icmp_rtt_seconds{")]
+
+    recorder = agent.recorder
+    recorder.finish_run(recorder.start_run(entry), replied)
+    assert len(rtt_lines()) == 4
+    recorder.finish_run(recorder.start_run(entry), silent)
+    assert rtt_lines() == []
+    text = agent.telemetry.render_prometheus().decode()
+    assert "probe_icmp_packets_received{" in text  # not a snapshot: kept
+    agent.telemetry.shutdown(5)
