@@ -97,7 +97,7 @@ def recording(runs: int) -> None:
     agent = agent_with(100, {"OTEL_METRICS_EXPORTER": "prometheus"})
     fill(agent)
     recorder, entries = agent.recorder, agent.entries
-    outcome = {"result": "success"}
+    outcome = {"result": "success", "attempt": "1"}
     requests = [request_for(i) for i in range(len(entries))]
     record = recorder._record_metrics  # the metric part of finish_run alone
     start = cpu()
