@@ -60,6 +60,7 @@ __all__ = [
 
 _CHAIN = 100  # overlapping occurrences followed at most to find where a window ends
 _SEARCH = 1000  # cron occurrences stepped over at most when one is out of order (a repeated hour)
+_LONGEST = 366 * 86400.0  # a cron window's longest duration (a longer one is a start and an end)
 
 
 @functools.cache
@@ -116,6 +117,10 @@ class Window(BaseModel):
     def _duration(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("the duration must be above zero")
+        if value > _LONGEST:
+            # Its end would not be a date near the last years a date holds; a window that long
+            # is an absolute one.
+            raise ValueError("the duration must be at most 366d (a longer window: start and end)")
         return value
 
     @field_validator("start", "end")
@@ -123,6 +128,10 @@ class Window(BaseModel):
     def _offset(cls, value: datetime) -> datetime:
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("needs a UTC offset, as RFC 3339 has it (e.g. 2026-12-01T02:00:00Z or +01:00)")
+        try:
+            value.astimezone(UTC)  # shown in UTC: the API, the pages and the logs must be able to
+        except OverflowError:
+            raise ValueError("must be between the years 1 and 9999 in UTC") from None
         return value
 
     @field_validator("end")

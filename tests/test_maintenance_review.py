@@ -1,0 +1,55 @@
+"""Review of maintenance windows (agent/config/maintenance.py): the edges a hostile user finds —
+times at the ends of what a date holds, nicknames of cron, a day a time zone skipped, references
+in the check file's own windows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from agent.config.maintenance import Open, Window
+from agent.errors import ConfigError
+
+from .helpers import config_from
+
+TCP = {"name": "db", "type": "tcp", "target": "127.0.0.1:9"}
+
+
+def problems(document: dict[str, Any], **env: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        config_from(document, **env)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("window", "field", "words"),
+    [
+        # 9999-12-31T20:00-05:00 is in the year 10000 in UTC: the API and pages would fail on it
+        (
+            {"start": "2026-01-01T00:00:00Z", "end": "9999-12-31T20:00:00-05:00"},
+            "maintenance[0].end",
+            "between the years 1 and 9999 in UTC",
+        ),
+        (
+            {"start": "0001-01-01T00:00:00+01:00", "end": "2026-01-01T00:00:00Z"},
+            "maintenance[0].start",
+            "between the years 1 and 9999 in UTC",
+        ),
+        ({"cron": "0 2 * * *", "duration": "400000d"}, "maintenance[0].duration", "at most 366d"),
+    ],
+)
+def test_a_time_out_of_a_date_s_range_is_refused(window: dict[str, Any], field: str, words: str) -> None:
+    found = problems({"checks": [{**TCP, "maintenance": [window]}]})
+    assert f"field '{field}': " in found, found
+    assert words in found, found
+
+
+def test_a_window_that_ends_in_the_last_year_a_date_holds_is_shown() -> None:
+    window = Window.model_validate({"start": "2026-01-01T00:00:00Z", "end": "9999-12-31T18:00:00-05:00"})
+    at = datetime(2026, 11, 29, tzinfo=UTC)
+    occurrence = window.occurrence(at)
+    assert occurrence is not None
+    assert Open(window, *occurrence).as_json()["until"] == "9999-12-31T23:00:00Z"
+    assert window.title == "2026-01-01T00:00:00Z to 9999-12-31T23:00:00Z"
