@@ -53,3 +53,29 @@ def test_a_window_that_ends_in_the_last_year_a_date_holds_is_shown() -> None:
     assert occurrence is not None
     assert Open(window, *occurrence).as_json()["until"] == "9999-12-31T23:00:00Z"
     assert window.title == "2026-01-01T00:00:00Z to 9999-12-31T23:00:00Z"
+
+
+def test_references_in_the_file_s_windows_are_resolved_and_redacted() -> None:
+    window = {
+        "name": "vendor ${TOKEN}",
+        "reason": "<b>${TOKEN}</b>",
+        "labels": {"vendor": "${VENDOR}"},
+        "start": "2020-01-01T00:00:00Z",
+        "end": "2100-01-01T00:00:00Z",
+    }
+    document = {"maintenance": [window], "checks": [{**TCP, "labels": {"vendor": "${VENDOR}"}}]}
+    config = config_from(document, TOKEN="supersecret123", VENDOR="stripe")
+    (entry,) = config.entries
+    assert entry.check.labels["vendor"] == "stripe"
+    (picked,) = entry.maintenance  # the selector's reference read as the check's is
+    occurrence = picked.occurrence(datetime(2026, 11, 29, tzinfo=UTC))
+    assert occurrence is not None
+    shown = config.redactor.deep(Open(picked, *occurrence).as_json())
+    assert "supersecret123" not in repr(shown)
+    assert shown["name"].startswith("vendor ") and shown["reason"].startswith("<b>")
+
+
+def test_a_missing_reference_in_the_file_s_windows_is_an_error_naming_the_field() -> None:
+    window = {"name": "n", "labels": {"vendor": "${NO_SUCH_VARIABLE}"}, "cron": "0 2 * * *", "duration": "1h"}
+    found = problems({"maintenance": [window], "checks": [TCP]})
+    assert "field 'maintenance[0].labels.vendor': environment variable NO_SUCH_VARIABLE is not set" in found
