@@ -79,3 +79,28 @@ def test_a_missing_reference_in_the_file_s_windows_is_an_error_naming_the_field(
     window = {"name": "n", "labels": {"vendor": "${NO_SUCH_VARIABLE}"}, "cron": "0 2 * * *", "duration": "1h"}
     found = problems({"maintenance": [window], "checks": [TCP]})
     assert "field 'maintenance[0].labels.vendor': environment variable NO_SUCH_VARIABLE is not set" in found
+
+
+@pytest.mark.parametrize(
+    ("nickname", "expression"),
+    [
+        ("@daily", "0 0 * * *"),
+        ("@midnight", "0 0 * * *"),
+        ("@weekly", "0 0 * * 0"),
+        ("@monthly", "0 0 1 * *"),
+        ("@yearly", "0 0 1 1 *"),
+        ("@annually", "0 0 1 1 *"),
+        ("@hourly", "0 * * * *"),
+    ],
+)
+def test_cron_nicknames_read_as_debian_s_cron_reads_them(nickname: str, expression: str) -> None:
+    at = datetime(2026, 3, 28, 12, 34, tzinfo=UTC)
+    named = Window.model_validate({"cron": nickname, "timezone": "Europe/Berlin", "duration": "1h"})
+    written = Window.model_validate({"cron": expression, "timezone": "Europe/Berlin", "duration": "1h"})
+    assert named.following(at) == written.following(at)
+    assert named.title.startswith(nickname)
+
+
+def test_a_nickname_cron_does_not_know_is_refused() -> None:
+    found = problems({"checks": [{**TCP, "maintenance": [{"cron": "@reboot", "duration": "1h"}]}]})
+    assert "field 'maintenance[0].cron': " in found and "@reboot" in found, found

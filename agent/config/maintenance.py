@@ -63,6 +63,23 @@ _SEARCH = 1000  # cron occurrences stepped over at most when one is out of order
 _LONGEST = 366 * 86400.0  # a cron window's longest duration (a longer one is a start and an end)
 
 
+_NICKNAMES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+"""The nicknames Debian's cron knows (but ``@reboot``), as the expressions they stand for."""
+
+
+def _expression(cron: str) -> str:
+    """``cron`` as cronsim reads it: a nickname (``@daily``) as its expression."""
+    return _NICKNAMES.get(cron.strip().lower(), cron)
+
+
 @functools.cache
 def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
@@ -93,8 +110,11 @@ class Window(BaseModel):
     def _cron(cls, value: str) -> str:
         from cronsim import CronSim, CronSimError
 
+        if value.strip().startswith("@") and _expression(value) == value:
+            known = ", ".join(_NICKNAMES)
+            raise ValueError(f"{value!r} is not a cron expression: the nicknames are {known}")
         try:
-            CronSim(value, datetime(2000, 1, 1, tzinfo=UTC))
+            CronSim(_expression(value), datetime(2000, 1, 1, tzinfo=UTC))
         except CronSimError as exc:
             raise ValueError(f"{value!r} is not a cron expression: {exc}") from None
         return value
@@ -214,7 +234,7 @@ class Window(BaseModel):
 
         assert self.cron is not None
         zone = _zone(self.timezone or "UTC")
-        found = CronSim(self.cron, at.astimezone(zone))
+        found = CronSim(_expression(self.cron), at.astimezone(zone))
         skipped = 0
         while True:
             try:
