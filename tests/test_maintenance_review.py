@@ -104,3 +104,29 @@ def test_cron_nicknames_read_as_debian_s_cron_reads_them(nickname: str, expressi
 def test_a_nickname_cron_does_not_know_is_refused() -> None:
     found = problems({"checks": [{**TCP, "maintenance": [{"cron": "@reboot", "duration": "1h"}]}]})
     assert "field 'maintenance[0].cron': " in found and "@reboot" in found, found
+
+
+def test_a_six_field_expression_is_read_on_the_wall_clock_as_documented() -> None:
+    window = Window.model_validate({"cron": "0 30 2 * * *", "timezone": "Europe/Berlin", "duration": "1m"})
+    # the day the clocks go forward: no 02:30; the next is the day after, 02:30 CEST
+    assert window.following(datetime(2026, 3, 28, 12, tzinfo=UTC)) is not None
+    assert window.following(datetime(2026, 3, 28, 12, tzinfo=UTC))[0] == datetime(
+        2026, 3, 30, 0, 30, tzinfo=UTC
+    )
+    # the day they go back: 02:30 CEST, then 02:30 CET
+    first = window.following(datetime(2026, 10, 24, 12, tzinfo=UTC))
+    assert first is not None and first[0] == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
+    second = window.following(first[0])
+    assert second is not None and second[0] == datetime(2026, 10, 25, 1, 30, tzinfo=UTC)
+
+
+def test_day_of_month_and_day_of_week_both_restricted_is_either_as_documented() -> None:
+    window = Window.model_validate({"cron": "0 3 10 * FRI", "duration": "1h"})
+    starts = []
+    at = datetime(2026, 2, 1, tzinfo=UTC)
+    for _ in range(6):
+        following = window.following(at)
+        assert following is not None
+        starts.append(following[0].day)
+        at = following[0]
+    assert starts == [6, 10, 13, 20, 27, 6]  # the Fridays of February 2026, and the 10th (a Tuesday)

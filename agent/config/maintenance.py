@@ -14,8 +14,8 @@ windows for the checks its selector picks (``checks``: name patterns, ``labels``
 all be equal). Runs go on during a window; the agent shows it (``vantage_check_maintenance``,
 ``/api/checks``, the status page) so that alert rules can stay quiet.
 
-Cron times follow cronsim (healthchecks.io's parser), which follows Debian's cron when the
-expression names a minute and an hour: a start in the hour that a change to summer time skips
+Cron times follow cronsim (healthchecks.io's parser), which follows Debian's cron when an
+expression of 5 fields names a minute and an hour: a start in the hour that a change to summer time skips
 moves to the first minute after the gap (``30 2 * * *`` in Europe/Berlin starts at 03:00 that
 day), and a start in the hour that a change to winter time repeats happens once, at its first
 occurrence (summer time). An expression with ``*`` in its minute or hour field is read in
