@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -130,3 +131,26 @@ def test_day_of_month_and_day_of_week_both_restricted_is_either_as_documented() 
         starts.append(following[0].day)
         at = following[0]
     assert starts == [6, 10, 13, 20, 27, 6]  # the Fridays of February 2026, and the 10th (a Tuesday)
+
+
+def test_a_day_the_time_zone_skipped_has_no_window_moved_to_the_next_midnight() -> None:
+    # Samoa skipped 30 December 2011 (23:59:59 -10:00 on the 29th, then 00:00 +14:00 on the 31st).
+    # Debian's cron reads a jump of more than 3 hours as a clock correction: a fixed-time job of
+    # the skipped day does not run; cronsim alone would open the window at 00:00 on the 31st.
+    apia = ZoneInfo("Pacific/Apia")
+    window = Window.model_validate({"cron": "0 12 * * *", "timezone": "Pacific/Apia", "duration": "1h"})
+    after_29th = datetime(2011, 12, 29, 13, tzinfo=apia)
+    following = window.following(after_29th)
+    assert following is not None
+    assert following[0] == datetime(2011, 12, 31, 12, tzinfo=apia)
+    assert window.occurrence(datetime(2011, 12, 31, 0, 30, tzinfo=apia)) is None
+    # a job at the very minute the day resumes still runs
+    midnight = Window.model_validate({"cron": "0 0 * * *", "timezone": "Pacific/Apia", "duration": "1h"})
+    assert midnight.following(after_29th) == (
+        datetime(2011, 12, 31, tzinfo=apia),
+        datetime(2011, 12, 31, 1, tzinfo=apia),
+    )
+    # and a start in an ordinary summer-time gap still moves to its end (Berlin, 02:30 -> 03:00)
+    berlin = Window.model_validate({"cron": "30 2 * * *", "timezone": "Europe/Berlin", "duration": "1h"})
+    assert berlin.following(datetime(2026, 3, 28, 12, tzinfo=UTC)) is not None
+    assert berlin.following(datetime(2026, 3, 28, 12, tzinfo=UTC))[0] == datetime(2026, 3, 29, 1, tzinfo=UTC)

@@ -234,7 +234,11 @@ class Window(BaseModel):
 
         assert self.cron is not None
         zone = _zone(self.timezone or "UTC")
-        found = CronSim(_expression(self.cron), at.astimezone(zone))
+        expression = _expression(self.cron)
+        fields = expression.split()
+        # cronsim moves a start in a skipped hour to the gap's end for these (Debian's cron).
+        moved = len(fields) == 5 and not fields[0].startswith("*") and not fields[1].startswith("*")
+        found = CronSim(expression, at.astimezone(zone))
         skipped = 0
         while True:
             try:
@@ -246,7 +250,24 @@ class Window(BaseModel):
                 if skipped > _SEARCH:
                     return
                 continue
+            if moved and _skipped_day(expression, start, zone):
+                continue
             yield start
+
+
+def _skipped_day(expression: str, start: datetime, zone: ZoneInfo) -> bool:
+    """Whether ``start`` is a start cronsim moved out of a jump forward of more than 3 hours (a
+    skipped day: Pacific/Apia, 30 December 2011). Debian's cron reads such a jump as a clock
+    correction and does not run the fixed-time jobs it skipped; a summer-time gap's start does
+    move to the gap's end."""
+    from cronsim import CronSim
+
+    local = start.astimezone(zone)
+    offset, before = local.utcoffset(), (start - timedelta(seconds=1)).astimezone(zone).utcoffset()
+    if offset is None or before is None or offset - before <= timedelta(hours=3):
+        return False
+    wall = local.replace(tzinfo=UTC)  # the wall time, matched against the expression as written
+    return bool(next(CronSim(expression, wall - timedelta(seconds=1)), None) != wall)
 
 
 def _iso(moment: datetime) -> str:
