@@ -4,14 +4,17 @@ in the check file's own windows."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.config.maintenance import Open, Window
+from agent.config.checks import CheckEntry
+from agent.config.maintenance import Open, Schedule, Window
 from agent.errors import ConfigError
+from agent.sdk.types import Check
 
 from .helpers import config_from
 
@@ -154,3 +157,40 @@ def test_a_day_the_time_zone_skipped_has_no_window_moved_to_the_next_midnight() 
     berlin = Window.model_validate({"cron": "30 2 * * *", "timezone": "Europe/Berlin", "duration": "1h"})
     assert berlin.following(datetime(2026, 3, 28, 12, tzinfo=UTC)) is not None
     assert berlin.following(datetime(2026, 3, 28, 12, tzinfo=UTC))[0] == datetime(2026, 3, 29, 1, tzinfo=UTC)
+
+
+def test_windows_timed_alike_are_worked_out_once_and_a_reload_keeps_the_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[Window] = []
+    starts = Window._starts_after  # cronsim: what costs
+
+    def counted(self: Window, at: datetime) -> Iterator[datetime]:
+        asked.append(self)
+        return starts(self, at)
+
+    monkeypatch.setattr(Window, "_starts_after", counted)
+
+    def entries(name: str) -> list[CheckEntry]:
+        # each check its own window object: the names differ, the times are the same
+        cron = {"cron": "0 2 * * SUN", "timezone": "Europe/Berlin", "duration": "2h"}
+        return [
+            CheckEntry(
+                Check.model_validate({**TCP, "name": f"c{i}"}),
+                None,  # type: ignore[arg-type]
+                None,  # type: ignore[arg-type]
+                (Window.model_validate({**cron, "name": f"{name}-{i}"}),),
+            )
+            for i in range(50)
+        ]
+
+    schedule = Schedule(entries("before"))
+    at = datetime(2026, 11, 29, 1, 30, tzinfo=UTC).timestamp()  # 02:30 CET, a Sunday: open
+    found = [schedule.open(f"c{i}", at) for i in range(50)]
+    assert all(f is not None for f in found)
+    assert found[7] is not None and found[7].window.name == "before-7"
+    assert len(asked) == 1
+    schedule.replace(entries("after"))  # a reload: new objects, the same times
+    found = [schedule.open(f"c{i}", at + 60) for i in range(50)]
+    assert found[7] is not None and found[7].window.name == "after-7"
+    assert len(asked) == 1
