@@ -70,6 +70,7 @@ _FUNCTIONS = {
     "bottomk",
     "abs",
     "absent",
+    "group",
 }
 
 
@@ -79,7 +80,9 @@ def metric_names(expression: str) -> set[str]:
     # Grafana's label_values(metric, label): the label is not a metric.
     without_strings = re.sub(r"label_values\((.*),\s*\w+\)", r"\1", without_strings)
     without_matchers = re.sub(r"\{[^}]*\}", "", without_strings)
-    without_groupings = re.sub(r"\b(by|on|without|ignoring)\s*\([^)]*\)", "", without_matchers)
+    without_groupings = re.sub(
+        r"\b(by|on|without|ignoring|group_left|group_right)\s*\([^)]*\)", "", without_matchers
+    )
     without_ranges = re.sub(r"\[[^\]]*\]", "", without_groupings)
     tokens = set(re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b", without_ranges))
     return {t for t in tokens if t not in _FUNCTIONS and not t.startswith("$")}
