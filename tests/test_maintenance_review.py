@@ -15,6 +15,7 @@ from agent.config.checks import CheckEntry
 from agent.config.maintenance import Open, Schedule, Window
 from agent.errors import ConfigError
 from agent.sdk.types import Check
+from agent.server.pages import render_check, render_index
 
 from .helpers import config_from
 
@@ -194,3 +195,15 @@ def test_windows_timed_alike_are_worked_out_once_and_a_reload_keeps_the_answers(
     found = [schedule.open(f"c{i}", at + 60) for i in range(50)]
     assert found[7] is not None and found[7].window.name == "after-7"
     assert len(asked) == 1
+
+
+def test_a_window_s_name_and_reason_are_escaped_on_the_status_pages() -> None:
+    hostile = '<script>alert("x")</script>'
+    window = {"name": hostile, "reason": f'" onmouseover="{hostile}', "since": "a<b", "until": "c>d"}
+    check = {"name": "db", "type": "tcp", "target": "t", "maintenance": window, "next_maintenance": window}
+    index = render_index([check], [], "Vantage", "", 0.0)
+    page = render_check(check, "", "Vantage", None, 0.0)
+    upcoming = render_check({**check, "maintenance": None}, "", "Vantage", None, 0.0)
+    for html in (index, page, upcoming):
+        assert "<script>" not in html and 'onmouseover="' not in html
+    assert "&lt;script&gt;" in index and "&lt;script&gt;" in page and "&lt;script&gt;" in upcoming
