@@ -15,12 +15,14 @@ all be equal). Runs go on during a window; the agent shows it (``vantage_check_m
 ``/api/checks``, the status page) so that alert rules can stay quiet.
 
 Cron times follow cronsim (healthchecks.io's parser), which follows Debian's cron when an
-expression of 5 fields names a minute and an hour: a start in the hour that a change to summer time skips
-moves to the first minute after the gap (``30 2 * * *`` in Europe/Berlin starts at 03:00 that
-day), and a start in the hour that a change to winter time repeats happens once, at its first
-occurrence (summer time). An expression with ``*`` in its minute or hour field is read in
-absolute time. The duration is elapsed time: a 2h window that starts at 01:30 on the night the
-clocks go back ends at 02:30 winter time.
+expression of 5 fields names a minute and an hour: a start in the hour that a change to summer
+time skips moves to the first minute after the gap (``30 2 * * *`` in Europe/Berlin starts at
+03:00 that day), and a start in the hour that a change to winter time repeats happens once, at
+its first occurrence (summer time). A jump of more than 3 hours (a skipped day) is a clock
+correction, as for Debian's cron: a start within it does not happen. An expression with ``*`` in
+its minute or hour field is read in absolute time; one of 6 fields on the wall clock. Debian's
+nicknames (``@daily``, ``@weekly``...) stand for their expressions. The duration is elapsed
+time: a 2h window that starts at 01:30 on the night the clocks go back ends at 02:30 winter time.
 
 Nothing here reads the clock: every function is given the time it is asked about.
 """
