@@ -71,12 +71,14 @@ from ._toolkit.inbound import LastSeen, content_type_problem, printable, token_p
 
 __all__ = ["HeartbeatProbe", "HeartbeatSettings", "log_excerpt", "next_fire"]
 
-_MESSAGE_KEPT = 4096
 _CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded", "text/plain")
 _STATUSES = {"": "ok", "ok": "ok", "success": "ok", "0": "ok", "fail": "fail", "failure": "fail", "1": "fail"}
 _FIELDS = frozenset({"status", "message", "duration", "rid", "token"})
 _OPEN_RUNS = 32
 """Started runs remembered per check, to pair with their ends; the oldest is forgotten beyond."""
+_PAIRED_WITHIN = 72 * 3600.0
+"""A start and an end further apart than this are unrelated (healthchecks.io's rule): without
+``max_runtime``, a run started this long ago and never ended (its process killed) is forgotten."""
 _EVENTS = 16
 """Pings shown as span events per run of the check (the newest); the rest are only counted."""
 LOG_KEPT = 10 * 1024
@@ -227,9 +229,10 @@ def read_ping(request: InboundRequest) -> Ping | str:
             return "duration must be a number of seconds"
         if not math.isfinite(duration) or duration < 0:
             return "duration must be a number of seconds"
-    # Capped loosely here and cut to size only when shown, after redaction: a cut first could
-    # halve a secret the job echoed, and the redactor would no longer know it.
-    message = "" if log else printable(str(fields.get("message", "")), _MESSAGE_KEPT)
+    # Not cut here at all (the body limit bounds it): only when shown, after redaction. A cut first
+    # halves a secret the job echoed, which the redactor then no longer knows; and once the copies
+    # before it have shrunk to "<redacted>", that half is within what is shown.
+    message = "" if log else printable(text := str(fields.get("message", "")), len(text))
     action = request.action
     if action == "start":
         return Ping("start", "start", message, duration, rid, log=log)
@@ -351,20 +354,29 @@ class HeartbeatProbe(Probe[HeartbeatSettings]):
         tracker = ctx.state.get(_PingsSeen, first_seen)
         samples: list[Sample] = []
         events: list[Event] = []
-        deliveries = ctx.inbox.after(check.name, tracker.cursor)
-        for index, delivery in enumerate(deliveries):
+        pings: list[tuple[InboundRequest, Ping]] = []
+        for delivery in ctx.inbox.after(check.name, tracker.cursor):
             tracker.cursor = delivery.sequence
             ping = read_ping(delivery.request) if delivery.problem is None else delivery.problem
-            if isinstance(ping, str):
-                continue
+            if not isinstance(ping, str):  # requests that failed authentication count for nothing
+                pings.append((delivery.request, ping))
+        if pings:
+            # Written as ${ENV} the redactor knows it already (and this costs nothing); written
+            # literally it did not, and a job whose output shows its own request (curl -v) put its
+            # token on the span.
+            ctx.redact.add(settings.token)
+        # The verdict stands on the last end: its log is read for the message, shown or not.
+        verdict = max((i for i, (_, ping) in enumerate(pings) if ping.action == "end"), default=-1)
+        for index, (request, ping) in enumerate(pings):
             samples.append(Sample("probe.heartbeat.pings", 1.0, {"status": ping.status}))
             # Only the newest pings are shown, so only their logs are read (a flood of large
             # bodies costs no redaction).
-            shown = index >= len(deliveries) - _EVENTS
-            event = _take(tracker, settings, ping, delivery.request, ctx.redact, samples, shown)
+            shown = index >= len(pings) - _EVENTS
+            event = _take(tracker, settings, ping, request, ctx.redact, samples, shown or index == verdict)
             if shown:
                 events.append(event)
         now = clock.monotonic()
+        _forget_old(tracker, settings, now)
         values: dict[str, float] = {}
         attributes: dict[str, AttributeValue] = {}
         last = tracker.last.monotonic
@@ -399,16 +411,16 @@ def _take(
     request: InboundRequest,
     redact: Redactor,
     samples: list[Sample],
-    shown: bool,
+    read_log: bool,
 ) -> Event:
     """Count one ping in the check's state: a start opens a run, an end closes one and gives the
-    verdict on it; the ping's event for the span (with the log excerpt when ``shown``)."""
+    verdict on it; the ping's event for the span (with the log excerpt when ``read_log``)."""
     at = request.received_monotonic
     attributes: dict[str, AttributeValue] = {"vantage.heartbeat.status": ping.status}
     if ping.rid is not None:
         attributes["vantage.heartbeat.rid"] = ping.rid
     text = ""
-    if request.body and shown:
+    if request.body and read_log:
         text, binary = log_excerpt(request.body, redact)
         attributes["vantage.heartbeat.log.bytes"] = len(request.body)
         if binary:
@@ -426,6 +438,7 @@ def _take(
             del runs[next(iter(runs))]
         tracker.open = runs
         return Event("heartbeat.ping", attributes)
+    _forget_old(tracker, settings, at)
     started = _close(tracker, settings, ping.rid, at)
     duration = None if started is None else max(0.0, at - started)
     if duration is not None:
@@ -440,6 +453,14 @@ def _take(
         settings, ping, duration if duration is not None else ping.duration, words, redact
     )
     return Event("heartbeat.ping", attributes)
+
+
+def _forget_old(tracker: _PingsSeen, settings: HeartbeatSettings, now: float) -> None:
+    """Without ``max_runtime``, runs open for over ``_PAIRED_WITHIN`` are forgotten; with it, a
+    stuck run fails the check until a later run ends (see ``_close``)."""
+    if settings.max_runtime is None and tracker.open:
+        for old in [rid for rid, started in tracker.open.items() if now - started > _PAIRED_WITHIN]:
+            del tracker.open[old]
 
 
 def _close(tracker: _PingsSeen, settings: HeartbeatSettings, rid: str | None, at: float) -> float | None:

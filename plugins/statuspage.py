@@ -29,7 +29,7 @@ import difflib
 import fnmatch
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
@@ -47,6 +47,7 @@ from agent.sdk import (
     ProbeResult,
     ProbeSettings,
     Reason,
+    Redactor,
     Sample,
     TLSOptions,
     clip,
@@ -78,6 +79,8 @@ INDICATORS = {"none": 0, "minor": 1, "major": 2, "critical": 3}
 """The page's indicator as ``probe_vendor_indicator`` exports it (``maintenance``: see ``_indicator``)."""
 # A maintenance in progress; "scheduled" is still to come and "completed" is over.
 _MAINTENANCE_ACTIVE = frozenset({"in_progress", "verifying"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+"""Characters folded out of the vendor's words: a name is a label value and part of a log line."""
 _WORDS = {
     "under_maintenance": "maintenance",
     "degraded_performance": "degraded performance",
@@ -220,7 +223,9 @@ class StatuspageProbe(Probe[StatuspageSettings]):
             )
         ctx.stage = "reading the summary"
         try:
-            summary = _read(exchange.body, exchange.truncated, exchange.headers.get("Content-Type", ""))
+            summary = _read(
+                exchange.body, exchange.truncated, exchange.headers.get("Content-Type", ""), ctx.redact
+            )
         except _Unreadable as exc:
             return ProbeResult.failure(Reason.PROTOCOL, f"{SUMMARY_PATH}: {exc}")
         return _judge(summary, settings, ctx)
@@ -229,8 +234,9 @@ class StatuspageProbe(Probe[StatuspageSettings]):
 # ---------------------------------------------------------------- reading the summary
 
 
-def _read(body: bytes, truncated: bool, content_type: str) -> _Summary:
-    """The summary in ``body``; ``_Unreadable`` says what is wrong with it."""
+def _read(body: bytes, truncated: bool, content_type: str, redact: Redactor) -> _Summary:
+    """The summary in ``body``; ``_Unreadable`` says what is wrong with it (the vendor's words it
+    quotes redacted, as everywhere)."""
     if truncated:
         raise _Unreadable(f"the response is over {MAX_BODY >> 20} MiB, more than a summary ever is")
     if "html" in content_type.lower() or body[:512].lstrip().startswith(b"<"):
@@ -246,11 +252,11 @@ def _read(body: bytes, truncated: bool, content_type: str) -> _Summary:
         raise _Unreadable("the summary has no status.indicator")
     indicator = status["indicator"]
     if indicator not in INDICATORS and indicator != "maintenance":
-        raise _Unreadable(f"status.indicator is {clip(indicator, 40, str)!r}, not one Statuspage uses")
+        raise _Unreadable(f"status.indicator is {clip(indicator, 40, redact)!r}, not one Statuspage uses")
     raw_components = document.get("components")
     if not isinstance(raw_components, list):
         raise _Unreadable("the summary has no components list")
-    components = _components(raw_components)
+    components = _components(raw_components, redact)
     page = document.get("page")
     return _Summary(
         indicator=indicator,
@@ -262,7 +268,7 @@ def _read(body: bytes, truncated: bool, content_type: str) -> _Summary:
     )
 
 
-def _components(raw: list[Any]) -> tuple[_Component, ...]:
+def _components(raw: list[Any], redact: Redactor) -> tuple[_Component, ...]:
     groups: dict[str, str] = {}
     for index, item in enumerate(raw):
         if not isinstance(item, dict):
@@ -272,19 +278,19 @@ def _components(raw: list[Any]) -> tuple[_Component, ...]:
     found = []
     for index, item in enumerate(raw):
         name, status = item.get("name"), item.get("status")
-        if not isinstance(name, str) or not name.strip():
+        if not _text(name):
             raise _Unreadable(f"components[{index}] has no name")
-        if status not in STATUSES:
-            shown = clip(status, 40, str) if isinstance(status, str) else _kind(status)
+        if not isinstance(status, str) or status not in STATUSES:
+            shown = clip(status, 40, redact) if isinstance(status, str) else _kind(status)
             raise _Unreadable(
-                f"component {clip(name, MAX_NAME, str)!r} has the status {shown!r}, "
+                f"component {clip(name, MAX_NAME, redact)!r} has the status {shown!r}, "
                 f"not one of {', '.join(STATUSES)}"
             )
         group_id = item.get("group_id")
         found.append(
             _Component(
                 id=_text(item.get("id")),
-                name=name.strip(),
+                name=_text(name),
                 status=status,
                 group=item.get("group") is True,
                 group_id=group_id if isinstance(group_id, str) and group_id in groups else None,
@@ -312,7 +318,7 @@ def _notices(raw: Any, where: str) -> tuple[_Notice, ...]:
         link = _text(item.get("shortlink"))
         notices.append(
             _Notice(
-                item["name"],
+                _text(item["name"]),
                 _text(item.get("status")),
                 _text(item.get("impact")),
                 ids,
@@ -323,7 +329,8 @@ def _notices(raw: Any, where: str) -> tuple[_Notice, ...]:
 
 
 def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
+    """A string the vendor wrote, with its control characters (newlines, ANSI escapes) folded."""
+    return _CONTROL.sub(" ", value).strip() if isinstance(value, str) else ""
 
 
 def _kind(value: Any) -> str:
@@ -336,8 +343,9 @@ def _kind(value: Any) -> str:
 
 
 def _judge(summary: _Summary, settings: StatuspageSettings, ctx: ProbeContext) -> ProbeResult:
-    labels = _labels(summary.components)
-    watched, missing = _watched(summary.components, settings)
+    labels = _labels(summary.components, ctx.redact)
+    chosen, missing = _watched(summary.components, settings)
+    watched = [summary.components[index] for index in chosen]
     values: dict[str, float] = {
         "probe.vendor.incidents": float(len(summary.incidents)),
         "probe.vendor.indicator": float(_indicator(summary)),
@@ -346,9 +354,9 @@ def _judge(summary: _Summary, settings: StatuspageSettings, ctx: ProbeContext) -
         Sample(
             "probe.vendor.status",
             float(STATUSES[component.status]),
-            {"component": clip(labels[component.id or component.name], MAX_NAME, ctx.redact)},
+            {"component": labels[index]},
         )
-        for component in watched[:MAX_COMPONENTS]
+        for index, component in zip(chosen[:MAX_COMPONENTS], watched, strict=False)
     )
     attributes: dict[str, AttributeValue] = {
         "vantage.vendor.indicator": summary.indicator,
@@ -365,7 +373,7 @@ def _judge(summary: _Summary, settings: StatuspageSettings, ctx: ProbeContext) -
     )
 
     if missing:
-        message = _missing_message(missing, summary.components)
+        message = _missing_message(missing, summary.components, ctx.redact)
         return replace(read, success=False, reason=Reason.ASSERTION, message=message)
     in_maintenance = (
         frozenset().union(*(m.components for m in summary.maintenances if m.status in _MAINTENANCE_ACTIVE))
@@ -373,30 +381,41 @@ def _judge(summary: _Summary, settings: StatuspageSettings, ctx: ProbeContext) -
         else frozenset()
     )
     threshold = STATUSES[settings.fail_on]
-    failing = [c for c in watched if STATUSES[c.status] >= threshold and c.id not in in_maintenance]
+    failing = [
+        index
+        for index in chosen
+        if STATUSES[summary.components[index].status] >= threshold
+        and summary.components[index].id not in in_maintenance
+    ]
     if failing:
         message = _outage_message(failing, labels, summary, ctx)
         return replace(read, success=False, reason=Reason.VENDOR_OUTAGE, message=message)
     return read
 
 
-def _labels(components: Iterable[_Component]) -> dict[str, str]:
-    """Each component's label, by id: its name, or ``Group / Name`` when two components share it."""
-    components = list(components)
+def _labels(components: tuple[_Component, ...], redact: Redactor) -> list[str]:
+    """Each component's label, in the page's order: its name, or ``Group / Name`` when two
+    components share the name, redacted and cut to ``MAX_NAME``. A label still shared (two members
+    of a group with the same name, names alike in their first characters) is followed by its
+    occurrence in the page, `` (2)``, `` (3)``: two components one series would be a duplicate in
+    the exposition, or one component's outage hidden by the other's status."""
     counts: dict[str, int] = {}
     for component in components:
         counts[component.name] = counts.get(component.name, 0) + 1
-    return {
-        component.id or component.name: component.qualified if counts[component.name] > 1 else component.name
-        for component in components
-    }
+    labels = []
+    seen: dict[str, int] = {}
+    for component in components:
+        name = component.qualified if counts[component.name] > 1 else component.name
+        label = clip(name, MAX_NAME, redact)
+        seen[label] = seen.get(label, 0) + 1
+        labels.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return labels
 
 
-def _watched(
-    components: tuple[_Component, ...], settings: StatuspageSettings
-) -> tuple[list[_Component], list[str]]:
-    """The components the settings watch, in the page's order, and the names that match none."""
-    candidates = [c for c in components if settings.groups or not c.group]
+def _watched(components: tuple[_Component, ...], settings: StatuspageSettings) -> tuple[list[int], list[str]]:
+    """The components the settings watch (their indices, in the page's order), and the names that
+    match none."""
+    candidates = [index for index, c in enumerate(components) if settings.groups or not c.group]
     if not settings.components:
         return candidates, []
     members: dict[str, list[int]] = {}
@@ -423,55 +442,58 @@ def _watched(
             chosen.add(index)
         if not matched:
             missing.append(pattern)
-    return [components[index] for index in sorted(chosen)], missing
+    return sorted(chosen), missing
 
 
-def _missing_message(missing: list[str], components: tuple[_Component, ...]) -> str:
+def _missing_message(missing: list[str], components: tuple[_Component, ...], redact: Redactor) -> str:
     bare = sorted({c.name for c in components})
     # Suggestions from the first 2,000 names: a page that large makes difflib slow, not wiser.
     folded = {n.casefold(): n for n in (*bare, *(c.qualified for c in components if c.group_name))}
     pool = list(folded)[:2000]
     parts = []
     for pattern in missing[:5]:
-        shown = clip(pattern, MAX_NAME, str)
+        shown = clip(pattern, MAX_NAME, redact)
         close = difflib.get_close_matches(pattern.casefold(), pool, n=1, cutoff=0.6)
         if close:
-            parts.append(f"{shown!r} (did you mean {clip(folded[close[0]], MAX_NAME, str)!r}?)")
+            parts.append(f"{shown!r} (did you mean {clip(folded[close[0]], MAX_NAME, redact)!r}?)")
         else:
             parts.append(repr(shown))
     more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
     noun = "component" if len(missing) == 1 else "components"
-    return f"the status page has no {noun} named {', '.join(parts)}{more}; it has {_listing(bare)}"
+    return f"the status page has no {noun} named {', '.join(parts)}{more}; it has {_listing(bare, redact)}"
 
 
-def _listing(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(clip(name, 60, str) for name in names[:limit])
+def _listing(names: list[str], redact: Redactor, limit: int = 8) -> str:
+    shown = ", ".join(clip(name, 60, redact) for name in names[:limit])
     return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def _outage_message(
-    failing: list[_Component], labels: Mapping[str, str], summary: _Summary, ctx: ProbeContext
-) -> str:
+def _outage_message(failing: list[int], labels: list[str], summary: _Summary, ctx: ProbeContext) -> str:
     by_status: dict[str, list[str]] = {}
-    for component in sorted(failing, key=lambda c: -STATUSES[c.status]):
-        by_status.setdefault(component.status, []).append(labels[component.id or component.name])
+    for index in sorted(failing, key=lambda i: -STATUSES[summary.components[i].status]):
+        by_status.setdefault(summary.components[index].status, []).append(labels[index])
     parts = []
     for status, names in by_status.items():
-        shown = ", ".join(clip(name, MAX_NAME, ctx.redact) for name in names[:3])
+        shown = ", ".join(names[:3])
         if len(names) > 3:
             shown += f" and {len(names) - 3} more"
         parts.append(f"{_WORDS[status]} of {shown}")
     message = "the vendor declares " + " and ".join(parts)
-    ids = {c.id for c in failing}
+    ids = {summary.components[index].id for index in failing}
     incident = _worst(i for i in summary.incidents if i.components & ids)
     active = [m for m in summary.maintenances if m.status in _MAINTENANCE_ACTIVE and m.components & ids]
     if incident is None and active:
         return message + f" during its maintenance {clip(active[0].name, MAX_NAME, ctx.redact)!r}"
-    incident = incident or _worst(summary.incidents)
+    # Else an incident that does not say which components it concerns may be the cause; one that
+    # names others is not quoted as if it were.
+    incident = incident or _worst(i for i in summary.incidents if not i.components)
     if incident is not None:
         message += f": {clip(incident.name, MAX_NAME, ctx.redact)!r}"
         if len(summary.incidents) > 1:
             message += f" (and {len(summary.incidents) - 1} more unresolved)"
+    elif summary.incidents:
+        count = len(summary.incidents)
+        message += f" ({count} unresolved incident{'s' if count > 1 else ''} elsewhere)"
     return message
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import logging
 import uuid
@@ -455,7 +456,8 @@ def test_the_excerpt_is_the_last_10_kib_redacted_before_it_is_cut() -> None:
 
 async def test_hostile_bodies() -> None:
     async with clocked_agent([heartbeat("job")], {"VANTAGE_INBOUND_MAX_BODY": "64KiB"}) as running:
-        huge = await running.ping("job", "fail", data=b"x" * (65 * 1024))
+        # Over the limit, a heartbeat's body is cut to its tail; over 16 times the limit, refused.
+        huge = await running.ping("job", "fail", data=io.BytesIO(b"x" * (16 * 64 * 1024 + 1)))
         binary = await running.ping("job", "log", data=bytes(range(256)) * 100)
         octets = await running.ping(
             "job", "start", data=b"\xff\xfe\x00garbage", headers={"Content-Type": "application/octet-stream"}

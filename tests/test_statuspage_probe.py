@@ -287,7 +287,7 @@ async def test_what_the_vendor_writes_is_bounded_and_harmless(page: tuple[Page, 
     result = await run(port)
     assert result.reason is Reason.VENDOR_OUTAGE
     assert "\n" not in result.message and "\x1b" not in result.message
-    assert "Errors\\n\\x1b[31mfor card xxx" in result.message
+    assert "'Errors [31mfor card xxx" in result.message  # control characters folded at read
     assert len(result.message) < 300
     assert result.values["probe.vendor.incidents"] == 40
     assert len(result.events) == 20
@@ -566,3 +566,151 @@ def test_the_vendor_or_us_queries(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(document))
     tested = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True)
     assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+# ---------------------------------------------------------------- hostile pages (review)
+
+
+async def test_components_that_would_share_a_label_get_distinct_ones(page: tuple[Page, int]) -> None:
+    """Two components the same label would be one series: the exposition would carry a duplicate
+    (a scrape error), or one would hide the other's outage. Same name without a group, the same
+    id twice, names alike in their first MAX_NAME characters: each its own label, stable."""
+    state, port = page
+    long = "x" * 130
+    document = {
+        "status": {"indicator": "major"},
+        "components": [
+            {"id": "a", "name": "API", "status": "major_outage"},
+            {"id": "b", "name": "API", "status": "operational"},
+            {"id": "c", "name": "Web", "status": "operational"},
+            {"id": "c", "name": "Edge", "status": "operational"},
+            {"id": "d", "name": f"{long}1", "status": "operational"},
+            {"id": "e", "name": f"{long}2", "status": "operational"},
+        ],
+    }
+    state.serve(document)
+    result = await run(port)
+    labels = [sample.labels["component"] for sample in result.samples]
+    assert len(set(labels)) == len(labels) == 6, labels
+    assert all(len(label) <= 2 * 120 for label in labels)
+    assert result.reason is Reason.VENDOR_OUTAGE
+    assert statuses(result)[labels[0]] == 4 and labels[0].startswith("API")
+    assert (await run(port)).samples == result.samples  # the same labels run after run
+
+
+async def test_a_component_status_of_any_json_type_is_unreadable_not_a_crash(
+    page: tuple[Page, int],
+) -> None:
+    state, port = page
+    for status in ([], {}, ["major_outage"], 4, None, True):
+        state.serve(
+            {"status": {"indicator": "none"}, "components": [{"id": "a", "name": "API", "status": status}]}
+        )
+        result = await run(port)
+        assert result.reason is Reason.PROTOCOL, (status, result.message)
+        assert "component 'API' has the status" in result.message
+
+
+async def test_vendor_names_with_control_characters_are_folded(page: tuple[Page, int]) -> None:
+    """A name with a newline or an ANSI escape reaches neither a message (a log line) nor a label."""
+    state, port = page
+    state.serve(
+        {
+            "status": {"indicator": "major"},
+            "page": {"name": "Acme\n\x1b[2J"},
+            "components": [{"id": "a", "name": 'Pay"ments\n\x1b[31mAPI\\', "status": "major_outage"}],
+            "incidents": [
+                {"name": "Down\r\nINFO fake log line", "impact": "major", "components": [{"id": "a"}]}
+            ],
+        }
+    )
+    result = await run(port)
+    assert result.reason is Reason.VENDOR_OUTAGE
+    for text in (result.message, *statuses(result), str(result.attributes), str(result.events)):
+        assert not any(c in text for c in "\n\r\x1b"), text
+    assert list(statuses(result)) == ['Pay"ments [31mAPI\\']
+
+
+async def test_the_message_names_no_incident_of_other_components(page: tuple[Page, int]) -> None:
+    """An incident that names its components and not the failing one is not quoted as the cause:
+    "degraded performance of Webhooks: 'Elevated error rates'" blamed the Payments API incident."""
+    state, port = page
+    document = fixture("outage")
+    document["incidents"] = [i for i in document["incidents"] if i["name"] == "Elevated error rates"]
+    state.serve(document)
+    webhooks = await run(port, components=["Webhooks"], fail_on="degraded_performance")
+    assert (
+        webhooks.message
+        == "the vendor declares degraded performance of Webhooks (1 unresolved incident elsewhere)"
+    )
+    # An incident that does not say which components it concerns may be the cause: still quoted.
+    del document["incidents"][0]["components"]
+    state.serve(document)
+    unsaid = await run(port, components=["Webhooks"], fail_on="degraded_performance")
+    assert unsaid.message == "the vendor declares degraded performance of Webhooks: 'Elevated error rates'"
+
+
+async def test_a_secret_in_the_vendors_words_is_redacted_in_every_message(page: tuple[Page, int]) -> None:
+    """The names listed by "has no component named" (and its did-you-mean) and the words quoted by
+    "not a summary" were cut, not redacted."""
+    state, port = page
+    secret = "proxy-pass-0123456789"
+    proxy = f"http://user:${{PROXY_PASSWORD}}@127.0.0.1:{port}"
+    environ = {"PROXY_PASSWORD": secret}
+    named = {
+        "status": {"indicator": "none"},
+        "components": [{"id": "a", "name": f"API {secret}", "status": "operational"}],
+    }
+    state.serve(named)
+    missing = await run(port, environ=environ, proxy_url=proxy, components=["API proxy-pass-012345678"])
+    assert missing.reason is Reason.ASSERTION
+    assert secret not in missing.message and "did you mean 'API <redacted>'?" in missing.message, (
+        missing.message
+    )
+    for document in (
+        {"status": {"indicator": secret}, "components": []},
+        {"status": {"indicator": "none"}, "components": [{"id": "a", "name": secret, "status": secret}]},
+    ):
+        state.serve(document)
+        unreadable = await run(port, environ=environ, proxy_url=proxy)
+        assert unreadable.reason is Reason.PROTOCOL
+        assert secret not in unreadable.message and "<redacted>" in unreadable.message, unreadable.message
+
+
+async def test_component_names_are_escaped_label_values_in_both_expositions(page: tuple[Page, int]) -> None:
+    """Quotes, backslashes, braces and a "#" in a vendor's names are label values, escaped in the
+    Prometheus text format and in OpenMetrics, and parse back to the names; duplicates are apart."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics
+
+    state, port = page
+    odd = 'Q"uote\\back\\nslash # {x="y"} }'
+    state.serve(
+        {
+            "status": {"indicator": "none"},
+            "components": [
+                {"id": "a", "name": odd, "status": "major_outage"},
+                {"id": "b", "name": odd, "status": "operational"},
+                {"id": "c", "name": "Ünïcode ✓", "status": "operational"},
+            ],
+        }
+    )
+    installed = [point for point in entry_points(group=GROUP) if point.name != "statuspage"]
+    registry = Registry([*installed, EntryPoint("statuspage", "plugins.statuspage:StatuspageProbe", GROUP)])
+    environ = {
+        "VANTAGE_CHECKS": json.dumps({"checks": [{"type": "statuspage", **check(port)}]}),
+        "OTEL_TRACES_EXPORTER": "none",
+    }
+    agent = build_agent(load_config(environ, registry=registry), {"OTEL_TRACES_EXPORTER": "none"})
+    try:
+        await agent.scheduler.run_once()
+    finally:
+        await agent.http.aclose()
+    for as_openmetrics, parse in ((False, text_string_to_metric_families), (True, openmetrics)):
+        text = agent.telemetry.render_prometheus(openmetrics=as_openmetrics).decode()
+        found = {
+            sample.labels["component"]: sample.value
+            for family in parse(text)
+            for sample in family.samples
+            if sample.name == "probe_vendor_status"
+        }
+        assert found == {odd: 4.0, f"{odd} (2)": 0.0, "Ünïcode ✓": 0.0}, as_openmetrics

@@ -22,7 +22,7 @@ import ipaddress
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -55,6 +55,11 @@ ENDPOINTS = {"hooks": ("POST", "PUT"), "heartbeat": ("GET", "POST", "HEAD")}
 # What may follow a heartbeat's check name: anything else is not a route (404, whatever the check),
 # so that nothing a caller writes there is passed on to another process.
 _ACTIONS = {"heartbeat": r"start|fail|log|[0-9]{1,3}"}
+# Endpoints whose body over the limit is cut to its tail rather than refused: a heartbeat's body
+# is the job's output, whose end is where its error is (healthchecks.io keeps a head and takes the
+# ping too), and a refused end ping would leave the job's run open and its failure unreported.
+# Read up to this many times the limit; beyond, 413 as for any body.
+_TAIL_KEPT = {"heartbeat": 16}
 FORWARDED = "X-Vantage-Forwarded"
 _HOP_BY_HOP = {
     "connection",
@@ -141,6 +146,28 @@ def client_address(request: web.Request, trusted: list[Network]) -> str:
     return hops[-1]
 
 
+class _TooLarge(Exception):
+    """A body over what ``_read_tail`` reads."""
+
+
+async def _read_tail(request: web.Request, most: int) -> bytes:
+    """The last ``client_max_size`` bytes of the request's body, reading at most ``most`` bytes
+    (``_TooLarge`` beyond)."""
+    if (request.content_length or 0) > most:
+        raise _TooLarge
+    keep = request.client_max_size
+    tail = bytearray()
+    read = 0
+    async for chunk in request.content.iter_any():
+        read += len(chunk)
+        if read > most:
+            raise _TooLarge
+        tail += chunk
+        if len(tail) > keep:
+            del tail[: len(tail) - keep]
+    return bytes(tail)
+
+
 def _not_utf8(request: web.Request) -> str | None:
     """Which header of the request is not UTF-8, or None.
 
@@ -220,7 +247,7 @@ class Inbound:
         if not forwarded:
             await self._gate_rate_limit(source)  # 1. rate limit per source
         self._gate_method(request, endpoint)  # 2. method
-        body = await self._gate_body(request)  # 3. body size and time
+        body = await self._gate_body(request, endpoint)  # 3. body size and time
         garbled = _not_utf8(request)  # 4. UTF-8, answered with the credentials (7)
         name = request.match_info["check"]
         entry = self._gate_known(name, endpoint)  # 5. a check of this endpoint
@@ -270,16 +297,18 @@ class Inbound:
                 ),
             )
 
-    async def _gate_body(self, request: web.Request) -> bytes:
+    async def _gate_body(self, request: web.Request, endpoint: str) -> bytes:
         body: bytes | None = None
+        too_large = _Answered(Outcome.TOO_LARGE, web.json_response({"error": "body too large"}, status=413))
         try:
             # The server's header timeout ends with the head; a body trickled in must end too.
             with anyio.move_on_after(self._body_timeout):
-                body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise _Answered(
-                Outcome.TOO_LARGE, web.json_response({"error": "body too large"}, status=413)
-            ) from None
+                if endpoint in _TAIL_KEPT:
+                    body = await _read_tail(request, request.client_max_size * _TAIL_KEPT[endpoint])
+                else:
+                    body = await request.read()
+        except (web.HTTPRequestEntityTooLarge, _TooLarge):
+            raise too_large from None
         if body is None:
             raise _Answered(
                 Outcome.TIMEOUT, web.json_response({"error": "the body did not come in time"}, status=408)
@@ -301,7 +330,9 @@ class Inbound:
         name = entry.check.name
         log.info("inbound request for check %s rejected: %s", name, problem, extra={"check": name})
         if ours and self._inbox is not None:
-            self._inbox.deliver(inbound, problem)
+            # Held to report the problem, without the body no probe reads: a stranger's large
+            # bodies would push the job's genuine requests out of the inbox's byte budget.
+            self._inbox.deliver(replace(inbound, body=b""), problem)
         raise _Answered(Outcome.REJECTED, web.json_response(_REJECTED, status=401))
 
     def _gate_ours(self, name: str, route: Route | None) -> Inbox:
