@@ -207,3 +207,13 @@ def test_a_window_s_name_and_reason_are_escaped_on_the_status_pages() -> None:
     for html in (index, page, upcoming):
         assert "<script>" not in html and 'onmouseover="' not in html
     assert "&lt;script&gt;" in index and "&lt;script&gt;" in page and "&lt;script&gt;" in upcoming
+
+
+def test_an_open_chain_of_overlapping_occurrences_is_shown_since_its_first() -> None:
+    # 01:00-02:30 and 02:00-03:30 on Sundays: one window, 01:00 to 03:30 Berlin time
+    window = Window.model_validate({"cron": "0 1,2 * * SUN", "timezone": "Europe/Berlin", "duration": "90m"})
+    since, until = datetime(2026, 11, 29, 0, tzinfo=UTC), datetime(2026, 11, 29, 2, 30, tzinfo=UTC)
+    for at in (since, datetime(2026, 11, 29, 1, 15, tzinfo=UTC), datetime(2026, 11, 29, 2, 29, tzinfo=UTC)):
+        # the same answer whenever it is asked (an agent started or reloaded within the window)
+        assert window.occurrence(at) == (since, until), at
+    assert window.occurrence(until) is None

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import itertools
 import math
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -200,7 +201,7 @@ class Window(BaseModel):
         """``(since, until)`` when the window is open at ``at`` (aware), else None.
 
         A cron window whose occurrences overlap is one window from the first's start to the end of
-        the last that starts before the one before it ends (followed for 100 occurrences)."""
+        the last that starts before the one before it ends (followed for 100 occurrences each way)."""
         return self.state(at)[0]
 
     def state(self, at: datetime) -> tuple[tuple[datetime, datetime] | None, datetime | None]:
@@ -224,6 +225,12 @@ class Window(BaseModel):
             if later is None or later >= until:
                 break
             until = max(until, later + length)
+        # Back to the chain's first occurrence: the answer is then the same whenever it is asked
+        # (occurrences are all as long: one that does not reach ``since``, none before it does).
+        for earlier in itertools.islice(self._starts_before(since), _CHAIN):
+            if earlier + length <= since:
+                break
+            since = earlier
         return (since, until), None
 
     def following(self, at: datetime) -> tuple[datetime, datetime] | None:
@@ -235,6 +242,25 @@ class Window(BaseModel):
         assert self.duration is not None
         start = next(self._starts_after(at), None)
         return None if start is None else (start, start + timedelta(seconds=self.duration))
+
+    def _starts_before(self, at: datetime) -> Iterator[datetime]:
+        """The cron starts before ``at``, in UTC, latest first (as ``_starts_after``, backwards)."""
+        from cronsim import CronSim
+
+        assert self.cron is not None
+        zone = _zone(self.timezone or "UTC")
+        expression = _expression(self.cron)
+        fields = expression.split()
+        moved = len(fields) == 5 and not fields[0].startswith("*") and not fields[1].startswith("*")
+        found = CronSim(expression, at.astimezone(zone), reverse=True)
+        for _ in range(_SEARCH):
+            try:
+                start = next(found).astimezone(UTC)
+            except StopIteration:
+                return
+            if start >= at or (moved and _skipped_day(expression, start, zone)):
+                continue
+            yield start
 
     def _starts_after(self, at: datetime) -> Iterator[datetime]:
         """The cron starts after ``at``, in UTC, in order. cronsim reads a repeated hour's wall
