@@ -136,7 +136,7 @@ def parse_checks(
     "did you mean" when a check names another.
     """
     lines = _Lines(text) if locate else None
-    defaults, raws, file_windows = _read_document(text, source, lines)
+    defaults, raws, file_windows = _read_document(text, source, lines, resolver)
     errors: list[str] = []
     entries: list[CheckEntry] = []
     seen: dict[str, int] = {}
@@ -269,10 +269,11 @@ def _line(source: str, where: str, problem: Problem, lines: _Lines | None, index
 
 
 def _read_document(
-    text: str, source: str, lines: _Lines | None = None
+    text: str, source: str, lines: _Lines | None = None, resolver: SecretResolver | None = None
 ) -> tuple[Defaults, list[Any], list[FileWindow]]:
     """The document's ``defaults``, raw ``checks`` and ``maintenance`` windows; a bare list is a
-    list of checks."""
+    list of checks. The windows' references are resolved as a check's are (a selector's
+    ``labels: {vendor: ${VENDOR}}`` is compared with the checks' resolved labels)."""
     if text.lstrip().startswith("{"):
         try:
             document = json.loads(text)
@@ -288,6 +289,18 @@ def _read_document(
         document = {"checks": document}
     if not isinstance(document, dict):
         raise ConfigError(f"{source}: expected a mapping with 'checks' (and optional 'defaults')")
+    windows = document.get("maintenance")
+    if resolver is not None and isinstance(windows, list):
+        unresolved: list[Problem] = []
+        resolved, _ = _resolve({"maintenance": windows}, resolver, unresolved)
+        if unresolved:
+            raise ConfigError(
+                "\n".join(
+                    f"{source}{_at(lines, p.path)}: field '{field_path(p.path)}': {p.message}"
+                    for p in unresolved
+                )
+            )
+        document = {**document, "maintenance": resolved["maintenance"]}
     try:
         parsed = _CheckFile.model_validate(document)
     except ValidationError as exc:
@@ -309,6 +322,11 @@ def _read_document(
     # The document's own list, now known to be a list of mappings: the model's copy of it goes.
     checks = document.get("checks")
     return parsed.defaults, checks if isinstance(checks, list) else [], parsed.maintenance
+
+
+def _at(lines: _Lines | None, path: tuple[str | int, ...]) -> str:
+    line = lines.line_at(path) if lines is not None else None
+    return f", line {line}" if line else ""
 
 
 def _load_yaml(text: str, source: str) -> Any:
