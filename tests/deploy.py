@@ -59,6 +59,8 @@ _FUNCTIONS = {
     "time",
     "changes",
     "max_over_time",
+    "last_over_time",
+    "timestamp",
     "label_values",
     "le",
     "bool",
