@@ -47,6 +47,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, model_validator
 
 from agent.sdk import (
+    CRON_NICKNAMES,
     AttributeValue,
     Check,
     Duration,
@@ -64,6 +65,7 @@ from agent.sdk import (
     RefusalKind,
     Sample,
     clip,
+    cron_expression,
     format_duration,
 )
 
@@ -145,7 +147,11 @@ def _check_schedule(schedule: str, timezone: str) -> None:
     from cronsim import CronSimError
 
     zone = _zone(timezone)
-    if len(schedule.split()) != 5:
+    if schedule.strip().startswith("@") and cron_expression(schedule) == schedule:
+        raise ValueError(
+            f"'schedule' {schedule!r} is not a cron expression: the nicknames are {', '.join(CRON_NICKNAMES)}"
+        )
+    if len(cron_expression(schedule).split()) != 5:
         raise ValueError(
             f"'schedule' {schedule!r} is not a cron expression of 5 fields (minute hour day month weekday)"
         )
@@ -169,7 +175,7 @@ def next_fire(schedule: str, zone: ZoneInfo, after: float) -> float | None:
     from cronsim import CronSim
 
     try:
-        fire = next(CronSim(schedule, datetime.fromtimestamp(after, zone)))
+        fire = next(CronSim(cron_expression(schedule), datetime.fromtimestamp(after, zone)))
     except StopIteration:
         return None
     return fire.timestamp()

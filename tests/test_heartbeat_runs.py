@@ -224,6 +224,17 @@ def test_schedule_settings_are_checked_at_load() -> None:
         max_runtime="2h",
         min_runtime="1m",
     )
+    # Cron's nicknames, as maintenance windows read them (agent/sdk/cron.py); @reboot is no schedule.
+    load(schedule="@daily", timezone="Europe/Berlin")
+    with pytest.raises(ConfigError, match="'@reboot' is not a cron expression: the nicknames are @yearly"):
+        load(schedule="@reboot")
+
+
+def test_a_nickname_fires_as_its_expression() -> None:
+    june = datetime(2026, 6, 1, 1, 10, tzinfo=BERLIN).timestamp()
+    assert next_fire("@daily", BERLIN, june) == next_fire("0 0 * * *", BERLIN, june)
+    hourly = next_fire("@hourly", BERLIN, june)
+    assert hourly is not None and datetime.fromtimestamp(hourly, BERLIN).strftime("%H:%M") == "02:00"
 
 
 # ---------------------------------------------------------------- starts and ends

@@ -43,6 +43,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.config._explain import Problem, did_you_mean, explain
+from agent.sdk.cron import CRON_NICKNAMES, cron_expression
 from agent.sdk.durations import Duration, format_duration
 
 if TYPE_CHECKING:
@@ -64,23 +65,6 @@ __all__ = [
 _CHAIN = 100  # overlapping occurrences followed at most to find where a window ends
 _SEARCH = 1000  # cron occurrences stepped over at most when one is out of order (a repeated hour)
 _LONGEST = 366 * 86400.0  # a cron window's longest duration (a longer one is a start and an end)
-
-
-_NICKNAMES = {
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-    "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
-}
-"""The nicknames Debian's cron knows (but ``@reboot``), as the expressions they stand for."""
-
-
-def _expression(cron: str) -> str:
-    """``cron`` as cronsim reads it: a nickname (``@daily``) as its expression."""
-    return _NICKNAMES.get(cron.strip().lower(), cron)
 
 
 @functools.cache
@@ -113,11 +97,11 @@ class Window(BaseModel):
     def _cron(cls, value: str) -> str:
         from cronsim import CronSim, CronSimError
 
-        if value.strip().startswith("@") and _expression(value) == value:
-            known = ", ".join(_NICKNAMES)
+        if value.strip().startswith("@") and cron_expression(value) == value:
+            known = ", ".join(CRON_NICKNAMES)
             raise ValueError(f"{value!r} is not a cron expression: the nicknames are {known}")
         try:
-            CronSim(_expression(value), datetime(2000, 1, 1, tzinfo=UTC))
+            CronSim(cron_expression(value), datetime(2000, 1, 1, tzinfo=UTC))
         except CronSimError as exc:
             raise ValueError(f"{value!r} is not a cron expression: {exc}") from None
         return value
@@ -249,7 +233,7 @@ class Window(BaseModel):
 
         assert self.cron is not None
         zone = _zone(self.timezone or "UTC")
-        expression = _expression(self.cron)
+        expression = cron_expression(self.cron)
         fields = expression.split()
         moved = len(fields) == 5 and not fields[0].startswith("*") and not fields[1].startswith("*")
         found = CronSim(expression, at.astimezone(zone), reverse=True)
@@ -270,7 +254,7 @@ class Window(BaseModel):
 
         assert self.cron is not None
         zone = _zone(self.timezone or "UTC")
-        expression = _expression(self.cron)
+        expression = cron_expression(self.cron)
         fields = expression.split()
         # cronsim moves a start in a skipped hour to the gap's end for these (Debian's cron).
         moved = len(fields) == 5 and not fields[0].startswith("*") and not fields[1].startswith("*")
