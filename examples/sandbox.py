@@ -7,7 +7,8 @@ and then, a rate-limited endpoint that answers 429 once its quota is spent, an o
 version that announces its deprecation and sunset, one that hangs past any sensible timeout; a
 test-event endpoint that sends a Stripe-style signed webhook to the URL it is given, two systems
 whose order data a sync job copies with some lag, and that job, which reports to the agent's
-heartbeat endpoint (``AGENT_URL``) every few seconds.
+heartbeat endpoint (``AGENT_URL``) every few seconds; and the vendor's own status page, in the
+Atlassian Statuspage format, which admits that order listings are slow.
 
     python examples/sandbox.py            # listens on 127.0.0.1:8099 (SANDBOX_PORT to change)
 """
@@ -151,6 +152,39 @@ async def legacy_orders(_: web.Request) -> web.Response:
     return web.json_response({"orders": []}, headers=headers)
 
 
+def _component(ident: str, name: str, status: str, position: int) -> dict[str, object]:
+    return {"id": ident, "name": name, "status": status, "position": position, "group": False}
+
+
+async def status_summary(_: web.Request) -> web.Response:
+    """The vendor's status page (``/status/api/v2/summary.json``), as an Atlassian Statuspage page
+    serves it: the orders API is degraded, as ``/v1/orders`` really is now and then."""
+    now = datetime.now(UTC).isoformat()
+    components = [
+        _component("cmp0charges", "Charges API", "operational", 1),
+        _component("cmp00orders", "Orders API", "degraded_performance", 2),
+        _component("cmp0webhook", "Webhooks", "operational", 3),
+    ]
+    incident = {
+        "id": "inc0slowordr",
+        "name": "Slow responses from the orders API",
+        "status": "monitoring",
+        "impact": "minor",
+        "created_at": datetime.fromtimestamp(_started, UTC).isoformat(),
+        "updated_at": now,
+        "components": [components[1]],
+    }
+    return web.json_response(
+        {
+            "page": {"id": "sandbox0page", "name": "Sandbox", "url": "http://127.0.0.1", "updated_at": now},
+            "status": {"indicator": "minor", "description": "Minor Service Outage"},
+            "components": components,
+            "incidents": [incident],
+            "scheduled_maintenances": [],
+        }
+    )
+
+
 async def hang(_: web.Request) -> web.Response:
     await asyncio.sleep(3600)
     return web.json_response({})
@@ -253,6 +287,7 @@ def app() -> web.Application:
     application.router.add_get("/v1/quota", quota)
     application.router.add_post("/oauth/token", oauth_token)
     application.router.add_get("/v1/shipments", shipments)
+    application.router.add_get("/status/api/v2/summary.json", status_summary)
     return application
 
 
