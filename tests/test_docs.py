@@ -50,4 +50,23 @@ def test_the_make_run_example_loads() -> None:
         "VANTAGE_PUBLIC_URL": "http://127.0.0.1:8080",
     }
     config = config_from(yaml.safe_load((ROOT / "examples" / "checks.yaml").read_text()), **env)
-    assert {entry.check.type for entry in config.entries} >= {"http", "flow", "webhook", "heartbeat", "sync"}
+    entries = {entry.check.name: entry for entry in config.entries}
+    assert {entry.check.type for entry in config.entries} >= {
+        "http",
+        "flow",
+        "webhook",
+        "heartbeat",
+        "sync",
+        "statuspage",
+    }
+    # Issue 15's features, as the README's tour describes them.
+    flaky = entries["sandbox-flaky"].check
+    assert (flaky.retries, flaky.failure_threshold) == (1, 2)
+    assert entries["sandbox-orders"].check.down_interval == 5
+    assert {name for name, entry in entries.items() if entry.maintenance} == {
+        "sandbox-order-sync",
+        "sandbox-erp-freshness",
+    }
+    vendor = entries["sandbox-status"].check.labels["vendor"]
+    assert vendor == entries["sandbox-charges"].check.labels["vendor"]
+    assert entries["sandbox-order-sync"].settings.schedule == "* * * * *"
