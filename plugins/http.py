@@ -52,7 +52,7 @@ from ._toolkit.headers import (
     parse_lifecycle,
     parse_ratelimit,
 )
-from ._toolkit.net import IP_METRICS, LOOKUP_TIME, ResolveFailed, ip_values, resolve
+from ._toolkit.net import IP_METRICS, LOOKUP_TIME, ResolveFailed, check_proxy_url, ip_values, resolve
 from ._toolkit.openapi import OpenAPIDocument, load_document, parse_document
 from ._toolkit.schema import DriftTracker
 from ._toolkit.tls import TLS_METRICS, tls_values
@@ -192,19 +192,7 @@ class HttpSettings(ProbeSettings):
     @field_validator("proxy_url")
     @classmethod
     def _proxy(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        # The URL is not quoted back: it may carry the proxy's password.
-        try:
-            parsed = urlsplit(value)
-            parsed.port  # noqa: B018 - raises on a port that is not a number
-        except ValueError:
-            raise ValueError("proxy_url is not a URL") from None
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError("proxy_url must be an http:// or https:// URL with a host")
-        if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
-            raise ValueError("proxy_url is a proxy's address: scheme, credentials, host and port only")
-        return value
+        return check_proxy_url(value)
 
     @model_validator(mode="after")
     def _one_body(self) -> HttpSettings:

@@ -53,6 +53,7 @@ from agent.sdk import (
     clip,
 )
 
+from ._toolkit.net import check_proxy_url
 from ._toolkit.verdict import judge, validate_http_url
 
 __all__ = ["STATUSES", "StatuspageProbe", "StatuspageSettings"]
@@ -119,19 +120,7 @@ class StatuspageSettings(ProbeSettings):
     @field_validator("proxy_url")
     @classmethod
     def _proxy(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        # The URL is not quoted back: it may carry the proxy's password.
-        try:
-            parsed = urlsplit(value)
-            parsed.port  # noqa: B018 - raises on a port that is not a number
-        except ValueError:
-            raise ValueError("proxy_url is not a URL") from None
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError("proxy_url must be an http:// or https:// URL with a host")
-        if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
-            raise ValueError("proxy_url is a proxy's address: scheme, credentials, host and port only")
-        return value
+        return check_proxy_url(value)
 
 
 class _Component(NamedTuple):  # a tuple: a page may list thousands

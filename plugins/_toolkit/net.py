@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import socket
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from agent.sdk import MetricSpec, Reason, cancellation, map_exception
 
@@ -19,6 +20,7 @@ __all__ = [
     "IpFamily",
     "ResolveFailed",
     "cancellation",
+    "check_proxy_url",
     "ip_values",
     "map_exception",
     "resolve",
@@ -118,3 +120,21 @@ async def resolve(
         except socket.gaierror:
             pass
     raise ResolveFailed(*failure) from None
+
+
+def check_proxy_url(value: str | None) -> str | None:
+    """A ``proxy_url`` setting, checked (a field validator's body): an http:// or https:// proxy's
+    address, with credentials, host and port only. The URL is never quoted back in the error: it
+    may carry the proxy's password."""
+    if value is None:
+        return None
+    try:
+        parsed = urlsplit(value)
+        parsed.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError("proxy_url is not a URL") from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError("proxy_url must be an http:// or https:// URL with a host")
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
+        raise ValueError("proxy_url is a proxy's address: scheme, credentials, host and port only")
+    return value
