@@ -92,6 +92,22 @@ async def drive(agent: Agent, clock: FakeClock, seconds: float, step: float = 0.
     await wait_for_attempts_to_end(agent)
 
 
+async def run_from_first_tick(agent: Agent, clock: FakeClock, seconds: float, step: float = 0.25) -> float:
+    """Run the agent's scheduler on the fake clock from check ``api``'s first tick to ``seconds``
+    after it (``drive``), then stop it and close its HTTP client; that first tick's time."""
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(agent.scheduler.run)
+            await clock.advance(0)
+            first = agent.scheduler.due("api")
+            assert first is not None
+            await drive(agent, clock, first - clock.monotonic() + seconds, step=step)
+            tg.cancel_scope.cancel()
+    finally:
+        await agent.http.aclose()
+    return first
+
+
 # ---------------------------------------------------------------- retries
 
 
@@ -139,16 +155,7 @@ async def test_no_retry_is_made_when_the_next_tick_comes_first_and_that_tick_run
         agent = agent_for(
             [http_check(port, retries=3, retry_delay="4s", interval="10s", timeout="3s")], clock
         )
-        try:
-            async with anyio.create_task_group() as tg:
-                await tg.start(agent.scheduler.run)
-                await clock.advance(0)
-                first = agent.scheduler.due("api")
-                assert first is not None
-                await drive(agent, clock, first - clock.monotonic() + 10.5)
-                tg.cancel_scope.cancel()
-        finally:
-            await agent.http.aclose()
+        first = await run_from_first_tick(agent, clock, 10.5)
     # Attempts at 0, 4 and 8 s; a re-test at 12 s would come after the tick at 10 s, which runs.
     assert [round(t - first, 3) for t in target.times] == [0.0, 4.0, 8.0, 10.0]
     runs = {labels["attempt"]: v for labels, v in metrics(agent)["probe_runs_total"]}
@@ -297,16 +304,7 @@ async def test_the_down_interval_holds_until_the_check_is_confirmed_up() -> None
         agent = agent_for(
             [http_check(port, interval="60s", down_interval="10s", timeout="2s", success_threshold=2)], clock
         )
-        try:
-            async with anyio.create_task_group() as tg:
-                await tg.start(agent.scheduler.run)
-                await clock.advance(0)
-                first = agent.scheduler.due("api")
-                assert first is not None
-                await drive(agent, clock, first - clock.monotonic() + 100, step=0.5)
-                tg.cancel_scope.cancel()
-        finally:
-            await agent.http.aclose()
+        first = await run_from_first_tick(agent, clock, 100, step=0.5)
     # fail; ok (1 of 2 to be up: still fast); ok (up) → back to the grid at 60 s.
     assert [round(t - first, 6) for t in target.times] == [0.0, 10.0, 20.0, 60.0]
 

@@ -15,7 +15,7 @@ from agent.schedule.sharding import offset
 from agent.sdk.reasons import Reason
 
 from .helpers import FakeClock, serve
-from .test_confirmation import ENV, Target, agent_for, drive, http_check
+from .test_confirmation import ENV, Target, agent_for, drive, http_check, run_from_first_tick
 
 pytestmark = pytest.mark.anyio
 
@@ -28,16 +28,7 @@ async def test_a_check_confirmed_up_on_a_fast_tick_that_is_also_a_grid_tick_runs
     target = Target(failing=set(range(1, 7)), clock=clock)  # the runs at 0..50 s fail
     async with serve(target.app) as port:
         agent = agent_for([http_check(port, interval="60s", down_interval="10s", timeout="2s")], clock)
-        try:
-            async with anyio.create_task_group() as tg:
-                await tg.start(agent.scheduler.run)
-                await clock.advance(0)
-                first = agent.scheduler.due("api")
-                assert first is not None
-                await drive(agent, clock, first - clock.monotonic() + 130, step=0.5)
-                tg.cancel_scope.cancel()
-        finally:
-            await agent.http.aclose()
+        first = await run_from_first_tick(agent, clock, 130, step=0.5)
     times = [round(t - first, 6) for t in target.times]
     assert times == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0]
     assert agent.recorder.states["api"].confirmed == "up"
@@ -222,15 +213,6 @@ async def test_a_rate_limited_check_does_not_tick_at_its_down_interval() -> None
     app.router.add_get("/", handle)
     async with serve(app) as port:
         agent = agent_for([http_check(port, interval="60s", down_interval="10s", timeout="2s")], clock)
-        try:
-            async with anyio.create_task_group() as tg:
-                await tg.start(agent.scheduler.run)
-                await clock.advance(0)
-                first = agent.scheduler.due("api")
-                assert first is not None
-                await drive(agent, clock, first - clock.monotonic() + 125, step=0.5)
-                tg.cancel_scope.cancel()
-        finally:
-            await agent.http.aclose()
+        first = await run_from_first_tick(agent, clock, 125, step=0.5)
     # 503 at 0 s: fast; 429 at 10 s: back on the grid (60 s, 120 s), not every 10 s.
     assert [round(t - first, 6) for t in times] == [0.0, 10.0, 60.0, 120.0]
