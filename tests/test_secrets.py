@@ -186,3 +186,19 @@ def test_a_url_seen_before_is_still_redacted_with_the_secrets_learnt_since() -> 
     assert redact_url(url, redact) == "https://api.example/tenant-7f3a/v1?key="
     redact.add("tenant-7f3a")
     assert redact_url(url, redact) == f"https://api.example/{REDACTED}/v1?key="
+
+
+def test_a_snapshot_keeps_the_secrets_of_its_moment_and_learns_no_more() -> None:
+    redactor = Redactor(["standing-secret-123"])
+    redactor.add("oauth-token-aaaaaaaa", ephemeral=True)
+    snapshot = redactor.snapshot()
+    assert redactor.snapshot() is snapshot  # shared until the secrets change
+    for i in range(2000):  # the ephemeral token is pushed out of the bounded set
+        redactor.add(f"later-token-{i:06d}", ephemeral=True)
+    assert "oauth-token-aaaaaaaa" not in redactor
+    text = "Bearer oauth-token-aaaaaaaa, key standing-secret-123, new later-token-001999"
+    assert snapshot(text) == "Bearer <redacted>, key <redacted>, new later-token-001999"
+    assert "oauth-token-aaaaaaaa" in snapshot and redactor.snapshot() is not snapshot
+    assert snapshot.deep({"k": ["oauth-token-aaaaaaaa"]}) == {"k": ["<redacted>"]}
+    with pytest.raises(TypeError):
+        snapshot.add("another-secret-xyz")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import logging
 import os
 import shutil
@@ -525,6 +526,43 @@ def test_uptime_counts_runs_in_the_last_day_and_week() -> None:
     runs = history.runs("c")
     assert SECRET not in json.dumps(runs) and SECRET not in json.dumps(summary)
     assert runs["last_failure_detail"]["assertions"][0]["passed"] is False
+
+
+def test_uptime_over_gaps_and_a_clock_set_back_matches_counting_every_run() -> None:
+    """The rings keep no slot number a bucket: a gap empties what it passes. Their uptimes must
+    equal counting each run's time against the window, whatever the gaps."""
+    rng = random.Random(7)
+    clock = _Clock()
+    history = History(Redactor(), clock=clock)
+    runs: list[tuple[float, bool]] = []
+    for _ in range(3000):
+        clock.now += rng.choice([1, 30, 300, 3_599, 4 * 3600, 30 * 3600])
+        ok = rng.random() < 0.8
+        history.record("c", clock.now, _result(ok), [], 1)
+        runs.append((clock.now, ok))
+        for width, slots, key in ((300, 288, "uptime_24h"), (3600, 168, "uptime_7d")):
+            for now in (clock.now, clock.now + rng.choice([0, 299, 7200, 3 * 86_400])):
+                first = (int(now // width) - slots + 1) * width
+                kept = [ok for when, ok in runs if first <= when < (int(now // width) + 1) * width]
+                clock.now, real = now, clock.now
+                got = history.summary("c")[key]
+                clock.now = real
+                assert got == (sum(kept) / len(kept) if kept else None)
+    # A clock set back: runs counted after "now" are out of the window, not double-counted.
+    clock.now = runs[-1][0] - 600
+    last = int(clock.now // 300)
+    kept = [ok for when, ok in runs if last - 287 <= when // 300 <= last]
+    assert history.summary("c")["uptime_24h"] == (sum(kept) / len(kept) if kept else None)
+
+
+def test_a_saved_bucket_from_the_future_is_not_taken_in() -> None:
+    clock = _Clock()
+    history = History(Redactor(), clock=clock)
+    history.record("c", clock.now, _result(True), [], 1)
+    future = int(clock.now // 300) + 1000  # a file written by a clock set days ahead
+    history.merge({"c": ([(300, future, 5, 5)], [], None)})
+    summary = history.summary("c")
+    assert summary["uptime_24h"] == 1.0 and summary["runs_24h"] == 1
 
 
 def test_the_store_is_bounded_and_redacted_and_merges_after_a_restart(tmp_path: Path) -> None:

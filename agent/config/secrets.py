@@ -94,6 +94,7 @@ class Redactor:
         self._pattern: re.Pattern[str] | None = None
         self._dirty = False
         self._lock = threading.Lock()
+        self._frozen: _Frozen | None = None
         for secret in secrets:
             self.add(secret)
 
@@ -130,6 +131,17 @@ class Redactor:
                     self._dirty = False
         return self._pattern
 
+    def snapshot(self) -> Redactor:
+        """A redactor that knows the secrets known now, and keeps knowing them however this one
+        changes: to redact later, when asked, what was made now (a refreshed OAuth token is
+        forgotten here while the run that sent it is still shown). Cheap: one is made per change
+        of the secrets, and shared until the next."""
+        pattern = self._compiled()
+        frozen = self._frozen
+        if frozen is None or frozen._pattern is not pattern:
+            frozen = self._frozen = _Frozen(pattern)
+        return frozen
+
     def __contains__(self, text: str) -> bool:
         pattern = self._compiled()
         return pattern is not None and pattern.search(text) is not None
@@ -150,6 +162,23 @@ class Redactor:
         if isinstance(value, list | tuple):
             return [self.deep(v) for v in value]
         return value
+
+
+class _Frozen(Redactor):
+    """A :meth:`Redactor.snapshot`: the secrets of one moment; it learns no more."""
+
+    def __init__(self, pattern: re.Pattern[str] | None) -> None:
+        super().__init__()
+        self._pattern = pattern
+
+    def add(self, secret: str, *, ephemeral: bool = False) -> None:
+        raise TypeError("a snapshot of the redactor learns no secret")
+
+    def _compiled(self) -> re.Pattern[str] | None:
+        return self._pattern
+
+    def snapshot(self) -> Redactor:
+        return self
 
 
 def _utf8(text: str) -> bytes:

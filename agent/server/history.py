@@ -3,14 +3,17 @@
 Per check, and only once the check has run (an idle check costs nothing):
 
 - uptime buckets, fixed arrays: 288 five-minute buckets (the last 24 hours) and 168 one-hour
-  buckets (the last 7 days), each a run count and a failure count (8 bytes a bucket, 3.6 KB a
+  buckets (the last 7 days), each a run count and a failure count (4 bytes a bucket, 1.8 KB a
   check);
 - the last ``runs`` runs in brief (time, outcome, reason, duration, trace id), for the list of runs
   and the latency sparkline;
 - the last ``details`` runs in full (1 by default: phases, assertions, steps, requests and their
   response headers), and the last failure in full however old it is. A run in full is turned into
-  redacted, compact JSON text when it is recorded, so nothing raw is kept: a secret the redactor
-  knows only for a while (an OAuth token, a flow's extracted secret) is redacted while it knows it.
+  redacted, compact JSON text when it is first read (:class:`Detail`), by the redactor as it was
+  when the run ended: a secret the redactor knows only for a while (an OAuth token, a flow's
+  extracted secret) is redacted however long after the page asks. Until then the run is its result
+  and requests, which the recorder holds anyway as the check's last run: most runs are replaced
+  by the next before anything reads them, and cost neither the text's CPU nor its memory.
 
 With ``VANTAGE_STATE_DIR`` the history is kept in ``<dir>/status-history.sqlite3`` (SQLite, from
 the standard library). Runs are written in batches (:meth:`History.collect` on the loop,
@@ -79,61 +82,84 @@ class RequestRecord(Protocol):
 
 
 class _Buckets:
-    """``slots`` buckets of ``width`` seconds in a ring: a bucket is reused when its slot comes
-    round again, so the ring holds the last ``slots * width`` seconds."""
+    """``slots`` buckets of ``width`` seconds in a ring, up to the newest slot counted in: the ring
+    holds the ``slots`` slots up to it, and a bucket is emptied when the newest slot passes it
+    (4 bytes a bucket: a run count and a failure count)."""
 
-    __slots__ = ("failures", "runs", "slot", "start", "width")
+    __slots__ = ("counts", "newest", "width")
 
     def __init__(self, width: int, slots: int) -> None:
         self.width = width
-        self.start = 1 << 32  # the oldest slot ever counted in: before it, every bucket is empty
-        self.slot = array("I", bytes(4 * slots))  # which slot (time // width) the bucket holds now
-        self.runs = array("H", bytes(2 * slots))
-        self.failures = array("H", bytes(2 * slots))
+        self.newest = -1  # the newest slot (time // width) counted in; -1 before the first run
+        self.counts = array("H", bytes(4 * slots))  # runs at 2i, failures at 2i + 1
+
+    def _size(self) -> int:
+        return len(self.counts) // 2
+
+    def _advance(self, slot: int) -> None:
+        """Make ``slot`` the newest, emptying the buckets of the slots it passes."""
+        size, counts = self._size(), self.counts
+        if self.newest < 0 or slot - self.newest >= size:
+            counts[:] = array("H", bytes(4 * size))
+        else:
+            for passed in range(self.newest + 1, slot + 1):
+                i = 2 * (passed % size)
+                counts[i] = counts[i + 1] = 0
+        self.newest = slot
+
+    def _index(self, slot: int) -> int | None:
+        """Where ``slot`` is counted, once the ring has come to it; None if it has gone by."""
+        if slot > self.newest:
+            self._advance(slot)
+        elif slot <= self.newest - self._size():
+            return None
+        return 2 * (slot % self._size())
 
     def add(self, when: float, success: bool) -> int:
         """Count a run at ``when``; the slot counted in."""
         slot = int(when // self.width)
-        i = slot % len(self.slot)
-        if self.slot[i] != slot:
-            self.slot[i], self.runs[i], self.failures[i] = slot, 0, 0
-            self.start = min(self.start, slot)
-        self.runs[i] = min(_MAX, self.runs[i] + 1)
-        if not success:
-            self.failures[i] = min(_MAX, self.failures[i] + 1)
+        i = self._index(slot)
+        if i is not None:
+            counts = self.counts
+            counts[i] = min(_MAX, counts[i] + 1)
+            if not success:
+                counts[i + 1] = min(_MAX, counts[i + 1] + 1)
         return slot
 
     def merge(self, slot: int, runs: int, failures: int) -> None:
         """Add a bucket as it was saved before a restart to what the ring holds of its slot."""
-        i = slot % len(self.slot)
-        if self.slot[i] > slot:
-            return  # the ring has come round past it
-        if self.slot[i] < slot:
-            self.slot[i], self.runs[i], self.failures[i] = slot, 0, 0
-            self.start = min(self.start, slot)
-        self.runs[i] = min(_MAX, self.runs[i] + runs)
-        self.failures[i] = min(_MAX, self.failures[i] + failures)
+        i = self._index(slot)
+        if i is not None:
+            counts = self.counts
+            counts[i] = min(_MAX, counts[i] + runs)
+            counts[i + 1] = min(_MAX, counts[i + 1] + failures)
 
     def get(self, slot: int) -> tuple[int, int] | None:
-        i = slot % len(self.slot)
-        if self.slot[i] != slot:
+        size = self._size()
+        if not self.newest - size < slot <= self.newest:
             return None
-        return self.runs[i], self.failures[i]
+        i = 2 * (slot % size)
+        return self.counts[i], self.counts[i + 1]
 
     def uptime(self, now: float) -> tuple[float | None, int]:
         """The share of runs that passed over the ring's span up to ``now``, and the runs counted."""
+        size, counts, newest = self._size(), self.counts, self.newest
         last = int(now // self.width)
-        first = last - len(self.slot) + 1
-        # The usual cases, summed in C: the ring is younger than its span (a bucket never counted
-        # in is empty), or every bucket has been counted in within the span.
-        if max(self.slot) <= last and (self.start >= first or min(self.slot) >= first):
-            runs, failures = sum(self.runs), sum(self.failures)
-            return ((runs - failures) / runs if runs else None), runs
-        runs = failures = 0
-        for slot, count, failed in zip(self.slot, self.runs, self.failures, strict=True):
-            if first <= slot <= last:
-                runs += count
-                failures += failed
+        first = max(last - size + 1, newest - size + 1)  # the window's slots the ring still holds
+        high = min(last, newest)
+        if newest < 0 or high < first:
+            return None, 0
+        # Summed in C: the whole ring, less the slots it holds that are outside the window (the
+        # oldest ones, when the newest run is older than ``now``'s slot; rarely more than a few).
+        runs, failures = sum(counts[0::2]), sum(counts[1::2])
+        for slot in range(newest - size + 1, first):
+            i = 2 * (slot % size)
+            runs -= counts[i]
+            failures -= counts[i + 1]
+        for slot in range(high + 1, newest + 1):  # a clock gone back: runs counted after ``now``
+            i = 2 * (slot % size)
+            runs -= counts[i]
+            failures -= counts[i + 1]
         return ((runs - failures) / runs if runs else None), runs
 
 
@@ -153,8 +179,25 @@ class Brief:
         return f"{self.trace_id:032x}"
 
 
+_REASONS: list[str | None] = [None, "unknown"]
+"""Every failure reason a run has had, by its number in :class:`_Runs`'s ``reasons`` (reasons are
+the values of one enum: a few dozen at most)."""
+_REASON_NUMBERS: dict[str | None, int] = {None: 0, "unknown": 1}
+_MAX_REASONS = 1024
+
+
+def _reason_number(reason: str | None) -> int:
+    number = _REASON_NUMBERS.get(reason)
+    if number is None:
+        if len(_REASONS) >= _MAX_REASONS:  # only a history file edited by hand has more
+            return _reason_number("unknown")
+        number = _REASON_NUMBERS[reason] = len(_REASONS)
+        _REASONS.append(reason)
+    return number
+
+
 class _Runs:
-    """The last runs in brief, in fixed arrays (29 bytes and a reference a run): a ring."""
+    """The last runs in brief, in fixed arrays (31 bytes a run): a ring."""
 
     __slots__ = ("count", "durations", "next", "ok", "reasons", "times", "traces")
 
@@ -162,7 +205,7 @@ class _Runs:
         self.times = array("d", bytes(8 * size))
         self.durations = array("I", bytes(4 * size))  # microseconds
         self.ok = bytearray(size)
-        self.reasons: list[str | None] = [None] * size
+        self.reasons = array("H", bytes(2 * size))  # numbers in _REASONS
         self.traces = bytearray(16 * size)
         self.next = self.count = 0
 
@@ -170,7 +213,7 @@ class _Runs:
         i, size = self.next, len(self.ok)
         micros = min(0xFFFFFFFF, max(0, int(brief.duration * 1e6)))
         self.times[i], self.durations[i], self.ok[i] = brief.time, micros, brief.success
-        self.reasons[i] = brief.reason
+        self.reasons[i] = _reason_number(brief.reason)
         self.traces[16 * i : 16 * i + 16] = brief.trace_id.to_bytes(16, "big")
         self.next, self.count = (i + 1) % size, min(self.count + 1, size)
 
@@ -192,7 +235,8 @@ class _Runs:
         for k in range(self.count):
             i = (self.next - self.count + k) % size
             trace = int.from_bytes(self.traces[16 * i : 16 * i + 16], "big")
-            yield Brief(self.times[i], bool(self.ok[i]), self.reasons[i], self.durations[i] / 1e6, trace)
+            reason = _REASONS[self.reasons[i]]
+            yield Brief(self.times[i], bool(self.ok[i]), reason, self.durations[i] / 1e6, trace)
 
 
 class _CheckHistory:
@@ -208,13 +252,48 @@ class _CheckHistory:
         self.last_failure: tuple[Brief, Detail] | None = None
 
 
-Detail = str
-"""A run in full: the JSON text of :func:`detail_json`'s object, redacted when it was recorded."""
+class Detail:
+    """A run in full: the JSON text of :func:`detail_json`'s object, redacted.
+
+    A run is kept as it ended (its result and requests, which the recorder holds anyway as the
+    check's last run, with the redactor as it was then: a snapshot, so a secret forgotten since,
+    an OAuth token refreshed away, is still redacted), and made into text once, when it is first
+    read: by the debug view, the overview's last failure, or the write to ``VANTAGE_STATE_DIR``
+    (in its thread). Most runs are never read: the next run replaces them first."""
+
+    __slots__ = ("_run", "_text")
+
+    def __init__(self, text: str | None = None) -> None:
+        self._text = text
+        self._run: tuple[Brief, ProbeResult, Sequence[RequestRecord], Redactor] | None = None
+
+    @classmethod
+    def of_run(
+        cls, brief: Brief, result: ProbeResult, requests: Sequence[RequestRecord], redact: Redactor
+    ) -> Detail:
+        detail = cls()
+        detail._run = (brief, result, requests, redact)
+        return detail
+
+    @property
+    def text(self) -> str:
+        # Read on the loop and in the store's thread: the text is set before the run is let go
+        # of, so a reader that finds no run finds the text (both threads may make it: the same).
+        text = self._text
+        if text is None:
+            run = self._run
+            if run is None:
+                text = self._text
+                assert text is not None
+                return text
+            text = self._text = detail_text(*run)
+            self._run = None
+        return text
 
 
 def detail_text(
     brief: Brief, result: ProbeResult, requests: Sequence[RequestRecord], redact: Redactor
-) -> Detail:
+) -> str:
     """A run in full as compact JSON text, every text redacted.
 
     Most runs hold no secret: the run is turned into text as it is and searched once (the
@@ -313,8 +392,8 @@ class History:
     """Every check's bounded history; see the module docstring.
 
     ``record`` is the recorder's hook (agent/telemetry/recorder.py), called on the event loop for
-    every run: it counts, and turns the run into redacted JSON text (it is kept in full, as the
-    last run). Every read of the history (``summary``,
+    every run: it counts, and keeps the run in full (as the last run, to be made into redacted
+    JSON text when read: :class:`Detail`). Every read of the history (``summary``,
     ``runs``, ``collect``) is made on that loop too; only ``write``, which reads nothing but the
     batch ``collect`` made, runs in a thread."""
 
@@ -357,8 +436,8 @@ class History:
         day = check.day.add(when, result.success)
         week = check.week.add(when, result.success)
         check.runs.append(brief)
-        # Redacted now, while the redactor knows every secret of the run; nothing raw is kept.
-        detail = detail_text(brief, result, requests, self._redact)
+        # Made into redacted text when first read, with the secrets known now.
+        detail = Detail.of_run(brief, result, tuple(requests), self._redact.snapshot())
         check.details.append((brief, detail))
         if not result.success:
             check.last_failure = (brief, detail)
@@ -391,7 +470,7 @@ class History:
             failure = {
                 "time": brief.time,
                 "reason": brief.reason,
-                "message": _message(detail),
+                "message": _message(detail.text),
                 "trace_id": brief.trace,
             }
         return {
@@ -410,8 +489,8 @@ class History:
         failure = check.last_failure
         return {
             "last_runs": [_brief_json(b) for b in reversed(list(check.runs))],
-            "details": [_object(d) for _, d in reversed(check.details)],
-            "last_failure_detail": _object(failure[1]) if failure else None,
+            "details": [_object(d.text) for _, d in reversed(check.details)],
+            "last_failure_detail": _object(failure[1].text) if failure else None,
         }
 
     # Persistence ---------------------------------------------------------------------------
@@ -424,12 +503,17 @@ class History:
     def merge(self, saved: Mapping[str, Saved]) -> None:
         """Take in the history saved before a restart (``HistoryStore.load``, read in a thread),
         under whatever was recorded since the start."""
+        now = self._clock()
         for name, (buckets, runs, failure) in saved.items():
             check = self._checks.get(name)
             if check is None:
                 check = self._checks[name] = _CheckHistory(self._runs, self._details)
             for width, slot, count, failed in buckets:
-                (check.day if width == 300 else check.week).merge(slot, count, failed)
+                ring = check.day if width == 300 else check.week
+                if not 0 <= slot <= 0xFFFFFFFF:
+                    raise ValueError(f"a saved bucket's slot {slot} is not one a run makes")
+                if slot * width <= now:  # a bucket from the future (a clock set back) would push
+                    ring.merge(slot, count, failed)  # every bucket since out of the ring
             # Saved runs go before the runs since the start; the newest are kept within the bounds.
             since = next(iter(check.runs)).time if check.runs else math.inf
             older = [brief for brief, _ in runs if brief.time < since]
@@ -478,7 +562,8 @@ class History:
         buckets, runs = batch
         rows = []
         failures: dict[str, tuple[float, str]] = {}
-        for name, brief, text, full, failure in runs:
+        for name, brief, detail, full, failure in runs:
+            text = None if detail is None else detail.text  # made here, in the writer's thread
             rows.append(
                 (
                     name,
@@ -720,7 +805,7 @@ def _trace(text: object) -> int:
         return 0
 
 
-def _object(text: Detail) -> dict[str, Any]:
+def _object(text: str) -> dict[str, Any]:
     """A run in full as the debug view shows it."""
     try:
         value = json.loads(text)
@@ -729,7 +814,7 @@ def _object(text: Detail) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _message(text: Detail) -> str:
+def _message(text: str) -> str:
     message = _object(text).get("message")
     return message if isinstance(message, str) else ""
 
@@ -767,7 +852,7 @@ def _detail(text: object) -> tuple[Detail, dict[str, Any]]:
     requests = value.get("requests", [])
     if not isinstance(requests, list) or not all(isinstance(r, dict) for r in requests):
         raise ValueError("a run in full's requests are not objects")
-    return text, value  # type: ignore[return-value]
+    return Detail(text), value  # type: ignore[arg-type]
 
 
 def _saved(buckets: list[Any], rows: list[Any], failure_row: Any) -> Saved:
@@ -800,7 +885,7 @@ def _saved(buckets: list[Any], rows: list[Any], failure_row: Any) -> Saved:
         runs.append((brief, None if detail is None else _detail(detail)[0]))
     failure = None
     if failure_row is not None:
-        text, loaded = _detail(failure_row[0])
+        detail, loaded = _detail(failure_row[0])
         failure = (
             Brief(
                 _number(loaded.get("time", 0.0), 0.0, _TIME),
@@ -809,6 +894,6 @@ def _saved(buckets: list[Any], rows: list[Any], failure_row: Any) -> Saved:
                 _number(loaded.get("duration", 0.0), 0.0, _DURATION),
                 _trace(loaded.get("trace_id")),
             ),
-            text,
+            detail,
         )
     return checked, runs, failure
