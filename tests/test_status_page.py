@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
 import logging
 import os
+import random
 import shutil
 import signal
 import sqlite3
@@ -553,6 +553,19 @@ def test_uptime_over_gaps_and_a_clock_set_back_matches_counting_every_run() -> N
     last = int(clock.now // 300)
     kept = [ok for when, ok in runs if last - 287 <= when // 300 <= last]
     assert history.summary("c")["uptime_24h"] == (sum(kept) / len(kept) if kept else None)
+
+
+def test_a_bucket_counts_past_a_byte_when_a_check_runs_every_half_second() -> None:
+    clock = _Clock()
+    clock.now = (clock.now // 300) * 300  # the start of a 5-minute bucket
+    history = History(Redactor(), clock=clock)
+    for i in range(590):  # 590 runs in one bucket, 1 in 10 failed
+        history.record("c", clock.now, _result(i % 10 != 0), [], i + 1)
+        clock.now += 0.5
+    summary = history.summary("c")
+    assert summary["runs_24h"] == 590 and summary["uptime_24h"] == 531 / 590
+    history.merge({"c": ([(300, int(clock.now // 300), 10, 10)], [], None)})  # and past it by a merge
+    assert history.summary("c")["runs_24h"] == 600
 
 
 def test_a_saved_bucket_from_the_future_is_not_taken_in() -> None:

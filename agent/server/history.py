@@ -3,8 +3,8 @@
 Per check, and only once the check has run (an idle check costs nothing):
 
 - uptime buckets, fixed arrays: 288 five-minute buckets (the last 24 hours) and 168 one-hour
-  buckets (the last 7 days), each a run count and a failure count (4 bytes a bucket, 1.8 KB a
-  check);
+  buckets (the last 7 days), each a run count and a failure count (2 bytes a bucket, 0.9 KB a
+  check, or 4 once a bucket counts more than 255 runs);
 - the last ``runs`` runs in brief (time, outcome, reason, duration, trace id), for the list of runs
   and the latency sparkline;
 - the last ``details`` runs in full (1 by default: phases, assertions, steps, requests and their
@@ -34,7 +34,6 @@ import math
 import threading
 import time
 from array import array
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -84,14 +83,16 @@ class RequestRecord(Protocol):
 class _Buckets:
     """``slots`` buckets of ``width`` seconds in a ring, up to the newest slot counted in: the ring
     holds the ``slots`` slots up to it, and a bucket is emptied when the newest slot passes it
-    (4 bytes a bucket: a run count and a failure count)."""
+    (a run count and a failure count a bucket)."""
 
     __slots__ = ("counts", "newest", "width")
 
     def __init__(self, width: int, slots: int) -> None:
         self.width = width
         self.newest = -1  # the newest slot (time // width) counted in; -1 before the first run
-        self.counts = array("H", bytes(4 * slots))  # runs at 2i, failures at 2i + 1
+        # Runs at 2i, failures at 2i + 1; a byte each until a count passes 255 (a check run more
+        # often than every 1.2 s in a 5-minute bucket), then two.
+        self.counts = array("B", bytes(2 * slots))
 
     def _size(self) -> int:
         return len(self.counts) // 2
@@ -100,7 +101,7 @@ class _Buckets:
         """Make ``slot`` the newest, emptying the buckets of the slots it passes."""
         size, counts = self._size(), self.counts
         if self.newest < 0 or slot - self.newest >= size:
-            counts[:] = array("H", bytes(4 * size))
+            counts[:] = array(counts.typecode, bytes(2 * size * counts.itemsize))
         else:
             for passed in range(self.newest + 1, slot + 1):
                 i = 2 * (passed % size)
@@ -121,6 +122,8 @@ class _Buckets:
         i = self._index(slot)
         if i is not None:
             counts = self.counts
+            if counts[i] == 255 and counts.typecode == "B":
+                counts = self.counts = array("H", counts)
             counts[i] = min(_MAX, counts[i] + 1)
             if not success:
                 counts[i + 1] = min(_MAX, counts[i + 1] + 1)
@@ -131,6 +134,8 @@ class _Buckets:
         i = self._index(slot)
         if i is not None:
             counts = self.counts
+            if counts.typecode == "B" and max(counts[i] + runs, counts[i + 1] + failures) > 255:
+                counts = self.counts = array("H", counts)
             counts[i] = min(_MAX, counts[i] + runs)
             counts[i + 1] = min(_MAX, counts[i + 1] + failures)
 
@@ -183,7 +188,7 @@ _REASONS: list[str | None] = [None, "unknown"]
 """Every failure reason a run has had, by its number in :class:`_Runs`'s ``reasons`` (reasons are
 the values of one enum: a few dozen at most)."""
 _REASON_NUMBERS: dict[str | None, int] = {None: 0, "unknown": 1}
-_MAX_REASONS = 1024
+_MAX_REASONS = 256
 
 
 def _reason_number(reason: str | None) -> int:
@@ -197,7 +202,7 @@ def _reason_number(reason: str | None) -> int:
 
 
 class _Runs:
-    """The last runs in brief, in fixed arrays (31 bytes a run): a ring."""
+    """The last runs in brief, in fixed arrays (30 bytes a run): a ring."""
 
     __slots__ = ("count", "durations", "next", "ok", "reasons", "times", "traces")
 
@@ -205,7 +210,7 @@ class _Runs:
         self.times = array("d", bytes(8 * size))
         self.durations = array("I", bytes(4 * size))  # microseconds
         self.ok = bytearray(size)
-        self.reasons = array("H", bytes(2 * size))  # numbers in _REASONS
+        self.reasons = bytearray(size)  # numbers in _REASONS
         self.traces = bytearray(16 * size)
         self.next = self.count = 0
 
@@ -248,7 +253,8 @@ class _CheckHistory:
         self.runs = _Runs(runs)
         # The last runs in full: what the debug view shows of the probe's result (not its metric
         # values), and its requests, as redacted JSON text (detail_text).
-        self.details: deque[tuple[Brief, Detail]] = deque(maxlen=details)
+        # A list, oldest first, cut to ``details`` (a deque with a bound is 10 times the size).
+        self.details: list[tuple[Brief, Detail]] = []
         self.last_failure: tuple[Brief, Detail] | None = None
 
 
@@ -438,7 +444,10 @@ class History:
         check.runs.append(brief)
         # Made into redacted text when first read, with the secrets known now.
         detail = Detail.of_run(brief, result, tuple(requests), self._redact.snapshot())
-        check.details.append((brief, detail))
+        details = check.details
+        details.append((brief, detail))
+        if len(details) > self._details:
+            del details[0]
         if not result.success:
             check.last_failure = (brief, detail)
         if self.store is not None:
@@ -522,7 +531,7 @@ class History:
                 kept.append(brief)
             check.runs = kept
             full = [(brief, detail) for brief, detail in runs if detail is not None and brief.time < since]
-            check.details = deque([*full, *check.details], maxlen=self._details)
+            check.details = [*full, *check.details][-self._details :]
             if check.last_failure is None and failure is not None:
                 check.last_failure = failure
 
