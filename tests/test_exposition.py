@@ -5,6 +5,7 @@ gzip over real HTTP, one rendering shared by the scrapes of a window."""
 from __future__ import annotations
 
 import gzip
+import math
 import shutil
 import subprocess
 import threading
@@ -15,10 +16,12 @@ import anyio
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
 from agent.app import serve as serve_agent
 from agent.sdk.probe import ProbeResult
-from agent.telemetry.exposition import OPENMETRICS_TYPE, TEXT_TYPE, ExpositionCache, negotiate
+from agent.telemetry import exposition
+from agent.telemetry.exposition import OPENMETRICS_TYPE, TEXT_TYPE, ExpositionCache, _go, negotiate
 
 from .exposition import GOLDEN_OPENMETRICS, GOLDEN_TEXT, build, record
 
@@ -180,3 +183,24 @@ def test_a_probe_label_with_a_secret_is_redacted_once_stored() -> None:
     agent.recorder.finish_run(run, result)
     text = agent.telemetry.render_prometheus().decode()
     assert secret not in text and 'version="<redacted>"' in text
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0, 1, True, 200, -1, 0.0, -0.0, 0.1, 1e-05, 4.7e-05, 0.004187253995041829, 999999.9, 1e6, 1234567.0,
+     1.8e9, 3668918509.0, 1e16, 1.5e22, -1e7, -1234567.5, 2**53, math.inf, -math.inf, math.nan],
+)  # fmt: skip
+def test_numbers_are_written_as_prometheus_client_writes_them(value: float) -> None:
+    # The renderer writes most floats with a bare repr(); this pins it to Go's spelling.
+    assert _go(value) == floatToGoString(value)
+
+
+@pytest.mark.parametrize("size", [1, 2, 5])
+def test_the_page_is_the_same_whatever_the_slices(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    # Pieces end at every slice boundary: in a histogram, between a check's series, inside a
+    # check's phases.
+    monkeypatch.setattr(exposition, "_SLICE", size)
+    agent = build()
+    record(agent)
+    assert agent.telemetry.render_prometheus().decode() == GOLDEN_TEXT.read_text()
+    assert agent.telemetry.render_prometheus(openmetrics=True).decode() == GOLDEN_OPENMETRICS.read_text()
