@@ -200,7 +200,7 @@ class _Labels:
         self._pairs: dict[tuple[str, str], str] = {}
         self._all: dict[tuple[int, int], list[str]] = {}
         self._own: dict[tuple[int, int], list[tuple[int, str]]] = {}
-        self._rest: dict[tuple[int, int], _Pairs] = {}
+        self._rest: dict[tuple[int, tuple[int, ...]], _Pairs] = {}
         self._layouts: dict[_Pairs, _Pairs] = {}
 
     def layout(self, pairs: _Pairs) -> _Pairs:
@@ -236,9 +236,18 @@ class _Labels:
             place, pair = one
             head, tail = self.around(layout, attrs, place)
             return f"{head}{pair}{tail}"
-        parts = self.parts(layout, attrs).copy()
-        for i, pair in self._own[(id(layout), id(extra))]:
-            parts[i] = pair
+        # Several pairs of their own (a run's result, reason and attempt): the check's pairs in
+        # the layout without them (made already) with theirs put in, in the order of the places.
+        own = self._own[(id(layout), id(extra))]
+        places = tuple(place for place, _ in own)
+        rest = self._rest.get((id(layout), places))
+        if rest is None:
+            rest = self._rest[(id(layout), places)] = self.layout(
+                tuple(pair for i, pair in enumerate(layout) if i not in places)
+            )
+        parts = self.parts(rest, attrs).copy()
+        for place, pair in own:
+            parts.insert(place, pair)
         return ",".join(parts)
 
     def own(self, layout: _Pairs, extra: Mapping[str, Any]) -> tuple[int, str] | None:
@@ -257,9 +266,9 @@ class _Labels:
         for a check's series."""
         # The check's pairs in the layout without that place: the one of the families without a
         # label of their own, whose pairs for the check are made already.
-        rest = self._rest.get((id(layout), place))
+        rest = self._rest.get((id(layout), (place,)))
         if rest is None:
-            rest = self._rest[(id(layout), place)] = self.layout(layout[:place] + layout[place + 1 :])
+            rest = self._rest[(id(layout), (place,))] = self.layout(layout[:place] + layout[place + 1 :])
         parts = self.parts(rest, attrs)
         head, tail = ",".join(parts[:place]), ",".join(parts[place:])
         return (f"{head}," if head else "", f",{tail}" if tail else "")
