@@ -360,7 +360,8 @@ def _histogram(
         # separates two numbers is ".0\n<opening>".
         if total < 1_000_000:
             lines = [f"{le}{closing}{n}" for le, n in zip(les, cumulative, strict=True)]
-            out.append(f"{opening}{f'.0{chr(10)}{opening}'.join(lines)}.0\n")
+            between = f".0\n{opening}"
+            out.append(f"{opening}{between.join(lines)}.0\n")
         else:
             out += [f"{opening}{le}{closing}{_go(n)}\n" for le, n in zip(les, cumulative, strict=True)]
         plain = f"{{{plain}}}" if plain else ""
