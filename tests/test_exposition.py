@@ -5,6 +5,7 @@ gzip over real HTTP, one rendering shared by the scrapes of a window."""
 from __future__ import annotations
 
 import gzip
+import math
 import shutil
 import subprocess
 import threading
@@ -15,10 +16,13 @@ import anyio
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
 from agent.app import serve as serve_agent
-from agent.sdk.probe import ProbeResult
-from agent.telemetry.exposition import OPENMETRICS_TYPE, TEXT_TYPE, ExpositionCache, negotiate
+from agent.sdk.probe import MetricKind, MetricSpec, ProbeResult
+from agent.telemetry import exposition
+from agent.telemetry.exposition import OPENMETRICS_TYPE, TEXT_TYPE, ExpositionCache, _go, negotiate
+from agent.telemetry.tables import MetricTables
 
 from .exposition import GOLDEN_OPENMETRICS, GOLDEN_TEXT, build, record
 
@@ -180,3 +184,62 @@ def test_a_probe_label_with_a_secret_is_redacted_once_stored() -> None:
     agent.recorder.finish_run(run, result)
     text = agent.telemetry.render_prometheus().decode()
     assert secret not in text and 'version="<redacted>"' in text
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0, 1, True, 200, -1, 0.0, -0.0, 0.1, 1e-05, 4.7e-05, 0.004187253995041829, 999999.9, 1e6, 1234567.0,
+     1.8e9, 3668918509.0, 1e16, 1.5e22, -1e7, -1234567.5, 2**53, math.inf, -math.inf, math.nan],
+)  # fmt: skip
+def test_numbers_are_written_as_prometheus_client_writes_them(value: float) -> None:
+    # The renderer writes most floats with a bare repr(); this pins it to Go's spelling.
+    assert _go(value) == floatToGoString(value)
+
+
+@pytest.mark.parametrize("size", [1, 2, 5])
+def test_the_page_is_the_same_whatever_the_slices(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    # Pieces end at every slice boundary: in a histogram, between a check's series, inside a
+    # check's phases.
+    monkeypatch.setattr(exposition, "_SLICE", size)
+    agent = build()
+    record(agent)
+    assert agent.telemetry.render_prometheus().decode() == GOLDEN_TEXT.read_text()
+    assert agent.telemetry.render_prometheus(openmetrics=True).decode() == GOLDEN_OPENMETRICS.read_text()
+
+
+def test_each_sample_has_its_attributes_and_extra_in_its_familys_label_names() -> None:
+    # What the renderer cuts and puts together (a check's text around a phase, a run's several
+    # pairs of its own put in, bare values, points) read back as labels: attributes and extra
+    # merged, the extra winning, every other name of the family empty.
+    tables = MetricTables()
+    bound = {"check": "a", "type": "http", "target": 'https://x.test/?q="1"', "region": "eu"}
+    other = {"check": "b", "type": "tcp", "target": "db:5432", "zone": "z1"}
+    tables.bind("a", bound)
+    phases = tables.declare(MetricSpec.gauge("phase", "s", "", "phase"))
+    runs = tables.declare(MetricSpec("runs", MetricKind.COUNTER, "{run}", ""))
+    up = tables.declare(MetricSpec.gauge("up", "", ""))
+    expected: dict[str, list[dict[str, str]]] = {"phase_seconds": [], "runs_total": [], "up": []}
+    for attrs in (bound, other):
+        check = attrs["check"]
+        for phase in ("connect", "tls"):
+            phases.put_derived(check, phase, attrs, {"phase": phase}, 0.25)
+            expected["phase_seconds"].append({**attrs, "phase": phase})
+        for extra in (
+            {"result": "failure", "reason": "timeout", "attempt": "2"},
+            {"check": "c", "result": "x"},
+        ):
+            key = tuple(extra.items())
+            runs.put_derived(check, key, attrs, extra, 1)
+            expected["runs_total"].append({**attrs, **extra})
+        up.put(check, None, attrs, 1)
+        expected["up"].append(attrs)
+    text = "".join(exposition.render(tables, {}))
+    seen: dict[str, list[dict[str, str]]] = {"phase_seconds": [], "runs_total": [], "up": []}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in seen:
+                seen[sample.name].append(sample.labels)
+    for name, wanted in expected.items():
+        names = set().union(*wanted)
+        assert seen[name] == [{k: str(labels.get(k, "")) for k in names} for labels in wanted], name
+        assert all(list(labels) == sorted(names) for labels in seen[name]), name  # in their order

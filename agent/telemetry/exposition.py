@@ -34,7 +34,7 @@ from itertools import accumulate
 from typing import Any
 
 from agent.sdk.probe import MetricKind, MetricSpec
-from agent.telemetry.tables import MetricTables, Table
+from agent.telemetry.tables import MetricTables, Point, Table
 
 __all__ = [
     "FRESH",
@@ -55,6 +55,9 @@ pair scraping the agent at the same moment): a scrape during a rendering waits f
 after takes it; a rendering is never more than this much older than its scrape's start."""
 _SLICE = 512  # series rendered between two hand-overs of the interpreter lock
 _NUMBERS = 4096  # numbers' texts remembered from one family to the next, at most
+_LOW = -math.inf
+
+_Pairs = tuple[tuple[str, str], ...]  # a layout: label names, each with its attribute's name
 
 _NAME = re.compile(r"[^a-zA-Z0-9:]+")
 _LABEL = re.compile(r"[^a-zA-Z0-9]+")
@@ -122,6 +125,8 @@ def family_name(spec: MetricSpec) -> tuple[str, str]:
 
 def _go(value: float) -> str:
     """A number as Go (and prometheus_client) writes it."""
+    if value.__class__ is float and -math.inf < value < 1e6:
+        return repr(value)  # most of them: Python's shortest repr is Go's below a million
     value = float(value)
     if value == math.inf:
         return "+Inf"
@@ -135,10 +140,6 @@ def _go(value: float) -> str:
         mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
         return f"{mantissa}e+{dot - 1:02d}"
     return text
-
-
-def _count(n: int) -> str:
-    return f"{n}.0" if n < 1_000_000 else _go(n)
 
 
 def _label_value(value: Any) -> str:
@@ -163,8 +164,8 @@ class _Layout:
     """A family's label names, sorted, each with the attribute it comes from; for a histogram,
     split where ``le`` goes."""
 
-    before: tuple[tuple[str, str], ...]
-    after: tuple[tuple[str, str], ...]
+    before: _Pairs
+    after: _Pairs
 
     @classmethod
     def of(cls, table: Table) -> _Layout:
@@ -184,11 +185,10 @@ class _Labels:
     its family's layout as well as its attributes. Two memos kept through the rendering keep the
     work per series small: the text of an attributes object in a layout (the series of a check
     share their check's attributes, the same object, across families with the same layout), and
-    each ``name="value"`` pair (a check's name, target and labels recur in every family). What
-    serves one family only (a check's text cut around its phase) is let go of after it
-    (:meth:`next_family`), and a family with a label of its own takes its check's pairs from the
-    layout without it (made once for the families without one): the memory a rendering holds at
-    once is the process's RSS.
+    each ``name="value"`` pair (a check's name, target and labels recur in every family). A check's
+    text cut around its phase is not kept (the renderer cuts it once for the check's series), and
+    a family with a label of its own takes its check's pairs from the layout without it (made once
+    for the families without one): the memory a rendering holds at once is the process's RSS.
 
     The attributes objects whose ids the memos use are kept alive in lists as long as the memos,
     so that no id is reused meanwhile."""
@@ -200,33 +200,26 @@ class _Labels:
         self._pairs: dict[tuple[str, str], str] = {}
         self._all: dict[tuple[int, int], list[str]] = {}
         self._own: dict[tuple[int, int], list[tuple[int, str]]] = {}
-        self._around: dict[tuple[int, int, int], tuple[str, str]] = {}
-        self._rest: dict[tuple[int, int], tuple[tuple[str, str], ...]] = {}
-        self._layouts: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
+        self._rest: dict[tuple[int, tuple[int, ...]], _Pairs] = {}
+        self._layouts: dict[_Pairs, _Pairs] = {}
 
-    def layout(self, pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    def layout(self, pairs: _Pairs) -> _Pairs:
         """The one object of the rendering for this layout: texts are remembered by its id."""
         return self._layouts.setdefault(pairs, pairs)
 
-    def texts_in(self, layout: tuple[tuple[str, str], ...]) -> dict[int, str]:
+    def texts_in(self, layout: _Pairs) -> dict[int, str]:
         """The texts remembered in ``layout``, by the id of their attributes object."""
         texts = self.texts.get(id(layout))
         if texts is None:
             texts = self.texts[id(layout)] = {}
         return texts
 
-    def remember(self, layout: tuple[tuple[str, str], ...], attrs: Mapping[str, Any], text: str) -> None:
+    def remember(self, layout: _Pairs, attrs: Mapping[str, Any], text: str) -> None:
         """Keep ``text`` as the text of ``attrs`` in ``layout`` for the rest of the rendering."""
         self.texts_in(layout)[id(attrs)] = text
         self._seen.append(attrs)
 
-    def next_family(self) -> None:
-        """Let go of what served the family just written."""
-        self._around.clear()
-
-    def text(
-        self, layout: tuple[tuple[str, str], ...], attrs: Mapping[str, Any], extra: Mapping[str, Any] | None
-    ) -> str:
+    def text(self, layout: _Pairs, attrs: Mapping[str, Any], extra: Mapping[str, Any] | None) -> str:
         """The label text of ``attrs`` and ``extra`` (a series' own attributes on top of its
         check's) in ``layout`` (an object that :meth:`layout` gave)."""
         if extra is None:
@@ -238,35 +231,49 @@ class _Labels:
             return text
         # The check's pairs, with the series' own in their places: a phase's text is its check's
         # with one pair changed. Not remembered: a check has one series of each extra.
+        one = self.own(layout, extra)
+        if one is not None:
+            place, pair = one
+            head, tail = self.around(layout, attrs, place)
+            return f"{head}{pair}{tail}"
+        # Several pairs of their own (a run's result, reason and attempt): the check's pairs in
+        # the layout without them (made already) with theirs put in, in the order of the places.
+        own = self._own[(id(layout), id(extra))]
+        places = tuple(place for place, _ in own)
+        rest = self._rest.get((id(layout), places))
+        if rest is None:
+            rest = self._rest[(id(layout), places)] = self.layout(
+                tuple(pair for i, pair in enumerate(layout) if i not in places)
+            )
+        parts = self.parts(rest, attrs).copy()
+        for place, pair in own:
+            parts.insert(place, pair)
+        return ",".join(parts)
+
+    def own(self, layout: _Pairs, extra: Mapping[str, Any]) -> tuple[int, str] | None:
+        """The one pair of ``extra`` in ``layout`` and its place (a phase, a version); None when
+        it has none or more than one."""
         own = self._own.get((id(layout), id(extra)))
         if own is None:
             own = self._own[(id(layout), id(extra))] = [
                 (i, pair) for i, pair in enumerate(self.parts(layout, extra)) if layout[i][1] in extra
             ]
-        if len(own) == 1:
-            # One pair of its own (a phase, a version): the check's text around that place is
-            # cut once, and each of the check's series of the family is one concatenation.
-            i, pair = own[0]
-            around = self._around.get((id(layout), id(attrs), i))
-            if around is None:
-                # The check's pairs in the layout without that place: the one of the families
-                # without a label of their own, whose pairs for the check are made already.
-                rest = self._rest.get((id(layout), i))
-                if rest is None:
-                    rest = self._rest[(id(layout), i)] = self.layout(layout[:i] + layout[i + 1 :])
-                parts = self.parts(rest, attrs)
-                head, tail = ",".join(parts[:i]), ",".join(parts[i:])
-                around = self._around[(id(layout), id(attrs), i)] = (
-                    f"{head}," if head else "",
-                    f",{tail}" if tail else "",
-                )
-            return f"{around[0]}{pair}{around[1]}"
-        parts = self.parts(layout, attrs).copy()
-        for i, pair in own:
-            parts[i] = pair
-        return ",".join(parts)
+        return own[0] if len(own) == 1 else None
 
-    def parts(self, layout: tuple[tuple[str, str], ...], attrs: Mapping[str, Any]) -> list[str]:
+    def around(self, layout: _Pairs, attrs: Mapping[str, Any], place: int) -> tuple[str, str]:
+        """The text of ``attrs`` in ``layout`` before and after ``place`` (with their commas): a
+        series with one pair of its own there is ``head + pair + tail``; the caller cuts it once
+        for a check's series."""
+        # The check's pairs in the layout without that place: the one of the families without a
+        # label of their own, whose pairs for the check are made already.
+        rest = self._rest.get((id(layout), (place,)))
+        if rest is None:
+            rest = self._rest[(id(layout), (place,))] = self.layout(layout[:place] + layout[place + 1 :])
+        parts = self.parts(rest, attrs)
+        head, tail = ",".join(parts[:place]), ",".join(parts[place:])
+        return (f"{head}," if head else "", f",{tail}" if tail else "")
+
+    def parts(self, layout: _Pairs, attrs: Mapping[str, Any]) -> list[str]:
         """The ``name="value"`` pairs of ``attrs`` in ``layout``, empty for a name it lacks."""
         key = (id(layout), id(attrs))
         parts = self._all.get(key)
@@ -301,8 +308,7 @@ def render(tables: MetricTables, resource: Mapping[str, Any], *, openmetrics: bo
     numbers: dict[float, str] = {}  # 0, 1 and 200 recur
     for table in tables.collected():
         yield from _family(table, labels, numbers, openmetrics)
-        labels.next_family()
-        if len(numbers) > _NUMBERS:
+        if len(numbers) >= _NUMBERS:
             numbers.clear()  # durations: each its own, unlike 0, 1 and 200
     if openmetrics:
         yield "# EOF\n"
@@ -316,47 +322,146 @@ def _family(table: Table, labels: _Labels, numbers: dict[float, str], openmetric
         sample = name + "_total"
         if not openmetrics:
             name = sample
-    out = [f"# HELP {name} {_help(spec.description, openmetrics)}\n# TYPE {name} {spec.kind.value}\n"]
+    head = f"# HELP {name} {_help(spec.description, openmetrics)}\n# TYPE {name} {spec.kind.value}\n"
     if openmetrics and unit:
-        out.append(f"# UNIT {name} {unit}\n")
+        head += f"# UNIT {name} {unit}\n"
     layout = _Layout.of(table)
     before = labels.layout(layout.before + layout.after)  # all of them: a histogram's le apart
-    texts, text_of = labels.texts_in(before), labels.text
     if table.kind is MetricKind.HISTOGRAM:
-        at, parts_of = len(layout.before), labels.parts
-        les = [f'le="{bound}"' for bound in table.bounds] + ['le="+Inf"']
-        bucket, count_name, sum_name = f"{sample}_bucket", f"{sample}_count", f"{sample}_sum"
-        for i, point in enumerate(table.points(), 1):
-            attrs = point.attrs
-            parts = parts_of(before, attrs)  # histograms merge their attributes: no extra
-            head, tail = ",".join(parts[:at]), ",".join(parts[at:])
-            if id(attrs) not in texts:  # the check's text in the families of the same labels
-                labels.remember(before, attrs, f"{head},{tail}" if head and tail else head or tail)
-            opening = f"{bucket}{{{head}," if head else f"{bucket}{{"
-            closing = f",{tail}}} " if tail else "} "
-            plain = f"{{{head},{tail}}}" if head and tail else f"{{{head}{tail}}}" if head or tail else ""
-            cumulative = list(accumulate(point.counts))
-            total = cumulative[-1]
-            if total < 1_000_000:
-                out += [f"{opening}{le}{closing}{n}.0\n" for le, n in zip(les, cumulative, strict=True)]
-            else:
-                out += [f"{opening}{le}{closing}{_go(n)}\n" for le, n in zip(les, cumulative, strict=True)]
-            out.append(f"{count_name}{plain} {_count(total)}\n{sum_name}{plain} {_go(point.sum)}\n")
-            if i % _SLICE == 0:
+        yield from _histogram(table, labels, layout, before, sample, head)
+    else:
+        yield from _values(table, labels, numbers, before, sample, head)
+
+
+def _histogram(
+    table: Table, labels: _Labels, layout: _Layout, before: _Pairs, sample: str, head: str
+) -> Iterator[str]:
+    """A histogram's lines: per series, its buckets (cumulative), its count and its sum."""
+    out = [head]
+    texts, at, parts_of = labels.texts_in(before), len(layout.before), labels.parts
+    les = [f'le="{bound}"' for bound in table.bounds] + ['le="+Inf"']
+    bucket, count_name, sum_name = f"{sample}_bucket", f"{sample}_count", f"{sample}_sum"
+    for i, point in enumerate(table.points(), 1):
+        attrs = point.attrs
+        parts = parts_of(before, attrs)  # histograms merge their attributes: no extra
+        first, rest = ",".join(parts[:at]), ",".join(parts[at:])
+        if first and rest:
+            plain = f"{first},{rest}"
+            opening, closing = f"{bucket}{{{first},", f",{rest}}} "
+        else:
+            plain = first or rest
+            opening = f"{bucket}{{{first}," if first else f"{bucket}{{"
+            closing = f",{rest}}} " if rest else "} "
+        if id(attrs) not in texts:  # the check's text in the families of the same labels
+            labels.remember(before, attrs, plain)
+        cumulative = list(accumulate(point.counts))
+        total = cumulative[-1]
+        # The bucket lines as one join: each line is "<opening><le><closing><n>.0", and what
+        # separates two numbers is ".0\n<opening>".
+        if total < 1_000_000:
+            lines = [f"{le}{closing}{n}" for le, n in zip(les, cumulative, strict=True)]
+            between = f".0\n{opening}"
+            out.append(f"{opening}{between.join(lines)}.0\n")
+        else:
+            out += [f"{opening}{le}{closing}{_go(n)}\n" for le, n in zip(les, cumulative, strict=True)]
+        plain = f"{{{plain}}}" if plain else ""
+        total_text = f"{total}.0" if total < 1_000_000 else _go(total)
+        sum_ = point.sum
+        sum_text = repr(sum_) if sum_.__class__ is float and _LOW < sum_ < 1e6 else _go(sum_)
+        out.append(f"{count_name}{plain} {total_text}\n{sum_name}{plain} {sum_text}\n")
+        if i % _SLICE == 0:
+            yield "".join(out)
+            out.clear()
+            time.sleep(0)  # hand the interpreter lock over (to the event loop)
+    yield "".join(out)
+
+
+def _values(
+    table: Table,
+    labels: _Labels,
+    numbers: dict[float, str],
+    before: _Pairs,
+    sample: str,
+    head: str,
+) -> Iterator[str]:
+    """A gauge's or a counter's lines, a check at a time.
+
+    Most series are a check's bare value (see ``Table``): its text is its check's in the layout,
+    made once for the rendering. A series with a label of its own (a phase) is its check's text
+    with that pair put in its place: the check's text around the place is cut once for its
+    series, and each line is one format."""
+    out = [head]
+    texts, text_of, around_of = labels.texts_in(before), labels.text, labels.around
+    bound, extras = table.bound, table.extras
+    opening = sample + "{"
+    own: dict[int, tuple[int, str]] = {}  # by extra (its id): its place and its one pair (or -1)
+    room = _NUMBERS - len(numbers)  # numbers remembered: the recurring ones come early
+    todo = _SLICE
+    for check, entry in list(table.checks.items()):
+        if entry.__class__ is dict:
+            series: Any = list(entry.items())
+        elif entry.__class__ is Point:
+            series = ((None, entry),)
+        else:  # the check's lone series, a bare value (most series): the same as below, inline
+            attrs = bound.get(check)
+            if attrs is None:  # the check was just forgotten
+                continue
+            text = texts.get(id(attrs))
+            if text is None:
+                text = text_of(before, attrs, None)
+            number = numbers.get(entry)
+            if number is None:
+                number = repr(entry) if entry.__class__ is float and _LOW < entry < 1e6 else _go(entry)
+                if room > 0:
+                    numbers[entry] = number
+                    room -= 1
+            out.append(f"{opening}{text}}} {number}\n" if text else f"{sample} {number}\n")
+            todo -= 1
+            if todo <= 0:
                 yield "".join(out)
                 out.clear()
-                time.sleep(0)  # hand the interpreter lock over (to the event loop)
-    else:
-        for i, (attrs, extra, value, _) in enumerate(table.samples(), 1):
-            text = (texts.get(id(attrs)) if extra is None else None) or text_of(before, attrs, extra)
+                todo = _SLICE
+                time.sleep(0)
+            continue
+        cut: tuple[int, Any, str, str] | None = None  # (place, attributes, head, tail)
+        for key, point in series:
+            if point.__class__ is Point:
+                attrs, extra, value = point.attrs, point.extra, point.value
+            else:  # a bare value: its check's own attributes, its key's extra
+                attrs = bound.get(check)
+                if attrs is None:  # the check was just forgotten
+                    continue
+                extra, value = None if key is None else extras.get(key), point
             number = numbers.get(value)
             if number is None:
-                number = numbers[value] = _go(value)
-            out.append(f"{sample}{{{text}}} {number}\n" if text else f"{sample} {number}\n")
-            if i % _SLICE == 0:
-                yield "".join(out)
-                out.clear()
-                time.sleep(0)
+                # _go's most common case inline: a duration, a timestamp (one repr of a float)
+                number = repr(value) if value.__class__ is float and _LOW < value < 1e6 else _go(value)
+                if room > 0:
+                    numbers[value] = number
+                    room -= 1
+            if extra is None:
+                text = texts.get(id(attrs))
+                if text is None:
+                    text = text_of(before, attrs, None)
+                out.append(f"{opening}{text}}} {number}\n" if text else f"{sample} {number}\n")
+            else:
+                one = own.get(id(extra))
+                if one is None:
+                    one = own[id(extra)] = labels.own(before, extra) or (-1, "")
+                place, text = one
+                if place < 0:  # none, or more than one pair of its own
+                    text = text_of(before, attrs, extra)
+                    out.append(f"{opening}{text}}} {number}\n" if text else f"{sample} {number}\n")
+                else:
+                    if cut is None or cut[0] != place or cut[1] is not attrs:
+                        cut = (place, attrs, *around_of(before, attrs, place))
+                    out.append(f"{opening}{cut[2]}{text}{cut[3]}}} {number}\n")
+            todo -= 1
+        if todo <= 0:
+            yield "".join(out)
+            out.clear()
+            todo = _SLICE
+            time.sleep(0)  # hand the interpreter lock over (to the event loop)
     yield "".join(out)
 
 
