@@ -290,6 +290,8 @@ class Recorder:
         self._tables, self._spans, self._redact = tables, spans, redactor
         self.region, self._clock, self._log_runs = region, clock, log_runs
         self._attrs: dict[str, dict[str, AttributeValue]] = {}
+        self._roots: dict[str, tuple[str, dict[str, AttributeValue], dict[str, AttributeValue]]] = {}
+        """Each check's root span name and attributes but the attempt's (made at its first run)."""
         self._outcomes: dict[tuple[str, Any, str], tuple[str, Any, str]] = {}
         self._snapshots: dict[type, tuple[Table, ...]] = {}
         """The tables of each probe type's ``snapshot`` metrics (only of the types that have some):
@@ -335,6 +337,7 @@ class Recorder:
                 self._snapshots[type(entry.probe)] = snapshots
             check = entry.check
             target = redact_url(check.target, self._redact)
+            self._roots.pop(check.name, None)
             self._attrs[check.name] = {
                 **{k: self._redact(v) for k, v in check.labels.items()},
                 "check": check.name,
@@ -350,6 +353,7 @@ class Recorder:
         tables, histograms included."""
         self.states.pop(name, None)
         self._attrs.pop(name, None)
+        self._roots.pop(name, None)
         self._tables.forget(name)
 
     def _observe_export_failures(self) -> list[tuple[Attributes, float]]:
@@ -379,20 +383,24 @@ class Recorder:
     def start_run(self, entry: CheckEntry, attempt: int = 1) -> Run:
         """Open the root span of an attempt (a run's first, or a re-test: each has its own)."""
         check = entry.check
-        attrs = self._attrs[check.name]
-        span = self._spans.start_run(
-            f"check {check.name}",
-            {
-                "vantage.check.name": check.name,
-                "vantage.check.type": check.type,
-                "vantage.check.target": attrs["target"],
-                "cloud.region": self.region,
-                "vantage.attempt": attempt,
-                **{f"vantage.check.label.{k}": attrs[k] for k in check.labels},
-            },
-        )
+        name = check.name
+        root = self._roots.get(name)
+        if root is None:
+            attrs = self._attrs[name]
+            root = self._roots[name] = (
+                f"check {name}",
+                {
+                    "vantage.check.name": name,
+                    "vantage.check.type": check.type,
+                    "vantage.check.target": attrs["target"],
+                    "cloud.region": self.region,
+                },
+                {f"vantage.check.label.{k}": attrs[k] for k in check.labels},
+            )
+        span_name, head, labels = root
+        span = self._spans.start_run(span_name, {**head, "vantage.attempt": attempt, **labels})
         self.in_flight += 1
-        return Run(self.states[check.name], span, _RunTracer(self._spans, span, self._redact))
+        return Run(self.states[name], span, _RunTracer(self._spans, span, self._redact))
 
     def abandon_run(self, run: Run, why: str) -> None:
         """End a run that was cancelled before it had a result; it records no metric points."""
