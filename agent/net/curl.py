@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import re
+import select
 import ssl
 import weakref
 from collections.abc import Callable, Sequence
@@ -84,6 +86,10 @@ _PEER_FAILED_VERIFICATION = 60
 # pycurl's constants as module globals: the socket callback runs several times per transfer.
 _POLL_IN, _POLL_OUT, _POLL_REMOVE = pycurl.POLL_IN, pycurl.POLL_OUT, pycurl.POLL_REMOVE
 _CSELECT_IN, _CSELECT_OUT = pycurl.CSELECT_IN, pycurl.CSELECT_OUT
+# The sockets' own poll set, on Linux: see CurlMulti._on_socket.
+_EPOLL = hasattr(select, "epoll")
+_EPOLLIN, _EPOLLOUT = getattr(select, "EPOLLIN", 1), getattr(select, "EPOLLOUT", 4)
+_EPOLL_TROUBLE = getattr(select, "EPOLLERR", 8) | getattr(select, "EPOLLHUP", 16)
 _NO_TLS = TLSOptions()
 # libcurl's informational line after an OpenSSL handshake (vtls/openssl.c), e.g.
 # "SSL connection using TLSv1.3 / TLS_AES_256_GCM_SHA384 / X25519 / RSASSA-PSS".
@@ -282,12 +288,21 @@ class CurlMulti:
         self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
         self._watched: dict[int, int] = {}
+        # On Linux the transfers' sockets are watched in an epoll set of this multi handle's own,
+        # which the loop watches as one reader: registering a socket there is one system call,
+        # where the loop's add_reader/remove_reader made (with uvloop) a poll handle per socket
+        # and twice the epoll_ctl calls, ~10 µs a transfer. Elsewhere, the loop watches each.
+        self._epoll: select.epoll | None = None
+        if _EPOLL:
+            self._epoll = select.epoll()
+            loop.add_reader(self._epoll.fileno(), self._on_events)
         self._timer: asyncio.Handle | None = None
         self._transfers: dict[pycurl.Curl, tuple[_Transfer, bool]] = {}
         # Easy handles are reset and used again, as Tornado's client does: making one per request
         # cost about a third of libcurl's own CPU for a small request.
         self._idle: list[pycurl.Curl] = []
         self._closed = False
+        self._multi_closing = False
 
     @property
     def _loop(self) -> asyncio.AbstractEventLoop:
@@ -394,11 +409,19 @@ class CurlMulti:
             self._timer.cancel()
             self._timer = None
         loop = self._loop_ref()
-        for fd in list(self._watched):
-            if loop is not None and not loop.is_closed():
+        live = loop is not None and not loop.is_closed()
+        if self._epoll is not None:
+            if live:
+                assert loop is not None
+                loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()  # and the sockets in it with it
+        elif live:
+            assert loop is not None
+            for fd in self._watched:
                 loop.remove_reader(fd)
                 loop.remove_writer(fd)
         self._watched.clear()
+        self._multi_closing = True
         self._multi.close()  # closes the cached connections; their sockets are unwatched already
 
     def _abandon(self, curl: pycurl.Curl) -> None:
@@ -408,6 +431,8 @@ class CurlMulti:
     # libcurl's callbacks. They run inside socket_action, so they only (un)register and schedule.
 
     def _on_socket(self, event: int, fd: int, multi: object, data: object) -> None:
+        if self._multi_closing:
+            return  # close() has unwatched every socket (libcurl's own close asks for more)
         watched = self._watched
         old = watched.get(fd, 0)
         if event == _POLL_REMOVE:
@@ -417,6 +442,9 @@ class CurlMulti:
             watched[fd] = event
         changed = old ^ event
         if not changed:
+            return
+        if self._epoll is not None:
+            self._watch(fd, old, event)
             return
         loop = self._loop
         # Additions before removals: a socket that goes from writing to reading keeps the loop's
@@ -430,6 +458,44 @@ class CurlMulti:
             loop.remove_reader(fd)
         if removed & _POLL_OUT:
             loop.remove_writer(fd)
+
+    def _watch(self, fd: int, old: int, event: int) -> None:
+        """(Un)register ``fd`` in the epoll set for ``event`` (libcurl's POLL_* bits, 0: none)."""
+        epoll = self._epoll
+        assert epoll is not None
+        mask = (_EPOLLIN if event & _POLL_IN else 0) | (_EPOLLOUT if event & _POLL_OUT else 0)
+        try:
+            if not event:
+                epoll.unregister(fd)
+            elif old:
+                epoll.modify(fd, mask)
+            else:
+                epoll.register(fd, mask)
+        except OSError as exc:
+            # The kernel drops a socket from the set when it is closed: a descriptor libcurl closed
+            # without telling (and perhaps opened again) is registered afresh.
+            if exc.errno == errno.ENOENT and event:
+                epoll.register(fd, mask)
+            elif exc.errno == errno.EEXIST:
+                epoll.modify(fd, mask)
+            elif exc.errno not in (errno.ENOENT, errno.EBADF):
+                raise
+
+    def _on_events(self) -> None:
+        """The epoll set has sockets ready: tell libcurl about each, as the loop's readers would."""
+        assert self._epoll is not None
+        watched = self._watched
+        for fd, mask in self._epoll.poll(0):
+            # A socket an earlier one's action closed (or gave up) is no more libcurl's.
+            wanted = watched.get(fd)
+            if not wanted:
+                continue
+            action = (_CSELECT_IN if mask & _EPOLLIN else 0) | (_CSELECT_OUT if mask & _EPOLLOUT else 0)
+            if mask & _EPOLL_TROUBLE:  # an error or a hang-up: what the socket waits for is due
+                action |= (_CSELECT_IN if wanted & _POLL_IN else 0) | (
+                    _CSELECT_OUT if wanted & _POLL_OUT else 0
+                )
+            self._act(fd, action)
 
     def _on_timer(self, msecs: int) -> None:
         if self._timer is not None:
