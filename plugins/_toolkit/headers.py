@@ -75,6 +75,10 @@ class Lifecycle:
     """(header, what was wrong) for each header that could not be read."""
 
 
+_NO_LIFECYCLE = Lifecycle()
+"""What a response without lifecycle headers says (most do): made once, as nothing changes it."""
+
+
 def parse_lifecycle(
     headers: Mapping[str, str], links: dict[str, str], *, redact: Callable[[str], str] = _unchanged
 ) -> Lifecycle:
@@ -82,7 +86,7 @@ def parse_lifecycle(
     ``Sunset`` (RFC 8594 HTTP-date) and the ``deprecation`` and ``sunset`` link relations."""
     get = headers.get
     if not links and "Deprecation" not in headers and "Sunset" not in headers:
-        return Lifecycle()
+        return _NO_LIFECYCLE
     malformed: list[tuple[str, str]] = []
     deprecated, deprecated_at, sunset_at = False, None, None
     raw = get("Deprecation")
@@ -158,6 +162,10 @@ class RateLimit:
         return None
 
 
+_NO_RATELIMIT = RateLimit()
+"""What a response without rate-limit headers says (most do), made once."""
+
+
 def parse_ratelimit(
     headers: Mapping[str, str],
     now: float,
@@ -178,7 +186,7 @@ def parse_ratelimit(
             if name in headers:
                 break
         else:
-            return RateLimit()
+            return _NO_RATELIMIT
     names = names or _NO_NAMES
     reader = _HeaderReader(headers, now, redact)
     remaining, limit, reset = reader.counts(names)
