@@ -13,6 +13,7 @@ Third-party probes are ordinary Python distributions declaring an entry point in
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import enum
 import logging
@@ -347,9 +348,7 @@ class SystemClock:
 
     def call_later(self, seconds: float, callback: Callable[[], object]) -> Timer:
         # The agent runs on asyncio (uvloop); anyio has no timer of this kind to use instead.
-        from asyncio import get_running_loop
-
-        return get_running_loop().call_later(seconds, callback)
+        return asyncio.get_running_loop().call_later(seconds, callback)
 
 
 class RefusalKind(enum.Enum):
