@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import secrets
@@ -107,6 +108,8 @@ async def _measure_agent(url: str, runs: int, concurrency: int) -> dict[str, flo
     }
     os.environ.update(environ)  # the SDK's exporters read their endpoint from os.environ
     agent = build_agent(load_config(environ), environ)
+    gc.freeze()  # as agent.app.run_agent does
+    gc.set_threshold(20_000, 10, 10)
     try:
         for _ in range(max(1, 200 // concurrency)):  # warm up
             await agent.scheduler.run_once()
