@@ -636,6 +636,8 @@ class Recorder:
         changed: bool,
         attempt: int,
     ) -> None:
+        if not (changed or self._log_runs):
+            return  # most runs: no line, so no fields to make
         check = entry.check
         duration = result.duration or 0.0
         fields = {
