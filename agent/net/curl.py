@@ -489,9 +489,12 @@ class CurlMulti:
         assert self._epoll is not None
         watched = self._watched
         for fd, mask in self._epoll.poll(0):
-            # A socket an earlier one's action closed (or gave up) is no more libcurl's.
             wanted = watched.get(fd)
             if not wanted:
+                # A socket an earlier one's action closed or gave up: no more libcurl's. Out of
+                # the set, should it be there still, or the loop would be woken for it again.
+                with contextlib.suppress(OSError):
+                    self._epoll.unregister(fd)
                 continue
             action = (_CSELECT_IN if mask & _EPOLLIN else 0) | (_CSELECT_OUT if mask & _EPOLLOUT else 0)
             if mask & _EPOLL_TROUBLE:  # an error or a hang-up: what the socket waits for is due
