@@ -300,6 +300,7 @@ class CurlMulti:
             self._epoll = select.epoll()
             loop.add_reader(self._epoll.fileno(), self._on_events)
         self._timer: asyncio.Handle | None = None
+        self._timer_now = False  # _timer is the next turn of the loop's ("act now"), not a delay
         self._transfers: dict[pycurl.Curl, tuple[_Transfer, bool]] = {}
         # Easy handles are reset and used again, as Tornado's client does: making one per request
         # cost about a third of libcurl's own CPU for a small request.
@@ -504,9 +505,12 @@ class CurlMulti:
             self._act(fd, action)
 
     def _on_timer(self, msecs: int) -> None:
+        if msecs == 0 and self._timer is not None and self._timer_now:
+            return  # "act now" is asked already: the runs a tick starts together add one each
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._timer_now = msecs == 0
         if msecs == 0:
             # "Act now", asked once per transfer added: the next turn of the loop, no loop timer.
             self._timer = self._loop.call_soon(self._on_timeout)
@@ -517,7 +521,7 @@ class CurlMulti:
         self._act(fd, action)
 
     def _on_timeout(self) -> None:
-        self._timer = None
+        self._timer, self._timer_now = None, False
         self._act(pycurl.SOCKET_TIMEOUT, 0)
 
     def _act(self, fd: int, action: int) -> None:
