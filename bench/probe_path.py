@@ -12,6 +12,12 @@ minimal one (ids and a ``traceparent``, nothing recorded), so that the figure is
 the client's own Python, libcurl and the kernel, not the telemetry's. Prints the process CPU time
 (user + system) per run.
 
+``--layer agent`` measures whole runs as the agent makes them instead: C http checks of that URL
+wired by ``build_agent`` (the scheduler, the recorder and its metric tables, the run spans and
+their sampling, OTLP traces exported to nginx, which answers 200), all C run together by
+``Scheduler.run_once``, round after round. What it leaves out of the running agent: the ticking,
+the HTTP server, ``/metrics``.
+
 ``--tree`` compares source trees (this one by default; ``git worktree``s or exported commits),
 measured in turn, R rounds, against the same nginx: alternating, so that the noise of a shared
 machine falls on both alike. Bounded: N is at most 50,000 and each measurement stops after 60 s.
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import secrets
@@ -81,7 +88,47 @@ class _Tracer:
         yield
 
 
+async def _measure_agent(url: str, runs: int, concurrency: int) -> dict[str, float]:
+    """Whole runs through the agent's own parts (``build_agent``: scheduler, recorder, spans,
+    metric tables, OTLP traces to the sink, the status page's history), ``concurrency`` checks
+    run together (``run_once``) round after round."""
+    import yaml
+
+    from agent.app import build_agent
+    from agent.config.settings import load_config
+
+    checks = [
+        {"name": f"bench-{i:04d}", "type": "http", "target": url, "interval": "1s", "timeout": "900ms"}
+        for i in range(concurrency)
+    ]
+    environ = {
+        "VANTAGE_CHECKS": yaml.safe_dump({"checks": checks}),
+        "VANTAGE_CONCURRENCY": str(concurrency),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": url.rstrip("/"),  # nginx answers every export with a 200
+    }
+    os.environ.update(environ)  # the SDK's exporters read their endpoint from os.environ
+    agent = build_agent(load_config(environ), environ)
+    gc.freeze()  # as agent.app.run_agent does
+    gc.set_threshold(20_000, 10, 10)
+    try:
+        for _ in range(max(1, 200 // concurrency)):  # warm up
+            await agent.scheduler.run_once()
+        done, deadline = 0, time.monotonic() + MAX_SECONDS
+        cpu, wall = time.process_time(), time.perf_counter()
+        while done < runs and time.monotonic() < deadline:
+            await agent.scheduler.run_once()
+            done += concurrency
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        failed = sum(state.failures for state in agent.recorder.states.values())
+    finally:
+        await agent.http.aclose()
+        agent.telemetry.shutdown(2)
+    return {"runs": done, "failed": failed, "cpu_us": cpu / done * 1e6, "wall_us": wall / done * 1e6}
+
+
 async def _measure(url: str, runs: int, concurrency: int, layer: str) -> dict[str, float]:
+    if layer == "agent":
+        return await _measure_agent(url, runs, concurrency)
     from agent.net.curl import CurlMulti, CurlRequest
     from agent.sdk.testing import ProbeTester
     from plugins.http import HttpProbe
@@ -141,9 +188,10 @@ def main() -> None:
     parser.add_argument("--tree", action="append", help="a source tree to measure (default: this one)")
     parser.add_argument(
         "--layer",
-        choices=("probe", "client", "curl"),
+        choices=("agent", "probe", "client", "curl"),
         default="probe",
-        help="the whole http probe run (default), the agent's client alone (ctx.http()), or bare "
+        help="whole runs through the agent's scheduler, recorder and spans (OTLP traces to nginx), "
+        "the whole http probe run (default), the agent's client alone (ctx.http()), or bare "
         "CurlMulti.perform",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)

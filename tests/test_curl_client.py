@@ -4,6 +4,7 @@ headers, TLS from trustme, cancellation, failures mapped to reasons, many transf
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import ssl
@@ -255,6 +256,49 @@ async def test_transfers_cancelled_among_running_ones_leave_the_others_to_comple
                 tg.start_soon(one, "/hang" if i % 3 == 0 else "/")
     assert statuses == [200] * 20
     assert multi.transfers == 0 and multi.watched_sockets == 0
+
+
+@pytest.mark.parametrize("epoll", [True, False], ids=["own epoll set", "the loop's readers"])
+async def test_either_way_of_watching_sockets_completes_and_cancels_and_closes_clean(
+    epoll: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linux's own epoll set of the multi handle, or (elsewhere) a loop reader/writer per socket:
+    finished, cancelled and failed transfers alike leave no socket watched, and close() leaves
+    no descriptor open."""
+    import agent.net.curl
+
+    monkeypatch.setattr(agent.net.curl, "_EPOLL", epoll)
+
+    async def hang(request: web.Request) -> web.Response:
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    app = plain_app()
+    app.router.add_get("/hang", hang)
+    outcomes: list[int | str] = []
+    async with serve(app) as port:
+        gc.collect()  # earlier tests' event loops, whose descriptors would close meanwhile
+        before = open_fds()
+        multi = CurlMulti(asyncio.get_running_loop())
+        assert (multi._epoll is not None) is epoll
+
+        async def one(path: str) -> None:
+            with anyio.move_on_after(0.3):
+                try:
+                    outcomes.append(
+                        (await multi.perform(CurlRequest("GET", f"http://127.0.0.1:{path}"))).status
+                    )
+                except HttpFailure as failure:
+                    outcomes.append(failure.reason.value)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(30):
+                tg.start_soon(one, f"{port}/hang" if i % 3 == 0 else f"{port}/" if i % 3 == 1 else "1/")
+        assert multi.transfers == 0 and multi.watched_sockets == 0
+        multi.close()
+        await anyio.sleep(0.1)  # the server's ends of the cancelled requests close
+        assert open_fds() == before
+    assert sorted(outcomes, key=str) == [200] * 10 + ["connect"] * 10
 
 
 async def aiohttp_phases(url: str) -> tuple[dict[str, float], float, bytes]:

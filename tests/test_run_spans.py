@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 from opentelemetry import propagate
-from opentelemetry.context import Context
+from opentelemetry.baggage import set_baggage
+from opentelemetry.context import Context, attach, detach
 from opentelemetry.propagators.textmap import (
     CarrierT,
     Getter,
@@ -23,7 +24,15 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanKind, Status, StatusCode, get_current_span
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanKind,
+    Status,
+    StatusCode,
+    get_current_span,
+    set_span_in_context,
+)
+from opentelemetry.trace.span import TraceState
 
 from agent.app import build_agent
 from agent.telemetry.sampling import STATE_CHANGED, RunSamplingProcessor
@@ -266,6 +275,49 @@ def test_the_configured_propagators_inject(custom_propagator: None) -> None:
     headers: dict[str, str] = {}
     root.inject(headers)
     assert headers == {"x-custom-trace": f"{root.trace_id:032x}:{root.span_id:016x}"}
+
+
+def _as_the_propagator_writes(span: RunSpan) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    propagate.inject(headers, context=set_span_in_context(NonRecordingSpan(span.context())))
+    return headers
+
+
+@pytest.mark.parametrize("state", [None, TraceState([("vendor", "a1"), ("other", "b2")])])
+def test_the_default_propagators_written_directly_write_the_same(state: TraceState | None) -> None:
+    """With the default propagators (tracecontext, baggage) a span writes its traceparent itself
+    (cheaper than the composite's round): the headers are the propagators' own, tracestate too."""
+    root = RunSpan(
+        None,
+        "r",
+        SpanKind.INTERNAL,
+        0x5BD66EF5095369C7B0D1F8F4BD33716A,
+        0x1E42C2B2C3B4D5E6,
+        None,
+        1,
+        state,
+        {},
+        0,
+    )
+    for flags in (0, 1):
+        root.flags = flags
+        headers: dict[str, str] = {}
+        root.inject(headers)
+        assert headers == _as_the_propagator_writes(root)
+        assert headers["traceparent"] == f"00-5bd66ef5095369c7b0d1f8f4bd33716a-1e42c2b2c3b4d5e6-0{flags}"
+        assert ("tracestate" in headers) is (state is not None)
+
+
+def test_baggage_in_the_context_is_still_propagated() -> None:
+    root = Spans().spans.start_run("check x", dict(ROOT))
+    token = attach(set_baggage("tenant", "blue"))
+    try:
+        headers: dict[str, str] = {}
+        root.inject(headers)
+        assert headers == _as_the_propagator_writes(root)
+        assert headers["baggage"] == "tenant=blue"
+    finally:
+        detach(token)
 
 
 @pytest.mark.anyio

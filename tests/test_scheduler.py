@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 from collections import Counter
+from dataclasses import replace
 from importlib.metadata import EntryPoint
 from typing import Any
 
@@ -451,11 +452,45 @@ class CleanupRaises(Probe[ProbeSettings]):
         return ProbeResult(success=True)
 
 
+SHARED = ProbeResult(success=True, message="the same object every run", values={"x": 1.0})
+
+
+class SharedResult(Probe[ProbeSettings]):
+    """Hands out one result object, made once, after a sleep that grows each run."""
+
+    name = "shared_result"
+    Settings = ProbeSettings
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def run(self, check: Check, settings: ProbeSettings, ctx: ProbeContext) -> ProbeResult:
+        self.runs += 1
+        await ctx.clock.sleep(self.runs * 0.5)
+        return SHARED
+
+
 LOCAL_PROBES = {
     "nested": "NestedProbe",
     "own_cancel": "RaisesOwnCancelled",
     "cleanup_raises": "CleanupRaises",
+    "shared_result": "SharedResult",
 }
+
+
+async def test_each_run_gets_its_own_duration_and_the_probes_result_is_left_alone() -> None:
+    """The scheduler times a result that has no duration on a copy of it: a probe may return the
+    same object every run."""
+    clock = FakeClock()
+    check = {"name": "same", "type": "shared_result", "target": "x", "interval": 10, "timeout": 5}
+    agent, _ = agent_with([check], clock)
+    seen: list[ProbeResult] = []
+    agent.recorder.on_result = lambda name, ended, result, requests, trace: seen.append(result)
+    await run_for(agent, clock, 30)
+    assert [result.duration for result in seen[:2]] == [pytest.approx(0.5), pytest.approx(1.0)]
+    for result in seen:
+        assert result is not SHARED and result == replace(SHARED, duration=result.duration)
+    assert SHARED.duration is None
 
 
 def nested_check(name: str, timeout: float = 1.0, **settings: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ Third-party probes are ordinary Python distributions declaring an entry point in
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import enum
 import logging
@@ -276,9 +277,12 @@ class ProbeResult:
             object.__setattr__(self, "message", visible(self.message))
         if self.assertions:
             object.__setattr__(self, "assertions", tuple(_visible_outcome(a) for a in self.assertions))
-        if any(isinstance(v, str) and _CONTROL.search(v) for v in self.attributes.values()):
-            attributes = {k: visible(v) if isinstance(v, str) else v for k, v in self.attributes.items()}
-            object.__setattr__(self, "attributes", attributes)
+        search = _CONTROL.search
+        for value in self.attributes.values():  # a loop, not any(): made for every result
+            if isinstance(value, str) and search(value):
+                attributes = {k: visible(v) if isinstance(v, str) else v for k, v in self.attributes.items()}
+                object.__setattr__(self, "attributes", attributes)
+                break
 
     @classmethod
     def failure(cls, reason: Reason, message: str, **kwargs: Any) -> ProbeResult:
@@ -347,9 +351,7 @@ class SystemClock:
 
     def call_later(self, seconds: float, callback: Callable[[], object]) -> Timer:
         # The agent runs on asyncio (uvloop); anyio has no timer of this kind to use instead.
-        from asyncio import get_running_loop
-
-        return get_running_loop().call_later(seconds, callback)
+        return asyncio.get_running_loop().call_later(seconds, callback)
 
 
 class RefusalKind(enum.Enum):

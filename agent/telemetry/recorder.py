@@ -220,6 +220,8 @@ _HOUR = 3600.0
 _CHANGES_KEPT = 1024
 """Times of confirmed changes kept per check (the last hour's, at most this many)."""
 _ATTEMPTS = tuple(str(n) for n in range(12))  # the attempt label's values, made once
+_REQUEST_LABELS = 4096
+"""Label sets of ``http.client.request.duration`` kept made (one per series), before starting over."""
 
 
 @dataclass(slots=True)
@@ -290,6 +292,10 @@ class Recorder:
         self._tables, self._spans, self._redact = tables, spans, redactor
         self.region, self._clock, self._log_runs = region, clock, log_runs
         self._attrs: dict[str, dict[str, AttributeValue]] = {}
+        self._roots: dict[str, tuple[str, dict[str, AttributeValue], dict[str, AttributeValue]]] = {}
+        self._request_labels: dict[tuple[Any, ...], dict[str, AttributeValue]] = {}
+        """The label set of each ``http.client.request.duration`` series, made at its first request."""
+        """Each check's root span name and attributes but the attempt's (made at its first run)."""
         self._outcomes: dict[tuple[str, Any, str], tuple[str, Any, str]] = {}
         self._snapshots: dict[type, tuple[Table, ...]] = {}
         """The tables of each probe type's ``snapshot`` metrics (only of the types that have some):
@@ -335,6 +341,7 @@ class Recorder:
                 self._snapshots[type(entry.probe)] = snapshots
             check = entry.check
             target = redact_url(check.target, self._redact)
+            self._roots.pop(check.name, None)
             self._attrs[check.name] = {
                 **{k: self._redact(v) for k, v in check.labels.items()},
                 "check": check.name,
@@ -350,6 +357,7 @@ class Recorder:
         tables, histograms included."""
         self.states.pop(name, None)
         self._attrs.pop(name, None)
+        self._roots.pop(name, None)
         self._tables.forget(name)
 
     def _observe_export_failures(self) -> list[tuple[Attributes, float]]:
@@ -379,20 +387,24 @@ class Recorder:
     def start_run(self, entry: CheckEntry, attempt: int = 1) -> Run:
         """Open the root span of an attempt (a run's first, or a re-test: each has its own)."""
         check = entry.check
-        attrs = self._attrs[check.name]
-        span = self._spans.start_run(
-            f"check {check.name}",
-            {
-                "vantage.check.name": check.name,
-                "vantage.check.type": check.type,
-                "vantage.check.target": attrs["target"],
-                "cloud.region": self.region,
-                "vantage.attempt": attempt,
-                **{f"vantage.check.label.{k}": attrs[k] for k in check.labels},
-            },
-        )
+        name = check.name
+        root = self._roots.get(name)
+        if root is None:
+            attrs = self._attrs[name]
+            root = self._roots[name] = (
+                f"check {name}",
+                {
+                    "vantage.check.name": name,
+                    "vantage.check.type": check.type,
+                    "vantage.check.target": attrs["target"],
+                    "cloud.region": self.region,
+                },
+                {f"vantage.check.label.{k}": attrs[k] for k in check.labels},
+            )
+        span_name, head, labels = root
+        span = self._spans.start_run(span_name, {**head, "vantage.attempt": attempt, **labels})
         self.in_flight += 1
-        return Run(self.states[check.name], span, _RunTracer(self._spans, span, self._redact))
+        return Run(self.states[name], span, _RunTracer(self._spans, span, self._redact))
 
     def abandon_run(self, run: Run, why: str) -> None:
         """End a run that was cancelled before it had a result; it records no metric points."""
@@ -458,9 +470,13 @@ class Recorder:
             else:
                 for phase, seconds in result.phases.items():
                     phases.put_derived(name, phase, attrs, {"phase": phase}, seconds)
-        for metric, value in result.values.items():
-            self._set(metric, name, None, attrs, value)
         tables = self._tables.tables
+        for metric, value in result.values.items():  # as _set does, a dozen times a run
+            table = tables.get(metric)
+            if table is None:
+                log.error("probe emitted %s, which is not among its metric specs; dropped", metric)
+                continue
+            table.put(name, None, attrs, value)
         for sample in result.samples:
             # One series per label set, unless the sample names its series (see Sample.series).
             series = sample.series if sample.series is not None else tuple(sorted(sample.labels.items()))
@@ -473,20 +489,8 @@ class Recorder:
         if snapshots is not None:
             self._retain(name, snapshots, result)
         request_duration = self._http_request_duration
+        request_labels = self._request_labels
         for request in requests:
-            # The semantic convention's attributes only: one series per server, not per check.
-            labels: dict[str, AttributeValue] = {
-                "http.request.method": request.method,
-                "server.address": request.host,
-                "server.port": request.port,
-                "url.scheme": request.scheme,
-            }
-            if request.status is not None:
-                labels["http.response.status_code"] = request.status
-            if request.protocol_version:
-                labels["network.protocol.version"] = request.protocol_version
-            if request.error_type:
-                labels["error.type"] = request.error_type
             key = (
                 request.method,
                 request.host,
@@ -496,6 +500,23 @@ class Recorder:
                 request.protocol_version,
                 request.error_type,
             )
+            labels = request_labels.get(key)
+            if labels is None:
+                if len(request_labels) >= _REQUEST_LABELS:
+                    request_labels.clear()
+                # The semantic convention's attributes only: one series per server, not per check.
+                labels = request_labels[key] = {
+                    "http.request.method": request.method,
+                    "server.address": request.host,
+                    "server.port": request.port,
+                    "url.scheme": request.scheme,
+                }
+                if request.status is not None:
+                    labels["http.response.status_code"] = request.status
+                if request.protocol_version:
+                    labels["network.protocol.version"] = request.protocol_version
+                if request.error_type:
+                    labels["error.type"] = request.error_type
             request_duration.record(None, key, labels, request.duration)
 
     def _end_span(
@@ -615,6 +636,8 @@ class Recorder:
         changed: bool,
         attempt: int,
     ) -> None:
+        if not (changed or self._log_runs):
+            return  # most runs: no line, so no fields to make
         check = entry.check
         duration = result.duration or 0.0
         fields = {

@@ -39,8 +39,10 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from time import time_ns
 from typing import Any
 
-from opentelemetry import propagate, trace
+from opentelemetry import baggage, propagate, trace
 from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, SpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
@@ -140,6 +142,13 @@ class RunSpan:
 
     def inject(self, headers: MutableMapping[str, str]) -> None:
         """W3C trace context (or what ``OTEL_PROPAGATORS`` asks for) of this span into ``headers``."""
+        if _w3c_only(propagate.get_global_textmap()) and not baggage.get_all():
+            # What the default propagators write, written here: a context, a span and the
+            # composite's round cost ~6 µs a request (see _w3c_only).
+            headers["traceparent"] = f"00-{self.trace_id:032x}-{self.span_id:016x}-{self.flags:02x}"
+            if self.trace_state:
+                headers["tracestate"] = self.trace_state.to_header()
+            return
         propagate.inject(headers, context=trace.set_span_in_context(NonRecordingSpan(self.context())))
 
     def end(self, end_time: int | None = None) -> None:
@@ -148,6 +157,37 @@ class RunSpan:
             return
         self.end_time = end_time or time_ns()
         owner.ended(self)
+
+
+_calibrated: tuple[TextMapPropagator, bool] | None = None
+
+
+def _w3c_only(textmap: TextMapPropagator) -> bool:
+    """Whether ``textmap`` (the global propagator) writes a span's W3C ``traceparent`` and
+    ``tracestate`` and nothing else when the context holds no baggage: the default
+    (``tracecontext,baggage``) does. Found out once per propagator, by asking it to inject a known
+    span; any other answer (``b3``, a custom propagator) keeps the propagator doing the writing."""
+    global _calibrated
+    if _calibrated is not None and _calibrated[0] is textmap:
+        return _calibrated[1]
+    known = SpanContext(
+        0x0AF7651916CD43DD8448EB211C80319C,
+        0xB7AD6B7169203331,
+        is_remote=False,
+        trace_flags=TraceFlags(1),
+        trace_state=TraceState([("vantage", "calibration")]),
+    )
+    written: dict[str, str] = {}
+    try:
+        textmap.inject(written, context=trace.set_span_in_context(NonRecordingSpan(known), Context()))
+    except Exception:  # a propagator that cannot: it is left to fail where it is used, as before
+        written = {}
+    same = written == {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": "vantage=calibration",
+    }
+    _calibrated = (textmap, same)
+    return same
 
 
 class RunSpans:
