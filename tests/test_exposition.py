@@ -132,6 +132,43 @@ def test_scrapes_within_the_window_share_one_rendering() -> None:
 
 
 @pytest.mark.anyio
+async def test_on_the_event_loop_scrapes_share_one_rendering_and_the_loop_runs_between_slices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(exposition, "_SLICE", 2)  # the golden page in many slices
+    agent = build()
+    record(agent)
+    now = [100.0]
+    cache = ExpositionCache(agent.telemetry.tables, agent.telemetry.resource.attributes, clock=lambda: now[0])
+    ticks = 0
+    rendering = True
+
+    async def ticker() -> None:  # other work on the loop: it must get turns during the rendering
+        nonlocal ticks
+        while rendering:
+            ticks += 1
+            await anyio.sleep(0)
+
+    bodies: list[bytes] = []
+
+    async def scrape(**kind: bool) -> None:
+        bodies.append((await cache.aget(**kind)).body)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(ticker)
+        async with anyio.create_task_group() as scrapes:
+            for _ in range(5):
+                scrapes.start_soon(scrape)
+        rendering = False
+    assert cache.renders == 1 and bodies == [GOLDEN_TEXT.read_bytes()] * 5
+    assert ticks > 10  # the page is dozens of slices, the ticker ran between them
+    openmetrics = (await cache.aget(openmetrics=True, gzip=True)).body
+    assert gzip.decompress(openmetrics) == GOLDEN_OPENMETRICS.read_bytes() and cache.renders == 2
+    cache.get(openmetrics=True, gzip=True)  # a thread's caller shares the loop's rendering
+    assert cache.renders == 2
+
+
+@pytest.mark.anyio
 async def test_negotiation_and_gzip_over_http(tmp_path: Path) -> None:
     agent = build()
     record(agent)

@@ -418,11 +418,10 @@ class Server:
         openmetrics, gzip = negotiate(
             request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", "")
         )
-        # Rendering is synchronous work; keep it off the event loop. Scrapes within the cache's
-        # window share one rendering, which is let go of after it.
-        rendering = await anyio.to_thread.run_sync(
-            functools.partial(exposition.get, openmetrics=openmetrics, gzip=gzip)
-        )
+        # Rendered on the loop a slice at a time, the probes' work going on between slices (in a
+        # thread, it made probe starts late: ExpositionCache). Scrapes within the cache's window
+        # share one rendering, which is let go of after it.
+        rendering = await exposition.aget(openmetrics=openmetrics, gzip=gzip)
         asyncio.get_running_loop().call_later(exposition.fresh * 2, exposition.expire)
         headers = {"Content-Type": rendering.content_type, "Vary": "Accept, Accept-Encoding"}
         if rendering.gzipped:

@@ -16,12 +16,15 @@ pin it. Its rules, as that exporter and ``prometheus_client`` have them:
 * ``target_info`` (OpenMetrics: the info ``target``) carries the resource's attributes.
 
 :class:`ExpositionCache` renders once per collection: a scrape gets the rendering that is in
-progress or started less than ``FRESH`` seconds before, in its format and encoding; rendering (and gzip)
-runs in a worker thread, handing the interpreter back between slices.
+progress or started less than ``FRESH`` seconds before, in its format and encoding. The agent's
+``/metrics`` renders (and gzips) on the event loop a slice at a time, the loop's other work going
+on between two slices (:meth:`ExpositionCache.aget`); tools render in the calling thread
+(:meth:`ExpositionCache.get`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -53,7 +56,7 @@ FRESH = 0.5
 """Seconds from the start of a rendering during which it serves the scrapes that come (a Prometheus
 pair scraping the agent at the same moment): a scrape during a rendering waits for it, one soon
 after takes it; a rendering is never more than this much older than its scrape's start."""
-_SLICE = 512  # series rendered between two hand-overs of the interpreter lock
+_SLICE = 128  # series rendered between two hand-overs (of the event loop, or the interpreter lock)
 _NUMBERS = 4096  # numbers' texts remembered from one family to the next, at most
 _LOW = -math.inf
 
@@ -372,7 +375,6 @@ def _histogram(
         if i % _SLICE == 0:
             yield "".join(out)
             out.clear()
-            time.sleep(0)  # hand the interpreter lock over (to the event loop)
     yield "".join(out)
 
 
@@ -421,7 +423,6 @@ def _values(
                 yield "".join(out)
                 out.clear()
                 todo = _SLICE
-                time.sleep(0)
             continue
         cut: tuple[int, Any, str, str] | None = None  # (place, attributes, head, tail)
         for key, point in series:
@@ -461,7 +462,6 @@ def _values(
             yield "".join(out)
             out.clear()
             todo = _SLICE
-            time.sleep(0)  # hand the interpreter lock over (to the event loop)
     yield "".join(out)
 
 
@@ -513,13 +513,19 @@ class Rendering:
 
 
 class ExpositionCache:
-    """Renders ``/metrics`` at most once per ``fresh`` seconds per format and encoding;
-    thread-safe.
+    """Renders ``/metrics`` at most once per ``fresh`` seconds per format and encoding.
 
-    :meth:`get` blocks (call it in a worker thread): a caller that finds a rendering of its kind in
-    progress waits for it; one that finds a rendering started less than ``fresh`` ago takes it. A gzipped
-    rendering is compressed as it is written, slice by slice, so the whole plain page is never in
-    memory; :meth:`expire` lets go of renderings older than ``fresh``."""
+    A caller that finds a rendering of its kind in progress waits for it; one that finds a rendering
+    started less than ``fresh`` ago takes it. A gzipped rendering is compressed as it is written,
+    slice by slice, so the whole plain page is never in memory; :meth:`expire` lets go of renderings
+    older than ``fresh``.
+
+    :meth:`aget` renders on the event loop, giving the loop back after each slice of ``_SLICE``
+    series (about a millisecond of work at most): the agent's scrapes. In a worker thread instead,
+    the rendering would hold the interpreter lock for up to the switch interval each time the loop
+    let go of it for a system call, many times a probe run, which made probe starts late at 1,000
+    runs a second (docs/design-notes.md). :meth:`get` blocks, for tools and tests in a thread of
+    their own; the two kinds of caller share the renderings but not the wait."""
 
     def __init__(
         self,
@@ -532,7 +538,9 @@ class ExpositionCache:
         self._tables, self._resource = tables, dict(resource)
         self.fresh, self._clock = fresh, clock
         self._renderings: dict[tuple[bool, bool], Rendering] = {}
-        self._busy = {(om, gz): threading.Lock() for om in (False, True) for gz in (False, True)}
+        kinds = [(om, gz) for om in (False, True) for gz in (False, True)]
+        self._busy = {kind: threading.Lock() for kind in kinds}
+        self._loop_busy = {kind: asyncio.Lock() for kind in kinds}
         self.renders = 0
         """How many renderings were made."""
 
@@ -550,6 +558,28 @@ class ExpositionCache:
                 self.renders += 1
             return rendering
 
+    async def aget(self, *, openmetrics: bool = False, gzip: bool = False) -> Rendering:
+        """The page in the format and encoding asked for, rendered on the event loop."""
+        kind = (openmetrics, gzip)
+        async with self._loop_busy[kind]:  # the scrapes meanwhile wait for this rendering
+            rendering = self._renderings.get(kind)
+            if rendering is None or self._clock() - rendering.started > self.fresh:
+                started = self._clock()
+                out = bytearray()
+                compressor = _compressor() if gzip else None
+                for piece in render(self._tables, self._resource, openmetrics=openmetrics):
+                    data = piece.encode()
+                    out += data if compressor is None else compressor.compress(data)
+                    await asyncio.sleep(0)  # the loop's other work, then the next slice
+                if compressor is not None:
+                    out += compressor.flush()
+                rendering = Rendering(
+                    bytes(out), OPENMETRICS_TYPE if openmetrics else TEXT_TYPE, gzip, started
+                )
+                self._renderings[kind] = rendering
+                self.renders += 1
+            return rendering
+
     def expire(self) -> None:
         """Let go of the renderings older than ``fresh`` (their memory)."""
         now = self._clock()
@@ -562,14 +592,21 @@ def _plain(pieces: Iterator[str]) -> bytes:
     body = bytearray()
     for piece in pieces:
         body += piece.encode()
+        time.sleep(0)  # a slice done: hand the interpreter lock over, should another thread wait
     return bytes(body)
+
+
+def _compressor() -> Any:
+    """gzip at level 1: the page is highly repetitive, and speed matters more."""
+    return zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
 
 
 def _gzip(pieces: Iterator[str]) -> bytes:
     """gzip (level 1: the page is highly repetitive, and speed matters more) as the pieces come."""
-    compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    compressor = _compressor()
     out = bytearray()
     for piece in pieces:
         out += compressor.compress(piece.encode())
+        time.sleep(0)
     out += compressor.flush()
     return bytes(out)
