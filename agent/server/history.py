@@ -119,6 +119,11 @@ class _Buckets:
     def add(self, when: float, success: bool) -> int:
         """Count a run at ``when``; the slot counted in."""
         slot = int(when // self.width)
+        if slot <= self.newest - self._size():
+            # A clock set back by more than the ring's span: what it holds is all after ``when``
+            # (out of every window until the clock is back there). The ring starts again here,
+            # or it would count no run until then (a day for this one, a week for the other).
+            self.newest = -1
         i = self._index(slot)
         if i is not None:
             counts = self.counts
@@ -265,7 +270,8 @@ class Detail:
     check's last run, with the redactor as it was then: a snapshot, so a secret forgotten since,
     an OAuth token refreshed away, is still redacted), and made into text once, when it is first
     read: by the debug view, the overview's last failure, or the write to ``VANTAGE_STATE_DIR``
-    (in its thread). Most runs are never read: the next run replaces them first."""
+    (in its thread), or at the latest when the redactor changes (:meth:`History._settle`, so that
+    no run keeps an old snapshot alive). Most runs are never read: the next run replaces them first."""
 
     __slots__ = ("_run", "_text")
 
@@ -295,6 +301,11 @@ class Detail:
             text = self._text = detail_text(*run)
             self._run = None
         return text
+
+    def settle(self) -> None:
+        """Make the text now, if it is not made: to let go of the run and its redactor."""
+        if self._run is not None:
+            self.text  # noqa: B018 - made and kept
 
 
 def detail_text(
@@ -418,6 +429,7 @@ class History:
         self.store = store
         self._clock = clock
         self._pending: list[tuple[str, Brief, Detail | None]] = []
+        self._snapshot: Redactor | None = None  # the redactor's snapshot the runs kept as they ended hold
         self._dirty: set[tuple[str, int, int]] = set()  # (check, bucket width, slot)
 
     def now(self) -> float:
@@ -443,7 +455,11 @@ class History:
         week = check.week.add(when, result.success)
         check.runs.append(brief)
         # Made into redacted text when first read, with the secrets known now.
-        detail = Detail.of_run(brief, result, tuple(requests), self._redact.snapshot())
+        snapshot = self._redact.snapshot()
+        if snapshot is not self._snapshot:
+            self._settle()
+            self._snapshot = snapshot
+        detail = Detail.of_run(brief, result, tuple(requests), snapshot)
         details = check.details
         details.append((brief, detail))
         if len(details) > self._details:
@@ -455,6 +471,21 @@ class History:
                 self._pending.append((name, brief, detail))
             self._dirty.add((name, 300, day))
             self._dirty.add((name, 3600, week))
+
+    def _settle(self) -> None:
+        """Make into text every run kept as it ended: the redactor has changed (a flow's extracted
+        secret, a new OAuth token), and each snapshot holds its secrets compiled, ~0.4 MB with
+        the 1,024 short-lived ones it may know. Left to the first read, the runs kept for long
+        (each check's last failure, a rare check's last run) would keep one snapshot each alive:
+        one per change. This way the runs of one snapshot at most wait to be read."""
+        for check in self._checks.values():
+            for _, detail in check.details:
+                detail.settle()
+            if check.last_failure is not None:
+                check.last_failure[1].settle()
+        for _, _, pending in self._pending:
+            if pending is not None:
+                pending.settle()
 
     def forget(self, name: str) -> None:
         self._checks.pop(name, None)
