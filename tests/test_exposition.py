@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import anyio
+import anyio.lowlevel
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
@@ -147,7 +148,7 @@ async def test_on_the_event_loop_scrapes_share_one_rendering_and_the_loop_runs_b
         nonlocal ticks
         while rendering:
             ticks += 1
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
 
     bodies: list[bytes] = []
 
@@ -166,6 +167,39 @@ async def test_on_the_event_loop_scrapes_share_one_rendering_and_the_loop_runs_b
     assert gzip.decompress(openmetrics) == GOLDEN_OPENMETRICS.read_bytes() and cache.renders == 2
     cache.get(openmetrics=True, gzip=True)  # a thread's caller shares the loop's rendering
     assert cache.renders == 2
+
+
+@pytest.mark.anyio
+async def test_a_scrape_cancelled_mid_rendering_leaves_no_half_page_and_no_lock_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client gone mid-rendering (its handler cancelled between two slices): the scrape waiting
+    behind it renders the whole page itself, and later scrapes are not kept waiting."""
+    monkeypatch.setattr(exposition, "_SLICE", 2)
+    agent = build()
+    record(agent)
+    cache = ExpositionCache(agent.telemetry.tables, agent.telemetry.resource.attributes, clock=lambda: 100.0)
+    bodies: list[bytes] = []
+    gone = anyio.CancelScope()
+
+    async def scrape() -> None:
+        bodies.append((await cache.aget()).body)
+
+    async def cancelled() -> None:
+        with gone:
+            await scrape()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(cancelled)
+        await anyio.lowlevel.checkpoint()  # it has the lock and renders
+        group.start_soon(scrape)  # waits behind it
+        for _ in range(5):  # a few slices of the first rendering, then its client goes
+            await anyio.lowlevel.checkpoint()
+        assert cache.renders == 0 and not bodies
+        gone.cancel()
+    assert bodies == [GOLDEN_TEXT.read_bytes()] and cache.renders == 1
+    with anyio.fail_after(5):
+        assert (await cache.aget()).body == GOLDEN_TEXT.read_bytes()
 
 
 @pytest.mark.anyio

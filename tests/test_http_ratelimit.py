@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -68,6 +69,19 @@ def test_retry_after_in_seconds_or_as_a_date_and_custom_names() -> None:
     quota = parse_ratelimit({"X-Quota-Left": "1", "X-Quota": "10", "X-Quota-Reset": "5"}, NOW, names)
     assert (quota.remaining, quota.limit, quota.reset) == (1, 10, 5)
     assert parse_ratelimit({"X-Calls": "9/10"}, NOW, RateLimitNames(used_of_limit="X-Calls")).remaining == 1
+
+
+def test_a_long_date_header_is_read_but_not_kept() -> None:
+    """The parser reads a date's first words: a hostile target's date and 100 KB besides is a
+    date. Dates are kept per text (the same Last-Modified run after run); a long one must not be,
+    or a target sending a new one each run makes the agent hold 512 of them."""
+    date = "Fri, 15 Jan 2027 08:00:00 GMT"
+    long = date + " x" * 50_000
+    held = sys.getrefcount(long)
+    assert http_date(long) == http_date(date)
+    assert sys.getrefcount(long) == held
+    short = "Fri, 15 Jan 2027 08:00:01 GMT"
+    assert http_date(short) == http_date(date) + 1
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ skipped, except in CI (``CI`` set), where that is a failure.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import sqlite3
 import subprocess
 import tempfile
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -555,6 +557,23 @@ def test_uptime_over_gaps_and_a_clock_set_back_matches_counting_every_run() -> N
     assert history.summary("c")["uptime_24h"] == (sum(kept) / len(kept) if kept else None)
 
 
+def test_runs_after_a_clock_set_back_by_days_are_counted_at_once() -> None:
+    """A clock set back by more than a ring's span (an agent started with its clock days ahead,
+    then corrected): the runs since count from the first, as they did when a bucket had its slot."""
+    clock = _Clock()
+    history = History(Redactor(), clock=clock)
+    for i in range(20):
+        history.record("c", clock.now, _result(True), [], i + 1)
+        clock.now += 60
+    clock.now -= 9 * 86_400  # more than either ring's span
+    for i in range(10):
+        history.record("c", clock.now, _result(i % 5 != 0), [], i + 100)
+        clock.now += 60
+    summary = history.summary("c")
+    assert summary["runs_24h"] == 10 and summary["uptime_24h"] == 0.8
+    assert summary["uptime_7d"] == 0.8
+
+
 def test_a_bucket_counts_past_a_byte_when_a_check_runs_every_half_second() -> None:
     clock = _Clock()
     clock.now = (clock.now // 300) * 300  # the start of a 5-minute bucket
@@ -717,6 +736,29 @@ def test_a_short_lived_secret_stays_redacted_after_the_redactor_forgets_it(tmp_p
     assert history.store is not None
     history.store.close()
     assert token not in "\n".join(sqlite3.connect(tmp_path / "status-history.sqlite3").iterdump())
+
+
+def test_a_run_kept_long_lets_go_of_the_secrets_of_its_time_once_they_change() -> None:
+    """A run in full keeps a snapshot of the redactor until made into text: a check's last
+    failure, kept for days, must not keep its snapshot (the secrets compiled, up to 1,024
+    short-lived ones) alive through every change of the redactor since: one per change."""
+    redactor = Redactor([SECRET])
+    token = "flow-extracted-token-000"
+    redactor.add(token, ephemeral=True)
+    clock = _Clock()
+    history = History(redactor, clock=clock)
+    for n in range(30):  # thirty checks' last failures, kept as they ended
+        failed = ProbeResult.failure(Reason.ASSERTION, f"got {token}")
+        history.record(f"a{n}", clock.now, failed, [_REQUEST], n + 1)
+    then = weakref.ref(redactor.snapshot())
+    for i in range(1, 20):  # a flow's runs, each extracting a new short-lived secret
+        clock.now += 60
+        redactor.add(f"flow-extracted-token-{i:03d}", ephemeral=True)
+        history.record("b", clock.now, _result(True), [], i + 100)
+    gc.collect()
+    assert then() is None
+    shown = json.dumps([[history.runs(f"a{n}"), history.summary(f"a{n}")] for n in range(30)])
+    assert token not in shown and SECRET not in shown and shown.count("<redacted>") >= 30
 
 
 def test_one_run_is_kept_in_full_by_default_and_the_last_failure_besides() -> None:

@@ -399,7 +399,10 @@ class CurlMulti:
             curl.close()
 
     def close(self) -> None:
-        """Stop every transfer and close every connection this multi handle keeps."""
+        """Stop every transfer and close every connection this multi handle keeps (once: a second
+        call does nothing)."""
+        if self._multi_closing:
+            return
         self._closed = True  # a request still finishing closes its handle rather than keep it
         for idle in self._idle:
             idle.close()

@@ -119,6 +119,11 @@ class _Buckets:
     def add(self, when: float, success: bool) -> int:
         """Count a run at ``when``; the slot counted in."""
         slot = int(when // self.width)
+        if slot <= self.newest - self._size():
+            # A clock set back by more than the ring's span: what it holds is all after ``when``
+            # (out of every window until the clock is back there). The ring starts again here,
+            # or it would count no run until then (a day for this one, a week for the other).
+            self.newest = -1
         i = self._index(slot)
         if i is not None:
             counts = self.counts
@@ -189,6 +194,8 @@ _REASONS: list[str | None] = [None, "unknown"]
 the values of one enum: a few dozen at most)."""
 _REASON_NUMBERS: dict[str | None, int] = {None: 0, "unknown": 1}
 _MAX_REASONS = 256
+_SETTLED_A_RUN = 8
+"""Runs of an older redactor made into text at each run recorded (~30 µs each): History._settle."""
 
 
 def _reason_number(reason: str | None) -> int:
@@ -265,7 +272,8 @@ class Detail:
     check's last run, with the redactor as it was then: a snapshot, so a secret forgotten since,
     an OAuth token refreshed away, is still redacted), and made into text once, when it is first
     read: by the debug view, the overview's last failure, or the write to ``VANTAGE_STATE_DIR``
-    (in its thread). Most runs are never read: the next run replaces them first."""
+    (in its thread), or soon after the redactor changes (:meth:`History._kept_as_ended`, so that
+    no run keeps an old snapshot alive). Most runs are never read: the next run replaces them first."""
 
     __slots__ = ("_run", "_text")
 
@@ -295,6 +303,16 @@ class Detail:
             text = self._text = detail_text(*run)
             self._run = None
         return text
+
+    @property
+    def unmade(self) -> bool:
+        """Whether the text is still to be made (the run and its redactor held)."""
+        return self._run is not None
+
+    def settle(self) -> None:
+        """Make the text now, if it is not made: to let go of the run and its redactor."""
+        if self._run is not None:
+            self.text  # noqa: B018 - made and kept
 
 
 def detail_text(
@@ -418,6 +436,8 @@ class History:
         self.store = store
         self._clock = clock
         self._pending: list[tuple[str, Brief, Detail | None]] = []
+        self._snapshot: Redactor | None = None  # the redactor's snapshot the runs kept as they ended hold
+        self._unsettled: list[Detail] = []  # runs of older snapshots, made into text a few a run
         self._dirty: set[tuple[str, int, int]] = set()  # (check, bucket width, slot)
 
     def now(self) -> float:
@@ -443,7 +463,13 @@ class History:
         week = check.week.add(when, result.success)
         check.runs.append(brief)
         # Made into redacted text when first read, with the secrets known now.
-        detail = Detail.of_run(brief, result, tuple(requests), self._redact.snapshot())
+        snapshot = self._redact.snapshot()
+        if snapshot is not self._snapshot:
+            self._unsettled = self._kept_as_ended()
+            self._snapshot = snapshot
+        if self._unsettled:
+            self._settle()
+        detail = Detail.of_run(brief, result, tuple(requests), snapshot)
         details = check.details
         details.append((brief, detail))
         if len(details) > self._details:
@@ -455,6 +481,26 @@ class History:
                 self._pending.append((name, brief, detail))
             self._dirty.add((name, 300, day))
             self._dirty.add((name, 3600, week))
+
+    def _kept_as_ended(self) -> list[Detail]:
+        """The runs kept not yet made into text, when the redactor has changed (a flow's extracted
+        secret, a new OAuth token): each holds a snapshot of it, its secrets compiled (~0.4 MB
+        with the 1,024 short-lived ones it may know). Left to the first read, the runs kept for
+        long (each check's last failure, a rare check's last run) would keep one snapshot alive
+        each: one per change. So they are made into text, a few a run (:meth:`_settle`: at once,
+        a thousand checks' would hold the loop ~50 ms)."""
+        found = []
+        for check in self._checks.values():
+            found += [detail for _, detail in check.details if detail.unmade]
+            if check.last_failure is not None and check.last_failure[1].unmade:
+                found.append(check.last_failure[1])
+        found += [detail for _, _, detail in self._pending if detail is not None and detail.unmade]
+        return found
+
+    def _settle(self) -> None:
+        unsettled = self._unsettled
+        for _ in range(min(_SETTLED_A_RUN, len(unsettled))):
+            unsettled.pop().settle()
 
     def forget(self, name: str) -> None:
         self._checks.pop(name, None)

@@ -46,12 +46,26 @@ def _quoted(value: str, redact: Callable[[str], str]) -> str:
     return repr(clip(value, _SHOWN, redact))
 
 
-@functools.lru_cache(maxsize=512)
+_DATE_KEPT = 64
+"""The longest text whose date is kept: an HTTP-date is 24 to 33 characters."""
+
+
 def http_date(value: str) -> float:
     """Epoch seconds of an HTTP-date (IMF-fixdate, or the obsolete RFC 850 and asctime forms).
 
     Kept per text: a target sends the same ``Last-Modified`` (or ``Sunset``) run after run, and
-    parsing one costs ~6 µs."""
+    parsing one costs ~6 µs. A longer text (the parser reads a date's first words only, so a
+    header of a date and 100 KB besides is one) is parsed each time: kept, 512 of them could hold
+    50 MB of a hostile target's making."""
+    return _kept_http_date(value) if len(value) <= _DATE_KEPT else _http_date(value)
+
+
+@functools.lru_cache(maxsize=512)
+def _kept_http_date(value: str) -> float:
+    return _http_date(value)
+
+
+def _http_date(value: str) -> float:
     try:
         parsed = parsedate_to_datetime(value.strip())
     except (TypeError, ValueError, IndexError):
