@@ -293,9 +293,9 @@ class Recorder:
         self.region, self._clock, self._log_runs = region, clock, log_runs
         self._attrs: dict[str, dict[str, AttributeValue]] = {}
         self._roots: dict[str, tuple[str, dict[str, AttributeValue], dict[str, AttributeValue]]] = {}
+        """Each check's root span name and attributes but the attempt's (made at its first run)."""
         self._request_labels: dict[tuple[Any, ...], dict[str, AttributeValue]] = {}
         """The label set of each ``http.client.request.duration`` series, made at its first request."""
-        """Each check's root span name and attributes but the attempt's (made at its first run)."""
         self._outcomes: dict[tuple[str, Any, str], tuple[str, Any, str]] = {}
         self._snapshots: dict[type, tuple[Table, ...]] = {}
         """The tables of each probe type's ``snapshot`` metrics (only of the types that have some):
