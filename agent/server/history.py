@@ -194,8 +194,12 @@ _REASONS: list[str | None] = [None, "unknown"]
 the values of one enum: a few dozen at most)."""
 _REASON_NUMBERS: dict[str | None, int] = {None: 0, "unknown": 1}
 _MAX_REASONS = 256
-_SETTLED_A_RUN = 8
-"""Runs of an older redactor made into text at each run recorded (~30 µs each): History._settle."""
+_SETTLED_A_RUN = 2
+"""Runs of an older redactor made into text at each run recorded (~30 µs each, what every run cost
+when each was made into text as it was recorded): History._settle."""
+_LOOK_EVERY = 10.0
+"""Seconds at least between two looks for runs of an older redactor (a look walks every check: a
+redactor that changes at every run, a flow's extracted secret, must not make every run walk them)."""
 
 
 def _reason_number(reason: str | None) -> int:
@@ -305,9 +309,10 @@ class Detail:
         return text
 
     @property
-    def unmade(self) -> bool:
-        """Whether the text is still to be made (the run and its redactor held)."""
-        return self._run is not None
+    def redactor(self) -> Redactor | None:
+        """The redactor the text is to be made with, while it is still to be made."""
+        run = self._run
+        return None if run is None else run[3]
 
     def settle(self) -> None:
         """Make the text now, if it is not made: to let go of the run and its redactor."""
@@ -438,6 +443,7 @@ class History:
         self._pending: list[tuple[str, Brief, Detail | None]] = []
         self._snapshot: Redactor | None = None  # the redactor's snapshot the runs kept as they ended hold
         self._unsettled: list[Detail] = []  # runs of older snapshots, made into text a few a run
+        self._looked = -math.inf  # when (a run's end) the runs of older snapshots were last looked for
         self._dirty: set[tuple[str, int, int]] = set()  # (check, bucket width, slot)
 
     def now(self) -> float:
@@ -464,9 +470,9 @@ class History:
         check.runs.append(brief)
         # Made into redacted text when first read, with the secrets known now.
         snapshot = self._redact.snapshot()
-        if snapshot is not self._snapshot:
-            self._unsettled = self._kept_as_ended()
-            self._snapshot = snapshot
+        if snapshot is not self._snapshot and not 0 <= when - self._looked < _LOOK_EVERY:
+            self._unsettled = self._kept_as_ended(snapshot)
+            self._snapshot, self._looked = snapshot, when
         if self._unsettled:
             self._settle()
         detail = Detail.of_run(brief, result, tuple(requests), snapshot)
@@ -482,7 +488,7 @@ class History:
             self._dirty.add((name, 300, day))
             self._dirty.add((name, 3600, week))
 
-    def _kept_as_ended(self) -> list[Detail]:
+    def _kept_as_ended(self, snapshot: Redactor) -> list[Detail]:
         """The runs kept not yet made into text, when the redactor has changed (a flow's extracted
         secret, a new OAuth token): each holds a snapshot of it, its secrets compiled (~0.4 MB
         with the 1,024 short-lived ones it may know). Left to the first read, the runs kept for
@@ -491,10 +497,15 @@ class History:
         a thousand checks' would hold the loop ~50 ms)."""
         found = []
         for check in self._checks.values():
-            found += [detail for _, detail in check.details if detail.unmade]
-            if check.last_failure is not None and check.last_failure[1].unmade:
-                found.append(check.last_failure[1])
-        found += [detail for _, _, detail in self._pending if detail is not None and detail.unmade]
+            found += [detail for _, detail in check.details if detail.redactor not in (None, snapshot)]
+            failure = check.last_failure
+            if failure is not None and failure[1].redactor not in (None, snapshot):
+                if not any(detail is failure[1] for _, detail in check.details):  # the last run
+                    found.append(failure[1])
+        kept = {id(detail) for detail in found}  # a run waiting for the disk is one of these, mostly
+        pending = [detail for _, _, detail in self._pending if detail is not None and id(detail) not in kept]
+        found += [detail for detail in pending if detail.redactor not in (None, snapshot)]
+        found.reverse()  # taken from the end: the checks' in order, the runs waiting for the disk last
         return found
 
     def _settle(self) -> None:
